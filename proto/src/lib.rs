@@ -1,0 +1,18 @@
+//! # slipway-proto
+//!
+//! slipway's wire protocol, split by audience as in `slipway/v1/`:
+//! - `types.proto`: messages every audience shares (`App`, `Build`, `Release`, `NodeReport`, …);
+//! - `agent.proto`: the agent ⇄ scheduler session;
+//! - `control.proto`: the operator API (the CLI is one client);
+//! - `raft.proto`: scheduler ⇄ scheduler raft RPCs.
+//!
+//! Domain types and their conversions live in the crates that own them (`convert.rs`).
+#![forbid(unsafe_code)]
+
+/// Generated code for package `slipway.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("slipway.v1");
+}
+
+pub use v1::*;
