@@ -1,1 +1,20 @@
+//! # slipway-agent
+//!
+//! One agent runs on every Swarm node. It reports the node's build headroom to the
+//! scheduler and runs the builds the scheduler assigns to it, on local disk.
+//!
+//! ## Layout
+//! - [`config`]: `agent.toml`, flags and `SLIPWAY_*` overrides.
+//! - [`session`]: the long-lived gRPC session with the scheduler (hello, reports,
+//!   assignments, build events), reconnecting with backoff.
+//! - [`report`]: measures build filesystem, CPU, memory and engine health.
+//! - [`pipeline`]: one build: clone → context → docker build → push.
+//! - [`manifest`]: parses and validates the app's `slipway.toml`.
+#![forbid(unsafe_code)]
 
+pub mod config;
+pub mod error;
+pub mod manifest;
+pub mod pipeline;
+pub mod report;
+pub mod session;

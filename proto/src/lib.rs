@@ -16,3 +16,5 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod validate;
