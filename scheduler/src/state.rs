@@ -1,0 +1,768 @@
+//! The replicated state machine: apps, builds, releases and nodes, and the
+//! [`Command`]s that change them.
+//!
+//! Every change to what the scheduler knows goes through raft as a [`Command`] and is
+//! applied here by [`State::apply`], on every member, in log order. `apply` is pure and
+//! deterministic: it reads no clock (times travel inside the command), draws no random
+//! numbers, and refuses bad commands with an [`ApplyError`] instead of half-applying
+//! them. Builds and releases get their ids here, so every member agrees on them.
+//!
+//! ```text
+//! QueueBuild ─► Queued ─AssignBuild─► Assigned ─StartBuild─► Running ─FinishBuild(ok)──► Pushed + Release N
+//!                 ▲                      │                      │    └FinishBuild(err)─► Failed
+//!                 └──────── RequeueBuild (node lost: next attempt) ◄┘
+//! Rollback ─► Release N+1 (an earlier release's image)      RecordDeploy ─► release deployed / failed
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// Release numbers count from 1 per app.
+pub type ReleaseNumber = u64;
+
+/// How many client request ids are remembered for deduplicating retried writes.
+const REMEMBERED_REQUESTS: usize = 10_000;
+
+/// Everything the scheduler replicates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub apps: BTreeMap<String, App>,
+    pub builds: BTreeMap<String, Build>,
+    /// Releases per app, in number order.
+    pub releases: BTreeMap<String, Vec<Release>>,
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Sequence behind build ids (`b-<n>`).
+    pub next_build: u64,
+    /// Request id → build or release it created, for deduplicating client retries.
+    pub requests: BTreeMap<String, RequestOutcome>,
+    /// Request ids in arrival order, oldest first, to forget the oldest.
+    pub request_order: VecDeque<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    pub name: String,
+    pub repo: String,
+    pub branch: String,
+    pub created_at_ms: u64,
+    /// Release the service runs now (0: never deployed successfully).
+    pub current_release: ReleaseNumber,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuildState {
+    Queued,
+    Assigned,
+    Running,
+    Pushed,
+    Failed,
+    Cancelled,
+}
+
+impl BuildState {
+    /// Finished builds never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Pushed | Self::Failed | Self::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    pub id: String,
+    pub app: String,
+    pub git_ref: String,
+    pub no_cache: bool,
+    pub state: BuildState,
+    /// Node of the current attempt.
+    pub node_id: Option<String>,
+    /// 0 while never assigned; each placement starts a new attempt.
+    pub attempt: u32,
+    pub created_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub error: Option<String>,
+    pub output: Option<BuildOutput>,
+    pub release: Option<ReleaseNumber>,
+}
+
+/// What a successful build produced (see `BuildOutput` in types.proto).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BuildOutput {
+    pub git_sha: String,
+    pub digest: String,
+    pub repository: String,
+    pub image_size_bytes: u64,
+    pub layers_pushed: u32,
+    pub layers_reused: u32,
+    pub bytes_pushed: u64,
+    pub cache_hits: u32,
+    pub steps: u32,
+    pub timings: PhaseTimings,
+    pub run: RunSpec,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTimings {
+    pub clone_ms: u64,
+    pub context_ms: u64,
+    pub build_ms: u64,
+    pub push_ms: u64,
+}
+
+/// How an app runs: the manifest's `[run]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub replicas: u32,
+    pub port: Option<u16>,
+    pub env: BTreeMap<String, String>,
+    pub persist: Vec<String>,
+    pub healthcheck: Option<Healthcheck>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    pub cmd: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployState {
+    Pending,
+    Deployed,
+    Failed,
+}
+
+/// Release N of an app: an image pinned by digest plus how it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    pub app: String,
+    pub number: ReleaseNumber,
+    pub digest: String,
+    pub repository: String,
+    pub git_sha: String,
+    pub build_id: String,
+    pub node_id: String,
+    pub created_at_ms: u64,
+    /// For a rollback: the release whose image this one runs again.
+    pub rollback_of: Option<ReleaseNumber>,
+    pub deploy: DeployState,
+    pub deploy_error: Option<String>,
+    pub run: RunSpec,
+    pub bytes_pushed: u64,
+    pub timings: PhaseTimings,
+}
+
+impl Release {
+    /// `repository@digest`: what the Swarm service runs.
+    pub fn image(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+}
+
+/// A registered agent's node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub draining: bool,
+    pub registered_at_ms: u64,
+}
+
+/// What a remembered client request created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOutcome {
+    Build(String),
+    Release { app: String, number: ReleaseNumber },
+}
+
+/// A change to the replicated state: the payload of every raft log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    CreateApp {
+        name: String,
+        repo: String,
+        branch: String,
+        at_ms: u64,
+    },
+    DeleteApp {
+        name: String,
+    },
+    /// Queue a build; a repeated `request_id` returns the first build instead.
+    QueueBuild {
+        app: String,
+        git_ref: String,
+        no_cache: bool,
+        request_id: Option<String>,
+        at_ms: u64,
+    },
+    /// Place the build's next attempt on a node.
+    AssignBuild {
+        build_id: String,
+        node_id: String,
+        attempt: u32,
+    },
+    StartBuild {
+        build_id: String,
+        attempt: u32,
+    },
+    /// The node of this attempt was lost: queue the build again for a new attempt.
+    RequeueBuild {
+        build_id: String,
+        attempt: u32,
+        reason: String,
+    },
+    /// An attempt ended. Success records the next release of the app atomically.
+    FinishBuild {
+        build_id: String,
+        attempt: u32,
+        result: Result<BuildOutput, String>,
+        at_ms: u64,
+    },
+    CancelBuild {
+        build_id: String,
+        reason: String,
+        at_ms: u64,
+    },
+    /// Record a release that runs an earlier release's image (`to`: None = the release
+    /// deployed before the current one).
+    Rollback {
+        app: String,
+        to: Option<ReleaseNumber>,
+        request_id: Option<String>,
+        at_ms: u64,
+    },
+    RecordDeploy {
+        app: String,
+        release: ReleaseNumber,
+        result: Result<(), String>,
+    },
+    RegisterNode {
+        id: String,
+        name: String,
+        labels: BTreeMap<String, String>,
+        at_ms: u64,
+    },
+    SetDrain {
+        node_id: String,
+        draining: bool,
+    },
+}
+
+/// What applying a command returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Done,
+    App(App),
+    Build(Build),
+    Release(Release),
+    Node(NodeRecord),
+    /// The command referred to an attempt that is no longer current (a late result
+    /// from a lost node, or a repeat): nothing changed.
+    Stale,
+    /// The command was refused; nothing changed.
+    Refused(ApplyError),
+}
+
+/// Why a command was refused. Deterministic: every member refuses it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("app {0:?} already exists")]
+    AppExists(String),
+    #[error("app {0:?} not found; `slipway apps list` shows the apps")]
+    NoSuchApp(String),
+    #[error("build {0:?} not found")]
+    NoSuchBuild(String),
+    #[error("node {0:?} not found; `slipway nodes` shows the nodes")]
+    NoSuchNode(String),
+    #[error("app {app:?} has no release {number}; `slipway releases {app}` lists them")]
+    NoSuchRelease { app: String, number: ReleaseNumber },
+    #[error("app {0:?} has no earlier deployed release to roll back to")]
+    NothingToRollBack(String),
+    #[error("build {build:?} is {state:?}, not {expected}")]
+    WrongBuildState { build: String, state: BuildState, expected: String },
+    #[error("app {app:?} has builds in progress ({build}); wait for them or cancel them first")]
+    AppBusy { app: String, build: String },
+}
+
+impl State {
+    /// Applies one command. Refusals change nothing.
+    pub fn apply(&mut self, cmd: &Command) -> Response {
+        match self.try_apply(cmd) {
+            Ok(resp) => resp,
+            Err(err) => Response::Refused(err),
+        }
+    }
+
+    fn try_apply(&mut self, cmd: &Command) -> Result<Response, ApplyError> {
+        match cmd {
+            Command::CreateApp { name, repo, branch, at_ms } => {
+                if self.apps.contains_key(name) {
+                    return Err(ApplyError::AppExists(name.clone()));
+                }
+                let app = App {
+                    name: name.clone(),
+                    repo: repo.clone(),
+                    branch: branch.clone(),
+                    created_at_ms: *at_ms,
+                    current_release: 0,
+                };
+                self.apps.insert(name.clone(), app.clone());
+                Ok(Response::App(app))
+            }
+            Command::DeleteApp { name } => {
+                self.app(name)?;
+                if let Some(b) = self.builds.values().find(|b| b.app == *name && !b.state.is_terminal()) {
+                    return Err(ApplyError::AppBusy { app: name.clone(), build: b.id.clone() });
+                }
+                self.apps.remove(name);
+                self.releases.remove(name);
+                self.builds.retain(|_, b| b.app != *name);
+                Ok(Response::Done)
+            }
+            Command::QueueBuild { app, git_ref, no_cache, request_id, at_ms } => {
+                if let Some(RequestOutcome::Build(id)) =
+                    request_id.as_ref().and_then(|r| self.requests.get(r))
+                {
+                    if let Some(build) = self.builds.get(id) {
+                        return Ok(Response::Build(build.clone()));
+                    }
+                }
+                self.app(app)?;
+                self.next_build += 1;
+                let build = Build {
+                    id: format!("b-{}", self.next_build),
+                    app: app.clone(),
+                    git_ref: git_ref.clone(),
+                    no_cache: *no_cache,
+                    state: BuildState::Queued,
+                    node_id: None,
+                    attempt: 0,
+                    created_at_ms: *at_ms,
+                    finished_at_ms: None,
+                    error: None,
+                    output: None,
+                    release: None,
+                };
+                self.builds.insert(build.id.clone(), build.clone());
+                self.remember(request_id, RequestOutcome::Build(build.id.clone()));
+                Ok(Response::Build(build))
+            }
+            Command::AssignBuild { build_id, node_id, attempt } => {
+                if !self.nodes.contains_key(node_id) {
+                    return Err(ApplyError::NoSuchNode(node_id.clone()));
+                }
+                let build = self.build_mut(build_id)?;
+                if build.state != BuildState::Queued || *attempt != build.attempt + 1 {
+                    return Ok(Response::Stale);
+                }
+                build.state = BuildState::Assigned;
+                build.attempt = *attempt;
+                build.node_id = Some(node_id.clone());
+                Ok(Response::Build(build.clone()))
+            }
+            Command::StartBuild { build_id, attempt } => {
+                let build = self.build_mut(build_id)?;
+                if build.attempt != *attempt || build.state != BuildState::Assigned {
+                    return Ok(Response::Stale);
+                }
+                build.state = BuildState::Running;
+                Ok(Response::Build(build.clone()))
+            }
+            Command::RequeueBuild { build_id, attempt, reason } => {
+                let build = self.build_mut(build_id)?;
+                let current = matches!(build.state, BuildState::Assigned | BuildState::Running);
+                if !current || build.attempt != *attempt {
+                    return Ok(Response::Stale);
+                }
+                build.state = BuildState::Queued;
+                build.node_id = None;
+                build.error = Some(format!("attempt {attempt} lost: {reason}"));
+                Ok(Response::Build(build.clone()))
+            }
+            Command::FinishBuild { build_id, attempt, result, at_ms } => {
+                let build = self.build_mut(build_id)?;
+                let current = matches!(build.state, BuildState::Assigned | BuildState::Running);
+                if !current || build.attempt != *attempt {
+                    return Ok(Response::Stale);
+                }
+                let output = match result {
+                    Err(reason) => {
+                        build.state = BuildState::Failed;
+                        build.error = Some(reason.clone());
+                        build.finished_at_ms = Some(*at_ms);
+                        return Ok(Response::Build(build.clone()));
+                    }
+                    Ok(output) => output.clone(),
+                };
+                let app = build.app.clone();
+                let node_id = build.node_id.clone().unwrap_or_default();
+                let releases = self.releases.entry(app.clone()).or_default();
+                let number = releases.last().map_or(1, |r| r.number + 1);
+                let release = Release {
+                    app: app.clone(),
+                    number,
+                    digest: output.digest.clone(),
+                    repository: output.repository.clone(),
+                    git_sha: output.git_sha.clone(),
+                    build_id: build_id.clone(),
+                    node_id,
+                    created_at_ms: *at_ms,
+                    rollback_of: None,
+                    deploy: DeployState::Pending,
+                    deploy_error: None,
+                    run: output.run.clone(),
+                    bytes_pushed: output.bytes_pushed,
+                    timings: output.timings,
+                };
+                releases.push(release.clone());
+                let build = self.builds.get_mut(build_id).expect("checked above");
+                build.state = BuildState::Pushed;
+                build.error = None;
+                build.output = Some(output);
+                build.release = Some(number);
+                build.finished_at_ms = Some(*at_ms);
+                Ok(Response::Release(release))
+            }
+            Command::CancelBuild { build_id, reason, at_ms } => {
+                let build = self.build_mut(build_id)?;
+                if build.state.is_terminal() {
+                    return Err(ApplyError::WrongBuildState {
+                        build: build_id.clone(),
+                        state: build.state,
+                        expected: "queued, assigned or running".into(),
+                    });
+                }
+                build.state = BuildState::Cancelled;
+                build.error = Some(reason.clone());
+                build.finished_at_ms = Some(*at_ms);
+                Ok(Response::Build(build.clone()))
+            }
+            Command::Rollback { app, to, request_id, at_ms } => {
+                if let Some(RequestOutcome::Release { app, number }) =
+                    request_id.as_ref().and_then(|r| self.requests.get(r))
+                {
+                    if let Some(release) = self.release(app, *number) {
+                        return Ok(Response::Release(release.clone()));
+                    }
+                }
+                let current = self.app(app)?.current_release;
+                let releases = self.releases.get(app).map(Vec::as_slice).unwrap_or_default();
+                let target = match to {
+                    Some(n) => releases
+                        .iter()
+                        .find(|r| r.number == *n)
+                        .ok_or_else(|| ApplyError::NoSuchRelease { app: app.clone(), number: *n })?,
+                    None => releases
+                        .iter()
+                        .rev()
+                        .find(|r| {
+                            r.number < current
+                                && r.deploy == DeployState::Deployed
+                                && r.digest != self.current_digest(app)
+                        })
+                        .ok_or_else(|| ApplyError::NothingToRollBack(app.clone()))?,
+                };
+                let number = releases.last().map_or(1, |r| r.number + 1);
+                let release = Release {
+                    number,
+                    created_at_ms: *at_ms,
+                    rollback_of: Some(target.number),
+                    deploy: DeployState::Pending,
+                    deploy_error: None,
+                    bytes_pushed: 0,
+                    timings: PhaseTimings::default(),
+                    ..target.clone()
+                };
+                self.releases.entry(app.clone()).or_default().push(release.clone());
+                self.remember(request_id, RequestOutcome::Release { app: app.clone(), number });
+                Ok(Response::Release(release))
+            }
+            Command::RecordDeploy { app, release, result } => {
+                let number = *release;
+                let rel = self
+                    .releases
+                    .get_mut(app)
+                    .and_then(|rs| rs.iter_mut().find(|r| r.number == number))
+                    .ok_or_else(|| ApplyError::NoSuchRelease { app: app.clone(), number })?;
+                match result {
+                    Ok(()) => {
+                        rel.deploy = DeployState::Deployed;
+                        rel.deploy_error = None;
+                        let rel = rel.clone();
+                        if let Some(a) = self.apps.get_mut(app) {
+                            a.current_release = number;
+                        }
+                        Ok(Response::Release(rel))
+                    }
+                    Err(reason) => {
+                        rel.deploy = DeployState::Failed;
+                        rel.deploy_error = Some(reason.clone());
+                        Ok(Response::Release(rel.clone()))
+                    }
+                }
+            }
+            Command::RegisterNode { id, name, labels, at_ms } => {
+                let node = self.nodes.entry(id.clone()).or_insert_with(|| NodeRecord {
+                    id: id.clone(),
+                    name: name.clone(),
+                    labels: labels.clone(),
+                    draining: false,
+                    registered_at_ms: *at_ms,
+                });
+                node.name = name.clone();
+                node.labels = labels.clone();
+                Ok(Response::Node(node.clone()))
+            }
+            Command::SetDrain { node_id, draining } => {
+                let node =
+                    self.nodes.get_mut(node_id).ok_or_else(|| ApplyError::NoSuchNode(node_id.clone()))?;
+                node.draining = *draining;
+                Ok(Response::Node(node.clone()))
+            }
+        }
+    }
+
+    pub fn app(&self, name: &str) -> Result<&App, ApplyError> {
+        self.apps.get(name).ok_or_else(|| ApplyError::NoSuchApp(name.to_string()))
+    }
+
+    pub fn release(&self, app: &str, number: ReleaseNumber) -> Option<&Release> {
+        self.releases.get(app)?.iter().find(|r| r.number == number)
+    }
+
+    /// Digest the app's service runs now ("" if never deployed).
+    pub fn current_digest(&self, app: &str) -> String {
+        let current = self.apps.get(app).map_or(0, |a| a.current_release);
+        self.release(app, current).map(|r| r.digest.clone()).unwrap_or_default()
+    }
+
+    /// Queued builds, oldest first.
+    pub fn queued_builds(&self) -> impl Iterator<Item = &Build> {
+        let mut queued: Vec<&Build> =
+            self.builds.values().filter(|b| b.state == BuildState::Queued).collect();
+        queued.sort_by_key(|b| (b.created_at_ms, build_seq(&b.id)));
+        queued.into_iter()
+    }
+
+    /// The node that last built `app` successfully (its layers are cached there).
+    pub fn last_build_node(&self, app: &str) -> Option<&str> {
+        self.releases.get(app)?.iter().rev().find(|r| r.rollback_of.is_none()).map(|r| r.node_id.as_str())
+    }
+
+    fn build_mut(&mut self, id: &str) -> Result<&mut Build, ApplyError> {
+        self.builds.get_mut(id).ok_or_else(|| ApplyError::NoSuchBuild(id.to_string()))
+    }
+
+    fn remember(&mut self, request_id: &Option<String>, outcome: RequestOutcome) {
+        let Some(id) = request_id else { return };
+        if self.requests.insert(id.clone(), outcome).is_none() {
+            self.request_order.push_back(id.clone());
+        }
+        while self.request_order.len() > REMEMBERED_REQUESTS {
+            if let Some(old) = self.request_order.pop_front() {
+                self.requests.remove(&old);
+            }
+        }
+    }
+}
+
+/// Numeric part of a build id, for ordering `b-9` before `b-10`.
+pub fn build_seq(id: &str) -> u64 {
+    id.strip_prefix("b-").and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(digest_char: char) -> BuildOutput {
+        BuildOutput {
+            git_sha: "abc".into(),
+            digest: format!("sha256:{}", digest_char.to_string().repeat(64)),
+            repository: "127.0.0.1:5000/shop".into(),
+            run: RunSpec { replicas: 1, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    fn state_with_app() -> State {
+        let mut s = State::default();
+        s.apply(&Command::CreateApp {
+            name: "shop".into(),
+            repo: "file:///r".into(),
+            branch: "main".into(),
+            at_ms: 1,
+        });
+        s.apply(&Command::RegisterNode {
+            id: "n1".into(),
+            name: "node-1".into(),
+            labels: Default::default(),
+            at_ms: 1,
+        });
+        s.apply(&Command::RegisterNode {
+            id: "n2".into(),
+            name: "node-2".into(),
+            labels: Default::default(),
+            at_ms: 1,
+        });
+        s
+    }
+
+    fn queue(s: &mut State, request_id: Option<&str>) -> Build {
+        match s.apply(&Command::QueueBuild {
+            app: "shop".into(),
+            git_ref: "main".into(),
+            no_cache: false,
+            request_id: request_id.map(Into::into),
+            at_ms: 2,
+        }) {
+            Response::Build(b) => b,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn finish(s: &mut State, id: &str, attempt: u32, c: char) -> Response {
+        s.apply(&Command::FinishBuild { build_id: id.into(), attempt, result: Ok(output(c)), at_ms: 3 })
+    }
+
+    fn deploy_ok(s: &mut State, number: u64) {
+        s.apply(&Command::RecordDeploy { app: "shop".into(), release: number, result: Ok(()) });
+    }
+
+    #[test]
+    fn a_successful_build_records_exactly_one_release() {
+        let mut s = state_with_app();
+        let b = queue(&mut s, None);
+        assert_eq!(b.id, "b-1");
+        s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 1 });
+        s.apply(&Command::StartBuild { build_id: b.id.clone(), attempt: 1 });
+        let Response::Release(r) = finish(&mut s, &b.id, 1, 'a') else { panic!() };
+        assert_eq!((r.number, r.node_id.as_str()), (1, "n1"));
+        assert_eq!(r.image(), format!("127.0.0.1:5000/shop@sha256:{}", "a".repeat(64)));
+        // A repeated result is stale and records nothing.
+        assert_eq!(finish(&mut s, &b.id, 1, 'a'), Response::Stale);
+        assert_eq!(s.releases["shop"].len(), 1);
+        assert_eq!(s.builds[&b.id].state, BuildState::Pushed);
+    }
+
+    #[test]
+    fn a_late_result_from_a_lost_attempt_is_ignored() {
+        let mut s = state_with_app();
+        let b = queue(&mut s, None);
+        s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 1 });
+        s.apply(&Command::RequeueBuild { build_id: b.id.clone(), attempt: 1, reason: "node-1 down".into() });
+        s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n2".into(), attempt: 2 });
+        assert_eq!(finish(&mut s, &b.id, 1, 'a'), Response::Stale);
+        assert!(matches!(finish(&mut s, &b.id, 2, 'b'), Response::Release(_)));
+        assert_eq!(s.releases["shop"].len(), 1);
+        assert_eq!(s.releases["shop"][0].node_id, "n2");
+    }
+
+    #[test]
+    fn retried_requests_return_the_first_build() {
+        let mut s = state_with_app();
+        let a = queue(&mut s, Some("req-1"));
+        let b = queue(&mut s, Some("req-1"));
+        assert_eq!(a.id, b.id);
+        assert_eq!(s.builds.len(), 1);
+        assert_ne!(queue(&mut s, Some("req-2")).id, a.id);
+    }
+
+    #[test]
+    fn failures_record_the_reason_and_no_release() {
+        let mut s = state_with_app();
+        let b = queue(&mut s, None);
+        s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 1 });
+        let resp = s.apply(&Command::FinishBuild {
+            build_id: b.id.clone(),
+            attempt: 1,
+            result: Err("Step 2/3 : RUN false: exit 1".into()),
+            at_ms: 3,
+        });
+        let Response::Build(b) = resp else { panic!("{resp:?}") };
+        assert_eq!(b.state, BuildState::Failed);
+        assert!(b.error.unwrap().contains("RUN false"));
+        assert!(!s.releases.contains_key("shop"));
+    }
+
+    #[test]
+    fn rollback_records_a_new_release_with_an_earlier_digest() {
+        let mut s = state_with_app();
+        for (attempt, c) in [(1, 'a'), (1, 'b')] {
+            let b = queue(&mut s, None);
+            s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt });
+            let Response::Release(r) = finish(&mut s, &b.id, attempt, c) else { panic!() };
+            deploy_ok(&mut s, r.number);
+        }
+        assert_eq!(s.apps["shop"].current_release, 2);
+        let Response::Release(r3) = s.apply(&Command::Rollback {
+            app: "shop".into(),
+            to: None,
+            request_id: Some("rb".into()),
+            at_ms: 9,
+        }) else {
+            panic!()
+        };
+        assert_eq!((r3.number, r3.rollback_of), (3, Some(1)));
+        assert_eq!(r3.digest, s.releases["shop"][0].digest);
+        // The same request again returns release 3, not a release 4.
+        let again = s.apply(&Command::Rollback {
+            app: "shop".into(),
+            to: None,
+            request_id: Some("rb".into()),
+            at_ms: 9,
+        });
+        assert_eq!(again, Response::Release(r3));
+        let missing =
+            s.apply(&Command::Rollback { app: "shop".into(), to: Some(42), request_id: None, at_ms: 9 });
+        assert_eq!(missing, Response::Refused(ApplyError::NoSuchRelease { app: "shop".into(), number: 42 }));
+    }
+
+    #[test]
+    fn a_failed_deploy_keeps_the_current_release() {
+        let mut s = state_with_app();
+        let b = queue(&mut s, None);
+        s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 1 });
+        finish(&mut s, &b.id, 1, 'a');
+        s.apply(&Command::RecordDeploy { app: "shop".into(), release: 1, result: Err("rolled back".into()) });
+        assert_eq!(s.apps["shop"].current_release, 0);
+        assert_eq!(s.releases["shop"][0].deploy, DeployState::Failed);
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut s = state_with_app();
+        let before = s.clone();
+        let resp = s.apply(&Command::QueueBuild {
+            app: "nope".into(),
+            git_ref: "main".into(),
+            no_cache: false,
+            request_id: None,
+            at_ms: 1,
+        });
+        assert_eq!(resp, Response::Refused(ApplyError::NoSuchApp("nope".into())));
+        assert_eq!(s, before);
+        let resp = s.apply(&Command::CreateApp {
+            name: "shop".into(),
+            repo: "x".into(),
+            branch: "b".into(),
+            at_ms: 1,
+        });
+        assert_eq!(resp, Response::Refused(ApplyError::AppExists("shop".into())));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn request_memory_is_bounded() {
+        let mut s = state_with_app();
+        for i in 0..(REMEMBERED_REQUESTS + 5) {
+            s.remember(&Some(format!("r{i}")), RequestOutcome::Build("b-1".into()));
+        }
+        assert_eq!(s.requests.len(), REMEMBERED_REQUESTS);
+        assert!(!s.requests.contains_key("r0"));
+    }
+}
