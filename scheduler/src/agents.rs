@@ -1,0 +1,306 @@
+//! Agent sessions and node liveness: the leader's soft state about the fleet.
+//!
+//! Each agent holds one bidirectional gRPC stream ([`AgentSessions`]). It opens with
+//! `Hello`, then sends a [`NodeReport`] every few seconds and [`BuildEvent`]s for the
+//! builds it runs; the scheduler sends [`BuildAssignment`]s down the same stream.
+//! Reports and liveness live only in the leader's memory ([`Fleet`]); registration is a
+//! raft write. A node that has not reported for `down_after` is Down; nodes this leader
+//! has never heard from are Unknown (SwarmKit-style, so a new leader does not declare
+//! the whole fleet dead on its first tick).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use slipway_proto::agent_message::Msg as AgentMsg;
+use slipway_proto::build_event::Event as BuildEv;
+use slipway_proto::scheduler_message::Msg as SchedMsg;
+use slipway_proto::{
+    AgentMessage, BuildAssignment, BuildEvent, Hello, NodeReport, SchedulerMessage, Welcome,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::placement::Liveness;
+use crate::server::Shared;
+use crate::state::Command;
+
+/// One connected agent, as the leader sees it.
+struct Session {
+    name: String,
+    report: Option<NodeReport>,
+    last_report: Option<Instant>,
+    /// Distinguishes a reconnected session from the one it replaced.
+    session_id: u64,
+    tx: mpsc::Sender<SchedulerMessage>,
+}
+
+/// Liveness and latest reports of the nodes, plus the channels to their agents.
+#[derive(Clone, Default)]
+pub struct Fleet {
+    inner: Arc<Mutex<FleetInner>>,
+}
+
+#[derive(Default)]
+struct FleetInner {
+    sessions: HashMap<String, Session>,
+    /// Last time each node reported, kept after its session ends (to time Down).
+    last_seen: HashMap<String, Instant>,
+    next_session: u64,
+    /// When this member last became leader: nodes silent since then for longer than
+    /// the grace period are Down rather than Unknown forever.
+    leader_since: Option<Instant>,
+}
+
+/// A node's soft state for listings and placement.
+#[derive(Debug, Clone)]
+pub struct NodeSoftState {
+    pub liveness: Liveness,
+    pub report: Option<NodeReport>,
+    pub last_report_age: Option<Duration>,
+    pub connected: bool,
+}
+
+impl Fleet {
+    /// Liveness of a node right now.
+    pub fn soft_state(&self, node_id: &str, down_after: Duration) -> NodeSoftState {
+        let inner = self.inner.lock().expect("fleet lock poisoned");
+        let session = inner.sessions.get(node_id);
+        let age = inner.last_seen.get(node_id).map(Instant::elapsed);
+        let leader_for = inner.leader_since.map(|t| t.elapsed()).unwrap_or_default();
+        let liveness = match (session, age) {
+            (_, None) if leader_for > down_after => Liveness::Down,
+            (_, None) => Liveness::Unknown,
+            (Some(_), Some(age)) if age <= down_after => Liveness::Ready,
+            (None, Some(age)) if age <= down_after => Liveness::Ready,
+            _ => Liveness::Down,
+        };
+        NodeSoftState {
+            liveness,
+            report: session.and_then(|s| s.report.clone()),
+            last_report_age: age,
+            connected: session.is_some(),
+        }
+    }
+
+    /// True once this member has taken over the fleet as leader.
+    pub fn is_leading(&self) -> bool {
+        self.inner.lock().expect("fleet lock poisoned").leader_since.is_some()
+    }
+
+    /// Sends a message to a node's agent; false if it has no open session.
+    pub fn send(&self, node_id: &str, msg: SchedMsg) -> bool {
+        let tx = {
+            let inner = self.inner.lock().expect("fleet lock poisoned");
+            inner.sessions.get(node_id).map(|s| s.tx.clone())
+        };
+        match tx {
+            Some(tx) => tx.try_send(SchedulerMessage { msg: Some(msg) }).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Name a node's agent gave at its last hello.
+    pub fn name(&self, node_id: &str) -> Option<String> {
+        self.inner.lock().expect("fleet lock poisoned").sessions.get(node_id).map(|s| s.name.clone())
+    }
+
+    /// Called when this member gains or loses leadership. Either way the old soft state
+    /// is forgotten: nodes start Unknown until they report to the new leader, and
+    /// dropping the sessions ends their streams so agents go find the leader.
+    pub fn leadership_changed(&self, leader: bool) {
+        let mut inner = self.inner.lock().expect("fleet lock poisoned");
+        inner.sessions.clear();
+        inner.last_seen.clear();
+        inner.leader_since = leader.then(Instant::now);
+    }
+
+    fn open(&self, node_id: &str, hello: &Hello, tx: mpsc::Sender<SchedulerMessage>) -> u64 {
+        let mut inner = self.inner.lock().expect("fleet lock poisoned");
+        inner.next_session += 1;
+        let session_id = inner.next_session;
+        let now = Instant::now();
+        inner.last_seen.insert(node_id.to_string(), now);
+        inner.sessions.insert(
+            node_id.to_string(),
+            Session {
+                name: hello.name.clone(),
+                report: hello.report.clone(),
+                last_report: Some(now),
+                session_id,
+                tx,
+            },
+        );
+        session_id
+    }
+
+    fn report(&self, node_id: &str, session_id: u64, report: NodeReport) {
+        let mut inner = self.inner.lock().expect("fleet lock poisoned");
+        let now = Instant::now();
+        if let Some(s) = inner.sessions.get_mut(node_id).filter(|s| s.session_id == session_id) {
+            s.report = Some(report);
+            s.last_report = Some(now);
+            inner.last_seen.insert(node_id.to_string(), now);
+        }
+    }
+
+    fn close(&self, node_id: &str, session_id: u64) {
+        let mut inner = self.inner.lock().expect("fleet lock poisoned");
+        if inner.sessions.get(node_id).is_some_and(|s| s.session_id == session_id) {
+            inner.sessions.remove(node_id);
+        }
+    }
+
+    /// Seconds since a session's last report, for tests and metrics.
+    pub fn report_age(&self, node_id: &str) -> Option<Duration> {
+        let inner = self.inner.lock().expect("fleet lock poisoned");
+        inner.sessions.get(node_id).and_then(|s| s.last_report).map(|t| t.elapsed())
+    }
+}
+
+/// The gRPC service agents connect to.
+pub struct AgentSessions {
+    shared: Arc<Shared>,
+}
+
+impl AgentSessions {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl slipway_proto::agent_service_server::AgentService for AgentSessions {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let shared = self.shared.clone();
+        shared.require_leader()?;
+        if !shared.fleet.is_leading() {
+            return Err(Status::unavailable("this scheduler is taking over as leader; retry in a moment"));
+        }
+        let mut inbound = request.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(AgentMessage { msg: Some(AgentMsg::Hello(hello)) })) => hello,
+            Some(Ok(_)) => return Err(Status::invalid_argument("an agent session must open with Hello")),
+            Some(Err(status)) => return Err(status),
+            None => return Err(Status::cancelled("agent closed the session before Hello")),
+        };
+        let node_id = hello.node_id.clone();
+        if node_id.is_empty() || node_id.len() > 128 || node_id.chars().any(|c| c.is_control()) {
+            return Err(Status::invalid_argument("Hello.node_id must be 1 to 128 printable characters"));
+        }
+        let name = if hello.name.is_empty() { node_id.clone() } else { hello.name.clone() };
+        let known = shared.read(|s| s.nodes.get(&node_id).map(|n| (n.name.clone(), n.labels.clone())));
+        let labels = hello.labels.clone().into_iter().collect();
+        if known.as_ref() != Some(&(name.clone(), labels)) {
+            shared
+                .write(Command::RegisterNode {
+                    id: node_id.clone(),
+                    name: name.clone(),
+                    labels: hello.labels.clone().into_iter().collect(),
+                    at_ms: crate::now_ms(),
+                })
+                .await?;
+        }
+
+        let (tx, rx) = mpsc::channel(256);
+        let welcome = Welcome { node_id: node_id.clone(), report_interval_secs: shared.config.agents.report_interval_secs };
+        tx.send(SchedulerMessage { msg: Some(SchedMsg::Welcome(welcome)) })
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
+        let session_id = shared.fleet.open(&node_id, &hello, tx);
+        tracing::info!(node = %name, %node_id, "agent session opened");
+        shared.dispatcher_wake();
+        resend_lost_assignments(&shared, &node_id, hello.report.as_ref());
+
+        let span = tracing::info_span!("agent_session", node = %name);
+        tokio::spawn(
+            async move {
+                while let Some(msg) = inbound.next().await {
+                    match msg {
+                        Ok(AgentMessage { msg: Some(AgentMsg::Report(report)) }) => {
+                            shared.fleet.report(&node_id, session_id, report);
+                            shared.dispatcher_wake();
+                        }
+                        Ok(AgentMessage { msg: Some(AgentMsg::Build(event)) }) => {
+                            handle_build_event(&shared, &node_id, event).await;
+                        }
+                        Ok(_) => tracing::warn!("ignoring an unexpected message"),
+                        Err(status) => {
+                            tracing::info!(%status, "agent session broke");
+                            break;
+                        }
+                    }
+                }
+                shared.fleet.close(&node_id, session_id);
+                tracing::info!("agent session closed");
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+/// After a reconnect, builds the state says are assigned to this node but that the
+/// agent does not report running are sent again (assignments are idempotent by build
+/// id and attempt, so an agent that already finished one answers with its result).
+fn resend_lost_assignments(shared: &Shared, node_id: &str, report: Option<&NodeReport>) {
+    let running: Vec<String> = report.map(|r| r.running_build_ids.clone()).unwrap_or_default();
+    let assignments: Vec<BuildAssignment> = shared.read(|s| {
+        s.builds
+            .values()
+            .filter(|b| b.node_id.as_deref() == Some(node_id) && !b.state.is_terminal())
+            .filter(|b| b.state != crate::state::BuildState::Queued && !running.contains(&b.id))
+            .filter_map(|b| s.apps.get(&b.app).map(|app| shared.assignment(b, app)))
+            .collect()
+    });
+    for a in assignments {
+        tracing::info!(build = %a.build_id, attempt = a.attempt, "re-sending assignment after reconnect");
+        shared.fleet.send(node_id, SchedMsg::Assign(a));
+    }
+}
+
+async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEvent) {
+    let BuildEvent { build_id, attempt, event } = event;
+    // Only the current attempt on the node it was given to may change the build.
+    let current = shared.read(|s| {
+        s.builds.get(&build_id).is_some_and(|b| b.attempt == attempt && b.node_id.as_deref() == Some(node_id))
+    });
+    if !current {
+        tracing::info!(build = %build_id, attempt, "ignoring an event from a stale attempt");
+        return;
+    }
+    match event {
+        Some(BuildEv::Started(_)) => {
+            if let Err(err) = shared.write(Command::StartBuild { build_id: build_id.clone(), attempt }).await {
+                tracing::warn!(build = %build_id, %err, "cannot record build start");
+            }
+        }
+        Some(BuildEv::Log(line)) => {
+            shared.events.publish(&build_id, slipway_proto::deploy_event::Event::Log(line));
+        }
+        Some(BuildEv::Succeeded(output)) => {
+            let result = crate::convert::build_output_from(&output);
+            if result.is_ok() {
+                shared.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(output));
+            }
+            crate::dispatcher::finish_build(shared, &build_id, attempt, result).await;
+        }
+        Some(BuildEv::Failed(failure)) => {
+            let reason = format!("{} failed: {}", failure.phase, failure.reason);
+            crate::dispatcher::finish_build(shared, &build_id, attempt, Err(reason)).await;
+        }
+        None => {}
+    }
+}

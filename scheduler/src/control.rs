@@ -1,0 +1,376 @@
+//! The operator API (`control.proto`): apps, deploys, builds, logs, releases,
+//! rollbacks, nodes, cluster status. Input is validated here before anything is
+//! written; every change is one raft write, so a request either fully happens or not.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use slipway_proto::deploy_event::Event;
+use slipway_proto::{self as pb, validate, DeployEvent};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::dispatcher::release_topic;
+use crate::error::Error;
+use crate::placement::Liveness;
+use crate::server::Shared;
+use crate::state::{BuildState, Command, DeployState, Response as Applied, State};
+
+/// Longest repository URL accepted.
+const MAX_FIELD_BYTES: usize = 4096;
+
+/// The gRPC control service.
+pub struct ControlService {
+    shared: Arc<Shared>,
+}
+
+impl ControlService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<DeployEvent, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+
+fn too_long(what: &str, value: &str) -> Result<(), Status> {
+    if value.len() > MAX_FIELD_BYTES {
+        return Err(Status::invalid_argument(format!("{what} is longer than {MAX_FIELD_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// What, if anything, ends a deploy topic, judged from the replicated state. Covers
+/// watchers that join after the events were published (or after a leader change).
+fn terminal_from_state(s: &State, topic: &Topic, stack: &str) -> Option<Event> {
+    let (app, number) = match topic {
+        Topic::Build(id) => {
+            let b = s.builds.get(id)?;
+            match b.state {
+                BuildState::Failed | BuildState::Cancelled => {
+                    let reason = b.error.clone().unwrap_or_default();
+                    return Some(Event::Failed(format!("build {id} {}: {reason}", if b.state == BuildState::Failed { "failed" } else { "was cancelled" })));
+                }
+                BuildState::Pushed => (b.app.clone(), b.release?),
+                _ => return None,
+            }
+        }
+        Topic::Release { app, number } => (app.clone(), *number),
+    };
+    let r = s.release(&app, number)?;
+    match r.deploy {
+        DeployState::Pending => None,
+        DeployState::Failed => Some(Event::Failed(format!(
+            "deploy of release {number} failed: {}",
+            r.deploy_error.clone().unwrap_or_default()
+        ))),
+        DeployState::Deployed => Some(Event::Done(pb::DeployDone {
+            release: Some(convert::release(r)),
+            service: format!("{stack}_{app}"),
+            running: r.run.replicas,
+            published_port: r.run.port.map(u32::from).unwrap_or_default(),
+        })),
+    }
+}
+
+enum Topic {
+    Build(String),
+    Release { app: String, number: u64 },
+}
+
+/// Streams a deploy topic: history, then live events, until a terminal event.
+fn watch_deploy(shared: Arc<Shared>, first: Option<Event>, topic_name: String, topic: Topic) -> EventStream {
+    let stack = shared.config.deploy.stack.clone();
+    Box::pin(async_stream::stream! {
+        if let Some(first) = first {
+            yield Ok(DeployEvent { event: Some(first) });
+        }
+        let sub = shared.events.subscribe(&topic_name);
+        let mut live = sub.live;
+        for event in sub.history {
+            let terminal = matches!(event.event, Some(Event::Done(_) | Event::Failed(_)));
+            yield Ok(event);
+            if terminal {
+                return;
+            }
+        }
+        loop {
+            if let Some(done) = shared.read(|s| terminal_from_state(s, &topic, &stack)) {
+                // Let the live feed deliver its own terminal event if it is on its way.
+                match tokio::time::timeout(Duration::from_millis(200), live.recv()).await {
+                    Ok(Ok(event)) => {
+                        let terminal = matches!(event.event, Some(Event::Done(_) | Event::Failed(_)));
+                        yield Ok(event);
+                        if terminal { return; }
+                        continue;
+                    }
+                    _ => {
+                        yield Ok(DeployEvent { event: Some(done) });
+                        return;
+                    }
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(2), live.recv()).await {
+                Ok(Ok(event)) => {
+                    let terminal = matches!(event.event, Some(Event::Done(_) | Event::Failed(_)));
+                    yield Ok(event);
+                    if terminal { return; }
+                }
+                Ok(Err(RecvError::Lagged(n))) => {
+                    yield Ok(DeployEvent { event: Some(Event::DeployProgress(format!("({n} log lines skipped: the client is slower than the build)"))) });
+                }
+                Ok(Err(RecvError::Closed)) | Err(_) => {}
+            }
+        }
+    })
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn create_app(&self, req: Request<pb::CreateAppRequest>) -> Result<Response<pb::App>, Status> {
+        let req = req.into_inner();
+        validate::app_name(&req.name).map_err(Error::from)?;
+        too_long("repository URL", &req.repo)?;
+        validate::repo_url(&req.repo).map_err(Error::from)?;
+        let branch = if req.branch.is_empty() { "main".to_string() } else { req.branch };
+        validate::git_ref(&branch).map_err(Error::from)?;
+        let cmd = Command::CreateApp { name: req.name, repo: req.repo, branch, at_ms: crate::now_ms() };
+        match self.shared.write(cmd).await? {
+            Applied::App(app) => Ok(Response::new(convert::app(&app, &self.shared.config.deploy.stack))),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn list_apps(&self, _: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsResponse>, Status> {
+        let stack = &self.shared.config.deploy.stack;
+        let apps = self.shared.read(|s| s.apps.values().map(|a| convert::app(a, stack)).collect());
+        Ok(Response::new(pb::ListAppsResponse { apps }))
+    }
+
+    async fn get_app(&self, req: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
+        let name = req.into_inner().name;
+        let stack = &self.shared.config.deploy.stack;
+        let app = self.shared.read(|s| s.app(&name).map(|a| convert::app(a, stack))).map_err(Error::from)?;
+        Ok(Response::new(app))
+    }
+
+    async fn delete_app(&self, req: Request<pb::DeleteAppRequest>) -> Result<Response<pb::DeleteAppResponse>, Status> {
+        let name = req.into_inner().name;
+        self.shared.require_leader()?;
+        // Refuse before touching Swarm, so a refused delete changes nothing.
+        self.shared
+            .read(|s| {
+                s.app(&name)?;
+                match s.builds.values().find(|b| b.app == name && !b.state.is_terminal()) {
+                    Some(b) => Err(crate::state::ApplyError::AppBusy { app: name.clone(), build: b.id.clone() }),
+                    None => Ok(()),
+                }
+            })
+            .map_err(Error::from)?;
+        let docker = self.shared.docker().await?;
+        crate::deploy::remove_app(&docker, &self.shared.config.deploy.stack, &name)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot remove the service of {name}: {e}")))?;
+        self.shared.write(Command::DeleteApp { name }).await?;
+        Ok(Response::new(pb::DeleteAppResponse {}))
+    }
+
+    type DeployStream = EventStream;
+
+    async fn deploy(&self, req: Request<pb::DeployRequest>) -> Result<Response<EventStream>, Status> {
+        let req = req.into_inner();
+        let branch = self.shared.read(|s| s.app(&req.app).map(|a| a.branch.clone())).map_err(Error::from)?;
+        let git_ref = if req.git_ref.is_empty() { branch } else { req.git_ref };
+        validate::git_ref(&git_ref).map_err(Error::from)?;
+        too_long("request id", &req.request_id)?;
+        let request_id = if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
+        let cmd = Command::QueueBuild {
+            app: req.app,
+            git_ref,
+            no_cache: req.no_cache,
+            request_id: Some(request_id),
+            at_ms: crate::now_ms(),
+        };
+        let build = match self.shared.write(cmd).await? {
+            Applied::Build(b) => b,
+            other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
+        };
+        tracing::info!(build = %build.id, app = %build.app, git_ref = %build.git_ref, "build queued");
+        self.shared.dispatcher_wake();
+        let first = Event::BuildQueued(build.id.clone());
+        Ok(Response::new(watch_deploy(self.shared.clone(), Some(first), build.id.clone(), Topic::Build(build.id))))
+    }
+
+    async fn list_builds(&self, req: Request<pb::ListBuildsRequest>) -> Result<Response<pb::ListBuildsResponse>, Status> {
+        let app = req.into_inner().app;
+        if !app.is_empty() {
+            self.shared.read(|s| s.app(&app).map(|_| ())).map_err(Error::from)?;
+        }
+        let mut builds: Vec<pb::Build> = self.shared.read(|s| {
+            s.builds
+                .values()
+                .filter(|b| app.is_empty() || b.app == app)
+                .map(|b| convert::build(b, convert::rejections(&self.shared.dispatch.waiting_on(&b.id))))
+                .collect()
+        });
+        builds.sort_by_key(|b| crate::state::build_seq(&b.id));
+        Ok(Response::new(pb::ListBuildsResponse { builds }))
+    }
+
+    async fn get_build(&self, req: Request<pb::GetBuildRequest>) -> Result<Response<pb::Build>, Status> {
+        let id = req.into_inner().id;
+        let waiting = convert::rejections(&self.shared.dispatch.waiting_on(&id));
+        let build = self
+            .shared
+            .read(|s| s.builds.get(&id).map(|b| convert::build(b, waiting)))
+            .ok_or_else(|| Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them")))?;
+        Ok(Response::new(build))
+    }
+
+    type BuildLogsStream = LogStream;
+
+    async fn build_logs(&self, req: Request<pb::BuildLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let req = req.into_inner();
+        let id = req.build_id;
+        let state = self
+            .shared
+            .read(|s| s.builds.get(&id).map(|b| b.state))
+            .ok_or_else(|| Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them")))?;
+        let shared = self.shared.clone();
+        if shared.events.has_topic(&id) {
+            let sub = shared.events.subscribe(&id);
+            let follow = req.follow && !state.is_terminal();
+            let stream = async_stream::stream! {
+                let mut live = sub.live;
+                let mut ended = sub.finished;
+                for event in sub.history {
+                    match event.event {
+                        Some(Event::Log(line)) => yield Ok(line),
+                        Some(Event::Done(_) | Event::Failed(_)) => ended = true,
+                        _ => {}
+                    }
+                }
+                if !follow || ended {
+                    return;
+                }
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(2), live.recv()).await {
+                        Ok(Ok(DeployEvent { event: Some(Event::Log(line)) })) => yield Ok(line),
+                        Ok(Ok(DeployEvent { event: Some(Event::Done(_) | Event::Failed(_) | Event::Release(_)) })) => return,
+                        Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
+                        Ok(Err(RecvError::Closed)) => return,
+                        Err(_) => {
+                            if shared.read(|s| s.builds.get(&id).is_none_or(|b| b.state.is_terminal())) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        let path = shared.events.log_path(&id);
+        let text = tokio::fs::read_to_string(&path).await.map_err(|_| {
+            Error::NotFound(format!(
+                "no log for build {id} on this scheduler (logs stay with the scheduler that led during the build, and on the build node under its build_root/logs)"
+            ))
+        })?;
+        let lines: Vec<Result<pb::LogLine, Status>> =
+            text.lines().map(|l| Ok(pb::LogLine { at_ms: 0, line: l.to_string() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(lines))))
+    }
+
+    async fn list_releases(
+        &self,
+        req: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        let app = req.into_inner().app;
+        let releases = self
+            .shared
+            .read(|s| {
+                s.app(&app)?;
+                Ok::<_, crate::state::ApplyError>(
+                    s.releases.get(&app).map(|rs| rs.iter().map(convert::release).collect()).unwrap_or_default(),
+                )
+            })
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::ListReleasesResponse { releases }))
+    }
+
+    type RollbackStream = EventStream;
+
+    async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<EventStream>, Status> {
+        let req = req.into_inner();
+        too_long("request id", &req.request_id)?;
+        let request_id = if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
+        let cmd = Command::Rollback {
+            app: req.app,
+            to: (req.to != 0).then_some(req.to),
+            request_id: Some(request_id),
+            at_ms: crate::now_ms(),
+        };
+        let release = match self.shared.write(cmd).await? {
+            Applied::Release(r) => r,
+            other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
+        };
+        tracing::info!(app = %release.app, release = release.number, of = ?release.rollback_of, "rollback recorded");
+        self.shared.dispatcher_wake();
+        let topic = Topic::Release { app: release.app.clone(), number: release.number };
+        let first = Event::Release(convert::release(&release));
+        Ok(Response::new(watch_deploy(self.shared.clone(), Some(first), release_topic(&release), topic)))
+    }
+
+    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let down_after = self.shared.config.down_after();
+        let leading = self.shared.fleet.is_leading();
+        let nodes = self.shared.read(|s| {
+            s.nodes
+                .values()
+                .map(|n| {
+                    let soft = self.shared.fleet.soft_state(&n.id, down_after);
+                    let liveness = if leading { soft.liveness } else { Liveness::Unknown };
+                    pb::Node {
+                        id: n.id.clone(),
+                        name: n.name.clone(),
+                        status: match liveness {
+                            Liveness::Ready => pb::NodeStatus::Ready,
+                            Liveness::Down => pb::NodeStatus::Down,
+                            Liveness::Unknown => pb::NodeStatus::Unknown,
+                        } as i32,
+                        draining: n.draining,
+                        registered_at_ms: n.registered_at_ms,
+                        report: soft.report,
+                        last_report_age_ms: soft.last_report_age.map_or(0, |a| a.as_millis() as u64),
+                        labels: n.labels.clone().into_iter().collect(),
+                    }
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let metrics = self.shared.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::ClusterMember { id: *id, addr: node.addr.clone(), voter: voters.contains(id) })
+            .collect();
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node_id: metrics.id,
+            leader_id: metrics.current_leader.unwrap_or_default(),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or_default(),
+            last_applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            members,
+            state: format!("{:?}", metrics.state),
+        }))
+    }
+}

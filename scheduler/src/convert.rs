@@ -1,0 +1,176 @@
+//! Conversions between the replicated domain types ([`crate::state`]) and the wire types
+//! of `slipway_proto`. The only place that knows both shapes.
+
+use slipway_proto as pb;
+
+use crate::state::{self, BuildState, DeployState};
+
+pub fn app(a: &state::App, stack: &str) -> pb::App {
+    pb::App {
+        name: a.name.clone(),
+        repo: a.repo.clone(),
+        branch: a.branch.clone(),
+        created_at_ms: a.created_at_ms,
+        current_release: a.current_release,
+        service: format!("{stack}_{}", a.name),
+    }
+}
+
+pub fn build_state(s: BuildState) -> pb::BuildState {
+    match s {
+        BuildState::Queued => pb::BuildState::Queued,
+        BuildState::Assigned => pb::BuildState::Assigned,
+        BuildState::Running => pb::BuildState::Running,
+        BuildState::Pushed => pb::BuildState::Pushed,
+        BuildState::Failed => pb::BuildState::Failed,
+        BuildState::Cancelled => pb::BuildState::Cancelled,
+    }
+}
+
+pub fn build(b: &state::Build, waiting_on: Vec<pb::NodeRejection>) -> pb::Build {
+    pb::Build {
+        id: b.id.clone(),
+        app: b.app.clone(),
+        git_ref: b.git_ref.clone(),
+        no_cache: b.no_cache,
+        state: build_state(b.state) as i32,
+        node_id: b.node_id.clone().unwrap_or_default(),
+        attempt: b.attempt,
+        created_at_ms: b.created_at_ms,
+        finished_at_ms: b.finished_at_ms.unwrap_or_default(),
+        error: b.error.clone().unwrap_or_default(),
+        output: b.output.as_ref().map(build_output),
+        release: b.release.unwrap_or_default(),
+        waiting_on,
+    }
+}
+
+pub fn timings(t: &state::PhaseTimings) -> pb::PhaseTimings {
+    pb::PhaseTimings {
+        clone_ms: t.clone_ms,
+        context_ms: t.context_ms,
+        build_ms: t.build_ms,
+        push_ms: t.push_ms,
+    }
+}
+
+fn timings_from(t: Option<&pb::PhaseTimings>) -> state::PhaseTimings {
+    t.map(|t| state::PhaseTimings {
+        clone_ms: t.clone_ms,
+        context_ms: t.context_ms,
+        build_ms: t.build_ms,
+        push_ms: t.push_ms,
+    })
+    .unwrap_or_default()
+}
+
+pub fn build_output(o: &state::BuildOutput) -> pb::BuildOutput {
+    pb::BuildOutput {
+        git_sha: o.git_sha.clone(),
+        digest: o.digest.clone(),
+        repository: o.repository.clone(),
+        image_size_bytes: o.image_size_bytes,
+        layers_pushed: o.layers_pushed,
+        layers_reused: o.layers_reused,
+        bytes_pushed: o.bytes_pushed,
+        cache_hits: o.cache_hits,
+        steps: o.steps,
+        timings: Some(timings(&o.timings)),
+        run: Some(run_spec(&o.run)),
+    }
+}
+
+/// Validates what an agent reported before it enters the replicated state.
+pub fn build_output_from(o: &pb::BuildOutput) -> Result<state::BuildOutput, String> {
+    let digest_ok = o.digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if !digest_ok {
+        return Err(format!("agent reported an invalid image digest {:?}", o.digest));
+    }
+    if o.repository.is_empty() {
+        return Err("agent reported no repository".into());
+    }
+    Ok(state::BuildOutput {
+        git_sha: o.git_sha.clone(),
+        digest: o.digest.clone(),
+        repository: o.repository.clone(),
+        image_size_bytes: o.image_size_bytes,
+        layers_pushed: o.layers_pushed,
+        layers_reused: o.layers_reused,
+        bytes_pushed: o.bytes_pushed,
+        cache_hits: o.cache_hits,
+        steps: o.steps,
+        timings: timings_from(o.timings.as_ref()),
+        run: o
+            .run
+            .as_ref()
+            .map(run_spec_from)
+            .unwrap_or_else(|| state::RunSpec { replicas: 1, ..Default::default() }),
+    })
+}
+
+pub fn run_spec(r: &state::RunSpec) -> pb::RunSpec {
+    pb::RunSpec {
+        replicas: r.replicas,
+        port: r.port.map(u32::from).unwrap_or_default(),
+        env: r.env.clone().into_iter().collect(),
+        persist: r.persist.clone(),
+        healthcheck: r.healthcheck.as_ref().map(|h| pb::Healthcheck {
+            cmd: h.cmd.clone(),
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            retries: h.retries,
+            start_period_ms: h.start_period_ms,
+        }),
+    }
+}
+
+pub fn run_spec_from(r: &pb::RunSpec) -> state::RunSpec {
+    state::RunSpec {
+        replicas: r.replicas.max(1),
+        port: u16::try_from(r.port).ok().filter(|p| *p != 0),
+        env: r.env.clone().into_iter().collect(),
+        persist: r.persist.clone(),
+        healthcheck: r.healthcheck.as_ref().filter(|h| !h.cmd.is_empty()).map(|h| state::Healthcheck {
+            cmd: h.cmd.clone(),
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            retries: h.retries,
+            start_period_ms: h.start_period_ms,
+        }),
+    }
+}
+
+pub fn release(r: &state::Release) -> pb::Release {
+    pb::Release {
+        app: r.app.clone(),
+        number: r.number,
+        digest: r.digest.clone(),
+        image: r.image(),
+        git_sha: r.git_sha.clone(),
+        build_id: r.build_id.clone(),
+        node: r.node_id.clone(),
+        created_at_ms: r.created_at_ms,
+        rollback_of: r.rollback_of.unwrap_or_default(),
+        deploy_state: match r.deploy {
+            DeployState::Pending => pb::DeployState::Pending,
+            DeployState::Deployed => pb::DeployState::Deployed,
+            DeployState::Failed => pb::DeployState::Failed,
+        } as i32,
+        deploy_error: r.deploy_error.clone().unwrap_or_default(),
+        run: Some(run_spec(&r.run)),
+        bytes_pushed: r.bytes_pushed,
+        timings: Some(timings(&r.timings)),
+    }
+}
+
+pub fn rejections(rs: &[crate::placement::Rejection]) -> Vec<pb::NodeRejection> {
+    rs.iter()
+        .map(|r| pb::NodeRejection {
+            node_id: r.node_id.clone(),
+            node_name: r.node_name.clone(),
+            reason: r.reason.clone(),
+        })
+        .collect()
+}

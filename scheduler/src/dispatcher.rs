@@ -1,0 +1,333 @@
+//! The leader's work loop: place queued builds, take builds back from lost nodes, and
+//! deploy every release that is not deployed yet.
+//!
+//! The loop is driven by the replicated state, not by in-memory queues: whatever the
+//! state says is queued gets placed, whatever release is pending gets deployed. So a new
+//! leader simply picks up where the old one stopped, and a crash mid-deploy is retried
+//! by whoever leads next.
+//!
+//! ```text
+//! Queued ──place()──► AssignBuild ──► agent ── BuildEvent ──► finish_build ──► Release N (pending)
+//!                                                                                  │
+//!                     RecordDeploy ◄── deploy::deploy (Swarm) ◄── deploy_release ◄─┘
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use slipway_proto::deploy_event::Event;
+use slipway_proto::scheduler_message::Msg as SchedMsg;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::convert;
+use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, ServiceDeploy};
+use crate::placement::{self, BuildNeeds, Liveness, NodeView, Rejection};
+use crate::server::Shared;
+use crate::state::{BuildOutput, BuildState, Command, DeployState, Release, Response};
+
+/// Leader-only memory of the dispatcher.
+#[derive(Default)]
+pub struct DispatchState {
+    /// Why each waiting build could not be placed, as of the last attempt.
+    pub waiting: Mutex<HashMap<String, Vec<Rejection>>>,
+    /// Apps with a deploy in flight on this leader.
+    deploying: Mutex<HashSet<String>>,
+}
+
+impl DispatchState {
+    /// Reasons a queued build waits, node by node.
+    pub fn waiting_on(&self, build_id: &str) -> Vec<Rejection> {
+        self.waiting.lock().expect("dispatch lock poisoned").get(build_id).cloned().unwrap_or_default()
+    }
+}
+
+/// Topic of a release's deploy events: its build for built releases, its own for rollbacks.
+pub fn release_topic(r: &Release) -> String {
+    match r.rollback_of {
+        None => r.build_id.clone(),
+        Some(_) => format!("rollback-{}-{}", r.app, r.number),
+    }
+}
+
+/// Runs until shutdown. Does nothing while this member is not the leader.
+pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut applied = shared.applied.clone();
+    loop {
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if !shared.fleet.is_leading() {
+            continue;
+        }
+        place_queued(&shared).await;
+        requeue_lost(&shared).await;
+        start_pending_deploys(&shared).await;
+    }
+}
+
+/// Views of every registered node for placement.
+fn node_views(shared: &Shared) -> Vec<(String, String, bool, crate::agents::NodeSoftState, u32)> {
+    let down_after = shared.config.down_after();
+    shared.read(|s| {
+        s.nodes
+            .values()
+            .map(|n| {
+                let assigned = s
+                    .builds
+                    .values()
+                    .filter(|b| {
+                        b.node_id.as_deref() == Some(&n.id)
+                            && matches!(b.state, BuildState::Assigned | BuildState::Running)
+                    })
+                    .count() as u32;
+                (n.id.clone(), n.name.clone(), n.draining, shared.fleet.soft_state(&n.id, down_after), assigned)
+            })
+            .collect()
+    })
+}
+
+async fn place_queued(shared: &Arc<Shared>) {
+    let queued: Vec<_> = shared.read(|s| {
+        s.queued_builds()
+            .map(|b| {
+                let last_image = s
+                    .releases
+                    .get(&b.app)
+                    .and_then(|rs| rs.iter().rev().find_map(|r| s.builds.get(&r.build_id)))
+                    .and_then(|b| b.output.as_ref())
+                    .map_or(0, |o| o.image_size_bytes);
+                (b.clone(), s.last_build_node(&b.app).map(str::to_string), last_image)
+            })
+            .collect()
+    });
+    for (build, last_node, last_image_bytes) in queued {
+        // Recomputed per build: the previous iteration may have filled a slot.
+        let nodes = node_views(shared);
+        let views: Vec<NodeView<'_>> = nodes
+            .iter()
+            .map(|(id, name, draining, soft, assigned)| NodeView {
+                id,
+                name,
+                liveness: soft.liveness,
+                draining: *draining,
+                report: soft.report.as_ref(),
+                assigned_builds: *assigned,
+            })
+            .collect();
+        let needs = BuildNeeds {
+            app: &build.app,
+            min_free_bytes: shared.config.placement.min_free_bytes.saturating_add(last_image_bytes),
+            last_built_on: last_node.as_deref(),
+        };
+        let decision = placement::place(&needs, &views);
+        let Some(node_id) = decision.chosen.clone() else {
+            let mut waiting = shared.dispatch.waiting.lock().expect("dispatch lock poisoned");
+            if waiting.get(&build.id) != Some(&decision.rejected) {
+                tracing::info!(build = %build.id, why = %decision.explain(), "build waits for a node");
+                shared.events.publish(
+                    &build.id,
+                    Event::Placement(slipway_proto::Placement {
+                        node_id: String::new(),
+                        node_name: String::new(),
+                        rejected: convert::rejections(&decision.rejected),
+                    }),
+                );
+                waiting.insert(build.id.clone(), decision.rejected);
+            }
+            continue;
+        };
+        let attempt = build.attempt + 1;
+        let cmd = Command::AssignBuild { build_id: build.id.clone(), node_id: node_id.clone(), attempt };
+        match shared.write(cmd).await {
+            Ok(Response::Build(b)) => {
+                shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(&b.id);
+                let node_name = nodes.iter().find(|n| n.0 == node_id).map(|n| n.1.clone()).unwrap_or_default();
+                tracing::info!(build = %b.id, attempt, node = %node_name, "build placed");
+                shared.events.publish(
+                    &b.id,
+                    Event::Placement(slipway_proto::Placement {
+                        node_id: node_id.clone(),
+                        node_name,
+                        rejected: convert::rejections(&decision.rejected),
+                    }),
+                );
+                let assignment = shared.read(|s| s.apps.get(&b.app).map(|app| shared.assignment(&b, app)));
+                if let Some(a) = assignment {
+                    if !shared.fleet.send(&node_id, SchedMsg::Assign(a)) {
+                        tracing::warn!(build = %b.id, "node's session is gone; the build returns to the queue when the node is down");
+                    }
+                }
+            }
+            Ok(other) => tracing::debug!(?other, build = %build.id, "assignment not applied"),
+            Err(err) => tracing::warn!(build = %build.id, %err, "cannot record assignment"),
+        }
+    }
+}
+
+/// Builds whose node went Down go back to the queue for a new attempt.
+async fn requeue_lost(shared: &Arc<Shared>) {
+    let down_after = shared.config.down_after();
+    let lost: Vec<(String, u32, String)> = shared.read(|s| {
+        s.builds
+            .values()
+            .filter(|b| matches!(b.state, BuildState::Assigned | BuildState::Running))
+            .filter_map(|b| {
+                let node = b.node_id.as_deref()?;
+                (shared.fleet.soft_state(node, down_after).liveness == Liveness::Down).then(|| {
+                    let name = s.nodes.get(node).map_or(node, |n| n.name.as_str());
+                    (b.id.clone(), b.attempt, name.to_string())
+                })
+            })
+            .collect()
+    });
+    for (build_id, attempt, node) in lost {
+        let reason = format!("node {node} is down");
+        tracing::warn!(build = %build_id, attempt, %node, "node lost; queueing the build again");
+        shared.events.log(&build_id, format!("==> {reason}; placing the build again"));
+        if let Err(err) = shared.write(Command::RequeueBuild { build_id: build_id.clone(), attempt, reason }).await
+        {
+            tracing::warn!(build = %build_id, %err, "cannot requeue build");
+        }
+    }
+}
+
+/// Records an attempt's outcome; a success records the release and wakes the deployer.
+pub async fn finish_build(shared: &Arc<Shared>, build_id: &str, attempt: u32, result: Result<BuildOutput, String>) {
+    let cmd =
+        Command::FinishBuild { build_id: build_id.to_string(), attempt, result: result.clone(), at_ms: crate::now_ms() };
+    match shared.write(cmd).await {
+        Ok(Response::Release(release)) => {
+            tracing::info!(build = %build_id, release = release.number, digest = %release.digest, "release recorded");
+            shared.events.publish(build_id, Event::Release(convert::release(&release)));
+            shared.dispatcher_wake();
+        }
+        Ok(Response::Build(b)) if b.state == BuildState::Failed => {
+            let reason = b.error.unwrap_or_default();
+            tracing::info!(build = %build_id, %reason, "build failed");
+            shared.events.publish(build_id, Event::Failed(format!("build {build_id} failed: {reason}")));
+        }
+        Ok(Response::Stale) => tracing::info!(build = %build_id, attempt, "ignoring a result from a stale attempt"),
+        Ok(other) => tracing::warn!(build = %build_id, ?other, "unexpected answer to FinishBuild"),
+        Err(err) => tracing::error!(build = %build_id, %err, "cannot record the build result"),
+    }
+}
+
+async fn start_pending_deploys(shared: &Arc<Shared>) {
+    // For each app only its newest release is deployed; older pending ones are superseded.
+    let (latest, superseded): (Vec<Release>, Vec<(String, u64, u64)>) = shared.read(|s| {
+        let mut latest = Vec::new();
+        let mut superseded = Vec::new();
+        for releases in s.releases.values() {
+            let Some(newest) = releases.last() else { continue };
+            if newest.deploy == DeployState::Pending {
+                latest.push(newest.clone());
+            }
+            for r in releases.iter().filter(|r| r.deploy == DeployState::Pending && r.number != newest.number) {
+                superseded.push((r.app.clone(), r.number, newest.number));
+            }
+        }
+        (latest, superseded)
+    });
+    for (app, number, newest) in superseded {
+        let result = Err(format!("superseded by release {newest}"));
+        if let Err(err) = shared.write(Command::RecordDeploy { app, release: number, result }).await {
+            tracing::warn!(%err, "cannot mark a release superseded");
+        }
+    }
+    for release in latest {
+        if !shared.dispatch.deploying.lock().expect("dispatch lock poisoned").insert(release.app.clone()) {
+            continue;
+        }
+        let shared = shared.clone();
+        let span = tracing::info_span!("deploy", app = %release.app, release = release.number);
+        tokio::spawn(
+            async move {
+                deploy_release(&shared, &release).await;
+                shared.dispatch.deploying.lock().expect("dispatch lock poisoned").remove(&release.app);
+                shared.dispatcher_wake();
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Maps a release to the Swarm service that runs it.
+pub fn service_for(shared: &Shared, release: &Release) -> ServiceDeploy {
+    let deploy = &shared.config.deploy;
+    ServiceDeploy {
+        stack: deploy.stack.clone(),
+        app: release.app.clone(),
+        image: release.image(),
+        release: release.number,
+        replicas: release.run.replicas.max(1),
+        port: release.run.port,
+        env: release.run.env.clone(),
+        persist: release.run.persist.clone(),
+        healthcheck: release.run.healthcheck.as_ref().map(|h| HealthcheckSpec {
+            cmd: h.cmd.clone(),
+            interval: Duration::from_millis(h.interval_ms),
+            timeout: Duration::from_millis(h.timeout_ms),
+            start_period: Duration::from_millis(h.start_period_ms),
+            retries: h.retries,
+        }),
+        publish_mode: match deploy.publish_mode {
+            crate::config::PublishModeConfig::Ingress => PublishMode::Ingress,
+            crate::config::PublishModeConfig::Host => PublishMode::Host,
+        },
+        persist_backend: match &deploy.nfs {
+            None => PersistBackend::Local,
+            Some(nfs) => PersistBackend::Nfs { addr: nfs.addr.clone(), export_root: nfs.export_root.clone() },
+        },
+        converge_timeout: Duration::from_secs(deploy.converge_timeout_secs),
+    }
+}
+
+async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
+    let topic = release_topic(release);
+    let spec = service_for(shared, release);
+    let service = format!("{}_{}", spec.stack, spec.app);
+    shared.events.publish(&topic, Event::DeployProgress(format!("deploying release {} ({}) to service {service}", release.number, spec.image)));
+    let outcome = match shared.docker().await {
+        Ok(docker) => {
+            let progress_topic = topic.clone();
+            let events = shared.events.clone();
+            let progress = move |line: String| events.publish(&progress_topic, Event::DeployProgress(line));
+            deploy::deploy(&docker, &spec, &progress).await.map_err(|e| e.to_string())
+        }
+        Err(err) => Err(err.to_string()),
+    };
+    let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
+    let cmd = Command::RecordDeploy { app: release.app.clone(), release: release.number, result };
+    let recorded = shared.write(cmd).await;
+    match (outcome, recorded) {
+        (Ok(done), Ok(Response::Release(r))) => {
+            tracing::info!(service = %service, running = done.running, "release deployed");
+            shared.events.publish(
+                &topic,
+                Event::Done(slipway_proto::DeployDone {
+                    release: Some(convert::release(&r)),
+                    service,
+                    running: done.running,
+                    published_port: done.published_port.map(u32::from).unwrap_or_default(),
+                }),
+            );
+        }
+        (Err(reason), _) => {
+            tracing::warn!(%reason, "deploy failed");
+            shared.events.publish(&topic, Event::Failed(format!("deploy of release {} failed: {reason}", release.number)));
+        }
+        (Ok(_), Ok(other)) => {
+            shared.events.publish(&topic, Event::Failed(format!("deploy succeeded but recording it was refused: {other:?}")));
+        }
+        (Ok(_), Err(err)) => {
+            // Not recorded: the next leader finds the release pending and deploys again
+            // (an update to the same digest is a no-op for Swarm).
+            shared.events.publish(&topic, Event::Failed(format!("deploy succeeded but could not be recorded: {err}")));
+        }
+    }
+}

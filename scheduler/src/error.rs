@@ -1,0 +1,58 @@
+//! The scheduler's error type at its API boundary, mapped once to gRPC [`Status`].
+//!
+//! What the caller can act on (bad input, not found, not leader) is kept apart from
+//! what is fatal to this member (storage broken).
+
+use tonic::{Code, Status};
+
+use crate::state::ApplyError;
+
+/// gRPC metadata key carrying the leader's address when this member is not the leader.
+pub const LEADER_HINT: &str = "slipway-leader";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A name, ref or URL from the user was refused before it reached git or Docker.
+    #[error(transparent)]
+    Invalid(#[from] slipway_proto::validate::Invalid),
+    /// The replicated state refused the command (unknown app, no such release, …).
+    #[error(transparent)]
+    Refused(#[from] ApplyError),
+    /// Something the request named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// This member is not the leader; `leader` is where to go, if known.
+    #[error("this scheduler is not the leader{}", leader.as_ref().map(|l| format!("; the leader is at {l}")).unwrap_or_else(|| " and no leader is elected yet; retry shortly".into()))]
+    NotLeader { leader: Option<String> },
+    /// A dependency (engine, registry, peer) did not answer; retrying may help.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Raft storage failed: this member cannot serve until an operator looks at it.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let msg = err.to_string();
+        match err {
+            Error::Invalid(_) => Status::invalid_argument(msg),
+            Error::Refused(
+                ApplyError::NoSuchApp(_) | ApplyError::NoSuchBuild(_) | ApplyError::NoSuchNode(_),
+            )
+            | Error::Refused(ApplyError::NoSuchRelease { .. })
+            | Error::NotFound(_) => Status::not_found(msg),
+            Error::Refused(ApplyError::AppExists(_)) => Status::already_exists(msg),
+            Error::Refused(_) => Status::failed_precondition(msg),
+            Error::NotLeader { leader } => {
+                let mut status = Status::new(Code::Unavailable, msg);
+                if let Some(leader) = leader.and_then(|l| l.parse().ok()) {
+                    status.metadata_mut().insert(LEADER_HINT, leader);
+                }
+                status
+            }
+            Error::Unavailable(_) => Status::unavailable(msg),
+            Error::Storage(_) => Status::internal(msg),
+        }
+    }
+}

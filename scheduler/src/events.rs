@@ -1,0 +1,144 @@
+//! Live build logs and deploy progress, fanned out to whoever watches.
+//!
+//! Each build (and each rollback) is a *topic*. The leader publishes [`DeployEvent`]s to
+//! it as they happen: placement, log lines, the pushed image, the release, Swarm
+//! progress, and one terminal event (`done` or `failed`). A watcher gets the history so
+//! far and then the live events, atomically, so joining late never loses a line. Build
+//! log lines are also appended to `<data_dir>/logs/<build_id>.log` so `slipway logs`
+//! works after the build and after a restart of this scheduler. Events are leader
+//! memory, not raft writes: the raft log stays small.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use slipway_proto::{deploy_event::Event, DeployEvent, LogLine};
+use tokio::sync::broadcast;
+
+/// Finished topics are forgotten this long after their terminal event.
+const KEEP_FINISHED: Duration = Duration::from_secs(600);
+/// At most this many events are kept per topic for late watchers.
+const MAX_HISTORY: usize = 20_000;
+
+/// The fan-out hub.
+#[derive(Clone)]
+pub struct Events {
+    inner: Arc<Mutex<HashMap<String, Topic>>>,
+    log_dir: PathBuf,
+}
+
+struct Topic {
+    history: Vec<DeployEvent>,
+    live: broadcast::Sender<DeployEvent>,
+    finished_at: Option<Instant>,
+}
+
+/// History so far plus the live feed of one topic.
+pub struct Subscription {
+    pub history: Vec<DeployEvent>,
+    pub live: broadcast::Receiver<DeployEvent>,
+    /// True if the topic already ended (history holds the terminal event).
+    pub finished: bool,
+}
+
+impl Events {
+    /// Keeps build logs under `log_dir`.
+    pub fn new(log_dir: PathBuf) -> Self {
+        if let Err(err) = std::fs::create_dir_all(&log_dir) {
+            tracing::warn!(dir = %log_dir.display(), %err, "cannot create the build log directory");
+        }
+        Self { inner: Arc::default(), log_dir }
+    }
+
+    /// Publishes one event; a terminal event (`done`/`failed`) ends the topic.
+    pub fn publish(&self, topic: &str, event: Event) {
+        if let Event::Log(line) = &event {
+            self.append_log_file(topic, line);
+        }
+        let terminal = matches!(event, Event::Done(_) | Event::Failed(_));
+        let event = DeployEvent { event: Some(event) };
+        let mut topics = self.inner.lock().expect("events lock poisoned");
+        topics.retain(|_, t| t.finished_at.is_none_or(|at| at.elapsed() < KEEP_FINISHED));
+        let topic = topics.entry(topic.to_string()).or_insert_with(Topic::new);
+        if topic.history.len() < MAX_HISTORY || terminal {
+            topic.history.push(event.clone());
+        }
+        if terminal {
+            topic.finished_at = Some(Instant::now());
+        }
+        // No receivers is fine: nobody watches right now.
+        let _ = topic.live.send(event);
+    }
+
+    /// Convenience for a log line stamped now.
+    pub fn log(&self, topic: &str, line: impl Into<String>) {
+        self.publish(topic, Event::Log(LogLine { at_ms: crate::now_ms(), line: line.into() }));
+    }
+
+    /// Subscribes to a topic, creating it if nobody published yet.
+    pub fn subscribe(&self, topic: &str) -> Subscription {
+        let mut topics = self.inner.lock().expect("events lock poisoned");
+        let topic = topics.entry(topic.to_string()).or_insert_with(Topic::new);
+        Subscription {
+            history: topic.history.clone(),
+            live: topic.live.subscribe(),
+            finished: topic.finished_at.is_some(),
+        }
+    }
+
+    /// True if this scheduler holds the topic in memory.
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.inner.lock().expect("events lock poisoned").contains_key(topic)
+    }
+
+    /// Path of a build's log file on this scheduler.
+    pub fn log_path(&self, build_id: &str) -> PathBuf {
+        self.log_dir.join(format!("{build_id}.log"))
+    }
+
+    fn append_log_file(&self, topic: &str, line: &LogLine) {
+        // Topics of rollbacks hold no build log.
+        if !topic.starts_with("b-") {
+            return;
+        }
+        let path = self.log_path(topic);
+        let result = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{}", line.line));
+        if let Err(err) = result {
+            tracing::warn!(path = %path.display(), %err, "cannot append to build log");
+        }
+    }
+}
+
+impl Topic {
+    fn new() -> Self {
+        Self { history: Vec::new(), live: broadcast::channel(4096).0, finished_at: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn late_watchers_get_history_then_live_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Events::new(dir.path().to_path_buf());
+        events.log("b-1", "step 1");
+        let mut sub = events.subscribe("b-1");
+        assert_eq!(sub.history.len(), 1);
+        events.log("b-1", "step 2");
+        events.publish("b-1", Event::Failed("boom".into()));
+        let Some(Event::Log(l)) = sub.live.recv().await.unwrap().event else { panic!() };
+        assert_eq!(l.line, "step 2");
+        assert!(matches!(sub.live.recv().await.unwrap().event, Some(Event::Failed(_))));
+        assert!(events.subscribe("b-1").finished);
+        let file = std::fs::read_to_string(events.log_path("b-1")).unwrap();
+        assert_eq!(file, "step 1\nstep 2\n");
+    }
+}

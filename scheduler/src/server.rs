@@ -1,0 +1,274 @@
+//! Wires the scheduler together and runs it: [`start`] binds the listeners, opens the
+//! raft store, bootstraps a fresh data dir as a single-member cluster, and starts the
+//! gRPC services (control, agents, raft), the HTTP side and the dispatcher.
+//! [`Shared`] is what every part holds: config, raft, the replicated state, the fleet's
+//! soft state and the event hub.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use openraft::ServerState;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex, Notify};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::agents::{AgentSessions, Fleet};
+use crate::config::SchedulerConfig;
+use crate::control::ControlService;
+use crate::dispatcher::DispatchState;
+use crate::error::Error;
+use crate::events::Events;
+use crate::raft::state_machine::SharedState;
+use crate::raft::{self, Raft, RaftConfig};
+use crate::state::{App, Build, Command, Response, State};
+
+/// What every part of the scheduler shares.
+pub struct Shared {
+    pub config: SchedulerConfig,
+    /// `host:port` where this member's gRPC listener is reached.
+    pub advertise: String,
+    pub raft: Raft,
+    pub state: SharedState,
+    /// Last applied raft index; changes whenever the state does.
+    pub applied: watch::Receiver<u64>,
+    pub events: Events,
+    pub fleet: Fleet,
+    pub dispatch: DispatchState,
+    /// Wakes the dispatcher early (a report arrived, a build finished).
+    pub wake: Notify,
+    docker: Mutex<Option<Docker>>,
+}
+
+impl Shared {
+    /// Reads the replicated state (as applied on this member).
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.read().expect("state lock poisoned"))
+    }
+
+    /// Proposes a command through raft (forwarded to the leader if need be) and waits
+    /// until it is committed and applied. A refusal by the state machine is an error.
+    pub async fn write(&self, cmd: Command) -> Result<Response, Error> {
+        match raft::write(&self.raft, cmd).await {
+            Ok(Response::Refused(err)) => Err(Error::Refused(err)),
+            Ok(resp) => Ok(resp),
+            Err(raft::WriteError::NotLeader { leader_addr }) => Err(Error::NotLeader { leader: leader_addr }),
+            Err(raft::WriteError::Fatal(err)) => Err(Error::Storage(err)),
+            Err(err) => Err(Error::Unavailable(err.to_string())),
+        }
+    }
+
+    /// True while this member leads the cluster.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(m.id)
+    }
+
+    /// The leader's advertised address, if one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    /// Fails with the leader's address unless this member is the leader.
+    pub fn require_leader(&self) -> Result<(), Error> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader { leader: self.leader_addr() })
+        }
+    }
+
+    pub fn dispatcher_wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The assignment an agent gets for a build's current attempt.
+    pub fn assignment(&self, b: &Build, app: &App) -> slipway_proto::BuildAssignment {
+        slipway_proto::BuildAssignment {
+            build_id: b.id.clone(),
+            attempt: b.attempt,
+            app: app.name.clone(),
+            repo: app.repo.clone(),
+            git_ref: b.git_ref.clone(),
+            no_cache: b.no_cache,
+            repository: format!("{}/{}", self.config.registry.addr, app.name),
+        }
+    }
+
+    /// The Swarm manager's engine, connected on first use (and again after a failure).
+    pub async fn docker(&self) -> Result<Docker, Error> {
+        let mut slot = self.docker.lock().await;
+        if let Some(docker) = slot.as_ref() {
+            if docker.ping().await.is_ok() {
+                return Ok(docker.clone());
+            }
+        }
+        let socket = &self.config.deploy.docker_socket;
+        let unreachable = |e: bollard::errors::Error| {
+            Error::Unavailable(format!(
+                "cannot reach the Docker engine at unix://{socket}: {e}; is dockerd running there (deploy.docker_socket)?"
+            ))
+        };
+        let docker = Docker::connect_with_unix(socket, 300, bollard::API_DEFAULT_VERSION)
+            .map_err(unreachable)?
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        *slot = Some(docker.clone());
+        Ok(docker)
+    }
+}
+
+/// Why the scheduler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the raft store in {dir}: {message}")]
+    Store { dir: String, message: String },
+}
+
+/// A started scheduler: its addresses and the means to stop it.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting work and waits up to `grace` for the parts to finish.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!("shutdown grace period over; aborting what is left");
+            self.tasks.abort_all();
+        }
+        if let Err(err) = self.shared.raft.shutdown().await {
+            tracing::warn!(%err, "raft shutdown");
+        }
+    }
+}
+
+/// Runs the scheduler until `shutdown` resolves, then drains for up to 10 s.
+pub async fn run(config: SchedulerConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let running = start(config).await?;
+    tracing::info!(grpc = %running.grpc_addr, http = %running.http_addr, "scheduler running");
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Starts every part of the scheduler and returns once it serves.
+pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
+    let grpc_listener =
+        TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
+    let http_addr =
+        http_listener.local_addr().map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| grpc_addr.to_string());
+
+    let store_err = |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
+    let opened = raft::open(&config.data_dir, config.node_id, &RaftConfig::default())
+        .await
+        .map_err(|e| store_err(e.to_string()))?;
+    if !opened.initialized {
+        tracing::info!(node_id = config.node_id, %advertise, "bootstrapping a new single-member cluster");
+        raft::bootstrap_single(&opened.raft, config.node_id, advertise.clone())
+            .await
+            .map_err(|e| store_err(e.to_string()))?;
+    }
+
+    let shared = Arc::new(Shared {
+        events: Events::new(config.data_dir.join("logs")),
+        config,
+        advertise,
+        raft: opened.raft,
+        state: opened.state,
+        applied: opened.applied,
+        fleet: Fleet::default(),
+        dispatch: DispatchState::default(),
+        wake: Notify::new(),
+        docker: Mutex::new(None),
+    });
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(slipway_proto::control_server::ControlServer::new(ControlService::new(shared.clone())))
+        .add_service(slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(
+            shared.clone(),
+        )))
+        .add_service(slipway_proto::raft_server::RaftServer::new(raft::network::RaftService::new(
+            shared.raft.clone(),
+        )));
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(
+        async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            let signal = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(err) = grpc.serve_with_incoming_shutdown(incoming, signal).await {
+                tracing::error!(%err, "gRPC server failed");
+            }
+        }
+        .instrument(tracing::info_span!("grpc")),
+    );
+
+    let app = crate::http::router(shared.clone());
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(
+        async move {
+            let signal = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(err) = axum::serve(http_listener, app).with_graceful_shutdown(signal).await {
+                tracing::error!(%err, "HTTP server failed");
+            }
+        }
+        .instrument(tracing::info_span!("http")),
+    );
+
+    tasks.spawn(watch_leadership(shared.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("leadership")));
+    tasks.spawn(
+        crate::dispatcher::run(shared.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("dispatcher")),
+    );
+
+    Ok(Running { grpc_addr, http_addr, shared, shutdown, tasks })
+}
+
+/// Follows raft's metrics and hands the fleet over when leadership changes.
+async fn watch_leadership(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = shared.raft.metrics();
+    let mut leading = false;
+    loop {
+        let now_leading = shared.is_leader();
+        if now_leading != leading {
+            tracing::info!(leader = now_leading, term = metrics.borrow().current_term, "leadership changed");
+            shared.fleet.leadership_changed(now_leading);
+            leading = now_leading;
+            shared.dispatcher_wake();
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
