@@ -1,0 +1,112 @@
+//! The agent's configuration: `/etc/slipway/agent.toml`, overridden by flags and
+//! `SLIPWAY_*` environment variables in the binary. An empty file is valid: every
+//! field has a default for a node running next to a local scheduler.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `slipway-agent` needs to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Scheduler addresses (`host:port`); the agent follows leader hints between them.
+    pub schedulers: Vec<String>,
+    /// Node name shown to operators (default: the host name).
+    pub name: Option<String>,
+    /// Node id and agent bookkeeping live here.
+    pub state_dir: PathBuf,
+    /// Builds run in `<build_root>/<build_id>-<attempt>` on local disk.
+    pub build_root: PathBuf,
+    /// Engine API socket of this node's Docker engine.
+    pub docker_socket: String,
+    /// Builds run at the same time, at most.
+    pub build_slots: u32,
+    /// Whether `file://` repositories (on this node's disk) may be built.
+    pub allow_file_repos: bool,
+    /// CPU cores one build may use (0: no cap).
+    pub build_cpu_limit: f64,
+    /// Memory one build may use, in bytes (0: no cap).
+    pub build_memory_limit_bytes: u64,
+    /// Longest a clone may take.
+    pub clone_timeout_secs: u64,
+    /// Labels reported to the scheduler.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            schedulers: vec!["127.0.0.1:7400".into()],
+            name: None,
+            state_dir: PathBuf::from("/var/lib/slipway/agent"),
+            build_root: PathBuf::from("/var/lib/slipway/builds"),
+            docker_socket: "/var/run/docker.sock".into(),
+            build_slots: 2,
+            allow_file_repos: true,
+            build_cpu_limit: 0.0,
+            build_memory_limit_bytes: 0,
+            clone_timeout_secs: 600,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// A config that cannot be used, naming the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("bad agent config: {0}")]
+pub struct ConfigError(pub String);
+
+impl AgentConfig {
+    /// Reads a TOML config file; unknown keys and wrong types are errors naming the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses TOML text and checks the values.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that TOML types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.schedulers.is_empty() {
+            return Err(ConfigError("schedulers must list at least one host:port".into()));
+        }
+        if self.build_slots == 0 {
+            return Err(ConfigError("build_slots must be at least 1".into()));
+        }
+        if !self.build_root.is_absolute() || !self.state_dir.is_absolute() {
+            return Err(ConfigError("build_root and state_dir must be absolute paths".into()));
+        }
+        if self.build_cpu_limit < 0.0 {
+            return Err(ConfigError("build_cpu_limit must be 0 (no cap) or a positive number of cores".into()));
+        }
+        Ok(())
+    }
+
+    /// The name reported for this node.
+    pub fn node_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_named_errors() {
+        assert_eq!(AgentConfig::parse("").unwrap().build_slots, 2);
+        assert!(AgentConfig::parse("build_slot = 3").unwrap_err().to_string().contains("build_slot"));
+        assert!(AgentConfig::parse("build_slots = 0").unwrap_err().to_string().contains("build_slots"));
+        assert!(AgentConfig::parse("build_root = \"rel\"").unwrap_err().to_string().contains("build_root"));
+    }
+}

@@ -1,0 +1,108 @@
+//! Measures what the scheduler needs to place builds on this node: the build
+//! filesystem (the filesystem `build_root` is on, by `statvfs`), CPU, load, memory, the
+//! Docker engine's health, and the bytes slipway's own images hold.
+
+use std::path::{Path, PathBuf};
+
+use bollard::Docker;
+use slipway_proto::NodeReport;
+use sysinfo::System;
+
+/// Label the agent puts on every image it builds (see the pipeline).
+pub const APP_LABEL: &str = "io.slipway.app";
+
+/// Takes [`NodeReport`]s; keeps the CPU sampler between calls so usage is a rate.
+pub struct Reporter {
+    sys: Option<System>,
+    build_root: PathBuf,
+    build_slots: u32,
+}
+
+/// Total and available bytes of the filesystem holding `path`.
+pub fn filesystem_bytes(path: &Path) -> std::io::Result<(u64, u64)> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    let block = stat.fragment_size() as u64;
+    Ok((stat.blocks() as u64 * block, stat.blocks_available() as u64 * block))
+}
+
+impl Reporter {
+    pub fn new(build_root: PathBuf, build_slots: u32) -> Self {
+        let sys = System::new().ok().map(|mut s| {
+            s.refresh_cpu_usage();
+            s
+        });
+        Self { sys, build_root, build_slots }
+    }
+
+    /// Measures the node now. `running` are the builds this agent runs.
+    pub async fn measure(&mut self, docker: Option<&Docker>, running: Vec<String>, cached_apps: Vec<String>) -> NodeReport {
+        let (total, available) = filesystem_bytes(&self.build_root).unwrap_or_else(|err| {
+            tracing::warn!(build_root = %self.build_root.display(), %err, "cannot stat the build filesystem");
+            (0, 0)
+        });
+        let mut report = NodeReport {
+            build_fs_total_bytes: total,
+            build_fs_available_bytes: available,
+            running_builds: running.len() as u32,
+            build_slots: self.build_slots,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            cached_apps,
+            running_build_ids: running,
+            ..Default::default()
+        };
+        if let Some(sys) = self.sys.as_mut() {
+            sys.refresh_cpu_usage();
+            sys.refresh_memory();
+            report.cpu_count = sys.cpus().len() as u32;
+            report.cpu_usage_percent = sys.global_cpu_usage();
+            report.memory_total_bytes = sys.total_memory();
+            report.memory_available_bytes = sys.available_memory();
+        }
+        if let Ok(load) = System::load_average() {
+            report.load_1m = load.one;
+        }
+        if let Some(docker) = docker {
+            if let Ok(version) = docker.version().await {
+                report.docker_healthy = true;
+                report.docker_version = version.version.unwrap_or_default();
+                report.cache_bytes = slipway_image_bytes(docker).await;
+            }
+        }
+        report
+    }
+}
+
+/// Bytes held by images slipway built on this engine.
+async fn slipway_image_bytes(docker: &Docker) -> u64 {
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+        .filters(&std::collections::HashMap::from([("label", vec![APP_LABEL])]))
+        .build();
+    match docker.list_images(Some(options)).await {
+        Ok(images) => images.iter().map(|i| i.size.max(0) as u64).sum(),
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filesystem_bytes_reads_the_filesystem_of_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (total, available) = filesystem_bytes(dir.path()).unwrap();
+        assert!(total > 0 && available <= total);
+        assert!(filesystem_bytes(Path::new("/no/such/dir")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_report_without_docker_says_the_engine_is_unhealthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Reporter::new(dir.path().to_path_buf(), 3);
+        let report = r.measure(None, vec!["b-1".into()], vec![]).await;
+        assert_eq!((report.running_builds, report.build_slots), (1, 3));
+        assert!(!report.docker_healthy);
+        assert!(report.build_fs_total_bytes > 0);
+        assert!(report.memory_total_bytes > 0);
+    }
+}

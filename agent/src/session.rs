@@ -1,0 +1,402 @@
+//! The agent's life: keep one session open with the scheduler's leader, report the
+//! node's headroom on a period with jitter, run the builds it is assigned, and stream
+//! their logs and results back.
+//!
+//! ```text
+//!   run ──► connect (any scheduler; follow `slipway-leader` hints; back off) ──► Hello
+//!            ▲                                                                  │
+//!            └── session ends (leader lost, network) ◄── reports / build events ┘
+//!                                                     ◄── assignments / cancels
+//! ```
+//!
+//! Builds belong to the agent, not to a session: a build keeps running while the agent
+//! reconnects, and its result is delivered on whichever session is open when it ends
+//! (results finished while disconnected wait in `undelivered`). Assignments are
+//! idempotent by (build id, attempt): a repeated one is answered with the result if the
+//! build already finished, and ignored if it is running.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use rand::Rng;
+use slipway_proto::agent_message::Msg as AgentMsg;
+use slipway_proto::agent_service_client::AgentServiceClient;
+use slipway_proto::build_event::Event as BuildEv;
+use slipway_proto::scheduler_message::Msg as SchedMsg;
+use slipway_proto::{AgentMessage, BuildAssignment, BuildEvent, BuildStarted, Hello, LogLine};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tracing::Instrument;
+
+use crate::config::AgentConfig;
+use crate::pipeline::{self, BuildJob, PipelineConfig};
+use crate::report::Reporter;
+
+/// gRPC metadata key in which a follower names the leader's address.
+const LEADER_HINT: &str = "slipway-leader";
+/// Finished results remembered for answering repeated assignments.
+const REMEMBERED_RESULTS: usize = 256;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot use the state directory {dir}: {source}")]
+    StateDir { dir: PathBuf, source: std::io::Error },
+    #[error("cannot use the build root {dir}: {source}")]
+    BuildRoot { dir: PathBuf, source: std::io::Error },
+}
+
+type BuildKey = (String, u32);
+
+/// Builds this agent runs or ran, shared by all sessions.
+#[derive(Default)]
+struct Builds {
+    running: HashMap<BuildKey, tokio::task::AbortHandle>,
+    /// Terminal events of finished builds, newest last.
+    finished: VecDeque<(BuildKey, BuildEvent)>,
+    /// Terminal events produced while no session was open.
+    undelivered: Vec<BuildEvent>,
+    /// Apps whose last build here succeeded (their layers are cached on this engine).
+    cached_apps: Vec<String>,
+}
+
+struct Agent {
+    config: AgentConfig,
+    node_id: String,
+    /// This node's engine; reconnected on demand while it does not answer.
+    docker: tokio::sync::Mutex<Option<Docker>>,
+    builds: Mutex<Builds>,
+    /// Outbound channel of the open session, if any.
+    outbound: Mutex<Option<mpsc::Sender<AgentMessage>>>,
+}
+
+/// Reads the node id from the state dir, creating it on first start.
+fn node_id(state_dir: &std::path::Path) -> Result<String, std::io::Error> {
+    let path = state_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            std::fs::create_dir_all(state_dir)?;
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, format!("{id}\n"))?;
+            Ok(id)
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves; running builds are abandoned then (their
+/// build dirs are removed) and the scheduler re-places them when this node is down.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let node_id =
+        node_id(&config.state_dir).map_err(|source| AgentError::StateDir { dir: config.state_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.build_root)
+        .map_err(|source| AgentError::BuildRoot { dir: config.build_root.clone(), source })?;
+    tracing::info!(%node_id, name = %config.node_name(), "agent starting");
+    let agent = Arc::new(Agent {
+        config,
+        node_id,
+        docker: tokio::sync::Mutex::new(None),
+        builds: Mutex::new(Builds::default()),
+        outbound: Mutex::new(None),
+    });
+    tokio::select! {
+        _ = connect_loop(agent.clone()) => {}
+        _ = shutdown => tracing::info!("shutting down"),
+    }
+    let builds = agent.builds.lock().expect("builds lock poisoned");
+    for handle in builds.running.values() {
+        handle.abort();
+    }
+    Ok(())
+}
+
+async fn connect_loop(agent: Arc<Agent>) {
+    let mut backoff = Duration::from_millis(200);
+    let mut next = 0usize;
+    let mut hint: Option<String> = None;
+    loop {
+        let addr = hint.take().unwrap_or_else(|| {
+            let addr = agent.config.schedulers[next % agent.config.schedulers.len()].clone();
+            next += 1;
+            addr
+        });
+        match session(&agent, &addr).await {
+            Ok(()) => {
+                tracing::info!(%addr, "session ended; reconnecting");
+                backoff = Duration::from_millis(200);
+            }
+            Err(SessionEnd::Redirect(leader)) => {
+                tracing::info!(%addr, %leader, "following the leader hint");
+                hint = Some(leader);
+                continue;
+            }
+            Err(SessionEnd::Failed(err)) => {
+                tracing::warn!(%addr, %err, retry_in = ?backoff, "cannot hold a session with the scheduler");
+            }
+        }
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+enum SessionEnd {
+    Redirect(String),
+    Failed(String),
+}
+
+fn url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// One session: from Hello until the stream ends.
+async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url(addr))
+        .map_err(|e| SessionEnd::Failed(format!("bad scheduler address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|e| SessionEnd::Failed(format!("connect: {e}")))?;
+    let mut client = AgentServiceClient::new(channel);
+
+    let mut reporter = Reporter::new(agent.config.build_root.clone(), agent.config.build_slots);
+    let (running, cached) = agent.snapshot();
+    let docker = agent.docker().await;
+    let report = reporter.measure(docker.as_ref(), running, cached).await;
+    let hello = Hello {
+        node_id: agent.node_id.clone(),
+        name: agent.config.node_name(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        labels: agent.config.labels.clone().into_iter().collect(),
+        report: Some(report),
+    };
+    let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
+    tx.send(AgentMessage { msg: Some(AgentMsg::Hello(hello)) }).await.expect("receiver held below");
+    let response = client.session(ReceiverStream::new(rx)).await.map_err(|status| {
+        match status.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()) {
+            Some(leader) if leader != addr => SessionEnd::Redirect(leader.to_string()),
+            _ => SessionEnd::Failed(status.message().to_string()),
+        }
+    })?;
+    let mut inbound = response.into_inner();
+    let mut interval = Duration::from_secs(3);
+    match inbound.next().await {
+        Some(Ok(msg)) => match msg.msg {
+            Some(SchedMsg::Welcome(w)) => {
+                interval = Duration::from_secs(u64::from(w.report_interval_secs.max(1)));
+                tracing::info!(%addr, ?interval, "session open");
+            }
+            other => return Err(SessionEnd::Failed(format!("expected Welcome, got {other:?}"))),
+        },
+        Some(Err(status)) => return Err(SessionEnd::Failed(status.message().to_string())),
+        None => return Err(SessionEnd::Failed("scheduler closed the session".into())),
+    }
+    agent.attach(tx.clone());
+
+    let result = loop {
+        let jitter = rand::rng().random_range(0..=interval.as_millis() as u64 / 5);
+        let tick = tokio::time::sleep(interval + Duration::from_millis(jitter));
+        tokio::select! {
+            _ = tick => {
+                let (running, cached) = agent.snapshot();
+                let docker = agent.docker().await;
+                let report = reporter.measure(docker.as_ref(), running, cached).await;
+                if tx.send(AgentMessage { msg: Some(AgentMsg::Report(report)) }).await.is_err() {
+                    break Ok(());
+                }
+            }
+            msg = inbound.next() => match msg {
+                Some(Ok(msg)) => match msg.msg {
+                    Some(SchedMsg::Assign(a)) => agent.clone().assign(a),
+                    Some(SchedMsg::Cancel(c)) => agent.cancel(&c.build_id, c.attempt),
+                    Some(SchedMsg::Welcome(_)) | None => {}
+                },
+                Some(Err(status)) => break Err(SessionEnd::Failed(status.message().to_string())),
+                None => break Ok(()),
+            },
+        }
+    };
+    agent.detach();
+    result
+}
+
+impl Agent {
+    /// The engine, connecting if it is not connected (a failure is logged and retried
+    /// at the next call, so an engine that comes back is picked up).
+    async fn docker(&self) -> Option<Docker> {
+        let mut slot = self.docker.lock().await;
+        if slot.is_none() {
+            match pipeline::docker::connect_docker(Some(&self.config.docker_socket)).await {
+                Ok(docker) => *slot = Some(docker),
+                Err(err) => {
+                    tracing::warn!(socket = %self.config.docker_socket, %err, "the Docker engine does not answer")
+                }
+            }
+        }
+        slot.clone()
+    }
+
+    /// Running build ids and cached apps, for a report.
+    fn snapshot(&self) -> (Vec<String>, Vec<String>) {
+        let builds = self.builds.lock().expect("builds lock poisoned");
+        (builds.running.keys().map(|(id, _)| id.clone()).collect(), builds.cached_apps.clone())
+    }
+
+    fn attach(&self, tx: mpsc::Sender<AgentMessage>) {
+        let undelivered = std::mem::take(&mut self.builds.lock().expect("builds lock poisoned").undelivered);
+        for event in undelivered {
+            let _ = tx.try_send(AgentMessage { msg: Some(AgentMsg::Build(event)) });
+        }
+        *self.outbound.lock().expect("outbound lock poisoned") = Some(tx);
+    }
+
+    fn detach(&self) {
+        *self.outbound.lock().expect("outbound lock poisoned") = None;
+    }
+
+    /// Sends a build event on the open session. Terminal events that cannot be sent
+    /// now are kept for the next session; log lines are dropped (the full log stays
+    /// in `<build_root>/logs`).
+    fn send(&self, event: BuildEvent) {
+        let terminal = matches!(event.event, Some(BuildEv::Succeeded(_) | BuildEv::Failed(_)));
+        let tx = self.outbound.lock().expect("outbound lock poisoned").clone();
+        let msg = AgentMessage { msg: Some(AgentMsg::Build(event.clone())) };
+        let sent = match tx {
+            Some(tx) if terminal => tx.try_send(msg).is_ok() || {
+                // A full channel must not lose a result: wait for room in the background.
+                let tx = tx.clone();
+                let event = event.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(AgentMessage { msg: Some(AgentMsg::Build(event)) }).await;
+                });
+                true
+            },
+            Some(tx) => tx.try_send(msg).is_ok(),
+            None => false,
+        };
+        if !sent && terminal {
+            self.builds.lock().expect("builds lock poisoned").undelivered.push(event);
+        }
+    }
+
+    fn assign(self: Arc<Self>, a: BuildAssignment) {
+        let key = (a.build_id.clone(), a.attempt);
+        {
+            let builds = self.builds.lock().expect("builds lock poisoned");
+            if builds.running.contains_key(&key) {
+                tracing::info!(build = %a.build_id, attempt = a.attempt, "already running this assignment");
+                return;
+            }
+            if let Some((_, event)) = builds.finished.iter().find(|(k, _)| *k == key) {
+                tracing::info!(build = %a.build_id, attempt = a.attempt, "already finished; sending the result again");
+                let event = event.clone();
+                drop(builds);
+                self.send(event);
+                return;
+            }
+        }
+        let span = tracing::info_span!("build", build = %a.build_id, attempt = a.attempt, app = %a.app);
+        let agent = self.clone();
+        let task_key = key.clone();
+        // Hold the lock across spawn so the task cannot finish before it is registered.
+        let mut builds = self.builds.lock().expect("builds lock poisoned");
+        let handle = tokio::spawn(
+            async move {
+                agent.run_build(a).await;
+            }
+            .instrument(span),
+        );
+        builds.running.insert(task_key, handle.abort_handle());
+    }
+
+    fn cancel(&self, build_id: &str, attempt: u32) {
+        let key = (build_id.to_string(), attempt);
+        let handle = self.builds.lock().expect("builds lock poisoned").running.remove(&key);
+        if let Some(handle) = handle {
+            tracing::info!(build = %build_id, attempt, "cancelling");
+            handle.abort();
+        }
+    }
+
+    async fn run_build(self: Arc<Self>, a: BuildAssignment) {
+        let key = (a.build_id.clone(), a.attempt);
+        let event = |event: BuildEv| BuildEvent { build_id: a.build_id.clone(), attempt: a.attempt, event: Some(event) };
+        self.send(event(BuildEv::Started(BuildStarted {})));
+
+        let (log_tx, mut log_rx) = mpsc::unbounded_channel::<String>();
+        let forward = {
+            let agent = self.clone();
+            let (build_id, attempt) = key.clone();
+            tokio::spawn(async move {
+                while let Some(line) = log_rx.recv().await {
+                    let at_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or_default();
+                    agent.send(BuildEvent {
+                        build_id: build_id.clone(),
+                        attempt,
+                        event: Some(BuildEv::Log(LogLine { at_ms, line })),
+                    });
+                }
+            })
+        };
+        let result = match self.docker().await {
+            Some(docker) => {
+                let cfg = PipelineConfig {
+                    build_root: self.config.build_root.clone(),
+                    allow_file_repos: self.config.allow_file_repos,
+                    cpu_limit: (self.config.build_cpu_limit > 0.0).then_some(self.config.build_cpu_limit),
+                    memory_limit_bytes: (self.config.build_memory_limit_bytes > 0)
+                        .then_some(self.config.build_memory_limit_bytes),
+                    clone_timeout: Duration::from_secs(self.config.clone_timeout_secs),
+                };
+                pipeline::run_build(&docker, &cfg, &BuildJob::from(&a), log_tx).await
+            }
+            None => {
+                drop(log_tx);
+                Err(slipway_proto::BuildFailure {
+                phase: "engine".into(),
+                reason: format!(
+                    "the Docker engine at unix://{} does not answer this agent; start dockerd or fix docker_socket",
+                    self.config.docker_socket
+                ),
+            })
+            }
+        };
+        // Every log line goes out before the result.
+        let _ = forward.await;
+        let terminal = match result {
+            Ok(output) => {
+                tracing::info!(digest = %output.digest, "build pushed");
+                event(BuildEv::Succeeded(output))
+            }
+            Err(failure) => {
+                tracing::info!(phase = %failure.phase, reason = %failure.reason, "build failed");
+                event(BuildEv::Failed(failure))
+            }
+        };
+        {
+            let mut builds = self.builds.lock().expect("builds lock poisoned");
+            builds.running.remove(&key);
+            if matches!(terminal.event, Some(BuildEv::Succeeded(_))) {
+                builds.cached_apps.retain(|app| *app != a.app);
+                builds.cached_apps.push(a.app.clone());
+            }
+            builds.finished.push_back((key, terminal.clone()));
+            while builds.finished.len() > REMEMBERED_RESULTS {
+                builds.finished.pop_front();
+            }
+        }
+        self.send(terminal);
+    }
+}

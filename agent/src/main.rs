@@ -1,0 +1,71 @@
+//! `slipway-agent`: parses flags and config, installs logging, and runs the agent
+//! until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use slipway_agent::config::AgentConfig;
+
+/// Per-node slipway agent: reports headroom and runs builds on local disk.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (default: /etc/slipway/agent.toml if it exists).
+    #[arg(long, env = "SLIPWAY_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Scheduler address host:port; repeat (or comma-separate) for several.
+    #[arg(long = "scheduler", env = "SLIPWAY_SCHEDULERS", value_delimiter = ',')]
+    schedulers: Vec<String>,
+    /// Node name shown to operators.
+    #[arg(long, env = "SLIPWAY_NODE_NAME")]
+    name: Option<String>,
+    #[arg(long, env = "SLIPWAY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[arg(long, env = "SLIPWAY_BUILD_ROOT")]
+    build_root: Option<PathBuf>,
+    #[arg(long, env = "SLIPWAY_DOCKER_SOCKET")]
+    docker_socket: Option<String>,
+    #[arg(long, env = "SLIPWAY_BUILD_SLOTS")]
+    build_slots: Option<u32>,
+}
+
+fn load(args: Args) -> anyhow::Result<AgentConfig> {
+    let default_path = PathBuf::from("/etc/slipway/agent.toml");
+    let mut config = match args.config {
+        Some(path) => AgentConfig::load(&path)?,
+        None if default_path.exists() => AgentConfig::load(&default_path)?,
+        None => AgentConfig::default(),
+    };
+    if !args.schedulers.is_empty() {
+        config.schedulers = args.schedulers;
+    }
+    config.name = args.name.or(config.name);
+    config.state_dir = args.state_dir.unwrap_or(config.state_dir);
+    config.build_root = args.build_root.unwrap_or(config.build_root);
+    config.docker_socket = args.docker_socket.unwrap_or(config.docker_socket);
+    config.build_slots = args.build_slots.unwrap_or(config.build_slots);
+    config.validate()?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = load(Args::parse())?;
+    slipway_agent::session::run(config, shutdown_signal()).await?;
+    Ok(())
+}
