@@ -1,0 +1,545 @@
+//! The `slipway` command-line client: one client of the control API.
+//!
+//! It finds its schedulers in a config file ([`config`]), talks to the leader (asking
+//! any member who leads), prints tables or `--json` ([`output`]), streams deploys, and
+//! exits non-zero with the reason when something fails.
+
+pub mod config;
+pub mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use slipway_proto::control_client::ControlClient;
+use slipway_proto::deploy_event::Event;
+use slipway_proto::{self as pb, DeployEvent};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use output::{age, build_state, bytes, deploy_state, node_status, short_digest, table};
+
+/// slipway: build apps on your Swarm nodes and deploy them by digest.
+#[derive(Parser)]
+#[command(name = "slipway", version, about)]
+pub struct Cli {
+    /// CLI config file (default: $SLIPWAY_CONFIG, ./.slipway/config.toml, ~/.config/slipway/config.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Scheduler address host:port (repeat or comma-separate for several); overrides the config.
+    #[arg(long = "scheduler", env = "SLIPWAY_ADDR", global = true, value_delimiter = ',')]
+    schedulers: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, show and delete apps.
+    #[command(subcommand)]
+    Apps(AppsCmd),
+    /// Build APP from git and deploy it; streams the build log and the deploy.
+    Deploy {
+        app: String,
+        /// Branch, tag or commit (default: the app's branch).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// Build without the layer cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// List builds (of APP), or `builds show ID`.
+    Builds(BuildsArgs),
+    /// Print a build's log.
+    Logs {
+        build: String,
+        /// Keep printing until the build ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// List an app's releases.
+    Releases {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy an earlier release again, as a new release.
+    Rollback {
+        app: String,
+        /// Release to return to (default: the one deployed before the current one).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// List the fleet's nodes with their headroom.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Raft cluster membership and state.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand)]
+enum AppsCmd {
+    /// Register an app: a git repository with a slipway.toml.
+    Create {
+        name: String,
+        #[arg(long)]
+        repo: String,
+        /// Branch deployed by default.
+        #[arg(long, default_value = "main")]
+        branch: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the app, its Swarm service and its records.
+    Delete { name: String },
+}
+
+#[derive(Args)]
+struct BuildsArgs {
+    #[command(subcommand)]
+    show: Option<BuildsCmd>,
+    /// Only this app's builds.
+    app: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum BuildsCmd {
+    /// One build, with why it waits if it is queued.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure to report: the message is what the operator reads.
+struct Failure(String);
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        let what = match s.code() {
+            Code::NotFound => "not found",
+            Code::InvalidArgument => "invalid input",
+            Code::AlreadyExists => "already exists",
+            Code::FailedPrecondition => "refused",
+            Code::Unavailable => "unavailable",
+            _ => "error",
+        };
+        Failure(format!("{what}: {}", s.message()))
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// Runs the CLI; returns the process exit code.
+pub async fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => 0,
+        Err(Failure(msg)) => {
+            eprintln!("error: {msg}");
+            1
+        }
+    }
+}
+
+fn url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn connect(addr: &str) -> std::result::Result<ControlClient<Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url(addr))
+        .map_err(|e| format!("bad scheduler address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(3));
+    let channel = endpoint.connect().await.map_err(|e| format!("{addr}: {e}"))?;
+    Ok(ControlClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// Connects to the leader: asks the first member that answers who leads.
+async fn leader(addrs: &[String]) -> Result<ControlClient<Channel>> {
+    let mut errors = Vec::new();
+    for addr in addrs {
+        let mut client = match connect(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let status = match client.cluster_status(pb::ClusterStatusRequest {}).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                errors.push(format!("{addr}: {}", e.message()));
+                continue;
+            }
+        };
+        if status.leader_id == status.node_id || status.leader_id == 0 {
+            return Ok(client);
+        }
+        match status.members.iter().find(|m| m.id == status.leader_id) {
+            Some(m) => match connect(&m.addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => errors.push(format!("leader {e}")),
+            },
+            None => return Ok(client),
+        }
+    }
+    Err(Failure(format!(
+        "cannot reach a scheduler ({}); is slipway-scheduler running? (`./packaging/quickstart.sh` starts one)",
+        errors.join("; ")
+    )))
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let addrs = config::resolve(cli.config.as_deref(), &cli.schedulers).map_err(Failure)?;
+    let mut c = leader(&addrs).await?;
+    match cli.command {
+        Command::Apps(AppsCmd::Create { name, repo, branch }) => {
+            let app = c.create_app(pb::CreateAppRequest { name, repo, branch }).await?.into_inner();
+            println!(
+                "app {} created (repo {}, branch {}); deploy it with `slipway deploy {}`",
+                app.name, app.repo, app.branch, app.name
+            );
+        }
+        Command::Apps(AppsCmd::List { json }) => {
+            let apps = c.list_apps(pb::ListAppsRequest {}).await?.into_inner().apps;
+            if json {
+                print_json(&Value::Array(apps.iter().map(output::app_json).collect()));
+            } else {
+                let rows = apps
+                    .iter()
+                    .map(|a| {
+                        let current = if a.current_release == 0 {
+                            "-".into()
+                        } else {
+                            format!("v{}", a.current_release)
+                        };
+                        vec![a.name.clone(), current, a.branch.clone(), a.repo.clone(), a.service.clone()]
+                    })
+                    .collect();
+                table(&["APP", "RELEASE", "BRANCH", "REPO", "SERVICE"], rows);
+            }
+        }
+        Command::Apps(AppsCmd::Show { name, json }) => {
+            let app = c.get_app(pb::GetAppRequest { name: name.clone() }).await?.into_inner();
+            if json {
+                print_json(&output::app_json(&app));
+            } else {
+                println!(
+                    "app:      {}\nrepo:     {}\nbranch:   {}\nservice:  {}\nrelease:  {}\ncreated:  {}",
+                    app.name,
+                    app.repo,
+                    app.branch,
+                    app.service,
+                    app.current_release,
+                    age(app.created_at_ms)
+                );
+            }
+        }
+        Command::Apps(AppsCmd::Delete { name }) => {
+            c.delete_app(pb::DeleteAppRequest { name: name.clone() }).await?;
+            println!("app {name} deleted (its service was removed)");
+        }
+        Command::Deploy { app, git_ref, no_cache } => {
+            let req = pb::DeployRequest {
+                app,
+                git_ref: git_ref.unwrap_or_default(),
+                no_cache,
+                request_id: uuid::Uuid::new_v4().to_string(),
+            };
+            let stream = c.deploy(req).await?.into_inner();
+            follow_deploy(stream).await?;
+        }
+        Command::Builds(BuildsArgs { show: Some(BuildsCmd::Show { id, json }), .. }) => {
+            let b = c.get_build(pb::GetBuildRequest { id }).await?.into_inner();
+            if json {
+                print_json(&output::build_json(&b));
+            } else {
+                print_build(&b);
+            }
+        }
+        Command::Builds(BuildsArgs { show: None, app, json }) => {
+            let builds = c
+                .list_builds(pb::ListBuildsRequest { app: app.unwrap_or_default() })
+                .await?
+                .into_inner()
+                .builds;
+            if json {
+                print_json(&Value::Array(builds.iter().map(output::build_json).collect()));
+            } else {
+                let rows = builds
+                    .iter()
+                    .map(|b| {
+                        vec![
+                            b.id.clone(),
+                            b.app.clone(),
+                            b.git_ref.clone(),
+                            build_state(b.state).into(),
+                            b.node_id.chars().take(8).collect(),
+                            if b.release == 0 { "-".into() } else { format!("v{}", b.release) },
+                            age(b.created_at_ms),
+                            b.error.lines().next().unwrap_or("").chars().take(60).collect(),
+                        ]
+                    })
+                    .collect();
+                table(&["BUILD", "APP", "REF", "STATE", "NODE", "RELEASE", "CREATED", "ERROR"], rows);
+            }
+        }
+        Command::Logs { build, follow } => {
+            let mut stream =
+                c.build_logs(pb::BuildLogsRequest { build_id: build, follow }).await?.into_inner();
+            while let Some(line) = stream.next().await {
+                println!("{}", line?.line);
+            }
+        }
+        Command::Releases { app, json } => {
+            let releases = c.list_releases(pb::ListReleasesRequest { app }).await?.into_inner().releases;
+            if json {
+                print_json(&Value::Array(releases.iter().map(output::release_json).collect()));
+            } else {
+                let rows = releases
+                    .iter()
+                    .map(|r| {
+                        let what = if r.rollback_of != 0 {
+                            format!("rollback to v{}", r.rollback_of)
+                        } else {
+                            format!("build {}", r.build_id)
+                        };
+                        vec![
+                            format!("v{}", r.number),
+                            short_digest(&r.digest),
+                            r.git_sha.chars().take(10).collect(),
+                            what,
+                            deploy_state(r.deploy_state).into(),
+                            age(r.created_at_ms),
+                        ]
+                    })
+                    .collect();
+                table(&["RELEASE", "DIGEST", "GIT SHA", "FROM", "DEPLOY", "CREATED"], rows);
+            }
+        }
+        Command::Rollback { app, to } => {
+            let req = pb::RollbackRequest {
+                app,
+                to: to.unwrap_or(0),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            };
+            let stream = c.rollback(req).await?.into_inner();
+            follow_deploy(stream).await?;
+        }
+        Command::Nodes { json } => {
+            let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+            if json {
+                print_json(&Value::Array(nodes.iter().map(output::node_json).collect()));
+            } else {
+                let rows = nodes
+                    .iter()
+                    .map(|n| {
+                        let r = n.report.clone().unwrap_or_default();
+                        let status = if n.draining {
+                            format!("{} (draining)", node_status(n.status))
+                        } else {
+                            node_status(n.status).into()
+                        };
+                        vec![
+                            n.name.clone(),
+                            status,
+                            format!(
+                                "{} / {}",
+                                bytes(r.build_fs_available_bytes),
+                                bytes(r.build_fs_total_bytes)
+                            ),
+                            format!("{:.0}% of {}", r.cpu_usage_percent, r.cpu_count),
+                            format!("{} / {}", bytes(r.memory_available_bytes), bytes(r.memory_total_bytes)),
+                            format!("{}/{}", r.running_builds, r.build_slots),
+                            bytes(r.cache_bytes),
+                            r.docker_version.clone(),
+                            if n.last_report_age_ms == 0 {
+                                "-".into()
+                            } else {
+                                format!("{}s", n.last_report_age_ms / 1000)
+                            },
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "NODE",
+                        "STATUS",
+                        "BUILD FS FREE",
+                        "CPU USED",
+                        "MEM FREE",
+                        "BUILDS",
+                        "CACHE",
+                        "ENGINE",
+                        "LAST REPORT",
+                    ],
+                    rows,
+                );
+            }
+        }
+        Command::Cluster(ClusterCmd::Status { json }) => {
+            let s = c.cluster_status(pb::ClusterStatusRequest {}).await?.into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term, "state": s.state,
+                    "last_log_index": s.last_log_index, "last_applied_index": s.last_applied_index,
+                    "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
+                }));
+            } else {
+                println!(
+                    "member {} ({}), leader {}, term {}, last log {}, applied {}",
+                    s.node_id, s.state, s.leader_id, s.term, s.last_log_index, s.last_applied_index
+                );
+                let rows = s
+                    .members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.id.to_string(),
+                            m.addr.clone(),
+                            if m.voter { "voter" } else { "learner" }.into(),
+                            if m.id == s.leader_id { "leader" } else { "" }.into(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "ADDRESS", "ROLE", ""], rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_build(b: &pb::Build) {
+    println!(
+        "build:    {}\napp:      {}\nref:      {}\nstate:    {}\nattempt:  {}\nnode:     {}",
+        b.id,
+        b.app,
+        b.git_ref,
+        build_state(b.state),
+        b.attempt,
+        b.node_id
+    );
+    if b.release != 0 {
+        println!("release:  v{}", b.release);
+    }
+    if let Some(o) = &b.output {
+        println!(
+            "image:    {}@{}\npushed:   {} layers ({}), {} reused; {} of {} steps cached",
+            o.repository,
+            o.digest,
+            o.layers_pushed,
+            bytes(o.bytes_pushed),
+            o.layers_reused,
+            o.cache_hits,
+            o.steps
+        );
+    }
+    if !b.error.is_empty() {
+        println!("error:    {}", b.error);
+    }
+    if !b.waiting_on.is_empty() {
+        println!("waiting for a node:");
+        for r in &b.waiting_on {
+            println!("  {}: {}", r.node_name, r.reason);
+        }
+    }
+}
+
+/// Prints a deploy's events until it ends; an error if it failed.
+async fn follow_deploy(mut stream: tonic::Streaming<DeployEvent>) -> Result<()> {
+    let mut build_id = String::new();
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(status) => {
+                return Err(Failure(format!(
+                    "lost the scheduler while following the deploy ({}); it goes on without you: see `slipway builds show {build_id}`",
+                    status.message()
+                )))
+            }
+        };
+        match event.event {
+            Some(Event::BuildQueued(id)) => {
+                println!("==> build {id} queued");
+                build_id = id;
+            }
+            Some(Event::Placement(p)) if !p.node_id.is_empty() => println!("==> building on {}", p.node_name),
+            Some(Event::Placement(p)) => {
+                println!("==> waiting for a node that can build:");
+                for r in &p.rejected {
+                    println!("    {}: {}", r.node_name, r.reason);
+                }
+                if p.rejected.is_empty() {
+                    println!("    no agents are registered: start slipway-agent on a node");
+                }
+            }
+            Some(Event::Log(line)) => println!("{}", line.line),
+            Some(Event::Built(o)) => {
+                let t = o.timings.unwrap_or_default();
+                println!(
+                    "==> image {}@{}: {} layers pushed ({}), {} reused, {}/{} steps cached; clone {} ms, build {} ms, push {} ms",
+                    o.repository, o.digest, o.layers_pushed, bytes(o.bytes_pushed), o.layers_reused, o.cache_hits, o.steps,
+                    t.clone_ms, t.build_ms, t.push_ms
+                );
+            }
+            Some(Event::Release(r)) => {
+                let from = if r.rollback_of != 0 {
+                    format!(" (image of v{})", r.rollback_of)
+                } else {
+                    String::new()
+                };
+                println!("==> release v{} of {} recorded: {}{from}", r.number, r.app, r.image);
+            }
+            Some(Event::DeployProgress(line)) => println!("    {line}"),
+            Some(Event::Done(d)) => {
+                let number = d.release.as_ref().map_or(0, |r| r.number);
+                let port = if d.published_port != 0 {
+                    format!(", published on port {}", d.published_port)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "==> release v{number} is live: service {} runs {} task(s){port}",
+                    d.service, d.running
+                );
+                return Ok(());
+            }
+            Some(Event::Failed(reason)) => return Err(Failure(reason)),
+            None => {}
+        }
+    }
+    Err(Failure(format!(
+        "the scheduler ended the stream before the deploy finished; see `slipway builds show {build_id}`"
+    )))
+}

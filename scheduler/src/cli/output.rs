@@ -1,0 +1,134 @@
+//! How the CLI prints: aligned tables for people, `--json` for programs. JSON field
+//! names are part of the CLI's contract.
+
+use serde_json::{json, Value};
+use slipway_proto as pb;
+
+use crate::placement::human_bytes;
+
+/// Prints rows as a left-aligned table under a header.
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+pub fn age(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let now = crate::now_ms();
+    let secs = now.saturating_sub(ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+pub fn build_state(state: i32) -> &'static str {
+    match pb::BuildState::try_from(state).unwrap_or_default() {
+        pb::BuildState::Queued => "queued",
+        pb::BuildState::Assigned => "assigned",
+        pb::BuildState::Running => "running",
+        pb::BuildState::Pushed => "pushed",
+        pb::BuildState::Failed => "failed",
+        pb::BuildState::Cancelled => "cancelled",
+        pb::BuildState::Unspecified => "unknown",
+    }
+}
+
+pub fn deploy_state(state: i32) -> &'static str {
+    match pb::DeployState::try_from(state).unwrap_or_default() {
+        pb::DeployState::Pending => "pending",
+        pb::DeployState::Deployed => "deployed",
+        pb::DeployState::Failed => "failed",
+        pb::DeployState::Unspecified => "unknown",
+    }
+}
+
+pub fn node_status(status: i32) -> &'static str {
+    match pb::NodeStatus::try_from(status).unwrap_or_default() {
+        pb::NodeStatus::Ready => "ready",
+        pb::NodeStatus::Down => "down",
+        pb::NodeStatus::Unknown | pb::NodeStatus::Unspecified => "unknown",
+    }
+}
+
+pub fn app_json(a: &pb::App) -> Value {
+    json!({
+        "name": a.name, "repo": a.repo, "branch": a.branch, "service": a.service,
+        "current_release": a.current_release, "created_at_ms": a.created_at_ms,
+    })
+}
+
+fn output_json(o: &pb::BuildOutput) -> Value {
+    let t = o.timings.unwrap_or_default();
+    json!({
+        "git_sha": o.git_sha, "digest": o.digest, "repository": o.repository,
+        "image_size_bytes": o.image_size_bytes, "layers_pushed": o.layers_pushed,
+        "layers_reused": o.layers_reused, "bytes_pushed": o.bytes_pushed,
+        "cache_hits": o.cache_hits, "steps": o.steps,
+        "timings_ms": { "clone": t.clone_ms, "context": t.context_ms, "build": t.build_ms, "push": t.push_ms },
+    })
+}
+
+pub fn build_json(b: &pb::Build) -> Value {
+    json!({
+        "id": b.id, "app": b.app, "git_ref": b.git_ref, "no_cache": b.no_cache,
+        "state": build_state(b.state), "node_id": b.node_id, "attempt": b.attempt,
+        "created_at_ms": b.created_at_ms, "finished_at_ms": b.finished_at_ms,
+        "error": b.error, "release": b.release,
+        "output": b.output.as_ref().map(output_json),
+        "waiting_on": b.waiting_on.iter().map(|r| json!({"node_id": r.node_id, "node": r.node_name, "reason": r.reason})).collect::<Vec<_>>(),
+    })
+}
+
+pub fn release_json(r: &pb::Release) -> Value {
+    json!({
+        "app": r.app, "number": r.number, "digest": r.digest, "image": r.image,
+        "git_sha": r.git_sha, "build_id": r.build_id, "node": r.node,
+        "created_at_ms": r.created_at_ms,
+        "rollback_of": (r.rollback_of != 0).then_some(r.rollback_of),
+        "deploy_state": deploy_state(r.deploy_state), "deploy_error": r.deploy_error,
+        "bytes_pushed": r.bytes_pushed,
+    })
+}
+
+pub fn node_json(n: &pb::Node) -> Value {
+    let r = n.report.clone().unwrap_or_default();
+    json!({
+        "id": n.id, "name": n.name, "status": node_status(n.status), "draining": n.draining,
+        "build_fs_available_bytes": r.build_fs_available_bytes,
+        "build_fs_total_bytes": r.build_fs_total_bytes,
+        "cpu_count": r.cpu_count, "cpu_usage_percent": r.cpu_usage_percent, "load_1m": r.load_1m,
+        "memory_total_bytes": r.memory_total_bytes, "memory_available_bytes": r.memory_available_bytes,
+        "running_builds": r.running_builds, "build_slots": r.build_slots,
+        "cache_bytes": r.cache_bytes, "cached_apps": r.cached_apps,
+        "docker_healthy": r.docker_healthy, "docker_version": r.docker_version,
+        "agent_version": r.agent_version, "last_report_age_ms": n.last_report_age_ms,
+    })
+}
+
+pub fn short_digest(d: &str) -> String {
+    d.strip_prefix("sha256:")
+        .map(|h| format!("sha256:{}", &h[..h.len().min(12)]))
+        .unwrap_or_else(|| d.to_string())
+}
+
+pub fn bytes(b: u64) -> String {
+    human_bytes(b)
+}

@@ -1,0 +1,187 @@
+//! The local Docker engine: a client for tests ([`require_docker`]), the locally
+//! built base image ([`base_image`]) and a single-node Swarm ([`ensure_swarm`]).
+//!
+//! Machine-wide set-up runs once per test process (a [`OnceCell`]) and under `flock`
+//! across processes: `packaging/base-image.sh` locks `/tmp/slipway-base-image.lock`
+//! itself, and [`ensure_swarm`] locks `/tmp/slipway-swarm.lock`, the same file
+//! `packaging/lib.sh`'s `ensure_swarm` locks.
+
+use std::fs::OpenOptions;
+use std::process::Command;
+use std::time::Duration;
+
+use bollard::Docker;
+use fs2::FileExt;
+use tokio::sync::OnceCell;
+
+use crate::{skip, workspace_root};
+
+/// The base image every example app and test image builds `FROM`.
+pub const BASE_IMAGE: &str = "slipway/busybox:latest";
+
+/// Request timeout of the client [`require_docker`] returns. bollard's default
+/// (120 s) is shorter than a cold build or push on a loaded 2-core machine.
+pub const DOCKER_TIMEOUT: Duration = Duration::from_secs(900);
+
+const SWARM_LOCK: &str = "/tmp/slipway-swarm.lock";
+
+/// A client for the engine at `/var/run/docker.sock` (or `DOCKER_HOST` if it names a
+/// unix socket), API version negotiated (Debian's engine speaks 1.41), timeout
+/// [`DOCKER_TIMEOUT`].
+///
+/// Where no engine answers: panics if `SLIPWAY_REQUIRE_DOCKER=1`, else prints a loud
+/// skip message and returns `None`; the test then returns early:
+///
+/// ```no_run
+/// # async fn t() {
+/// let Some(docker) = slipway_tests::require_docker().await else { return };
+/// # }
+/// ```
+pub async fn require_docker() -> Option<Docker> {
+    match connect().await {
+        Ok(docker) => Some(docker),
+        Err(e) => {
+            skip(&format!(
+                "this test needs a Docker engine and none answers at /var/run/docker.sock (or $DOCKER_HOST): {e:#}. \
+                 Fix: start dockerd (packaging/lib.sh ensure_docker)"
+            ));
+            None
+        }
+    }
+}
+
+async fn connect() -> anyhow::Result<Docker> {
+    let docker = Docker::connect_with_unix_defaults()?.negotiate_version().await?;
+    docker.ping().await?;
+    Ok(docker.with_timeout(DOCKER_TIMEOUT))
+}
+
+/// Makes sure [`BASE_IMAGE`] exists, building it with `packaging/base-image.sh` (a
+/// no-op when it exists; once per process). Returns the image name. Panics with the
+/// script's output if it fails.
+pub async fn base_image() -> &'static str {
+    static DONE: OnceCell<Result<(), String>> = OnceCell::const_new();
+    let result = DONE
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(build_base_image)
+                .await
+                .unwrap_or_else(|e| Err(format!("base-image task panicked: {e}")))
+        })
+        .await;
+    if let Err(e) = result {
+        panic!("cannot build {BASE_IMAGE}: {e}");
+    }
+    BASE_IMAGE
+}
+
+fn build_base_image() -> Result<(), String> {
+    let script = workspace_root().join("packaging/base-image.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .env("NO_COLOR", "1")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed ({}):\n{}{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Makes sure the local engine is an active Swarm manager: `docker swarm init
+/// --advertise-addr 127.0.0.1`, or the default route's address if Docker refuses
+/// loopback (once per process, under `flock` on `/tmp/slipway-swarm.lock`). Returns
+/// the node's advertised address. Panics with the CLI's error and the fix if it fails.
+pub async fn ensure_swarm() -> &'static str {
+    static ADDR: OnceCell<Result<String, String>> = OnceCell::const_new();
+    let result = ADDR
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(init_swarm)
+                .await
+                .unwrap_or_else(|e| Err(format!("swarm init task panicked: {e}")))
+        })
+        .await;
+    match result {
+        Ok(addr) => addr,
+        Err(e) => panic!("cannot make this engine a Swarm manager: {e}"),
+    }
+}
+
+fn init_swarm() -> Result<String, String> {
+    let lock = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SWARM_LOCK)
+        .map_err(|e| format!("cannot open {SWARM_LOCK}: {e}"))?;
+    lock.lock_exclusive().map_err(|e| format!("cannot lock {SWARM_LOCK}: {e}"))?;
+    // The lock is released when `lock` is dropped, on every return below.
+    match swarm_state()?.as_str() {
+        "active" => return swarm_addr(),
+        "inactive" => {}
+        other => {
+            return Err(format!(
+                "this engine's swarm state is '{other}'. Fix: docker swarm leave --force, then rerun"
+            ))
+        }
+    }
+    let first = docker_cli(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    if first.is_ok() {
+        return swarm_addr();
+    }
+    let addr = default_route_addr().ok_or_else(|| {
+        format!(
+            "docker swarm init --advertise-addr 127.0.0.1 failed ({}) and there is no default \
+             route address to retry with. Fix: docker swarm init --advertise-addr <host IP>",
+            first.unwrap_err()
+        )
+    })?;
+    docker_cli(&["swarm", "init", "--advertise-addr", &addr])
+        .map_err(|e| format!("{e}. Fix: docker swarm init --advertise-addr <host IP>"))?;
+    swarm_addr()
+}
+
+fn swarm_state() -> Result<String, String> {
+    docker_cli(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+}
+
+fn swarm_addr() -> Result<String, String> {
+    docker_cli(&["info", "--format", "{{.Swarm.NodeAddr}}"])
+}
+
+/// The IPv4 address of the interface the default route goes through.
+fn default_route_addr() -> Option<String> {
+    let routes = Command::new("ip").args(["-4", "route", "show", "default"]).output().ok()?;
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    let mut words = routes.split_whitespace();
+    words.find(|w| *w == "dev")?;
+    let dev = words.next()?;
+    let addrs = Command::new("ip").args(["-4", "-o", "addr", "show", "dev", dev]).output().ok()?;
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    let mut words = addrs.split_whitespace();
+    words.find(|w| *w == "inet")?;
+    Some(words.next()?.split('/').next()?.to_string())
+}
+
+/// Runs the docker CLI; its trimmed stdout, or an error with its stderr.
+pub fn docker_cli(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run docker {}: {e} (is the docker CLI installed?)", args.join(" ")))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}

@@ -1,0 +1,38 @@
+//! Loopback networking helpers: a free port to listen on, and polling an HTTP
+//! endpoint until it answers.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then
+/// released). Another process may take it before the caller binds it; fixtures that
+/// start servers retry with a new port when that happens.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot bind 127.0.0.1:0 to find a free port")
+        .port()
+}
+
+/// Polls `url` with GET (every 200 ms, each try at most 2 s) until it answers 200,
+/// and returns the body. Fails after `timeout` with the last status or error seen.
+pub async fn wait_for_http(url: &str, timeout: Duration) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match client.get(url).send().await {
+            Ok(response) if response.status().is_success() => match response.text().await {
+                Ok(body) => return Ok(body),
+                Err(e) => format!("reading the body failed: {e}"),
+            },
+            Ok(response) => format!("status {}", response.status()),
+            Err(e) => format!("{e}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("{url} did not answer 200 within {timeout:?}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,261 @@
+//! [`Registry`]: a private Docker registry for one test.
+//!
+//! Debian's `docker-registry` (Distribution 2.8) runs as a child process on a free
+//! 127.0.0.1 port with its storage in a temporary directory, configured like
+//! `packaging/registry.sh` does it (filesystem storage, deletes enabled, no auth, log
+//! level warn). Docker treats 127.0.0.0/8 registries as insecure, so the engine
+//! pushes to it over plain http without configuration. Dropping the [`Registry`]
+//! kills the process and deletes its storage.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use reqwest::{header, StatusCode};
+use tempfile::TempDir;
+
+use crate::net::free_port;
+
+/// The manifest media types a registry client accepts: Docker v2 schema 2 and OCI,
+/// single-platform and index. Without them the registry may answer with (or refuse
+/// to convert to) the legacy schema 1.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json";
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const START_ATTEMPTS: usize = 3;
+
+/// A running `docker-registry` on 127.0.0.1, owned by one test.
+pub struct Registry {
+    /// The registry process; killed and reaped on drop.
+    child: Child,
+    port: u16,
+    /// Holds `config.yml`, `registry.log` and `data/`; removed on drop, after the kill.
+    dir: TempDir,
+    http: reqwest::Client,
+}
+
+impl Registry {
+    /// Starts a registry and waits until `/v2/` answers. Panics with the reason (and
+    /// the registry's log) if it cannot; see [`Registry::try_start`].
+    pub async fn start() -> Registry {
+        match Registry::try_start().await {
+            Ok(registry) => registry,
+            Err(e) => panic!("cannot start the test registry: {e:#}"),
+        }
+    }
+
+    /// Starts a registry on a free port in a new temporary directory and waits (up to
+    /// 30 s) until `GET /v2/` answers 200. Retries with another port if the one it
+    /// picked was taken meanwhile.
+    pub async fn try_start() -> anyhow::Result<Registry> {
+        let binary = Registry::binary().ok_or_else(|| {
+            anyhow!("docker-registry is not installed. Fix: apt-get install docker-registry")
+        })?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new().prefix("slipway-registry-").tempdir()?;
+            let port = free_port();
+            match spawn_and_wait(&binary, dir.path(), port, &http).await {
+                Ok(child) => return Ok(Registry { child, port, dir, http }),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    /// Where `docker-registry` is installed, if it is: on `PATH` or in `/usr/bin`.
+    pub fn binary() -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join("docker-registry"))
+            .find(|candidate| candidate.is_file())
+    }
+
+    /// `127.0.0.1:PORT`: the registry part of image references.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT/<repo>`: the image name to tag and push as.
+    pub fn image(&self, repo: &str) -> String {
+        format!("{}/{repo}", self.addr())
+    }
+
+    /// Its storage directory (`rootdirectory` in the config).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Its log so far (level warn, plus the access log), for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Does the registry hold the manifest `digest` (`sha256:…`) of `repo`?
+    /// (`GET /v2/<repo>/manifests/<digest>`, accepting Docker v2 and OCI manifests.)
+    pub async fn has_manifest(&self, repo: &str, digest: &str) -> bool {
+        let url = format!("{}/{repo}/manifests/{digest}", self.base_url());
+        let response = self.get(&url).await;
+        match response.status() {
+            StatusCode::OK => true,
+            StatusCode::NOT_FOUND => false,
+            status => panic!("GET {url}: unexpected {status}: {}", response.text().await.unwrap_or_default()),
+        }
+    }
+
+    /// The digest of the manifest `reference` (a tag or digest) of `repo` points to
+    /// (its `Docker-Content-Digest`), or `None` if there is none.
+    pub async fn manifest_digest(&self, repo: &str, reference: &str) -> Option<String> {
+        let url = format!("{}/{repo}/manifests/{reference}", self.base_url());
+        let response = self.get(&url).await;
+        match response.status() {
+            StatusCode::OK => Some(
+                response
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_else(|| panic!("GET {url}: no Docker-Content-Digest header"))
+                    .to_string(),
+            ),
+            StatusCode::NOT_FOUND => None,
+            status => panic!("GET {url}: unexpected {status}: {}", response.text().await.unwrap_or_default()),
+        }
+    }
+
+    /// The tags of `repo` (`GET /v2/<repo>/tags/list`), sorted; empty if the
+    /// repository does not exist or has no tags left.
+    pub async fn tags(&self, repo: &str) -> Vec<String> {
+        let url = format!("{}/{repo}/tags/list", self.base_url());
+        let body = match self.get_json(&url).await {
+            Some(body) => body,
+            None => return Vec::new(),
+        };
+        let mut tags: Vec<String> = body["tags"]
+            .as_array()
+            .map(|tags| tags.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        tags.sort();
+        tags
+    }
+
+    /// The repositories it holds (`GET /v2/_catalog`), sorted.
+    pub async fn catalog(&self) -> Vec<String> {
+        let url = format!("{}/_catalog", self.base_url());
+        let body = self.get_json(&url).await.unwrap_or_default();
+        let mut repos: Vec<String> = body["repositories"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        repos.sort();
+        repos
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}/v2", self.addr())
+    }
+
+    async fn get(&self, url: &str) -> reqwest::Response {
+        self.http
+            .get(url)
+            .header(header::ACCEPT, MANIFEST_ACCEPT)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}\nregistry log:\n{}", self.log()))
+    }
+
+    /// The JSON body of `url`, `None` on 404.
+    async fn get_json(&self, url: &str) -> Option<serde_json::Value> {
+        let response = self.get(url).await;
+        match response.status() {
+            StatusCode::OK => {
+                Some(response.json().await.unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}")))
+            }
+            StatusCode::NOT_FOUND => None,
+            status => panic!("GET {url}: unexpected {status}: {}", response.text().await.unwrap_or_default()),
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // `dir` is removed after this, when the fields drop.
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("addr", &self.addr())
+            .field("pid", &self.child.id())
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+/// The registry's configuration: the same as `packaging/registry.sh` writes.
+fn config(dir: &Path, port: u16) -> String {
+    format!(
+        "version: 0.1\n\
+         log:\n  level: warn\n  fields:\n    service: slipway-test-registry\n\
+         storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
+         http:\n  addr: 127.0.0.1:{port}\n",
+        data = dir.join("data").display()
+    )
+}
+
+/// Writes the config, starts the registry and waits until `/v2/` answers; on failure
+/// the child is killed and the error carries the log.
+async fn spawn_and_wait(
+    binary: &Path,
+    dir: &Path,
+    port: u16,
+    http: &reqwest::Client,
+) -> anyhow::Result<Child> {
+    fs::create_dir_all(dir.join("data"))?;
+    let config_path = dir.join("config.yml");
+    fs::write(&config_path, config(dir, port))?;
+    let log_path = dir.join("registry.log");
+    let log = File::create(&log_path)?;
+    let mut child = Command::new(binary)
+        .arg("serve")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    let url = format!("http://127.0.0.1:{port}/v2/");
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("docker-registry exited during start ({status}) on port {port}; its log:\n{log}");
+        }
+        if let Ok(response) = http.get(&url).send().await {
+            if response.status() == StatusCode::OK {
+                return Ok(child);
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("docker-registry did not answer {url} within {START_TIMEOUT:?}; its log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
