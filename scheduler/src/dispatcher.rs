@@ -266,7 +266,14 @@ pub fn service_for(shared: &Shared, release: &Release) -> ServiceDeploy {
         release: release.number,
         replicas: release.run.replicas.max(1),
         port: release.run.port,
-        env: release.run.env.clone(),
+        env: {
+            // Heroku's convention: the app learns its port from $PORT.
+            let mut env = release.run.env.clone();
+            if let Some(port) = release.run.port {
+                env.entry("PORT".into()).or_insert_with(|| port.to_string());
+            }
+            env
+        },
         persist: release.run.persist.clone(),
         healthcheck: release.run.healthcheck.as_ref().map(|h| HealthcheckSpec {
             cmd: h.cmd.clone(),

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# packaging/quickstart.sh — slipway on this one machine, deploying the example app.
+#
+# Usage: packaging/quickstart.sh [up]   start everything and deploy examples/hello
+#        packaging/quickstart.sh down   stop what `up` started
+#        packaging/quickstart.sh status
+#
+# `up` (idempotent; run it again to redeploy):
+#   1. installs what is missing (git, curl, busybox-static, Debian's docker-registry),
+#      makes sure a Docker engine answers and is a Swarm manager (`docker swarm init`
+#      if it is not one), and builds the local base image slipway/busybox:latest;
+#   2. builds slipway (cargo build);
+#   3. starts, in the background, the internal registry on 127.0.0.1:$SLIPWAY_REGISTRY_PORT
+#      (default 5000), one scheduler with its embedded raft store (sled) and one agent;
+#      their state, logs and pid files live under .slipway/;
+#   4. writes .slipway/config.toml, so `slipway` works from the repo root;
+#   5. commits examples/hello into a git repo under .slipway/ and deploys it, printing
+#      the URL where it answers.
+#
+# Ports publish in host mode (the routing mesh needs IPVS, which some kernels lack);
+# the scheduler config under .slipway/ says so and real fleets switch it to ingress.
+set -euo pipefail
+
+# shellcheck source=packaging/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$SLIPWAY_ROOT"
+
+STATE="$SLIPWAY_ROOT/.slipway"
+REGISTRY_PORT="${SLIPWAY_REGISTRY_PORT:-5000}"
+GRPC_ADDR="127.0.0.1:${SLIPWAY_GRPC_PORT:-7400}"
+HTTP_ADDR="127.0.0.1:${SLIPWAY_HTTP_PORT:-7401}"
+STACK=slipway
+APP=hello
+BIN="$SLIPWAY_ROOT/target/debug"
+
+# running PIDFILE: is the process in PIDFILE alive?
+running() {
+    [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+# start_bg NAME PIDFILE LOG COMMAND...: starts COMMAND in the background unless running.
+start_bg() {
+    local name="$1" pidfile="$2" log="$3"
+    shift 3
+    if running "$pidfile"; then
+        info "$name already running (pid $(cat "$pidfile"))"
+        return 0
+    fi
+    info "starting $name (log: ${log#"$SLIPWAY_ROOT"/})"
+    nohup "$@" >>"$log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+}
+
+stop_pid() {
+    local name="$1" pidfile="$2" i
+    if running "$pidfile"; then
+        info "stopping $name"
+        kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+        for i in $(seq 1 50); do
+            running "$pidfile" || break
+            sleep 0.2
+        done
+        running "$pidfile" && kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
+
+write_configs() {
+    mkdir -p "$STATE/scheduler" "$STATE/agent" "$STATE/builds" "$STATE/logs"
+    cat >"$STATE/scheduler.toml" <<EOF
+# Written by packaging/quickstart.sh: a single-member scheduler on loopback.
+node_id = 1
+listen = "$GRPC_ADDR"
+http_listen = "$HTTP_ADDR"
+data_dir = "$STATE/scheduler"
+
+[registry]
+addr = "127.0.0.1:$REGISTRY_PORT"
+
+[deploy]
+stack = "$STACK"
+# host: ports are published on the node that runs the task. Use "ingress" on real
+# fleets (the routing mesh needs IPVS in the kernel).
+publish_mode = "host"
+
+[agents]
+report_interval_secs = 2
+down_after_secs = 10
+
+[placement]
+# The quick start runs on whatever disk this is; 512 MiB free is enough for the example.
+min_free_bytes = 536870912
+EOF
+    cat >"$STATE/agent.toml" <<EOF
+# Written by packaging/quickstart.sh: one agent building on this machine's disk.
+schedulers = ["$GRPC_ADDR"]
+name = "$(hostname)"
+state_dir = "$STATE/agent"
+build_root = "$STATE/builds"
+build_slots = 2
+EOF
+    cat >"$STATE/config.toml" <<EOF
+# slipway CLI config, written by packaging/quickstart.sh.
+schedulers = ["$GRPC_ADDR"]
+EOF
+}
+
+wait_ready() {
+    local i
+    for i in $(seq 1 150); do
+        curl -fsS "http://$HTTP_ADDR/readyz" >/dev/null 2>&1 && return 0
+        running "$STATE/scheduler.pid" || break
+        sleep 0.2
+    done
+    error "the scheduler did not become ready; its log says:"
+    tail -n 30 "$STATE/logs/scheduler.log" >&2 || true
+    return 1
+}
+
+wait_node() {
+    local i
+    for i in $(seq 1 100); do
+        "$BIN/slipway" nodes --json 2>/dev/null | grep -q '"status": "ready"' && return 0
+        running "$STATE/agent.pid" || break
+        sleep 0.3
+    done
+    error "the agent did not report to the scheduler; its log says:"
+    tail -n 30 "$STATE/logs/agent.log" >&2 || true
+    return 1
+}
+
+# The example app as a git repository the agent can clone (file://).
+example_repo() {
+    local repo="$STATE/example-repo"
+    mkdir -p "$repo"
+    # Mirror examples/hello, keeping the repo's history: each `up` commits what changed.
+    (cd "$SLIPWAY_ROOT/examples/$APP" && tar -cf - .) | (cd "$repo" && tar -xf -)
+    if [[ ! -d "$repo/.git" ]]; then
+        git -C "$repo" init -q -b main
+        git -C "$repo" config user.name "slipway quickstart"
+        git -C "$repo" config user.email "quickstart@slipway.invalid"
+    fi
+    git -C "$repo" add -A
+    git -C "$repo" diff --cached --quiet || git -C "$repo" commit -q -m "example app from examples/$APP"
+    echo "file://$repo"
+}
+
+up() {
+    info "installing what is missing"
+    local pkgs=(busybox-static curl)
+    have git || pkgs+=(git)
+    have cc || pkgs+=(build-essential)
+    apt_install "${pkgs[@]}"
+    apt_install_nostart docker-registry
+    ensure_rust
+    ensure_docker
+    ensure_swarm
+    "$SLIPWAY_ROOT/packaging/base-image.sh"
+
+    info "building slipway (cargo build; the first build takes a few minutes)"
+    cargo build -q -p slipway-scheduler -p slipway-agent --bins
+
+    write_configs
+    "$SLIPWAY_ROOT/packaging/registry.sh" start "$STATE/registry" "$REGISTRY_PORT"
+    start_bg scheduler "$STATE/scheduler.pid" "$STATE/logs/scheduler.log" \
+        "$BIN/slipway-scheduler" --config "$STATE/scheduler.toml"
+    wait_ready
+    start_bg agent "$STATE/agent.pid" "$STATE/logs/agent.log" \
+        "$BIN/slipway-agent" --config "$STATE/agent.toml"
+    wait_node
+
+    local repo
+    repo="$(example_repo)"
+    if ! "$BIN/slipway" apps show "$APP" >/dev/null 2>&1; then
+        "$BIN/slipway" apps create "$APP" --repo "$repo" --branch main
+    fi
+    info "deploying $APP"
+    "$BIN/slipway" deploy "$APP"
+
+    local port url i
+    port="$(sed -n 's/^port *= *\([0-9]*\).*/\1/p' "$SLIPWAY_ROOT/examples/$APP/slipway.toml" | head -n 1)"
+    url="http://127.0.0.1:$port/"
+    for i in $(seq 1 60); do
+        curl -fsS "$url" >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    curl -fsS "$url" >/dev/null || die "$APP is deployed but $url does not answer; see \`docker service ps ${STACK}_$APP\`"
+    echo
+    info "$APP answers at $url"
+    curl -fsS "$url" | sed 's/^/    /' | head -n 8
+    echo
+    cat <<EOF
+Try:
+    $BIN/slipway releases $APP
+    $BIN/slipway nodes
+    $BIN/slipway builds
+    docker stack services $STACK
+Stop everything with: ./packaging/quickstart.sh down
+EOF
+}
+
+down() {
+    stop_pid agent "$STATE/agent.pid"
+    stop_pid scheduler "$STATE/scheduler.pid"
+    if have docker && docker info >/dev/null 2>&1; then
+        local ids
+        ids="$(docker service ls -q --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null || true)"
+        if [[ -n "$ids" ]]; then
+            info "removing the services of stack $STACK"
+            # shellcheck disable=SC2086
+            docker service rm $ids >/dev/null
+        fi
+        docker network rm "${STACK}_default" >/dev/null 2>&1 || true
+    fi
+    if [[ -d "$STATE/registry" ]]; then
+        "$SLIPWAY_ROOT/packaging/registry.sh" stop "$STATE/registry" "$REGISTRY_PORT" || true
+    fi
+    info "stopped; state stays in .slipway/ (delete it for a clean start)"
+}
+
+status() {
+    local name
+    for name in scheduler agent; do
+        if running "$STATE/$name.pid"; then echo "$name: running (pid $(cat "$STATE/$name.pid"))"; else echo "$name: stopped"; fi
+    done
+    "$SLIPWAY_ROOT/packaging/registry.sh" status "$STATE/registry" "$REGISTRY_PORT" && echo "registry: running" || echo "registry: stopped"
+}
+
+case "${1:-up}" in
+up) up ;;
+down) down ;;
+status) status ;;
+*)
+    echo "usage: $0 [up|down|status]" >&2
+    exit 2
+    ;;
+esac
