@@ -13,6 +13,9 @@
 //! - [`gitrepo`]: [`GitRepo`], an app from `examples/` committed into a fresh git
 //!   repository that the agent can clone through a `file://` URL.
 //! - [`net`]: [`free_port`], [`wait_for_http`].
+//! - [`cluster`]: [`TestCluster`], the `slipway-scheduler` and `slipway-agent`
+//!   binaries as child processes (so tests can `kill -9` them) on a registry and the
+//!   local Swarm, with a control-API client; [`DeployRun`] collects a deploy stream.
 //!
 //! Fixtures panic with a message naming the fix when the machine lacks something:
 //! they are for tests, where a panic is a failure with a reason.
@@ -23,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod docker;
 pub mod gitrepo;
 pub mod net;
@@ -31,6 +35,7 @@ pub mod registry;
 use std::io::Write;
 use std::path::PathBuf;
 
+pub use cluster::{set_app_port, DeployRun, TestCluster};
 pub use docker::{base_image, ensure_swarm, require_docker, BASE_IMAGE};
 pub use gitrepo::GitRepo;
 pub use net::{free_port, wait_for_http};
