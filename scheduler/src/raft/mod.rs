@@ -39,3 +39,782 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig>;
 /// Raft member ids.
 pub type NodeId = u64;
+
+// Opening, bootstrapping and writing: the API the rest of the scheduler uses.
+
+pub use network::{Network, RaftService};
+pub use state_machine::SharedState;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy, StorageError};
+use tokio::sync::watch;
+
+use self::log_store::LogStore;
+use self::state_machine::StateMachineStore;
+
+/// How long [`open`] waits for a store still locked by a raft of this process that is
+/// shutting down, before reporting it locked by another process.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// How long a write forwarded to the leader may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`write`] waits for a forwarded write to be applied here too.
+const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(5);
+/// Snapshot bytes per `InstallSnapshot` RPC.
+const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// Raft timing and log-compaction settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// How often the leader sends heartbeats; also the deadline of each AppendEntries RPC.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears no leader for a random time in
+    /// `[election_timeout_min, election_timeout_max)` starts an election.
+    pub election_timeout_min: Duration,
+    /// See `election_timeout_min`.
+    pub election_timeout_max: Duration,
+    /// Build a snapshot once this many entries were committed since the last one.
+    pub snapshot_every: u64,
+    /// Entries already in a snapshot that stay in the log (openraft's
+    /// `max_in_snapshot_log_to_keep`), so slightly lagging followers catch up from the log
+    /// instead of a snapshot.
+    pub keep_logs: u64,
+    /// Deadline for sending one snapshot chunk to a follower and installing it.
+    pub install_snapshot_timeout: Duration,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(800),
+            election_timeout_max: Duration::from_millis(1600),
+            snapshot_every: 5000,
+            keep_logs: 1000,
+            install_snapshot_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RaftConfig {
+    /// openraft's config for these settings, validated.
+    pub fn to_openraft(&self) -> Result<openraft::Config, RaftSetupError> {
+        if self.snapshot_every == 0 {
+            return Err(RaftSetupError::Config("snapshot_every must be at least 1".into()));
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = openraft::Config {
+            cluster_name: "slipway".into(),
+            heartbeat_interval: ms(self.heartbeat_interval),
+            election_timeout_min: ms(self.election_timeout_min),
+            election_timeout_max: ms(self.election_timeout_max),
+            install_snapshot_timeout: ms(self.install_snapshot_timeout),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_logs,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            // openraft asks for a lag threshold above the snapshot interval.
+            replication_lag_threshold: self.snapshot_every.saturating_mul(2).max(5000),
+            ..Default::default()
+        };
+        config.validate().map_err(|e| {
+            RaftSetupError::Config(format!(
+                "{e} (the election timeout must be longer than the heartbeat interval, and its min below its max)"
+            ))
+        })
+    }
+}
+
+/// Why the raft node could not be opened or bootstrapped.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftSetupError {
+    /// The raft settings are inconsistent.
+    #[error("invalid raft settings: {0}")]
+    Config(String),
+    /// The data directory could not be created.
+    #[error("cannot create the raft data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the store open.
+    #[error(
+        "the raft store {path} is in use by another process; stop the other slipway-scheduler \
+         using this data_dir, or give this one its own data_dir"
+    )]
+    Locked { path: PathBuf },
+    /// sled could not open the store.
+    #[error(
+        "cannot open the raft store {path}: {source}; if it is damaged, move it aside and rejoin \
+         this scheduler to the cluster with an empty data_dir"
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    /// The stored snapshot could not be read.
+    #[error("cannot load the raft snapshot from {path}: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: Box<StorageError<NodeId>>,
+    },
+    /// openraft stopped: starting failed (unreadable log) or the node was shut down.
+    #[error("raft is not running: {0}; see the log above for the storage error")]
+    Raft(#[source] Box<Fatal<NodeId>>),
+    /// openraft refused to initialise the cluster.
+    #[error("cannot initialise the cluster: {0}")]
+    Initialize(#[source] Box<InitializeError<NodeId, BasicNode>>),
+}
+
+impl From<Fatal<NodeId>> for RaftSetupError {
+    fn from(e: Fatal<NodeId>) -> Self {
+        Self::Raft(Box::new(e))
+    }
+}
+
+impl From<InitializeError<NodeId, BasicNode>> for RaftSetupError {
+    fn from(e: InitializeError<NodeId, BasicNode>) -> Self {
+        Self::Initialize(Box::new(e))
+    }
+}
+
+/// Why a write (or a linearizable read check) did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// This scheduler is not the leader and could not hand the write on: no leader is
+    /// known (`None`: an election is under way), or the node it forwarded to was not the
+    /// leader either. Retry, against `leader_addr` if given.
+    #[error("{}", not_leader_message(.leader_addr))]
+    NotLeader { leader_addr: Option<String> },
+    /// The leader could not confirm its leadership with a quorum (linearizable reads).
+    #[error(
+        "the leader cannot reach a quorum of schedulers ({0}); check the other schedulers and the network"
+    )]
+    NoQuorum(String),
+    /// Forwarding the write to the leader failed in transport; the write may or may not
+    /// have been applied (commands carry a `request_id` to make retries safe).
+    #[error("forwarding the write to the leader at {leader_addr} failed: {source}; retry in a moment")]
+    Forward {
+        leader_addr: String,
+        #[source]
+        source: Box<tonic::Status>,
+    },
+    /// raft refused the write for a reason that does not apply to plain commands
+    /// (a membership change in progress).
+    #[error("raft refused the write: {0}")]
+    Refused(String),
+    /// raft has stopped on this scheduler: a storage failure, or shutdown.
+    #[error("raft has stopped on this scheduler: {0}; check its data_dir and logs, then restart it")]
+    Fatal(#[source] Box<Fatal<NodeId>>),
+}
+
+impl From<Fatal<NodeId>> for WriteError {
+    fn from(e: Fatal<NodeId>) -> Self {
+        Self::Fatal(Box::new(e))
+    }
+}
+
+fn not_leader_message(leader_addr: &Option<String>) -> String {
+    match leader_addr {
+        Some(addr) => format!("this scheduler is not the leader; send the request to the leader at {addr}"),
+        None => "no scheduler is leader right now (an election is under way); retry in a moment".into(),
+    }
+}
+
+/// An opened raft node and the handles the rest of the scheduler reads.
+pub struct Opened {
+    /// The raft node: writes, membership changes, metrics, shutdown.
+    pub raft: Raft,
+    /// The replicated state, as applied on this node.
+    pub state: SharedState,
+    /// The last applied log index; changes whenever `state` does.
+    pub applied: watch::Receiver<u64>,
+    /// Whether the store already held a cluster (a vote or log entries) when opened:
+    /// such a node must never be bootstrapped again.
+    pub initialized: bool,
+}
+
+/// Opens (creating if needed) the raft store at `<data_dir>/raft` and starts the raft
+/// node `node_id` on it.
+///
+/// The last snapshot is loaded and the committed log entries after it are re-applied
+/// before this returns, so `state` is current as of the last commit this node saw.
+pub async fn open(data_dir: &Path, node_id: NodeId, config: &RaftConfig) -> Result<Opened, RaftSetupError> {
+    let raft_config = Arc::new(config.to_openraft()?);
+    let path = data_dir.join("raft");
+    std::fs::create_dir_all(&path)
+        .map_err(|source| RaftSetupError::CreateDir { path: path.clone(), source })?;
+    let db = open_db(&path).await?;
+    let log_store =
+        LogStore::open(db.clone()).map_err(|source| RaftSetupError::Open { path: path.clone(), source })?;
+    let state_machine = StateMachineStore::open(db)
+        .await
+        .map_err(|e| RaftSetupError::Load { path: path.clone(), source: Box::new(e) })?;
+    let state = state_machine.state();
+    let applied = state_machine.subscribe_applied();
+    let raft = Raft::new(node_id, raft_config, Network::new(node_id), log_store, state_machine).await?;
+    let initialized = raft.is_initialized().await?;
+    tracing::info!(node_id, path = %path.display(), initialized, applied = *applied.borrow(), "raft store opened");
+    Ok(Opened { raft, state, applied, initialized })
+}
+
+/// Opens the sled db at `path`, waiting up to [`LOCK_WAIT`] for a lock held by a raft of
+/// this process that is still shutting down.
+async fn open_db(path: &Path) -> Result<sled::Db, RaftSetupError> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let config = sled::Config::new().path(path).flush_every_ms(None);
+        let opened = tokio::task::spawn_blocking(move || config.open())
+            .await
+            .unwrap_or_else(|e| Err(sled::Error::ReportableBug(format!("opening the store panicked: {e}"))));
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(RaftSetupError::Locked { path: path.to_path_buf() });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(source) => return Err(RaftSetupError::Open { path: path.to_path_buf(), source }),
+        }
+    }
+}
+
+/// Makes this node a one-member cluster at `addr`, unless its store already holds a
+/// cluster. Returns whether it initialised one.
+///
+/// Call it only on the node meant to start a new cluster; nodes that will join an
+/// existing one wait to be added by the leader instead.
+pub async fn bootstrap_single(raft: &Raft, node_id: NodeId, addr: String) -> Result<bool, RaftSetupError> {
+    if raft.is_initialized().await? {
+        tracing::info!(node_id, "the raft store already holds a cluster; not bootstrapping");
+        return Ok(false);
+    }
+    match raft.initialize(BTreeMap::from([(node_id, BasicNode { addr })])).await {
+        Ok(()) => {
+            tracing::info!(node_id, "bootstrapped a one-member raft cluster");
+            Ok(true)
+        }
+        // Raced with a vote or entries from a peer: the store is no longer pristine.
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+            tracing::info!(node_id, reason = %e, "not bootstrapping");
+            Ok(false)
+        }
+        Err(RaftError::APIError(e)) => Err(e.into()),
+        Err(RaftError::Fatal(e)) => Err(e.into()),
+    }
+}
+
+/// Replicates `cmd` and returns what applying it returned.
+///
+/// On a follower the command is forwarded to the leader (`ForwardWrite`), and the call
+/// returns once this node has applied it as well (read-your-writes), or after
+/// a few seconds if it lags.
+pub async fn write(raft: &Raft, cmd: Command) -> Result<Response, WriteError> {
+    let to_forward = cmd.clone();
+    let to = match raft.client_write(cmd).await {
+        Ok(written) => return Ok(written.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => to,
+        Err(RaftError::APIError(e)) => return Err(WriteError::Refused(e.to_string())),
+        Err(RaftError::Fatal(e)) => return Err(e.into()),
+    };
+    let Some(leader_addr) = to.leader_node.map(|n| n.addr).or_else(|| leader_addr(raft)) else {
+        return Err(WriteError::NotLeader { leader_addr: None });
+    };
+    let forwarded = network::forward_write(&leader_addr, &to_forward, FORWARD_TIMEOUT).await?;
+    let wait = raft.wait(Some(FORWARDED_APPLY_WAIT));
+    if let Err(e) = wait.applied_index_at_least(Some(forwarded.log_index), "forwarded write").await {
+        tracing::warn!(index = forwarded.log_index, error = %e, "forwarded write not yet applied here");
+    }
+    Ok(forwarded.response)
+}
+
+/// The address of the leader this node knows, from its metrics and membership.
+pub fn leader_addr(raft: &Raft) -> Option<String> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let leader = metrics.current_leader?;
+    metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+}
+
+/// Returns once this node's state includes every write committed before the call
+/// (openraft's `ensure_linearizable`): only the leader can do this; followers get
+/// [`WriteError::NotLeader`] with the leader's address.
+pub async fn linearizable(raft: &Raft) -> Result<(), WriteError> {
+    match raft.ensure_linearizable().await {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => Err(WriteError::NotLeader {
+            leader_addr: to.leader_node.map(|n| n.addr).or_else(|| leader_addr(raft)),
+        }),
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+            Err(WriteError::NoQuorum(e.to_string()))
+        }
+        Err(RaftError::Fatal(e)) => Err(e.into()),
+    }
+}
+
+/// An in-process raft cluster for tests: each node has its own data dir under one
+/// temporary directory and serves [`RaftService`] on `127.0.0.1`.
+#[cfg(test)]
+pub(crate) mod test_cluster {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+    use crate::state::State;
+
+    /// One scheduler's raft: its handles and its server.
+    pub(crate) struct TestNode {
+        pub addr: String,
+        pub opened: Opened,
+        server: tokio::task::JoinHandle<()>,
+        stop_server: Option<oneshot::Sender<()>>,
+    }
+
+    impl Drop for TestNode {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    pub(crate) struct TestCluster {
+        pub dir: tempfile::TempDir,
+        pub config: RaftConfig,
+        pub nodes: BTreeMap<NodeId, TestNode>,
+        /// Addresses of nodes ever started, so a restarted node keeps its address.
+        addrs: BTreeMap<NodeId, String>,
+    }
+
+    /// Settings that elect a leader quickly without flapping on a loaded 2-core machine.
+    pub(crate) fn fast_config() -> RaftConfig {
+        RaftConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            ..RaftConfig::default()
+        }
+    }
+
+    impl TestCluster {
+        pub fn new(config: RaftConfig) -> Self {
+            Self { dir: tempfile::tempdir().unwrap(), config, nodes: BTreeMap::new(), addrs: BTreeMap::new() }
+        }
+
+        /// Starts (or restarts, on its old address and data dir) node `id`.
+        pub async fn start(&mut self, id: NodeId) -> &TestNode {
+            let listener = match self.addrs.get(&id) {
+                None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                Some(addr) => bind_again(addr).await,
+            };
+            let addr = listener.local_addr().unwrap().to_string();
+            self.addrs.insert(id, addr.clone());
+            let opened = open(&self.dir.path().join(format!("node-{id}")), id, &self.config).await.unwrap();
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let service = RaftService::new(opened.raft.clone()).into_server();
+            let server = tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                        stop_rx.await.ok();
+                    })
+                    .await
+                    .unwrap();
+            });
+            self.nodes.insert(id, TestNode { addr, opened, server, stop_server: Some(stop_tx) });
+            &self.nodes[&id]
+        }
+
+        /// Shuts node `id` down: its raft, then its server.
+        pub async fn stop(&mut self, id: NodeId) {
+            let mut node = self.nodes.remove(&id).unwrap();
+            node.opened.raft.shutdown().await.unwrap();
+            if let Some(stop) = node.stop_server.take() {
+                stop.send(()).ok();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut node.server).await;
+        }
+
+        pub fn raft(&self, id: NodeId) -> &Raft {
+            &self.nodes[&id].opened.raft
+        }
+
+        pub fn addr(&self, id: NodeId) -> String {
+            self.nodes[&id].addr.clone()
+        }
+
+        pub fn state(&self, id: NodeId) -> State {
+            self.nodes[&id].opened.state.read().unwrap().clone()
+        }
+
+        pub fn applied(&self, id: NodeId) -> u64 {
+            *self.nodes[&id].opened.applied.borrow()
+        }
+
+        pub async fn bootstrap(&self, id: NodeId) -> bool {
+            bootstrap_single(self.raft(id), id, self.addr(id)).await.unwrap()
+        }
+
+        /// Adds `ids` as voters through the leader `leader`.
+        pub async fn add_voters(&self, leader: NodeId, ids: &[NodeId]) {
+            let raft = self.raft(leader);
+            // Membership changes wait for the leader to commit the current membership.
+            raft.wait(Some(Duration::from_secs(20)))
+                .metrics(
+                    |m| {
+                        m.current_leader == Some(leader)
+                            && m.last_applied.map(|l| l.index)
+                                >= m.membership_config.log_id().map(|l| l.index)
+                    },
+                    "leader committed its membership",
+                )
+                .await
+                .unwrap();
+            for &id in ids {
+                raft.add_learner(id, BasicNode { addr: self.addr(id) }, true).await.unwrap();
+            }
+            let voters: BTreeSet<NodeId> =
+                raft.metrics().borrow().membership_config.voter_ids().chain(ids.iter().copied()).collect();
+            raft.change_membership(voters, false).await.unwrap();
+        }
+
+        /// Waits until every running node names the same running leader.
+        pub async fn leader(&self) -> NodeId {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let leaders: BTreeSet<Option<NodeId>> =
+                    self.nodes.values().map(|n| n.opened.raft.metrics().borrow().current_leader).collect();
+                if let [Some(leader)] = leaders.into_iter().collect::<Vec<_>>()[..] {
+                    if self.nodes.contains_key(&leader) {
+                        return leader;
+                    }
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no leader elected in 20 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Waits until node `id` has applied `index`.
+        pub async fn wait_applied(&self, id: NodeId, index: u64) {
+            let mut applied = self.nodes[&id].opened.applied.clone();
+            tokio::time::timeout(Duration::from_secs(20), applied.wait_for(|a| *a >= index))
+                .await
+                .unwrap_or_else(|_| panic!("node {id} did not apply index {index} in 20 s"))
+                .unwrap();
+        }
+
+        /// Waits until every running node has applied what `leader` has, then returns
+        /// the leader's state.
+        pub async fn converged(&self, leader: NodeId) -> State {
+            let index = self.applied(leader);
+            for &id in self.nodes.keys() {
+                self.wait_applied(id, index).await;
+            }
+            self.state(leader)
+        }
+    }
+
+    /// Binds `addr` again after its previous listener closed.
+    async fn bind_again(addr: &str) -> TcpListener {
+        for _ in 0..100 {
+            if let Ok(listener) = TcpListener::bind(addr).await {
+                return listener;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("cannot bind {addr} again");
+    }
+
+    pub(crate) fn create_app(name: &str) -> Command {
+        Command::CreateApp {
+            name: name.into(),
+            repo: format!("file:///srv/{name}"),
+            branch: "main".into(),
+            at_ms: 1,
+        }
+    }
+
+    pub(crate) fn queue_build(app: &str) -> Command {
+        Command::QueueBuild {
+            app: app.into(),
+            git_ref: "main".into(),
+            no_cache: false,
+            request_id: Some(format!("req-{app}")),
+            at_ms: 2,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::test_cluster::{create_app, fast_config, queue_build, TestCluster};
+    use super::*;
+
+    async fn single_node(dir: &Path, config: &RaftConfig) -> Opened {
+        let opened = open(dir, 1, config).await.unwrap();
+        bootstrap_single(&opened.raft, 1, "127.0.0.1:1".into()).await.unwrap();
+        opened.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "single node leads").await.unwrap();
+        opened
+    }
+
+    async fn shut(opened: Opened) {
+        opened.raft.shutdown().await.unwrap();
+        drop(opened);
+    }
+
+    #[test]
+    fn default_settings_are_valid_and_bad_ones_are_explained() {
+        let config = RaftConfig::default().to_openraft().unwrap();
+        assert_eq!((config.heartbeat_interval, config.election_timeout_min), (250, 800));
+        let bad = RaftConfig { election_timeout_min: Duration::from_millis(200), ..RaftConfig::default() };
+        let err = bad.to_openraft().unwrap_err().to_string();
+        assert!(err.contains("heartbeat"), "{err}");
+        let bad = RaftConfig { snapshot_every: 0, ..RaftConfig::default() };
+        assert!(bad.to_openraft().is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_single_node_keeps_its_state_across_a_restart_and_is_not_bootstrapped_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RaftConfig::default();
+        let opened = open(dir.path(), 1, &config).await.unwrap();
+        assert!(!opened.initialized);
+        assert!(bootstrap_single(&opened.raft, 1, "127.0.0.1:1".into()).await.unwrap());
+        opened.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.unwrap();
+
+        let started = Instant::now();
+        for i in 0..60 {
+            let resp = write(&opened.raft, create_app(&format!("app-{i}"))).await.unwrap();
+            assert!(matches!(resp, Response::App(_)), "{resp:?}");
+        }
+        for i in 0..40 {
+            let resp = write(&opened.raft, queue_build(&format!("app-{i}"))).await.unwrap();
+            assert!(matches!(resp, Response::Build(_)), "{resp:?}");
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "100 sequential durable writes: {elapsed:?} ({:.0} writes/s)",
+            100.0 / elapsed.as_secs_f64()
+        );
+
+        let before = opened.state.read().unwrap().clone();
+        let applied = *opened.applied.borrow();
+        assert_eq!((before.apps.len(), before.builds.len()), (60, 40));
+        shut(opened).await;
+
+        let reopened = open(dir.path(), 1, &config).await.unwrap();
+        assert!(reopened.initialized);
+        // The committed entries were re-applied inside `open`, before any election.
+        assert_eq!(*reopened.applied.borrow(), applied);
+        assert_eq!(*reopened.state.read().unwrap(), before);
+        assert!(!bootstrap_single(&reopened.raft, 1, "127.0.0.1:1".into()).await.unwrap());
+
+        reopened.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader again").await.unwrap();
+        write(&reopened.raft, create_app("after-restart")).await.unwrap();
+        let state = reopened.state.read().unwrap().clone();
+        assert_eq!(state.apps.len(), 61);
+        assert_eq!(state.builds.len(), 40);
+        let voters: Vec<NodeId> = reopened.raft.metrics().borrow().membership_config.voter_ids().collect();
+        assert_eq!(voters, vec![1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_in_use_is_reported_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path(), 1, &RaftConfig::default()).await.unwrap();
+        let Err(err) = open(dir.path(), 1, &RaftConfig::default()).await else {
+            panic!("opened a store that is in use");
+        };
+        assert!(matches!(err, RaftSetupError::Locked { .. }), "{err:?}");
+        assert!(err.to_string().contains("in use by another process"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sixteen_concurrent_writers_all_get_their_writes_applied() {
+        // openraft 0.9 awaits each append's flush before taking the next client write, so
+        // concurrency does not batch flushes: the rate printed here is one fsync per write.
+        let dir = tempfile::tempdir().unwrap();
+        let opened = single_node(dir.path(), &RaftConfig::default()).await;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let raft = opened.raft.clone();
+                tokio::spawn(async move {
+                    for i in 0..25 {
+                        write(&raft, create_app(&format!("app-{t}-{i}"))).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "400 durable writes from 16 writers: {elapsed:?} ({:.0} writes/s)",
+            400.0 / elapsed.as_secs_f64()
+        );
+        assert_eq!(opened.state.read().unwrap().apps.len(), 400);
+        shut(opened).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_bound_the_log_and_a_restart_resumes_from_snapshot_plus_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RaftConfig { snapshot_every: 50, keep_logs: 10, ..RaftConfig::default() };
+        let opened = single_node(dir.path(), &config).await;
+        for i in 0..200 {
+            write(&opened.raft, create_app(&format!("app-{i}"))).await.unwrap();
+        }
+        opened
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= 150) && m.purged.is_some_and(|p| p.index > 100),
+                "snapshot built and log purged",
+            )
+            .await
+            .unwrap();
+        // Entries past the snapshot: the restart must replay them from the log.
+        for i in 200..205 {
+            write(&opened.raft, create_app(&format!("app-{i}"))).await.unwrap();
+        }
+        let metrics = opened.raft.metrics().borrow().clone();
+        let snapshot_index = metrics.snapshot.map(|s| s.index).unwrap();
+        eprintln!(
+            "after 205 writes: last log {:?}, snapshot {:?}, purged {:?}",
+            metrics.last_log_index, metrics.snapshot, metrics.purged
+        );
+        let before = opened.state.read().unwrap().clone();
+        let applied = *opened.applied.borrow();
+        shut(opened).await;
+
+        {
+            let db = open_db(&dir.path().join("raft")).await.unwrap();
+            let log = LogStore::open(db.clone()).unwrap();
+            let first = log.first_index().unwrap().unwrap();
+            assert!(first > 1, "log starts at {first}");
+            assert!(log.len() < 100, "log holds {} entries", log.len());
+            assert!(db.open_tree("snapshot").unwrap().get("meta").unwrap().is_some());
+            eprintln!("stored log: {} entries from index {first}", log.len());
+        }
+
+        let reopened = open(dir.path(), 1, &config).await.unwrap();
+        assert!(snapshot_index < applied, "snapshot {snapshot_index}, applied {applied}");
+        assert_eq!(*reopened.applied.borrow(), applied);
+        assert_eq!(*reopened.state.read().unwrap(), before);
+        assert_eq!(before.apps.len(), 205);
+        shut(reopened).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_replicate_and_a_follower_forwards_writes_applied_once() {
+        let mut cluster = TestCluster::new(fast_config());
+        for id in 1..=3 {
+            cluster.start(id).await;
+        }
+        assert!(cluster.bootstrap(1).await);
+        assert!(!cluster.bootstrap(1).await);
+        cluster.add_voters(1, &[2, 3]).await;
+        let leader = cluster.leader().await;
+
+        for i in 0..20 {
+            write(cluster.raft(leader), create_app(&format!("app-{i}"))).await.unwrap();
+        }
+        let state = cluster.converged(leader).await;
+        assert_eq!(state.apps.len(), 20);
+        for id in 1..=3 {
+            assert_eq!(cluster.state(id), state, "node {id}");
+        }
+
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        let resp = write(cluster.raft(follower), create_app("via-follower")).await.unwrap();
+        assert!(matches!(resp, Response::App(_)), "{resp:?}");
+        // Read-your-writes: the follower has applied its forwarded write on return.
+        assert!(cluster.state(follower).apps.contains_key("via-follower"));
+        let resp = write(cluster.raft(follower), queue_build("via-follower")).await.unwrap();
+        let Response::Build(build) = resp else { panic!("{resp:?}") };
+
+        let state = cluster.converged(leader).await;
+        assert_eq!(state.apps.len(), 21);
+        let builds: Vec<_> = state.builds.values().filter(|b| b.app == "via-follower").collect();
+        assert_eq!(builds.len(), 1);
+        assert_eq!(builds[0].id, build.id);
+        for id in 1..=3 {
+            assert_eq!(cluster.state(id), state, "node {id}");
+        }
+
+        linearizable(cluster.raft(leader)).await.unwrap();
+        match linearizable(cluster.raft(follower)).await {
+            Err(WriteError::NotLeader { leader_addr: Some(addr) }) => assert_eq!(addr, cluster.addr(leader)),
+            other => panic!("expected NotLeader with the leader's address, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_leader_takes_over_and_a_restarted_node_catches_up() {
+        let mut cluster = TestCluster::new(fast_config());
+        for id in 1..=3 {
+            cluster.start(id).await;
+        }
+        cluster.bootstrap(1).await;
+        cluster.add_voters(1, &[2, 3]).await;
+        let old = cluster.leader().await;
+        for i in 0..10 {
+            write(cluster.raft(old), create_app(&format!("before-{i}"))).await.unwrap();
+        }
+        cluster.converged(old).await;
+
+        cluster.stop(old).await;
+        let started = Instant::now();
+        let new = cluster.leader().await;
+        eprintln!("failover: node {new} leads {:?} after node {old} stopped", started.elapsed());
+        assert_ne!(new, old);
+        let follower = (1..=3).find(|id| *id != old && *id != new).unwrap();
+        write(cluster.raft(follower), create_app("after-failover")).await.unwrap();
+
+        cluster.start(old).await;
+        assert!(cluster.nodes[&old].opened.initialized);
+        assert!(!cluster.bootstrap(old).await);
+        let leader = cluster.leader().await;
+        let state = cluster.converged(leader).await;
+        assert_eq!(state.apps.len(), 11);
+        assert_eq!(cluster.state(old), state);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_added_after_compaction_catches_up_from_a_snapshot() {
+        let mut cluster = TestCluster::new(RaftConfig { snapshot_every: 20, keep_logs: 0, ..fast_config() });
+        cluster.start(1).await;
+        cluster.bootstrap(1).await;
+        cluster.leader().await;
+        for i in 0..100 {
+            write(cluster.raft(1), create_app(&format!("app-{i}"))).await.unwrap();
+        }
+        cluster
+            .raft(1)
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.purged.is_some_and(|p| p.index >= 60), "log purged")
+            .await
+            .unwrap();
+
+        cluster.start(2).await;
+        cluster.add_voters(1, &[2]).await;
+        let state = cluster.converged(1).await;
+        assert_eq!(state.apps.len(), 100);
+        assert_eq!(cluster.state(2), state);
+        let snapshot = cluster.raft(2).metrics().borrow().snapshot;
+        assert!(snapshot.is_some_and(|s| s.index >= 60), "node 2 snapshot: {snapshot:?}");
+    }
+}

@@ -1,0 +1,406 @@
+//! openraft's RPCs between schedulers, over tonic (`slipway.v1.Raft` in `raft.proto`).
+//!
+//! Every RPC carries openraft's own request and response types as JSON in a
+//! `RaftPayload`, so the wire follows openraft exactly. The server encodes the whole
+//! `Result<Response, RaftError>` of the local call, so a remote raft error arrives as
+//! [`RPCError::RemoteError`] and not as a transport failure.
+//!
+//! - client side: [`Network`] (openraft's [`RaftNetworkFactory`]) hands out one
+//!   [`Connection`] per target; the tonic channels behind them are created lazily, once
+//!   per address, and reused. A transport failure becomes [`RPCError::Unreachable`] so
+//!   openraft backs off before retrying; an RPC that outlives openraft's `hard_ttl`
+//!   becomes [`RPCError::Timeout`].
+//! - server side: [`RaftService`] feeds incoming RPCs to the local [`Raft`] and
+//!   executes writes forwarded by followers (see [`super::write`]).
+//!
+//! All channels are built by [`endpoint`]: plain HTTP/2 for now, TLS goes there.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode, RPCTypes};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use slipway_proto::raft_client::RaftClient;
+use slipway_proto::raft_server::{Raft as RaftRpc, RaftServer};
+use slipway_proto::RaftPayload;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::{NodeId, Raft, TypeConfig, WriteError};
+use crate::state::{Command, Response};
+
+/// How long establishing a TCP connection to a peer may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Largest RPC message either side sends or accepts. Snapshot chunks travel as JSON
+/// arrays (about 3.5 bytes per byte), so a 1 MiB chunk needs well over tonic's 4 MiB default.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Metadata key of the leader address in a forwarded write's "not the leader" status.
+pub const LEADER_ADDR_METADATA: &str = "slipway-leader-addr";
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+/// The channel settings for a peer at `addr` (`host:port`, or a full `http://` URI).
+///
+/// The one place where peer channels are configured: TLS is added here.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+/// Lazily connected clients, one per peer address, shared by every user of the pool.
+#[derive(Debug, Default)]
+struct ClientPool {
+    clients: Mutex<HashMap<String, RaftClient<Channel>>>,
+}
+
+impl ClientPool {
+    /// The client for `addr`; the first call creates its channel, which connects on first
+    /// use and reconnects by itself after a failure.
+    fn get(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = RaftClient::new(endpoint(addr)?.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// openraft's network factory: connections from this node to its peers.
+#[derive(Debug, Clone)]
+pub struct Network {
+    node_id: NodeId,
+    pool: Arc<ClientPool>,
+}
+
+impl Network {
+    /// A network for the node `node_id` (named in timeout errors).
+    pub fn new(node_id: NodeId) -> Self {
+        Self { node_id, pool: Arc::default() }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        let client = self.pool.get(&node.addr).map_err(|e| {
+            tracing::warn!(peer = target, addr = %node.addr, error = %e, "bad raft peer address");
+            AnyError::new(&e).add_context(|| format!("raft peer {target} has address {:?}", node.addr))
+        });
+        Connection { from: self.node_id, target, node: node.clone(), client }
+    }
+}
+
+/// A connection to one peer, as openraft's [`RaftNetwork`].
+pub struct Connection {
+    from: NodeId,
+    target: NodeId,
+    node: BasicNode,
+    /// Err when the peer's address is not a valid URI: every RPC fails as unreachable.
+    client: Result<RaftClient<Channel>, AnyError>,
+}
+
+impl Connection {
+    async fn call<Req, Resp, E>(&self, rpc: RPCTypes, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: Error + DeserializeOwned,
+    {
+        let mut client = self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::from(e)))?;
+        let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let ttl = option.hard_ttl();
+        let mut request = tonic::Request::new(RaftPayload { json });
+        request.set_timeout(ttl);
+        let call = async move {
+            match rpc {
+                RPCTypes::Vote => client.vote(request).await,
+                RPCTypes::AppendEntries => client.append_entries(request).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        let timeout = || Timeout { action: rpc, id: self.from, target: self.target, timeout: ttl };
+        let reply = match tokio::time::timeout(ttl, call).await {
+            Err(_elapsed) => return Err(RPCError::Timeout(timeout())),
+            Ok(Err(status)) if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) => {
+                return Err(RPCError::Timeout(timeout()))
+            }
+            Ok(Err(status)) if status.code() == Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)))
+            }
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply.json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result
+            .map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.call(RPCTypes::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RPCTypes::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        self.call(RPCTypes::Vote, &rpc, &option).await
+    }
+}
+
+/// What the leader answers to a forwarded write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedWrite {
+    /// Log index the command was committed at (the follower waits to apply it).
+    pub log_index: u64,
+    /// What applying the command returned.
+    pub response: Response,
+}
+
+/// Clients used for forwarding writes, shared by the whole process (forwarded writes are
+/// rare and [`super::write`] has no network of its own).
+fn forward_pool() -> &'static ClientPool {
+    static POOL: OnceLock<ClientPool> = OnceLock::new();
+    POOL.get_or_init(ClientPool::default)
+}
+
+/// Sends `cmd` to the leader at `leader_addr` over `ForwardWrite` and returns its answer.
+pub(crate) async fn forward_write(
+    leader_addr: &str,
+    cmd: &Command,
+    timeout: Duration,
+) -> Result<ForwardedWrite, WriteError> {
+    let forward_err = |source: Status| WriteError::Forward {
+        leader_addr: leader_addr.to_string(),
+        source: Box::new(source),
+    };
+    let mut client = forward_pool()
+        .get(leader_addr)
+        .map_err(|e| forward_err(Status::invalid_argument(format!("bad leader address: {e}"))))?;
+    let json = serde_json::to_vec(cmd).map_err(|e| forward_err(Status::internal(e.to_string())))?;
+    let mut request = tonic::Request::new(RaftPayload { json });
+    request.set_timeout(timeout);
+    let reply = match tokio::time::timeout(timeout, client.forward_write(request)).await {
+        Err(_elapsed) => {
+            return Err(forward_err(Status::deadline_exceeded("no answer from the leader in time")))
+        }
+        Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
+            let leader_addr =
+                status.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
+            return Err(WriteError::NotLeader { leader_addr });
+        }
+        Ok(Err(status)) => return Err(forward_err(status)),
+        Ok(Ok(reply)) => reply.into_inner(),
+    };
+    serde_json::from_slice(&reply.json)
+        .map_err(|e| forward_err(Status::internal(format!("undecodable answer from the leader: {e}"))))
+}
+
+/// The tonic service answering peers' raft RPCs with the local [`Raft`].
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    /// A service answering for `raft`.
+    pub fn new(raft: Raft) -> Self {
+        Self { raft }
+    }
+
+    /// The service as a tonic server, with message limits large enough for snapshot chunks.
+    pub fn into_server(self) -> RaftServer<Self> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn decode<T: DeserializeOwned>(request: tonic::Request<RaftPayload>) -> Result<T, Status> {
+    serde_json::from_slice(&request.into_inner().json).map_err(|e| {
+        Status::invalid_argument(format!("undecodable raft payload (peer on another version?): {e}"))
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<RaftPayload>, Status> {
+    let json =
+        serde_json::to_vec(value).map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))?;
+    Ok(tonic::Response::new(RaftPayload { json }))
+}
+
+/// The status a forwarded write gets when this node is not the leader either.
+fn not_leader(leader_addr: Option<String>) -> Status {
+    let message = match &leader_addr {
+        Some(addr) => format!("this scheduler is not the leader; the leader is at {addr}"),
+        None => "this scheduler is not the leader and knows no leader (election in progress?)".to_string(),
+    };
+    let mut status = Status::failed_precondition(message);
+    if let Some(value) = leader_addr.and_then(|a| a.parse().ok()) {
+        status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
+    }
+    status
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn vote(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(request)?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn append_entries(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request)?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(request)?;
+        encode(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward_write(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, Status> {
+        let cmd: Command = decode(request)?;
+        match self.raft.client_write(cmd).await {
+            Ok(written) => {
+                encode(&ForwardedWrite { log_index: written.log_id.index, response: written.data })
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                Err(not_leader(to.leader_node.map(|n| n.addr)))
+            }
+            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::Fatal(e)) => {
+                Err(Status::unavailable(format!("the leader's raft has stopped: {e}; see its logs")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Vote;
+
+    use super::*;
+    use crate::raft::test_cluster::{create_app, fast_config, TestCluster};
+
+    fn vote_request() -> VoteRequest<NodeId> {
+        VoteRequest::new(Vote::new(1, 1), None)
+    }
+
+    async fn connect(addr: &str) -> Connection {
+        Network::new(1).new_client(2, &BasicNode { addr: addr.into() }).await
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_refuses_connections_is_unreachable() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let err = connect(&addr)
+            .await
+            .vote(vote_request(), RPCOption::new(Duration::from_secs(2)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_peer_address_is_unreachable() {
+        let err = connect("not an address")
+            .await
+            .vote(vote_request(), RPCOption::new(Duration::from_secs(1)))
+            .await;
+        assert!(matches!(err, Err(RPCError::Unreachable(_))), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_are_reused_per_address() {
+        let network = Network::new(1);
+        network.pool.get("127.0.0.1:1").unwrap();
+        network.pool.get("127.0.0.1:1").unwrap();
+        network.pool.get("127.0.0.1:2").unwrap();
+        assert_eq!(network.pool.clients.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remote_raft_error_crosses_the_wire_as_a_remote_error() {
+        let mut cluster = TestCluster::new(fast_config());
+        cluster.start(1).await;
+        let mut conn = connect(&cluster.addr(1)).await;
+        // A live, uninitialised node answers a vote request normally.
+        let resp = conn.vote(vote_request(), RPCOption::new(Duration::from_secs(2))).await.unwrap();
+        assert!(resp.vote_granted);
+        // A stopped raft behind a live server answers with its error, not a transport failure.
+        cluster.raft(1).shutdown().await.unwrap();
+        let err = conn.vote(vote_request(), RPCOption::new(Duration::from_secs(2))).await.unwrap_err();
+        match err {
+            RPCError::RemoteError(RemoteError { target: 2, source: RaftError::Fatal(_), .. }) => {}
+            other => panic!("expected a remote fatal error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_forwarded_to_a_node_that_is_not_leader_is_refused_as_not_leader() {
+        let mut cluster = TestCluster::new(fast_config());
+        cluster.start(1).await;
+        let err =
+            forward_write(&cluster.addr(1), &create_app("shop"), Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, WriteError::NotLeader { leader_addr: None }), "{err:?}");
+        // And a write on a node of no cluster says so rather than hanging.
+        let err = crate::raft::write(cluster.raft(1), create_app("shop")).await.unwrap_err();
+        assert!(matches!(err, WriteError::NotLeader { leader_addr: None }), "{err:?}");
+        assert!(err.to_string().contains("election"), "{err}");
+    }
+
+    #[test]
+    fn not_leader_status_carries_the_leader_address() {
+        let status = not_leader(Some("10.0.0.2:7000".into()));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.metadata().get(LEADER_ADDR_METADATA).unwrap(), "10.0.0.2:7000");
+        assert!(status.message().contains("10.0.0.2:7000"));
+    }
+}
