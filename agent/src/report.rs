@@ -16,6 +16,8 @@ pub struct Reporter {
     sys: Option<System>,
     build_root: PathBuf,
     build_slots: u32,
+    /// Named in reports when the engine does not answer.
+    docker_socket: String,
 }
 
 /// Total and available bytes of the filesystem holding `path`.
@@ -26,16 +28,21 @@ pub fn filesystem_bytes(path: &Path) -> std::io::Result<(u64, u64)> {
 }
 
 impl Reporter {
-    pub fn new(build_root: PathBuf, build_slots: u32) -> Self {
+    pub fn new(build_root: PathBuf, build_slots: u32, docker_socket: String) -> Self {
         let sys = System::new().ok().map(|mut s| {
             s.refresh_cpu_usage();
             s
         });
-        Self { sys, build_root, build_slots }
+        Self { sys, build_root, build_slots, docker_socket }
     }
 
     /// Measures the node now. `running` are the builds this agent runs.
-    pub async fn measure(&mut self, docker: Option<&Docker>, running: Vec<String>, cached_apps: Vec<String>) -> NodeReport {
+    pub async fn measure(
+        &mut self,
+        docker: Option<&Docker>,
+        running: Vec<String>,
+        cached_apps: Vec<String>,
+    ) -> NodeReport {
         let (total, available) = filesystem_bytes(&self.build_root).unwrap_or_else(|err| {
             tracing::warn!(build_root = %self.build_root.display(), %err, "cannot stat the build filesystem");
             (0, 0)
@@ -61,11 +68,22 @@ impl Reporter {
         if let Ok(load) = System::load_average() {
             report.load_1m = load.one;
         }
-        if let Some(docker) = docker {
-            if let Ok(version) = docker.version().await {
-                report.docker_healthy = true;
-                report.docker_version = version.version.unwrap_or_default();
-                report.cache_bytes = slipway_image_bytes(docker).await;
+        match docker {
+            Some(docker) => match docker.version().await {
+                Ok(version) => {
+                    report.docker_healthy = true;
+                    report.docker_version = version.version.unwrap_or_default();
+                    report.cache_bytes = slipway_image_bytes(docker).await;
+                }
+                Err(err) => {
+                    report.docker_error = format!("the engine at {} fails: {err}", self.docker_socket)
+                }
+            },
+            None => {
+                report.docker_error = format!(
+                    "cannot reach the engine at unix://{} (is dockerd running? agent docker_socket)",
+                    self.docker_socket
+                )
             }
         }
         report
@@ -98,10 +116,11 @@ mod tests {
     #[tokio::test]
     async fn a_report_without_docker_says_the_engine_is_unhealthy() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = Reporter::new(dir.path().to_path_buf(), 3);
+        let mut r = Reporter::new(dir.path().to_path_buf(), 3, "/nonexistent.sock".into());
         let report = r.measure(None, vec!["b-1".into()], vec![]).await;
         assert_eq!((report.running_builds, report.build_slots), (1, 3));
         assert!(!report.docker_healthy);
+        assert!(report.docker_error.contains("/nonexistent.sock"), "{}", report.docker_error);
         assert!(report.build_fs_total_bytes > 0);
         assert!(report.memory_total_bytes > 0);
     }

@@ -168,7 +168,11 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
     let channel = endpoint.connect().await.map_err(|e| SessionEnd::Failed(format!("connect: {e}")))?;
     let mut client = AgentServiceClient::new(channel);
 
-    let mut reporter = Reporter::new(agent.config.build_root.clone(), agent.config.build_slots);
+    let mut reporter = Reporter::new(
+        agent.config.build_root.clone(),
+        agent.config.build_slots,
+        agent.config.docker_socket.clone(),
+    );
     let (running, cached) = agent.snapshot();
     let docker = agent.docker().await;
     let report = reporter.measure(docker.as_ref(), running, cached).await;

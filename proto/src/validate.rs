@@ -38,14 +38,8 @@ pub fn app_name(name: &str) -> Result<(), Invalid> {
     if name.ends_with('-') {
         return Err(invalid(WHAT, format!("{name:?} must not end with '-'")));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Err(invalid(
-            WHAT,
-            format!("{name:?} contains {c:?}; use lowercase letters, digits and '-'"),
-        ));
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+        return Err(invalid(WHAT, format!("{name:?} contains {c:?}; use lowercase letters, digits and '-'")));
     }
     Ok(())
 }
@@ -145,8 +139,24 @@ mod tests {
             assert_eq!(git_ref(ok), Ok(()), "{ok}");
         }
         for bad in [
-            "", "-x", "--upload-pack=evil", "a..b", "a b", "a~1", "a^", "a:b", "x.lock", "/a",
-            "a/", "a//b", ".hidden", "a/.b", "@", "a@{1}", "a\\b", "a*",
+            "",
+            "-x",
+            "--upload-pack=evil",
+            "a..b",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "x.lock",
+            "/a",
+            "a/",
+            "a//b",
+            ".hidden",
+            "a/.b",
+            "@",
+            "a@{1}",
+            "a\\b",
+            "a*",
         ] {
             assert!(git_ref(bad).is_err(), "{bad}");
         }

@@ -85,6 +85,8 @@ pub struct AgentsConfig {
 pub struct PlacementConfig {
     /// A node needs at least this much free space on its build filesystem.
     pub min_free_bytes: u64,
+    /// A build no node can take for this long fails with the reasons.
+    pub queue_timeout_secs: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -129,7 +131,7 @@ impl Default for AgentsConfig {
 
 impl Default for PlacementConfig {
     fn default() -> Self {
-        Self { min_free_bytes: 2 << 30 }
+        Self { min_free_bytes: 2 << 30, queue_timeout_secs: 600 }
     }
 }
 

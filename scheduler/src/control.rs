@@ -186,6 +186,8 @@ impl pb::control_server::Control for ControlService {
         let git_ref = if req.git_ref.is_empty() { branch } else { req.git_ref };
         validate::git_ref(&git_ref).map_err(Error::from)?;
         too_long("request id", &req.request_id)?;
+        // Fail fast, before a build is spent, if the Swarm manager cannot be reached.
+        self.shared.docker().await?;
         let request_id = if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
         let cmd = Command::QueueBuild {
             app: req.app,
@@ -305,6 +307,8 @@ impl pb::control_server::Control for ControlService {
     async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<EventStream>, Status> {
         let req = req.into_inner();
         too_long("request id", &req.request_id)?;
+        self.shared.read(|s| s.app(&req.app).map(|_| ())).map_err(Error::from)?;
+        self.shared.docker().await?;
         let request_id = if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
         let cmd = Command::Rollback {
             app: req.app,

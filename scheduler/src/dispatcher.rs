@@ -126,6 +126,12 @@ async fn place_queued(shared: &Arc<Shared>) {
         };
         let decision = placement::place(&needs, &views);
         let Some(node_id) = decision.chosen.clone() else {
+            let queue_timeout = shared.config.placement.queue_timeout_secs;
+            if crate::now_ms().saturating_sub(build.created_at_ms) > queue_timeout * 1000 {
+                let reason = format!("no node could take the build within {queue_timeout} s: {}", decision.explain());
+                expire(shared, &build.id, reason).await;
+                continue;
+            }
             let mut waiting = shared.dispatch.waiting.lock().expect("dispatch lock poisoned");
             if waiting.get(&build.id) != Some(&decision.rejected) {
                 tracing::info!(build = %build.id, why = %decision.explain(), "build waits for a node");
@@ -166,6 +172,19 @@ async fn place_queued(shared: &Arc<Shared>) {
             Ok(other) => tracing::debug!(?other, build = %build.id, "assignment not applied"),
             Err(err) => tracing::warn!(build = %build.id, %err, "cannot record assignment"),
         }
+    }
+}
+
+async fn expire(shared: &Arc<Shared>, build_id: &str, reason: String) {
+    tracing::warn!(build = %build_id, %reason, "build expired in the queue");
+    let cmd = Command::ExpireBuild { build_id: build_id.to_string(), reason: reason.clone(), at_ms: crate::now_ms() };
+    match shared.write(cmd).await {
+        Ok(Response::Build(_)) => {
+            shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(build_id);
+            shared.events.publish(build_id, Event::Failed(format!("build {build_id} failed: {reason}")));
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(build = %build_id, %err, "cannot expire build"),
     }
 }
 

@@ -103,7 +103,8 @@ fn not_draining(node: &NodeView<'_>, _: &BuildNeeds<'_>) -> Result<(), String> {
 fn engine_healthy(node: &NodeView<'_>, _: &BuildNeeds<'_>) -> Result<(), String> {
     match node.report {
         Some(r) if r.docker_healthy => Ok(()),
-        Some(_) => Err("its Docker engine does not answer the agent".into()),
+        Some(r) if r.docker_error.is_empty() => Err("its Docker engine does not answer the agent".into()),
+        Some(r) => Err(format!("its Docker engine does not answer the agent: {}", r.docker_error)),
         None => Err("no report yet".into()),
     }
 }

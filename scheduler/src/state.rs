@@ -230,6 +230,12 @@ pub enum Command {
         reason: String,
         at_ms: u64,
     },
+    /// A queued build no node could take within the queue timeout fails, saying why.
+    ExpireBuild {
+        build_id: String,
+        reason: String,
+        at_ms: u64,
+    },
     /// Record a release that runs an earlier release's image (`to`: None = the release
     /// deployed before the current one).
     Rollback {
@@ -440,6 +446,16 @@ impl State {
                     });
                 }
                 build.state = BuildState::Cancelled;
+                build.error = Some(reason.clone());
+                build.finished_at_ms = Some(*at_ms);
+                Ok(Response::Build(build.clone()))
+            }
+            Command::ExpireBuild { build_id, reason, at_ms } => {
+                let build = self.build_mut(build_id)?;
+                if build.state != BuildState::Queued {
+                    return Ok(Response::Stale);
+                }
+                build.state = BuildState::Failed;
                 build.error = Some(reason.clone());
                 build.finished_at_ms = Some(*at_ms);
                 Ok(Response::Build(build.clone()))

@@ -84,6 +84,10 @@ impl DeployRun {
 /// A scheduler + agent + registry on the local engine.
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
+    /// Engine socket the agent builds with (tests point it at nothing).
+    agent_docker_socket: String,
+    /// Engine socket the scheduler deploys with.
+    scheduler_docker_socket: String,
     pub registry: Registry,
     pub stack: String,
     pub grpc_addr: String,
@@ -104,6 +108,8 @@ impl TestCluster {
             grpc_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
             dir,
+            agent_docker_socket: "/var/run/docker.sock".into(),
+            scheduler_docker_socket: "/var/run/docker.sock".into(),
             registry,
             stack: stack.to_string(),
             scheduler: None,
@@ -124,21 +130,24 @@ impl TestCluster {
     fn write_configs(&self) {
         let scheduler = format!(
             "node_id = 1\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\n\n[registry]\naddr = \"{}\"\n\n\
-             [deploy]\nstack = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
-             [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n[placement]\nmin_free_bytes = 104857600\n",
+             [deploy]\nstack = \"{}\"\ndocker_socket = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
+             [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n\
+             [placement]\nmin_free_bytes = 104857600\nqueue_timeout_secs = 20\n",
             self.grpc_addr,
             self.http_addr,
             self.path("scheduler").display(),
             self.registry.addr(),
             self.stack,
+            self.scheduler_docker_socket,
         );
         std::fs::write(self.path("scheduler.toml"), scheduler).expect("write scheduler.toml");
         let agent = format!(
-            "schedulers = [\"{}\"]\nname = \"{}-node\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\n",
+            "schedulers = [\"{}\"]\nname = \"{}-node\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\ndocker_socket = \"{}\"\n",
             self.grpc_addr,
             self.stack,
             self.path("agent").display(),
             self.path("builds").display(),
+            self.agent_docker_socket,
         );
         std::fs::write(self.path("agent.toml"), agent).expect("write agent.toml");
     }
@@ -172,6 +181,18 @@ impl TestCluster {
             assert!(Instant::now() < deadline, "scheduler not ready after 30 s\n{}", self.scheduler_log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Points the agent at another engine socket (takes effect at its next start).
+    pub fn set_agent_docker_socket(&mut self, socket: &str) {
+        self.agent_docker_socket = socket.to_string();
+        self.write_configs();
+    }
+
+    /// Points the scheduler at another engine socket (takes effect at its next start).
+    pub fn set_scheduler_docker_socket(&mut self, socket: &str) {
+        self.scheduler_docker_socket = socket.to_string();
+        self.write_configs();
     }
 
     /// `kill -9` the scheduler.

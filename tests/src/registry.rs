@@ -78,6 +78,13 @@ impl Registry {
             .find(|candidate| candidate.is_file())
     }
 
+    /// Stops the registry (kill and reap), keeping its directory: pushes and pulls now
+    /// fail as with an unreachable registry.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// `127.0.0.1:PORT`: the registry part of image references.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
