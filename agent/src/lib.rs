@@ -17,4 +17,4 @@ pub mod error;
 pub mod manifest;
 pub mod pipeline;
 pub mod report;
-// pub mod session; // re-enabled once the pipeline lands
+pub mod session;

@@ -192,18 +192,18 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
         }
     })?;
     let mut inbound = response.into_inner();
-    let mut interval = Duration::from_secs(3);
-    match inbound.next().await {
+    let interval = match inbound.next().await {
         Some(Ok(msg)) => match msg.msg {
             Some(SchedMsg::Welcome(w)) => {
-                interval = Duration::from_secs(u64::from(w.report_interval_secs.max(1)));
+                let interval = Duration::from_secs(u64::from(w.report_interval_secs.max(1)));
                 tracing::info!(%addr, ?interval, "session open");
+                interval
             }
             other => return Err(SessionEnd::Failed(format!("expected Welcome, got {other:?}"))),
         },
         Some(Err(status)) => return Err(SessionEnd::Failed(status.message().to_string())),
         None => return Err(SessionEnd::Failed("scheduler closed the session".into())),
-    }
+    };
     agent.attach(tx.clone());
 
     let result = loop {
