@@ -56,7 +56,7 @@ impl Shared {
             Ok(Response::Refused(err)) => Err(Error::Refused(err)),
             Ok(resp) => Ok(resp),
             Err(raft::WriteError::NotLeader { leader_addr }) => Err(Error::NotLeader { leader: leader_addr }),
-            Err(raft::WriteError::Fatal(err)) => Err(Error::Storage(err)),
+            Err(raft::WriteError::Fatal(err)) => Err(Error::Storage(err.to_string())),
             Err(err) => Err(Error::Unavailable(err.to_string())),
         }
     }
@@ -215,9 +215,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .add_service(slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(
             shared.clone(),
         )))
-        .add_service(slipway_proto::raft_server::RaftServer::new(raft::network::RaftService::new(
-            shared.raft.clone(),
-        )));
+        .add_service(raft::RaftService::new(shared.raft.clone()).into_server());
     let mut stop = shutdown_rx.clone();
     tasks.spawn(
         async move {
