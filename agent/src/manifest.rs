@@ -1,0 +1,650 @@
+//! The app manifest: `slipway.toml` at the root of the app's repository.
+//!
+//! Everything but `name` is optional. Parsing is strict: unknown keys, wrong types and
+//! values that would break the build or the Swarm service are refused with a message that
+//! names the field as a dotted path (`run.replicas: …`, `run.persist[1]: …`), so a person
+//! can fix the file without reading our source. Nothing is half-applied: a manifest is
+//! either entirely valid or rejected.
+//!
+//! ```toml
+//! name = "shop"
+//! [build]
+//! dockerfile = "Dockerfile"   # relative to `context`
+//! context = "."               # relative to the repository root
+//! target = "runtime"
+//! args = { NODE_ENV = "production" }
+//! [run]
+//! replicas = 2
+//! port = 8080
+//! env = { LOG_LEVEL = "info" }
+//! persist = ["/app/uploads", "/app/data"]
+//! [run.healthcheck]
+//! cmd = ["CMD", "/bin/check"]  # or ["CMD-SHELL", "curl -f …"], or a bare command
+//! interval = "5s"
+//! retries = 3
+//! ```
+//!
+//! Healthcheck commands follow Docker's `HEALTHCHECK` forms: `["CMD", prog, args…]`,
+//! `["CMD-SHELL", "shell command"]` or `["NONE"]` (turn off the image's own check).
+//! For convenience a bare command (`["/bin/check", "--quick"]`) is taken as
+//! `["CMD", "/bin/check", "--quick"]` and a plain string (`cmd = "curl -f localhost"`)
+//! as `["CMD-SHELL", "curl -f localhost"]`, like Compose's `test`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use slipway_proto::validate;
+
+/// Largest `slipway.toml` accepted, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+
+/// Most replicas a manifest may ask for.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// A parsed and validated `slipway.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The app's name; must match the app the build was queued for.
+    pub name: String,
+    /// How the image is built.
+    #[serde(default)]
+    pub build: BuildSection,
+    /// How the image runs.
+    #[serde(default)]
+    pub run: RunSection,
+}
+
+/// The `[build]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildSection {
+    /// Path of the Dockerfile, relative to [`BuildSection::context`] (as in Compose).
+    pub dockerfile: String,
+    /// Build context directory, relative to the repository root.
+    pub context: String,
+    /// Build stage to stop at (`docker build --target`).
+    pub target: Option<String>,
+    /// Build arguments (`--build-arg`). Values may be secrets: they are never logged.
+    pub args: BTreeMap<String, String>,
+}
+
+impl Default for BuildSection {
+    fn default() -> Self {
+        Self { dockerfile: "Dockerfile".into(), context: ".".into(), target: None, args: BTreeMap::new() }
+    }
+}
+
+/// The `[run]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Number of tasks of the Swarm service, 1 to [`MAX_REPLICAS`].
+    pub replicas: u32,
+    /// Container port published to the outside.
+    pub port: Option<u16>,
+    /// Environment of the containers.
+    pub env: BTreeMap<String, String>,
+    /// Absolute container paths kept on shared storage across releases.
+    pub persist: Vec<String>,
+    /// The service's healthcheck (rolling updates wait for it).
+    pub healthcheck: Option<HealthcheckSection>,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self { replicas: 1, port: None, env: BTreeMap::new(), persist: Vec::new(), healthcheck: None }
+    }
+}
+
+/// The `[run.healthcheck]` table. Durations are written like `"5s"`, `"1m30s"`, `"500ms"`;
+/// an omitted field keeps Docker's default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthcheckSection {
+    /// Normalised to Docker's form: `CMD …`, `CMD-SHELL …` or `NONE` first.
+    #[serde(deserialize_with = "healthcheck_cmd")]
+    pub cmd: Vec<String>,
+    /// Time between checks.
+    #[serde(default, deserialize_with = "duration")]
+    pub interval: Option<Duration>,
+    /// Time one check may take.
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
+    /// Grace period after start during which failures do not count.
+    #[serde(default, deserialize_with = "duration")]
+    pub start_period: Option<Duration>,
+    /// Consecutive failures that make a task unhealthy.
+    pub retries: Option<u32>,
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `run.healthcheck.interval` or `run.persist[0]`.
+    pub field: String,
+    /// What is wrong and what would be accepted.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Why a `slipway.toml` was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// The file is larger than [`MAX_MANIFEST_BYTES`].
+    #[error("slipway.toml is {bytes} bytes; the limit is {MAX_MANIFEST_BYTES} bytes")]
+    TooLarge {
+        /// Size of the file that was refused.
+        bytes: usize,
+    },
+    /// The file is not valid TOML.
+    #[error("slipway.toml is not valid TOML: {0}")]
+    Syntax(String),
+    /// Fields with wrong types or values, every one that was found.
+    #[error("{}", join(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl ManifestError {
+    /// The fields this error is about (empty for size and syntax errors).
+    pub fn fields(&self) -> Vec<&str> {
+        match self {
+            ManifestError::Invalid(errors) => errors.iter().map(|e| e.field.as_str()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Manifest {
+    /// Parses and validates the text of a `slipway.toml`.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge { bytes: text.len() });
+        }
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ManifestError::Syntax(with_line(text, e.message(), e.span())))?;
+        let manifest: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.inner();
+            let reason = with_line(text, inner.message(), inner.span());
+            let field = if field == "." { "manifest".to_string() } else { field };
+            ManifestError::Invalid(vec![FieldError { field, reason }])
+        })?;
+        let errors = manifest.check();
+        if errors.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(ManifestError::Invalid(errors))
+        }
+    }
+
+    /// Semantic checks that serde's types cannot express.
+    fn check(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut fail = |field: String, reason: String| errors.push(FieldError { field, reason });
+
+        if let Err(e) = validate::app_name(&self.name) {
+            fail("name".into(), e.reason);
+        }
+
+        let b = &self.build;
+        if let Err(reason) = relative_path(&b.dockerfile) {
+            fail("build.dockerfile".into(), reason);
+        } else if b.dockerfile == "." || b.dockerfile.ends_with('/') {
+            fail("build.dockerfile".into(), format!("{:?} names a directory, not a file", b.dockerfile));
+        }
+        if let Err(reason) = relative_path(&b.context) {
+            fail("build.context".into(), reason);
+        }
+        if let Some(target) = &b.target {
+            let ok = target.starts_with(|c: char| c.is_ascii_alphabetic())
+                && target.len() <= 128
+                && target.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                fail(
+                    "build.target".into(),
+                    format!(
+                        "{target:?} is not a build stage name (a letter, then letters, digits, '-', '_', '.')"
+                    ),
+                );
+            }
+        }
+        for key in b.args.keys() {
+            if !is_identifier(key) {
+                fail(
+                    "build.args".into(),
+                    format!("{key:?} is not a valid argument name (letters, digits, '_'; not first a digit)"),
+                );
+            }
+        }
+        for (key, value) in &b.args {
+            if value.contains('\0') {
+                // Never echo the value: build arguments may hold secrets.
+                fail(format!("build.args.{key}"), "the value contains a NUL character".into());
+            }
+        }
+
+        let r = &self.run;
+        if !(1..=MAX_REPLICAS).contains(&r.replicas) {
+            fail("run.replicas".into(), format!("must be 1 to {MAX_REPLICAS}, got {}", r.replicas));
+        }
+        if r.port == Some(0) {
+            fail("run.port".into(), "must be 1 to 65535, got 0 (omit it to publish no port)".into());
+        }
+        for (key, value) in &r.env {
+            if !is_identifier(key) {
+                fail(
+                    "run.env".into(),
+                    format!("{key:?} is not a valid variable name (letters, digits, '_'; not first a digit)"),
+                );
+            } else if value.contains('\0') {
+                fail(format!("run.env.{key}"), "the value contains a NUL character".into());
+            }
+        }
+        for (i, path) in r.persist.iter().enumerate() {
+            if let Err(reason) = persist_path(path) {
+                fail(format!("run.persist[{i}]"), reason);
+            } else if r.persist[..i].contains(path) {
+                fail(format!("run.persist[{i}]"), format!("{path:?} is listed twice"));
+            }
+        }
+        if let Some(h) = &r.healthcheck {
+            if let Err(reason) = check_cmd(&h.cmd) {
+                fail("run.healthcheck.cmd".into(), reason);
+            }
+            if let Some(retries) = h.retries {
+                if !(1..=100).contains(&retries) {
+                    fail(
+                        "run.healthcheck.retries".into(),
+                        format!("must be 1 to 100, got {retries} (omit it for Docker's default of 3)"),
+                    );
+                }
+            }
+        }
+        errors
+    }
+
+    /// The `[run]` part as it travels to the scheduler (0 means "not set" for the port
+    /// and the healthcheck's durations and retries: Docker's defaults apply).
+    pub fn run_spec(&self) -> slipway_proto::RunSpec {
+        let r = &self.run;
+        let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        slipway_proto::RunSpec {
+            replicas: r.replicas,
+            port: r.port.map(u32::from).unwrap_or(0),
+            env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            persist: r.persist.clone(),
+            healthcheck: r.healthcheck.as_ref().map(|h| slipway_proto::Healthcheck {
+                cmd: h.cmd.clone(),
+                interval_ms: ms(h.interval).unwrap_or(0),
+                timeout_ms: ms(h.timeout).unwrap_or(0),
+                retries: h.retries.unwrap_or(0),
+                start_period_ms: ms(h.start_period).unwrap_or(0),
+            }),
+        }
+    }
+}
+
+/// Appends ` (line N)` when the error has a position in the text.
+fn with_line(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let message = message.trim_end();
+    match span {
+        Some(span) if span.start <= text.len() => {
+            let line = text.as_bytes()[..span.start].iter().filter(|b| **b == b'\n').count() + 1;
+            format!("{message} (line {line})")
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: names that work as shell variables and build arguments.
+fn is_identifier(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 256
+}
+
+/// A path inside the repository: relative, no `..`, no control characters.
+fn relative_path(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("must not be empty (use \".\" for the repository root)".into());
+    }
+    if p.chars().any(char::is_control) {
+        return Err(format!("{p:?} contains control characters"));
+    }
+    let path = Path::new(p);
+    if path.is_absolute() {
+        return Err(format!("{p:?} is absolute; give a path relative to the repository"));
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!("{p:?} contains '..'; it must stay inside the repository"));
+    }
+    Ok(())
+}
+
+/// A `persist` entry: an absolute container path below `/`, without `..`.
+fn persist_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must be an absolute path in the container, like \"/app/data\""));
+    }
+    if p.chars().any(char::is_control) {
+        return Err(format!("{p:?} contains control characters"));
+    }
+    let path = Path::new(p);
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!("{p:?} contains '..'"));
+    }
+    if !path.components().any(|c| matches!(c, Component::Normal(_))) {
+        return Err(format!("{p:?} is the container's root; name a directory below it"));
+    }
+    Ok(())
+}
+
+fn check_cmd(cmd: &[String]) -> Result<(), String> {
+    match cmd.first().map(String::as_str) {
+        None => Err("must not be empty".into()),
+        Some("CMD") if cmd.len() < 2 => Err("[\"CMD\"] needs a program after it".into()),
+        Some("CMD") if cmd[1].is_empty() => Err("the program after \"CMD\" is empty".into()),
+        Some("CMD-SHELL") if cmd.len() != 2 || cmd[1].trim().is_empty() => {
+            Err("[\"CMD-SHELL\", …] takes exactly one non-empty shell command".into())
+        }
+        Some("NONE") if cmd.len() != 1 => Err("[\"NONE\"] takes nothing after it".into()),
+        _ if cmd.iter().any(|a| a.contains('\0')) => Err("contains a NUL character".into()),
+        _ => Ok(()),
+    }
+}
+
+/// Accepts a shell string or an array of strings; normalises to Docker's tagged form.
+fn healthcheck_cmd<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct CmdVisitor;
+    impl<'de> Visitor<'de> for CmdVisitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of strings like [\"CMD\", \"/bin/check\"] or a shell command string")
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<String>, E> {
+            Ok(vec!["CMD-SHELL".into(), s.into()])
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut cmd = Vec::new();
+            while let Some(arg) = seq.next_element::<String>()? {
+                cmd.push(arg);
+            }
+            match cmd.first().map(String::as_str) {
+                None | Some("CMD" | "CMD-SHELL" | "NONE") => {}
+                Some(_) => cmd.insert(0, "CMD".into()),
+            }
+            Ok(cmd)
+        }
+    }
+    d.deserialize_any(CmdVisitor)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map(Some).map_err(de::Error::custom)
+}
+
+/// Parses `"5s"`, `"1m30s"`, `"500ms"`, `"2h"`: numbers each followed by a unit
+/// (`ms`, `s`, `m`, `h`). Zero is refused (omit the field to keep Docker's default).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = |why: &str| {
+        Err(format!("invalid duration {text:?}: {why} (write it like \"5s\", \"1m30s\", \"500ms\")"))
+    };
+    if text.is_empty() {
+        return bad("it is empty");
+    }
+    let mut total_ms: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return bad("expected a number");
+        }
+        let Ok(number) = rest[..digits].parse::<u64>() else { return bad("the number is too large") };
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "" => return bad("a number needs a unit"),
+            _ => return bad("units are ms, s, m and h"),
+        };
+        rest = &rest[unit_len..];
+        let Some(sum) = number.checked_mul(unit_ms).and_then(|ms| total_ms.checked_add(ms)) else {
+            return bad("it is too long");
+        };
+        total_ms = sum;
+    }
+    if total_ms == 0 {
+        return bad("it must be longer than zero");
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN_EXAMPLE: &str = r#"
+name = "shop"
+[build]
+dockerfile = "Dockerfile"
+context = "."
+target = "runtime"
+args = { NODE_ENV = "production" }
+[run]
+replicas = 2
+port = 8080
+env = { LOG_LEVEL = "info" }
+persist = ["/app/uploads", "/app/data"]
+[run.healthcheck]
+cmd = ["CMD", "/bin/check"]
+interval = "5s"
+retries = 3
+"#;
+
+    /// Parses `text`, expects a rejection, and checks that it names `field`.
+    fn rejected(text: &str, field: &str) -> String {
+        let err = Manifest::parse(text).expect_err(text);
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("{field}: ")) || message.contains(&format!("; {field}: ")),
+            "error for {text:?} should name {field}: {message}"
+        );
+        message
+    }
+
+    #[test]
+    fn the_design_example_parses_into_the_expected_run_spec() {
+        let m = Manifest::parse(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(m.name, "shop");
+        assert_eq!(m.build.dockerfile, "Dockerfile");
+        assert_eq!(m.build.context, ".");
+        assert_eq!(m.build.target.as_deref(), Some("runtime"));
+        assert_eq!(m.build.args["NODE_ENV"], "production");
+        let run = m.run_spec();
+        assert_eq!(run.replicas, 2);
+        assert_eq!(run.port, 8080);
+        assert_eq!(run.env["LOG_LEVEL"], "info");
+        assert_eq!(run.persist, ["/app/uploads", "/app/data"]);
+        let h = run.healthcheck.unwrap();
+        assert_eq!(h.cmd, ["CMD", "/bin/check"]);
+        assert_eq!(h.interval_ms, 5000);
+        assert_eq!((h.timeout_ms, h.start_period_ms), (0, 0));
+        assert_eq!(h.retries, 3);
+    }
+
+    #[test]
+    fn only_the_name_is_required() {
+        let m = Manifest::parse("name = \"web\"\n").unwrap();
+        assert_eq!(m.build, BuildSection::default());
+        assert_eq!(m.run, RunSection::default());
+        let run = m.run_spec();
+        assert_eq!((run.replicas, run.port), (1, 0));
+        assert!(run.healthcheck.is_none());
+        rejected("[run]\nreplicas = 2\n", "manifest");
+        assert!(Manifest::parse("").unwrap_err().to_string().contains("missing field `name`"));
+    }
+
+    #[test]
+    fn type_errors_name_the_dotted_field_and_line() {
+        let msg = rejected("name = \"shop\"\n[run]\nreplicas = \"two\"\n", "run.replicas");
+        assert!(msg.contains("invalid type: string \"two\", expected u32"), "{msg}");
+        assert!(msg.contains("(line 3)"), "{msg}");
+        let msg = rejected("name = \"shop\"\n[run]\nport = 70000\n", "run.port");
+        assert!(msg.contains("u16"), "{msg}");
+        rejected("name = \"shop\"\n[run]\npersist = [\"/a\", 3]\n", "run.persist[1]");
+        rejected("name = \"shop\"\n[run]\nenv = { A = 1 }\n", "run.env.A");
+        rejected("name = 5\n", "name");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let msg = rejected("name = \"shop\"\n[run]\nreplica = 2\n", "run.replica");
+        assert!(msg.contains("unknown field `replica`"), "{msg}");
+        let msg = rejected("name = \"shop\"\n[deploy]\nx = 1\n", "deploy");
+        assert!(msg.contains("unknown field `deploy`"), "{msg}");
+        rejected(
+            "name = \"shop\"\n[run.healthcheck]\ncmd = \"true\"\nintervl = \"5s\"\n",
+            "run.healthcheck.intervl",
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_oversized_files_are_refused() {
+        let err = Manifest::parse("name = \"shop\n").unwrap_err();
+        assert!(matches!(err, ManifestError::Syntax(_)), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let big = format!("name = \"shop\"\n# {}\n", "x".repeat(MAX_MANIFEST_BYTES));
+        let err = Manifest::parse(&big).unwrap_err();
+        assert!(matches!(err, ManifestError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("limit is 65536 bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_name_must_be_an_app_name() {
+        let msg = rejected("name = \"Shop_1\"\n", "name");
+        assert!(msg.contains("lowercase"), "{msg}");
+        rejected("name = \"\"\n", "name");
+    }
+
+    #[test]
+    fn replicas_and_port_have_bounds() {
+        rejected("name = \"a\"\n[run]\nreplicas = 0\n", "run.replicas");
+        let msg = rejected("name = \"a\"\n[run]\nreplicas = 1001\n", "run.replicas");
+        assert!(msg.contains("1 to 1000"), "{msg}");
+        rejected("name = \"a\"\n[run]\nport = 0\n", "run.port");
+        rejected("name = \"a\"\n[run]\nport = -1\n", "run.port");
+        let m = Manifest::parse("name = \"a\"\n[run]\nreplicas = 1000\nport = 65535\n").unwrap();
+        assert_eq!(m.run_spec().port, 65535);
+    }
+
+    #[test]
+    fn persist_paths_are_absolute_and_stay_put() {
+        for (bad, why) in [
+            ("app/data", "absolute"),
+            ("/app/../etc", "'..'"),
+            ("/", "root"),
+            ("//", "root"),
+            ("/a\n", "control"),
+        ] {
+            let text = format!("name = \"a\"\n[run]\npersist = [\"/ok\", {bad:?}]\n");
+            let msg = rejected(&text, "run.persist[1]");
+            assert!(msg.contains(why), "{msg}");
+        }
+        rejected("name = \"a\"\n[run]\npersist = [\"/d\", \"/d\"]\n", "run.persist[1]");
+    }
+
+    #[test]
+    fn build_paths_stay_inside_the_repository() {
+        for field in ["dockerfile", "context"] {
+            for bad in ["/etc/passwd", "../x", "a/../../b", ""] {
+                let text = format!("name = \"a\"\n[build]\n{field} = {bad:?}\n");
+                rejected(&text, &format!("build.{field}"));
+            }
+        }
+        rejected("name = \"a\"\n[build]\ndockerfile = \"docker/\"\n", "build.dockerfile");
+        let m =
+            Manifest::parse("name = \"a\"\n[build]\ncontext = \"web\"\ndockerfile = \"ops/Dockerfile\"\n")
+                .unwrap();
+        assert_eq!((m.build.context.as_str(), m.build.dockerfile.as_str()), ("web", "ops/Dockerfile"));
+    }
+
+    #[test]
+    fn names_of_variables_arguments_and_stages_are_checked() {
+        let msg = rejected("name = \"a\"\n[run]\nenv = { \"1X\" = \"v\" }\n", "run.env");
+        assert!(msg.contains("\"1X\""), "{msg}");
+        rejected("name = \"a\"\n[run]\nenv = { \"A-B\" = \"v\" }\n", "run.env");
+        rejected("name = \"a\"\n[build]\nargs = { \"X Y\" = \"v\" }\n", "build.args");
+        rejected("name = \"a\"\n[build]\ntarget = \"-x\"\n", "build.target");
+        rejected("name = \"a\"\n[build]\ntarget = \"a b\"\n", "build.target");
+    }
+
+    #[test]
+    fn secret_values_are_not_echoed() {
+        let msg =
+            rejected("name = \"a\"\n[build]\nargs = { TOKEN = \"s3cr3t\\u0000\" }\n", "build.args.TOKEN");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+    }
+
+    #[test]
+    fn healthcheck_commands_take_docker_forms() {
+        let cmd = |spec: &str| {
+            let text = format!("name = \"a\"\n[run.healthcheck]\ncmd = {spec}\n");
+            Manifest::parse(&text).map(|m| m.run.healthcheck.unwrap().cmd)
+        };
+        assert_eq!(cmd(r#"["CMD", "/bin/check", "-q"]"#).unwrap(), ["CMD", "/bin/check", "-q"]);
+        assert_eq!(cmd(r#"["CMD-SHELL", "curl -f x"]"#).unwrap(), ["CMD-SHELL", "curl -f x"]);
+        assert_eq!(cmd(r#"["/bin/check"]"#).unwrap(), ["CMD", "/bin/check"]);
+        assert_eq!(cmd(r#""curl -f localhost""#).unwrap(), ["CMD-SHELL", "curl -f localhost"]);
+        assert_eq!(cmd(r#"["NONE"]"#).unwrap(), ["NONE"]);
+        for bad in
+            [r#"[]"#, r#"["CMD"]"#, r#"["CMD-SHELL"]"#, r#"["CMD-SHELL", "a", "b"]"#, r#"["NONE", "x"]"#]
+        {
+            let text = format!("name = \"a\"\n[run.healthcheck]\ncmd = {bad}\n");
+            rejected(&text, "run.healthcheck.cmd");
+        }
+        let msg = rejected("name = \"a\"\n[run.healthcheck]\ncmd = 5\n", "run.healthcheck.cmd");
+        assert!(msg.contains("array of strings"), "{msg}");
+        rejected("name = \"a\"\n[run.healthcheck]\ninterval = \"5s\"\n", "run.healthcheck");
+        rejected("name = \"a\"\n[run.healthcheck]\ncmd = \"true\"\nretries = 0\n", "run.healthcheck.retries");
+    }
+
+    #[test]
+    fn healthcheck_durations_parse() {
+        let text = "name = \"a\"\n[run.healthcheck]\ncmd = \"true\"\ninterval = \"1m30s\"\n\
+                    timeout = \"500ms\"\nstart_period = \"2h\"\n";
+        let h = Manifest::parse(text).unwrap().run_spec().healthcheck.unwrap();
+        assert_eq!((h.interval_ms, h.timeout_ms, h.start_period_ms), (90_000, 500, 7_200_000));
+        for bad in ["5", "5x", "s", "", "0s", "1.5s", "5 s", "99999999999999999999h"] {
+            let text = format!("name = \"a\"\n[run.healthcheck]\ncmd = \"true\"\ntimeout = {bad:?}\n");
+            let msg = rejected(&text, "run.healthcheck.timeout");
+            assert!(msg.contains("invalid duration"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_at_once() {
+        let err = Manifest::parse("name = \"A\"\n[run]\nreplicas = 0\npersist = [\"x\"]\n").unwrap_err();
+        assert_eq!(err.fields(), ["name", "run.replicas", "run.persist[0]"]);
+    }
+}

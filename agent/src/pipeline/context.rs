@@ -1,0 +1,618 @@
+//! The build context: a tar of the context directory, as `docker build` would send it.
+//!
+//! Follows the Docker CLI (`cli/command/image/build` + `moby/patternmatcher`):
+//! - `.dockerignore` at the context root: one pattern per line, `#` comments, patterns
+//!   relative to the context root (a leading `/` is dropped, paths are cleaned), `*` and
+//!   `?` never cross `/`, `**` crosses any number of directories, `[a-z]` classes, `\`
+//!   escapes, `!` re-includes; the last matching pattern wins, and a pattern that matches
+//!   a directory excludes everything below it. Unlike `.gitignore`, `*.log` matches only
+//!   at the root (write `**/*.log` for every level). An excluded directory is skipped
+//!   entirely unless some `!` pattern starts with its path, as in the CLI.
+//! - the Dockerfile and `.dockerignore` are always sent, even if ignored;
+//! - symlinks are stored as symlinks and never followed; `.git` is sent unless ignored;
+//! - owners are 0:0 (as the CLI does, so COPY cache keys do not depend on which user
+//!   cloned); modes and mtimes are kept (the classic builder's cache keys ignore mtime).
+//!
+//! The context directory and the Dockerfile must resolve inside the clone: paths are
+//! checked lexically and again after resolving symlinks, so `context = "x"` where `x`
+//! links to `/etc` is refused. Sockets, FIFOs and devices are left out.
+
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::Failure;
+
+/// Largest `.dockerignore` read, in bytes.
+const MAX_DOCKERIGNORE_BYTES: u64 = 1024 * 1024;
+
+/// Packs `<clone_dir>/<context_rel>` into a tar honouring its `.dockerignore`;
+/// `dockerfile_rel` is relative to the context directory and must exist inside it.
+pub fn pack_context(clone_dir: &Path, context_rel: &str, dockerfile_rel: &str) -> Result<Vec<u8>, Failure> {
+    let fail = Failure::Context;
+    inside_path(context_rel).map_err(|why| fail(format!("context {context_rel:?} {why}")))?;
+    inside_path(dockerfile_rel).map_err(|why| fail(format!("dockerfile {dockerfile_rel:?} {why}")))?;
+
+    let root = fs::canonicalize(clone_dir)
+        .map_err(|e| fail(format!("cannot open the clone {}: {e}", clone_dir.display())))?;
+    let context = match fs::canonicalize(root.join(context_rel)) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(fail(format!(
+                "the context directory {context_rel:?} does not exist in the repository"
+            )))
+        }
+        Err(e) => return Err(fail(format!("cannot open the context directory {context_rel:?}: {e}"))),
+    };
+    if !context.starts_with(&root) {
+        return Err(fail(format!(
+            "the context directory {context_rel:?} leads outside the repository (through a symlink)"
+        )));
+    }
+    if !context.is_dir() {
+        return Err(fail(format!("the context {context_rel:?} is not a directory")));
+    }
+
+    let dockerfile = match fs::canonicalize(context.join(dockerfile_rel)) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(fail(format!(
+                "no Dockerfile at {dockerfile_rel:?} in the context {context_rel:?} \
+                 (build.dockerfile is relative to build.context)"
+            )))
+        }
+        Err(e) => return Err(fail(format!("cannot open the Dockerfile {dockerfile_rel:?}: {e}"))),
+    };
+    if !dockerfile.starts_with(&context) {
+        return Err(fail(format!(
+            "the Dockerfile {dockerfile_rel:?} leads outside the context {context_rel:?} (through a symlink)"
+        )));
+    }
+    if !dockerfile.is_file() {
+        return Err(fail(format!("the Dockerfile {dockerfile_rel:?} is not a regular file")));
+    }
+
+    let mut patterns = read_dockerignore(&context)?;
+    // Always send the files the daemon needs, like the CLI does.
+    let dockerfile_slash = clean(dockerfile_rel);
+    for keep in [".dockerignore".to_string(), dockerfile_slash] {
+        if matches(&patterns, &keep) {
+            patterns.push(Pattern::compile(&format!("!{keep}")).map_err(fail)?);
+        }
+    }
+
+    let mut tar = tar::Builder::new(Vec::new());
+    walk(&context, "", &patterns, &mut tar)
+        .map_err(|e| fail(format!("cannot pack the context {context_rel:?}: {e}")))?;
+    tar.into_inner().map_err(|e| fail(format!("cannot pack the context {context_rel:?}: {e}")))
+}
+
+/// Relative, non-empty, no `..`.
+fn inside_path(p: &str) -> Result<(), &'static str> {
+    let path = Path::new(p);
+    if p.is_empty() {
+        Err("is empty")
+    } else if path.is_absolute() {
+        Err("must be relative to the repository, not absolute")
+    } else if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        Err("must not contain '..'")
+    } else {
+        Ok(())
+    }
+}
+
+/// `./a//b/` → `a/b`, as Go's `filepath.Clean` would (no `..` reaches here).
+fn clean(p: &str) -> String {
+    let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    if parts.is_empty() {
+        ".".to_string()
+    } else {
+        parts.join("/")
+    }
+}
+
+fn read_dockerignore(context: &Path) -> Result<Vec<Pattern>, Failure> {
+    let path = context.join(".dockerignore");
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Failure::Context(format!("cannot read .dockerignore: {e}"))),
+    };
+    if !meta.is_file() {
+        return Err(Failure::Context(
+            ".dockerignore must be a regular file (not a link or directory)".into(),
+        ));
+    }
+    if meta.len() > MAX_DOCKERIGNORE_BYTES {
+        return Err(Failure::Context(format!(
+            ".dockerignore is {} bytes; the limit is {MAX_DOCKERIGNORE_BYTES}",
+            meta.len()
+        )));
+    }
+    let text = fs::read(&path).map_err(|e| Failure::Context(format!("cannot read .dockerignore: {e}")))?;
+    parse_dockerignore(&String::from_utf8_lossy(&text)).map_err(Failure::Context)
+}
+
+/// Parses `.dockerignore` text like `moby/patternmatcher/ignorefile.ReadAll`.
+fn parse_dockerignore(text: &str) -> Result<Vec<Pattern>, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut patterns = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (invert, body) = match line.strip_prefix('!') {
+            Some(rest) => (true, rest.trim()),
+            None => (false, line),
+        };
+        let mut body = if body.is_empty() { String::new() } else { go_clean(body) };
+        if body.len() > 1 && body.starts_with('/') {
+            body.remove(0);
+        }
+        let text = if invert { format!("!{body}") } else { body };
+        patterns.push(Pattern::compile(&text).map_err(|e| format!(".dockerignore line {}: {e}", n + 1))?);
+    }
+    Ok(patterns)
+}
+
+/// Go's `filepath.Clean` for patterns: collapses `//`, drops `.`, resolves `..` lexically.
+fn go_clean(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|last| *last != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
+}
+
+/// One `.dockerignore` line, compiled to tokens equivalent to the CLI's regular expression.
+#[derive(Debug, Clone)]
+struct Pattern {
+    /// A `!` line: re-includes what earlier lines excluded.
+    exception: bool,
+    /// The cleaned pattern text without `!` (used for the directory-descent check).
+    text: String,
+    tokens: Vec<Token>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Literal(char),
+    /// `*`: any run of characters except `/`.
+    Star,
+    /// `?`: one character except `/`.
+    Question,
+    /// `**/` or inner `**`: nothing, or anything ending with `/`.
+    AnyDirs,
+    /// Trailing `**`: anything at all.
+    AnyRest,
+    /// `[…]` / `[^…]`.
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+}
+
+impl Pattern {
+    fn compile(line: &str) -> Result<Pattern, String> {
+        let (exception, text) = match line.strip_prefix('!') {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, line.to_string()),
+        };
+        let chars: Vec<char> = text.chars().collect();
+        let mut tokens = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            i += 1;
+            match c {
+                '*' if chars.get(i) == Some(&'*') => {
+                    i += 1;
+                    if chars.get(i) == Some(&'/') {
+                        i += 1;
+                    }
+                    tokens.push(if i == chars.len() { Token::AnyRest } else { Token::AnyDirs });
+                }
+                '*' => tokens.push(Token::Star),
+                '?' => tokens.push(Token::Question),
+                '\\' => match chars.get(i) {
+                    Some(&next) => {
+                        tokens.push(Token::Literal(next));
+                        i += 1;
+                    }
+                    None => tokens.push(Token::Literal('\\')),
+                },
+                '[' => {
+                    let (token, next) =
+                        parse_class(&chars, i).ok_or_else(|| format!("bad pattern {text:?}"))?;
+                    tokens.push(token);
+                    i = next;
+                }
+                other => tokens.push(Token::Literal(other)),
+            }
+        }
+        Ok(Pattern { exception, text, tokens })
+    }
+
+    /// Whether the whole of `path` matches (no parent logic here).
+    fn matches_exactly(&self, path: &str) -> bool {
+        let text: Vec<char> = path.chars().collect();
+        let mut memo = vec![None; (self.tokens.len() + 1) * (text.len() + 1)];
+        match_at(&self.tokens, &text, 0, 0, &mut memo)
+    }
+
+    /// Whether `path` or one of its parent directories matches.
+    fn matches_or_parent(&self, path: &str) -> bool {
+        if self.matches_exactly(path) {
+            return true;
+        }
+        path.match_indices('/').any(|(i, _)| self.matches_exactly(&path[..i]))
+    }
+}
+
+/// `[` was consumed; parses up to the closing `]`. Returns the class and the next index.
+fn parse_class(chars: &[char], mut i: usize) -> Option<(Token, usize)> {
+    let negated = matches!(chars.get(i), Some('^') | Some('!'));
+    if negated {
+        i += 1;
+    }
+    let mut ranges = Vec::new();
+    let mut first = true;
+    loop {
+        let mut c = *chars.get(i)?;
+        if c == ']' && !first {
+            return Some((Token::Class { negated, ranges }, i + 1));
+        }
+        first = false;
+        if c == '\\' {
+            i += 1;
+            c = *chars.get(i)?;
+        }
+        i += 1;
+        if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|n| *n != ']') {
+            let mut hi = chars[i + 1];
+            i += 2;
+            if hi == '\\' {
+                hi = *chars.get(i)?;
+                i += 1;
+            }
+            ranges.push((c, hi));
+        } else {
+            ranges.push((c, c));
+        }
+    }
+}
+
+fn match_at(tokens: &[Token], text: &[char], t: usize, p: usize, memo: &mut [Option<bool>]) -> bool {
+    let key = t * (text.len() + 1) + p;
+    if let Some(known) = memo[key] {
+        return known;
+    }
+    let result = match tokens.get(t) {
+        None => p == text.len(),
+        Some(Token::Literal(c)) => text.get(p) == Some(c) && match_at(tokens, text, t + 1, p + 1, memo),
+        Some(Token::Question) => {
+            text.get(p).is_some_and(|c| *c != '/') && match_at(tokens, text, t + 1, p + 1, memo)
+        }
+        Some(Token::Class { negated, ranges }) => {
+            text.get(p).is_some_and(|c| {
+                *c != '/' && ranges.iter().any(|(lo, hi)| (lo..=hi).contains(&c)) != *negated
+            }) && match_at(tokens, text, t + 1, p + 1, memo)
+        }
+        Some(Token::Star) => {
+            let mut q = p;
+            loop {
+                if match_at(tokens, text, t + 1, q, memo) {
+                    break true;
+                }
+                if q == text.len() || text[q] == '/' {
+                    break false;
+                }
+                q += 1;
+            }
+        }
+        Some(Token::AnyDirs) => {
+            match_at(tokens, text, t + 1, p, memo)
+                || (p..text.len()).any(|q| text[q] == '/' && match_at(tokens, text, t + 1, q + 1, memo))
+        }
+        Some(Token::AnyRest) => true,
+    };
+    memo[key] = Some(result);
+    result
+}
+
+/// Docker's `MatchesOrParentMatches`: is `path` (relative, `/`-separated) excluded?
+fn matches(patterns: &[Pattern], path: &str) -> bool {
+    let mut excluded = false;
+    for pattern in patterns {
+        // An exclusion cannot change an excluded path, an exception an included one.
+        if pattern.exception != excluded {
+            continue;
+        }
+        if pattern.matches_or_parent(path) {
+            excluded = !pattern.exception;
+        }
+    }
+    excluded
+}
+
+fn walk(dir: &Path, rel: &str, patterns: &[Pattern], tar: &mut tar::Builder<Vec<u8>>) -> io::Result<()> {
+    let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)?.collect::<io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let rel_path = if rel.is_empty() { PathBuf::from(&name) } else { Path::new(rel).join(&name) };
+        let rel_str = rel_path.to_string_lossy().into_owned();
+        let meta = entry.metadata()?; // DirEntry::metadata does not follow symlinks.
+        let kind = meta.file_type();
+
+        if matches(patterns, &rel_str) {
+            if kind.is_dir() && exception_below(patterns, &rel_str) {
+                // Not sent itself, but a `!` pattern may re-include something inside.
+                walk(&entry.path(), &rel_str, patterns, tar)?;
+            }
+            continue;
+        }
+
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        header.set_uid(0);
+        header.set_gid(0);
+        if kind.is_symlink() {
+            let target = fs::read_link(entry.path())?;
+            header.set_size(0);
+            tar.append_link(&mut header, &rel_path, &target)?;
+        } else if kind.is_dir() {
+            header.set_size(0);
+            tar.append_data(&mut header, &rel_path, io::empty())?;
+            walk(&entry.path(), &rel_str, patterns, tar)?;
+        } else if kind.is_file() {
+            let file = fs::File::open(entry.path())?;
+            tar.append_data(&mut header, &rel_path, file)?;
+        }
+        // Sockets, FIFOs and devices have no place in an image build: left out.
+    }
+    Ok(())
+}
+
+/// The CLI descends into an excluded directory only if an exception pattern starts with it.
+fn exception_below(patterns: &[Pattern], dir: &str) -> bool {
+    let dir_slash = format!("{dir}/");
+    patterns.iter().any(|p| p.exception && format!("{}/", p.text).starts_with(&dir_slash))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Read;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    use super::*;
+
+    fn write(root: &Path, files: &[&str]) {
+        for f in files {
+            let path = root.join(f);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, format!("content of {f}\n")).unwrap();
+        }
+    }
+
+    /// Entry path → (type, link target or content).
+    fn entries(tar: &[u8]) -> BTreeMap<String, (tar::EntryType, String)> {
+        let mut archive = tar::Archive::new(tar);
+        let mut out = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().trim_end_matches('/').to_string();
+            let kind = entry.header().entry_type();
+            let detail = if kind.is_symlink() {
+                entry.link_name().unwrap().unwrap().to_string_lossy().into_owned()
+            } else {
+                let mut s = String::new();
+                entry.read_to_string(&mut s).unwrap();
+                s
+            };
+            out.insert(path, (kind, detail));
+        }
+        out
+    }
+
+    fn names(tar: &[u8]) -> Vec<String> {
+        entries(tar).into_keys().collect()
+    }
+
+    fn excluded(ignore: &str, path: &str) -> bool {
+        matches(&parse_dockerignore(ignore).unwrap(), path)
+    }
+
+    #[test]
+    fn patterns_follow_docker_not_gitignore() {
+        assert!(excluded("*.log", "a.log"));
+        assert!(!excluded("*.log", "sub/a.log"), "* stays at the root, unlike .gitignore");
+        assert!(excluded("**/*.log", "sub/deep/a.log"));
+        assert!(excluded("**/*.log", "a.log"));
+        assert!(excluded("node_modules", "node_modules/x/y.js"), "a directory excludes its contents");
+        assert!(!excluded("node_modules", "web/node_modules/x.js"));
+        assert!(excluded("/build", "build/out"), "leading / is the context root");
+        assert!(excluded("./build/", "build/out"));
+        assert!(excluded("docs/**", "docs/a/b.md"));
+        assert!(excluded("a/**/z", "a/z") && excluded("a/**/z", "a/b/c/z"));
+        assert!(excluded("file?.txt", "file1.txt") && !excluded("file?.txt", "file10.txt"));
+        assert!(excluded("file[0-4].txt", "file3.txt") && !excluded("file[0-4].txt", "file7.txt"));
+        assert!(excluded("file[^0-4].txt", "file7.txt") && !excluded("file[^0-4].txt", "file3.txt"));
+        assert!(excluded("\\#literal", "#literal"));
+        assert!(!excluded("# a comment\n", "# a comment"));
+        assert!(excluded("  spaced  \n", "spaced"));
+        assert!(excluded("**", "anything/at/all"));
+        assert!(parse_dockerignore("[oops").is_err());
+    }
+
+    #[test]
+    fn the_last_matching_line_wins() {
+        let ignore = "*.md\n!README.md\n";
+        assert!(excluded(ignore, "CHANGES.md"));
+        assert!(!excluded(ignore, "README.md"));
+        assert!(
+            excluded("!README.md\n*.md\n", "README.md"),
+            "an exception before the exclusion does nothing"
+        );
+        assert!(!excluded("docs\n!docs/keep.md\n", "docs/keep.md"));
+        assert!(excluded("docs\n!docs/keep.md\n", "docs/drop.md"));
+    }
+
+    #[test]
+    fn ignored_files_stay_out_and_exceptions_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            &[
+                "Dockerfile",
+                "src/main.rs",
+                "app.log",
+                "src/debug.log",
+                "node_modules/left-pad/index.js",
+                "docs/keep.md",
+                "docs/drop.md",
+                "secrets/key.pem",
+                ".git/HEAD",
+            ],
+        );
+        fs::write(
+            root.join(".dockerignore"),
+            "# build junk\n*.log\nnode_modules\ndocs\n!docs/keep.md\nsecrets/\n.dockerignore\nDockerfile\n",
+        )
+        .unwrap();
+        let tar = pack_context(root, ".", "Dockerfile").unwrap();
+        assert_eq!(
+            names(&tar),
+            [
+                ".dockerignore",
+                ".git",
+                ".git/HEAD",
+                "Dockerfile",
+                "docs/keep.md",
+                "src",
+                "src/debug.log",
+                "src/main.rs",
+            ],
+            "the Dockerfile and .dockerignore are always sent, .git like any directory"
+        );
+    }
+
+    #[test]
+    fn the_context_can_be_a_subdirectory_with_a_nested_dockerfile() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &["web/ops/Dockerfile", "web/index.html", "api/main.go"]);
+        fs::write(dir.path().join("web/.dockerignore"), "ops\n").unwrap();
+        let tar = pack_context(dir.path(), "web", "ops/Dockerfile").unwrap();
+        assert_eq!(names(&tar), [".dockerignore", "index.html", "ops/Dockerfile"]);
+    }
+
+    #[test]
+    fn symlinks_are_stored_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &["Dockerfile"]);
+        symlink("/etc/passwd", dir.path().join("passwd")).unwrap();
+        symlink("/etc", dir.path().join("etc")).unwrap();
+        let tar = pack_context(dir.path(), ".", "Dockerfile").unwrap();
+        let e = entries(&tar);
+        assert_eq!(e["passwd"], (tar::EntryType::Symlink, "/etc/passwd".to_string()));
+        assert_eq!(e["etc"], (tar::EntryType::Symlink, "/etc".to_string()));
+        assert_eq!(e.len(), 3, "nothing below the linked /etc: {:?}", e.keys());
+    }
+
+    #[test]
+    fn modes_are_kept_and_owners_are_root() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &["Dockerfile", "run.sh"]);
+        fs::set_permissions(dir.path().join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        let tar = pack_context(dir.path(), ".", "Dockerfile").unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let h = entry.header();
+            assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
+            if entry.path().unwrap().ends_with("run.sh") {
+                assert_eq!(h.mode().unwrap() & 0o777, 0o750);
+                assert!(h.mtime().unwrap() > 0, "real mtimes are kept");
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("clone");
+        write(&root, &["Dockerfile", "sub/x"]);
+        write(dir.path(), &["outside/Dockerfile"]);
+        symlink("/etc", root.join("etc-link")).unwrap();
+        symlink(dir.path().join("outside"), root.join("out-link")).unwrap();
+        symlink(dir.path().join("outside/Dockerfile"), root.join("Dockerfile.link")).unwrap();
+        let reason = |ctx: &str, df: &str| pack_context(&root, ctx, df).unwrap_err().reason().to_string();
+
+        assert!(reason("../outside", "Dockerfile").contains("'..'"));
+        assert!(reason("/etc", "Dockerfile").contains("absolute"));
+        assert!(reason(".", "../outside/Dockerfile").contains("'..'"));
+        assert!(reason(".", "/etc/passwd").contains("absolute"));
+        assert!(reason("etc-link", "passwd").contains("leads outside the repository"));
+        assert!(reason("out-link", "Dockerfile").contains("leads outside the repository"));
+        assert!(reason(".", "Dockerfile.link").contains("leads outside the context"));
+        assert!(reason("sub", "../Dockerfile").contains("'..'"));
+    }
+
+    #[test]
+    fn a_missing_dockerfile_or_context_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &["src/main.rs", "docker/Dockerfile"]);
+        let err = pack_context(dir.path(), ".", "Dockerfile").unwrap_err();
+        assert_eq!(err.phase(), "context");
+        assert!(err.reason().contains("no Dockerfile at \"Dockerfile\""), "{err}");
+        let err = pack_context(dir.path(), "web", "Dockerfile").unwrap_err();
+        assert!(err.reason().contains("\"web\" does not exist"), "{err}");
+        let err = pack_context(dir.path(), "src/main.rs", "Dockerfile").unwrap_err();
+        assert!(err.reason().contains("not a directory"), "{err}");
+        let err = pack_context(dir.path(), ".", "docker").unwrap_err();
+        assert!(err.reason().contains("not a regular file"), "{err}");
+        assert!(pack_context(dir.path(), ".", "docker/Dockerfile").is_ok());
+    }
+
+    #[test]
+    fn a_linked_dockerignore_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &["Dockerfile"]);
+        symlink("/etc/passwd", dir.path().join(".dockerignore")).unwrap();
+        let err = pack_context(dir.path(), ".", "Dockerfile").unwrap_err();
+        assert!(err.reason().contains("regular file"), "{err}");
+    }
+
+    #[test]
+    fn long_paths_and_link_targets_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}/{}", "d".repeat(120), "f".repeat(120));
+        write(dir.path(), &["Dockerfile", &long]);
+        symlink(&long, dir.path().join("link")).unwrap();
+        let e = entries(&pack_context(dir.path(), ".", "Dockerfile").unwrap());
+        assert_eq!(e[&long].1, format!("content of {long}\n"));
+        assert_eq!(e["link"].1, long);
+    }
+}

@@ -1,0 +1,684 @@
+//! Build and push through the Engine API (bollard), with the classic builder.
+//!
+//! **Build.** Unless `no_cache`, `<repository>:latest` is pulled first: the classic builder
+//! only uses `cachefrom` images that are present locally, and with `cachefrom` set it
+//! only trusts local cache entries that are ancestors of those images (or layers it can
+//! match against their history). So `cachefrom` names `latest` only when the pull
+//! worked; a missing `latest` (first build) or an unreachable registry is logged and the
+//! build uses the node's own layer cache as a plain `docker build` would.
+//! The build output is streamed line by line; `Step N/M` lines count the steps and
+//! ` ---> Using cache` lines the cache hits (the `LABEL` step the builder appends for
+//! the [`APP_LABEL`] label is not counted). A failed build reports the failing step,
+//! the daemon's message and the last lines of output. CPU and memory caps apply to the
+//! `RUN` containers (`cpuquota`/`cpuperiod`, `memory`); bollard 0.21 types `memory` as
+//! `i32`, so caps above 2 GiB are lowered to that (and the build log says so).
+//!
+//! **Push.** `<repository>:<build id>` is pushed and its progress stream read: a layer
+//! ends as `Pushed`, `Layer already exists` or `Mounted from …`; the digest comes from the
+//! final `<tag>: digest: sha256:… size: N` line (or, failing that, the image's
+//! `RepoDigests`). bollard 0.21's `PushImageInfo` drops the stream's per-layer `id`, so
+//! bytes are attributed per layer by the `progressDetail.total` of its `Pushing` lines
+//! (constant for one layer; two layers of exactly equal size pushed in the same run
+//! would be counted once). Those byte counts are what the daemon read from the layer
+//! before compression. Then the image is tagged and pushed as `<repository>:latest`
+//! (manifest only: every layer exists by then) to seed the next build's cache.
+//!
+//! The engine connection uses a one-hour timeout ([`DOCKER_TIMEOUT`]): bollard's default
+//! of 120 s applies to the whole response and would cut long builds and pushes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+
+use super::LogSink;
+use crate::error::Failure;
+
+/// Engine socket used when none is configured.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Timeout for every Engine API request; long enough for any build or push.
+pub const DOCKER_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Label on every image the agent builds, naming the app (the report counts them).
+pub const APP_LABEL: &str = "io.slipway.app";
+
+/// Output lines quoted when a build fails.
+const FAILURE_CONTEXT_LINES: usize = 20;
+
+/// CPU period for the build's CFS quota, in microseconds (Docker's default).
+const CPU_PERIOD_US: i64 = 100_000;
+
+/// Connects to the engine's unix socket (default [`DEFAULT_DOCKER_SOCKET`]) with a long
+/// timeout and negotiates the API version (Debian's engine speaks 1.41).
+pub async fn connect_docker(socket: Option<&str>) -> Result<Docker, bollard::errors::Error> {
+    let socket = socket.unwrap_or(DEFAULT_DOCKER_SOCKET);
+    Docker::connect_with_unix(socket, DOCKER_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)?
+        .negotiate_version()
+        .await
+}
+
+/// What to build and how.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BuildOpts {
+    /// App name, recorded in the [`APP_LABEL`] label.
+    pub app: String,
+    /// Build id: the image's tag.
+    pub build_id: String,
+    /// Repository without tag, e.g. `127.0.0.1:5000/shop`.
+    pub repository: String,
+    /// Dockerfile path inside the context.
+    pub dockerfile: String,
+    /// Stage to build (`--target`).
+    pub target: Option<String>,
+    /// `--build-arg`s. Values are never logged.
+    pub build_args: BTreeMap<String, String>,
+    /// Skip the layer cache and the cache source.
+    pub no_cache: bool,
+    /// CPU cap for `RUN` steps, in cores.
+    pub cpu_limit: Option<f64>,
+    /// Memory cap for `RUN` steps, in bytes.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// What a successful build measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildStats {
+    /// Local image id (`sha256:…`).
+    pub image_id: String,
+    /// Steps answered from the layer cache.
+    pub cache_hits: u32,
+    /// Dockerfile steps run (including `FROM`).
+    pub steps: u32,
+}
+
+/// What a push measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushStats {
+    /// Manifest digest, `sha256:` + 64 lowercase hex.
+    pub digest: String,
+    /// Layers uploaded by this push.
+    pub layers_pushed: u32,
+    /// Layers the registry already had (or mounted from another repository).
+    pub layers_reused: u32,
+    /// Bytes of the uploaded layers, as the daemon read them (before compression).
+    pub bytes_pushed: u64,
+}
+
+/// Builds `tar` as `<repository>:<build_id>` with the classic builder, streaming its output.
+pub async fn build_image(
+    docker: &Docker,
+    tar: Vec<u8>,
+    opts: &BuildOpts,
+    log: &LogSink,
+) -> Result<BuildStats, Failure> {
+    validate_repository(&opts.repository).map_err(Failure::Build)?;
+    validate_tag(&opts.build_id).map_err(Failure::Build)?;
+    let tag = format!("{}:{}", opts.repository, opts.build_id);
+    let latest = format!("{}:latest", opts.repository);
+    // With `cachefrom` set, the classic builder trusts only the cache sources' ancestry,
+    // so name `latest` only when it is really here; otherwise the node's own layer cache
+    // serves as usual.
+    let cache_source = !opts.no_cache
+        && pull_cache_source(docker, &opts.repository, log).await
+        && docker.inspect_image(&latest).await.is_ok();
+
+    // One label only: the classic builder runs each API label as an extra LABEL step that
+    // creates and commits a container (~1 s each here, measured), and a per-build label
+    // would never be cached. The build id is the image's tag instead.
+    let labels = HashMap::from([(APP_LABEL.to_string(), opts.app.clone())]);
+    let mut options = BuildImageOptionsBuilder::default()
+        .dockerfile(&opts.dockerfile)
+        .t(&tag)
+        .nocache(opts.no_cache)
+        .rm(true)
+        .forcerm(true)
+        .labels(&labels);
+    if cache_source {
+        options = options.cachefrom(&vec![latest.clone()]);
+    }
+    if let Some(target) = &opts.target {
+        options = options.target(target);
+    }
+    if !opts.build_args.is_empty() {
+        let args: HashMap<String, String> = opts.build_args.clone().into_iter().collect();
+        options = options.buildargs(&args);
+    }
+    let mut caps = Vec::new();
+    if let Some(cores) = opts.cpu_limit.filter(|c| c.is_finite() && *c > 0.0) {
+        let quota = (cores * CPU_PERIOD_US as f64).round().clamp(1_000.0, f64::from(i32::MAX)) as i32;
+        options = options.cpuperiod(CPU_PERIOD_US as i32).cpuquota(quota);
+        caps.push(format!("{cores} CPUs"));
+    }
+    if let Some(bytes) = opts.memory_limit_bytes.filter(|b| *b > 0) {
+        // bollard 0.21 types `memory` as i32: caps above 2 GiB cannot be expressed.
+        let sent = i32::try_from(bytes).unwrap_or(i32::MAX);
+        if u64::try_from(sent).ok() != Some(bytes) {
+            log.line(format!(
+                "==> note: memory cap of {bytes} bytes lowered to {sent} (the Engine API client's limit)"
+            ));
+        }
+        options = options.memory(sent);
+        caps.push(format!("{sent} bytes of memory"));
+    }
+
+    log.line(format!(
+        "==> building {tag} (dockerfile {}{}{}{}{})",
+        opts.dockerfile,
+        opts.target.as_ref().map(|t| format!(", target {t}")).unwrap_or_default(),
+        match (opts.no_cache, cache_source) {
+            (true, _) => ", no cache".to_string(),
+            (false, true) => format!(", cache from {latest}"),
+            (false, false) => ", this node's layer cache only".to_string(),
+        },
+        if opts.build_args.is_empty() {
+            String::new()
+        } else {
+            // Names only: build argument values may be secrets.
+            format!(", build args {}", opts.build_args.keys().cloned().collect::<Vec<_>>().join(", "))
+        },
+        if caps.is_empty() { String::new() } else { format!(", limited to {}", caps.join(" and ")) },
+    ));
+
+    let body = bollard::body_full(tar.into());
+    let mut stream = docker.build_image(options.build(), None, Some(body));
+    let mut progress = BuildProgress::new(labels.len() as u32);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(text) = &info.stream {
+                    for line in progress.feed(text) {
+                        log.line(line);
+                    }
+                }
+                if let Some(status) = info.status.as_deref().filter(|s| !s.is_empty()) {
+                    // Pull progress of a base image the engine did not have.
+                    if info.progress_detail.as_ref().and_then(|p| p.total).is_none() {
+                        log.line(match &info.id {
+                            Some(id) => format!("{id}: {status}"),
+                            None => status.to_string(),
+                        });
+                    }
+                }
+            }
+            Err(err) => {
+                for line in progress.flush() {
+                    log.line(line);
+                }
+                return Err(progress.failure(&daemon_message(&err)));
+            }
+        }
+    }
+    for line in progress.flush() {
+        log.line(line);
+    }
+    let image = docker.inspect_image(&tag).await.map_err(|e| {
+        Failure::Build(format!("the build ended but {tag} cannot be found: {}", daemon_message(&e)))
+    })?;
+    Ok(BuildStats {
+        image_id: image.id.unwrap_or_default(),
+        cache_hits: progress.cache_hits,
+        steps: progress.steps,
+    })
+}
+
+/// Pulls `<repository>:latest` so the classic builder can use it as a cache source;
+/// true if the pull worked. Never fails the build: a missing or unreachable image only
+/// means a colder build.
+async fn pull_cache_source(docker: &Docker, repository: &str, log: &LogSink) -> bool {
+    let latest = format!("{repository}:latest");
+    let options = CreateImageOptionsBuilder::default().from_image(repository).tag("latest").build();
+    let mut stream = docker.create_image(Some(options), None, None);
+    let mut last_status = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => last_status = info.status.or(last_status),
+            Err(err) => {
+                let msg = daemon_message(&err);
+                let lower = msg.to_lowercase();
+                if lower.contains("not found") || lower.contains("manifest unknown") || lower.contains("404")
+                {
+                    log.line(format!("==> no {latest} in the registry yet (first build of this app?)"));
+                } else {
+                    log.line(format!("==> cannot pull {latest} as a cache source: {msg}"));
+                }
+                return false;
+            }
+        }
+    }
+    log.line(format!("==> cache source {latest}: {}", last_status.unwrap_or_else(|| "pulled".into())));
+    true
+}
+
+/// Pushes `<repository>:<tag>` and measures what travelled.
+pub async fn push_image(
+    docker: &Docker,
+    repository: &str,
+    tag: &str,
+    log: &LogSink,
+) -> Result<PushStats, Failure> {
+    validate_repository(repository).map_err(Failure::Push)?;
+    validate_tag(tag).map_err(Failure::Push)?;
+    let registry = registry_of(repository);
+    log.line(format!("==> pushing {repository}:{tag} to {registry}"));
+    let mut progress = PushProgress::default();
+    push(docker, repository, tag, &mut progress).await?;
+
+    let digest = match progress.digest.take() {
+        Some(digest) => digest,
+        None => {
+            // The final status line was missing: ask the engine what it recorded.
+            let image = docker.inspect_image(&format!("{repository}:{tag}")).await.map_err(|e| {
+                Failure::Push(format!(
+                    "pushed {repository}:{tag} but cannot inspect it: {}",
+                    daemon_message(&e)
+                ))
+            })?;
+            let prefix = format!("{repository}@");
+            image
+                .repo_digests
+                .unwrap_or_default()
+                .iter()
+                .find_map(|d| d.strip_prefix(&prefix).map(str::to_string))
+                .ok_or_else(|| {
+                    Failure::Push(format!(
+                        "pushed {repository}:{tag} to {registry} but no digest was reported"
+                    ))
+                })?
+        }
+    };
+    if !is_digest(&digest) {
+        return Err(Failure::Push(format!("registry {registry} reported an invalid digest {digest:?}")));
+    }
+    Ok(PushStats {
+        digest,
+        layers_pushed: progress.pushed,
+        layers_reused: progress.reused,
+        bytes_pushed: progress.bytes(),
+    })
+}
+
+/// Tags `<repository>:<tag>` as `<repository>:latest` and pushes that tag (every layer is
+/// in the registry by then, so only the manifest travels).
+pub async fn push_latest(docker: &Docker, repository: &str, tag: &str, log: &LogSink) -> Result<(), Failure> {
+    let options = TagImageOptionsBuilder::default().repo(repository).tag("latest").build();
+    docker.tag_image(&format!("{repository}:{tag}"), Some(options)).await.map_err(|e| {
+        Failure::Push(format!("cannot tag {repository}:{tag} as latest: {}", daemon_message(&e)))
+    })?;
+    let mut progress = PushProgress::default();
+    push(docker, repository, "latest", &mut progress).await?;
+    log.line(format!("==> tagged and pushed {repository}:latest ({} layers uploaded)", progress.pushed));
+    Ok(())
+}
+
+async fn push(
+    docker: &Docker,
+    repository: &str,
+    tag: &str,
+    progress: &mut PushProgress,
+) -> Result<(), Failure> {
+    let options = PushImageOptionsBuilder::default().tag(tag).build();
+    let mut stream = docker.push_image(repository, Some(options), None);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => progress.observe(
+                info.status.as_deref().unwrap_or_default(),
+                info.progress_detail.as_ref().and_then(|p| p.current),
+                info.progress_detail.as_ref().and_then(|p| p.total),
+            ),
+            Err(err) => {
+                return Err(Failure::Push(format!(
+                    "cannot push {repository}:{tag} to registry {}: {}",
+                    registry_of(repository),
+                    daemon_message(&err)
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Size of a local image in bytes (0 if the engine does not say).
+pub async fn image_size(docker: &Docker, image: &str) -> u64 {
+    match docker.inspect_image(image).await {
+        Ok(image) => image.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+        Err(err) => {
+            tracing::warn!(image, %err, "cannot inspect image for its size");
+            0
+        }
+    }
+}
+
+/// The daemon's own words for an error, without bollard's wrapping.
+fn daemon_message(err: &bollard::errors::Error) -> String {
+    use bollard::errors::Error;
+    match err {
+        Error::DockerStreamError { error } => error.trim().to_string(),
+        Error::DockerResponseServerError { status_code, message } => {
+            format!("{} (HTTP {status_code})", message.trim())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Reads the classic builder's `stream` chunks (which split lines anywhere) into lines,
+/// counting steps and cache hits and keeping what a failure report needs.
+///
+/// The classic builder turns the API's `labels` into `LABEL` steps appended after the
+/// Dockerfile's own (`Step 5/5 : LABEL io.slipway.app=shop`); those last
+/// `appended_steps` steps are not counted, so `steps` and `cache_hits` describe the
+/// app's Dockerfile.
+#[derive(Debug, Default)]
+struct BuildProgress {
+    /// Steps the builder appends after the Dockerfile's (one per label).
+    appended_steps: u32,
+    /// Whether the step being run is one of those.
+    in_appended_step: bool,
+    partial: String,
+    steps: u32,
+    cache_hits: u32,
+    /// The latest `Step N/M : …` line.
+    current_step: Option<String>,
+    /// The last lines of output, for failure reports.
+    tail: VecDeque<String>,
+}
+
+impl BuildProgress {
+    /// Adds a chunk; returns the lines it completed.
+    fn feed(&mut self, chunk: &str) -> Vec<String> {
+        self.partial.push_str(chunk);
+        let mut lines = Vec::new();
+        while let Some(end) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=end).collect();
+            lines.push(self.record(line.trim_end_matches(['\n', '\r'])));
+        }
+        lines
+    }
+
+    /// Completes a last line without a newline.
+    fn flush(&mut self) -> Vec<String> {
+        if self.partial.is_empty() {
+            return Vec::new();
+        }
+        let line = std::mem::take(&mut self.partial);
+        vec![self.record(line.trim_end_matches('\r'))]
+    }
+
+    fn new(appended_steps: u32) -> Self {
+        BuildProgress { appended_steps, ..Default::default() }
+    }
+
+    fn record(&mut self, line: &str) -> String {
+        if let Some((n, m)) = step_numbers(line) {
+            self.in_appended_step = n > m.saturating_sub(self.appended_steps);
+            if !self.in_appended_step {
+                self.steps += 1;
+            }
+            self.current_step = Some(line.to_string());
+        } else if line.trim() == "---> Using cache" && !self.in_appended_step {
+            self.cache_hits += 1;
+        }
+        if self.tail.len() == FAILURE_CONTEXT_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+        line.to_string()
+    }
+
+    /// The failure report: failing step, daemon message, last lines of output.
+    fn failure(&self, message: &str) -> Failure {
+        let head = match &self.current_step {
+            Some(step) => format!("{step}: {message}"),
+            None => message.to_string(),
+        };
+        if self.tail.is_empty() {
+            return Failure::Build(head);
+        }
+        let tail: Vec<&str> = self.tail.iter().map(String::as_str).collect();
+        Failure::Build(format!("{head}\nlast {} lines of output:\n{}", tail.len(), tail.join("\n")))
+    }
+}
+
+/// `Step 3/5 : RUN make` → `(3, 5)`.
+fn step_numbers(line: &str) -> Option<(u32, u32)> {
+    let (numbers, _) = line.strip_prefix("Step ")?.split_once(" : ")?;
+    let (n, m) = numbers.split_once('/')?;
+    Some((n.parse().ok()?, m.parse().ok()?))
+}
+
+/// Per-layer outcome of a push stream.
+#[derive(Debug, Default)]
+struct PushProgress {
+    pushed: u32,
+    reused: u32,
+    /// Largest byte count seen per uploading layer, keyed by the layer's total size
+    /// (bollard 0.21 drops the layer id, see the module docs).
+    uploading: BTreeMap<i64, u64>,
+    digest: Option<String>,
+}
+
+impl PushProgress {
+    fn observe(&mut self, status: &str, current: Option<i64>, total: Option<i64>) {
+        match status {
+            "Pushed" => self.pushed += 1,
+            "Layer already exists" => self.reused += 1,
+            s if s.starts_with("Mounted from") => self.reused += 1,
+            "Pushing" => {
+                if let Some(total) = total.filter(|t| *t > 0) {
+                    let seen = current.unwrap_or(0).max(total);
+                    let entry = self.uploading.entry(total).or_default();
+                    *entry = (*entry).max(u64::try_from(seen).unwrap_or(0));
+                }
+            }
+            s => {
+                // `<tag>: digest: sha256:… size: N`
+                if let Some((_, rest)) = s.split_once(": digest: ") {
+                    if let Some(digest) = rest.split_whitespace().next().filter(|d| is_digest(d)) {
+                        self.digest = Some(digest.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.uploading.values().sum()
+    }
+}
+
+/// `sha256:` followed by 64 lowercase hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// A repository to push to: `host[:port]/path`, the path in lowercase, no tag or digest.
+pub fn validate_repository(repository: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("repository {repository:?} {why}"));
+    if repository.is_empty() || repository.len() > 255 {
+        return bad("must be 1 to 255 characters long");
+    }
+    if repository.starts_with('-') || repository.contains('@') {
+        return bad("must not start with '-' or hold a digest");
+    }
+    // The registry must be explicit: a bare `shop` would go to Docker Hub.
+    let (host, path) = match repository.split_once('/') {
+        Some((host, path)) if host.contains(['.', ':']) || host == "localhost" => (host, path),
+        _ => return bad("must name its registry, like 127.0.0.1:5000/shop"),
+    };
+    if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':')) {
+        return bad("has an invalid registry host");
+    }
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && c.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
+    };
+    if !path.split('/').all(component_ok) {
+        return bad("must be lowercase path components of letters, digits, '.', '_' and '-', without a tag");
+    }
+    Ok(())
+}
+
+/// An image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn validate_tag(tag: &str) -> Result<(), String> {
+    let ok = (1..=128).contains(&tag.len())
+        && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{tag:?} is not a valid image tag"))
+    }
+}
+
+/// The registry part of a repository (`docker.io` when there is none).
+pub fn registry_of(repository: &str) -> &str {
+    match repository.split_once('/') {
+        Some((host, _)) if host.contains(['.', ':']) || host == "localhost" => host,
+        _ => "docker.io",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks as the 20.10 engine sends them (recorded): step lines arrive without their
+    /// newline, which follows in a chunk of its own.
+    const FAILING_BUILD: &[&str] = &[
+        "Step 1/3 : FROM slipway-test/busybox:latest",
+        "\n",
+        " ---> 0d01ed8a3837\n",
+        "Step 2/3 : COPY deps.txt /app/deps.txt",
+        "\n",
+        " ---> Using cache\n",
+        " ---> 803ca441407b\n",
+        "Step 3/3 : RUN false",
+        "\n",
+        " ---> Running in 573d38202f7e\n",
+        "Removing intermediate container 573d38202f7e\n",
+    ];
+
+    #[test]
+    fn build_output_is_split_into_lines_and_counted() {
+        let mut p = BuildProgress::new(0);
+        let lines: Vec<String> = FAILING_BUILD.iter().flat_map(|chunk| p.feed(chunk)).collect();
+        assert_eq!(lines[0], "Step 1/3 : FROM slipway-test/busybox:latest");
+        assert_eq!(lines.len(), 8);
+        assert_eq!((p.steps, p.cache_hits), (3, 1));
+        let failure = p.failure("The command '/bin/sh -c false' returned a non-zero code: 1");
+        assert_eq!(failure.phase(), "build");
+        let reason = failure.reason();
+        assert!(
+            reason.starts_with(
+                "Step 3/3 : RUN false: The command '/bin/sh -c false' returned a non-zero code: 1\n"
+            ),
+            "{reason}"
+        );
+        assert!(reason.contains("last 8 lines of output:\nStep 1/3"), "{reason}");
+    }
+
+    #[test]
+    fn only_the_last_lines_are_quoted() {
+        let mut p = BuildProgress::default();
+        for i in 0..50 {
+            p.feed(&format!("line {i}\n"));
+        }
+        p.feed("no newline");
+        assert_eq!(p.flush(), ["no newline"]);
+        let reason = p.failure("boom").reason().to_string();
+        assert!(reason.starts_with("boom\nlast 20 lines"), "{reason}");
+        assert!(!reason.contains("line 30\n") && reason.contains("line 31\n"), "{reason}");
+    }
+
+    #[test]
+    fn step_lines_are_recognised_strictly() {
+        assert_eq!(step_numbers("Step 10/12 : RUN make"), Some((10, 12)));
+        assert_eq!(step_numbers("Step 1 : RUN make"), None);
+        assert_eq!(step_numbers("Steps 1/2 : x"), None);
+        assert_eq!(step_numbers("echo Step 1/2 : x"), None);
+        assert_eq!(step_numbers("Step -1/2 : x"), None);
+    }
+
+    #[test]
+    fn label_steps_appended_by_the_builder_are_not_counted() {
+        let mut p = BuildProgress::new(2);
+        for chunk in [
+            "Step 1/4 : FROM base\n",
+            " ---> 0d01ed8a3837\n",
+            "Step 2/4 : RUN make\n",
+            " ---> Using cache\n",
+            "Step 3/4 : LABEL io.slipway.app=shop\n",
+            " ---> Using cache\n",
+            "Step 4/4 : LABEL io.slipway.build=b-2\n",
+            " ---> Running in 2fd1ca1e5040\n",
+        ] {
+            p.feed(chunk);
+        }
+        assert_eq!((p.steps, p.cache_hits), (2, 1));
+    }
+
+    #[test]
+    fn push_streams_count_layers_bytes_and_the_digest() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let mut p = PushProgress::default();
+        for (status, current, total) in [
+            ("The push refers to repository [127.0.0.1:5000/shop]", None, None),
+            ("Preparing", None, None),
+            ("Preparing", None, None),
+            ("Preparing", None, None),
+            ("Waiting", None, None),
+            ("Pushing", Some(512), Some(2048)),
+            ("Pushing", Some(19_968), Some(1_984_132)),
+            ("Pushing", Some(2_129_920), Some(1_984_132)),
+            ("Pushing", Some(2048), Some(2048)),
+            ("Pushed", None, None),
+            ("Pushed", None, None),
+            ("Layer already exists", None, None),
+            ("Mounted from other/app", None, None),
+            (&format!("b-1: digest: {digest} size: 527"), None, None),
+        ] {
+            p.observe(status, current, total);
+        }
+        assert_eq!((p.pushed, p.reused), (2, 2));
+        assert_eq!(p.bytes(), 2048 + 2_129_920);
+        assert_eq!(p.digest.as_deref(), Some(digest.as_str()));
+    }
+
+    #[test]
+    fn digests_repositories_and_tags_are_checked() {
+        assert!(is_digest(&format!("sha256:{}", "0".repeat(64))));
+        assert!(!is_digest(&format!("sha256:{}", "A".repeat(64))));
+        assert!(!is_digest(&format!("sha512:{}", "0".repeat(64))));
+        assert!(!is_digest("sha256:abc"));
+        for ok in ["127.0.0.1:5000/shop", "registry.local/team/shop", "localhost/shop"] {
+            assert_eq!(validate_repository(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "shop",
+            "team/shop",
+            "127.0.0.1:5000/Shop",
+            "127.0.0.1:5000/shop:1",
+            "r.local/shop@sha256:00",
+            "-x",
+            "r.local//b",
+            "r.local/",
+            "bad host:1/x",
+        ] {
+            assert!(validate_repository(bad).is_err(), "{bad}");
+        }
+        assert_eq!(registry_of("127.0.0.1:5000/shop"), "127.0.0.1:5000");
+        assert_eq!(registry_of("library/shop"), "docker.io");
+        assert!(validate_tag("b-1.2_x").is_ok());
+        assert!(validate_tag("-x").is_err() && validate_tag("").is_err() && validate_tag("a/b").is_err());
+    }
+}

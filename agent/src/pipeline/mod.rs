@@ -1,4 +1,939 @@
-//! One build, end to end on local disk: clone → context → build → push.
+//! One build, end to end on the node's local disk:
+//!
+//! ```text
+//! BuildAssignment ─► BuildJob ─► clone (git, shallow, one ref)      <build_root>/<id>-<attempt>/
+//!                                 │ slipway.toml at the clone root ─► Manifest
+//!                                 ▼
+//!                               context (tar, .dockerignore)        in memory
+//!                                 ▼
+//!                               docker build (classic builder, layer cache,
+//!                                 │           <repository>:latest as cache source)
+//!                                 ▼
+//!                               docker push <repository>:<build id>, then :latest
+//!                                 ▼
+//!                               BuildOutput (digest, sizes, cache hits, timings, RunSpec)
+//! ```
+//!
+//! Every log line goes to the [`LogSink`] (streamed live to the scheduler by the session)
+//! and to `<build_root>/logs/<build id>-<attempt>.log`. The build directory is removed
+//! whatever happens: success, failure, or the future being dropped (cancellation).
+//! Build argument values are never logged: they may be secrets.
+
 pub mod clone;
 pub mod context;
 pub mod docker;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use slipway_proto::{BuildAssignment, BuildFailure, BuildOutput, PhaseTimings};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::Failure;
+use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+
+/// Name of the manifest file at the root of an app's repository.
+pub const MANIFEST_FILE: &str = "slipway.toml";
+
+/// What to build: one attempt of one build, as the scheduler assigned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildJob {
+    /// Scheduler's build id; also the image tag (`<repository>:<build_id>`).
+    pub build_id: String,
+    /// Attempt number: a build retried on this node gets a fresh directory and log.
+    pub attempt: u32,
+    /// App the build is for; `slipway.toml` must name the same app.
+    pub app: String,
+    /// Repository URL to clone.
+    pub repo: String,
+    /// Branch, tag or full commit id to build.
+    pub git_ref: String,
+    /// Build without the layer cache and without a cache source.
+    pub no_cache: bool,
+    /// Repository to push to, without tag, e.g. `127.0.0.1:5000/shop`.
+    pub repository: String,
+}
+
+impl From<&BuildAssignment> for BuildJob {
+    fn from(a: &BuildAssignment) -> Self {
+        BuildJob {
+            build_id: a.build_id.clone(),
+            attempt: a.attempt,
+            app: a.app.clone(),
+            repo: a.repo.clone(),
+            git_ref: a.git_ref.clone(),
+            no_cache: a.no_cache,
+            repository: a.repository.clone(),
+        }
+    }
+}
+
+/// How this node runs builds (from `agent.toml`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Local-disk directory holding build directories and `logs/`.
+    pub build_root: PathBuf,
+    /// Whether `file://` repositories (on this node's disk) may be built. Off in production:
+    /// a user could otherwise build any repository the agent can read.
+    pub allow_file_repos: bool,
+    /// CPU cap for a build's `RUN` steps, in cores (e.g. `1.5`).
+    pub cpu_limit: Option<f64>,
+    /// Memory cap for a build's `RUN` steps, in bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// Longest a clone may take before the build fails.
+    pub clone_timeout: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            build_root: PathBuf::from("/var/lib/slipway/builds"),
+            allow_file_repos: false,
+            cpu_limit: None,
+            memory_limit_bytes: None,
+            clone_timeout: clone::DEFAULT_CLONE_TIMEOUT,
+        }
+    }
+}
+
+/// Where a build's log lines go: a channel (the session streams it to the scheduler) and,
+/// once [`LogSink::with_file`] was called, a log file on local disk. Cheap to clone.
+///
+/// Writing never fails the build: a closed channel or a full disk loses log lines, not
+/// the build (the latter is logged once with `tracing`).
+#[derive(Debug, Clone, Default)]
+pub struct LogSink {
+    tx: Option<UnboundedSender<String>>,
+    file: Option<Arc<Mutex<LogFile>>>,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: std::io::LineWriter<std::fs::File>,
+    failed: bool,
+}
+
+impl From<UnboundedSender<String>> for LogSink {
+    fn from(tx: UnboundedSender<String>) -> Self {
+        LogSink::new(tx)
+    }
+}
+
+impl LogSink {
+    /// Sends every line to `tx`.
+    pub fn new(tx: UnboundedSender<String>) -> Self {
+        LogSink { tx: Some(tx), file: None }
+    }
+
+    /// Drops every line (tests, tools).
+    pub fn discard() -> Self {
+        LogSink::default()
+    }
+
+    /// A sink that also appends to `path` (created or truncated).
+    pub fn with_file(&self, path: &Path) -> std::io::Result<LogSink> {
+        let file = std::fs::File::create(path)?;
+        let file = LogFile { path: path.to_path_buf(), file: std::io::LineWriter::new(file), failed: false };
+        Ok(LogSink { tx: self.tx.clone(), file: Some(Arc::new(Mutex::new(file))) })
+    }
+
+    /// Records one line (a trailing newline is not needed).
+    pub fn line(&self, line: impl Into<String>) {
+        let line = line.into();
+        if let Some(file) = &self.file {
+            if let Ok(mut f) = file.lock() {
+                if !f.failed {
+                    if let Err(err) = writeln!(f.file, "{line}") {
+                        f.failed = true;
+                        tracing::warn!(path = %f.path.display(), %err, "cannot write build log file");
+                    }
+                }
+            }
+        }
+        if let Some(tx) = &self.tx {
+            // A closed receiver means nobody listens any more; the file still has it.
+            let _ = tx.send(line);
+        }
+    }
+}
+
+/// Runs one build attempt end to end and reports what it produced or why it failed.
+///
+/// Creates `<build_root>/<build_id>-<attempt>` (replacing a leftover one), clones into
+/// it, reads `slipway.toml`, packs the context, builds, pushes `<repository>:<build_id>`
+/// and `<repository>:latest`, and removes the directory afterwards in every case,
+/// including when this future is dropped. Log lines go to `log` and to
+/// `<build_root>/logs/<build_id>-<attempt>.log`. `log` may be a [`LogSink`] or the
+/// channel sender itself; every clone of it is dropped by the time this returns, so a
+/// receiver sees the end of the log before the result.
+pub async fn run_build(
+    docker: &Docker,
+    cfg: &PipelineConfig,
+    job: &BuildJob,
+    log: impl Into<LogSink>,
+) -> Result<BuildOutput, BuildFailure> {
+    let log = log.into();
+    let started = Instant::now();
+    let log = match open_log(cfg, job, &log) {
+        Ok(log) => log,
+        Err(failure) => {
+            log.line(format!("==> {failure}"));
+            return Err(failure.into());
+        }
+    };
+    let result = run_phases(docker, cfg, job, &log).await;
+    match &result {
+        Ok(out) => log.line(format!(
+            "==> build {} attempt {} done in {:.1}s: {}@{}",
+            job.build_id,
+            job.attempt,
+            started.elapsed().as_secs_f64(),
+            out.repository,
+            out.digest
+        )),
+        Err(failure) => log.line(format!("==> {}", failure.to_string().lines().next().unwrap_or_default())),
+    }
+    result.map_err(BuildFailure::from)
+}
+
+fn open_log(cfg: &PipelineConfig, job: &BuildJob, log: &LogSink) -> Result<LogSink, Failure> {
+    check_job(job)?;
+    let dir = cfg.build_root.join("logs");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::Setup(format!("cannot create the log directory {}: {e}", dir.display())))?;
+    let path = dir.join(format!("{}-{}.log", job.build_id, job.attempt));
+    log.with_file(&path).map_err(|e| Failure::Setup(format!("cannot create {}: {e}", path.display())))
+}
+
+/// Build ids become directory names and image tags: refuse anything else.
+fn check_job(job: &BuildJob) -> Result<(), Failure> {
+    let id = &job.build_id;
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(Failure::Setup(format!(
+            "build id {id:?} is not usable as a directory name and image tag \
+             (1-100 of letters, digits, '-', '_', '.'; starting with a letter or digit)"
+        )));
+    }
+    slipway_proto::validate::app_name(&job.app).map_err(|e| Failure::Setup(e.to_string()))?;
+    docker::validate_repository(&job.repository).map_err(Failure::Setup)?;
+    Ok(())
+}
+
+async fn run_phases(
+    docker: &Docker,
+    cfg: &PipelineConfig,
+    job: &BuildJob,
+    log: &LogSink,
+) -> Result<BuildOutput, Failure> {
+    let dir = BuildDir::create(cfg.build_root.join(format!("{}-{}", job.build_id, job.attempt)))?;
+    let result = build_in(docker, cfg, job, log, dir.path()).await;
+    dir.remove().await;
+    result
+}
+
+async fn build_in(
+    docker: &Docker,
+    cfg: &PipelineConfig,
+    job: &BuildJob,
+    log: &LogSink,
+    dir: &Path,
+) -> Result<BuildOutput, Failure> {
+    let mut timings = PhaseTimings::default();
+
+    let t = Instant::now();
+    let git_sha =
+        clone::clone(&job.repo, &job.git_ref, dir, cfg.allow_file_repos, cfg.clone_timeout, log).await?;
+    let manifest = read_manifest(dir, job, &git_sha).await?;
+    timings.clone_ms = ms(t);
+    let b = &manifest.build;
+    log.line(format!(
+        "==> manifest: app {}, context {}, dockerfile {}{}{}",
+        manifest.name,
+        b.context,
+        b.dockerfile,
+        b.target.as_ref().map(|t| format!(", target {t}")).unwrap_or_default(),
+        if b.args.is_empty() {
+            String::new()
+        } else {
+            // Names only: values may be secrets.
+            format!(", build args {}", b.args.keys().cloned().collect::<Vec<_>>().join(", "))
+        }
+    ));
+
+    let t = Instant::now();
+    let (clone_dir, context_rel, dockerfile_rel) =
+        (dir.to_path_buf(), b.context.clone(), b.dockerfile.clone());
+    let tar =
+        tokio::task::spawn_blocking(move || context::pack_context(&clone_dir, &context_rel, &dockerfile_rel))
+            .await
+            .map_err(|e| Failure::Context(format!("packing the context stopped: {e}")))??;
+    timings.context_ms = ms(t);
+    log.line(format!("==> context: {} bytes", tar.len()));
+
+    let t = Instant::now();
+    let opts = docker::BuildOpts {
+        app: job.app.clone(),
+        build_id: job.build_id.clone(),
+        repository: job.repository.clone(),
+        dockerfile: b.dockerfile.clone(),
+        target: b.target.clone(),
+        build_args: b.args.clone(),
+        no_cache: job.no_cache,
+        cpu_limit: cfg.cpu_limit,
+        memory_limit_bytes: cfg.memory_limit_bytes,
+    };
+    let built = docker::build_image(docker, tar, &opts, log).await?;
+    timings.build_ms = ms(t);
+
+    let t = Instant::now();
+    let pushed = docker::push_image(docker, &job.repository, &job.build_id, log).await?;
+    log.line(format!(
+        "==> pushed {} ({} layers pushed, {} reused, {} bytes)",
+        pushed.digest, pushed.layers_pushed, pushed.layers_reused, pushed.bytes_pushed
+    ));
+    if let Err(failure) = docker::push_latest(docker, &job.repository, &job.build_id, log).await {
+        // `latest` only seeds the next build's cache; the release itself is pushed.
+        log.line(format!("==> warning: {failure}; the next build may not find a cache source"));
+    }
+    let image_size_bytes = docker::image_size(docker, &format!("{}:{}", job.repository, job.build_id)).await;
+    timings.push_ms = ms(t);
+
+    Ok(BuildOutput {
+        git_sha,
+        digest: pushed.digest,
+        repository: job.repository.clone(),
+        image_size_bytes,
+        layers_pushed: pushed.layers_pushed,
+        layers_reused: pushed.layers_reused,
+        bytes_pushed: pushed.bytes_pushed,
+        cache_hits: built.cache_hits,
+        steps: built.steps,
+        timings: Some(timings),
+        run: Some(manifest.run_spec()),
+    })
+}
+
+/// Reads and validates `slipway.toml` at the clone root.
+async fn read_manifest(dir: &Path, job: &BuildJob, git_sha: &str) -> Result<Manifest, Failure> {
+    let path = dir.join(MANIFEST_FILE);
+    let at = format!("{} at {} ({})", clone::redact_url(&job.repo), job.git_ref, short(git_sha));
+    let meta = match tokio::fs::symlink_metadata(&path).await {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Failure::Manifest(format!(
+                "no {MANIFEST_FILE} at the root of {at}; add one with at least `name = \"{}\"`",
+                job.app
+            )))
+        }
+        Err(e) => return Err(Failure::Manifest(format!("cannot read {MANIFEST_FILE} in {at}: {e}"))),
+    };
+    if !meta.is_file() {
+        return Err(Failure::Manifest(format!("{MANIFEST_FILE} in {at} must be a regular file, not a link")));
+    }
+    if meta.len() > MAX_MANIFEST_BYTES as u64 {
+        return Err(Failure::Manifest(format!(
+            "{MANIFEST_FILE} in {at} is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+            meta.len()
+        )));
+    }
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| Failure::Manifest(format!("cannot read {MANIFEST_FILE} in {at}: {e}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Failure::Manifest(format!("{MANIFEST_FILE} in {at} is not UTF-8 text")))?;
+    let manifest = Manifest::parse(&text).map_err(|e| Failure::Manifest(format!("{MANIFEST_FILE}: {e}")))?;
+    if manifest.name != job.app {
+        return Err(Failure::Manifest(format!(
+            "{MANIFEST_FILE} names the app {:?}, but this build is for the app {:?}; \
+             fix `name` or deploy the repository as {:?}",
+            manifest.name, job.app, manifest.name
+        )));
+    }
+    Ok(manifest)
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+fn ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A build directory that removes itself: explicitly with [`BuildDir::remove`] on the
+/// normal path, or in `Drop` when the build future is dropped mid-way.
+struct BuildDir {
+    path: PathBuf,
+    removed: bool,
+}
+
+impl BuildDir {
+    /// Synchronous so that nothing (such as a blocking-pool task) can create the
+    /// directory after a dropped build's guard removed it.
+    fn create(path: PathBuf) -> Result<BuildDir, Failure> {
+        let setup =
+            |what: &str, e: std::io::Error| Failure::Setup(format!("cannot {what} {}: {e}", path.display()));
+        // A leftover from an earlier run of the same attempt (agent crash): start clean.
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(setup("remove the leftover build directory", e)),
+        }
+        std::fs::create_dir_all(&path).map_err(|e| setup("create the build directory", e))?;
+        Ok(BuildDir { path, removed: false })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn remove(mut self) {
+        let path = self.path.clone();
+        let result = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&path)).await;
+        self.removed = true;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(path = %self.path.display(), %err, "cannot remove build directory")
+            }
+            Err(err) => tracing::warn!(path = %self.path.display(), %err, "build directory removal stopped"),
+        }
+    }
+}
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        // A git killed by the same drop may still be writing for a moment: retry briefly.
+        for attempt in 0..5 {
+            match std::fs::remove_dir_all(&self.path) {
+                Ok(()) => return,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+                Err(err) if attempt == 4 => {
+                    tracing::warn!(path = %self.path.display(), %err, "cannot remove build directory")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// Fixtures for tests that need git, a Docker engine, a base image or a registry.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use bollard::Docker;
+    use futures::StreamExt;
+
+    /// Base image the Docker tests build `FROM`: Debian's static busybox, imported.
+    pub const BUSYBOX_IMAGE: &str = "slipway-test/busybox:latest";
+
+    /// Runs git with a fixed identity in `dir`; panics with git's stderr on failure.
+    pub fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "user.name=slipway-test", "-c", "user.email=test@slipway.invalid"])
+            .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A git repository on local disk that tests commit files into.
+    pub struct GitRepo {
+        /// Holds the directory for the repository's lifetime.
+        pub dir: tempfile::TempDir,
+    }
+
+    impl GitRepo {
+        /// An empty repository on branch `main`.
+        pub fn new() -> GitRepo {
+            let dir = tempfile::tempdir().expect("tempdir");
+            git(dir.path(), &["init", "-q"]);
+            GitRepo { dir }
+        }
+
+        /// `file://` URL of the repository.
+        pub fn url(&self) -> String {
+            format!("file://{}", self.dir.path().display())
+        }
+
+        /// Writes `files` (path, content), commits them, returns the commit id.
+        pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+            for (path, content) in files {
+                let path = self.dir.path().join(path);
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                std::fs::write(path, content).expect("write");
+            }
+            git(self.dir.path(), &["add", "-A"]);
+            git(self.dir.path(), &["commit", "-q", "--allow-empty", "-m", message]);
+            git(self.dir.path(), &["rev-parse", "HEAD"])
+        }
+    }
+
+    /// Connects to the local engine, or explains loudly why the test is skipped.
+    /// With `SLIPWAY_REQUIRE_DOCKER=1` a missing engine fails the test instead.
+    pub async fn docker_or_skip(test: &str) -> Option<Docker> {
+        let result = async {
+            let docker = super::docker::connect_docker(None).await.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
+                Ok(Ok(_)) => Ok(docker),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 5s".to_string()),
+            }
+        }
+        .await;
+        match result {
+            Ok(docker) => Some(docker),
+            Err(e) => {
+                skip_or_fail(test, &format!("no Docker engine at /var/run/docker.sock ({e})"));
+                None
+            }
+        }
+    }
+
+    /// Skips loudly, or panics when `SLIPWAY_REQUIRE_DOCKER=1`.
+    pub fn skip_or_fail(test: &str, why: &str) {
+        if std::env::var("SLIPWAY_REQUIRE_DOCKER").as_deref() == Ok("1") {
+            panic!("{test}: {why}, and SLIPWAY_REQUIRE_DOCKER=1");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED {test}: {why} !!!!!!!!\n");
+    }
+
+    /// Makes sure [`BUSYBOX_IMAGE`] exists: imports a root filesystem holding Debian's
+    /// static busybox (`/bin/busybox`, package busybox-static) and its applet links.
+    pub async fn busybox_image(docker: &Docker) -> Result<&'static str, String> {
+        if docker.inspect_image(BUSYBOX_IMAGE).await.is_ok() {
+            return Ok(BUSYBOX_IMAGE);
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or("busybox is not installed (apt-get install busybox-static)")?;
+        let binary = std::fs::read(busybox).map_err(|e| e.to_string())?;
+        let list = Command::new(busybox).arg("--list").output().map_err(|e| e.to_string())?;
+        let applets = String::from_utf8_lossy(&list.stdout).to_string();
+        let static_check = Command::new("file").arg(busybox).output().map(|o| o.stdout).unwrap_or_default();
+        if String::from_utf8_lossy(&static_check).contains("dynamically linked") {
+            return Err(format!("{busybox} is dynamically linked; install busybox-static"));
+        }
+
+        let mut tar = tar::Builder::new(Vec::new());
+        for dir in ["bin", "tmp", "etc", "root"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(if dir == "tmp" { 0o1777 } else { 0o755 });
+            h.set_size(0);
+            tar.append_data(&mut h, dir, std::io::empty()).map_err(|e| e.to_string())?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_size(binary.len() as u64);
+        tar.append_data(&mut h, "bin/busybox", binary.as_slice()).map_err(|e| e.to_string())?;
+        for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            tar.append_link(&mut h, format!("bin/{applet}"), "busybox").map_err(|e| e.to_string())?;
+        }
+        let passwd = b"root:x:0:0:root:/root:/bin/sh\n";
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(passwd.len() as u64);
+        tar.append_data(&mut h, "etc/passwd", &passwd[..]).map_err(|e| e.to_string())?;
+        let tar = tar.into_inner().map_err(|e| e.to_string())?;
+
+        let (repo, tag) = BUSYBOX_IMAGE.split_once(':').expect("tagged");
+        let opts = bollard::query_parameters::CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(repo)
+            .tag(tag)
+            .build();
+        let mut stream = docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| format!("docker import of {BUSYBOX_IMAGE}: {e}"))?;
+        }
+        Ok(BUSYBOX_IMAGE)
+    }
+
+    /// A private registry (Debian's `docker-registry`) on a free loopback port, storing
+    /// blobs in a temporary directory. Killed on drop.
+    pub struct Registry {
+        child: Child,
+        addr: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Registry {
+        /// Starts a registry and waits until it answers `/v2/`.
+        pub fn start() -> Result<Registry, String> {
+            let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .ok_or("docker-registry is not installed (apt-get install docker-registry)")?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let addr = free_loopback_addr();
+            let config = dir.path().join("config.yml");
+            let storage = dir.path().join("storage");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                     http:\n  addr: {addr}\n",
+                    storage.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let child = Command::new(binary)
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("registry.log")).map_err(|e| e.to_string())?)
+                .spawn()
+                .map_err(|e| format!("cannot start {binary}: {e}"))?;
+            let mut registry = Registry { child, addr, _dir: dir };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(status)) = registry.child.try_wait() {
+                    return Err(format!("docker-registry exited: {status}"));
+                }
+                if registry.answers() {
+                    return Ok(registry);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err("docker-registry did not answer within 10s".into())
+        }
+
+        /// `127.0.0.1:<port>`.
+        pub fn addr(&self) -> &str {
+            &self.addr
+        }
+
+        fn answers(&self) -> bool {
+            let Ok(mut s) = TcpStream::connect(&self.addr) else { return false };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let req = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
+            let mut reply = String::new();
+            s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_string(&mut reply).is_ok()
+                && reply.contains(" 200 ")
+        }
+    }
+
+    impl Drop for Registry {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Removes test images by name, best effort (so repeated runs do not pile them up).
+    pub async fn remove_images(docker: &Docker, images: &[String]) {
+        for image in images {
+            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().force(true).build();
+            let _ = docker.remove_image(image, Some(options), None).await;
+        }
+    }
+
+    /// A loopback address nothing listens on (it was free a moment ago).
+    pub fn free_loopback_addr() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    }
+
+    /// A build root in a fresh temporary directory.
+    pub fn build_root() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("builds");
+        (dir, root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    fn job(repo: &str, app: &str, registry: &str) -> BuildJob {
+        BuildJob {
+            build_id: format!("b-{}", uuid::Uuid::new_v4().simple()),
+            attempt: 1,
+            app: app.into(),
+            repo: repo.into(),
+            git_ref: "main".into(),
+            no_cache: false,
+            repository: format!("{registry}/{app}"),
+        }
+    }
+
+    fn config(build_root: &Path) -> PipelineConfig {
+        PipelineConfig { build_root: build_root.to_path_buf(), allow_file_repos: true, ..Default::default() }
+    }
+
+    /// A Docker client that is never reached: for failures before the build phase.
+    fn unreachable_docker() -> Docker {
+        Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION).expect("client")
+    }
+
+    fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.try_recv() {
+            lines.push(line);
+        }
+        lines
+    }
+
+    #[test]
+    fn a_job_is_made_from_an_assignment() {
+        let a = BuildAssignment {
+            build_id: "b-1".into(),
+            attempt: 2,
+            app: "shop".into(),
+            repo: "https://example.com/shop.git".into(),
+            git_ref: "main".into(),
+            no_cache: true,
+            repository: "127.0.0.1:5000/shop".into(),
+        };
+        let j = BuildJob::from(&a);
+        assert_eq!((j.build_id.as_str(), j.attempt, j.no_cache), ("b-1", 2, true));
+        assert_eq!(j.repository, "127.0.0.1:5000/shop");
+    }
+
+    #[tokio::test]
+    async fn a_repository_without_a_manifest_fails_in_the_manifest_phase() {
+        let repo = GitRepo::new();
+        repo.commit(&[("Dockerfile", "FROM scratch\n")], "no manifest");
+        let (_tmp, root) = build_root();
+        let j = job(&repo.url(), "shop", "127.0.0.1:5000");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::new(tx)).await.unwrap_err();
+        assert_eq!(err.phase, "manifest");
+        assert!(err.reason.contains("no slipway.toml at the root of"), "{}", err.reason);
+        assert!(err.reason.contains("name = \"shop\""), "{}", err.reason);
+        let lines = collect(rx);
+        assert!(lines[0].starts_with("==> cloning file://"), "{lines:?}");
+        // The build directory is gone, the log stays.
+        assert!(!root.join(format!("{}-1", j.build_id)).exists());
+        let file = std::fs::read_to_string(root.join("logs").join(format!("{}-1.log", j.build_id))).unwrap();
+        assert_eq!(file.lines().collect::<Vec<_>>(), lines);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_for_another_app_names_both() {
+        let repo = GitRepo::new();
+        repo.commit(&[("slipway.toml", "name = \"blog\"\n"), ("Dockerfile", "FROM scratch\n")], "x");
+        let (_tmp, root) = build_root();
+        let j = job(&repo.url(), "shop", "127.0.0.1:5000");
+        let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "manifest");
+        assert!(err.reason.contains("\"blog\"") && err.reason.contains("\"shop\""), "{}", err.reason);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_manifest_names_the_field() {
+        let repo = GitRepo::new();
+        repo.commit(&[("slipway.toml", "name = \"shop\"\n[run]\nreplicas = \"two\"\n")], "x");
+        let (_tmp, root) = build_root();
+        let j = job(&repo.url(), "shop", "127.0.0.1:5000");
+        let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "manifest");
+        assert!(err.reason.contains("run.replicas: invalid type"), "{}", err.reason);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_that_links_outside_the_clone_is_refused() {
+        let repo = GitRepo::new();
+        std::os::unix::fs::symlink("/etc/hostname", repo.dir.path().join("slipway.toml")).unwrap();
+        repo.commit(&[], "link");
+        let (_tmp, root) = build_root();
+        let j = job(&repo.url(), "shop", "127.0.0.1:5000");
+        let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "manifest");
+        assert!(err.reason.contains("regular file"), "{}", err.reason);
+    }
+
+    #[tokio::test]
+    async fn build_ids_cannot_walk_out_of_the_build_root() {
+        let (_tmp, root) = build_root();
+        let mut j = job("file:///nowhere", "shop", "127.0.0.1:5000");
+        j.build_id = "../../etc".into();
+        let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "setup");
+        assert!(err.reason.contains("build id"), "{}", err.reason);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_build_removes_its_directory() {
+        let repo = GitRepo::new();
+        repo.commit(&[("slipway.toml", "name = \"shop\"\n")], "x");
+        let (_tmp, root) = build_root();
+        let j = job(&repo.url(), "shop", "127.0.0.1:5000");
+        let dir = root.join(format!("{}-1", j.build_id));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let docker = unreachable_docker();
+        let cfg = config(&root);
+        let mut build = Box::pin(run_build(&docker, &cfg, &j, LogSink::new(tx)));
+        tokio::select! {
+            _ = &mut build => panic!("the build should still be cloning"),
+            line = rx.recv() => assert!(line.unwrap().starts_with("==> cloning")),
+        }
+        assert!(dir.exists(), "the clone directory exists while cloning");
+        drop(build);
+        assert!(!dir.exists(), "the dropped build removed its directory");
+    }
+
+    /// The scenario the design is about: build, push, then a code-only change rebuilds
+    /// from the layer cache and pushes only the changed layer.
+    #[tokio::test]
+    async fn a_code_only_change_reuses_cached_layers() {
+        const TEST: &str = "a_code_only_change_reuses_cached_layers";
+        let Some(docker) = docker_or_skip(TEST).await else { return };
+        let base = match busybox_image(&docker).await {
+            Ok(base) => base,
+            Err(e) => return skip_or_fail(TEST, &e),
+        };
+        let registry = match Registry::start() {
+            Ok(r) => r,
+            Err(e) => return skip_or_fail(TEST, &e),
+        };
+        let dockerfile = format!(
+            "FROM {base}\nCOPY deps.txt /app/deps.txt\nRUN cp /app/deps.txt /app/installed && echo installed\n\
+             COPY code.txt /app/code.txt\n"
+        );
+        let repo = GitRepo::new();
+        let first_sha = repo.commit(
+            &[
+                ("slipway.toml", "name = \"shop\"\n[run]\nport = 8080\n"),
+                ("Dockerfile", &dockerfile),
+                // Unique per run: layers cached by earlier runs must not answer.
+                ("deps.txt", &format!("left-pad 1.0 {}\n", uuid::Uuid::new_v4())),
+                ("code.txt", "version 1\n"),
+            ],
+            "first",
+        );
+        let (_tmp, root) = build_root();
+        let cfg =
+            PipelineConfig { cpu_limit: Some(1.0), memory_limit_bytes: Some(256 << 20), ..config(&root) };
+
+        let j1 = job(&repo.url(), "shop", registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let first = run_build(&docker, &cfg, &j1, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert_eq!(first.git_sha, first_sha);
+        assert!(docker::is_digest(&first.digest), "{}", first.digest);
+        assert_eq!(first.repository, format!("{}/shop", registry.addr()));
+        assert_eq!(first.steps, 4, "{lines:#?}");
+        assert_eq!(first.cache_hits, 0, "{lines:#?}");
+        assert_eq!((first.layers_pushed, first.layers_reused), (4, 0), "{lines:#?}");
+        assert!(first.bytes_pushed > 1_000_000, "busybox itself was pushed: {}", first.bytes_pushed);
+        assert!(first.image_size_bytes > 1_000_000);
+        assert_eq!(first.run.as_ref().unwrap().port, 8080);
+        assert!(lines.iter().any(|l| l.starts_with("==> pushed sha256:")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l == "installed"), "RUN output is streamed: {lines:#?}");
+        assert!(!root.join(format!("{}-1", j1.build_id)).exists());
+        let image = docker.inspect_image(&format!("{}:{}", first.repository, j1.build_id)).await.unwrap();
+        let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
+        assert_eq!(labels.get(docker::APP_LABEL).map(String::as_str), Some("shop"));
+
+        repo.commit(&[("code.txt", "version 2\n")], "code only");
+        let j2 = job(&repo.url(), "shop", registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let second =
+            run_build(&docker, &cfg, &j2, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert_ne!(second.digest, first.digest);
+        assert_eq!(second.steps, 4);
+        assert_eq!(second.cache_hits, 2, "COPY deps and RUN come from the cache: {lines:#?}");
+        assert_eq!((second.layers_pushed, second.layers_reused), (1, 3), "{lines:#?}");
+        assert!(second.bytes_pushed < 100_000, "only the code layer travels: {}", second.bytes_pushed);
+        let t = second.timings.unwrap();
+        assert!(t.build_ms > 0 && t.push_ms > 0);
+        let repository = &second.repository;
+        remove_images(
+            &docker,
+            &[
+                format!("{repository}:{}", j1.build_id),
+                format!("{repository}:{}", j2.build_id),
+                format!("{repository}:latest"),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_fails_the_build_phase_naming_the_step() {
+        const TEST: &str = "a_failing_step_fails_the_build_phase_naming_the_step";
+        let Some(docker) = docker_or_skip(TEST).await else { return };
+        let base = match busybox_image(&docker).await {
+            Ok(base) => base,
+            Err(e) => return skip_or_fail(TEST, &e),
+        };
+        let repo = GitRepo::new();
+        let marker = format!("about to fail {}", uuid::Uuid::new_v4());
+        repo.commit(
+            &[
+                ("slipway.toml", "name = \"broken\"\n"),
+                ("Dockerfile", &format!("FROM {base}\nRUN echo {marker}\nRUN false\n")),
+            ],
+            "broken",
+        );
+        let (_tmp, root) = build_root();
+        // Nothing listens there: the build must fail before any push is tried.
+        let j = job(&repo.url(), "broken", &free_loopback_addr());
+        let err = run_build(&docker, &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "build", "{}", err.reason);
+        // One more step than the Dockerfile's: the builder appends the app label as a LABEL step.
+        assert!(err.reason.starts_with("Step 3/4 : RUN false: "), "{}", err.reason);
+        assert!(err.reason.contains("returned a non-zero code: 1"), "{}", err.reason);
+        assert!(err.reason.contains(&format!("\n{marker}\n")), "output before the failure: {}", err.reason);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_fails_the_push_phase() {
+        const TEST: &str = "an_unreachable_registry_fails_the_push_phase";
+        let Some(docker) = docker_or_skip(TEST).await else { return };
+        let base = match busybox_image(&docker).await {
+            Ok(base) => base,
+            Err(e) => return skip_or_fail(TEST, &e),
+        };
+        let repo = GitRepo::new();
+        repo.commit(
+            &[("slipway.toml", "name = \"lonely\"\n"), ("Dockerfile", &format!("FROM {base}\nENV A=1\n"))],
+            "x",
+        );
+        let (_tmp, root) = build_root();
+        let registry = free_loopback_addr();
+        let j = job(&repo.url(), "lonely", &registry);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let err = run_build(&docker, &config(&root), &j, LogSink::new(tx)).await.unwrap_err();
+        assert_eq!(err.phase, "push", "{}", err.reason);
+        assert!(err.reason.contains(&format!("registry {registry}")), "{}", err.reason);
+        assert!(err.reason.contains("connection refused"), "{}", err.reason);
+        let lines = collect(rx);
+        assert!(
+            lines.iter().any(|l| l.contains("cannot pull") && l.contains("connection refused")),
+            "the cache pull failure is logged: {lines:#?}"
+        );
+        remove_images(&docker, &[format!("{}:{}", j.repository, j.build_id)]).await;
+    }
+}
