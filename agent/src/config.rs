@@ -85,7 +85,9 @@ impl AgentConfig {
             return Err(ConfigError("build_root and state_dir must be absolute paths".into()));
         }
         if self.build_cpu_limit < 0.0 {
-            return Err(ConfigError("build_cpu_limit must be 0 (no cap) or a positive number of cores".into()));
+            return Err(ConfigError(
+                "build_cpu_limit must be 0 (no cap) or a positive number of cores".into(),
+            ));
         }
         Ok(())
     }

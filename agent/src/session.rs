@@ -92,8 +92,8 @@ fn node_id(state_dir: &std::path::Path) -> Result<String, std::io::Error> {
 /// Runs the agent until `shutdown` resolves; running builds are abandoned then (their
 /// build dirs are removed) and the scheduler re-places them when this node is down.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let node_id =
-        node_id(&config.state_dir).map_err(|source| AgentError::StateDir { dir: config.state_dir.clone(), source })?;
+    let node_id = node_id(&config.state_dir)
+        .map_err(|source| AgentError::StateDir { dir: config.state_dir.clone(), source })?;
     std::fs::create_dir_all(&config.build_root)
         .map_err(|source| AgentError::BuildRoot { dir: config.build_root.clone(), source })?;
     tracing::info!(%node_id, name = %config.node_name(), "agent starting");
@@ -275,15 +275,17 @@ impl Agent {
         let tx = self.outbound.lock().expect("outbound lock poisoned").clone();
         let msg = AgentMessage { msg: Some(AgentMsg::Build(event.clone())) };
         let sent = match tx {
-            Some(tx) if terminal => tx.try_send(msg).is_ok() || {
-                // A full channel must not lose a result: wait for room in the background.
-                let tx = tx.clone();
-                let event = event.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(AgentMessage { msg: Some(AgentMsg::Build(event)) }).await;
-                });
-                true
-            },
+            Some(tx) if terminal => {
+                tx.try_send(msg).is_ok() || {
+                    // A full channel must not lose a result: wait for room in the background.
+                    let tx = tx.clone();
+                    let event = event.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(AgentMessage { msg: Some(AgentMsg::Build(event)) }).await;
+                    });
+                    true
+                }
+            }
             Some(tx) => tx.try_send(msg).is_ok(),
             None => false,
         };
@@ -333,7 +335,11 @@ impl Agent {
 
     async fn run_build(self: Arc<Self>, a: BuildAssignment) {
         let key = (a.build_id.clone(), a.attempt);
-        let event = |event: BuildEv| BuildEvent { build_id: a.build_id.clone(), attempt: a.attempt, event: Some(event) };
+        let event = |event: BuildEv| BuildEvent {
+            build_id: a.build_id.clone(),
+            attempt: a.attempt,
+            event: Some(event),
+        };
         self.send(event(BuildEv::Started(BuildStarted {})));
 
         let (log_tx, mut log_rx) = mpsc::unbounded_channel::<String>();
