@@ -18,19 +18,19 @@
 //! - [`cli`]: the `slipway` command-line client.
 #![forbid(unsafe_code)]
 
-// pub mod agents; // re-enabled once raft/deploy land
+pub mod agents;
 pub mod cli;
 pub mod config;
-// pub mod control; // re-enabled once raft/deploy land
+pub mod control;
 pub mod convert;
 pub mod deploy;
-// pub mod dispatcher; // re-enabled once raft/deploy land
+pub mod dispatcher;
 pub mod error;
 pub mod events;
-// pub mod http; // re-enabled once raft/deploy land
+pub mod http;
 pub mod placement;
 pub mod raft;
-// pub mod server; // re-enabled once raft/deploy land
+pub mod server;
 pub mod state;
 
 /// Milliseconds since the Unix epoch, for timestamps carried inside commands.
