@@ -215,7 +215,10 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         }
 
         let (tx, rx) = mpsc::channel(256);
-        let welcome = Welcome { node_id: node_id.clone(), report_interval_secs: shared.config.agents.report_interval_secs };
+        let welcome = Welcome {
+            node_id: node_id.clone(),
+            report_interval_secs: shared.config.agents.report_interval_secs,
+        };
         tx.send(SchedulerMessage { msg: Some(SchedMsg::Welcome(welcome)) })
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
@@ -283,7 +286,8 @@ async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEve
     }
     match event {
         Some(BuildEv::Started(_)) => {
-            if let Err(err) = shared.write(Command::StartBuild { build_id: build_id.clone(), attempt }).await {
+            if let Err(err) = shared.write(Command::StartBuild { build_id: build_id.clone(), attempt }).await
+            {
                 tracing::warn!(build = %build_id, %err, "cannot record build start");
             }
         }

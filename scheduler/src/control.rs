@@ -52,7 +52,10 @@ fn terminal_from_state(s: &State, topic: &Topic, stack: &str) -> Option<Event> {
             match b.state {
                 BuildState::Failed | BuildState::Cancelled => {
                     let reason = b.error.clone().unwrap_or_default();
-                    return Some(Event::Failed(format!("build {id} {}: {reason}", if b.state == BuildState::Failed { "failed" } else { "was cancelled" })));
+                    return Some(Event::Failed(format!(
+                        "build {id} {}: {reason}",
+                        if b.state == BuildState::Failed { "failed" } else { "was cancelled" }
+                    )));
                 }
                 BuildState::Pushed => (b.app.clone(), b.release?),
                 _ => return None,
@@ -144,7 +147,10 @@ impl pb::control_server::Control for ControlService {
         }
     }
 
-    async fn list_apps(&self, _: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsResponse>, Status> {
+    async fn list_apps(
+        &self,
+        _: Request<pb::ListAppsRequest>,
+    ) -> Result<Response<pb::ListAppsResponse>, Status> {
         let stack = &self.shared.config.deploy.stack;
         let apps = self.shared.read(|s| s.apps.values().map(|a| convert::app(a, stack)).collect());
         Ok(Response::new(pb::ListAppsResponse { apps }))
@@ -157,7 +163,10 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(app))
     }
 
-    async fn delete_app(&self, req: Request<pb::DeleteAppRequest>) -> Result<Response<pb::DeleteAppResponse>, Status> {
+    async fn delete_app(
+        &self,
+        req: Request<pb::DeleteAppRequest>,
+    ) -> Result<Response<pb::DeleteAppResponse>, Status> {
         let name = req.into_inner().name;
         self.shared.require_leader()?;
         // Refuse before touching Swarm, so a refused delete changes nothing.
@@ -165,7 +174,9 @@ impl pb::control_server::Control for ControlService {
             .read(|s| {
                 s.app(&name)?;
                 match s.builds.values().find(|b| b.app == name && !b.state.is_terminal()) {
-                    Some(b) => Err(crate::state::ApplyError::AppBusy { app: name.clone(), build: b.id.clone() }),
+                    Some(b) => {
+                        Err(crate::state::ApplyError::AppBusy { app: name.clone(), build: b.id.clone() })
+                    }
                     None => Ok(()),
                 }
             })
@@ -188,7 +199,8 @@ impl pb::control_server::Control for ControlService {
         too_long("request id", &req.request_id)?;
         // Fail fast, before a build is spent, if the Swarm manager cannot be reached.
         self.shared.docker().await?;
-        let request_id = if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
+        let request_id =
+            if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
         let cmd = Command::QueueBuild {
             app: req.app,
             git_ref,
@@ -203,10 +215,18 @@ impl pb::control_server::Control for ControlService {
         tracing::info!(build = %build.id, app = %build.app, git_ref = %build.git_ref, "build queued");
         self.shared.dispatcher_wake();
         let first = Event::BuildQueued(build.id.clone());
-        Ok(Response::new(watch_deploy(self.shared.clone(), Some(first), build.id.clone(), Topic::Build(build.id))))
+        Ok(Response::new(watch_deploy(
+            self.shared.clone(),
+            Some(first),
+            build.id.clone(),
+            Topic::Build(build.id),
+        )))
     }
 
-    async fn list_builds(&self, req: Request<pb::ListBuildsRequest>) -> Result<Response<pb::ListBuildsResponse>, Status> {
+    async fn list_builds(
+        &self,
+        req: Request<pb::ListBuildsRequest>,
+    ) -> Result<Response<pb::ListBuildsResponse>, Status> {
         let app = req.into_inner().app;
         if !app.is_empty() {
             self.shared.read(|s| s.app(&app).map(|_| ())).map_err(Error::from)?;
@@ -295,7 +315,10 @@ impl pb::control_server::Control for ControlService {
             .read(|s| {
                 s.app(&app)?;
                 Ok::<_, crate::state::ApplyError>(
-                    s.releases.get(&app).map(|rs| rs.iter().map(convert::release).collect()).unwrap_or_default(),
+                    s.releases
+                        .get(&app)
+                        .map(|rs| rs.iter().map(convert::release).collect())
+                        .unwrap_or_default(),
                 )
             })
             .map_err(Error::from)?;
@@ -309,7 +332,8 @@ impl pb::control_server::Control for ControlService {
         too_long("request id", &req.request_id)?;
         self.shared.read(|s| s.app(&req.app).map(|_| ())).map_err(Error::from)?;
         self.shared.docker().await?;
-        let request_id = if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
+        let request_id =
+            if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
         let cmd = Command::Rollback {
             app: req.app,
             to: (req.to != 0).then_some(req.to),
@@ -327,7 +351,10 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(watch_deploy(self.shared.clone(), Some(first), release_topic(&release), topic)))
     }
 
-    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let down_after = self.shared.config.down_after();
         let leading = self.shared.fleet.is_leading();
         let nodes = self.shared.read(|s| {
@@ -365,7 +392,11 @@ impl pb::control_server::Control for ControlService {
         let voters: Vec<u64> = membership.voter_ids().collect();
         let members = membership
             .nodes()
-            .map(|(id, node)| pb::ClusterMember { id: *id, addr: node.addr.clone(), voter: voters.contains(id) })
+            .map(|(id, node)| pb::ClusterMember {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
             .collect();
         Ok(Response::new(pb::ClusterStatusResponse {
             node_id: metrics.id,

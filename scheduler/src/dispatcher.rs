@@ -85,7 +85,13 @@ fn node_views(shared: &Shared) -> Vec<(String, String, bool, crate::agents::Node
                             && matches!(b.state, BuildState::Assigned | BuildState::Running)
                     })
                     .count() as u32;
-                (n.id.clone(), n.name.clone(), n.draining, shared.fleet.soft_state(&n.id, down_after), assigned)
+                (
+                    n.id.clone(),
+                    n.name.clone(),
+                    n.draining,
+                    shared.fleet.soft_state(&n.id, down_after),
+                    assigned,
+                )
             })
             .collect()
     })
@@ -128,7 +134,8 @@ async fn place_queued(shared: &Arc<Shared>) {
         let Some(node_id) = decision.chosen.clone() else {
             let queue_timeout = shared.config.placement.queue_timeout_secs;
             if crate::now_ms().saturating_sub(build.created_at_ms) > queue_timeout * 1000 {
-                let reason = format!("no node could take the build within {queue_timeout} s: {}", decision.explain());
+                let reason =
+                    format!("no node could take the build within {queue_timeout} s: {}", decision.explain());
                 expire(shared, &build.id, reason).await;
                 continue;
             }
@@ -152,7 +159,8 @@ async fn place_queued(shared: &Arc<Shared>) {
         match shared.write(cmd).await {
             Ok(Response::Build(b)) => {
                 shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(&b.id);
-                let node_name = nodes.iter().find(|n| n.0 == node_id).map(|n| n.1.clone()).unwrap_or_default();
+                let node_name =
+                    nodes.iter().find(|n| n.0 == node_id).map(|n| n.1.clone()).unwrap_or_default();
                 tracing::info!(build = %b.id, attempt, node = %node_name, "build placed");
                 shared.events.publish(
                     &b.id,
@@ -177,7 +185,11 @@ async fn place_queued(shared: &Arc<Shared>) {
 
 async fn expire(shared: &Arc<Shared>, build_id: &str, reason: String) {
     tracing::warn!(build = %build_id, %reason, "build expired in the queue");
-    let cmd = Command::ExpireBuild { build_id: build_id.to_string(), reason: reason.clone(), at_ms: crate::now_ms() };
+    let cmd = Command::ExpireBuild {
+        build_id: build_id.to_string(),
+        reason: reason.clone(),
+        at_ms: crate::now_ms(),
+    };
     match shared.write(cmd).await {
         Ok(Response::Build(_)) => {
             shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(build_id);
@@ -208,7 +220,8 @@ async fn requeue_lost(shared: &Arc<Shared>) {
         let reason = format!("node {node} is down");
         tracing::warn!(build = %build_id, attempt, %node, "node lost; queueing the build again");
         shared.events.log(&build_id, format!("==> {reason}; placing the build again"));
-        if let Err(err) = shared.write(Command::RequeueBuild { build_id: build_id.clone(), attempt, reason }).await
+        if let Err(err) =
+            shared.write(Command::RequeueBuild { build_id: build_id.clone(), attempt, reason }).await
         {
             tracing::warn!(build = %build_id, %err, "cannot requeue build");
         }
@@ -216,9 +229,18 @@ async fn requeue_lost(shared: &Arc<Shared>) {
 }
 
 /// Records an attempt's outcome; a success records the release and wakes the deployer.
-pub async fn finish_build(shared: &Arc<Shared>, build_id: &str, attempt: u32, result: Result<BuildOutput, String>) {
-    let cmd =
-        Command::FinishBuild { build_id: build_id.to_string(), attempt, result: result.clone(), at_ms: crate::now_ms() };
+pub async fn finish_build(
+    shared: &Arc<Shared>,
+    build_id: &str,
+    attempt: u32,
+    result: Result<BuildOutput, String>,
+) {
+    let cmd = Command::FinishBuild {
+        build_id: build_id.to_string(),
+        attempt,
+        result: result.clone(),
+        at_ms: crate::now_ms(),
+    };
     match shared.write(cmd).await {
         Ok(Response::Release(release)) => {
             tracing::info!(build = %build_id, release = release.number, digest = %release.digest, "release recorded");
@@ -230,7 +252,9 @@ pub async fn finish_build(shared: &Arc<Shared>, build_id: &str, attempt: u32, re
             tracing::info!(build = %build_id, %reason, "build failed");
             shared.events.publish(build_id, Event::Failed(format!("build {build_id} failed: {reason}")));
         }
-        Ok(Response::Stale) => tracing::info!(build = %build_id, attempt, "ignoring a result from a stale attempt"),
+        Ok(Response::Stale) => {
+            tracing::info!(build = %build_id, attempt, "ignoring a result from a stale attempt")
+        }
         Ok(other) => tracing::warn!(build = %build_id, ?other, "unexpected answer to FinishBuild"),
         Err(err) => tracing::error!(build = %build_id, %err, "cannot record the build result"),
     }
@@ -246,7 +270,8 @@ async fn start_pending_deploys(shared: &Arc<Shared>) {
             if newest.deploy == DeployState::Pending {
                 latest.push(newest.clone());
             }
-            for r in releases.iter().filter(|r| r.deploy == DeployState::Pending && r.number != newest.number) {
+            for r in releases.iter().filter(|r| r.deploy == DeployState::Pending && r.number != newest.number)
+            {
                 superseded.push((r.app.clone(), r.number, newest.number));
             }
         }
@@ -317,7 +342,13 @@ async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
     let topic = release_topic(release);
     let spec = service_for(shared, release);
     let service = format!("{}_{}", spec.stack, spec.app);
-    shared.events.publish(&topic, Event::DeployProgress(format!("deploying release {} ({}) to service {service}", release.number, spec.image)));
+    shared.events.publish(
+        &topic,
+        Event::DeployProgress(format!(
+            "deploying release {} ({}) to service {service}",
+            release.number, spec.image
+        )),
+    );
     let outcome = match shared.docker().await {
         Ok(docker) => {
             let progress_topic = topic.clone();
@@ -345,15 +376,23 @@ async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
         }
         (Err(reason), _) => {
             tracing::warn!(%reason, "deploy failed");
-            shared.events.publish(&topic, Event::Failed(format!("deploy of release {} failed: {reason}", release.number)));
+            shared.events.publish(
+                &topic,
+                Event::Failed(format!("deploy of release {} failed: {reason}", release.number)),
+            );
         }
         (Ok(_), Ok(other)) => {
-            shared.events.publish(&topic, Event::Failed(format!("deploy succeeded but recording it was refused: {other:?}")));
+            shared.events.publish(
+                &topic,
+                Event::Failed(format!("deploy succeeded but recording it was refused: {other:?}")),
+            );
         }
         (Ok(_), Err(err)) => {
             // Not recorded: the next leader finds the release pending and deploys again
             // (an update to the same digest is a no-op for Swarm).
-            shared.events.publish(&topic, Event::Failed(format!("deploy succeeded but could not be recorded: {err}")));
+            shared
+                .events
+                .publish(&topic, Event::Failed(format!("deploy succeeded but could not be recorded: {err}")));
         }
     }
 }

@@ -172,17 +172,21 @@ pub async fn run(config: SchedulerConfig, shutdown: impl Future<Output = ()>) ->
 
 /// Starts every part of the scheduler and returns once it serves.
 pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
-    let grpc_listener =
-        TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
-    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let grpc_listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let grpc_addr =
+        grpc_listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
-    let http_addr =
-        http_listener.local_addr().map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
     let advertise = config.advertise.clone().unwrap_or_else(|| grpc_addr.to_string());
 
-    let store_err = |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
+    let store_err =
+        |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
     let opened = raft::open(&config.data_dir, config.node_id, &RaftConfig::default())
         .await
@@ -244,9 +248,12 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .instrument(tracing::info_span!("http")),
     );
 
-    tasks.spawn(watch_leadership(shared.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("leadership")));
     tasks.spawn(
-        crate::dispatcher::run(shared.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("dispatcher")),
+        watch_leadership(shared.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("leadership")),
+    );
+    tasks.spawn(
+        crate::dispatcher::run(shared.clone(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("dispatcher")),
     );
 
     Ok(Running { grpc_addr, http_addr, shared, shutdown, tasks })
