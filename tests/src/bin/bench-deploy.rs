@@ -1,0 +1,128 @@
+//! `cargo run -p slipway-tests --bin bench-deploy [ROUNDS]`: deploy-path benchmark on
+//! the example app against the real engine, registry and Swarm.
+//!
+//! Measures, in one run (the machine is shared and noisy, so only ratios within the
+//! run mean much):
+//! - a cold deploy through slipway (first build, everything pushed);
+//! - code-only redeploys through slipway (dependency layers cached and already in the
+//!   registry), ROUNDS times;
+//! - the same code-only redeploy done by hand with the docker CLI — `git clone`,
+//!   `docker build`, `docker push`, `docker service update --image …@digest` — ROUNDS
+//!   times, interleaved with slipway's, as the baseline.
+//!
+//! Prints medians, bytes pushed, and slipway / by-hand ratios.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use slipway_tests::docker::docker_cli;
+use slipway_tests::{free_port, set_app_port, GitRepo, TestCluster};
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The code-only redeploy done by hand: clone, build, push, update the service.
+fn by_hand(repo: &GitRepo, image: &str, service: &str, round: usize) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    sh("git", &["clone", "-q", "--depth", "1", &repo.url(), dir.path().to_str().unwrap()]);
+    let tag = format!("{image}:manual-{round}");
+    sh("docker", &["build", "-q", "-t", &tag, dir.path().to_str().unwrap()]);
+    sh("docker", &["push", "-q", &tag]);
+    let digest = sh("docker", &["inspect", "--format", "{{index .RepoDigests 0}}", &tag]);
+    sh("docker", &["service", "update", "-q", "--image", digest.trim(), service]);
+    started.elapsed()
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let Some(cluster) = TestCluster::start("bench").await else {
+        eprintln!("bench-deploy needs a Docker engine");
+        std::process::exit(1);
+    };
+    let repo = GitRepo::from_example("hello");
+    set_app_port(&repo, free_port());
+    repo.commit("bench port");
+    cluster.create_app("hello", &repo.url()).await.expect("create app");
+
+    let cold = cluster.deploy("hello", None).await;
+    cold.live();
+    let cold_out = cold.built.clone().unwrap();
+
+    // The by-hand baseline gets its own service and image, warmed once (not timed).
+    let manual_image = cluster.registry.image("hello-manual");
+    let manual_service = format!("{}_hello-manual", cluster.stack);
+    let manual_port = free_port();
+    let warm_tag = format!("{manual_image}:warm");
+    sh("docker", &["build", "-q", "-t", &warm_tag, repo.path().to_str().unwrap()]);
+    sh("docker", &["push", "-q", &warm_tag]);
+    let warm_digest = sh("docker", &["inspect", "--format", "{{index .RepoDigests 0}}", &warm_tag]);
+    docker_cli(&[
+        "service",
+        "create",
+        "-q",
+        "--name",
+        &manual_service,
+        "--label",
+        &format!("com.docker.stack.namespace={}", cluster.stack),
+        "--env",
+        &format!("PORT={manual_port}"),
+        "--publish",
+        &format!("mode=host,target={manual_port},published={manual_port}"),
+        "--update-order",
+        "stop-first",
+        warm_digest.trim(),
+    ])
+    .expect("create the by-hand service");
+
+    let (mut slipway_times, mut hand_times, mut pushed) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        repo.write("www/version.txt", format!("slipway round {round}\n"));
+        repo.commit("code-only change");
+        let run = cluster.deploy("hello", None).await;
+        run.live();
+        slipway_times.push(run.elapsed);
+        pushed.push(run.built.clone().unwrap());
+        hand_times.push(by_hand(&repo, &manual_image, &manual_service, round));
+    }
+    let _ = docker_cli(&["service", "rm", &manual_service]);
+
+    let warm_bytes: Vec<u64> = pushed.iter().map(|o| o.bytes_pushed).collect();
+    let (s, h) = (median(slipway_times.clone()), median(hand_times.clone()));
+    println!("bench-deploy: example app, {rounds} code-only rounds");
+    println!(
+        "  cold deploy (slipway)            {:>8.2} s  pushed {} layers, {} bytes, {} reused",
+        cold.elapsed.as_secs_f64(),
+        cold_out.layers_pushed,
+        cold_out.bytes_pushed,
+        cold_out.layers_reused
+    );
+    println!(
+        "  code-only redeploy (slipway)     {:>8.2} s  median of {:?}",
+        s.as_secs_f64(),
+        slipway_times.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>()
+    );
+    println!(
+        "  code-only redeploy (docker CLI)  {:>8.2} s  median of {:?}",
+        h.as_secs_f64(),
+        hand_times.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>()
+    );
+    println!("  ratio slipway / by hand          {:>8.2}", s.as_secs_f64() / h.as_secs_f64());
+    println!("  bytes pushed per code-only deploy {warm_bytes:?} (layers pushed {:?}, reused {:?}, cached steps {:?})",
+        pushed.iter().map(|o| o.layers_pushed).collect::<Vec<_>>(),
+        pushed.iter().map(|o| o.layers_reused).collect::<Vec<_>>(),
+        pushed.iter().map(|o| format!("{}/{}", o.cache_hits, o.steps)).collect::<Vec<_>>());
+    println!(
+        "  cold / code-only bytes pushed    {:>8.0}x",
+        cold_out.bytes_pushed as f64 / (*warm_bytes.iter().max().unwrap_or(&1)).max(1) as f64
+    );
+}
