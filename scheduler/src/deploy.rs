@@ -18,19 +18,36 @@
 //! A task "belongs" to this deploy when its image is the release's digest and its container
 //! carries `io.slipway.release=<release>`: a release number therefore names exactly one spec.
 //!
-//! What Swarm does on Docker 20.10 (API 1.41), as observed by this module's tests:
+//! What Swarm does on Docker 20.10 (API 1.41), as seen by this module's tests:
 //! - With a healthcheck a task stays `starting` until its first healthy probe and only then
-//!   becomes `running`; a task that turns unhealthy is killed and fails with
-//!   `task: non-zero exit (137): dockerexec: unhealthy container`. So "running" means healthy.
+//!   becomes `running`: "running" means healthy. A task found unhealthy is stopped; if the app
+//!   exits 0 on SIGTERM the task ends `complete` with *no error at all* (an app that ignores
+//!   SIGTERM is killed and fails with `non-zero exit (137): dockerexec: unhealthy container`),
+//!   so [`deploy`] adds the container's last healthcheck result when this engine runs it.
 //! - An update with `failure_action=rollback` and `max_failure_ratio=0` rolls back on the first
-//!   failed task; UpdateStatus goes `updating` → `rollback_started` → `rollback_completed`
-//!   (each phase waits for its `monitor` period after its last task).
+//!   task that ends; UpdateStatus goes `updating` → `rollback_started` → `rollback_completed`.
+//!   `completed` comes one monitor period after the last task runs, but `rollback_completed`
+//!   comes as soon as the rollback's task is *started*: [`deploy`] waits until the previous
+//!   release runs again before it reports [`DeployError::RolledBack`] (or, when Swarm still
+//!   says `rollback_started`, until the previous release has run for one monitor period).
+//! - With host-mode ports a failed task's restart races the rollback: the restarted task
+//!   cannot get the port yet and stays `pending`; once the rollback marks it for shutdown it
+//!   is never cleaned up (moby/moby#36699), and the rollback's own stop-first task waits
+//!   Swarm's one-minute timeout for it before starting. So a host-mode rollback sometimes
+//!   takes a minute longer (about one test run in three here); [`deploy`] says so in a
+//!   progress line. Ingress mode (start-first) does not wait for old tasks.
+//! - In host mode a stop-first update's new task waits a few seconds in `pending` ("no
+//!   suitable node (host-mode port already in use on 1 node)") until the old task lets go.
 //! - The engine does not resolve images itself for API ≥ 1.30 (that is a client-side option
 //!   of the docker CLI), so the spec keeps exactly the `repo@sha256:…` we send.
+//! - A task's spec as listed is not equal to the service's task template (the engine fills
+//!   in defaults differently), hence the release label to tell tasks apart.
 //! - A task whose image cannot be pulled is `rejected` with `No such image: …` and replaced
 //!   after the restart delay; a first deploy has nothing to roll back to, so after
 //!   [`FAILED_TASKS_LIMIT`] such failures [`deploy`] reports [`DeployError::TasksFailed`] and
 //!   leaves the service in place for `docker service ps` (remove it with [`remove_app`]).
+//! - `docker swarm init --advertise-addr 127.0.0.1` is accepted: a single-node swarm on
+//!   loopback is enough for the tests.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -176,7 +193,7 @@ pub enum DeployError {
     /// The Docker engine did not answer (socket missing, daemon down, request timed out).
     #[error("cannot reach the Docker engine at {socket}: {source}; check that dockerd is running and that this process may use its socket")]
     Engine {
-        /// The socket slipway was configured with (`DOCKER_HOST` or the default).
+        /// The address the client talks to, e.g. `/var/run/docker.sock`.
         socket: String,
         /// What the client saw.
         #[source]
@@ -617,14 +634,11 @@ async fn ensure_network(docker: &Docker, stack: &str) -> Result<(), DeployError>
     match docker.inspect_network(&name, None).await {
         Ok(network) if network.scope.as_deref() == Some("swarm") => return Ok(()),
         Ok(network) => {
+            let (driver, scope) = (network.driver.unwrap_or_default(), network.scope.unwrap_or_default());
             return Err(DeployError::Api {
                 action: format!("use network {name}"),
-                message: format!(
-                "a {} network of scope {} holds that name; Swarm services need an overlay network: remove it",
-                network.driver.unwrap_or_default(),
-                network.scope.unwrap_or_default()
-            ),
-            })
+                message: format!("a {driver} network of scope {scope} holds that name; remove it"),
+            });
         }
         Err(e) if has_status(&e, 404) => {}
         Err(e) => return Err(engine_error(docker, format!("inspect network {name}"), e)),
@@ -765,8 +779,7 @@ async fn converge(
     let started = Instant::now();
     let deadline = started + spec.converge_timeout;
     // When Swarm has no update status to report (first create, or an update that changed no
-    // task) or is stuck in rollback_started with the previous release already back (seen with
-    // host-mode ports: a restarted task and the rollback's task race for the port), the
+    // task) or still says rollback_started while the previous release already runs, the
     // outcome must hold for one monitor period, as Swarm's updater would wait.
     let settle = monitor_period(spec.healthcheck.as_ref());
     let target = Target { image: &spec.image, release: spec.release.to_string(), desired: spec.replicas };
@@ -855,14 +868,28 @@ async fn converge(
         if now >= deadline {
             let waited = started.elapsed();
             if obs.update_state.is_some_and(is_rollback) {
-                let reason = format!(
-                    "{} (after {waited:?} the previous release has {}/{} tasks running)",
-                    rollback_reason(rollback_message.as_deref(), &obs),
-                    obs.current_running,
-                    target.desired
-                );
-                progress(format!("service {name}: gave up waiting for the rollback: {reason}"));
-                return Err(DeployError::RolledBack { reason });
+                let reason = rollback_reason(rollback_message.as_deref(), &obs);
+                let (running, desired) = (obs.current_running, target.desired);
+                progress(format!(
+                    "service {name}: gave up after {waited:?} waiting for release {} to run again: \
+                     {running}/{desired} tasks running",
+                    obs.service_release
+                ));
+                // Reporting RolledBack would promise that the previous release runs.
+                return Err(if running > 0 {
+                    DeployError::RolledBack {
+                        reason: format!(
+                            "{reason} (the previous release has {running}/{desired} tasks running)"
+                        ),
+                    }
+                } else {
+                    DeployError::TasksFailed {
+                        reason: format!(
+                            "{reason}; Swarm rolled back to release {}, which does not run either",
+                            obs.service_release
+                        ),
+                    }
+                });
             }
             progress(format!("service {name}: gave up after {waited:?}"));
             return Err(DeployError::Timeout { waited, running: obs.running, desired: target.desired });
@@ -1025,6 +1052,23 @@ fn task_error(task: &Task) -> String {
     }
 }
 
+/// Why a task that should start has not, or why a task that never started holds things up.
+fn why_waiting(task: &Task) -> Option<String> {
+    let err = task.status.as_ref().and_then(|s| s.err.as_deref()).filter(|e| !e.is_empty());
+    let unscheduled =
+        matches!(task_state(task), Some(TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING));
+    match task.desired_state {
+        Some(TaskState::READY | TaskState::RUNNING) if !is_running(task) => err.map(str::to_owned),
+        // moby/moby#36699: a task that was never scheduled is never marked shut down. A
+        // stop-first update or rollback waits for it (up to a minute) before starting the next.
+        Some(TaskState::SHUTDOWN) if unscheduled => Some(format!(
+            "it was never scheduled ({}) and Swarm may wait up to a minute for it to stop",
+            err.unwrap_or("pending")
+        )),
+        _ => None,
+    }
+}
+
 fn observe(
     service: &Service,
     tasks: &[Task],
@@ -1052,14 +1096,8 @@ fn observe(
         })
         .collect();
     ended.sort_by_key(|t| t.version.as_ref().and_then(|v| v.index).unwrap_or_default());
-    let waiting = tasks
-        .iter()
-        .filter(|t| t.desired_state == Some(TaskState::RUNNING) && !is_running(t))
-        .filter_map(|t| {
-            let err = t.status.as_ref()?.err.as_ref().filter(|e| !e.is_empty())?;
-            Some((t.id.clone().unwrap_or_default(), err.clone()))
-        })
-        .collect();
+    let waiting =
+        tasks.iter().filter_map(|t| Some((t.id.clone().unwrap_or_default(), why_waiting(t)?))).collect();
     Observation {
         update_state: status.and_then(|s| s.state).filter(|s| *s != State::EMPTY),
         update_message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
@@ -1564,6 +1602,20 @@ mod tests {
             "service s_shop: rolling back to release 6: 0/1 tasks running (update rollback_started)"
         );
 
+        // The failed task's restart never got the port; the rollback marked it for shutdown.
+        tasks.push(task(
+            "d",
+            IMAGE,
+            "7",
+            SHUTDOWN,
+            PENDING,
+            "no suitable node (host-mode port already in use on 1 node)",
+            22,
+        ));
+        let obs = observe(&svc, &tasks, &one, &HashSet::new());
+        assert!(obs.waiting[1].1.contains("never scheduled"), "{:?}", obs.waiting);
+        tasks.pop();
+
         tasks[1] = task("c", OLD, "6", RUNNING, RUNNING, "", 26);
         let obs = observe(&svc, &tasks, &one, &HashSet::new());
         assert_eq!(judge(&obs, &one), Verdict::RolledBack { swarm_done: false });
@@ -1659,7 +1711,8 @@ mod tests {
             healthcheck: Some(healthcheck),
             publish_mode: PublishMode::Host,
             persist_backend: PersistBackend::Local,
-            converge_timeout: Duration::from_secs(60),
+            // A host-mode rollback can wait a minute on Swarm (see the module doc).
+            converge_timeout: Duration::from_secs(120),
         };
         let crashing = ServiceDeploy {
             app: "crash".into(),
@@ -1703,6 +1756,15 @@ mod tests {
             services.lines().any(|l| l == format!("{stack}_web {v1}")),
             "docker stack services:\n{services}"
         );
+        let network = fixture::docker_cli(&[
+            "network",
+            "inspect",
+            &network_name(&stack),
+            "--format",
+            &format!("{{{{.Driver}}}} {{{{.Attachable}}}} {{{{index .Labels \"{LABEL_STACK_NAMESPACE}\"}}}}"),
+        ])
+        .unwrap();
+        assert_eq!(network, format!("overlay true {stack}"));
         let volume = volume_name(&stack, "web", "/data/uploads");
         let label = fixture::docker_cli(&[
             "volume",
@@ -1830,7 +1892,7 @@ mod tests {
                 panic!("{test}: SLIPWAY_REQUIRE_DOCKER=1 but the Docker engine does not answer: {error}");
             }
             eprintln!(
-                "\n!!!!!!!! SKIPPED {test}: no Docker engine answers on /var/run/docker.sock ({error}).\n\
+                "\n!!!!!!!! SKIPPED {test}: no Docker engine answers on $DOCKER_HOST or /var/run/docker.sock ({error}).\n\
                  !!!!!!!! Set SLIPWAY_REQUIRE_DOCKER=1 to make this a failure.\n"
             );
             None
