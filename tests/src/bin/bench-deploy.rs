@@ -7,8 +7,9 @@
 //! - code-only redeploys through slipway (dependency layers cached and already in the
 //!   registry), ROUNDS times;
 //! - the same code-only redeploy done by hand with the docker CLI — `git clone`,
-//!   `docker build`, `docker push`, `docker service update --image …@digest` — ROUNDS
-//!   times, interleaved with slipway's, as the baseline.
+//!   `docker build`, `docker push`, `docker service update --image …@digest` on a service
+//!   with the same healthcheck, update monitor window and auto-rollback that slipway
+//!   sets — ROUNDS times, interleaved with slipway's, as the baseline.
 //!
 //! Prints medians, bytes pushed, and slipway / by-hand ratios.
 
@@ -78,8 +79,19 @@ async fn main() {
         &format!("PORT={manual_port}"),
         "--publish",
         &format!("mode=host,target={manual_port},published={manual_port}"),
+        // The same safety slipway applies: healthcheck, monitor window, auto-rollback.
+        "--health-cmd",
+        "wget -q -O /dev/null http://127.0.0.1:${PORT:-8080}/",
+        "--health-interval",
+        "2s",
+        "--health-retries",
+        "3",
         "--update-order",
         "stop-first",
+        "--update-monitor",
+        "6s",
+        "--update-failure-action",
+        "rollback",
         warm_digest.trim(),
     ])
     .expect("create the by-hand service");
@@ -121,6 +133,18 @@ async fn main() {
         pushed.iter().map(|o| o.layers_pushed).collect::<Vec<_>>(),
         pushed.iter().map(|o| o.layers_reused).collect::<Vec<_>>(),
         pushed.iter().map(|o| format!("{}/{}", o.cache_hits, o.steps)).collect::<Vec<_>>());
+    for (i, o) in pushed.iter().enumerate() {
+        let t = o.timings.unwrap_or_default();
+        let build_side = t.clone_ms + t.context_ms + t.build_ms + t.push_ms;
+        println!(
+            "  round {i}: clone {} ms, context {} ms, build {} ms, push {} ms; the rest (placement, release, Swarm update) {} ms",
+            t.clone_ms,
+            t.context_ms,
+            t.build_ms,
+            t.push_ms,
+            (slipway_times[i].as_millis() as u64).saturating_sub(build_side)
+        );
+    }
     println!(
         "  cold / code-only bytes pushed    {:>8.0}x",
         cold_out.bytes_pushed as f64 / (*warm_bytes.iter().max().unwrap_or(&1)).max(1) as f64
