@@ -243,8 +243,8 @@ pub async fn finish_build(
     };
     match shared.write(cmd).await {
         Ok(Response::Release(release)) => {
+            // The deployer announces the release on the build's topic before deploying it.
             tracing::info!(build = %build_id, release = release.number, digest = %release.digest, "release recorded");
-            shared.events.publish(build_id, Event::Release(convert::release(&release)));
             shared.dispatcher_wake();
         }
         Ok(Response::Build(b)) if b.state == BuildState::Failed => {
@@ -342,6 +342,10 @@ async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
     let topic = release_topic(release);
     let spec = service_for(shared, release);
     let service = format!("{}_{}", spec.stack, spec.app);
+    if release.rollback_of.is_none() {
+        // Rollbacks announced their release when they were recorded (control.rs).
+        shared.events.publish(&topic, Event::Release(convert::release(release)));
+    }
     shared.events.publish(
         &topic,
         Event::DeployProgress(format!(
