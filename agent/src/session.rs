@@ -39,6 +39,10 @@ use crate::report::Reporter;
 
 /// gRPC metadata key in which a follower names the leader's address.
 const LEADER_HINT: &str = "slipway-leader";
+/// How long opening a session (and its Welcome) may take before trying elsewhere.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long measuring the node (engine calls included) may take.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Finished results remembered for answering repeated assignments.
 const REMEMBERED_RESULTS: usize = 256;
 
@@ -185,14 +189,20 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
     };
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
     tx.send(AgentMessage { msg: Some(AgentMsg::Hello(hello)) }).await.expect("receiver held below");
-    let response = client.session(ReceiverStream::new(rx)).await.map_err(|status| {
-        match status.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()) {
+    let opened =
+        tokio::time::timeout(OPEN_TIMEOUT, client.session(ReceiverStream::new(rx))).await.map_err(|_| {
+            SessionEnd::Failed(format!("the scheduler did not open a session within {OPEN_TIMEOUT:?}"))
+        })?;
+    let response =
+        opened.map_err(|status| match status.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()) {
             Some(leader) if leader != addr => SessionEnd::Redirect(leader.to_string()),
             _ => SessionEnd::Failed(status.message().to_string()),
-        }
-    })?;
+        })?;
     let mut inbound = response.into_inner();
-    let interval = match inbound.next().await {
+    let welcome = tokio::time::timeout(OPEN_TIMEOUT, inbound.next())
+        .await
+        .map_err(|_| SessionEnd::Failed(format!("no Welcome from the scheduler within {OPEN_TIMEOUT:?}")))?;
+    let interval = match welcome {
         Some(Ok(msg)) => match msg.msg {
             Some(SchedMsg::Welcome(w)) => {
                 let interval = Duration::from_secs(u64::from(w.report_interval_secs.max(1)));
@@ -213,9 +223,16 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
             _ = tick => {
                 let (running, cached) = agent.snapshot();
                 let docker = agent.docker().await;
-                let report = reporter.measure(docker.as_ref(), running, cached).await;
-                if tx.send(AgentMessage { msg: Some(AgentMsg::Report(report)) }).await.is_err() {
-                    break Ok(());
+                // A hung engine must not stop the session: the read loop goes on, and a
+                // report that cannot be measured in time is skipped.
+                let measured = tokio::time::timeout(MEASURE_TIMEOUT, reporter.measure(docker.as_ref(), running, cached));
+                match measured.await {
+                    Ok(report) => match tx.try_send(AgentMessage { msg: Some(AgentMsg::Report(report)) }) {
+                        Err(mpsc::error::TrySendError::Closed(_)) => break Ok(()),
+                        Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!("session backlog full; report skipped"),
+                        Ok(()) => {}
+                    },
+                    Err(_) => tracing::warn!(timeout = ?MEASURE_TIMEOUT, "measuring the node took too long; report skipped"),
                 }
             }
             msg = inbound.next() => match msg {
@@ -239,7 +256,15 @@ impl Agent {
     async fn docker(&self) -> Option<Docker> {
         let mut slot = self.docker.lock().await;
         if slot.is_none() {
-            match pipeline::docker::connect_docker(Some(&self.config.docker_socket)).await {
+            let connect = pipeline::docker::connect_docker(Some(&self.config.docker_socket));
+            match tokio::time::timeout(MEASURE_TIMEOUT, connect).await.unwrap_or_else(|_| {
+                Err(bollard::errors::Error::IOError {
+                    err: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the engine did not answer in time",
+                    ),
+                })
+            }) {
                 Ok(docker) => *slot = Some(docker),
                 Err(err) => {
                     tracing::warn!(socket = %self.config.docker_socket, %err, "the Docker engine does not answer")

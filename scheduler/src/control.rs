@@ -48,7 +48,9 @@ fn too_long(what: &str, value: &str) -> Result<(), Status> {
 fn terminal_from_state(s: &State, topic: &Topic, stack: &str) -> Option<Event> {
     let (app, number) = match topic {
         Topic::Build(id) => {
-            let b = s.builds.get(id)?;
+            let Some(b) = s.builds.get(id) else {
+                return Some(Event::Failed(format!("build {id} no longer exists (its app was deleted)")));
+            };
             match b.state {
                 BuildState::Failed | BuildState::Cancelled => {
                     let reason = b.error.clone().unwrap_or_default();
@@ -63,7 +65,11 @@ fn terminal_from_state(s: &State, topic: &Topic, stack: &str) -> Option<Event> {
         }
         Topic::Release { app, number } => (app.clone(), *number),
     };
-    let r = s.release(&app, number)?;
+    let Some(r) = s.release(&app, number) else {
+        return Some(Event::Failed(format!(
+            "release {number} of {app} no longer exists (the app was deleted)"
+        )));
+    };
     match r.deploy {
         DeployState::Pending => None,
         DeployState::Failed => Some(Event::Failed(format!(
@@ -173,9 +179,21 @@ impl pb::control_server::Control for ControlService {
         self.shared
             .read(|s| {
                 s.app(&name)?;
-                match s.builds.values().find(|b| b.app == name && !b.state.is_terminal()) {
-                    Some(b) => {
-                        Err(crate::state::ApplyError::AppBusy { app: name.clone(), build: b.id.clone() })
+                if let Some(b) = s.builds.values().find(|b| b.app == name && !b.state.is_terminal()) {
+                    return Err(crate::state::ApplyError::AppBusy { app: name.clone(), build: b.id.clone() });
+                }
+                let pending =
+                    s.releases.get(&name).into_iter().flatten().find(|r| r.deploy == DeployState::Pending);
+                match pending {
+                    Some(r) => Err(crate::state::ApplyError::AppBusy {
+                        app: name.clone(),
+                        build: format!("release {} is being deployed", r.number),
+                    }),
+                    None if self.shared.dispatch.is_deploying(&name) => {
+                        Err(crate::state::ApplyError::AppBusy {
+                            app: name.clone(),
+                            build: "a deploy is in flight".into(),
+                        })
                     }
                     None => Ok(()),
                 }

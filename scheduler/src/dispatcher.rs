@@ -12,7 +12,7 @@
 //!                     RecordDeploy ◄── deploy::deploy (Swarm) ◄── deploy_release ◄─┘
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,14 +32,41 @@ use crate::state::{BuildOutput, BuildState, Command, DeployState, Release, Respo
 pub struct DispatchState {
     /// Why each waiting build could not be placed, as of the last attempt.
     pub waiting: Mutex<HashMap<String, Vec<Rejection>>>,
-    /// Apps with a deploy in flight on this leader.
-    deploying: Mutex<HashSet<String>>,
+    /// Apps with a deploy in flight on this leader, and the means to stop it.
+    deploying: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl DispatchState {
     /// Reasons a queued build waits, node by node.
     pub fn waiting_on(&self, build_id: &str) -> Vec<Rejection> {
         self.waiting.lock().expect("dispatch lock poisoned").get(build_id).cloned().unwrap_or_default()
+    }
+
+    /// True while this leader deploys the app.
+    pub fn is_deploying(&self, app: &str) -> bool {
+        self.deploying.lock().expect("dispatch lock poisoned").contains_key(app)
+    }
+
+    /// This member stopped leading: its deploys stop (the next leader redeploys whatever
+    /// is still pending), and its placement notes are stale.
+    pub fn stand_down(&self) {
+        for (_, task) in self.deploying.lock().expect("dispatch lock poisoned").drain() {
+            task.abort();
+        }
+        self.waiting.lock().expect("dispatch lock poisoned").clear();
+    }
+}
+
+/// Removes an app from `deploying` however its deploy task ends (panics included).
+struct DeployingGuard {
+    shared: Arc<Shared>,
+    app: String,
+}
+
+impl Drop for DeployingGuard {
+    fn drop(&mut self) {
+        self.shared.dispatch.deploying.lock().expect("dispatch lock poisoned").remove(&self.app);
+        self.shared.dispatcher_wake();
     }
 }
 
@@ -61,7 +88,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
         }
-        if !shared.fleet.is_leading() {
+        if !shared.fleet.is_leading() || !shared.is_leader() {
             continue;
         }
         place_queued(&shared).await;
@@ -133,7 +160,8 @@ async fn place_queued(shared: &Arc<Shared>) {
         let decision = placement::place(&needs, &views);
         let Some(node_id) = decision.chosen.clone() else {
             let queue_timeout = shared.config.placement.queue_timeout_secs;
-            if crate::now_ms().saturating_sub(build.created_at_ms) > queue_timeout * 1000 {
+            let queued_at = if build.queued_at_ms == 0 { build.created_at_ms } else { build.queued_at_ms };
+            if crate::now_ms().saturating_sub(queued_at) > queue_timeout * 1000 {
                 let reason =
                     format!("no node could take the build within {queue_timeout} s: {}", decision.explain());
                 expire(shared, &build.id, reason).await;
@@ -220,8 +248,14 @@ async fn requeue_lost(shared: &Arc<Shared>) {
         let reason = format!("node {node} is down");
         tracing::warn!(build = %build_id, attempt, %node, "node lost; queueing the build again");
         shared.events.log(&build_id, format!("==> {reason}; placing the build again"));
-        if let Err(err) =
-            shared.write(Command::RequeueBuild { build_id: build_id.clone(), attempt, reason }).await
+        if let Err(err) = shared
+            .write(Command::RequeueBuild {
+                build_id: build_id.clone(),
+                attempt,
+                reason,
+                at_ms: crate::now_ms(),
+            })
+            .await
         {
             tracing::warn!(build = %build_id, %err, "cannot requeue build");
         }
@@ -265,7 +299,11 @@ async fn start_pending_deploys(shared: &Arc<Shared>) {
     let (latest, superseded): (Vec<Release>, Vec<(String, u64, u64)>) = shared.read(|s| {
         let mut latest = Vec::new();
         let mut superseded = Vec::new();
-        for releases in s.releases.values() {
+        for (app, releases) in &s.releases {
+            // A deploy in flight finishes first; its release is judged after it.
+            if shared.dispatch.is_deploying(app) {
+                continue;
+            }
             let Some(newest) = releases.last() else { continue };
             if newest.deploy == DeployState::Pending {
                 latest.push(newest.clone());
@@ -284,19 +322,22 @@ async fn start_pending_deploys(shared: &Arc<Shared>) {
         }
     }
     for release in latest {
-        if !shared.dispatch.deploying.lock().expect("dispatch lock poisoned").insert(release.app.clone()) {
+        let mut deploying = shared.dispatch.deploying.lock().expect("dispatch lock poisoned");
+        if deploying.contains_key(&release.app) {
             continue;
         }
-        let shared = shared.clone();
+        let guard = DeployingGuard { shared: shared.clone(), app: release.app.clone() };
+        let task_shared = shared.clone();
         let span = tracing::info_span!("deploy", app = %release.app, release = release.number);
-        tokio::spawn(
+        let app = release.app.clone();
+        let task = tokio::spawn(
             async move {
-                deploy_release(&shared, &release).await;
-                shared.dispatch.deploying.lock().expect("dispatch lock poisoned").remove(&release.app);
-                shared.dispatcher_wake();
+                let _guard = guard;
+                deploy_release(&task_shared, &release).await;
             }
             .instrument(span),
         );
+        deploying.insert(app, task.abort_handle());
     }
 }
 
@@ -392,11 +433,15 @@ async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
             );
         }
         (Ok(_), Err(err)) => {
-            // Not recorded: the next leader finds the release pending and deploys again
-            // (an update to the same digest is a no-op for Swarm).
-            shared
-                .events
-                .publish(&topic, Event::Failed(format!("deploy succeeded but could not be recorded: {err}")));
+            // Not recorded: whoever leads next finds the release pending and deploys it
+            // again (an update to the same digest is a no-op for Swarm). Not terminal:
+            // watchers end when the state says the release is deployed.
+            tracing::warn!(%err, "deploy succeeded but could not be recorded");
+            shared.events.publish(
+                &topic,
+                Event::DeployProgress(format!("deploy succeeded but could not be recorded yet: {err}")),
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 }

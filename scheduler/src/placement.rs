@@ -5,8 +5,6 @@
 //! a reason a person can act on; the nodes that pass are ranked by [`score`]. Ties are
 //! broken by node name, then id, so placement never picks at random between nodes.
 
-use std::cmp::Ordering;
-
 use slipway_proto::NodeReport;
 
 /// Liveness of a node as the leader sees it (soft state, never replicated).
@@ -142,7 +140,9 @@ fn enough_disk(node: &NodeView<'_>, needs: &BuildNeeds<'_>) -> Result<(), String
 pub fn score(node: &NodeView<'_>, needs: &BuildNeeds<'_>) -> f64 {
     let Some(r) = node.report else { return f64::MIN };
     let affinity = needs.last_built_on == Some(node.id) || r.cached_apps.iter().any(|a| a == needs.app);
-    let cpu_idle = (100.0 - f64::from(r.cpu_usage_percent).clamp(0.0, 100.0)) / 100.0;
+    // Reports come from agents: a NaN or out-of-range figure counts as no headroom.
+    let cpu_used = f64::from(r.cpu_usage_percent);
+    let cpu_idle = if cpu_used.is_finite() { (100.0 - cpu_used.clamp(0.0, 100.0)) / 100.0 } else { 0.0 };
     let disk_free = if r.build_fs_total_bytes == 0 {
         0.0
     } else {
@@ -167,10 +167,7 @@ pub fn place(needs: &BuildNeeds<'_>, nodes: &[NodeView<'_>]) -> Decision {
         }
     }
     feasible.sort_by(|(a, sa), (b, sb)| {
-        sb.partial_cmp(sa)
-            .unwrap_or(Ordering::Equal)
-            .then_with(|| a.name.cmp(b.name))
-            .then_with(|| a.id.cmp(b.id))
+        sb.total_cmp(sa).then_with(|| a.name.cmp(b.name)).then_with(|| a.id.cmp(b.id))
     });
     rejected.sort_by(|a, b| a.node_name.cmp(&b.node_name).then_with(|| a.node_id.cmp(&b.node_id)));
     Decision {
@@ -289,6 +286,17 @@ mod tests {
             let d = place(&needs("shop"), &[view("b", &r), view("a", &r), view("c", &r)]);
             assert_eq!(d.chosen.as_deref(), Some("a"));
         }
+    }
+
+    #[test]
+    fn nonsense_reports_do_not_break_the_ranking() {
+        let nan = NodeReport { cpu_usage_percent: f32::NAN, ..report(10.0, 50, 0) };
+        let reports: Vec<NodeReport> =
+            (0..40).map(|i| if i % 2 == 0 { nan.clone() } else { report(i as f32, 50, 0) }).collect();
+        let ids: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
+        let views: Vec<NodeView<'_>> = ids.iter().zip(&reports).map(|(id, r)| view(id, r)).collect();
+        let d = place(&needs("shop"), &views);
+        assert_eq!(d.chosen.as_deref(), Some("n01"), "the idlest sane node wins");
     }
 
     #[test]

@@ -268,6 +268,9 @@ async fn watch_leadership(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
         if now_leading != leading {
             tracing::info!(leader = now_leading, term = metrics.borrow().current_term, "leadership changed");
             shared.fleet.leadership_changed(now_leading);
+            if !now_leading {
+                shared.dispatch.stand_down();
+            }
             leading = now_leading;
             shared.dispatcher_wake();
         }

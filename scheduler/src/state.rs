@@ -79,6 +79,10 @@ pub struct Build {
     /// 0 while never assigned; each placement starts a new attempt.
     pub attempt: u32,
     pub created_at_ms: u64,
+    /// When the build last entered the queue (created, or its node was lost): queue
+    /// timeouts count from here.
+    #[serde(default)]
+    pub queued_at_ms: u64,
     pub finished_at_ms: Option<u64>,
     pub error: Option<String>,
     pub output: Option<BuildOutput>,
@@ -217,6 +221,8 @@ pub enum Command {
         build_id: String,
         attempt: u32,
         reason: String,
+        #[serde(default)]
+        at_ms: u64,
     },
     /// An attempt ended. Success records the next release of the app atomically.
     FinishBuild {
@@ -327,6 +333,14 @@ impl State {
                 if let Some(b) = self.builds.values().find(|b| b.app == *name && !b.state.is_terminal()) {
                     return Err(ApplyError::AppBusy { app: name.clone(), build: b.id.clone() });
                 }
+                if let Some(r) =
+                    self.releases.get(name).into_iter().flatten().find(|r| r.deploy == DeployState::Pending)
+                {
+                    return Err(ApplyError::AppBusy {
+                        app: name.clone(),
+                        build: format!("release {} is being deployed", r.number),
+                    });
+                }
                 self.apps.remove(name);
                 self.releases.remove(name);
                 self.builds.retain(|_, b| b.app != *name);
@@ -351,6 +365,7 @@ impl State {
                     node_id: None,
                     attempt: 0,
                     created_at_ms: *at_ms,
+                    queued_at_ms: *at_ms,
                     finished_at_ms: None,
                     error: None,
                     output: None,
@@ -381,13 +396,14 @@ impl State {
                 build.state = BuildState::Running;
                 Ok(Response::Build(build.clone()))
             }
-            Command::RequeueBuild { build_id, attempt, reason } => {
+            Command::RequeueBuild { build_id, attempt, reason, at_ms } => {
                 let build = self.build_mut(build_id)?;
                 let current = matches!(build.state, BuildState::Assigned | BuildState::Running);
                 if !current || build.attempt != *attempt {
                     return Ok(Response::Stale);
                 }
                 build.state = BuildState::Queued;
+                build.queued_at_ms = *at_ms;
                 build.node_id = None;
                 build.error = Some(format!("attempt {attempt} lost: {reason}"));
                 Ok(Response::Build(build.clone()))
@@ -507,12 +523,17 @@ impl State {
                     .get_mut(app)
                     .and_then(|rs| rs.iter_mut().find(|r| r.number == number))
                     .ok_or_else(|| ApplyError::NoSuchRelease { app: app.clone(), number })?;
+                // Only a pending release takes an outcome: a late result from a deposed
+                // leader's deploy, or a repeat, changes nothing.
+                if rel.deploy != DeployState::Pending {
+                    return Ok(Response::Stale);
+                }
                 match result {
                     Ok(()) => {
                         rel.deploy = DeployState::Deployed;
                         rel.deploy_error = None;
                         let rel = rel.clone();
-                        if let Some(a) = self.apps.get_mut(app) {
+                        if let Some(a) = self.apps.get_mut(app).filter(|a| a.current_release < number) {
                             a.current_release = number;
                         }
                         Ok(Response::Release(rel))
@@ -673,7 +694,12 @@ mod tests {
         let mut s = state_with_app();
         let b = queue(&mut s, None);
         s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 1 });
-        s.apply(&Command::RequeueBuild { build_id: b.id.clone(), attempt: 1, reason: "node-1 down".into() });
+        s.apply(&Command::RequeueBuild {
+            build_id: b.id.clone(),
+            attempt: 1,
+            reason: "node-1 down".into(),
+            at_ms: 5,
+        });
         s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n2".into(), attempt: 2 });
         assert_eq!(finish(&mut s, &b.id, 1, 'a'), Response::Stale);
         assert!(matches!(finish(&mut s, &b.id, 2, 'b'), Response::Release(_)));
@@ -750,6 +776,25 @@ mod tests {
         s.apply(&Command::RecordDeploy { app: "shop".into(), release: 1, result: Err("rolled back".into()) });
         assert_eq!(s.apps["shop"].current_release, 0);
         assert_eq!(s.releases["shop"][0].deploy, DeployState::Failed);
+    }
+
+    #[test]
+    fn a_late_deploy_result_changes_nothing() {
+        let mut s = state_with_app();
+        for (i, c) in ['a', 'b'].into_iter().enumerate() {
+            let b = queue(&mut s, None);
+            s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 1 });
+            finish(&mut s, &b.id, 1, c);
+            assert_eq!(s.releases["shop"][i].deploy, DeployState::Pending);
+        }
+        deploy_ok(&mut s, 2);
+        // A deposed leader's deploy of release 1 reports late: release 2 stays current.
+        s.apply(&Command::RecordDeploy { app: "shop".into(), release: 1, result: Ok(()) });
+        assert_eq!(s.apps["shop"].current_release, 2);
+        let again =
+            s.apply(&Command::RecordDeploy { app: "shop".into(), release: 2, result: Err("x".into()) });
+        assert_eq!(again, Response::Stale);
+        assert_eq!(s.releases["shop"][1].deploy, DeployState::Deployed);
     }
 
     #[test]
