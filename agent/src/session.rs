@@ -154,17 +154,9 @@ enum SessionEnd {
     Failed(String),
 }
 
-fn url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 /// One session: from Hello until the stream ends.
 async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url(addr))
+    let endpoint = tonic::transport::Endpoint::from_shared(slipway_proto::endpoint_uri(addr))
         .map_err(|e| SessionEnd::Failed(format!("bad scheduler address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))

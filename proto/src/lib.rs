@@ -18,3 +18,14 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod validate;
+
+/// The URI a gRPC client dials for a scheduler address: `host:port` gets `http://`;
+/// an address that already names its scheme is kept. The one place every client
+/// (agent, CLI, raft peers) turns configured addresses into endpoints.
+pub fn endpoint_uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}

@@ -32,9 +32,7 @@ use crate::state::Command;
 
 /// One connected agent, as the leader sees it.
 struct Session {
-    name: String,
     report: Option<NodeReport>,
-    last_report: Option<Instant>,
     /// Distinguishes a reconnected session from the one it replaced.
     session_id: u64,
     tx: mpsc::Sender<SchedulerMessage>,
@@ -105,11 +103,6 @@ impl Fleet {
         }
     }
 
-    /// Name a node's agent gave at its last hello.
-    pub fn name(&self, node_id: &str) -> Option<String> {
-        self.inner.lock().expect("fleet lock poisoned").sessions.get(node_id).map(|s| s.name.clone())
-    }
-
     /// Called when this member gains or loses leadership. Either way the old soft state
     /// is forgotten: nodes start Unknown until they report to the new leader, and
     /// dropping the sessions ends their streams so agents go find the leader.
@@ -126,16 +119,7 @@ impl Fleet {
         let session_id = inner.next_session;
         let now = Instant::now();
         inner.last_seen.insert(node_id.to_string(), now);
-        inner.sessions.insert(
-            node_id.to_string(),
-            Session {
-                name: hello.name.clone(),
-                report: hello.report.clone(),
-                last_report: Some(now),
-                session_id,
-                tx,
-            },
-        );
+        inner.sessions.insert(node_id.to_string(), Session { report: hello.report.clone(), session_id, tx });
         session_id
     }
 
@@ -144,7 +128,6 @@ impl Fleet {
         let now = Instant::now();
         if let Some(s) = inner.sessions.get_mut(node_id).filter(|s| s.session_id == session_id) {
             s.report = Some(report);
-            s.last_report = Some(now);
             inner.last_seen.insert(node_id.to_string(), now);
         }
     }
@@ -154,12 +137,6 @@ impl Fleet {
         if inner.sessions.get(node_id).is_some_and(|s| s.session_id == session_id) {
             inner.sessions.remove(node_id);
         }
-    }
-
-    /// Seconds since a session's last report, for tests and metrics.
-    pub fn report_age(&self, node_id: &str) -> Option<Duration> {
-        let inner = self.inner.lock().expect("fleet lock poisoned");
-        inner.sessions.get(node_id).and_then(|s| s.last_report).map(|t| t.elapsed())
     }
 }
 

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::dispatcher::release_topic;
 use crate::error::Error;
+use crate::events::is_terminal;
 use crate::placement::Liveness;
 use crate::server::Shared;
 use crate::state::{BuildState, Command, DeployState, Response as Applied, State};
@@ -100,38 +101,34 @@ fn watch_deploy(shared: Arc<Shared>, first: Option<Event>, topic_name: String, t
         let sub = shared.events.subscribe(&topic_name);
         let mut live = sub.live;
         for event in sub.history {
-            let terminal = matches!(event.event, Some(Event::Done(_) | Event::Failed(_)));
+            let terminal = is_terminal(&event);
             yield Ok(event);
             if terminal {
                 return;
             }
         }
         loop {
-            if let Some(done) = shared.read(|s| terminal_from_state(s, &topic, &stack)) {
-                // Let the live feed deliver its own terminal event if it is on its way.
-                match tokio::time::timeout(Duration::from_millis(200), live.recv()).await {
-                    Ok(Ok(event)) => {
-                        let terminal = matches!(event.event, Some(Event::Done(_) | Event::Failed(_)));
-                        yield Ok(event);
-                        if terminal { return; }
-                        continue;
-                    }
-                    _ => {
-                        yield Ok(DeployEvent { event: Some(done) });
-                        return;
-                    }
-                }
-            }
-            match tokio::time::timeout(Duration::from_secs(2), live.recv()).await {
+            // The replicated state may already say how it ended (a watcher that joined
+            // late, a leader change): then give the live feed only a moment to deliver
+            // its own terminal event before answering from the state.
+            let done = shared.read(|s| terminal_from_state(s, &topic, &stack));
+            let wait = if done.is_some() { Duration::from_millis(200) } else { Duration::from_secs(2) };
+            match tokio::time::timeout(wait, live.recv()).await {
                 Ok(Ok(event)) => {
-                    let terminal = matches!(event.event, Some(Event::Done(_) | Event::Failed(_)));
+                    let terminal = is_terminal(&event);
                     yield Ok(event);
                     if terminal { return; }
                 }
                 Ok(Err(RecvError::Lagged(n))) => {
                     yield Ok(DeployEvent { event: Some(Event::DeployProgress(format!("({n} log lines skipped: the client is slower than the build)"))) });
                 }
-                Ok(Err(RecvError::Closed)) | Err(_) => {}
+                Ok(Err(RecvError::Closed)) | Err(_) if done.is_some() => {
+                    yield Ok(DeployEvent { event: done });
+                    return;
+                }
+                // A closed feed answers at once: poll the state at the feed's pace.
+                Ok(Err(RecvError::Closed)) => tokio::time::sleep(wait).await,
+                Err(_) => {}
             }
         }
     })
@@ -178,25 +175,14 @@ impl pb::control_server::Control for ControlService {
         // Refuse before touching Swarm, so a refused delete changes nothing.
         self.shared
             .read(|s| {
-                s.app(&name)?;
-                if let Some(b) = s.builds.values().find(|b| b.app == name && !b.state.is_terminal()) {
-                    return Err(crate::state::ApplyError::AppBusy { app: name.clone(), build: b.id.clone() });
-                }
-                let pending =
-                    s.releases.get(&name).into_iter().flatten().find(|r| r.deploy == DeployState::Pending);
-                match pending {
-                    Some(r) => Err(crate::state::ApplyError::AppBusy {
+                s.check_deletable(&name)?;
+                if self.shared.dispatch.is_deploying(&name) {
+                    return Err(crate::state::ApplyError::AppBusy {
                         app: name.clone(),
-                        build: format!("release {} is being deployed", r.number),
-                    }),
-                    None if self.shared.dispatch.is_deploying(&name) => {
-                        Err(crate::state::ApplyError::AppBusy {
-                            app: name.clone(),
-                            build: "a deploy is in flight".into(),
-                        })
-                    }
-                    None => Ok(()),
+                        build: "a deploy is in flight".into(),
+                    });
                 }
+                Ok(())
             })
             .map_err(Error::from)?;
         let docker = self.shared.docker().await?;

@@ -97,28 +97,47 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Views of every registered node for placement.
-fn node_views(shared: &Shared) -> Vec<(String, String, bool, crate::agents::NodeSoftState, u32)> {
+/// What placement needs of one registered node, taken once per dispatcher tick.
+struct NodeSnapshot {
+    id: String,
+    name: String,
+    draining: bool,
+    soft: crate::agents::NodeSoftState,
+    /// Builds assigned to the node and not finished; raised as this tick assigns more.
+    assigned: u32,
+}
+
+impl NodeSnapshot {
+    fn view(&self) -> NodeView<'_> {
+        NodeView {
+            id: &self.id,
+            name: &self.name,
+            liveness: self.soft.liveness,
+            draining: self.draining,
+            report: self.soft.report.as_ref(),
+            assigned_builds: self.assigned,
+        }
+    }
+}
+
+/// Every registered node with its soft state and unfinished assignments.
+fn node_snapshots(shared: &Shared) -> Vec<NodeSnapshot> {
     let down_after = shared.config.down_after();
     shared.read(|s| {
+        let mut assigned: HashMap<&str, u32> = HashMap::new();
+        for b in s.builds.values().filter(|b| matches!(b.state, BuildState::Assigned | BuildState::Running)) {
+            if let Some(node) = b.node_id.as_deref() {
+                *assigned.entry(node).or_default() += 1;
+            }
+        }
         s.nodes
             .values()
-            .map(|n| {
-                let assigned = s
-                    .builds
-                    .values()
-                    .filter(|b| {
-                        b.node_id.as_deref() == Some(&n.id)
-                            && matches!(b.state, BuildState::Assigned | BuildState::Running)
-                    })
-                    .count() as u32;
-                (
-                    n.id.clone(),
-                    n.name.clone(),
-                    n.draining,
-                    shared.fleet.soft_state(&n.id, down_after),
-                    assigned,
-                )
+            .map(|n| NodeSnapshot {
+                id: n.id.clone(),
+                name: n.name.clone(),
+                draining: n.draining,
+                soft: shared.fleet.soft_state(&n.id, down_after),
+                assigned: assigned.get(n.id.as_str()).copied().unwrap_or_default(),
             })
             .collect()
     })
@@ -138,20 +157,12 @@ async fn place_queued(shared: &Arc<Shared>) {
             })
             .collect()
     });
+    if queued.is_empty() {
+        return;
+    }
+    let mut nodes = node_snapshots(shared);
     for (build, last_node, last_image_bytes) in queued {
-        // Recomputed per build: the previous iteration may have filled a slot.
-        let nodes = node_views(shared);
-        let views: Vec<NodeView<'_>> = nodes
-            .iter()
-            .map(|(id, name, draining, soft, assigned)| NodeView {
-                id,
-                name,
-                liveness: soft.liveness,
-                draining: *draining,
-                report: soft.report.as_ref(),
-                assigned_builds: *assigned,
-            })
-            .collect();
+        let views: Vec<NodeView<'_>> = nodes.iter().map(NodeSnapshot::view).collect();
         let needs = BuildNeeds {
             app: &build.app,
             min_free_bytes: shared.config.placement.min_free_bytes.saturating_add(last_image_bytes),
@@ -187,8 +198,12 @@ async fn place_queued(shared: &Arc<Shared>) {
         match shared.write(cmd).await {
             Ok(Response::Build(b)) => {
                 shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(&b.id);
-                let node_name =
-                    nodes.iter().find(|n| n.0 == node_id).map(|n| n.1.clone()).unwrap_or_default();
+                let mut node_name = String::new();
+                if let Some(n) = nodes.iter_mut().find(|n| n.id == node_id) {
+                    // The next build of this tick sees the slot taken.
+                    n.assigned += 1;
+                    node_name = n.name.clone();
+                }
                 tracing::info!(build = %b.id, attempt, node = %node_name, "build placed");
                 shared.events.publish(
                     &b.id,

@@ -22,6 +22,11 @@ const KEEP_FINISHED: Duration = Duration::from_secs(600);
 /// At most this many events are kept per topic for late watchers.
 const MAX_HISTORY: usize = 20_000;
 
+/// True for the events that end a topic: `done` and `failed`.
+pub fn is_terminal(event: &DeployEvent) -> bool {
+    matches!(event.event, Some(Event::Done(_) | Event::Failed(_)))
+}
+
 /// The fan-out hub.
 #[derive(Clone)]
 pub struct Events {
@@ -57,10 +62,13 @@ impl Events {
         if let Event::Log(line) = &event {
             self.append_log_file(topic, line);
         }
-        let terminal = matches!(event, Event::Done(_) | Event::Failed(_));
         let event = DeployEvent { event: Some(event) };
+        let terminal = is_terminal(&event);
         let mut topics = self.inner.lock().expect("events lock poisoned");
-        topics.retain(|_, t| t.finished_at.is_none_or(|at| at.elapsed() < KEEP_FINISHED));
+        if terminal {
+            // Topics end rarely and log lines come often: forget old topics only here.
+            topics.retain(|_, t| t.finished_at.is_none_or(|at| at.elapsed() < KEEP_FINISHED));
+        }
         let topic = topics.entry(topic.to_string()).or_insert_with(Topic::new);
         if topic.history.len() < MAX_HISTORY || terminal {
             topic.history.push(event.clone());

@@ -70,10 +70,7 @@ impl Shared {
 
     /// The leader's advertised address, if one is known.
     pub fn leader_addr(&self) -> Option<String> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let leader = m.current_leader?;
-        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        raft::leader_addr(&self.raft)
     }
 
     /// Fails with the leader's address unless this member is the leader.

@@ -329,18 +329,7 @@ impl State {
                 Ok(Response::App(app))
             }
             Command::DeleteApp { name } => {
-                self.app(name)?;
-                if let Some(b) = self.builds.values().find(|b| b.app == *name && !b.state.is_terminal()) {
-                    return Err(ApplyError::AppBusy { app: name.clone(), build: b.id.clone() });
-                }
-                if let Some(r) =
-                    self.releases.get(name).into_iter().flatten().find(|r| r.deploy == DeployState::Pending)
-                {
-                    return Err(ApplyError::AppBusy {
-                        app: name.clone(),
-                        build: format!("release {} is being deployed", r.number),
-                    });
-                }
+                self.check_deletable(name)?;
                 self.apps.remove(name);
                 self.releases.remove(name);
                 self.builds.retain(|_, b| b.app != *name);
@@ -568,6 +557,24 @@ impl State {
 
     pub fn app(&self, name: &str) -> Result<&App, ApplyError> {
         self.apps.get(name).ok_or_else(|| ApplyError::NoSuchApp(name.to_string()))
+    }
+
+    /// Why the app cannot be deleted now, if it cannot: it does not exist, a build of it
+    /// is unfinished, or a release of it still waits for its deploy outcome.
+    pub fn check_deletable(&self, name: &str) -> Result<(), ApplyError> {
+        self.app(name)?;
+        if let Some(b) = self.builds.values().find(|b| b.app == name && !b.state.is_terminal()) {
+            return Err(ApplyError::AppBusy { app: name.to_string(), build: b.id.clone() });
+        }
+        if let Some(r) =
+            self.releases.get(name).into_iter().flatten().find(|r| r.deploy == DeployState::Pending)
+        {
+            return Err(ApplyError::AppBusy {
+                app: name.to_string(),
+                build: format!("release {} is being deployed", r.number),
+            });
+        }
+        Ok(())
     }
 
     pub fn release(&self, app: &str, number: ReleaseNumber) -> Option<&Release> {

@@ -19,7 +19,9 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use output::{age, build_state, bytes, deploy_state, node_status, short_digest, table};
+use output::{age, build_state, deploy_state, node_status, short_digest, table};
+
+use crate::placement::human_bytes;
 
 /// slipway: build apps on your Swarm nodes and deploy them by digest.
 #[derive(Parser)]
@@ -165,16 +167,8 @@ pub async fn main() -> i32 {
     }
 }
 
-fn url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 async fn connect(addr: &str) -> std::result::Result<ControlClient<Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url(addr))
+    let endpoint = tonic::transport::Endpoint::from_shared(slipway_proto::endpoint_uri(addr))
         .map_err(|e| format!("bad scheduler address {addr:?}: {e}"))?
         .connect_timeout(Duration::from_secs(3));
     let channel = endpoint.connect().await.map_err(|e| format!("{addr}: {e}"))?;
@@ -376,13 +370,17 @@ async fn run(cli: Cli) -> Result<()> {
                             status,
                             format!(
                                 "{} / {}",
-                                bytes(r.build_fs_available_bytes),
-                                bytes(r.build_fs_total_bytes)
+                                human_bytes(r.build_fs_available_bytes),
+                                human_bytes(r.build_fs_total_bytes)
                             ),
                             format!("{:.0}% of {}", r.cpu_usage_percent, r.cpu_count),
-                            format!("{} / {}", bytes(r.memory_available_bytes), bytes(r.memory_total_bytes)),
+                            format!(
+                                "{} / {}",
+                                human_bytes(r.memory_available_bytes),
+                                human_bytes(r.memory_total_bytes)
+                            ),
                             format!("{}/{}", r.running_builds, r.build_slots),
-                            bytes(r.cache_bytes),
+                            human_bytes(r.cache_bytes),
                             r.docker_version.clone(),
                             if n.last_report_age_ms == 0 {
                                 "-".into()
@@ -459,7 +457,7 @@ fn print_build(b: &pb::Build) {
             o.repository,
             o.digest,
             o.layers_pushed,
-            bytes(o.bytes_pushed),
+            human_bytes(o.bytes_pushed),
             o.layers_reused,
             o.cache_hits,
             o.steps
@@ -509,7 +507,7 @@ async fn follow_deploy(mut stream: tonic::Streaming<DeployEvent>) -> Result<()> 
                 let t = o.timings.unwrap_or_default();
                 println!(
                     "==> image {}@{}: {} layers pushed ({}), {} reused, {}/{} steps cached; clone {} ms, build {} ms, push {} ms",
-                    o.repository, o.digest, o.layers_pushed, bytes(o.bytes_pushed), o.layers_reused, o.cache_hits, o.steps,
+                    o.repository, o.digest, o.layers_pushed, human_bytes(o.bytes_pushed), o.layers_reused, o.cache_hits, o.steps,
                     t.clone_ms, t.build_ms, t.push_ms
                 );
             }

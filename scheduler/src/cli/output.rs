@@ -4,8 +4,6 @@
 use serde_json::{json, Value};
 use slipway_proto as pb;
 
-use crate::placement::human_bytes;
-
 /// Prints rows as a left-aligned table under a header.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -127,8 +125,4 @@ pub fn short_digest(d: &str) -> String {
     d.strip_prefix("sha256:")
         .map(|h| format!("sha256:{}", &h[..h.len().min(12)]))
         .unwrap_or_else(|| d.to_string())
-}
-
-pub fn bytes(b: u64) -> String {
-    human_bytes(b)
 }

@@ -56,8 +56,7 @@ type RpcResult<T, E = openraft::error::Infallible> =
 ///
 /// The one place where peer channels are configured: TLS is added here.
 pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri)?
+    Ok(Endpoint::from_shared(slipway_proto::endpoint_uri(addr))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
