@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::raft::RaftConfig;
+
 /// Everything `slipway-scheduler` needs to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,6 +29,51 @@ pub struct SchedulerConfig {
     pub deploy: DeployConfig,
     pub agents: AgentsConfig,
     pub placement: PlacementConfig,
+    pub cluster: ClusterConfig,
+    pub raft: RaftSettings,
+}
+
+/// How a scheduler whose data dir holds no cluster yet comes to belong to one. Once the
+/// data dir holds a cluster, this is ignored: a scheduler never initialises twice.
+///
+/// - neither key (default): found a one-member cluster (the first scheduler);
+/// - `join = true`: wait to be added by `slipway cluster join ADDR`, run against the
+///   cluster (`ADDR` is this scheduler's advertised address);
+/// - `members = [...]`: found the cluster together with the members listed (every
+///   member lists the same set, this one included), for unattended installs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub join: bool,
+    pub members: Vec<MemberConfig>,
+}
+
+/// One founding member of a statically configured cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u64,
+    /// Its advertised gRPC address, `host:port`.
+    pub addr: String,
+}
+
+/// Raft timing and log compaction. The defaults elect a new leader that accepts writes
+/// about a second after the old one dies on a LAN; raise the election timeouts on
+/// slow or distant links (they must stay well above the round trip).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// How often the leader heartbeats its followers.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time between these two starts an
+    /// election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot after this many log entries; older entries are purged.
+    pub snapshot_every: u64,
+    /// Entries kept behind the snapshot, so slightly lagging members catch up from
+    /// the log rather than by snapshot.
+    pub keep_logs: u64,
 }
 
 /// The fleet's internal registry.
@@ -101,6 +148,35 @@ impl Default for SchedulerConfig {
             deploy: DeployConfig::default(),
             agents: AgentsConfig::default(),
             placement: PlacementConfig::default(),
+            cluster: ClusterConfig::default(),
+            raft: RaftSettings::default(),
+        }
+    }
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        let raft = RaftConfig::default();
+        Self {
+            heartbeat_ms: raft.heartbeat_interval.as_millis() as u64,
+            election_timeout_min_ms: raft.election_timeout_min.as_millis() as u64,
+            election_timeout_max_ms: raft.election_timeout_max.as_millis() as u64,
+            snapshot_every: raft.snapshot_every,
+            keep_logs: raft.keep_logs,
+        }
+    }
+}
+
+impl RaftSettings {
+    /// The raft module's settings.
+    pub fn to_raft_config(&self) -> RaftConfig {
+        RaftConfig {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            election_timeout_min: Duration::from_millis(self.election_timeout_min_ms),
+            election_timeout_max: Duration::from_millis(self.election_timeout_max_ms),
+            snapshot_every: self.snapshot_every,
+            keep_logs: self.keep_logs,
+            ..RaftConfig::default()
         }
     }
 }
@@ -163,12 +239,81 @@ impl SchedulerConfig {
                 self.deploy.stack
             )));
         }
+        self.validate_cluster()?;
+        self.raft.to_raft_config().to_openraft().map_err(|e| ConfigError(format!("[raft]: {e}")))?;
         if self.agents.down_after_secs < u64::from(self.agents.report_interval_secs) * 2 {
             return Err(ConfigError(
                 "agents.down_after_secs must be at least twice agents.report_interval_secs".into(),
             ));
         }
         Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let members = &self.cluster.members;
+        if self.node_id == 0 {
+            return Err(ConfigError(
+                "node_id must be at least 1 (0 means \"none\" in cluster status)".into(),
+            ));
+        }
+        if members.is_empty() {
+            return Ok(());
+        }
+        if self.cluster.join {
+            return Err(ConfigError(
+                "cluster.join and cluster.members exclude each other: list the founding members \
+                 on every founding scheduler, or set join = true on a scheduler added later"
+                    .into(),
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        let mut addrs = std::collections::BTreeSet::new();
+        for m in members {
+            if m.id == 0 {
+                return Err(ConfigError("cluster.members: id 0 is not a valid member id".into()));
+            }
+            if !ids.insert(m.id) {
+                return Err(ConfigError(format!("cluster.members: id {} is listed twice", m.id)));
+            }
+            if !addrs.insert(m.addr.as_str()) {
+                return Err(ConfigError(format!("cluster.members: address {} is listed twice", m.addr)));
+            }
+            if m.addr.is_empty() || m.addr.contains('/') {
+                return Err(ConfigError(format!(
+                    "cluster.members: address {:?} of member {} must be host:port",
+                    m.addr, m.id
+                )));
+            }
+        }
+        let Some(me) = members.iter().find(|m| m.id == self.node_id) else {
+            return Err(ConfigError(format!(
+                "cluster.members does not list this scheduler (node_id = {}); every founding member \
+                 lists all of them, itself included",
+                self.node_id
+            )));
+        };
+        if let Some(advertise) = &self.advertise {
+            if *advertise != me.addr {
+                return Err(ConfigError(format!(
+                    "advertise = {advertise:?} but cluster.members lists member {} at {:?}; make them the same",
+                    self.node_id, me.addr
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The founding members of a statically configured cluster (empty otherwise).
+    pub fn static_members(&self) -> std::collections::BTreeMap<u64, String> {
+        self.cluster.members.iter().map(|m| (m.id, m.addr.clone())).collect()
+    }
+
+    /// The address this scheduler advertises, if the config says (the bound address
+    /// otherwise).
+    pub fn advertised(&self) -> Option<String> {
+        self.advertise
+            .clone()
+            .or_else(|| self.cluster.members.iter().find(|m| m.id == self.node_id).map(|m| m.addr.clone()))
     }
 
     /// How long a node may stay silent before it is Down.
@@ -201,5 +346,33 @@ mod tests {
         assert!(e.to_string().contains("deploy.stack"), "{e}");
         let e = SchedulerConfig::parse("[deploy]\npublish_mode = \"mesh\"\n").unwrap_err();
         assert!(e.to_string().contains("publish_mode"), "{e}");
+    }
+
+    const THREE: &str = "[cluster]\nmembers = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:2\" }, \
+                         { id = 3, addr = \"c:3\" }]\n";
+
+    #[test]
+    fn static_members_must_list_this_node_once_and_agree_with_advertise() {
+        let c = SchedulerConfig::parse(&format!("node_id = 2\n{THREE}")).unwrap();
+        assert_eq!(c.static_members().len(), 3);
+        assert_eq!(c.advertised().as_deref(), Some("b:2"));
+
+        let e = SchedulerConfig::parse(&format!("node_id = 4\n{THREE}")).unwrap_err();
+        assert!(e.to_string().contains("node_id = 4"), "{e}");
+        let e = SchedulerConfig::parse(&format!("node_id = 2\nadvertise = \"x:9\"\n{THREE}")).unwrap_err();
+        assert!(e.to_string().contains("make them the same"), "{e}");
+        let dup = "[cluster]\nmembers = [{ id = 1, addr = \"a:1\" }, { id = 1, addr = \"b:2\" }]\n";
+        let e = SchedulerConfig::parse(dup).unwrap_err();
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let e = SchedulerConfig::parse(&format!("{THREE}join = true\n")).unwrap_err();
+        assert!(e.to_string().contains("exclude each other"), "{e}");
+    }
+
+    #[test]
+    fn raft_timings_are_checked() {
+        let c = SchedulerConfig::parse("[raft]\nheartbeat_ms = 100\n").unwrap();
+        assert_eq!(c.raft.to_raft_config().heartbeat_interval, Duration::from_millis(100));
+        let e = SchedulerConfig::parse("[raft]\nheartbeat_ms = 2000\n").unwrap_err();
+        assert!(e.to_string().contains("[raft]"), "{e}");
     }
 }

@@ -17,6 +17,7 @@ use crate::dispatcher::release_topic;
 use crate::error::Error;
 use crate::events::is_terminal;
 use crate::placement::Liveness;
+use crate::raft;
 use crate::server::Shared;
 use crate::state::{BuildState, Command, DeployState, Response as Applied, State};
 
@@ -391,25 +392,121 @@ impl pb::control_server::Control for ControlService {
         &self,
         _: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let metrics = self.shared.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| pb::ClusterMember {
-                id: *id,
-                addr: node.addr.clone(),
-                voter: voters.contains(id),
-            })
-            .collect();
-        Ok(Response::new(pb::ClusterStatusResponse {
-            node_id: metrics.id,
-            leader_id: metrics.current_leader.unwrap_or_default(),
-            term: metrics.current_term,
-            last_log_index: metrics.last_log_index.unwrap_or_default(),
-            last_applied_index: metrics.last_applied.map_or(0, |l| l.index),
-            members,
-            state: format!("{:?}", metrics.state),
-        }))
+        Ok(Response::new(cluster_status(&self.shared)))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let req = request.into_inner();
+        let addr = req.addr.trim();
+        if addr.is_empty() || addr.contains('/') || !addr.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "addr {addr:?} must be the joining scheduler's advertised host:port"
+            )));
+        }
+        self.shared.require_leader()?;
+        let id = probe_joiner(&self.shared, addr, req.node_id).await?;
+        raft::add_member(&self.shared.raft, id, addr, JOIN_CATCH_UP).await.map_err(membership_status)?;
+        Ok(Response::new(cluster_status(&self.shared)))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let id = request.into_inner().node_id;
+        self.shared.require_leader()?;
+        raft::remove_member(&self.shared.raft, id).await.map_err(membership_status)?;
+        Ok(Response::new(cluster_status(&self.shared)))
+    }
+}
+
+/// How long a joining scheduler may take to catch up before the join is called off.
+const JOIN_CATCH_UP: Duration = Duration::from_secs(60);
+
+/// This member's view of the cluster.
+fn cluster_status(shared: &Shared) -> pb::ClusterStatusResponse {
+    let metrics = shared.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let matched = |id: &u64| {
+        let replication = metrics.replication.as_ref()?;
+        match replication.get(id) {
+            Some(log_id) => log_id.map(|l| l.index),
+            // The leader itself: everything it has.
+            None if *id == metrics.id => metrics.last_log_index,
+            None => None,
+        }
+    };
+    let members = membership
+        .nodes()
+        .map(|(id, node)| pb::ClusterMember {
+            id: *id,
+            addr: node.addr.clone(),
+            voter: voters.contains(id),
+            matched_index: matched(id).unwrap_or_default(),
+        })
+        .collect();
+    pb::ClusterStatusResponse {
+        node_id: metrics.id,
+        leader_id: metrics.current_leader.unwrap_or_default(),
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index.unwrap_or_default(),
+        last_applied_index: metrics.last_applied.map_or(0, |l| l.index),
+        members,
+        state: format!("{:?}", metrics.state),
+        snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+        purged_index: metrics.purged.map_or(0, |l| l.index),
+    }
+}
+
+/// Asks the scheduler at `addr` who it is before it is added: it must answer, carry
+/// the expected id (if one was given), and not belong to another cluster. Returns its id.
+async fn probe_joiner(shared: &Shared, addr: &str, expected: u64) -> Result<u64, Status> {
+    let unreachable = |e: String| {
+        Status::unavailable(format!(
+            "cannot reach the joining scheduler at {addr} from the leader ({e}); is it running, with \
+             advertise = \"{addr}\", and is that address reachable from the other schedulers?"
+        ))
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(slipway_proto::endpoint_uri(addr))
+        .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
+    let theirs = pb::control_client::ControlClient::new(channel)
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .map_err(|e| unreachable(e.message().to_string()))?
+        .into_inner();
+    if expected != 0 && theirs.node_id != expected {
+        return Err(Status::invalid_argument(format!(
+            "the scheduler at {addr} has node_id {}, not {expected}",
+            theirs.node_id
+        )));
+    }
+    let ours = shared.raft.metrics().borrow().membership_config.membership().clone();
+    let same_cluster = theirs.members.iter().any(|m| ours.get_node(&m.id).is_some_and(|n| n.addr == m.addr));
+    if !theirs.members.is_empty() && !same_cluster {
+        let listed: Vec<String> = theirs.members.iter().map(|m| format!("{}@{}", m.id, m.addr)).collect();
+        return Err(Status::failed_precondition(format!(
+            "the scheduler at {addr} already belongs to another cluster (members {}); to join it here, \
+             stop it, empty its data_dir, and start it with join = true under [cluster]",
+            listed.join(", ")
+        )));
+    }
+    Ok(theirs.node_id)
+}
+
+fn membership_status(e: raft::MembershipError) -> Status {
+    use raft::MembershipError as M;
+    match e {
+        M::NotLeader { leader_addr } => Error::NotLeader { leader: leader_addr }.into(),
+        M::Conflict(_) => Status::failed_precondition(e.to_string()),
+        M::NotFound(_) => Status::not_found(e.to_string()),
+        M::CatchUp { .. } => Status::deadline_exceeded(e.to_string()),
+        M::Raft(_) => Status::unavailable(e.to_string()),
     }
 }

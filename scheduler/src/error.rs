@@ -7,7 +7,8 @@ use tonic::{Code, Status};
 
 use crate::state::ApplyError;
 
-/// gRPC metadata key carrying the leader's address when this member is not the leader.
+/// gRPC metadata key on "not the leader" errors: the leader's address, or empty while
+/// none is known. Clients retry elsewhere when they see it.
 pub const LEADER_HINT: &str = "slipway-leader";
 
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +46,11 @@ impl From<Error> for Status {
             Error::Refused(ApplyError::AppExists(_)) => Status::already_exists(msg),
             Error::Refused(_) => Status::failed_precondition(msg),
             Error::NotLeader { leader } => {
+                // Always present, empty while no leader is known: clients retry on it.
                 let mut status = Status::new(Code::Unavailable, msg);
-                if let Some(leader) = leader.and_then(|l| l.parse().ok()) {
-                    status.metadata_mut().insert(LEADER_HINT, leader);
-                }
+                let hint =
+                    leader.and_then(|l| l.parse().ok()).unwrap_or_else(|| "".parse().expect("empty value"));
+                status.metadata_mut().insert(LEADER_HINT, hint);
                 status
             }
             Error::Unavailable(_) => Status::unavailable(msg),

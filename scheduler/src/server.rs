@@ -4,6 +4,7 @@
 //! [`Shared`] is what every part holds: config, raft, the replicated state, the fleet's
 //! soft state and the event hub.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::dispatcher::DispatchState;
 use crate::error::Error;
 use crate::events::Events;
 use crate::raft::state_machine::SharedState;
-use crate::raft::{self, Raft, RaftConfig};
+use crate::raft::{self, Raft};
 use crate::state::{App, Build, Command, Response, State};
 
 /// What every part of the scheduler shares.
@@ -180,19 +181,30 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     let http_addr = http_listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
-    let advertise = config.advertise.clone().unwrap_or_else(|| grpc_addr.to_string());
+    let advertise = config.advertised().unwrap_or_else(|| grpc_addr.to_string());
 
     let store_err =
         |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
-    let opened = raft::open(&config.data_dir, config.node_id, &RaftConfig::default())
+    let opened = raft::open(&config.data_dir, config.node_id, &config.raft.to_raft_config())
         .await
         .map_err(|e| store_err(e.to_string()))?;
-    if !opened.initialized {
-        tracing::info!(node_id = config.node_id, %advertise, "bootstrapping a new single-member cluster");
-        raft::bootstrap_single(&opened.raft, config.node_id, advertise.clone())
-            .await
-            .map_err(|e| store_err(e.to_string()))?;
+    if opened.initialized {
+        tracing::info!(node_id = config.node_id, "the data dir holds a cluster; rejoining it");
+    } else if config.cluster.join {
+        tracing::warn!(
+            node_id = config.node_id,
+            %advertise,
+            "not a member of any cluster yet: waiting to be added; run `slipway cluster join {advertise}` \
+             against the cluster"
+        );
+    } else {
+        let members = match config.static_members() {
+            m if m.is_empty() => BTreeMap::from([(config.node_id, advertise.clone())]),
+            m => m,
+        };
+        tracing::info!(node_id = config.node_id, ?members, "founding a new cluster");
+        raft::bootstrap(&opened.raft, members).await.map_err(|e| store_err(e.to_string()))?;
     }
 
     let shared = Arc::new(Shared {
@@ -260,7 +272,21 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
 async fn watch_leadership(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut metrics = shared.raft.metrics();
     let mut leading = false;
+    let mut member = false;
     loop {
+        let now_member = {
+            let m = metrics.borrow();
+            m.membership_config.membership().get_node(&m.id).is_some()
+        };
+        if member && !now_member {
+            tracing::error!(
+                "this scheduler was removed from the cluster: it no longer takes part; stop it, and \
+                 empty its data_dir before joining it to a cluster again"
+            );
+        } else if !member && now_member {
+            tracing::info!("this scheduler is a member of the cluster");
+        }
+        member = now_member;
         let now_leading = shared.is_leader();
         if now_leading != leading {
             tracing::info!(leader = now_leading, term = metrics.borrow().current_term, "leadership changed");

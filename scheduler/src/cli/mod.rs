@@ -8,7 +8,7 @@ pub mod config;
 pub mod output;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
@@ -130,14 +130,35 @@ enum BuildsCmd {
 
 #[derive(Subcommand)]
 enum ClusterCmd {
+    /// Every member's role, term and log position, as each member sees itself.
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Add the scheduler at ADDR (started with `join = true` under [cluster]) as a voter.
+    Join {
+        /// The joining scheduler's advertised address, host:port.
+        addr: String,
+        /// Its node_id (default: asked from the scheduler at ADDR).
+        #[arg(long)]
+        id: Option<u64>,
+    },
+    /// Remove member ID from the cluster.
+    Remove { id: u64 },
 }
 
-/// A failure to report: the message is what the operator reads.
-struct Failure(String);
+/// A failure to report: the message is what the operator reads; `retry` marks the
+/// failures a leader change explains, which are worth another try.
+struct Failure {
+    message: String,
+    retry: bool,
+}
+
+impl Failure {
+    fn fatal(message: String) -> Self {
+        Self { message, retry: false }
+    }
+}
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
@@ -147,10 +168,20 @@ impl From<Status> for Failure {
             Code::AlreadyExists => "already exists",
             Code::FailedPrecondition => "refused",
             Code::Unavailable => "unavailable",
+            Code::DeadlineExceeded => "timed out",
             _ => "error",
         };
-        Failure(format!("{what}: {}", s.message()))
+        Failure { message: format!("{what}: {}", s.message()), retry: leader_changing(&s) }
     }
+}
+
+/// Did the call fail because the member is not (or no longer) the leader, or because
+/// the connection to it broke? Errors the scheduler itself answers carry no transport
+/// error as their source; "not the leader" carries the leader hint.
+fn leader_changing(s: &Status) -> bool {
+    s.metadata().contains_key(crate::error::LEADER_HINT)
+        || (matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+            && std::error::Error::source(s).is_some())
 }
 
 type Result<T> = std::result::Result<T, Failure>;
@@ -160,8 +191,8 @@ pub async fn main() -> i32 {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => 0,
-        Err(Failure(msg)) => {
-            eprintln!("error: {msg}");
+        Err(Failure { message, .. }) => {
+            eprintln!("error: {message}");
             1
         }
     }
@@ -196,15 +227,14 @@ async fn leader(addrs: &[String]) -> Result<ControlClient<Channel>> {
         if status.leader_id == status.node_id || status.leader_id == 0 {
             return Ok(client);
         }
+        // A leader this member cannot name or the CLI cannot reach: the member forwards
+        // writes, or says who leads once an election is over.
         match status.members.iter().find(|m| m.id == status.leader_id) {
-            Some(m) => match connect(&m.addr).await {
-                Ok(c) => return Ok(c),
-                Err(e) => errors.push(format!("leader {e}")),
-            },
+            Some(m) => return Ok(connect(&m.addr).await.unwrap_or(client)),
             None => return Ok(client),
         }
     }
-    Err(Failure(format!(
+    Err(Failure::fatal(format!(
         "cannot reach a scheduler ({}); is slipway-scheduler running? (`./packaging/quickstart.sh` starts one)",
         errors.join("; ")
     )))
@@ -214,12 +244,57 @@ fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
+/// How long the CLI keeps retrying a request that failed because the cluster is
+/// changing leader (or the member it talked to went away).
+const RETRY_FOR: Duration = Duration::from_secs(20);
+
 async fn run(cli: Cli) -> Result<()> {
-    let addrs = config::resolve(cli.config.as_deref(), &cli.schedulers).map_err(Failure)?;
-    let mut c = leader(&addrs).await?;
-    match cli.command {
+    let addrs = config::resolve(cli.config.as_deref(), &cli.schedulers).map_err(Failure::fatal)?;
+    // One id for every retry: the scheduler joins a retried deploy to the first one.
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut retry = false;
+    loop {
+        let result = match leader(&addrs).await {
+            Ok(mut c) => execute(&mut c, &cli.command, &request_id, retry).await,
+            Err(f) => Err(f),
+        };
+        match result {
+            Err(f) if f.retry && Instant::now() < deadline => {
+                if !retry {
+                    eprintln!("note: {}; retrying", f.message);
+                }
+                retry = true;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs one command against `c`. `retry` says an earlier attempt may have happened,
+/// so "already exists" / "not found" from a create or delete that may have gone
+/// through count as done.
+async fn execute(
+    c: &mut ControlClient<Channel>,
+    command: &Command,
+    request_id: &str,
+    retry: bool,
+) -> Result<()> {
+    match command {
         Command::Apps(AppsCmd::Create { name, repo, branch }) => {
-            let app = c.create_app(pb::CreateAppRequest { name, repo, branch }).await?.into_inner();
+            let req = pb::CreateAppRequest { name: name.clone(), repo: repo.clone(), branch: branch.clone() };
+            let app = match c.create_app(req).await {
+                Ok(app) => app.into_inner(),
+                Err(s) if retry && s.code() == Code::AlreadyExists => {
+                    let app = c.get_app(pb::GetAppRequest { name: name.clone() }).await?.into_inner();
+                    if app.repo != *repo || app.branch != *branch {
+                        return Err(s.into());
+                    }
+                    app
+                }
+                Err(s) => return Err(s.into()),
+            };
             println!(
                 "app {} created (repo {}, branch {}); deploy it with `slipway deploy {}`",
                 app.name, app.repo, app.branch, app.name
@@ -227,7 +302,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Apps(AppsCmd::List { json }) => {
             let apps = c.list_apps(pb::ListAppsRequest {}).await?.into_inner().apps;
-            if json {
+            if *json {
                 print_json(&Value::Array(apps.iter().map(output::app_json).collect()));
             } else {
                 let rows = apps
@@ -246,7 +321,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Apps(AppsCmd::Show { name, json }) => {
             let app = c.get_app(pb::GetAppRequest { name: name.clone() }).await?.into_inner();
-            if json {
+            if *json {
                 print_json(&output::app_json(&app));
             } else {
                 println!(
@@ -261,22 +336,26 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Apps(AppsCmd::Delete { name }) => {
-            c.delete_app(pb::DeleteAppRequest { name: name.clone() }).await?;
+            match c.delete_app(pb::DeleteAppRequest { name: name.clone() }).await {
+                Ok(_) => {}
+                Err(s) if retry && s.code() == Code::NotFound => {}
+                Err(s) => return Err(s.into()),
+            }
             println!("app {name} deleted (its service was removed)");
         }
         Command::Deploy { app, git_ref, no_cache } => {
             let req = pb::DeployRequest {
-                app,
-                git_ref: git_ref.unwrap_or_default(),
-                no_cache,
-                request_id: uuid::Uuid::new_v4().to_string(),
+                app: app.clone(),
+                git_ref: git_ref.clone().unwrap_or_default(),
+                no_cache: *no_cache,
+                request_id: request_id.to_string(),
             };
             let stream = c.deploy(req).await?.into_inner();
             follow_deploy(stream).await?;
         }
         Command::Builds(BuildsArgs { show: Some(BuildsCmd::Show { id, json }), .. }) => {
-            let b = c.get_build(pb::GetBuildRequest { id }).await?.into_inner();
-            if json {
+            let b = c.get_build(pb::GetBuildRequest { id: id.clone() }).await?.into_inner();
+            if *json {
                 print_json(&output::build_json(&b));
             } else {
                 print_build(&b);
@@ -284,11 +363,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Builds(BuildsArgs { show: None, app, json }) => {
             let builds = c
-                .list_builds(pb::ListBuildsRequest { app: app.unwrap_or_default() })
+                .list_builds(pb::ListBuildsRequest { app: app.clone().unwrap_or_default() })
                 .await?
                 .into_inner()
                 .builds;
-            if json {
+            if *json {
                 print_json(&Value::Array(builds.iter().map(output::build_json).collect()));
             } else {
                 let rows = builds
@@ -310,15 +389,18 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Logs { build, follow } => {
-            let mut stream =
-                c.build_logs(pb::BuildLogsRequest { build_id: build, follow }).await?.into_inner();
+            let mut stream = c
+                .build_logs(pb::BuildLogsRequest { build_id: build.clone(), follow: *follow })
+                .await?
+                .into_inner();
             while let Some(line) = stream.next().await {
                 println!("{}", line?.line);
             }
         }
         Command::Releases { app, json } => {
-            let releases = c.list_releases(pb::ListReleasesRequest { app }).await?.into_inner().releases;
-            if json {
+            let releases =
+                c.list_releases(pb::ListReleasesRequest { app: app.clone() }).await?.into_inner().releases;
+            if *json {
                 print_json(&Value::Array(releases.iter().map(output::release_json).collect()));
             } else {
                 let rows = releases
@@ -344,16 +426,16 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Rollback { app, to } => {
             let req = pb::RollbackRequest {
-                app,
+                app: app.clone(),
                 to: to.unwrap_or(0),
-                request_id: uuid::Uuid::new_v4().to_string(),
+                request_id: request_id.to_string(),
             };
             let stream = c.rollback(req).await?.into_inner();
             follow_deploy(stream).await?;
         }
         Command::Nodes { json } => {
             let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
-            if json {
+            if *json {
                 print_json(&Value::Array(nodes.iter().map(output::node_json).collect()));
             } else {
                 let rows = nodes
@@ -406,35 +488,130 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Cluster(ClusterCmd::Status { json }) => {
-            let s = c.cluster_status(pb::ClusterStatusRequest {}).await?.into_inner();
-            if json {
-                print_json(&serde_json::json!({
-                    "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term, "state": s.state,
-                    "last_log_index": s.last_log_index, "last_applied_index": s.last_applied_index,
-                    "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
-                }));
-            } else {
-                println!(
-                    "member {} ({}), leader {}, term {}, last log {}, applied {}",
-                    s.node_id, s.state, s.leader_id, s.term, s.last_log_index, s.last_applied_index
-                );
-                let rows = s
-                    .members
-                    .iter()
-                    .map(|m| {
-                        vec![
-                            m.id.to_string(),
-                            m.addr.clone(),
-                            if m.voter { "voter" } else { "learner" }.into(),
-                            if m.id == s.leader_id { "leader" } else { "" }.into(),
-                        ]
-                    })
-                    .collect();
-                table(&["ID", "ADDRESS", "ROLE", ""], rows);
-            }
+        Command::Cluster(ClusterCmd::Join { addr, id }) => {
+            let req = pb::AddMemberRequest { addr: addr.clone(), node_id: id.unwrap_or(0) };
+            let status = c.add_member(req).await?.into_inner();
+            let joined = status.members.iter().find(|m| m.addr == *addr).map_or(0, |m| m.id);
+            println!("scheduler {joined} at {addr} joined the cluster ({} members)", status.members.len());
         }
+        Command::Cluster(ClusterCmd::Remove { id }) => {
+            match c.remove_member(pb::RemoveMemberRequest { node_id: *id }).await {
+                Ok(_) => {}
+                Err(s) if retry && s.code() == Code::NotFound => {}
+                Err(s) => return Err(s.into()),
+            }
+            println!(
+                "scheduler {id} removed from the cluster; stop it, and empty its data_dir before it joins again"
+            );
+        }
+        Command::Cluster(ClusterCmd::Status { json }) => cluster_status(c, *json).await?,
     }
+    Ok(())
+}
+
+/// `cluster status`: the members as the member `c` knows them, each asked for its own
+/// view (role, term, log position); the leader's view adds what it replicated to each.
+async fn cluster_status(c: &mut ControlClient<Channel>, json: bool) -> Result<()> {
+    let first = c.cluster_status(pb::ClusterStatusRequest {}).await?.into_inner();
+    if first.members.is_empty() {
+        println!(
+            "scheduler {} is not a member of any cluster yet: add it with `slipway cluster join ADDR` \
+             against the cluster",
+            first.node_id
+        );
+        return Ok(());
+    }
+    let from_leader = first.leader_id == first.node_id;
+    let views = futures::future::join_all(first.members.iter().map(|m| async move {
+        let view = match tokio::time::timeout(Duration::from_secs(3), connect(&m.addr)).await {
+            Err(_) => Err("no answer in 3 s".to_string()),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(mut client)) => {
+                match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    client.cluster_status(pb::ClusterStatusRequest {}),
+                )
+                .await
+                {
+                    Err(_) => Err("no answer in 3 s".to_string()),
+                    Ok(Err(s)) => Err(s.message().to_string()),
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                }
+            }
+        };
+        (m.clone(), view)
+    }))
+    .await;
+    let leader = views
+        .iter()
+        .filter_map(|(_, v)| v.as_ref().ok())
+        .find(|v| v.leader_id == v.node_id)
+        .map_or(0, |v| v.node_id);
+    if json {
+        let members: Vec<Value> = views
+            .iter()
+            .map(|(m, v)| {
+                let mut entry = serde_json::json!({
+                    "id": m.id, "addr": m.addr, "voter": m.voter,
+                    "matched_index": from_leader.then_some(m.matched_index),
+                });
+                match v {
+                    Ok(v) => {
+                        entry["reachable"] = true.into();
+                        entry["state"] = v.state.clone().into();
+                        entry["term"] = v.term.into();
+                        entry["last_log_index"] = v.last_log_index.into();
+                        entry["last_applied_index"] = v.last_applied_index.into();
+                        entry["snapshot_index"] = v.snapshot_index.into();
+                        entry["purged_index"] = v.purged_index.into();
+                    }
+                    Err(e) => {
+                        entry["reachable"] = false.into();
+                        entry["error"] = e.clone().into();
+                    }
+                }
+                entry
+            })
+            .collect();
+        print_json(&serde_json::json!({ "leader_id": leader, "members": members }));
+        return Ok(());
+    }
+    match leader {
+        0 => println!("no leader: fewer than a majority of the members answer, or an election is under way"),
+        id => println!("leader: scheduler {id}"),
+    }
+    let rows = views
+        .iter()
+        .map(|(m, v)| {
+            let role = if m.voter { "voter" } else { "learner" };
+            let matched = if from_leader { m.matched_index.to_string() } else { "-".into() };
+            match v {
+                Ok(v) => vec![
+                    m.id.to_string(),
+                    m.addr.clone(),
+                    role.into(),
+                    v.state.clone(),
+                    v.term.to_string(),
+                    v.last_log_index.to_string(),
+                    v.last_applied_index.to_string(),
+                    v.snapshot_index.to_string(),
+                    matched,
+                ],
+                Err(e) => vec![
+                    m.id.to_string(),
+                    m.addr.clone(),
+                    role.into(),
+                    format!("unreachable ({})", e.chars().take(60).collect::<String>()),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    matched,
+                ],
+            }
+        })
+        .collect();
+    table(&["ID", "ADDRESS", "ROLE", "STATE", "TERM", "LAST LOG", "APPLIED", "SNAPSHOT", "MATCHED"], rows);
     Ok(())
 }
 
@@ -481,7 +658,7 @@ async fn follow_deploy(mut stream: tonic::Streaming<DeployEvent>) -> Result<()> 
         let event = match event {
             Ok(e) => e,
             Err(status) => {
-                return Err(Failure(format!(
+                return Err(Failure::fatal(format!(
                     "lost the scheduler while following the deploy ({}); it goes on without you: see `slipway builds show {build_id}`",
                     status.message()
                 )))
@@ -533,11 +710,11 @@ async fn follow_deploy(mut stream: tonic::Streaming<DeployEvent>) -> Result<()> 
                 );
                 return Ok(());
             }
-            Some(Event::Failed(reason)) => return Err(Failure(reason)),
+            Some(Event::Failed(reason)) => return Err(Failure::fatal(reason)),
             None => {}
         }
     }
-    Err(Failure(format!(
+    Err(Failure::fatal(format!(
         "the scheduler ended the stream before the deploy finished; see `slipway builds show {build_id}`"
     )))
 }

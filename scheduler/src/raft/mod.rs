@@ -16,6 +16,7 @@
 //! - [`network`]: openraft's RPCs over tonic, client and server.
 
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod state_machine;
 
@@ -42,6 +43,7 @@ pub type NodeId = u64;
 
 // Opening, bootstrapping and writing: the API the rest of the scheduler uses.
 
+pub use membership::{add_member, remove_member, Added, MembershipError};
 pub use network::{Network, RaftService};
 pub use state_machine::SharedState;
 
@@ -90,9 +92,9 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(250),
-            election_timeout_min: Duration::from_millis(800),
-            election_timeout_max: Duration::from_millis(1600),
+            heartbeat_interval: Duration::from_millis(150),
+            election_timeout_min: Duration::from_millis(600),
+            election_timeout_max: Duration::from_millis(1200),
             snapshot_every: 5000,
             keep_logs: 1000,
             install_snapshot_timeout: Duration::from_secs(5),
@@ -286,24 +288,29 @@ async fn open_db(path: &Path) -> Result<sled::Db, RaftSetupError> {
     }
 }
 
-/// Makes this node a one-member cluster at `addr`, unless its store already holds a
-/// cluster. Returns whether it initialised one.
+/// Founds a cluster of `members` (id → advertised address) on this node, unless its
+/// store already holds a cluster. Returns whether it initialised one.
 ///
-/// Call it only on the node meant to start a new cluster; nodes that will join an
-/// existing one wait to be added by the leader instead.
-pub async fn bootstrap_single(raft: &Raft, node_id: NodeId, addr: String) -> Result<bool, RaftSetupError> {
+/// Call it on the node meant to start a new cluster with itself alone, or on every
+/// founding member with the same `members` (they all write the same membership at log
+/// index 0, so that is safe). Nodes that join an existing cluster wait to be added by
+/// the leader instead ([`add_member`]).
+pub async fn bootstrap(raft: &Raft, members: BTreeMap<NodeId, String>) -> Result<bool, RaftSetupError> {
     if raft.is_initialized().await? {
-        tracing::info!(node_id, "the raft store already holds a cluster; not bootstrapping");
+        tracing::info!("the raft store already holds a cluster; not bootstrapping");
         return Ok(false);
     }
-    match raft.initialize(BTreeMap::from([(node_id, BasicNode { addr })])).await {
+    let count = members.len();
+    let nodes: BTreeMap<NodeId, BasicNode> =
+        members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+    match raft.initialize(nodes).await {
         Ok(()) => {
-            tracing::info!(node_id, "bootstrapped a one-member raft cluster");
+            tracing::info!(members = count, "founded a raft cluster");
             Ok(true)
         }
         // Raced with a vote or entries from a peer: the store is no longer pristine.
         Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-            tracing::info!(node_id, reason = %e, "not bootstrapping");
+            tracing::info!(reason = %e, "not bootstrapping");
             Ok(false)
         }
         Err(RaftError::APIError(e)) => Err(e.into()),
@@ -461,7 +468,7 @@ pub(crate) mod test_cluster {
         }
 
         pub async fn bootstrap(&self, id: NodeId) -> bool {
-            bootstrap_single(self.raft(id), id, self.addr(id)).await.unwrap()
+            bootstrap(self.raft(id), BTreeMap::from([(id, self.addr(id))])).await.unwrap()
         }
 
         /// Adds `ids` as voters through the leader `leader`.
@@ -561,9 +568,13 @@ mod tests {
     use super::test_cluster::{create_app, fast_config, queue_build, TestCluster};
     use super::*;
 
+    fn one_member() -> BTreeMap<NodeId, String> {
+        BTreeMap::from([(1, "127.0.0.1:1".to_string())])
+    }
+
     async fn single_node(dir: &Path, config: &RaftConfig) -> Opened {
         let opened = open(dir, 1, config).await.unwrap();
-        bootstrap_single(&opened.raft, 1, "127.0.0.1:1".into()).await.unwrap();
+        bootstrap(&opened.raft, one_member()).await.unwrap();
         opened.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "single node leads").await.unwrap();
         opened
     }
@@ -576,8 +587,8 @@ mod tests {
     #[test]
     fn default_settings_are_valid_and_bad_ones_are_explained() {
         let config = RaftConfig::default().to_openraft().unwrap();
-        assert_eq!((config.heartbeat_interval, config.election_timeout_min), (250, 800));
-        let bad = RaftConfig { election_timeout_min: Duration::from_millis(200), ..RaftConfig::default() };
+        assert_eq!((config.heartbeat_interval, config.election_timeout_min), (150, 600));
+        let bad = RaftConfig { election_timeout_min: Duration::from_millis(100), ..RaftConfig::default() };
         let err = bad.to_openraft().unwrap_err().to_string();
         assert!(err.contains("heartbeat"), "{err}");
         let bad = RaftConfig { snapshot_every: 0, ..RaftConfig::default() };
@@ -590,7 +601,7 @@ mod tests {
         let config = RaftConfig::default();
         let opened = open(dir.path(), 1, &config).await.unwrap();
         assert!(!opened.initialized);
-        assert!(bootstrap_single(&opened.raft, 1, "127.0.0.1:1".into()).await.unwrap());
+        assert!(bootstrap(&opened.raft, one_member()).await.unwrap());
         opened.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.unwrap();
 
         let started = Instant::now();
@@ -618,7 +629,7 @@ mod tests {
         // The committed entries were re-applied inside `open`, before any election.
         assert_eq!(*reopened.applied.borrow(), applied);
         assert_eq!(*reopened.state.read().unwrap(), before);
-        assert!(!bootstrap_single(&reopened.raft, 1, "127.0.0.1:1".into()).await.unwrap());
+        assert!(!bootstrap(&reopened.raft, one_member()).await.unwrap());
 
         reopened.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader again").await.unwrap();
         write(&reopened.raft, create_app("after-restart")).await.unwrap();

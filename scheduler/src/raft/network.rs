@@ -248,6 +248,29 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// A vote refusal for `candidate` when it is not a voter of the membership this node
+    /// knows: a removed scheduler that missed its own removal keeps campaigning, and must
+    /// not win an election (and disturb the cluster) on an up-to-date log. Refusing a
+    /// vote is always safe; a member this node has not heard of yet is refused only
+    /// until the membership that adds it is replicated here.
+    fn refuse_non_member(&self, candidate: NodeId) -> Option<VoteResponse<NodeId>> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|id| id == candidate) || membership.get_node(&m.id).is_none() {
+            // A node outside any cluster (waiting to join) has no say; openraft decides.
+            return None;
+        }
+        tracing::warn!(
+            candidate,
+            "refusing the vote of scheduler {candidate}: it is not a member of this cluster \
+             (removed?); stop it, or wipe its data_dir and join it again"
+        );
+        Some(VoteResponse::new(m.vote, None, false))
+    }
+}
+
 fn decode<T: DeserializeOwned>(request: tonic::Request<RaftPayload>) -> Result<T, Status> {
     serde_json::from_slice(&request.into_inner().json).map_err(|e| {
         Status::invalid_argument(format!("undecodable raft payload (peer on another version?): {e}"))
@@ -280,6 +303,10 @@ impl RaftRpc for RaftService {
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
         let rpc: VoteRequest<NodeId> = decode(request)?;
+        let candidate = rpc.vote.leader_id().voted_for();
+        if let Some(refused) = candidate.and_then(|c| self.refuse_non_member(c)) {
+            return encode(&Ok::<_, RaftError<NodeId>>(refused));
+        }
         encode(&self.raft.vote(rpc).await)
     }
 
