@@ -20,6 +20,10 @@
 #   ensure_docker              a Docker engine answers `docker info` (installs/starts one)
 #   ensure_swarm               this engine is an active Swarm manager
 #   ensure_rust                cargo (and rustfmt/clippy when asked) are present
+#   running PIDFILE            is the process in PIDFILE alive?
+#   start_bg NAME PIDFILE LOG CMD...  starts CMD in the background unless running
+#   stop_pid NAME PIDFILE      TERM, then KILL after 10 s
+#   example_repo DIR APP       examples/APP as a git repo at DIR; prints its file:// URL
 
 if [[ -n "${SLIPWAY_LIB_SH_LOADED:-}" ]]; then
     return 0
@@ -213,4 +217,54 @@ ensure_rust() {
             return 1
         fi
     done
+}
+
+# running PIDFILE: is the process in PIDFILE alive?
+running() {
+    [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+# start_bg NAME PIDFILE LOG COMMAND...: starts COMMAND in the background unless running.
+start_bg() {
+    local name="$1" pidfile="$2" log="$3"
+    shift 3
+    if running "$pidfile"; then
+        info "$name already running (pid $(cat "$pidfile"))"
+        return 0
+    fi
+    info "starting $name (log: ${log#"$SLIPWAY_ROOT"/})"
+    nohup "$@" >>"$log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+}
+
+# stop_pid NAME PIDFILE: stops the process (TERM, then KILL after 10 s); removes PIDFILE.
+stop_pid() {
+    local name="$1" pidfile="$2" i
+    if running "$pidfile"; then
+        info "stopping $name"
+        kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+        for i in $(seq 1 50); do
+            running "$pidfile" || break
+            sleep 0.2
+        done
+        running "$pidfile" && kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
+
+# example_repo DIR APP: examples/APP committed into a git repository at DIR (each call
+# commits what changed), for the agent to clone; prints its file:// URL.
+example_repo() {
+    local repo="$1" app="$2"
+    mkdir -p "$repo"
+    # Mirror examples/APP, keeping the repo's history: each call commits what changed.
+    (cd "$SLIPWAY_ROOT/examples/$app" && tar -cf - .) | (cd "$repo" && tar -xf -)
+    if [[ ! -d "$repo/.git" ]]; then
+        git -C "$repo" init -q -b main
+        git -C "$repo" config user.name "slipway example"
+        git -C "$repo" config user.email "example@slipway.invalid"
+    fi
+    git -C "$repo" add -A
+    git -C "$repo" diff --cached --quiet || git -C "$repo" commit -q -m "example app from examples/$app"
+    echo "file://$repo"
 }

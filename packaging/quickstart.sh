@@ -33,38 +33,6 @@ STACK=slipway
 APP=hello
 BIN="$SLIPWAY_ROOT/target/debug"
 
-# running PIDFILE: is the process in PIDFILE alive?
-running() {
-    [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
-}
-
-# start_bg NAME PIDFILE LOG COMMAND...: starts COMMAND in the background unless running.
-start_bg() {
-    local name="$1" pidfile="$2" log="$3"
-    shift 3
-    if running "$pidfile"; then
-        info "$name already running (pid $(cat "$pidfile"))"
-        return 0
-    fi
-    info "starting $name (log: ${log#"$SLIPWAY_ROOT"/})"
-    nohup "$@" >>"$log" 2>&1 </dev/null &
-    echo $! >"$pidfile"
-}
-
-stop_pid() {
-    local name="$1" pidfile="$2" i
-    if running "$pidfile"; then
-        info "stopping $name"
-        kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
-        for i in $(seq 1 50); do
-            running "$pidfile" || break
-            sleep 0.2
-        done
-        running "$pidfile" && kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
-}
-
 write_configs() {
     mkdir -p "$STATE/scheduler" "$STATE/agent" "$STATE/builds" "$STATE/logs"
     cat >"$STATE/scheduler.toml" <<EOF
@@ -129,22 +97,6 @@ wait_node() {
     return 1
 }
 
-# The example app as a git repository the agent can clone (file://).
-example_repo() {
-    local repo="$STATE/example-repo"
-    mkdir -p "$repo"
-    # Mirror examples/hello, keeping the repo's history: each `up` commits what changed.
-    (cd "$SLIPWAY_ROOT/examples/$APP" && tar -cf - .) | (cd "$repo" && tar -xf -)
-    if [[ ! -d "$repo/.git" ]]; then
-        git -C "$repo" init -q -b main
-        git -C "$repo" config user.name "slipway quickstart"
-        git -C "$repo" config user.email "quickstart@slipway.invalid"
-    fi
-    git -C "$repo" add -A
-    git -C "$repo" diff --cached --quiet || git -C "$repo" commit -q -m "example app from examples/$APP"
-    echo "file://$repo"
-}
-
 up() {
     info "installing what is missing"
     local pkgs=(busybox-static curl)
@@ -170,7 +122,7 @@ up() {
     wait_node
 
     local repo
-    repo="$(example_repo)"
+    repo="$(example_repo "$STATE/example-repo" "$APP")"
     if ! "$BIN/slipway" apps show "$APP" >/dev/null 2>&1; then
         "$BIN/slipway" apps create "$APP" --repo "$repo" --branch main
     fi

@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# packaging/local-cluster.sh — a replicated slipway on this machine: N schedulers on
+# loopback forming one raft cluster, one agent on the local engine, a registry.
+#
+# Usage: packaging/local-cluster.sh up [N]    start N schedulers (default 3), the agent
+#                                             and the registry; register the example app
+#        packaging/local-cluster.sh kill N    kill -9 scheduler N
+#        packaging/local-cluster.sh start N   start scheduler N again (from its data dir)
+#        packaging/local-cluster.sh status    processes, then `slipway cluster status`
+#        packaging/local-cluster.sh down      stop everything (state stays, see below)
+#
+# Scheduler n listens on 127.0.0.1:(7410+2(n-1)) for gRPC and the next port for HTTP
+# (/healthz, /readyz, /metrics). Its config, raft data dir, log and pid file are under
+# .slipway/cluster/<n>/. The founding members are listed in every member's config
+# ([cluster] members), so they form the cluster on first start with no further step.
+# `up` writes .slipway/config.toml listing every member: `slipway` finds the leader.
+# Delete .slipway/cluster for a fresh cluster.
+#
+# Environment: SLIPWAY_CLUSTER_REGISTRY_PORT (default 5001), SLIPWAY_CLUSTER_BASE_PORT
+# (default 7410).
+set -euo pipefail
+
+# shellcheck source=packaging/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$SLIPWAY_ROOT"
+
+STATE="$SLIPWAY_ROOT/.slipway/cluster"
+REGISTRY_PORT="${SLIPWAY_CLUSTER_REGISTRY_PORT:-5001}"
+BASE_PORT="${SLIPWAY_CLUSTER_BASE_PORT:-7410}"
+STACK=slipway-cluster
+APP=hello
+BIN="$SLIPWAY_ROOT/target/debug"
+
+grpc_addr() { echo "127.0.0.1:$((BASE_PORT + 2 * ($1 - 1)))"; }
+http_addr() { echo "127.0.0.1:$((BASE_PORT + 2 * ($1 - 1) + 1))"; }
+
+# The member count `up` chose, remembered for kill/start/status/down.
+members() {
+    [[ -f "$STATE/size" ]] || die "no local cluster here: run \`$0 up\` first"
+    cat "$STATE/size"
+}
+
+check_member() {
+    local n="$1" size
+    size="$(members)"
+    [[ "$n" =~ ^[0-9]+$ ]] && ((n >= 1 && n <= size)) ||
+        die "no scheduler $n: this cluster has schedulers 1 to $size"
+}
+
+write_configs() {
+    local size="$1" n list="" addrs=""
+    for n in $(seq 1 "$size"); do
+        list+="${list:+, }{ id = $n, addr = \"$(grpc_addr "$n")\" }"
+        addrs+="${addrs:+, }\"$(grpc_addr "$n")\""
+    done
+    for n in $(seq 1 "$size"); do
+        mkdir -p "$STATE/$n/data"
+        cat >"$STATE/$n/scheduler.toml" <<EOF
+# Written by packaging/local-cluster.sh: member $n of a $size-member cluster on loopback.
+node_id = $n
+listen = "$(grpc_addr "$n")"
+http_listen = "$(http_addr "$n")"
+data_dir = "$STATE/$n/data"
+
+[cluster]
+# Every founding member lists the same members; they form the cluster on first start.
+members = [$list]
+
+[raft]
+# The defaults, spelled out: a new leader accepts writes about a second after the old
+# one dies (see the README's failover walk-through).
+heartbeat_ms = 150
+election_timeout_min_ms = 600
+election_timeout_max_ms = 1200
+
+[registry]
+addr = "127.0.0.1:$REGISTRY_PORT"
+
+[deploy]
+stack = "$STACK"
+publish_mode = "host"
+
+[agents]
+report_interval_secs = 2
+down_after_secs = 10
+
+[placement]
+min_free_bytes = 536870912
+EOF
+    done
+    mkdir -p "$STATE/agent" "$STATE/builds"
+    cat >"$STATE/agent.toml" <<EOF
+# Written by packaging/local-cluster.sh: one agent; it follows whichever member leads.
+schedulers = [$addrs]
+name = "$(hostname)"
+state_dir = "$STATE/agent"
+build_root = "$STATE/builds"
+build_slots = 2
+EOF
+    mkdir -p "$SLIPWAY_ROOT/.slipway"
+    cat >"$SLIPWAY_ROOT/.slipway/config.toml" <<EOF
+# slipway CLI config, written by packaging/local-cluster.sh: any member will do.
+schedulers = [$addrs]
+EOF
+}
+
+start_member() {
+    local n="$1"
+    start_bg "scheduler $n" "$STATE/$n/pid" "$STATE/$n/log" \
+        "$BIN/slipway-scheduler" --config "$STATE/$n/scheduler.toml"
+}
+
+# wait_leader SECONDS: until some member says it leads.
+wait_leader() {
+    local i
+    for i in $(seq 1 $(($1 * 5))); do
+        "$BIN/slipway" cluster status --json 2>/dev/null | grep -q '"leader_id": [1-9]' && return 0
+        sleep 0.2
+    done
+    error "no leader elected in $1 s; the members' logs say:"
+    tail -n 5 "$STATE"/*/log >&2 || true
+    return 1
+}
+
+up() {
+    local size="${1:-3}" n
+    [[ "$size" =~ ^[0-9]+$ ]] && ((size >= 1 && size <= 9)) || die "up N: N must be 1 to 9, not '$size'"
+    if [[ -f "$STATE/size" && "$(cat "$STATE/size")" != "$size" ]]; then
+        die "a $(cat "$STATE/size")-member cluster already lives in .slipway/cluster: \`$0 down\` and delete that directory first"
+    fi
+    info "installing what is missing"
+    local pkgs=(busybox-static curl)
+    have git || pkgs+=(git)
+    have cc || pkgs+=(build-essential)
+    apt_install "${pkgs[@]}"
+    apt_install_nostart docker-registry
+    ensure_rust
+    ensure_docker
+    ensure_swarm
+    "$SLIPWAY_ROOT/packaging/base-image.sh"
+    info "building slipway (cargo build)"
+    cargo build -q -p slipway-scheduler -p slipway-agent --bins
+
+    mkdir -p "$STATE"
+    echo "$size" >"$STATE/size"
+    write_configs "$size"
+    "$SLIPWAY_ROOT/packaging/registry.sh" start "$STATE/registry" "$REGISTRY_PORT"
+    for n in $(seq 1 "$size"); do start_member "$n"; done
+    wait_leader 30
+    start_bg agent "$STATE/agent/pid" "$STATE/agent/log" "$BIN/slipway-agent" --config "$STATE/agent.toml"
+
+    local repo
+    repo="$(example_repo "$STATE/example-repo" "$APP")"
+    "$BIN/slipway" apps show "$APP" >/dev/null 2>&1 || "$BIN/slipway" apps create "$APP" --repo "$repo" --branch main
+    echo
+    "$BIN/slipway" cluster status
+    echo
+    cat <<EOF
+$size schedulers are up (gRPC on $(grpc_addr 1) … $(grpc_addr "$size")), one agent, a registry on
+127.0.0.1:$REGISTRY_PORT. .slipway/config.toml lists every member, so from the repo root:
+
+    $BIN/slipway deploy $APP              # build and deploy the example (answers on :8080)
+    $BIN/slipway cluster status           # who leads, each member's term and log
+    $0 kill N       # kill -9 member N (try the leader)
+    $0 start N      # bring it back; it catches up from the leader
+    $0 down
+
+EOF
+}
+
+kill_member() {
+    local n="$1" pidfile="$STATE/$1/pid"
+    check_member "$n"
+    if running "$pidfile"; then
+        kill -KILL "$(cat "$pidfile")"
+        rm -f "$pidfile"
+        info "scheduler $n killed (kill -9)"
+    else
+        warn "scheduler $n is not running"
+    fi
+}
+
+status() {
+    local size n
+    size="$(members)"
+    for n in $(seq 1 "$size"); do
+        if running "$STATE/$n/pid"; then
+            echo "scheduler $n: running (pid $(cat "$STATE/$n/pid")), $(grpc_addr "$n")"
+        else
+            echo "scheduler $n: stopped"
+        fi
+    done
+    if running "$STATE/agent/pid"; then echo "agent: running (pid $(cat "$STATE/agent/pid"))"; else echo "agent: stopped"; fi
+    echo
+    "$BIN/slipway" cluster status || true
+}
+
+down() {
+    local size n
+    size="$(members)"
+    stop_pid agent "$STATE/agent/pid"
+    for n in $(seq 1 "$size"); do stop_pid "scheduler $n" "$STATE/$n/pid"; done
+    if have docker && docker info >/dev/null 2>&1; then
+        local ids
+        ids="$(docker service ls -q --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null || true)"
+        if [[ -n "$ids" ]]; then
+            info "removing the services of stack $STACK"
+            # shellcheck disable=SC2086
+            docker service rm $ids >/dev/null
+        fi
+        docker network rm "${STACK}_default" >/dev/null 2>&1 || true
+    fi
+    if [[ -d "$STATE/registry" ]]; then
+        "$SLIPWAY_ROOT/packaging/registry.sh" stop "$STATE/registry" "$REGISTRY_PORT" || true
+    fi
+    info "stopped; state stays in .slipway/cluster (delete it for a fresh cluster)"
+}
+
+case "${1:-}" in
+up) up "${2:-3}" ;;
+kill)
+    [[ $# -eq 2 ]] || die "usage: $0 kill N"
+    kill_member "$2"
+    ;;
+start)
+    [[ $# -eq 2 ]] || die "usage: $0 start N"
+    check_member "$2"
+    start_member "$2"
+    ;;
+status) status ;;
+down) down ;;
+*)
+    echo "usage: $0 up [N] | kill N | start N | status | down" >&2
+    exit 2
+    ;;
+esac
