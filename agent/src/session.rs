@@ -43,6 +43,8 @@ const LEADER_HINT: &str = "slipway-leader";
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long measuring the node (engine calls included) may take.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Leader hints followed in a row before backing off.
+const MAX_REDIRECTS: u32 = 3;
 /// Finished results remembered for answering repeated assignments.
 const REMEMBERED_RESULTS: usize = 256;
 
@@ -123,6 +125,7 @@ async fn connect_loop(agent: Arc<Agent>) {
     let mut backoff = Duration::from_millis(200);
     let mut next = 0usize;
     let mut hint: Option<String> = None;
+    let mut redirects = 0;
     loop {
         let addr = hint.take().unwrap_or_else(|| {
             let addr = agent.config.schedulers[next % agent.config.schedulers.len()].clone();
@@ -133,11 +136,20 @@ async fn connect_loop(agent: Arc<Agent>) {
             Ok(()) => {
                 tracing::info!(%addr, "session ended; reconnecting");
                 backoff = Duration::from_millis(200);
+                redirects = 0;
             }
-            Err(SessionEnd::Redirect(leader)) => {
+            // Follow a hint at once, unless hints keep bouncing between members that
+            // do not agree yet on who leads (an election under way): then back off too.
+            Err(SessionEnd::Redirect(leader)) if redirects < MAX_REDIRECTS => {
                 tracing::info!(%addr, %leader, "following the leader hint");
                 hint = Some(leader);
+                redirects += 1;
                 continue;
+            }
+            Err(SessionEnd::Redirect(leader)) => {
+                tracing::info!(%addr, %leader, retry_in = ?backoff, "leader hints disagree; waiting before following");
+                hint = Some(leader);
+                redirects = 0;
             }
             Err(SessionEnd::Failed(err)) => {
                 tracing::warn!(%addr, %err, retry_in = ?backoff, "cannot hold a session with the scheduler");

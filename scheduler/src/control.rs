@@ -156,14 +156,19 @@ impl pb::control_server::Control for ControlService {
         _: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsResponse>, Status> {
         let stack = &self.shared.config.deploy.stack;
-        let apps = self.shared.read(|s| s.apps.values().map(|a| convert::app(a, stack)).collect());
+        let apps =
+            self.shared.read_current(|s| s.apps.values().map(|a| convert::app(a, stack)).collect()).await?;
         Ok(Response::new(pb::ListAppsResponse { apps }))
     }
 
     async fn get_app(&self, req: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
         let name = req.into_inner().name;
         let stack = &self.shared.config.deploy.stack;
-        let app = self.shared.read(|s| s.app(&name).map(|a| convert::app(a, stack))).map_err(Error::from)?;
+        let app = self
+            .shared
+            .read_current(|s| s.app(&name).map(|a| convert::app(a, stack)))
+            .await?
+            .map_err(Error::from)?;
         Ok(Response::new(app))
     }
 
@@ -236,13 +241,16 @@ impl pb::control_server::Control for ControlService {
         if !app.is_empty() {
             self.shared.read(|s| s.app(&app).map(|_| ())).map_err(Error::from)?;
         }
-        let mut builds: Vec<pb::Build> = self.shared.read(|s| {
-            s.builds
-                .values()
-                .filter(|b| app.is_empty() || b.app == app)
-                .map(|b| convert::build(b, convert::rejections(&self.shared.dispatch.waiting_on(&b.id))))
-                .collect()
-        });
+        let mut builds: Vec<pb::Build> = self
+            .shared
+            .read_current(|s| {
+                s.builds
+                    .values()
+                    .filter(|b| app.is_empty() || b.app == app)
+                    .map(|b| convert::build(b, convert::rejections(&self.shared.dispatch.waiting_on(&b.id))))
+                    .collect()
+            })
+            .await?;
         builds.sort_by_key(|b| crate::state::build_seq(&b.id));
         Ok(Response::new(pb::ListBuildsResponse { builds }))
     }
@@ -252,7 +260,8 @@ impl pb::control_server::Control for ControlService {
         let waiting = convert::rejections(&self.shared.dispatch.waiting_on(&id));
         let build = self
             .shared
-            .read(|s| s.builds.get(&id).map(|b| convert::build(b, waiting)))
+            .read_current(|s| s.builds.get(&id).map(|b| convert::build(b, waiting)))
+            .await?
             .ok_or_else(|| Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them")))?;
         Ok(Response::new(build))
     }
@@ -317,7 +326,7 @@ impl pb::control_server::Control for ControlService {
         let app = req.into_inner().app;
         let releases = self
             .shared
-            .read(|s| {
+            .read_current(|s| {
                 s.app(&app)?;
                 Ok::<_, crate::state::ApplyError>(
                     s.releases
@@ -326,6 +335,7 @@ impl pb::control_server::Control for ControlService {
                         .unwrap_or_default(),
                 )
             })
+            .await?
             .map_err(Error::from)?;
         Ok(Response::new(pb::ListReleasesResponse { releases }))
     }

@@ -27,6 +27,17 @@ use crate::raft::state_machine::SharedState;
 use crate::raft::{self, Raft};
 use crate::state::{App, Build, Command, Response, State};
 
+/// How long a write (or a leader's read check) may wait for a quorum.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn no_quorum_message(what: &str) -> String {
+    format!(
+        "this scheduler could not {what} within {} s: it cannot reach a majority of the cluster \
+         (see `slipway cluster status`); retrying is safe, a retried deploy joins the first",
+        WRITE_TIMEOUT.as_secs()
+    )
+}
+
 /// What every part of the scheduler shares.
 pub struct Shared {
     pub config: SchedulerConfig,
@@ -50,10 +61,31 @@ impl Shared {
         f(&self.state.read().expect("state lock poisoned"))
     }
 
+    /// Reads the replicated state for an answer that must be current: on the leader,
+    /// after confirming with a quorum that it still leads and has applied everything
+    /// committed (a leader cut off from the others answers "unavailable" instead of
+    /// stale data). A follower answers from its own state, which lags the leader by
+    /// about a heartbeat; clients that need current reads ask the leader.
+    pub async fn read_current<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, Error> {
+        if self.is_leader() {
+            match tokio::time::timeout(WRITE_TIMEOUT, raft::linearizable(&self.raft)).await {
+                Ok(Ok(())) | Ok(Err(raft::WriteError::NotLeader { .. })) => {}
+                Ok(Err(e)) => return Err(Error::Unavailable(e.to_string())),
+                Err(_) => return Err(Error::Unavailable(no_quorum_message("confirm its leadership"))),
+            }
+        }
+        Ok(self.read(f))
+    }
+
     /// Proposes a command through raft (forwarded to the leader if need be) and waits
     /// until it is committed and applied. A refusal by the state machine is an error.
+    /// A write not committed within [`WRITE_TIMEOUT`] (no quorum) fails as unavailable;
+    /// it may still be applied later, which is why commands carry request ids.
     pub async fn write(&self, cmd: Command) -> Result<Response, Error> {
-        match raft::write(&self.raft, cmd).await {
+        let written = tokio::time::timeout(WRITE_TIMEOUT, raft::write(&self.raft, cmd))
+            .await
+            .map_err(|_| Error::Unavailable(no_quorum_message("commit the change")))?;
+        match written {
             Ok(Response::Refused(err)) => Err(Error::Refused(err)),
             Ok(resp) => Ok(resp),
             Err(raft::WriteError::NotLeader { leader_addr }) => Err(Error::NotLeader { leader: leader_addr }),
