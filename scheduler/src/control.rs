@@ -370,32 +370,45 @@ impl pb::control_server::Control for ControlService {
         &self,
         _: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let down_after = self.shared.config.down_after();
-        let leading = self.shared.fleet.is_leading();
-        let nodes = self.shared.read(|s| {
-            s.nodes
-                .values()
-                .map(|n| {
-                    let soft = self.shared.fleet.soft_state(&n.id, down_after);
-                    let liveness = if leading { soft.liveness } else { Liveness::Unknown };
-                    pb::Node {
-                        id: n.id.clone(),
-                        name: n.name.clone(),
-                        status: match liveness {
-                            Liveness::Ready => pb::NodeStatus::Ready,
-                            Liveness::Down => pb::NodeStatus::Down,
-                            Liveness::Unknown => pb::NodeStatus::Unknown,
-                        } as i32,
-                        draining: n.draining,
-                        registered_at_ms: n.registered_at_ms,
-                        report: soft.report,
-                        last_report_age_ms: soft.last_report_age.map_or(0, |a| a.as_millis() as u64),
-                        labels: n.labels.clone().into_iter().collect(),
-                    }
-                })
-                .collect()
-        });
+        let nodes = self.shared.read(|s| s.nodes.values().map(|n| self.node(n)).collect());
         Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn set_node_drain(
+        &self,
+        req: Request<pb::SetNodeDrainRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let req = req.into_inner();
+        too_long("node", &req.node)?;
+        let node_id = self.shared.read(|s| {
+            let by_id = s.nodes.get(&req.node).map(|n| vec![n.id.clone()]);
+            by_id.unwrap_or_else(|| {
+                s.nodes.values().filter(|n| n.name == req.node).map(|n| n.id.clone()).collect()
+            })
+        });
+        let node_id = match &node_id[..] {
+            [id] => id.clone(),
+            [] => {
+                return Err(Error::NotFound(format!(
+                    "no node is named or has the id {:?}; `slipway nodes` lists them",
+                    req.node
+                ))
+                .into())
+            }
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "several nodes are named {:?}; give the node's id (`slipway nodes --json`)",
+                    req.node
+                )))
+            }
+        };
+        let node = match self.shared.write(Command::SetDrain { node_id, draining: req.draining }).await? {
+            Applied::Node(n) => n,
+            other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
+        };
+        tracing::info!(node = %node.name, draining = node.draining, "node drain changed");
+        self.shared.dispatcher_wake();
+        Ok(Response::new(self.node(&node)))
     }
 
     async fn cluster_status(
@@ -430,6 +443,31 @@ impl pb::control_server::Control for ControlService {
         self.shared.require_leader()?;
         raft::remove_member(&self.shared.raft, id).await.map_err(membership_status)?;
         Ok(Response::new(cluster_status(&self.shared)))
+    }
+}
+
+impl ControlService {
+    /// A node as the API shows it: the replicated record with the leader's soft state.
+    fn node(&self, n: &crate::state::NodeRecord) -> pb::Node {
+        let down_after = self.shared.config.down_after();
+        let leading = self.shared.fleet.is_leading();
+
+        let soft = self.shared.fleet.soft_state(&n.id, down_after);
+        let liveness = if leading { soft.liveness } else { Liveness::Unknown };
+        pb::Node {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            status: match liveness {
+                Liveness::Ready => pb::NodeStatus::Ready,
+                Liveness::Down => pb::NodeStatus::Down,
+                Liveness::Unknown => pb::NodeStatus::Unknown,
+            } as i32,
+            draining: n.draining,
+            registered_at_ms: n.registered_at_ms,
+            report: soft.report,
+            last_report_age_ms: soft.last_report_age.map_or(0, |a| a.as_millis() as u64),
+            labels: n.labels.clone().into_iter().collect(),
+        }
     }
 }
 

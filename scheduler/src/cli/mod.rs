@@ -74,11 +74,8 @@ enum Command {
         #[arg(long)]
         to: Option<u64>,
     },
-    /// List the fleet's nodes with their headroom.
-    Nodes {
-        #[arg(long)]
-        json: bool,
-    },
+    /// List the fleet's nodes with their headroom, or drain / activate one.
+    Nodes(NodesArgs),
     /// Raft cluster membership and state.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -126,6 +123,22 @@ enum BuildsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct NodesArgs {
+    #[command(subcommand)]
+    cmd: Option<NodesCmd>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// Stop placing builds on NODE (name or id); its running builds finish.
+    Drain { node: String },
+    /// Place builds on NODE again.
+    Activate { node: String },
 }
 
 #[derive(Subcommand)]
@@ -433,7 +446,21 @@ async fn execute(
             let stream = c.rollback(req).await?.into_inner();
             follow_deploy(stream).await?;
         }
-        Command::Nodes { json } => {
+        Command::Nodes(NodesArgs {
+            cmd: Some(NodesCmd::Drain { node } | NodesCmd::Activate { node }),
+            ..
+        }) => {
+            let draining =
+                matches!(command, Command::Nodes(NodesArgs { cmd: Some(NodesCmd::Drain { .. }), .. }));
+            let req = pb::SetNodeDrainRequest { node: node.clone(), draining };
+            let n = c.set_node_drain(req).await?.into_inner();
+            if n.draining {
+                println!("node {} is draining: it finishes its running builds and gets no new ones", n.name);
+            } else {
+                println!("node {} is active: builds may be placed on it", n.name);
+            }
+        }
+        Command::Nodes(NodesArgs { cmd: None, json }) => {
             let nodes = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
             if *json {
                 print_json(&Value::Array(nodes.iter().map(output::node_json).collect()));
