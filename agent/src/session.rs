@@ -81,6 +81,15 @@ struct Agent {
     outbound: Mutex<Option<mpsc::Sender<AgentMessage>>>,
 }
 
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Reads the node id from the state dir, creating it on first start.
 fn node_id(state_dir: &std::path::Path) -> Result<String, std::io::Error> {
     let path = state_dir.join("node-id");
@@ -399,7 +408,25 @@ impl Agent {
                         .then_some(self.config.build_memory_limit_bytes),
                     clone_timeout: Duration::from_secs(self.config.clone_timeout_secs),
                 };
-                pipeline::run_build(&docker, &cfg, &BuildJob::from(&a), log_tx).await
+                let job = BuildJob::from(&a);
+                // A panic in the pipeline fails this build, not the agent: the task is
+                // supervised and its panic becomes the build's failure. Cancelling this
+                // build (aborting its task) aborts the pipeline too.
+                let mut pipeline = AbortOnDrop(tokio::spawn(async move {
+                    pipeline::run_build(&docker, &cfg, &job, log_tx).await
+                }));
+                match (&mut pipeline.0).await {
+                    Ok(result) => result,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the build task panicked");
+                        Err(slipway_proto::BuildFailure {
+                            phase: "agent".into(),
+                            reason: format!(
+                                "the agent's build task failed unexpectedly ({e}); see the agent's log"
+                            ),
+                        })
+                    }
+                }
             }
             None => {
                 drop(log_tx);
