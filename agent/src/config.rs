@@ -31,6 +31,10 @@ pub struct AgentConfig {
     pub build_memory_limit_bytes: u64,
     /// Longest a clone may take.
     pub clone_timeout_secs: u64,
+    /// Free bytes the build filesystem keeps: below it the agent reclaims slipway's own
+    /// leftovers, and refuses new builds if that is not enough (the scheduler places
+    /// them elsewhere). Keep it equal to the scheduler's `placement.min_free_bytes`.
+    pub min_free_bytes: u64,
     /// Labels reported to the scheduler.
     pub labels: BTreeMap<String, String>,
 }
@@ -48,6 +52,7 @@ impl Default for AgentConfig {
             build_cpu_limit: 0.0,
             build_memory_limit_bytes: 0,
             clone_timeout_secs: 600,
+            min_free_bytes: 2 << 30,
             labels: BTreeMap::new(),
         }
     }

@@ -10,11 +10,13 @@
 //! - [`report`]: measures build filesystem, CPU, memory and engine health.
 //! - [`pipeline`]: one build: clone → context → docker build → push.
 //! - [`manifest`]: parses and validates the app's `slipway.toml`.
+//! - [`reclaim`]: frees build disk by removing only slipway's own leftovers.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod error;
 pub mod manifest;
 pub mod pipeline;
+pub mod reclaim;
 pub mod report;
 pub mod session;

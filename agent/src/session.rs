@@ -27,7 +27,7 @@ use slipway_proto::agent_message::Msg as AgentMsg;
 use slipway_proto::agent_service_client::AgentServiceClient;
 use slipway_proto::build_event::Event as BuildEv;
 use slipway_proto::scheduler_message::Msg as SchedMsg;
-use slipway_proto::{AgentMessage, BuildAssignment, BuildEvent, BuildStarted, Hello, LogLine};
+use slipway_proto::{AgentMessage, BuildAssignment, BuildEvent, BuildRefused, BuildStarted, Hello, LogLine};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -362,6 +362,36 @@ impl Agent {
         builds.running.insert(task_key, handle.abort_handle());
     }
 
+    /// Why this node cannot take a build now: its build filesystem is below the floor
+    /// even after reclaiming slipway's own leftovers. None when it can.
+    async fn disk_refusal(&self) -> Option<String> {
+        let floor = self.config.min_free_bytes;
+        let root = &self.config.build_root;
+        let free = || crate::report::filesystem_bytes(root).map(|(_, available)| available).unwrap_or(0);
+        if free() >= floor {
+            return None;
+        }
+        let running: Vec<String> = {
+            let builds = self.builds.lock().expect("builds lock poisoned");
+            builds.running.keys().map(|(id, attempt)| format!("{id}-{attempt}")).collect()
+        };
+        let docker = self.docker().await;
+        let reclaimed = crate::reclaim::reclaim(docker.as_ref(), root, &running).await;
+        let available = free();
+        (available < floor).then(|| {
+            format!(
+                "the build filesystem of {} has {} free, below this agent's floor of {} (min_free_bytes); \
+                 removing slipway's own leftovers ({} build dirs, {} old images) was not enough: free space \
+                 on this node or lower the floor",
+                root.display(),
+                slipway_proto::human_bytes(available),
+                slipway_proto::human_bytes(floor),
+                reclaimed.build_dirs,
+                reclaimed.images
+            )
+        })
+    }
+
     fn cancel(&self, build_id: &str, attempt: u32) {
         let key = (build_id.to_string(), attempt);
         let handle = self.builds.lock().expect("builds lock poisoned").running.remove(&key);
@@ -378,6 +408,12 @@ impl Agent {
             attempt: a.attempt,
             event: Some(event),
         };
+        if let Some(reason) = self.disk_refusal().await {
+            tracing::warn!(%reason, "refusing the build");
+            self.builds.lock().expect("builds lock poisoned").running.remove(&key);
+            self.send(event(BuildEv::Refused(BuildRefused { reason })));
+            return;
+        }
         self.send(event(BuildEv::Started(BuildStarted {})));
 
         let (log_tx, mut log_rx) = mpsc::unbounded_channel::<String>();

@@ -19,6 +19,22 @@ pub use v1::*;
 
 pub mod validate;
 
+/// `12.3 GiB`-style sizes for messages (both the scheduler and the agent name sizes).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// The URI a gRPC client dials for a scheduler address: `host:port` gets `http://`;
 /// an address that already names its scheme is kept. The one place every client
 /// (agent, CLI, raft peers) turns configured addresses into endpoints.

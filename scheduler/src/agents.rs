@@ -36,7 +36,12 @@ struct Session {
     /// Distinguishes a reconnected session from the one it replaced.
     session_id: u64,
     tx: mpsc::Sender<SchedulerMessage>,
+    /// The agent's last refusal of a build (low disk), while it holds.
+    refused: Option<(Instant, String)>,
 }
+
+/// How long an agent's refusal keeps builds away from its node.
+const REFUSAL_HOLD: Duration = Duration::from_secs(30);
 
 /// Liveness and latest reports of the nodes, plus the channels to their agents.
 #[derive(Clone, Default)]
@@ -62,6 +67,8 @@ pub struct NodeSoftState {
     pub report: Option<NodeReport>,
     pub last_report_age: Option<Duration>,
     pub connected: bool,
+    /// Why the agent refused a build in the last [`REFUSAL_HOLD`], if it did.
+    pub refusal: Option<String>,
 }
 
 impl Fleet {
@@ -83,6 +90,10 @@ impl Fleet {
             report: session.and_then(|s| s.report.clone()),
             last_report_age: age,
             connected: session.is_some(),
+            refusal: session
+                .and_then(|s| s.refused.as_ref())
+                .filter(|(at, _)| at.elapsed() < REFUSAL_HOLD)
+                .map(|(_, reason)| reason.clone()),
         }
     }
 
@@ -119,7 +130,8 @@ impl Fleet {
         let session_id = inner.next_session;
         let now = Instant::now();
         inner.last_seen.insert(node_id.to_string(), now);
-        inner.sessions.insert(node_id.to_string(), Session { report: hello.report.clone(), session_id, tx });
+        let session = Session { report: hello.report.clone(), session_id, tx, refused: None };
+        inner.sessions.insert(node_id.to_string(), session);
         session_id
     }
 
@@ -129,6 +141,14 @@ impl Fleet {
         if let Some(s) = inner.sessions.get_mut(node_id).filter(|s| s.session_id == session_id) {
             s.report = Some(report);
             inner.last_seen.insert(node_id.to_string(), now);
+        }
+    }
+
+    /// Notes that the node's agent refused a build, so placement skips it for a while.
+    fn refused(&self, node_id: &str, reason: &str) {
+        let mut inner = self.inner.lock().expect("fleet lock poisoned");
+        if let Some(s) = inner.sessions.get_mut(node_id) {
+            s.refused = Some((Instant::now(), reason.to_string()));
         }
     }
 
@@ -277,6 +297,19 @@ async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEve
                 shared.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(output));
             }
             crate::dispatcher::finish_build(shared, &build_id, attempt, result).await;
+        }
+        Some(BuildEv::Refused(refusal)) => {
+            let node = shared.read(|s| s.nodes.get(node_id).map_or(node_id.to_string(), |n| n.name.clone()));
+            let reason = format!("node {node} refused it: {}", refusal.reason);
+            tracing::warn!(build = %build_id, attempt, %reason, "build refused; placing it again");
+            shared.fleet.refused(node_id, &refusal.reason);
+            shared.events.log(&build_id, format!("==> {reason}; placing the build again"));
+            let requeue =
+                Command::RequeueBuild { build_id: build_id.clone(), attempt, reason, at_ms: crate::now_ms() };
+            if let Err(err) = shared.write(requeue).await {
+                tracing::warn!(build = %build_id, %err, "cannot requeue the refused build");
+            }
+            shared.dispatcher_wake();
         }
         Some(BuildEv::Failed(failure)) => {
             let reason = format!("{} failed: {}", failure.phase, failure.reason);

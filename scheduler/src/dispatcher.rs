@@ -116,6 +116,7 @@ impl NodeSnapshot {
             draining: self.draining,
             report: self.soft.report.as_ref(),
             assigned_builds: self.assigned,
+            refusal: self.soft.refusal.as_deref(),
         }
     }
 }

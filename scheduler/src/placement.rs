@@ -28,6 +28,8 @@ pub struct NodeView<'a> {
     /// Builds the replicated state has assigned to this node and not yet finished:
     /// counted even before the node's next report shows them.
     pub assigned_builds: u32,
+    /// Why the node's agent refused a build recently (its disk is below its floor).
+    pub refusal: Option<&'a str>,
 }
 
 /// What the build needs.
@@ -78,6 +80,7 @@ pub const FILTERS: &[(&str, Filter)] = &[
     ("ready", ready),
     ("active", not_draining),
     ("engine", engine_healthy),
+    ("accepting", accepting),
     ("slots", free_slot),
     ("disk", enough_disk),
 ];
@@ -104,6 +107,13 @@ fn engine_healthy(node: &NodeView<'_>, _: &BuildNeeds<'_>) -> Result<(), String>
         Some(r) if r.docker_error.is_empty() => Err("its Docker engine does not answer the agent".into()),
         Some(r) => Err(format!("its Docker engine does not answer the agent: {}", r.docker_error)),
         None => Err("no report yet".into()),
+    }
+}
+
+fn accepting(node: &NodeView<'_>, _: &BuildNeeds<'_>) -> Result<(), String> {
+    match node.refusal {
+        Some(reason) => Err(format!("its agent refused a build just now: {reason}")),
+        None => Ok(()),
     }
 }
 
@@ -177,21 +187,7 @@ pub fn place(needs: &BuildNeeds<'_>, nodes: &[NodeView<'_>]) -> Decision {
     }
 }
 
-/// `12.3 GiB`-style sizes for messages.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use slipway_proto::human_bytes;
 
 #[cfg(test)]
 mod tests {
@@ -220,6 +216,7 @@ mod tests {
             draining: false,
             report: Some(r),
             assigned_builds: 0,
+            refusal: None,
         }
     }
 
@@ -233,6 +230,16 @@ mod tests {
         let d = place(&needs("shop"), &[view("a", &busy), view("b", &idle)]);
         assert_eq!(d.chosen.as_deref(), Some("b"));
         assert!(d.rejected.is_empty());
+    }
+
+    #[test]
+    fn a_node_whose_agent_refused_a_build_is_skipped_with_its_reason() {
+        let (r1, r2) = (report(10.0, 50, 0), report(50.0, 50, 0));
+        let mut refusing = view("a", &r1);
+        refusing.refusal = Some("the build filesystem has 1.0 GiB free, below the floor");
+        let d = place(&needs("shop"), &[refusing, view("b", &r2)]);
+        assert_eq!(d.chosen.as_deref(), Some("b"));
+        assert!(d.rejected[0].reason.contains("refused a build just now: the build filesystem"), "{d:?}");
     }
 
     #[test]
