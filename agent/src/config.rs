@@ -110,6 +110,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_packaged_example_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../../packaging/config/agent.toml");
+        let c = AgentConfig::parse(text).unwrap();
+        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&AgentConfig::default()).unwrap());
+    }
+
+    #[test]
     fn defaults_and_named_errors() {
         assert_eq!(AgentConfig::parse("").unwrap().build_slots, 2);
         assert!(AgentConfig::parse("build_slot = 3").unwrap_err().to_string().contains("build_slot"));

@@ -369,6 +369,14 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_example_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../../packaging/config/scheduler.toml");
+        let c = SchedulerConfig::parse(text).unwrap();
+        let d = SchedulerConfig::default();
+        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
+    }
+
+    #[test]
     fn raft_timings_are_checked() {
         let c = SchedulerConfig::parse("[raft]\nheartbeat_ms = 100\n").unwrap();
         assert_eq!(c.raft.to_raft_config().heartbeat_interval, Duration::from_millis(100));
