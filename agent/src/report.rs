@@ -40,7 +40,7 @@ impl Reporter {
     pub async fn measure(
         &mut self,
         docker: Option<&Docker>,
-        running: Vec<String>,
+        running: Vec<(String, u32)>,
         cached_apps: Vec<String>,
     ) -> NodeReport {
         let (total, available) = filesystem_bytes(&self.build_root).unwrap_or_else(|err| {
@@ -54,7 +54,10 @@ impl Reporter {
             build_slots: self.build_slots,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             cached_apps,
-            running_build_ids: running,
+            running: running
+                .into_iter()
+                .map(|(build_id, attempt)| slipway_proto::BuildAttempt { build_id, attempt })
+                .collect(),
             ..Default::default()
         };
         if let Some(sys) = self.sys.as_mut() {
@@ -117,7 +120,7 @@ mod tests {
     async fn a_report_without_docker_says_the_engine_is_unhealthy() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Reporter::new(dir.path().to_path_buf(), 3, "/nonexistent.sock".into());
-        let report = r.measure(None, vec!["b-1".into()], vec![]).await;
+        let report = r.measure(None, vec![("b-1".into(), 1)], vec![]).await;
         assert_eq!((report.running_builds, report.build_slots), (1, 3));
         assert!(!report.docker_healthy);
         assert!(report.docker_error.contains("/nonexistent.sock"), "{}", report.docker_error);

@@ -287,10 +287,10 @@ impl Agent {
         slot.clone()
     }
 
-    /// Running build ids and cached apps, for a report.
-    fn snapshot(&self) -> (Vec<String>, Vec<String>) {
+    /// Running attempts and cached apps, for a report.
+    fn snapshot(&self) -> (Vec<BuildKey>, Vec<String>) {
         let builds = self.builds.lock().expect("builds lock poisoned");
-        (builds.running.keys().map(|(id, _)| id.clone()).collect(), builds.cached_apps.clone())
+        (builds.running.keys().cloned().collect(), builds.cached_apps.clone())
     }
 
     fn attach(&self, tx: mpsc::Sender<AgentMessage>) {

@@ -18,7 +18,7 @@ use slipway_proto::agent_message::Msg as AgentMsg;
 use slipway_proto::build_event::Event as BuildEv;
 use slipway_proto::scheduler_message::Msg as SchedMsg;
 use slipway_proto::{
-    AgentMessage, BuildAssignment, BuildEvent, Hello, NodeReport, SchedulerMessage, Welcome,
+    AgentMessage, BuildAssignment, BuildEvent, CancelBuild, Hello, NodeReport, SchedulerMessage, Welcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -230,6 +230,7 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
                 while let Some(msg) = inbound.next().await {
                     match msg {
                         Ok(AgentMessage { msg: Some(AgentMsg::Report(report)) }) => {
+                            cancel_superseded(&shared, &node_id, &report);
                             shared.fleet.report(&node_id, session_id, report);
                             shared.dispatcher_wake();
                         }
@@ -252,16 +253,41 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
     }
 }
 
+/// Cancels the attempts an agent reports running that are not the current attempt of
+/// their build on this node (the build was placed again after the node was lost, was
+/// cancelled, or its app deleted): their results would be ignored anyway.
+fn cancel_superseded(shared: &Shared, node_id: &str, report: &NodeReport) {
+    let superseded: Vec<(String, u32)> = shared.read(|s| {
+        report
+            .running
+            .iter()
+            .filter(|r| {
+                !s.builds.get(&r.build_id).is_some_and(|b| {
+                    b.attempt == r.attempt && b.node_id.as_deref() == Some(node_id) && !b.state.is_terminal()
+                })
+            })
+            .map(|r| (r.build_id.clone(), r.attempt))
+            .collect()
+    });
+    for (build_id, attempt) in superseded {
+        tracing::info!(build = %build_id, attempt, node = %node_id, "cancelling a superseded attempt");
+        shared.fleet.send(node_id, SchedMsg::Cancel(CancelBuild { build_id, attempt }));
+    }
+}
+
 /// After a reconnect, builds the state says are assigned to this node but that the
 /// agent does not report running are sent again (assignments are idempotent by build
 /// id and attempt, so an agent that already finished one answers with its result).
 fn resend_lost_assignments(shared: &Shared, node_id: &str, report: Option<&NodeReport>) {
-    let running: Vec<String> = report.map(|r| r.running_build_ids.clone()).unwrap_or_default();
+    let running: Vec<(&str, u32)> = report
+        .map(|r| r.running.iter().map(|a| (a.build_id.as_str(), a.attempt)).collect())
+        .unwrap_or_default();
     let assignments: Vec<BuildAssignment> = shared.read(|s| {
         s.builds
             .values()
             .filter(|b| b.node_id.as_deref() == Some(node_id) && !b.state.is_terminal())
-            .filter(|b| b.state != crate::state::BuildState::Queued && !running.contains(&b.id))
+            .filter(|b| b.state != crate::state::BuildState::Queued)
+            .filter(|b| !running.contains(&(b.id.as_str(), b.attempt)))
             .filter_map(|b| s.apps.get(&b.app).map(|app| shared.assignment(b, app)))
             .collect()
     });
