@@ -43,8 +43,12 @@ const LEADER_HINT: &str = "slipway-leader";
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long measuring the node (engine calls included) may take.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Leader hints followed in a row before backing off.
+/// Leader hints followed per round of connection attempts.
 const MAX_REDIRECTS: u32 = 3;
+/// Pause between rounds of connection attempts: from this…
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// …doubling to this while no scheduler holds a session.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Finished results remembered for answering repeated assignments.
 const REMEMBERED_RESULTS: usize = 256;
 
@@ -130,43 +134,50 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     Ok(())
 }
 
+/// Keeps a session open with the leader. Each round tries the configured schedulers
+/// in turn, following a leader hint right away when one is given (at most
+/// [`MAX_REDIRECTS`] per round, so hints that bounce during an election cannot spin);
+/// only a round in which nobody held a session waits, with a backoff that grows to
+/// [`MAX_BACKOFF`]. So after a leader dies, the agent finds its successor within a
+/// round or two of the election, well inside the scheduler's grace period.
 async fn connect_loop(agent: Arc<Agent>) {
-    let mut backoff = Duration::from_millis(200);
-    let mut next = 0usize;
-    let mut hint: Option<String> = None;
-    let mut redirects = 0;
+    let schedulers = agent.config.schedulers.clone();
+    let mut backoff = MIN_BACKOFF;
+    let mut start = 0usize;
     loop {
-        let addr = hint.take().unwrap_or_else(|| {
-            let addr = agent.config.schedulers[next % agent.config.schedulers.len()].clone();
-            next += 1;
-            addr
-        });
-        match session(&agent, &addr).await {
-            Ok(()) => {
-                tracing::info!(%addr, "session ended; reconnecting");
-                backoff = Duration::from_millis(200);
-                redirects = 0;
+        let mut redirects = 0;
+        let mut held = false;
+        let mut queue: VecDeque<String> =
+            (0..schedulers.len()).map(|i| schedulers[(start + i) % schedulers.len()].clone()).collect();
+        start += 1;
+        while let Some(addr) = queue.pop_front() {
+            match session(&agent, &addr).await {
+                Ok(()) => {
+                    tracing::info!(%addr, "session ended; reconnecting");
+                    held = true;
+                    break;
+                }
+                Err(SessionEnd::Redirect(leader)) if redirects < MAX_REDIRECTS && leader != addr => {
+                    tracing::info!(%addr, %leader, "following the leader hint");
+                    redirects += 1;
+                    queue.retain(|a| *a != leader);
+                    queue.push_front(leader);
+                }
+                Err(SessionEnd::Redirect(leader)) => {
+                    tracing::info!(%addr, %leader, "leader hints disagree (an election under way?)");
+                }
+                Err(SessionEnd::Failed(err)) => {
+                    tracing::warn!(%addr, %err, "cannot hold a session with the scheduler");
+                }
             }
-            // Follow a hint at once, unless hints keep bouncing between members that
-            // do not agree yet on who leads (an election under way): then back off too.
-            Err(SessionEnd::Redirect(leader)) if redirects < MAX_REDIRECTS => {
-                tracing::info!(%addr, %leader, "following the leader hint");
-                hint = Some(leader);
-                redirects += 1;
-                continue;
-            }
-            Err(SessionEnd::Redirect(leader)) => {
-                tracing::info!(%addr, %leader, retry_in = ?backoff, "leader hints disagree; waiting before following");
-                hint = Some(leader);
-                redirects = 0;
-            }
-            Err(SessionEnd::Failed(err)) => {
-                tracing::warn!(%addr, %err, retry_in = ?backoff, "cannot hold a session with the scheduler");
-            }
+        }
+        if held {
+            backoff = MIN_BACKOFF;
+        } else {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
         tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -219,9 +219,15 @@ async fn connect(addr: &str) -> std::result::Result<ControlClient<Channel>, Stri
     Ok(ControlClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
-/// Connects to the leader: asks the first member that answers who leads.
+/// Connects to the leader: asks the members in turn who leads. While an election is
+/// under way (nobody leads) or the leader cannot be reached, a member that answers is
+/// used (it forwards writes, or says who leads once the election is over). A scheduler
+/// that belongs to no cluster yet (waiting to join) is only used when nothing else
+/// answers, so `cluster status` can still say so.
 async fn leader(addrs: &[String]) -> Result<ControlClient<Channel>> {
     let mut errors = Vec::new();
+    let mut member = None;
+    let mut outsider = None;
     for addr in addrs {
         let mut client = match connect(addr).await {
             Ok(c) => c,
@@ -237,20 +243,26 @@ async fn leader(addrs: &[String]) -> Result<ControlClient<Channel>> {
                 continue;
             }
         };
-        if status.leader_id == status.node_id || status.leader_id == 0 {
+        if status.members.is_empty() {
+            outsider.get_or_insert(client);
+            continue;
+        }
+        if status.leader_id == status.node_id {
             return Ok(client);
         }
-        // A leader this member cannot name or the CLI cannot reach: the member forwards
-        // writes, or says who leads once an election is over.
-        match status.members.iter().find(|m| m.id == status.leader_id) {
-            Some(m) => return Ok(connect(&m.addr).await.unwrap_or(client)),
-            None => return Ok(client),
+        if let Some(m) = status.members.iter().find(|m| m.id == status.leader_id) {
+            if let Ok(c) = connect(&m.addr).await {
+                return Ok(c);
+            }
         }
+        member.get_or_insert(client);
     }
-    Err(Failure::fatal(format!(
-        "cannot reach a scheduler ({}); is slipway-scheduler running? (`./packaging/quickstart.sh` starts one)",
-        errors.join("; ")
-    )))
+    member.or(outsider).ok_or_else(|| {
+        Failure::fatal(format!(
+            "cannot reach a scheduler ({}); is slipway-scheduler running? (`./packaging/quickstart.sh` starts one)",
+            errors.join("; ")
+        ))
+    })
 }
 
 fn print_json(value: &Value) {
