@@ -203,7 +203,11 @@ impl pb::control_server::Control for ControlService {
 
     async fn deploy(&self, req: Request<pb::DeployRequest>) -> Result<Response<EventStream>, Status> {
         let req = req.into_inner();
-        let branch = self.shared.read(|s| s.app(&req.app).map(|a| a.branch.clone())).map_err(Error::from)?;
+        let branch = self
+            .shared
+            .read_current(|s| s.app(&req.app).map(|a| a.branch.clone()))
+            .await?
+            .map_err(Error::from)?;
         let git_ref = if req.git_ref.is_empty() { branch } else { req.git_ref };
         validate::git_ref(&git_ref).map_err(Error::from)?;
         too_long("request id", &req.request_id)?;
@@ -238,19 +242,24 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::ListBuildsRequest>,
     ) -> Result<Response<pb::ListBuildsResponse>, Status> {
         let app = req.into_inner().app;
-        if !app.is_empty() {
-            self.shared.read(|s| s.app(&app).map(|_| ())).map_err(Error::from)?;
-        }
         let mut builds: Vec<pb::Build> = self
             .shared
             .read_current(|s| {
-                s.builds
-                    .values()
-                    .filter(|b| app.is_empty() || b.app == app)
-                    .map(|b| convert::build(b, convert::rejections(&self.shared.dispatch.waiting_on(&b.id))))
-                    .collect()
+                if !app.is_empty() {
+                    s.app(&app)?;
+                }
+                Ok::<_, crate::state::ApplyError>(
+                    s.builds
+                        .values()
+                        .filter(|b| app.is_empty() || b.app == app)
+                        .map(|b| {
+                            convert::build(b, convert::rejections(&self.shared.dispatch.waiting_on(&b.id)))
+                        })
+                        .collect(),
+                )
             })
-            .await?;
+            .await?
+            .map_err(Error::from)?;
         builds.sort_by_key(|b| crate::state::build_seq(&b.id));
         Ok(Response::new(pb::ListBuildsResponse { builds }))
     }
@@ -345,7 +354,7 @@ impl pb::control_server::Control for ControlService {
     async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<EventStream>, Status> {
         let req = req.into_inner();
         too_long("request id", &req.request_id)?;
-        self.shared.read(|s| s.app(&req.app).map(|_| ())).map_err(Error::from)?;
+        self.shared.read_current(|s| s.app(&req.app).map(|_| ())).await?.map_err(Error::from)?;
         self.shared.docker().await?;
         let request_id =
             if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };

@@ -61,20 +61,20 @@ impl Shared {
         f(&self.state.read().expect("state lock poisoned"))
     }
 
-    /// Reads the replicated state for an answer that must be current: on the leader,
-    /// after confirming with a quorum that it still leads and has applied everything
-    /// committed (a leader cut off from the others answers "unavailable" instead of
-    /// stale data). A follower answers from its own state, which lags the leader by
-    /// about a heartbeat; clients that need current reads ask the leader.
+    /// Reads the replicated state for an answer that must be current (linearizable):
+    /// the leader first confirms with a quorum that it still leads; a follower first
+    /// catches up to the leader's read index. A member cut off from the majority
+    /// answers "unavailable" instead of stale data.
     pub async fn read_current<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, Error> {
-        if self.is_leader() {
-            match tokio::time::timeout(WRITE_TIMEOUT, raft::linearizable(&self.raft)).await {
-                Ok(Ok(())) | Ok(Err(raft::WriteError::NotLeader { .. })) => {}
-                Ok(Err(e)) => return Err(Error::Unavailable(e.to_string())),
-                Err(_) => return Err(Error::Unavailable(no_quorum_message("confirm its leadership"))),
+        match tokio::time::timeout(WRITE_TIMEOUT, raft::linearizable(&self.raft)).await {
+            Ok(Ok(())) => Ok(self.read(f)),
+            Ok(Err(raft::WriteError::NotLeader { leader_addr })) => {
+                Err(Error::NotLeader { leader: leader_addr })
             }
+            Ok(Err(raft::WriteError::Fatal(e))) => Err(Error::Storage(e.to_string())),
+            Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
+            Err(_) => Err(Error::Unavailable(no_quorum_message("confirm it is up to date"))),
         }
-        Ok(self.read(f))
     }
 
     /// Proposes a command through raft (forwarded to the leader if need be) and waits

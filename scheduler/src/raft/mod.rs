@@ -350,20 +350,29 @@ pub fn leader_addr(raft: &Raft) -> Option<String> {
     metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
 }
 
-/// Returns once this node's state includes every write committed before the call
-/// (openraft's `ensure_linearizable`): only the leader can do this; followers get
-/// [`WriteError::NotLeader`] with the leader's address.
+/// Returns once this node's state includes every write committed before the call, so
+/// a read that follows is linearizable. The leader confirms its leadership with a
+/// quorum (openraft's `ensure_linearizable`); a follower asks the leader for that read
+/// index (`ReadIndex`) and waits until it has applied it. Fails with
+/// [`WriteError::NotLeader`] (no leader known, or the one asked is no longer it) or
+/// [`WriteError::NoQuorum`].
 pub async fn linearizable(raft: &Raft) -> Result<(), WriteError> {
-    match raft.ensure_linearizable().await {
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => Err(WriteError::NotLeader {
-            leader_addr: to.leader_node.map(|n| n.addr).or_else(|| leader_addr(raft)),
-        }),
+    let to = match raft.ensure_linearizable().await {
+        Ok(_) => return Ok(()),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => to,
         Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-            Err(WriteError::NoQuorum(e.to_string()))
+            return Err(WriteError::NoQuorum(e.to_string()))
         }
-        Err(RaftError::Fatal(e)) => Err(e.into()),
-    }
+        Err(RaftError::Fatal(e)) => return Err(e.into()),
+    };
+    let Some(leader) = to.leader_node.map(|n| n.addr).or_else(|| leader_addr(raft)) else {
+        return Err(WriteError::NotLeader { leader_addr: None });
+    };
+    let index = network::read_index(&leader, FORWARD_TIMEOUT).await?;
+    raft.wait(Some(FORWARDED_APPLY_WAIT)).applied_index_at_least(Some(index), "read index").await.map_err(
+        |e| WriteError::NoQuorum(format!("this member did not catch up with the leader in time: {e}")),
+    )?;
+    Ok(())
 }
 
 /// An in-process raft cluster for tests: each node has its own data dir under one
@@ -767,10 +776,12 @@ mod tests {
         }
 
         linearizable(cluster.raft(leader)).await.unwrap();
-        match linearizable(cluster.raft(follower)).await {
-            Err(WriteError::NotLeader { leader_addr: Some(addr) }) => assert_eq!(addr, cluster.addr(leader)),
-            other => panic!("expected NotLeader with the leader's address, got {other:?}"),
-        }
+        // A follower reads linearizably too: it asks the leader for the read index and
+        // waits until it has applied it.
+        let resp = write(cluster.raft(leader), create_app("just-written")).await.unwrap();
+        assert!(matches!(resp, Response::App(_)), "{resp:?}");
+        linearizable(cluster.raft(follower)).await.unwrap();
+        assert!(cluster.state(follower).apps.contains_key("just-written"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

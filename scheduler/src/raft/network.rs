@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout,
-    Unreachable,
+    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError,
+    RemoteError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -228,6 +228,36 @@ pub(crate) async fn forward_write(
         .map_err(|e| forward_err(Status::internal(format!("undecodable answer from the leader: {e}"))))
 }
 
+/// Asks the leader at `leader_addr` for a read index (see [`super::linearizable`]).
+pub(crate) async fn read_index(leader_addr: &str, timeout: Duration) -> Result<u64, WriteError> {
+    let forward_err = |source: Status| WriteError::Forward {
+        leader_addr: leader_addr.to_string(),
+        source: Box::new(source),
+    };
+    let mut client = forward_pool()
+        .get(leader_addr)
+        .map_err(|e| forward_err(Status::invalid_argument(format!("bad leader address: {e}"))))?;
+    let mut request = tonic::Request::new(RaftPayload { json: b"null".to_vec() });
+    request.set_timeout(timeout);
+    let reply = match tokio::time::timeout(timeout, client.read_index(request)).await {
+        Err(_elapsed) => {
+            return Err(forward_err(Status::deadline_exceeded("no answer from the leader in time")))
+        }
+        Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
+            let leader_addr =
+                status.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
+            return Err(WriteError::NotLeader { leader_addr });
+        }
+        Ok(Err(status)) if status.code() == Code::Unavailable && status.metadata().is_empty() => {
+            return Err(WriteError::NoQuorum(status.message().to_string()))
+        }
+        Ok(Err(status)) => return Err(forward_err(status)),
+        Ok(Ok(reply)) => reply.into_inner(),
+    };
+    serde_json::from_slice(&reply.json)
+        .map_err(|e| forward_err(Status::internal(format!("undecodable answer from the leader: {e}"))))
+}
+
 /// The tonic service answering peers' raft RPCs with the local [`Raft`].
 #[derive(Clone)]
 pub struct RaftService {
@@ -324,6 +354,24 @@ impl RaftRpc for RaftService {
     ) -> Result<tonic::Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn read_index(
+        &self,
+        _request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, Status> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => encode(&read_log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
+                Err(not_leader(to.leader_node.map(|n| n.addr)))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(Status::unavailable(format!("the leader cannot reach a quorum: {e}")))
+            }
+            Err(RaftError::Fatal(e)) => {
+                Err(Status::internal(format!("the leader's raft has stopped: {e}; see its logs")))
+            }
+        }
     }
 
     async fn forward_write(
