@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use slipway_proto::control_client::ControlClient;
@@ -18,6 +18,7 @@ use slipway_proto::{self as pb};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
+use crate::netns::NetLab;
 use crate::{base_image, ensure_swarm, free_port, require_docker, workspace_root, Registry};
 
 /// Path of a workspace binary, built once per test process if needed.
@@ -81,7 +82,21 @@ impl DeployRun {
     }
 }
 
-/// A scheduler + agent + registry on the local engine.
+/// One `slipway-scheduler` process of a [`TestCluster`].
+struct Member {
+    id: u64,
+    grpc_addr: String,
+    http_addr: String,
+    /// Lab node it runs in (replicated clusters), or None on the host's loopback.
+    netns: Option<u8>,
+    /// The process, while it runs (a lock so tests can kill members shared with tasks).
+    child: Mutex<Option<Child>>,
+}
+
+/// A slipway on this machine: one scheduler on loopback ([`TestCluster::start`]) or a
+/// raft cluster of several, each in its own network namespace so a test can cut one
+/// off ([`TestCluster::start_replicated`]); one agent on the local engine following
+/// the leader; a registry; the local engine as a single-node Swarm.
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     /// Engine socket the agent builds with (tests point it at nothing).
@@ -90,32 +105,30 @@ pub struct TestCluster {
     scheduler_docker_socket: String,
     pub registry: Registry,
     pub stack: String,
-    pub grpc_addr: String,
-    pub http_addr: String,
-    scheduler: Option<Child>,
+    members: Vec<Member>,
+    /// Extra `[raft]` settings written into every member's config.
+    raft_settings: String,
     agent: Option<Child>,
+    /// Dropped last: the namespaces outlive the processes in them.
+    lab: Option<NetLab>,
 }
 
+/// Port every member of a replicated cluster listens on, in its own namespace.
+const MEMBER_GRPC_PORT: u16 = 7400;
+const MEMBER_HTTP_PORT: u16 = 7401;
+
 impl TestCluster {
-    /// Starts everything, or returns None after a loud skip where Docker is missing.
+    /// One scheduler on loopback, an agent, a registry; or None after a loud skip
+    /// where Docker is missing.
     pub async fn start(stack: &str) -> Option<TestCluster> {
-        require_docker().await?;
-        ensure_swarm().await;
-        base_image().await;
-        let registry = Registry::start().await;
-        let dir = tempfile::Builder::new().prefix(&format!("slipway-{stack}-")).tempdir().expect("tempdir");
-        let mut cluster = TestCluster {
+        let mut cluster = Self::prepare(stack).await?;
+        cluster.members.push(Member {
+            id: 1,
             grpc_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
-            dir,
-            agent_docker_socket: "/var/run/docker.sock".into(),
-            scheduler_docker_socket: "/var/run/docker.sock".into(),
-            registry,
-            stack: stack.to_string(),
-            scheduler: None,
-            agent: None,
-        };
-        cluster.remove_stack();
+            netns: None,
+            child: Mutex::default(),
+        });
         cluster.write_configs();
         cluster.start_scheduler().await;
         cluster.start_agent();
@@ -123,27 +136,106 @@ impl TestCluster {
         Some(cluster)
     }
 
+    /// `n` schedulers founding one raft cluster (static members), each in its own
+    /// network namespace, plus an agent and a registry; returns once a leader is
+    /// elected and the agent reports. `raft` is extra TOML for the `[raft]` section
+    /// (e.g. `snapshot_every = 50`). None after a loud skip where Docker or root is
+    /// missing.
+    pub async fn start_replicated(stack: &str, n: u8, raft: &str) -> Option<TestCluster> {
+        let lab = NetLab::try_new(stack)?;
+        let mut cluster = Self::prepare(stack).await?;
+        cluster.raft_settings = raft.to_string();
+        cluster.lab = Some(lab);
+        for i in 1..=n {
+            let ip = cluster.lab_mut().add_node(i);
+            cluster.members.push(Member {
+                id: u64::from(i),
+                grpc_addr: format!("{ip}:{MEMBER_GRPC_PORT}"),
+                http_addr: format!("{ip}:{MEMBER_HTTP_PORT}"),
+                netns: Some(i),
+                child: Mutex::default(),
+            });
+        }
+        cluster.write_configs();
+        for id in 1..=u64::from(n) {
+            cluster.start_member(id).await;
+        }
+        cluster.leader().await;
+        cluster.start_agent();
+        cluster.wait_for_ready_nodes(1).await;
+        Some(cluster)
+    }
+
+    async fn prepare(stack: &str) -> Option<TestCluster> {
+        require_docker().await?;
+        ensure_swarm().await;
+        base_image().await;
+        let registry = Registry::start().await;
+        let dir = tempfile::Builder::new().prefix(&format!("slipway-{stack}-")).tempdir().expect("tempdir");
+        let cluster = TestCluster {
+            dir,
+            agent_docker_socket: "/var/run/docker.sock".into(),
+            scheduler_docker_socket: "/var/run/docker.sock".into(),
+            registry,
+            stack: stack.to_string(),
+            members: Vec::new(),
+            raft_settings: String::new(),
+            agent: None,
+            lab: None,
+        };
+        cluster.remove_stack();
+        Some(cluster)
+    }
+
+    fn lab_mut(&mut self) -> &mut NetLab {
+        self.lab.as_mut().expect("a replicated cluster has a lab")
+    }
+
     fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
+    fn member(&self, id: u64) -> &Member {
+        self.members.iter().find(|m| m.id == id).unwrap_or_else(|| panic!("no scheduler {id}"))
+    }
+
+    fn member_mut(&mut self, id: u64) -> &mut Member {
+        self.members.iter_mut().find(|m| m.id == id).unwrap_or_else(|| panic!("no scheduler {id}"))
+    }
+
+    /// Every member's gRPC address, in id order.
+    pub fn grpc_addrs(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.grpc_addr.clone()).collect()
+    }
+
+    /// Member `id`'s gRPC address.
+    pub fn grpc_addr(&self, id: u64) -> String {
+        self.member(id).grpc_addr.clone()
+    }
+
+    /// Ids of the members whose process runs.
+    pub fn running_members(&self) -> Vec<u64> {
+        self.members.iter().filter(|m| m.child.lock().expect("member lock").is_some()).map(|m| m.id).collect()
+    }
+
     fn write_configs(&self) {
-        let scheduler = format!(
-            "node_id = 1\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\n\n[registry]\naddr = \"{}\"\n\n\
-             [deploy]\nstack = \"{}\"\ndocker_socket = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
-             [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n\
-             [placement]\nmin_free_bytes = 104857600\nqueue_timeout_secs = 20\n",
-            self.grpc_addr,
-            self.http_addr,
-            self.path("scheduler").display(),
-            self.registry.addr(),
-            self.stack,
-            self.scheduler_docker_socket,
-        );
-        std::fs::write(self.path("scheduler.toml"), scheduler).expect("write scheduler.toml");
+        let static_members = if self.members.len() > 1 {
+            let list: Vec<String> = self
+                .members
+                .iter()
+                .map(|m| format!("{{ id = {}, addr = \"{}\" }}", m.id, m.grpc_addr))
+                .collect();
+            format!("[cluster]\nmembers = [{}]\n\n", list.join(", "))
+        } else {
+            String::new()
+        };
+        for m in &self.members {
+            self.write_member_config(m, &static_members);
+        }
+        let schedulers: Vec<String> = self.members.iter().map(|m| format!("\"{}\"", m.grpc_addr)).collect();
         let agent = format!(
-            "schedulers = [\"{}\"]\nname = \"{}-node\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\ndocker_socket = \"{}\"\n",
-            self.grpc_addr,
+            "schedulers = [{}]\nname = \"{}-node\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\ndocker_socket = \"{}\"\n",
+            schedulers.join(", "),
             self.stack,
             self.path("agent").display(),
             self.path("builds").display(),
@@ -152,10 +244,31 @@ impl TestCluster {
         std::fs::write(self.path("agent.toml"), agent).expect("write agent.toml");
     }
 
-    fn spawn(&self, bin: &str, config: &str, log: &str) -> Child {
+    /// Member `m`'s config; `cluster` is its `[cluster]` section (or nothing).
+    fn write_member_config(&self, m: &Member, cluster: &str) {
+        let config = format!(
+            "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\n\n{cluster}\
+             [raft]\n{}\n\n[registry]\naddr = \"{}\"\n\n\
+             [deploy]\nstack = \"{}\"\ndocker_socket = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
+             [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n\
+             [placement]\nmin_free_bytes = 104857600\nqueue_timeout_secs = 20\n",
+            m.id,
+            m.grpc_addr,
+            m.http_addr,
+            self.data_dir_of(m.id).display(),
+            self.raft_settings,
+            self.registry.addr(),
+            self.stack,
+            self.scheduler_docker_socket,
+        );
+        std::fs::write(self.path(&format!("scheduler-{}.toml", m.id)), config)
+            .expect("write scheduler config");
+    }
+
+    fn spawn(&self, mut command: Command, config: &str, log: &str) -> Child {
         let log_file =
             std::fs::OpenOptions::new().create(true).append(true).open(self.path(log)).expect("open log");
-        Command::new(binary(bin))
+        command
             .arg("--config")
             .arg(self.path(config))
             .env("RUST_LOG", "info,openraft=warn,sled=warn")
@@ -163,23 +276,110 @@ impl TestCluster {
             .stdout(log_file.try_clone().expect("clone log handle"))
             .stderr(log_file)
             .spawn()
-            .unwrap_or_else(|e| panic!("start {bin}: {e}"))
+            .unwrap_or_else(|e| panic!("start {command:?}: {e}"))
     }
 
-    /// Starts (or restarts) the scheduler from its data dir and waits until it leads.
-    pub async fn start_scheduler(&mut self) {
-        assert!(self.scheduler.is_none(), "scheduler already running");
-        self.scheduler = Some(self.spawn("slipway-scheduler", "scheduler.toml", "scheduler.log"));
+    /// Starts (or restarts, from its data dir) member `id` and waits until it serves.
+    pub async fn start_member(&self, id: u64) {
+        let m = self.member(id);
+        {
+            let mut child = m.child.lock().expect("member lock");
+            assert!(child.is_none(), "scheduler {id} already running");
+            let command = match (m.netns, &self.lab) {
+                (Some(node), Some(lab)) => lab.command(node, binary("slipway-scheduler")),
+                _ => Command::new(binary("slipway-scheduler")),
+            };
+            *child =
+                Some(self.spawn(command, &format!("scheduler-{id}.toml"), &format!("scheduler-{id}.log")));
+        }
+        let url = format!("http://{}/healthz", m.http_addr);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("http://{}/readyz", self.http_addr);
         loop {
-            if let Ok(resp) = reqwest::get(&url).await {
-                if resp.status().is_success() {
-                    return;
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scheduler {id} not serving after 30 s\n{}",
+                self.scheduler_log(id)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts (or restarts) the single scheduler and waits until it leads.
+    pub async fn start_scheduler(&self) {
+        self.start_member(1).await;
+        self.leader().await;
+    }
+
+    /// `kill -9` member `id`.
+    pub fn kill_member(&self, id: u64) {
+        if let Some(mut child) = self.member(id).child.lock().expect("member lock").take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `kill -9` the single scheduler.
+    pub fn kill_scheduler(&self) {
+        self.kill_member(1);
+    }
+
+    /// Cuts member `id` off from the other members (both ways); the test still reaches it.
+    pub fn isolate(&self, id: u64) {
+        let node = self.member(id).netns.expect("only members of a replicated cluster can be cut off");
+        self.lab.as_ref().expect("lab").isolate(node);
+    }
+
+    /// Undoes [`isolate`](Self::isolate).
+    pub fn heal(&self, id: u64) {
+        let node = self.member(id).netns.expect("only members of a replicated cluster can be cut off");
+        self.lab.as_ref().expect("lab").heal(node);
+    }
+
+    /// Kills member `id`, empties its data dir and starts it again as a new scheduler
+    /// `new_id` at the same address, waiting to be added (`join = true`).
+    pub async fn replace_member(&mut self, id: u64, new_id: u64) {
+        self.kill_member(id);
+        std::fs::remove_dir_all(self.data_dir_of(id)).expect("wipe the data dir");
+        let m = self.member_mut(id);
+        m.id = new_id;
+        let m = self.member(new_id);
+        self.write_member_config(m, "[cluster]\njoin = true\n\n");
+        self.start_member(new_id).await;
+    }
+
+    /// The cluster as member `id` sees it.
+    pub async fn status_of(&self, id: u64) -> Result<pb::ClusterStatusResponse, tonic::Status> {
+        let mut client =
+            self.member_client(id).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        client.cluster_status(pb::ClusterStatusRequest {}).await.map(|r| r.into_inner())
+    }
+
+    /// Waits (up to 30 s) until every running member (of a cluster: not one waiting to
+    /// join) names the same leader, itself running and claiming to lead; returns its id.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut views = Vec::new();
+            for id in self.running_members() {
+                let view = self.status_of(id).await.ok();
+                // A scheduler waiting to join belongs to no cluster yet: it has no say.
+                if view.as_ref().is_none_or(|v| !v.members.is_empty()) {
+                    views.push(view);
                 }
             }
-            assert!(Instant::now() < deadline, "scheduler not ready after 30 s\n{}", self.scheduler_log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let leaders: std::collections::BTreeSet<u64> =
+                views.iter().map(|v| v.as_ref().map_or(0, |v| v.leader_id)).collect();
+            if let [leader] = leaders.into_iter().collect::<Vec<_>>()[..] {
+                let claims = views.iter().flatten().any(|v| v.node_id == leader && v.state == "Leader");
+                if leader != 0 && claims {
+                    return leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader after 30 s: {views:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -189,23 +389,15 @@ impl TestCluster {
         self.write_configs();
     }
 
-    /// Points the scheduler at another engine socket (takes effect at its next start).
+    /// Points the schedulers at another engine socket (takes effect at their next start).
     pub fn set_scheduler_docker_socket(&mut self, socket: &str) {
         self.scheduler_docker_socket = socket.to_string();
         self.write_configs();
     }
 
-    /// `kill -9` the scheduler.
-    pub fn kill_scheduler(&mut self) {
-        if let Some(mut child) = self.scheduler.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "agent already running");
-        self.agent = Some(self.spawn("slipway-agent", "agent.toml", "agent.log"));
+        self.agent = Some(self.spawn(Command::new(binary("slipway-agent")), "agent.toml", "agent.log"));
     }
 
     pub fn kill_agent(&mut self) {
@@ -215,17 +407,27 @@ impl TestCluster {
         }
     }
 
-    pub fn scheduler_log(&self) -> String {
-        std::fs::read_to_string(self.path("scheduler.log")).unwrap_or_default()
+    /// Member `id`'s log so far.
+    pub fn scheduler_log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.path(&format!("scheduler-{id}.log"))).unwrap_or_default()
     }
 
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
     }
 
-    /// A fresh control-API client.
+    /// A control-API client for member `id`.
+    pub async fn member_client(&self, id: u64) -> Result<ControlClient<Channel>, tonic::transport::Error> {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.member(id).grpc_addr))?
+                .connect_timeout(Duration::from_secs(2));
+        Ok(ControlClient::new(endpoint.connect().await?))
+    }
+
+    /// A control-API client for the leader (waiting for one).
     pub async fn client(&self) -> ControlClient<Channel> {
-        ControlClient::connect(format!("http://{}", self.grpc_addr)).await.expect("connect to the scheduler")
+        let leader = self.leader().await;
+        self.member_client(leader).await.expect("connect to the leader")
     }
 
     /// Waits until `n` nodes report Ready.
@@ -242,9 +444,8 @@ impl TestCluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "{ready} of {n} nodes ready after 30 s\n--- agent ---\n{}\n--- scheduler ---\n{}",
+                "{ready} of {n} nodes ready after 30 s\n--- agent ---\n{}",
                 self.agent_log(),
-                self.scheduler_log()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -308,10 +509,10 @@ impl TestCluster {
         .to_string()
     }
 
-    /// Runs the `slipway` CLI binary against this cluster.
+    /// Runs the `slipway` CLI binary against this cluster (every member's address).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(binary("slipway"))
-            .args(["--scheduler", &self.grpc_addr])
+            .args(["--scheduler", &self.grpc_addrs().join(",")])
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -333,19 +534,24 @@ impl TestCluster {
         self.path("builds")
     }
 
-    /// Data dir of the scheduler.
-    pub fn data_dir(&self) -> PathBuf {
-        self.path("scheduler")
+    /// Data dir of member `id`.
+    pub fn data_dir_of(&self, id: u64) -> PathBuf {
+        self.path(&format!("scheduler-{id}"))
     }
 }
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.kill_agent();
-        self.kill_scheduler();
+        let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
+        for &id in &ids {
+            self.kill_member(id);
+        }
         self.remove_stack();
         if std::thread::panicking() {
-            eprintln!("--- scheduler log (tail) ---\n{}", tail(&self.scheduler_log(), 60));
+            for id in ids {
+                eprintln!("--- scheduler {id} log (tail) ---\n{}", tail(&self.scheduler_log(id), 40));
+            }
             eprintln!("--- agent log (tail) ---\n{}", tail(&self.agent_log(), 60));
         }
     }

@@ -9,7 +9,7 @@ use slipway_tests::{free_port, set_app_port, wait_for_http, GitRepo, TestCluster
 
 #[tokio::test(flavor = "multi_thread")]
 async fn t20_deploy_redeploy_rollback_and_restart() {
-    let Some(mut cluster) = TestCluster::start("t20main").await else { return };
+    let Some(cluster) = TestCluster::start("t20main").await else { return };
     let repo = GitRepo::from_example("hello");
     let port = free_port();
     set_app_port(&repo, port);

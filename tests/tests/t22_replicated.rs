@@ -1,0 +1,311 @@
+//! The scheduler as a three-member raft cluster: each member a `slipway-scheduler`
+//! process in its own network namespace ([`TestCluster::start_replicated`]), so a test
+//! can `kill -9` one, restart it from its data dir, or cut it off from the others.
+//!
+//! Writes here are deploys (`Deploy` with a request id, acknowledged by the
+//! `build_queued` event): each carries a unique git ref, so the builds' refs tell
+//! which writes were applied, and how many times.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slipway_proto::deploy_event::Event;
+use slipway_proto::{self as pb};
+use slipway_tests::{free_port, set_app_port, wait_for_http, GitRepo, TestCluster};
+use tokio::sync::Mutex;
+use tokio_stream::StreamExt;
+
+const APP: &str = "ledger";
+
+/// Queues a deploy of `git_ref` through member `via`; Ok(build id) once the cluster
+/// acknowledged it (the first event of the stream).
+async fn write(cluster: &TestCluster, via: u64, git_ref: &str, request_id: &str) -> Result<String, String> {
+    let mut client = cluster.member_client(via).await.map_err(|e| format!("connect: {e}"))?;
+    let req = pb::DeployRequest {
+        app: APP.into(),
+        git_ref: git_ref.into(),
+        no_cache: false,
+        request_id: request_id.into(),
+    };
+    let call = async {
+        let mut stream = client.deploy(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        match stream.next().await {
+            Some(Ok(pb::DeployEvent { event: Some(Event::BuildQueued(id)) })) => Ok(id),
+            other => Err(format!("unexpected first event: {other:?}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), call).await.map_err(|_| "no answer in 15 s".to_string())?
+}
+
+/// The git refs of the builds member `id` holds, with how often each occurs.
+async fn refs_on(cluster: &TestCluster, id: u64) -> Result<BTreeMap<String, usize>, String> {
+    let mut client = cluster.member_client(id).await.map_err(|e| e.to_string())?;
+    let builds = client
+        .list_builds(pb::ListBuildsRequest { app: APP.into() })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner()
+        .builds;
+    let mut refs = BTreeMap::new();
+    for b in builds {
+        *refs.entry(b.git_ref).or_insert(0) += 1;
+    }
+    Ok(refs)
+}
+
+/// Waits until every running member holds the same builds; returns them.
+async fn converged(cluster: &TestCluster) -> BTreeMap<String, usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut views = Vec::new();
+        for id in cluster.running_members() {
+            views.push(refs_on(cluster, id).await);
+        }
+        if let Some(Ok(first)) = views.first() {
+            if views.iter().all(|v| v.as_ref() == Ok(first)) {
+                return first.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "members did not converge in 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A replicated cluster with the app registered and no agent (builds just queue).
+async fn ledger_cluster(stack: &str, raft: &str) -> Option<TestCluster> {
+    let mut cluster = TestCluster::start_replicated(stack, 3, raft).await?;
+    cluster.kill_agent();
+    cluster.create_app(APP, "file:///nonexistent/ledger").await.expect("create the app");
+    Some(cluster)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_a_leader_kill_mid_stream_exactly_once() {
+    let Some(cluster) = ledger_cluster("t22kill", "").await else { return };
+    let cluster = Arc::new(cluster);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+
+    // Four clients write in a loop, each retrying an unacknowledged write (same
+    // request id) on the next member until it is acknowledged.
+    let mut clients = Vec::new();
+    for c in 0..4u64 {
+        let (cluster, stop, acked) = (cluster.clone(), stop.clone(), acked.clone());
+        clients.push(tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (git_ref, request_id) = (format!("c{c}w{seq}"), format!("t22-{c}-{seq}"));
+                let started = Instant::now();
+                let mut via = c % 3 + 1;
+                loop {
+                    if cluster.running_members().contains(&via)
+                        && write(&cluster, via, &git_ref, &request_id).await.is_ok()
+                    {
+                        break;
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(30),
+                        "write {git_ref} not acknowledged in 30 s"
+                    );
+                    via = via % 3 + 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                slowest = slowest.max(started.elapsed());
+                acked.lock().await.insert(git_ref);
+                seq += 1;
+            }
+            slowest
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leader = cluster.leader().await;
+    let killed_at = Instant::now();
+    cluster.kill_member(leader);
+    eprintln!("killed leader {leader} (kill -9) with {} writes acknowledged", acked.lock().await.len());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut slowest = Duration::ZERO;
+    for client in clients {
+        slowest = slowest.max(client.await.expect("client task"));
+    }
+    eprintln!(
+        "slowest acknowledged write: {slowest:?} (the failover window), {:?} after the kill",
+        killed_at.elapsed()
+    );
+
+    cluster.start_member(leader).await;
+    let refs = converged(&cluster).await;
+    let acked = acked.lock().await.clone();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    for r in &acked {
+        assert_eq!(refs.get(r), Some(&1), "acknowledged write {r} is on every member exactly once");
+    }
+    let twice: Vec<_> = refs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "writes applied twice: {twice:?}");
+    eprintln!("{} writes acknowledged, {} applied, all members agree", acked.len(), refs.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_minority_takes_no_writes_and_converges_after_healing() {
+    let Some(cluster) = ledger_cluster("t22part", "").await else { return };
+    write(&cluster, 1, "before", "t22p-before").await.expect("write before the partition");
+
+    let old = cluster.leader().await;
+    cluster.isolate(old);
+    eprintln!("cut off the leader, scheduler {old}");
+    let lone = write(&cluster, old, "lonely", "t22p-lonely").await;
+    assert!(lone.is_err(), "the cut-off leader acknowledged a write: {lone:?}");
+    eprintln!("write to the cut-off member: {}", lone.unwrap_err());
+
+    let majority: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let started = Instant::now();
+    let mut served = None;
+    while served.is_none() && started.elapsed() < Duration::from_secs(20) {
+        for &via in &majority {
+            if write(&cluster, via, "majority", "t22p-majority").await.is_ok() {
+                served = Some(via);
+                break;
+            }
+        }
+    }
+    let via = served.expect("the majority accepts writes while the old leader is cut off");
+    eprintln!("majority (via {via}) accepted a write {:?} after the cut", started.elapsed());
+    let status = cluster.status_of(via).await.expect("status");
+    assert!(status.leader_id != old && status.leader_id != 0, "{status:?}");
+
+    cluster.heal(old);
+    let refs = converged(&cluster).await;
+    assert_eq!(refs.keys().map(String::as_str).collect::<Vec<_>>(), ["before", "majority"]);
+    assert!(!refs.contains_key("lonely"), "the minority's write must not survive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_every_member_and_starting_them_again_keeps_the_state() {
+    let Some(cluster) = ledger_cluster("t22restart", "").await else { return };
+    for i in 0..10 {
+        write(&cluster, i % 3 + 1, &format!("r{i}"), &format!("t22r-{i}")).await.expect("write");
+    }
+    let before = converged(&cluster).await;
+    for id in 1..=3 {
+        cluster.kill_member(id);
+    }
+    for id in 1..=3 {
+        cluster.start_member(id).await;
+    }
+    let leader = cluster.leader().await;
+    eprintln!("after a full restart scheduler {leader} leads");
+    assert_eq!(converged(&cluster).await, before);
+    write(&cluster, leader, "after", "t22r-after").await.expect("the restarted cluster takes writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() {
+    let Some(mut cluster) = ledger_cluster("t22join", "snapshot_every = 20\nkeep_logs = 5").await else {
+        return;
+    };
+    for i in 0..60 {
+        write(&cluster, 1, &format!("j{i}"), &format!("t22j-{i}")).await.expect("write");
+    }
+    let leader = cluster.leader().await;
+    let removed = (1..=3).find(|id| *id != leader).expect("a follower");
+    let out = cluster.cli(&["cluster", "remove", &removed.to_string()]);
+    assert!(out.status.success(), "cluster remove: {}", String::from_utf8_lossy(&out.stderr));
+
+    // The same host comes back with an empty data dir, as a new member (ids are never reused).
+    let addr = cluster.grpc_addr(removed);
+    cluster.replace_member(removed, 4).await;
+    for i in 60..80 {
+        write(&cluster, cluster.leader().await, &format!("j{i}"), &format!("t22j-{i}")).await.expect("write");
+    }
+    let out = cluster.cli(&["cluster", "join", &addr]);
+    assert!(out.status.success(), "cluster join: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+
+    let refs = converged(&cluster).await;
+    assert_eq!(refs.len(), 80);
+    let status = cluster.status_of(4).await.expect("status of the new member");
+    assert!(status.snapshot_index > 0, "the new member got a snapshot: {status:?}");
+    assert!(status.members.iter().any(|m| m.id == 4 && m.voter), "{status:?}");
+    assert!(!status.members.iter().any(|m| m.id == removed), "{status:?}");
+    let out = cluster.cli(&["cluster", "status"]);
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_in_flight_build_survives_a_leader_kill_and_is_released_once() {
+    let Some(cluster) = TestCluster::start_replicated("t22build", 3, "").await else { return };
+    let repo = GitRepo::from_example("hello");
+    let port = free_port();
+    set_app_port(&repo, port);
+    // A build step slow enough to kill the leader while the agent runs it.
+    let dockerfile = std::fs::read_to_string(repo.path().join("Dockerfile")).expect("read Dockerfile");
+    let slow = dockerfile.replace("COPY www /app/www", "RUN sleep 6\nCOPY www /app/www");
+    repo.write("Dockerfile", slow);
+    repo.commit("a slow build step");
+    cluster.create_app("hello", &repo.url()).await.expect("create the app");
+
+    let leader = cluster.leader().await;
+    let build_id = {
+        let mut client = cluster.member_client(leader).await.expect("connect");
+        let req = pb::DeployRequest {
+            app: "hello".into(),
+            git_ref: String::new(),
+            no_cache: false,
+            request_id: "t22-slow".into(),
+        };
+        let mut stream = client.deploy(req).await.expect("deploy").into_inner();
+        match stream.next().await {
+            Some(Ok(pb::DeployEvent { event: Some(Event::BuildQueued(id)) })) => id,
+            other => panic!("unexpected first event {other:?}"),
+        }
+    };
+    let running = wait_build(&cluster, &build_id, |b| b.state == pb::BuildState::Running as i32).await;
+    eprintln!("build {build_id} runs on node {}; killing leader {leader}", running.node_id);
+    cluster.kill_member(leader);
+
+    let done = wait_build(&cluster, &build_id, |b| b.release != 0).await;
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    assert_eq!(done.state, pb::BuildState::Pushed as i32, "{done:?}");
+    assert_eq!(done.attempt, 1, "the build finished on its first attempt, not placed again: {done:?}");
+    assert_eq!(done.node_id, running.node_id);
+
+    // The new leader deploys the release the old one never saw: once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let releases = cluster.releases("hello").await;
+        assert_eq!(releases.len(), 1, "exactly one release: {releases:?}");
+        if releases[0].deploy_state == pb::DeployState::Deployed as i32 {
+            break;
+        }
+        assert!(releases[0].deploy_state != pb::DeployState::Failed as i32, "{releases:?}");
+        assert!(Instant::now() < deadline, "release not deployed in 120 s: {releases:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(60))
+        .await
+        .expect("the app answers");
+    assert_eq!(cluster.builds("hello").await.len(), 1);
+}
+
+/// Polls the build through whichever member leads until `done` holds (90 s at most).
+async fn wait_build(cluster: &TestCluster, id: &str, done: impl Fn(&pb::Build) -> bool) -> pb::Build {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let build = cluster.client().await.get_build(pb::GetBuildRequest { id: id.into() }).await;
+        if let Ok(b) = build.map(|r| r.into_inner()) {
+            if done(&b) {
+                return b;
+            }
+            assert!(
+                b.state != pb::BuildState::Failed as i32 && b.state != pb::BuildState::Cancelled as i32,
+                "build ended badly: {b:?}"
+            );
+        }
+        assert!(Instant::now() < deadline, "build {id} did not get there in 90 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
