@@ -262,12 +262,14 @@ pub(crate) async fn read_index(leader_addr: &str, timeout: Duration) -> Result<u
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    /// When each refused non-member was last logged (one warning per 30 s each).
+    refusals_logged: Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
 }
 
 impl RaftService {
     /// A service answering for `raft`.
     pub fn new(raft: Raft) -> Self {
-        Self { raft }
+        Self { raft, refusals_logged: Arc::default() }
     }
 
     /// The service as a tonic server, with message limits large enough for snapshot chunks.
@@ -292,11 +294,15 @@ impl RaftService {
             // A node outside any cluster (waiting to join) has no say; openraft decides.
             return None;
         }
-        tracing::warn!(
-            candidate,
-            "refusing the vote of scheduler {candidate}: it is not a member of this cluster \
-             (removed?); stop it, or wipe its data_dir and join it again"
-        );
+        let mut logged = self.refusals_logged.lock().unwrap_or_else(PoisonError::into_inner);
+        if logged.get(&candidate).is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+            logged.insert(candidate, std::time::Instant::now());
+            tracing::warn!(
+                candidate,
+                "refusing the votes of scheduler {candidate}: it is not a member of this cluster \
+                 (removed?); stop it, or wipe its data_dir and join it again"
+            );
+        }
         Some(VoteResponse::new(m.vote, None, false))
     }
 }
