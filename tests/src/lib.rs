@@ -13,6 +13,8 @@
 //! - [`gitrepo`]: [`GitRepo`], an app from `examples/` committed into a fresh git
 //!   repository that the agent can clone through a `file://` URL.
 //! - [`net`]: [`free_port`], [`wait_for_http`].
+//! - [`netns`]: [`NetLab`], a bridge and a /24 of network namespaces ("nodes") for
+//!   tests, with a knob that cuts one node off from the others (needs root).
 //! - [`cluster`]: [`TestCluster`], the `slipway-scheduler` and `slipway-agent`
 //!   binaries as child processes (so tests can `kill -9` them) on a registry and the
 //!   local Swarm, with a control-API client; [`DeployRun`] collects a deploy stream.
@@ -30,6 +32,7 @@ pub mod cluster;
 pub mod docker;
 pub mod gitrepo;
 pub mod net;
+pub mod netns;
 pub mod registry;
 
 use std::io::Write;
@@ -39,6 +42,7 @@ pub use cluster::{set_app_port, DeployRun, TestCluster};
 pub use docker::{base_image, ensure_swarm, require_docker, BASE_IMAGE};
 pub use gitrepo::GitRepo;
 pub use net::{free_port, wait_for_http};
+pub use netns::NetLab;
 pub use registry::Registry;
 
 /// Name of the environment variable that turns "skip" into "fail" for tests that need
