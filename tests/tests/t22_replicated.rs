@@ -214,6 +214,18 @@ async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() 
     let out = cluster.cli(&["cluster", "remove", &removed.to_string()]);
     assert!(out.status.success(), "cluster remove: {}", String::from_utf8_lossy(&out.stderr));
 
+    // The removed scheduler still runs and, hearing no leader, campaigns: the members
+    // refuse its votes, so the leader and the term stay as they were.
+    let before = cluster.status_of(leader).await.expect("leader status");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = cluster.status_of(leader).await.expect("leader status");
+    assert_eq!(
+        (after.leader_id, after.term),
+        (leader, before.term),
+        "the removed member disturbed the cluster"
+    );
+    write(&cluster, leader, "after-removal", "t22j-after-removal").await.expect("the cluster takes writes");
+
     // The same host comes back with an empty data dir, as a new member (ids are never reused).
     let addr = cluster.grpc_addr(removed);
     cluster.replace_member(removed, 4).await;
@@ -225,7 +237,7 @@ async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() 
     eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
 
     let refs = converged(&cluster).await;
-    assert_eq!(refs.len(), 80);
+    assert_eq!(refs.len(), 81);
     let status = cluster.status_of(4).await.expect("status of the new member");
     assert!(status.snapshot_index > 0, "the new member got a snapshot: {status:?}");
     assert!(status.members.iter().any(|m| m.id == 4 && m.voter), "{status:?}");
