@@ -21,22 +21,32 @@ use tonic::transport::Channel;
 use crate::netns::NetLab;
 use crate::{base_image, ensure_swarm, free_port, require_docker, workspace_root, Registry};
 
-/// Path of a workspace binary, built once per test process if needed.
+/// Environment variable naming the profile fixtures run the slipway binaries in:
+/// `release` for benchmarks, debug otherwise.
+pub const PROFILE_ENV: &str = "SLIPWAY_BIN_PROFILE";
+
+/// Path of a workspace binary, built once per test process if needed (in the profile
+/// [`PROFILE_ENV`] names).
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
+    let release = std::env::var(PROFILE_ENV).is_ok_and(|p| p == "release");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     BUILT.get_or_init(|| {
         // Cheap when up to date; makes `cargo test -p slipway-tests` self-sufficient.
+        let mut args = vec!["build", "-q", "-p", "slipway-scheduler", "-p", "slipway-agent", "--bins"];
+        if release {
+            args.push("--release");
+        }
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "slipway-scheduler", "-p", "slipway-agent", "--bins"])
+            .args(&args)
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build for the slipway binaries");
         assert!(status.success(), "cargo build of the slipway binaries failed");
     });
-    let path = target.join("debug").join(name);
+    let path = target.join(if release { "release" } else { "debug" }).join(name);
     assert!(path.exists(), "{} is missing after cargo build", path.display());
     path
 }
@@ -410,6 +420,16 @@ impl TestCluster {
     /// Member `id`'s log so far.
     pub fn scheduler_log(&self, id: u64) -> String {
         std::fs::read_to_string(self.path(&format!("scheduler-{id}.log"))).unwrap_or_default()
+    }
+
+    /// Process id of the agent, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// Process id of member `id`, while it runs.
+    pub fn member_pid(&self, id: u64) -> Option<u32> {
+        self.member(id).child.lock().expect("member lock").as_ref().map(Child::id)
     }
 
     pub fn agent_log(&self) -> String {
