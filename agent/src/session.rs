@@ -27,7 +27,9 @@ use slipway_proto::agent_message::Msg as AgentMsg;
 use slipway_proto::agent_service_client::AgentServiceClient;
 use slipway_proto::build_event::Event as BuildEv;
 use slipway_proto::scheduler_message::Msg as SchedMsg;
-use slipway_proto::{AgentMessage, BuildAssignment, BuildEvent, BuildRefused, BuildStarted, Hello, LogLine};
+use slipway_proto::{
+    AgentMessage, BuildAssignment, BuildEvent, BuildRefused, BuildStarted, Hello, LogLine, NodeReport,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -83,6 +85,11 @@ struct Agent {
     builds: Mutex<Builds>,
     /// Outbound channel of the open session, if any.
     outbound: Mutex<Option<mpsc::Sender<AgentMessage>>>,
+}
+
+/// Wall-clock milliseconds since the epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A task aborted when its handle is dropped.
@@ -251,11 +258,14 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
                 // report that cannot be measured in time is skipped.
                 let measured = tokio::time::timeout(MEASURE_TIMEOUT, reporter.measure(docker.as_ref(), running, cached));
                 match measured.await {
-                    Ok(report) => match tx.try_send(AgentMessage { msg: Some(AgentMsg::Report(report)) }) {
-                        Err(mpsc::error::TrySendError::Closed(_)) => break Ok(()),
-                        Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!("session backlog full; report skipped"),
-                        Ok(()) => {}
-                    },
+                    Ok(report) => {
+                        let report = NodeReport { sent_at_ms: now_ms(), ..report };
+                        match tx.try_send(AgentMessage { msg: Some(AgentMsg::Report(report)) }) {
+                            Err(mpsc::error::TrySendError::Closed(_)) => break Ok(()),
+                            Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!("session backlog full; report skipped"),
+                            Ok(()) => {}
+                        }
+                    }
                     Err(_) => tracing::warn!(timeout = ?MEASURE_TIMEOUT, "measuring the node took too long; report skipped"),
                 }
             }
@@ -433,10 +443,7 @@ impl Agent {
             let (build_id, attempt) = key.clone();
             tokio::spawn(async move {
                 while let Some(line) = log_rx.recv().await {
-                    let at_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or_default();
+                    let at_ms = now_ms();
                     agent.send(BuildEvent {
                         build_id: build_id.clone(),
                         attempt,

@@ -58,6 +58,62 @@ struct FleetInner {
     /// When this member last became leader: nodes silent since then for longer than
     /// the grace period are Down rather than Unknown forever.
     leader_since: Option<Instant>,
+    report_delays: ReportDelays,
+}
+
+/// How late reports reach the leader (its clock minus the agent's `sent_at_ms`, so it
+/// includes clock skew between hosts): a Prometheus-style histogram.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportDelays {
+    /// Reports per bucket of [`ReportDelays::BOUNDS`] (not cumulative), plus one above.
+    pub counts: [u64; 14],
+    pub sum_seconds: f64,
+}
+
+impl ReportDelays {
+    /// Upper bounds of the buckets, in seconds.
+    pub const BOUNDS: [f64; 13] =
+        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+    fn observe(&mut self, seconds: f64) {
+        let i = Self::BOUNDS.iter().position(|b| seconds <= *b).unwrap_or(Self::BOUNDS.len());
+        self.counts[i] += 1;
+        self.sum_seconds += seconds;
+    }
+
+    /// Reports observed.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (infinity past the last
+    /// bound), or None with no observations: what Prometheus' histogram_quantile would
+    /// bracket.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::BOUNDS.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+
+    /// Observations since `earlier` (a copy taken before).
+    pub fn since(&self, earlier: &ReportDelays) -> ReportDelays {
+        let mut d = self.clone();
+        for (c, e) in d.counts.iter_mut().zip(earlier.counts) {
+            *c = c.saturating_sub(e);
+        }
+        d.sum_seconds -= earlier.sum_seconds;
+        d
+    }
 }
 
 /// A node's soft state for listings and placement.
@@ -138,10 +194,19 @@ impl Fleet {
     fn report(&self, node_id: &str, session_id: u64, report: NodeReport) {
         let mut inner = self.inner.lock().expect("fleet lock poisoned");
         let now = Instant::now();
+        if report.sent_at_ms > 0 {
+            let delay_ms = crate::now_ms().saturating_sub(report.sent_at_ms);
+            inner.report_delays.observe(delay_ms as f64 / 1000.0);
+        }
         if let Some(s) = inner.sessions.get_mut(node_id).filter(|s| s.session_id == session_id) {
             s.report = Some(report);
             inner.last_seen.insert(node_id.to_string(), now);
         }
+    }
+
+    /// How late reports have reached this member since it started.
+    pub fn report_delays(&self) -> ReportDelays {
+        self.inner.lock().expect("fleet lock poisoned").report_delays.clone()
     }
 
     /// Notes that the node's agent refused a build, so placement skips it for a while.
@@ -342,5 +407,29 @@ async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEve
             crate::dispatcher::finish_build(shared, &build_id, attempt, Err(reason)).await;
         }
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_delays_bucket_and_bracket_quantiles() {
+        let mut d = ReportDelays::default();
+        assert_eq!(d.quantile_bound(0.99), None);
+        for _ in 0..98 {
+            d.observe(0.0005);
+        }
+        d.observe(0.2);
+        d.observe(30.0);
+        assert_eq!(d.count(), 100);
+        assert_eq!(d.quantile_bound(0.5), Some(0.001));
+        assert_eq!(d.quantile_bound(0.99), Some(0.25));
+        assert_eq!(d.quantile_bound(1.0), Some(f64::INFINITY));
+        let before = d.clone();
+        d.observe(0.003);
+        let since = d.since(&before);
+        assert_eq!((since.count(), since.quantile_bound(0.99)), (1, Some(0.005)));
     }
 }

@@ -56,7 +56,26 @@ async fn metrics(AxState(shared): AxState<Arc<Shared>>) -> String {
     for state in states {
         let _ = writeln!(out, "slipway_builds{{state=\"{state:?}\"}} {}", counts.0[state as usize]);
     }
+    write_report_delays(&mut out, &shared.fleet.report_delays());
     let _ = writeln!(out, "# TYPE slipway_apps gauge\nslipway_apps {}", counts.1);
     let _ = writeln!(out, "# TYPE slipway_nodes gauge\nslipway_nodes {}", counts.2);
     out
+}
+
+/// `slipway_report_delay_seconds`: how late agent reports reach this member (its clock
+/// minus the agent's send time), as a Prometheus histogram.
+fn write_report_delays(out: &mut String, d: &crate::agents::ReportDelays) {
+    let _ = writeln!(
+        out,
+        "# HELP slipway_report_delay_seconds How late agent reports reach this scheduler (includes clock skew).\n\
+         # TYPE slipway_report_delay_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (bound, count) in crate::agents::ReportDelays::BOUNDS.iter().zip(d.counts) {
+        cumulative += count;
+        let _ = writeln!(out, "slipway_report_delay_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "slipway_report_delay_seconds_bucket{{le=\"+Inf\"}} {}", d.count());
+    let _ = writeln!(out, "slipway_report_delay_seconds_sum {}", d.sum_seconds);
+    let _ = writeln!(out, "slipway_report_delay_seconds_count {}", d.count());
 }
