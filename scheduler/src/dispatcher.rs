@@ -34,6 +34,8 @@ pub struct DispatchState {
     pub waiting: Mutex<HashMap<String, Vec<Rejection>>>,
     /// Apps with a deploy in flight on this leader, and the means to stop it.
     deploying: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Placement decisions taken, for `/metrics`.
+    pub placements: crate::metrics::PlacementCounters,
 }
 
 impl DispatchState {
@@ -171,6 +173,7 @@ async fn place_queued(shared: &Arc<Shared>) {
         };
         let decision = placement::place(&needs, &views);
         let Some(node_id) = decision.chosen.clone() else {
+            shared.dispatch.placements.no_node();
             let queue_timeout = shared.config.placement.queue_timeout_secs;
             let queued_at = if build.queued_at_ms == 0 { build.created_at_ms } else { build.queued_at_ms };
             if crate::now_ms().saturating_sub(queued_at) > queue_timeout * 1000 {
@@ -198,6 +201,7 @@ async fn place_queued(shared: &Arc<Shared>) {
         let cmd = Command::AssignBuild { build_id: build.id.clone(), node_id: node_id.clone(), attempt };
         match shared.write(cmd).await {
             Ok(Response::Build(b)) => {
+                shared.dispatch.placements.placed();
                 shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(&b.id);
                 let mut node_name = String::new();
                 if let Some(n) = nodes.iter_mut().find(|n| n.id == node_id) {

@@ -1,20 +1,37 @@
-//! The scheduler's HTTP side: `/healthz` (the process runs), `/readyz` (a leader is
-//! known, so writes can be served), `/metrics` (Prometheus text format).
+//! The scheduler's HTTP side, served by every member on `http_listen`:
+//!
+//! - `/` and `/fleet`: the fleet page ([`crate::fleet_page`]), server-rendered HTML that
+//!   refreshes itself every 3 s: nodes and their headroom, apps, recent builds and
+//!   releases, cluster members;
+//! - `/metrics`: Prometheus text format ([`crate::metrics`]);
+//! - `/healthz`: the process runs; `/readyz`: a leader is known, so writes can be served.
+//!
+//! Both pages render from one [`Overview`] taken per request: what this member has
+//! applied of the replicated state, its raft metrics, and — on the leader only — the
+//! fleet's soft state (reports, liveness), which followers do not have.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State as AxState;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
+use openraft::ServerState;
 
+use crate::agents::{NodeSoftState, ReportDelays};
 use crate::server::Shared;
-use crate::state::BuildState;
+use crate::state::{Build, BuildState, NodeRecord, Release};
+
+/// Rows of the recent builds and recent releases tables.
+pub const RECENT: usize = 20;
 
 /// Routes of the HTTP side.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(fleet_page))
+        .route("/fleet", get(fleet_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -28,54 +45,220 @@ async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics(AxState(shared): AxState<Arc<Shared>>) -> String {
-    let m = shared.raft.metrics().borrow().clone();
-    let mut out = String::new();
-    let leader = i32::from(shared.is_leader());
-    let _ = writeln!(out, "# HELP slipway_raft_is_leader 1 if this member leads the cluster.");
-    let _ = writeln!(out, "# TYPE slipway_raft_is_leader gauge\nslipway_raft_is_leader {leader}");
-    let _ = writeln!(out, "# TYPE slipway_raft_term gauge\nslipway_raft_term {}", m.current_term);
-    let applied = m.last_applied.map_or(0, |l| l.index);
-    let _ = writeln!(out, "# TYPE slipway_raft_last_applied gauge\nslipway_raft_last_applied {applied}");
-    let counts = shared.read(|s| {
-        let mut counts = [0u64; 6];
-        for b in s.builds.values() {
-            counts[b.state as usize] += 1;
-        }
-        (counts, s.apps.len(), s.nodes.len())
-    });
-    let _ = writeln!(out, "# HELP slipway_builds Builds by state.\n# TYPE slipway_builds gauge");
-    let states = [
-        BuildState::Queued,
-        BuildState::Assigned,
-        BuildState::Running,
-        BuildState::Pushed,
-        BuildState::Failed,
-        BuildState::Cancelled,
-    ];
-    for state in states {
-        let _ = writeln!(out, "slipway_builds{{state=\"{state:?}\"}} {}", counts.0[state as usize]);
-    }
-    write_report_delays(&mut out, &shared.fleet.report_delays());
-    let _ = writeln!(out, "# TYPE slipway_apps gauge\nslipway_apps {}", counts.1);
-    let _ = writeln!(out, "# TYPE slipway_nodes gauge\nslipway_nodes {}", counts.2);
-    out
+async fn metrics(AxState(shared): AxState<Arc<Shared>>) -> impl IntoResponse {
+    let overview = Overview::gather(&shared).await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&overview))
 }
 
-/// `slipway_report_delay_seconds`: how late agent reports reach this member (its clock
-/// minus the agent's send time), as a Prometheus histogram.
-fn write_report_delays(out: &mut String, d: &crate::agents::ReportDelays) {
-    let _ = writeln!(
-        out,
-        "# HELP slipway_report_delay_seconds How late agent reports reach this scheduler (includes clock skew).\n\
-         # TYPE slipway_report_delay_seconds histogram"
-    );
-    let mut cumulative = 0;
-    for (bound, count) in crate::agents::ReportDelays::BOUNDS.iter().zip(d.counts) {
-        cumulative += count;
-        let _ = writeln!(out, "slipway_report_delay_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+async fn fleet_page(AxState(shared): AxState<Arc<Shared>>, headers: HeaderMap) -> Html<String> {
+    let overview = Overview::gather(&shared).await;
+    // The port the browser reached this member on: the best guess at the leader's
+    // HTTP port, which members do not tell each other.
+    let port = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    Html(crate::fleet_page::render(&overview, port))
+}
+
+/// What the HTTP side shows of this member, taken once per request.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    /// Wall clock when it was taken (ages are relative to it).
+    pub now_ms: u64,
+    /// This member leads and has taken over the fleet: node soft state is known.
+    pub leading: bool,
+    pub raft: RaftOverview,
+    /// Registered nodes, by id.
+    pub nodes: Vec<NodeRow>,
+    /// Builds per state, indexed by `BuildState as usize`.
+    pub builds_by_state: [u64; 6],
+    /// When the longest-waiting queued build entered the queue.
+    pub oldest_queued_ms: Option<u64>,
+    pub apps: Vec<AppRow>,
+    /// The last [`RECENT`] builds, newest first.
+    pub recent_builds: Vec<Build>,
+    /// The last [`RECENT`] releases of all apps, newest first.
+    pub recent_releases: Vec<Release>,
+    /// Placement decisions (placed, no node) since this member started.
+    pub placements: (u64, u64),
+    pub report_delays: ReportDelays,
+}
+
+/// This member's raft view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaftOverview {
+    pub member_id: u64,
+    /// `leader`, `candidate`, `follower`, `learner` or `shutdown`.
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<u64>,
+    /// The leader's advertised gRPC address.
+    pub leader_addr: Option<String>,
+    pub last_log_index: u64,
+    /// None when the raft core did not answer in time.
+    pub commit_index: Option<u64>,
+    pub last_applied: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    pub members: Vec<MemberRow>,
+}
+
+/// One cluster member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberRow {
+    pub id: u64,
+    /// Advertised gRPC address.
+    pub addr: String,
+    pub voter: bool,
+    /// Last log index the leader knows it holds (known on the leader only).
+    pub matched: Option<u64>,
+}
+
+/// A registered node with what the leader knows of it.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub record: NodeRecord,
+    /// Liveness and last report: None on a follower.
+    pub soft: Option<NodeSoftState>,
+    /// Builds the state has assigned to it and not finished.
+    pub assigned: u32,
+}
+
+/// An app and the release it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRow {
+    pub name: String,
+    pub current_release: u64,
+    /// Digest of the current release (empty when never deployed).
+    pub digest: String,
+    pub releases: usize,
+}
+
+impl Overview {
+    /// Takes the overview: raft metrics, the applied state, and the fleet's soft state
+    /// when this member leads.
+    pub async fn gather(shared: &Shared) -> Overview {
+        let m = shared.raft.metrics().borrow().clone();
+        let committed = shared.raft.with_raft_state(|st| st.committed.map_or(0, |l| l.index));
+        let commit_index =
+            tokio::time::timeout(Duration::from_secs(1), committed).await.ok().and_then(Result::ok);
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let matched = |id: u64| {
+            let replication = m.replication.as_ref()?;
+            match replication.get(&id) {
+                Some(log_id) => Some(log_id.map_or(0, |l| l.index)),
+                None if id == m.id => m.last_log_index,
+                None => None,
+            }
+        };
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberRow {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched: matched(*id),
+            })
+            .collect();
+        let raft = RaftOverview {
+            member_id: m.id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Candidate => "candidate",
+                ServerState::Follower => "follower",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr: m.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            members,
+        };
+        let leading = shared.is_leader() && shared.fleet.is_leading();
+        let mut overview = shared.read(|s| {
+            let mut builds_by_state = [0u64; 6];
+            let mut assigned = std::collections::HashMap::<&str, u32>::new();
+            for b in s.builds.values() {
+                builds_by_state[b.state as usize] += 1;
+                if matches!(b.state, BuildState::Assigned | BuildState::Running) {
+                    if let Some(node) = b.node_id.as_deref() {
+                        *assigned.entry(node).or_default() += 1;
+                    }
+                }
+            }
+            let oldest_queued_ms = s
+                .builds
+                .values()
+                .filter(|b| b.state == BuildState::Queued)
+                .map(|b| if b.queued_at_ms == 0 { b.created_at_ms } else { b.queued_at_ms })
+                .min();
+            let mut recent_builds: Vec<&Build> = s.builds.values().collect();
+            recent_builds.sort_by_key(|b| std::cmp::Reverse(crate::state::build_seq(&b.id)));
+            let mut recent_releases: Vec<&Release> = s.releases.values().flatten().collect();
+            recent_releases.sort_by_key(|r| std::cmp::Reverse((r.created_at_ms, r.number)));
+            Overview {
+                now_ms: crate::now_ms(),
+                leading,
+                raft,
+                nodes: s
+                    .nodes
+                    .values()
+                    .map(|n| NodeRow {
+                        record: n.clone(),
+                        soft: None,
+                        assigned: assigned.get(n.id.as_str()).copied().unwrap_or(0),
+                    })
+                    .collect(),
+                builds_by_state,
+                oldest_queued_ms,
+                apps: s
+                    .apps
+                    .values()
+                    .map(|a| {
+                        let releases = s.releases.get(&a.name).map_or(&[][..], Vec::as_slice);
+                        AppRow {
+                            name: a.name.clone(),
+                            current_release: a.current_release,
+                            digest: releases
+                                .iter()
+                                .find(|r| r.number == a.current_release)
+                                .map(|r| r.digest.clone())
+                                .unwrap_or_default(),
+                            releases: releases.len(),
+                        }
+                    })
+                    .collect(),
+                recent_builds: recent_builds.into_iter().take(RECENT).cloned().collect(),
+                recent_releases: recent_releases.into_iter().take(RECENT).cloned().collect(),
+                placements: shared.dispatch.placements.get(),
+                report_delays: shared.fleet.report_delays(),
+            }
+        });
+        if leading {
+            let down_after = shared.config.down_after();
+            for n in &mut overview.nodes {
+                n.soft = Some(shared.fleet.soft_state(&n.record.id, down_after));
+            }
+        }
+        overview
     }
-    let _ = writeln!(out, "slipway_report_delay_seconds_bucket{{le=\"+Inf\"}} {}", d.count());
-    let _ = writeln!(out, "slipway_report_delay_seconds_sum {}", d.sum_seconds);
-    let _ = writeln!(out, "slipway_report_delay_seconds_count {}", d.count());
+
+    /// Builds in `state`.
+    pub fn builds_in(&self, state: BuildState) -> u64 {
+        self.builds_by_state[state as usize]
+    }
+
+    /// A node's name, or its id if it is not registered.
+    pub fn node_name<'a>(&'a self, id: &'a str) -> &'a str {
+        self.nodes.iter().find(|n| n.record.id == id).map_or(id, |n| n.record.name.as_str())
+    }
 }

@@ -13,7 +13,7 @@
 //! - [`deploy`]: creates or updates the Swarm service for a release.
 //! - [`control`]: the operator gRPC API; [`convert`] maps domain ⇄ wire types.
 //! - [`events`]: live build logs and deploy progress, fanned out to watchers.
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`http`]: `/` (the [`fleet_page`]), `/healthz`, `/readyz`, `/metrics` ([`metrics`]).
 //! - [`server`]: wires everything together: [`server::run`].
 //! - [`cli`]: the `slipway` command-line client.
 #![forbid(unsafe_code)]
@@ -27,7 +27,9 @@ pub mod deploy;
 pub mod dispatcher;
 pub mod error;
 pub mod events;
+pub mod fleet_page;
 pub mod http;
+pub mod metrics;
 pub mod placement;
 pub mod raft;
 pub mod server;
