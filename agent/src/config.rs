@@ -37,6 +37,9 @@ pub struct AgentConfig {
     pub min_free_bytes: u64,
     /// Labels reported to the scheduler.
     pub labels: BTreeMap<String, String>,
+    /// Where the agent serves its own `/metrics` (`host:port`; port 0 picks a free one;
+    /// empty: no listener). Loopback by default: open it to the scraper's network only.
+    pub metrics_listen: String,
 }
 
 impl Default for AgentConfig {
@@ -54,6 +57,7 @@ impl Default for AgentConfig {
             clone_timeout_secs: 600,
             min_free_bytes: 2 << 30,
             labels: BTreeMap::new(),
+            metrics_listen: "127.0.0.1:7402".into(),
         }
     }
 }
@@ -94,6 +98,12 @@ impl AgentConfig {
                 "build_cpu_limit must be 0 (no cap) or a positive number of cores".into(),
             ));
         }
+        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError(format!(
+                "metrics_listen {:?} must be an ip:port such as \"127.0.0.1:7402\" (or \"\" for no listener)",
+                self.metrics_listen
+            )));
+        }
         Ok(())
     }
 
@@ -122,5 +132,11 @@ mod tests {
         assert!(AgentConfig::parse("build_slot = 3").unwrap_err().to_string().contains("build_slot"));
         assert!(AgentConfig::parse("build_slots = 0").unwrap_err().to_string().contains("build_slots"));
         assert!(AgentConfig::parse("build_root = \"rel\"").unwrap_err().to_string().contains("build_root"));
+        assert!(AgentConfig::parse("metrics_listen = \"localhost\"")
+            .unwrap_err()
+            .to_string()
+            .contains("metrics_listen"));
+        assert_eq!(AgentConfig::parse("metrics_listen = \"\"").unwrap().metrics_listen, "");
+        assert_eq!(AgentConfig::parse("metrics_listen = \"0.0.0.0:0\"").unwrap().metrics_listen, "0.0.0.0:0");
     }
 }

@@ -11,11 +11,13 @@
 //! - [`pipeline`]: one build: clone → context → docker build → push.
 //! - [`manifest`]: parses and validates the app's `slipway.toml`.
 //! - [`reclaim`]: frees build disk by removing only slipway's own leftovers.
+//! - [`metrics`]: the agent's own `/metrics` (last report, process RSS and CPU).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod error;
 pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
 pub mod reclaim;
 pub mod report;

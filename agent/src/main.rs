@@ -27,6 +27,9 @@ struct Args {
     docker_socket: Option<String>,
     #[arg(long, env = "SLIPWAY_BUILD_SLOTS")]
     build_slots: Option<u32>,
+    /// Where to serve /metrics (ip:port; port 0 picks one; "" for none).
+    #[arg(long, env = "SLIPWAY_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 fn load(args: Args) -> anyhow::Result<AgentConfig> {
@@ -44,6 +47,7 @@ fn load(args: Args) -> anyhow::Result<AgentConfig> {
     config.build_root = args.build_root.unwrap_or(config.build_root);
     config.docker_socket = args.docker_socket.unwrap_or(config.docker_socket);
     config.build_slots = args.build_slots.unwrap_or(config.build_slots);
+    config.metrics_listen = args.metrics_listen.unwrap_or(config.metrics_listen);
     config.validate()?;
     Ok(config)
 }
@@ -66,6 +70,17 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = load(Args::parse())?;
+    if !config.metrics_listen.is_empty() {
+        // An observer: a taken port is logged, and the agent builds on without it.
+        match slipway_agent::metrics::serve(&config.metrics_listen, std::future::pending()).await {
+            Ok(addr) => tracing::info!(%addr, "serving /metrics on http://{addr}/metrics"),
+            Err(err) => tracing::error!(
+                addr = %config.metrics_listen,
+                %err,
+                "cannot serve /metrics (metrics_listen); the agent runs without it"
+            ),
+        }
+    }
     slipway_agent::session::run(config, shutdown_signal()).await?;
     Ok(())
 }

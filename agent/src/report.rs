@@ -89,6 +89,7 @@ impl Reporter {
                 )
             }
         }
+        crate::metrics::record(&report);
         report
     }
 }

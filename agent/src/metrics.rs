@@ -1,0 +1,267 @@
+//! The agent's own `/metrics` (Prometheus text format) on `metrics_listen`: the last
+//! report it measured for the scheduler, as gauges, and the agent process's own
+//! resident memory and CPU time from `/proc/self`.
+//!
+//! ```text
+//! slipway_agent_info{version} 1
+//! slipway_agent_report_age_seconds          seconds since the last measurement
+//! slipway_agent_build_fs_{total,available}_bytes, slipway_agent_cpus,
+//! slipway_agent_cpu_usage_percent, slipway_agent_load1,
+//! slipway_agent_memory_{total,available}_bytes, slipway_agent_running_builds,
+//! slipway_agent_build_slots, slipway_agent_cache_bytes, slipway_agent_engine_healthy
+//! process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds,
+//! process_start_time_seconds                (the standard process metrics)
+//! ```
+//!
+//! The report gauges appear once a report was measured (the agent measures when it
+//! opens a session and every report interval after). The last report is kept in a
+//! process-wide cell that [`record`] fills: one agent runs per process.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::http::header;
+use axum::routing::get;
+use axum::Router;
+use slipway_proto::NodeReport;
+use tokio::net::TcpListener;
+
+/// Content type of the text exposition format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Clock ticks per second of `/proc/self/stat` times (`USER_HZ`: 100 on every Linux
+/// architecture Debian ships).
+const USER_HZ: f64 = 100.0;
+
+/// The last report measured, and when.
+static LAST: Mutex<Option<(NodeReport, Instant)>> = Mutex::new(None);
+
+/// Keeps `report` as the last one measured.
+pub fn record(report: &NodeReport) {
+    *LAST.lock().expect("metrics lock poisoned") = Some((report.clone(), Instant::now()));
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let value = match value {
+        v if v.is_nan() => "NaN".to_string(),
+        v if v.is_infinite() => if v > 0.0 { "+Inf" } else { "-Inf" }.to_string(),
+        v => format!("{v}"),
+    };
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
+/// The `/metrics` text now.
+pub fn render() -> String {
+    let last = LAST.lock().expect("metrics lock poisoned").clone();
+    render_from(last.as_ref())
+}
+
+fn render_from(last: Option<&(NodeReport, Instant)>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP slipway_agent_info This agent and its version.\n# TYPE slipway_agent_info gauge\n\
+         slipway_agent_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some((r, at)) = last {
+        let g = &mut out;
+        gauge(
+            g,
+            "slipway_agent_report_age_seconds",
+            "Seconds since the last report was measured.",
+            at.elapsed().as_secs_f64(),
+        );
+        gauge(
+            g,
+            "slipway_agent_build_fs_total_bytes",
+            "Size of the build filesystem (build_root's).",
+            r.build_fs_total_bytes as f64,
+        );
+        gauge(
+            g,
+            "slipway_agent_build_fs_available_bytes",
+            "Free bytes on the build filesystem.",
+            r.build_fs_available_bytes as f64,
+        );
+        gauge(g, "slipway_agent_cpus", "CPUs of the node.", f64::from(r.cpu_count));
+        gauge(
+            g,
+            "slipway_agent_cpu_usage_percent",
+            "CPU use of the whole node, 0-100.",
+            f64::from(r.cpu_usage_percent),
+        );
+        gauge(g, "slipway_agent_load1", "Load average over 1 minute.", r.load_1m);
+        gauge(g, "slipway_agent_memory_total_bytes", "Memory of the node.", r.memory_total_bytes as f64);
+        gauge(
+            g,
+            "slipway_agent_memory_available_bytes",
+            "Memory available on the node.",
+            r.memory_available_bytes as f64,
+        );
+        gauge(g, "slipway_agent_running_builds", "Builds this agent runs.", f64::from(r.running_builds));
+        gauge(
+            g,
+            "slipway_agent_build_slots",
+            "Builds this agent runs at once, at most.",
+            f64::from(r.build_slots),
+        );
+        gauge(
+            g,
+            "slipway_agent_cache_bytes",
+            "Bytes held by slipway's images on this engine.",
+            r.cache_bytes as f64,
+        );
+        let healthy = if r.docker_healthy { 1.0 } else { 0.0 };
+        gauge(g, "slipway_agent_engine_healthy", "1 if the node's Docker engine answers.", healthy);
+    }
+    if let Some(p) = ProcessStats::read() {
+        let g = &mut out;
+        gauge(
+            g,
+            "process_resident_memory_bytes",
+            "Resident memory of the agent process.",
+            p.rss_bytes as f64,
+        );
+        let _ = writeln!(
+            g,
+            "# HELP process_cpu_seconds_total CPU time the agent process used (user + system).\n\
+             # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}",
+            p.cpu_seconds
+        );
+        gauge(g, "process_open_fds", "Open file descriptors of the agent process.", p.open_fds as f64);
+        if let Some(start) = p.start_time_seconds {
+            gauge(
+                g,
+                "process_start_time_seconds",
+                "When the agent started, in seconds since the epoch.",
+                start,
+            );
+        }
+    }
+    out
+}
+
+/// What `/proc/self` says of this process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessStats {
+    pub rss_bytes: u64,
+    pub cpu_seconds: f64,
+    pub open_fds: usize,
+    pub start_time_seconds: Option<f64>,
+}
+
+impl ProcessStats {
+    /// Reads `/proc/self/{stat,status,fd}` (None off Linux).
+    pub fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+        Self::parse(&stat, &status, boot_time, open_fds)
+    }
+
+    fn parse(stat: &str, status: &str, boot_time: Option<f64>, open_fds: usize) -> Option<ProcessStats> {
+        // Fields after the command name (which may hold spaces and parentheses):
+        // state is field 3, utime 14, stime 15, starttime 22.
+        let fields: Vec<&str> = stat.get(stat.rfind(") ")? + 2..)?.split_whitespace().collect();
+        let ticks = |field: usize| fields.get(field - 3)?.parse::<f64>().ok();
+        let cpu_seconds = (ticks(14)? + ticks(15)?) / USER_HZ;
+        let start_time_seconds = boot_time.zip(ticks(22)).map(|(boot, start)| boot + start / USER_HZ);
+        let rss_kib: u64 =
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+        Some(ProcessStats { rss_bytes: rss_kib * 1024, cpu_seconds, open_fds, start_time_seconds })
+    }
+}
+
+/// Routes of the agent's HTTP listener.
+pub fn router() -> Router {
+    Router::new()
+        .route("/metrics", get(|| async { ([(header::CONTENT_TYPE, CONTENT_TYPE)], render()) }))
+        .route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// Binds `addr` (`host:port`; port 0 picks one) and serves [`router`] until `shutdown`
+/// resolves. Returns the bound address once it listens.
+pub async fn serve(
+    addr: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router()).with_graceful_shutdown(shutdown).await {
+            tracing::error!(%err, "metrics listener failed");
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_self_parses_including_odd_command_names() {
+        let stat = "4242 (slip way) agent) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 9 0 12345 \
+                    1000 300 18446744073709551615";
+        let status = "Name:\tslipway-agent\nVmRSS:\t   10240 kB\nThreads:\t9\n";
+        let p = ProcessStats::parse(stat, status, Some(1_700_000_000.0), 12).unwrap();
+        assert_eq!(p.rss_bytes, 10 * 1024 * 1024);
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.start_time_seconds, Some(1_700_000_123.45));
+        assert!(ProcessStats::parse("garbage", status, None, 0).is_none());
+        let live = ProcessStats::read().expect("this is Linux");
+        assert!(live.rss_bytes > 0 && live.open_fds > 0);
+    }
+
+    #[test]
+    fn the_last_report_becomes_gauges() {
+        let report = NodeReport {
+            build_fs_total_bytes: 1000,
+            build_fs_available_bytes: 400,
+            cpu_count: 2,
+            cpu_usage_percent: 12.5,
+            build_slots: 3,
+            docker_healthy: true,
+            ..Default::default()
+        };
+        let before = render_from(None);
+        assert!(before.contains("slipway_agent_info{version=") && !before.contains("slipway_agent_cpus"));
+        let text = render_from(Some(&(report, Instant::now())));
+        for line in [
+            "slipway_agent_build_fs_available_bytes 400\n",
+            "slipway_agent_cpu_usage_percent 12.5\n",
+            "slipway_agent_build_slots 3\n",
+            "slipway_agent_engine_healthy 1\n",
+            "# TYPE process_cpu_seconds_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http() {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let addr = serve("127.0.0.1:0", async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        let _ = stop.send(());
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("text/plain; version=0.0.4"), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+    }
+}
