@@ -63,7 +63,7 @@ step() {
 }
 
 install_test_deps() {
-    local pkgs=(busybox-static curl)
+    local pkgs=(busybox-static curl chromium)
     have git || pkgs+=(git)
     have cc || pkgs+=(build-essential)
     have pkg-config || pkgs+=(pkg-config)

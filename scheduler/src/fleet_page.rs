@@ -26,14 +26,14 @@ body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em;co
 h1{font-size:20px;margin:0 0 .2em}h2{font-size:16px;margin:1.4em 0 .4em}\
 .sub{color:#59636e}.mono,td.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 10px 4px 0;border-bottom:1px solid #e5e7eb;vertical-align:top}\
-th{font-weight:600;color:#59636e;font-size:12.5px}td.num{text-align:right;font-variant-numeric:tabular-nums}\
+th{font-weight:600;color:#59636e;font-size:12.5px}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.age{white-space:nowrap}\
 .bar{display:inline-block;width:110px;height:8px;background:#e5e7eb;border-radius:4px;overflow:hidden;vertical-align:middle;margin-right:6px}\
 .bar>span{display:block;height:100%;background:#1a7f37}.bar>span.warn{background:#bf8700}.bar>span.crit{background:#cf222e}\
 .badge{display:inline-block;padding:0 6px;border-radius:9px;font-size:12px;font-weight:600}\
 .ready,.pushed,.deployed{background:#dafbe1;color:#1a7f37}.down,.failed{background:#ffebe9;color:#cf222e}\
 .unknown,.cancelled{background:#eaeef2;color:#59636e}.queued,.assigned,.running,.pending,.draining{background:#fff8c5;color:#7d4e00}\
 .note{background:#ddf4ff;border:1px solid #54aeff;padding:.6em .9em;border-radius:6px;margin:.8em 0}\
-.err{color:#cf222e}.small{font-size:12px;color:#59636e}";
+.err{color:#cf222e}.small{font-size:12px;color:#59636e}.hr{white-space:nowrap}th.num{text-align:right}";
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn esc(text: &str) -> String {
@@ -75,6 +75,15 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
+/// `42%`, or `?%` for a share that is not a number.
+fn percent(share: f64) -> String {
+    if share.is_finite() {
+        format!("{:.0}%", share.clamp(0.0, 1.0) * 100.0)
+    } else {
+        "?%".into()
+    }
+}
+
 /// A bar filled to `used` (0..1), amber above 80 %, red above 90 %.
 fn bar(used: f64) -> String {
     let used = if used.is_finite() { used.clamp(0.0, 1.0) } else { 0.0 };
@@ -83,7 +92,16 @@ fn bar(used: f64) -> String {
         u if u > 0.8 => " class=\"warn\"",
         _ => "",
     };
-    format!("<span class=\"bar\"><span{class} style=\"width:{:.0}%\"></span></span>", used * 100.0)
+    format!(
+        "<span class=\"bar\" title=\"{} used\"><span{class} style=\"width:{:.0}%\"></span></span>",
+        percent(used),
+        used * 100.0
+    )
+}
+
+/// A headroom cell: the bar (filled to the share used), what is free, and the detail.
+fn headroom(used: f64, free: &str, detail: &str) -> String {
+    format!("<div class=\"hr\">{}<b>{free}</b></div><div class=\"small\">{detail}</div>", bar(used))
 }
 
 fn badge(class: &str, text: &str) -> String {
@@ -197,7 +215,7 @@ fn nodes(h: &mut String, o: &Overview) {
     }
     h.push_str(
         "<table id=\"nodes\"><tr><th>node</th><th>status</th><th>build filesystem</th><th>CPU</th>\
-         <th>memory</th><th>builds</th><th>cache</th><th>engine</th><th>last report</th><th>draining</th></tr>\n",
+         <th>memory</th><th class=\"num\">builds</th><th class=\"num\">cache</th><th>engine</th><th>last report</th><th>draining</th></tr>\n",
     );
     for n in &o.nodes {
         let id = esc(&n.record.id);
@@ -254,22 +272,25 @@ fn nodes(h: &mut String, o: &Overview) {
                 } else {
                     format!("<span class=\"err\">{}</span>", esc(first_line(&r.docker_error)))
                 };
+                let fs = headroom(
+                    fs_used,
+                    &format!("{} free", human_bytes(r.build_fs_available_bytes)),
+                    &format!("of {} · {} used", human_bytes(r.build_fs_total_bytes), percent(fs_used)),
+                );
+                let cpu = headroom(
+                    cpu_used,
+                    &format!("{idle_cores} of {} cores idle", r.cpu_count),
+                    &format!("{} used · load {:.2}", percent(cpu_used), r.load_1m),
+                );
+                let mem = headroom(
+                    mem_used,
+                    &format!("{} available", human_bytes(r.memory_available_bytes)),
+                    &format!("of {} · {} used", human_bytes(r.memory_total_bytes), percent(mem_used)),
+                );
                 let _ = write!(
                     h,
-                    "<td class=\"fs\">{}{} free of {}</td>\
-                     <td class=\"cpu\">{}{idle_cores} of {} cores idle<div class=\"small\">{:.0}% used · load {:.2}</div></td>\
-                     <td class=\"mem\">{}{} available of {}</td>\
+                    "<td class=\"fs\">{fs}</td><td class=\"cpu\">{cpu}</td><td class=\"mem\">{mem}</td>\
                      <td class=\"builds num\">{} / {}</td><td class=\"cache num\">{}</td><td>{engine}</td>",
-                    bar(fs_used),
-                    human_bytes(r.build_fs_available_bytes),
-                    human_bytes(r.build_fs_total_bytes),
-                    bar(cpu_used),
-                    r.cpu_count,
-                    r.cpu_usage_percent,
-                    r.load_1m,
-                    bar(mem_used),
-                    human_bytes(r.memory_available_bytes),
-                    human_bytes(r.memory_total_bytes),
                     r.running_builds.max(n.assigned),
                     r.build_slots,
                     human_bytes(r.cache_bytes),
@@ -298,7 +319,7 @@ fn apps(h: &mut String, o: &Overview) {
         return;
     }
     h.push_str(
-        "<table id=\"apps\"><tr><th>app</th><th>current release</th><th>digest</th><th>releases</th></tr>\n",
+        "<table id=\"apps\"><tr><th>app</th><th>current release</th><th>digest</th><th class=\"num\">releases</th></tr>\n",
     );
     for a in &o.apps {
         let current = if a.current_release == 0 {
@@ -337,7 +358,7 @@ fn builds(h: &mut String, o: &Overview) {
     }
     h.push_str(
         "<table id=\"builds\"><tr><th>build</th><th>app</th><th>ref</th><th>state</th><th>node</th>\
-         <th>attempt</th><th>age</th><th>error</th></tr>\n",
+         <th class=\"num\">attempt</th><th>age</th><th>error</th></tr>\n",
     );
     for b in &o.recent_builds {
         let node = b.node_id.as_deref().map_or("—".to_string(), |id| esc(o.node_name(id)));
@@ -402,7 +423,7 @@ fn members(h: &mut String, o: &Overview) {
     let _ = writeln!(h, "<h2>Cluster members ({})</h2>", r.members.len());
     h.push_str(
         "<table id=\"members\"><tr><th>id</th><th>gRPC address</th><th>vote</th><th>leader</th>\
-         <th>term</th><th>applied</th><th>log matched</th></tr>\n",
+         <th class=\"num\">term</th><th class=\"num\">applied</th><th class=\"num\">log matched</th></tr>\n",
     );
     for m in &r.members {
         let this = m.id == r.member_id;
@@ -440,7 +461,7 @@ mod tests {
     use super::*;
     use crate::agents::{NodeSoftState, ReportDelays};
     use crate::http::{AppRow, MemberRow, RaftOverview};
-    use crate::state::{Build, NodeRecord};
+    use crate::state::{Build, NodeRecord, Release};
 
     const EVIL: &str = "<script>alert(\"x\")</script>&'";
 
@@ -521,7 +542,22 @@ mod tests {
                 releases: 3,
             }],
             recent_builds: vec![build],
-            recent_releases: Vec::new(),
+            recent_releases: vec![Release {
+                app: "shop".into(),
+                number: 3,
+                digest: format!("sha256:{}", "ab".repeat(32)),
+                repository: "127.0.0.1:5000/shop".into(),
+                git_sha: "0123456789abcdef".into(),
+                build_id: "b-5".into(),
+                node_id: "n-1".into(),
+                created_at_ms: 1_000,
+                rollback_of: Some(1),
+                deploy: DeployState::Failed,
+                deploy_error: Some(format!("task failed: {EVIL}\nmore")),
+                run: Default::default(),
+                bytes_pushed: 0,
+                timings: Default::default(),
+            }],
             placements: (0, 0),
             report_delays: ReportDelays::default(),
         }
@@ -533,15 +569,21 @@ mod tests {
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"3\">"));
         assert!(!page.contains("<script"), "nothing user-controlled is markup:\n{page}");
         assert!(page.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#39;"));
-        assert!(page.contains("5.0 GiB free of 100.0 GiB"), "{page}");
-        assert!(page.contains("3.0 of 4 cores idle"), "{page}");
-        assert!(page.contains("6.0 GiB available of 8.0 GiB"), "{page}");
+        assert!(
+            page.contains("<b>5.0 GiB free</b></div><div class=\"small\">of 100.0 GiB · 95% used"),
+            "{page}"
+        );
+        assert!(page.contains("<b>3.0 of 4 cores idle</b></div><div class=\"small\">25% used · load 0.50"));
+        assert!(page.contains("<b>6.0 GiB available</b></div><div class=\"small\">of 8.0 GiB · 25% used"));
         assert!(page.contains("<span class=\"crit\" style=\"width:95%\">"), "a nearly full disk is red");
         assert!(page.contains("data-build-fs-free-bytes=\"5368709120\""));
         assert!(page.contains("0.8 s ago"));
         assert!(page.contains("sha256:abababababab<"), "short digest");
         assert!(page.contains("clone failed:") && !page.contains("second line"), "error's first line only");
         assert!(page.contains("★ leader"));
+        assert!(page.contains("v3 <span class=\"small\">(rollback to v1)</span>"), "{page}");
+        assert!(page.contains("<td class=\"mono\">0123456789</td><td>alpha</td>"), "{page}");
+        assert!(page.contains("task failed: &lt;script&gt;") && !page.contains("more"), "{page}");
         assert!(!page.contains("leader-note"));
     }
 
