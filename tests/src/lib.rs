@@ -15,6 +15,8 @@
 //! - [`net`]: [`free_port`], [`wait_for_http`].
 //! - [`netns`]: [`NetLab`], a bridge and a /24 of network namespaces ("nodes") for
 //!   tests, with a knob that cuts one node off from the others (needs root).
+//! - [`fleet`]: [`Fleet`], several `dockerd`s each in a [`NetLab`] node, one Swarm,
+//!   a registry on the lab's host address; kill and restart an engine (needs root).
 //! - [`cluster`]: [`TestCluster`], the `slipway-scheduler` and `slipway-agent`
 //!   binaries as child processes (so tests can `kill -9` them) on a registry and the
 //!   local Swarm, with a control-API client; [`DeployRun`] collects a deploy stream.
@@ -30,6 +32,7 @@
 
 pub mod cluster;
 pub mod docker;
+pub mod fleet;
 pub mod gitrepo;
 pub mod net;
 pub mod netns;
@@ -40,6 +43,7 @@ use std::path::PathBuf;
 
 pub use cluster::{set_app_port, DeployRun, TestCluster};
 pub use docker::{base_image, ensure_swarm, require_docker, BASE_IMAGE};
+pub use fleet::Fleet;
 pub use gitrepo::GitRepo;
 pub use net::{free_port, wait_for_http};
 pub use netns::NetLab;

@@ -4,10 +4,13 @@
 //! 127.0.0.1 port with its storage in a temporary directory, configured like
 //! `packaging/registry.sh` does it (filesystem storage, deletes enabled, no auth, log
 //! level warn). Docker treats 127.0.0.0/8 registries as insecure, so the engine
-//! pushes to it over plain http without configuration. Dropping the [`Registry`]
-//! kills the process and deletes its storage.
+//! pushes to it over plain http without configuration. [`Registry::start_on`] listens
+//! on another address instead (a [`NetLab`](crate::NetLab)'s host address, for a
+//! fleet): engines then need it in their `insecure-registries`. Dropping the
+//! [`Registry`] kills the process and deletes its storage.
 
 use std::fs::{self, File};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,8 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use reqwest::{header, StatusCode};
 use tempfile::TempDir;
-
-use crate::net::free_port;
 
 /// The manifest media types a registry client accepts: Docker v2 schema 2 and OCI,
 /// single-platform and index. Without them the registry may answer with (or refuse
@@ -29,10 +30,13 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 3;
 
-/// A running `docker-registry` on 127.0.0.1, owned by one test.
+/// A running `docker-registry` (on 127.0.0.1 unless started with
+/// [`Registry::start_on`]), owned by one test.
 pub struct Registry {
     /// The registry process; killed and reaped on drop.
     child: Child,
+    /// The address it listens on.
+    ip: IpAddr,
     port: u16,
     /// Holds `config.yml`, `registry.log` and `data/`; removed on drop, after the kill.
     dir: TempDir,
@@ -53,16 +57,40 @@ impl Registry {
     /// 30 s) until `GET /v2/` answers 200. Retries with another port if the one it
     /// picked was taken meanwhile.
     pub async fn try_start() -> anyhow::Result<Registry> {
+        Registry::try_start_on(IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// Like [`Registry::start`], listening on `ip` (which must be an address of this
+    /// host) instead of 127.0.0.1. Engines push to and pull from it over plain http
+    /// only if they list it (or a network holding it) in `insecure-registries`.
+    pub async fn start_on(ip: impl Into<IpAddr>) -> Registry {
+        let ip = ip.into();
+        match Registry::try_start_on(ip).await {
+            Ok(registry) => registry,
+            Err(e) => panic!("cannot start the test registry on {ip}: {e:#}"),
+        }
+    }
+
+    /// Like [`Registry::try_start`], listening on `ip`.
+    pub async fn try_start_on(ip: impl Into<IpAddr>) -> anyhow::Result<Registry> {
+        Registry::try_start_in(ip, &std::env::temp_dir()).await
+    }
+
+    /// Like [`Registry::try_start_on`], with its temporary directory under `parent`
+    /// (so that a fixture cleaning up after a crashed run finds the registry by the
+    /// path on its command line).
+    pub async fn try_start_in(ip: impl Into<IpAddr>, parent: &Path) -> anyhow::Result<Registry> {
+        let ip = ip.into();
         let binary = Registry::binary().ok_or_else(|| {
             anyhow!("docker-registry is not installed. Fix: apt-get install docker-registry")
         })?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let dir = tempfile::Builder::new().prefix("slipway-registry-").tempdir()?;
-            let port = free_port();
-            match spawn_and_wait(&binary, dir.path(), port, &http).await {
-                Ok(child) => return Ok(Registry { child, port, dir, http }),
+            let dir = tempfile::Builder::new().prefix("slipway-registry-").tempdir_in(parent)?;
+            let port = free_port_on(ip)?;
+            match spawn_and_wait(&binary, dir.path(), ip, port, &http).await {
+                Ok(child) => return Ok(Registry { child, ip, port, dir, http }),
                 Err(e) => last_error = Some(e),
             }
         }
@@ -85,9 +113,15 @@ impl Registry {
         let _ = self.child.wait();
     }
 
-    /// `127.0.0.1:PORT`: the registry part of image references.
+    /// `127.0.0.1:PORT` (or `IP:PORT` of [`Registry::start_on`]): the registry part of
+    /// image references.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    /// The address it listens on.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
     }
 
     /// The port it listens on.
@@ -95,7 +129,7 @@ impl Registry {
         self.port
     }
 
-    /// `127.0.0.1:PORT/<repo>`: the image name to tag and push as.
+    /// `<addr>/<repo>`: the image name to tag and push as.
     pub fn image(&self, repo: &str) -> String {
         format!("{}/{repo}", self.addr())
     }
@@ -214,12 +248,12 @@ impl std::fmt::Debug for Registry {
 }
 
 /// The registry's configuration: the same as `packaging/registry.sh` writes.
-fn config(dir: &Path, port: u16) -> String {
+fn config(dir: &Path, ip: IpAddr, port: u16) -> String {
     format!(
         "version: 0.1\n\
          log:\n  level: warn\n  fields:\n    service: slipway-test-registry\n\
          storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
-         http:\n  addr: 127.0.0.1:{port}\n",
+         http:\n  addr: {ip}:{port}\n",
         data = dir.join("data").display()
     )
 }
@@ -229,12 +263,13 @@ fn config(dir: &Path, port: u16) -> String {
 async fn spawn_and_wait(
     binary: &Path,
     dir: &Path,
+    ip: IpAddr,
     port: u16,
     http: &reqwest::Client,
 ) -> anyhow::Result<Child> {
     fs::create_dir_all(dir.join("data"))?;
     let config_path = dir.join("config.yml");
-    fs::write(&config_path, config(dir, port))?;
+    fs::write(&config_path, config(dir, ip, port))?;
     let log_path = dir.join("registry.log");
     let log = File::create(&log_path)?;
     let mut child = Command::new(binary)
@@ -245,7 +280,7 @@ async fn spawn_and_wait(
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot run {}", binary.display()))?;
-    let url = format!("http://127.0.0.1:{port}/v2/");
+    let url = format!("http://{ip}:{port}/v2/");
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -265,4 +300,10 @@ async fn spawn_and_wait(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A TCP port on `ip` that was free a moment ago (see [`crate::free_port`]).
+fn free_port_on(ip: IpAddr) -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((ip, 0)).with_context(|| format!("cannot bind {ip}:0"))?;
+    Ok(listener.local_addr()?.port())
 }

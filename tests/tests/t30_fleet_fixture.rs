@@ -1,14 +1,15 @@
-//! Tier 30 fixtures: the network lab ([`NetLab`]) and the Docker fleet work on this
-//! machine, and leave nothing behind.
+//! Tier 30 fixtures: the network lab ([`NetLab`]) and the Docker fleet ([`Fleet`])
+//! work on this machine, and leave nothing behind — also after a panic.
 //!
-//! Needs root (namespaces, bridges, iptables); skips loudly without it.
+//! Needs root (namespaces, bridges, iptables) and, for the fleet, Docker and
+//! `docker-registry`; skips loudly without them.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 
 use std::time::{Duration, Instant};
 
-use slipway_tests::NetLab;
+use slipway_tests::{wait_for_http, Fleet, NetLab};
 
 const PORT: u16 = 7000;
 
@@ -121,4 +122,215 @@ fn netlab_isolates_and_heals_a_node_and_leaves_nothing() {
     );
     let forward = command_output("iptables", &["-S", "FORWARD"]);
     assert!(!forward.contains(&format!("slwbr{k} ")), "FORWARD rules left behind:\n{forward}");
+}
+
+/// What a fleet must leave behind once dropped: nothing. `k` is its lab index, `dir`
+/// its directory.
+fn assert_fleet_gone(k: u8, dir: &std::path::Path, registry_addr: &str) {
+    let namespaces = command_output("ip", &["netns", "list"]);
+    assert!(!namespaces.contains(&format!("slw{k}-")), "namespaces left behind:\n{namespaces}");
+    let links = command_output("ip", &["-o", "link", "show"]);
+    assert!(
+        !links.contains(&format!("slwbr{k}:")) && !links.contains(&format!("slwv{k}-")),
+        "links left behind:\n{links}"
+    );
+    let needle = format!("{}/", dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&needle)).collect();
+    assert!(left.is_empty(), "mounts left behind:\n{}", left.join("\n"));
+    let mut processes = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle) {
+                processes.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    assert!(processes.is_empty(), "processes of the fleet left behind:\n{}", processes.join("\n"));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let cgroups =
+        command_output("sh", &["-c", &format!("ls -d /sys/fs/cgroup/*/slipway-fleet-{k}-* 2>/dev/null")]);
+    assert!(cgroups.trim().is_empty(), "cgroups left behind:\n{cgroups}");
+    let forward = command_output("iptables", &["-S", "FORWARD"]);
+    assert!(!forward.contains(&format!("slwbr{k} ")), "FORWARD rules left behind:\n{forward}");
+    let registry: SocketAddr = registry_addr.parse().unwrap();
+    assert!(
+        TcpStream::connect_timeout(&registry, Duration::from_secs(1)).is_err(),
+        "the registry still answers"
+    );
+}
+
+/// Waits until service `name` (on the manager) has `count` tasks running, on as many
+/// different nodes; returns those nodes' names, sorted.
+fn wait_running_tasks(fleet: &Fleet, name: &str, count: usize, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let tasks = fleet
+            .docker_cli(
+                fleet.manager(),
+                &[
+                    "service",
+                    "ps",
+                    name,
+                    "--filter",
+                    "desired-state=running",
+                    "--format",
+                    "{{.Node}} {{.CurrentState}}",
+                ],
+            )
+            .unwrap_or_default();
+        let mut nodes: Vec<String> = tasks
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, state)| state.starts_with("Running"))
+            .map(|(node, _)| node.to_string())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        if nodes.len() == count {
+            return nodes;
+        }
+        if Instant::now() >= deadline {
+            let all = fleet.docker_cli(fleet.manager(), &["service", "ps", "--no-trunc", name]);
+            panic!(
+                "{name}: {count} running tasks expected after {timeout:?}, tasks:\n{all:?}\n{}",
+                fleet.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[tokio::test]
+async fn fleet_builds_on_one_engine_runs_on_all_and_leaves_nothing() {
+    let started = Instant::now();
+    let Some(mut fleet) = Fleet::start(3).await else { return };
+    eprintln!("fleet of 3 up in {:?} (storage driver {})", started.elapsed(), fleet.storage_driver());
+    assert_eq!(fleet.ready_nodes(), ["node-1", "node-2", "node-3"]);
+    let (k, dir, registry_addr) = (fleet.lab().index(), fleet.dir().to_path_buf(), fleet.registry_addr());
+    assert_eq!(registry_addr, format!("{}:{}", fleet.lab().host_ip(), fleet.registry().port()));
+    for n in 1..=3 {
+        assert!(fleet.engine_socket(n).starts_with(&dir));
+        assert!(fleet.build_root(n).is_dir() && fleet.agent_state_dir(n).is_dir());
+    }
+    // The bollard client speaks to engine 2.
+    let info = fleet.docker(2).info().await.expect("engine 2 answers bollard");
+    assert_eq!(info.name.as_deref(), Some("node-2"));
+
+    // Build on engine 2 through its socket, from the host, and push to the registry.
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM slipway/busybox:latest\nRUN echo 'hello from the fleet' > /www/index.html\n\
+         CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )
+    .unwrap();
+    let image = fleet.registry().image("t30/hello:1");
+    let build = Instant::now();
+    fleet
+        .docker_cli(2, &["build", "-q", "-t", &image, context.path().to_str().unwrap()])
+        .expect("build on engine 2");
+    fleet.docker_cli(2, &["push", &image]).expect("push from engine 2");
+    eprintln!("build + push on engine 2: {:?}", build.elapsed());
+    let digest =
+        fleet.registry().manifest_digest("t30/hello", "1").await.expect("the registry holds t30/hello:1");
+    for n in [1, 3] {
+        assert!(fleet.docker_cli(n, &["image", "inspect", &image]).is_err(), "engine {n} has not built it");
+    }
+
+    // Run it on all three engines by digest, on an overlay network as the scheduler
+    // does, one task per node, ports published in host mode.
+    let deploy = Instant::now();
+    fleet
+        .docker_cli(1, &["network", "create", "-d", "overlay", "--attachable", "t30-net"])
+        .expect("overlay network");
+    let by_digest = format!("{}/t30/hello@{digest}", fleet.registry_addr());
+    fleet
+        .docker_cli(
+            1,
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "t30-hello",
+                "--replicas",
+                "3",
+                "--replicas-max-per-node",
+                "1",
+                "--network",
+                "t30-net",
+                "--publish",
+                "mode=host,target=8080,published=18080",
+                &by_digest,
+            ],
+        )
+        .expect("service create on the manager");
+    let nodes = wait_running_tasks(&fleet, "t30-hello", 3, Duration::from_secs(60));
+    assert_eq!(nodes, ["node-1", "node-2", "node-3"]);
+    for n in 1..=3 {
+        let body = wait_for_http(&format!("http://{}:18080/", fleet.node_ip(n)), Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("engine {n}'s task does not answer: {e}\n{}", fleet.logs()));
+        assert!(body.contains("hello from the fleet"), "engine {n} answered {body:?}");
+    }
+    eprintln!("3 tasks running and answering: {:?}", deploy.elapsed());
+
+    // Engine 3 dies and comes back: the Swarm runs its task there again.
+    let restart = Instant::now();
+    fleet.kill_engine(3);
+    assert!(!fleet.engine_running(3));
+    assert!(fleet.docker_cli(3, &["version"]).is_err(), "a killed engine does not answer");
+    assert!(
+        TcpStream::connect_timeout(&SocketAddr::from((fleet.node_ip(3), 18080)), Duration::from_secs(1))
+            .is_err(),
+        "a killed engine's task is gone"
+    );
+    fleet.start_engine(3);
+    fleet.wait_ready_nodes(3, Duration::from_secs(60));
+    wait_running_tasks(&fleet, "t30-hello", 3, Duration::from_secs(60));
+    wait_for_http(&format!("http://{}:18080/", fleet.node_ip(3)), Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| {
+            let ss = fleet.lab().command(3, "ss").arg("-ltnp").output().unwrap();
+            panic!(
+                "engine 3's task does not answer after its restart: {e}\ntasks: {:?}\nengine 3: {:?}\n{}\n{}",
+                fleet.docker_cli(1, &["service", "ps", "--no-trunc", "t30-hello"]),
+                fleet.docker_cli(3, &["ps", "-a"]),
+                String::from_utf8_lossy(&ss.stdout),
+                fleet.logs()
+            )
+        });
+    eprintln!("engine 3 killed, restarted and serving again: {:?}", restart.elapsed());
+
+    let teardown = Instant::now();
+    drop(fleet);
+    eprintln!("teardown: {:?}", teardown.elapsed());
+    assert_fleet_gone(k, &dir, &registry_addr);
+}
+
+#[test]
+fn fleet_is_torn_down_after_a_panic() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen_in_thread = seen.clone();
+    let outcome = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let Some(fleet) = Fleet::start(1).await else { return };
+            fleet
+                .docker_cli(1, &["run", "-d", "slipway/busybox:latest", "sleep", "600"])
+                .expect("a container");
+            *seen_in_thread.lock().unwrap() =
+                Some((fleet.lab().index(), fleet.dir().to_path_buf(), fleet.registry_addr()));
+            panic!("a test fails while the fleet runs (on purpose)");
+        })
+    })
+    .join();
+    let Some((k, dir, registry_addr)) = seen.lock().unwrap().take() else {
+        assert!(outcome.is_ok(), "the fleet failed to start: see the panic above");
+        return; // skipped
+    };
+    assert!(outcome.is_err(), "the test thread panicked on purpose");
+    assert_fleet_gone(k, &dir, &registry_addr);
 }
