@@ -48,6 +48,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Metadata key of the leader address in a forwarded write's "not the leader" status.
 pub const LEADER_ADDR_METADATA: &str = "slipway-leader-addr";
+/// Metadata key marking a leader's "cannot reach a quorum" status.
+const NO_QUORUM_METADATA: &str = "slipway-no-quorum";
 
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -196,40 +198,40 @@ fn forward_pool() -> &'static ClientPool {
     POOL.get_or_init(ClientPool::default)
 }
 
+/// The follower-to-leader RPCs of `raft.proto`.
+#[derive(Debug, Clone, Copy)]
+enum LeaderRpc {
+    ForwardWrite,
+    ReadIndex,
+}
+
 /// Sends `cmd` to the leader at `leader_addr` over `ForwardWrite` and returns its answer.
 pub(crate) async fn forward_write(
     leader_addr: &str,
     cmd: &Command,
     timeout: Duration,
 ) -> Result<ForwardedWrite, WriteError> {
-    let forward_err = |source: Status| WriteError::Forward {
+    let json = serde_json::to_vec(cmd).map_err(|e| WriteError::Forward {
         leader_addr: leader_addr.to_string(),
-        source: Box::new(source),
-    };
-    let mut client = forward_pool()
-        .get(leader_addr)
-        .map_err(|e| forward_err(Status::invalid_argument(format!("bad leader address: {e}"))))?;
-    let json = serde_json::to_vec(cmd).map_err(|e| forward_err(Status::internal(e.to_string())))?;
-    let mut request = tonic::Request::new(RaftPayload { json });
-    request.set_timeout(timeout);
-    let reply = match tokio::time::timeout(timeout, client.forward_write(request)).await {
-        Err(_elapsed) => {
-            return Err(forward_err(Status::deadline_exceeded("no answer from the leader in time")))
-        }
-        Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
-            let leader_addr =
-                status.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
-            return Err(WriteError::NotLeader { leader_addr });
-        }
-        Ok(Err(status)) => return Err(forward_err(status)),
-        Ok(Ok(reply)) => reply.into_inner(),
-    };
-    serde_json::from_slice(&reply.json)
-        .map_err(|e| forward_err(Status::internal(format!("undecodable answer from the leader: {e}"))))
+        source: Box::new(Status::internal(e.to_string())),
+    })?;
+    call_leader(leader_addr, LeaderRpc::ForwardWrite, json, timeout).await
 }
 
 /// Asks the leader at `leader_addr` for a read index (see [`super::linearizable`]).
 pub(crate) async fn read_index(leader_addr: &str, timeout: Duration) -> Result<u64, WriteError> {
+    call_leader(leader_addr, LeaderRpc::ReadIndex, b"null".to_vec(), timeout).await
+}
+
+/// Calls `rpc` on the leader at `leader_addr` with a JSON payload and decodes its JSON
+/// answer. "Not the leader" and "no quorum" come back as such; anything else that goes
+/// wrong on the way is [`WriteError::Forward`].
+async fn call_leader<T: DeserializeOwned>(
+    leader_addr: &str,
+    rpc: LeaderRpc,
+    json: Vec<u8>,
+    timeout: Duration,
+) -> Result<T, WriteError> {
     let forward_err = |source: Status| WriteError::Forward {
         leader_addr: leader_addr.to_string(),
         source: Box::new(source),
@@ -237,9 +239,15 @@ pub(crate) async fn read_index(leader_addr: &str, timeout: Duration) -> Result<u
     let mut client = forward_pool()
         .get(leader_addr)
         .map_err(|e| forward_err(Status::invalid_argument(format!("bad leader address: {e}"))))?;
-    let mut request = tonic::Request::new(RaftPayload { json: b"null".to_vec() });
+    let mut request = tonic::Request::new(RaftPayload { json });
     request.set_timeout(timeout);
-    let reply = match tokio::time::timeout(timeout, client.read_index(request)).await {
+    let call = async {
+        match rpc {
+            LeaderRpc::ForwardWrite => client.forward_write(request).await,
+            LeaderRpc::ReadIndex => client.read_index(request).await,
+        }
+    };
+    let reply = match tokio::time::timeout(timeout, call).await {
         Err(_elapsed) => {
             return Err(forward_err(Status::deadline_exceeded("no answer from the leader in time")))
         }
@@ -248,7 +256,7 @@ pub(crate) async fn read_index(leader_addr: &str, timeout: Duration) -> Result<u
                 status.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
             return Err(WriteError::NotLeader { leader_addr });
         }
-        Ok(Err(status)) if status.code() == Code::Unavailable && status.metadata().is_empty() => {
+        Ok(Err(status)) if status.metadata().contains_key(NO_QUORUM_METADATA) => {
             return Err(WriteError::NoQuorum(status.message().to_string()))
         }
         Ok(Err(status)) => return Err(forward_err(status)),
@@ -372,7 +380,11 @@ impl RaftRpc for RaftService {
                 Err(not_leader(to.leader_node.map(|n| n.addr)))
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(Status::unavailable(format!("the leader cannot reach a quorum: {e}")))
+                let mut status = Status::unavailable(format!("the leader cannot reach a quorum: {e}"));
+                status
+                    .metadata_mut()
+                    .insert(NO_QUORUM_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+                Err(status)
             }
             Err(RaftError::Fatal(e)) => {
                 Err(Status::internal(format!("the leader's raft has stopped: {e}; see its logs")))
