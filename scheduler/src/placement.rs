@@ -144,22 +144,39 @@ fn enough_disk(node: &NodeView<'_>, needs: &BuildNeeds<'_>) -> Result<(), String
 ///
 /// - cache affinity: +100 if the node built this app last or reports holding its layers
 ///   (a warm rebuild beats any headroom difference);
-/// - CPU headroom: up to +30 (idle CPU share);
+/// - CPU headroom: up to +30, the idle share of its CPUs by the 1-minute load average
+///   (the kernel's smoothed run queue: the instantaneous usage swings with every
+///   sample, and equal nodes would swap ranks report by report);
 /// - disk headroom: up to +20 (free share of the build filesystem);
 /// - load: −10 per build already running there.
+///
+/// Both headroom shares count in steps of [`HEADROOM_STEP`], so nodes whose headroom
+/// differs by noise are equal and the tie goes to the name: placement prefers a node
+/// for a difference an operator would see on `slipway nodes`, not for a few bytes.
 pub fn score(node: &NodeView<'_>, needs: &BuildNeeds<'_>) -> f64 {
     let Some(r) = node.report else { return f64::MIN };
     let affinity = needs.last_built_on == Some(node.id) || r.cached_apps.iter().any(|a| a == needs.app);
-    // Reports come from agents: a NaN or out-of-range figure counts as no headroom.
-    let cpu_used = f64::from(r.cpu_usage_percent);
-    let cpu_idle = if cpu_used.is_finite() { (100.0 - cpu_used.clamp(0.0, 100.0)) / 100.0 } else { 0.0 };
+    let cpu_idle = if r.cpu_count == 0 { 0.0 } else { 1.0 - r.load_1m / f64::from(r.cpu_count) };
     let disk_free = if r.build_fs_total_bytes == 0 {
         0.0
     } else {
         r.build_fs_available_bytes as f64 / r.build_fs_total_bytes as f64
     };
     let running = r.running_builds.max(node.assigned_builds);
-    (if affinity { 100.0 } else { 0.0 }) + 30.0 * cpu_idle + 20.0 * disk_free - 10.0 * f64::from(running)
+    (if affinity { 100.0 } else { 0.0 }) + 30.0 * headroom_share(cpu_idle) + 20.0 * headroom_share(disk_free)
+        - 10.0 * f64::from(running)
+}
+
+/// Headroom shares count in steps of 5 %.
+pub const HEADROOM_STEP: f64 = 0.05;
+
+/// A share in 0..=1 rounded down to a [`HEADROOM_STEP`]; reports come from agents, so
+/// a NaN or out-of-range figure counts as no headroom (or all of it, above 1).
+fn headroom_share(share: f64) -> f64 {
+    if !share.is_finite() {
+        return 0.0;
+    }
+    ((share.clamp(0.0, 1.0) / HEADROOM_STEP) + 1e-9).floor() * HEADROOM_STEP
 }
 
 /// Places one build.
@@ -195,12 +212,13 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
-    fn report(cpu: f32, free_gib: u64, running: u32) -> NodeReport {
+    /// A node with 4 CPUs, `cpu` percent of them busy (by load), `free_gib` of 100 GiB free.
+    fn report(cpu: f64, free_gib: u64, running: u32) -> NodeReport {
         NodeReport {
             build_fs_total_bytes: 100 * GIB,
             build_fs_available_bytes: free_gib * GIB,
             cpu_count: 4,
-            cpu_usage_percent: cpu,
+            load_1m: 4.0 * cpu / 100.0,
             running_builds: running,
             build_slots: 2,
             docker_healthy: true,
@@ -297,13 +315,31 @@ mod tests {
 
     #[test]
     fn nonsense_reports_do_not_break_the_ranking() {
-        let nan = NodeReport { cpu_usage_percent: f32::NAN, ..report(10.0, 50, 0) };
-        let reports: Vec<NodeReport> =
-            (0..40).map(|i| if i % 2 == 0 { nan.clone() } else { report(i as f32, 50, 0) }).collect();
+        let nan = NodeReport { load_1m: f64::NAN, ..report(10.0, 50, 0) };
+        let reports: Vec<NodeReport> = (0..40)
+            .map(|i| if i % 2 == 0 { nan.clone() } else { report(f64::from(i) * 2.5, 50, 0) })
+            .collect();
         let ids: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
         let views: Vec<NodeView<'_>> = ids.iter().zip(&reports).map(|(id, r)| view(id, r)).collect();
         let d = place(&needs("shop"), &views);
         assert_eq!(d.chosen.as_deref(), Some("n01"), "the idlest sane node wins");
+    }
+
+    #[test]
+    fn headroom_differences_below_a_step_are_ties_broken_by_name() {
+        let (a, b) = (report(22.0, 50, 0), report(21.0, 51, 0));
+        let d = place(&needs("shop"), &[view("b", &b), view("a", &a)]);
+        assert_eq!(d.chosen.as_deref(), Some("a"), "{d:?}");
+        assert_eq!(d.ranking[0].1, d.ranking[1].1);
+        // A whole step apart is a difference.
+        let c = report(14.0, 50, 0);
+        assert_eq!(place(&needs("shop"), &[view("a", &a), view("c", &c)]).chosen.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn a_running_build_outweighs_a_little_more_headroom() {
+        let (busy, idle) = (report(10.0, 90, 1), report(20.0, 70, 0));
+        assert_eq!(place(&needs("shop"), &[view("a", &busy), view("b", &idle)]).chosen.as_deref(), Some("b"));
     }
 
     #[test]

@@ -48,11 +48,13 @@ fn main() {
     let reports: Vec<NodeReport> = (0..nodes)
         .map(|_| {
             let total = (100 + rng.below(900)) * GIB;
+            let cpu_count = 2 + rng.below(62) as u32;
             NodeReport {
                 build_fs_total_bytes: total,
                 build_fs_available_bytes: if rng.below(20) == 0 { GIB } else { rng.below(total) },
-                cpu_count: 2 + rng.below(62) as u32,
+                cpu_count,
                 cpu_usage_percent: rng.below(100) as f32,
+                load_1m: rng.below(u64::from(cpu_count) * 150) as f64 / 100.0,
                 memory_total_bytes: 64 * GIB,
                 memory_available_bytes: rng.below(64) * GIB,
                 running_builds: rng.below(4) as u32,
