@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::netns::NetLab;
-use crate::{base_image, ensure_swarm, free_port, require_docker, workspace_root, Registry};
+use crate::{base_image, ensure_swarm, free_port, require_docker, workspace_root, Fleet, Registry};
 
 /// Environment variable naming the profile fixtures run the slipway binaries in:
 /// `release` for benchmarks, debug otherwise.
@@ -103,25 +103,44 @@ struct Member {
     child: Mutex<Option<Child>>,
 }
 
+/// One `slipway-agent` process of a [`TestCluster`]: agent `n` (1-based) has its
+/// config in `agent-N.toml` and its log in `agent-N.log`.
+struct Agent {
+    /// Node name it registers as.
+    name: String,
+    /// Engine socket it builds with (tests point it at nothing).
+    docker_socket: String,
+    build_root: PathBuf,
+    state_dir: PathBuf,
+    child: Option<Child>,
+}
+
 /// A slipway on this machine: one scheduler on loopback ([`TestCluster::start`]) or a
 /// raft cluster of several, each in its own network namespace so a test can cut one
-/// off ([`TestCluster::start_replicated`]); one agent on the local engine following
-/// the leader; a registry; the local engine as a single-node Swarm.
+/// off ([`TestCluster::start_replicated`]), with one agent on the local engine
+/// following the leader, a registry, and the local engine as a single-node Swarm; or
+/// one scheduler and an agent per engine of a [`Fleet`] ([`TestCluster::on_fleet`]).
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
-    /// Engine socket the agent builds with (tests point it at nothing).
-    agent_docker_socket: String,
-    /// Engine socket the scheduler deploys with.
+    /// Engine socket the scheduler deploys with (tests point it at nothing).
     scheduler_docker_socket: String,
-    pub registry: Registry,
+    /// Socket of the Swarm manager the stack lives on (for the test's own look).
+    swarm_socket: String,
+    /// The registry this cluster started; None on a fleet, whose registry it uses.
+    registry: Option<Registry>,
+    registry_addr: String,
     pub stack: String,
     members: Vec<Member>,
     /// Extra `[raft]` settings written into every member's config.
     raft_settings: String,
-    agent: Option<Child>,
+    /// Agent `n` is `agents[n - 1]`.
+    agents: Vec<Agent>,
     /// Dropped last: the namespaces outlive the processes in them.
     lab: Option<NetLab>,
 }
+
+/// The engine this machine runs (tests on one engine use it for everything).
+const LOCAL_ENGINE: &str = "/var/run/docker.sock";
 
 /// Port every member of a replicated cluster listens on, in its own namespace.
 const MEMBER_GRPC_PORT: u16 = 7400;
@@ -139,11 +158,57 @@ impl TestCluster {
             netns: None,
             child: Mutex::default(),
         });
+        cluster.add_local_agent();
         cluster.write_configs();
         cluster.start_scheduler().await;
-        cluster.start_agent();
+        cluster.start_agent(1);
         cluster.wait_for_ready_nodes(1).await;
         Some(cluster)
+    }
+
+    /// One scheduler on loopback deploying to `fleet`'s Swarm (through its manager's
+    /// socket) with the fleet's registry, and one agent per engine (named as the
+    /// engine's host, `node-N`, in [`Fleet::agent_dir`]); returns once every agent
+    /// reports. Drop it before the fleet: the agents' files live in the fleet's
+    /// directory.
+    pub async fn on_fleet(stack: &str, fleet: &Fleet) -> TestCluster {
+        let manager_socket = fleet.engine_socket(fleet.manager()).display().to_string();
+        let mut cluster = TestCluster {
+            dir: Self::tempdir(stack),
+            scheduler_docker_socket: manager_socket.clone(),
+            swarm_socket: manager_socket,
+            registry: None,
+            registry_addr: fleet.registry_addr(),
+            stack: stack.to_string(),
+            members: Vec::new(),
+            raft_settings: String::new(),
+            agents: Vec::new(),
+            lab: None,
+        };
+        cluster.remove_stack();
+        cluster.members.push(Member {
+            id: 1,
+            grpc_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            netns: None,
+            child: Mutex::default(),
+        });
+        for n in fleet.engine_numbers() {
+            cluster.agents.push(Agent {
+                name: fleet.hostname(n),
+                docker_socket: fleet.engine_socket(n).display().to_string(),
+                build_root: fleet.build_root(n),
+                state_dir: fleet.agent_state_dir(n),
+                child: None,
+            });
+        }
+        cluster.write_configs();
+        cluster.start_scheduler().await;
+        for n in fleet.engine_numbers() {
+            cluster.start_agent(n);
+        }
+        cluster.wait_for_ready_nodes(usize::from(fleet.size())).await;
+        cluster
     }
 
     /// `n` schedulers founding one raft cluster (static members), each in its own
@@ -166,12 +231,13 @@ impl TestCluster {
                 child: Mutex::default(),
             });
         }
+        cluster.add_local_agent();
         cluster.write_configs();
         for id in 1..=u64::from(n) {
             cluster.start_member(id).await;
         }
         cluster.leader().await;
-        cluster.start_agent();
+        cluster.start_agent(1);
         cluster.wait_for_ready_nodes(1).await;
         Some(cluster)
     }
@@ -181,20 +247,44 @@ impl TestCluster {
         ensure_swarm().await;
         base_image().await;
         let registry = Registry::start().await;
-        let dir = tempfile::Builder::new().prefix(&format!("slipway-{stack}-")).tempdir().expect("tempdir");
         let cluster = TestCluster {
-            dir,
-            agent_docker_socket: "/var/run/docker.sock".into(),
-            scheduler_docker_socket: "/var/run/docker.sock".into(),
-            registry,
+            dir: Self::tempdir(stack),
+            scheduler_docker_socket: LOCAL_ENGINE.into(),
+            swarm_socket: LOCAL_ENGINE.into(),
+            registry_addr: registry.addr(),
+            registry: Some(registry),
             stack: stack.to_string(),
             members: Vec::new(),
             raft_settings: String::new(),
-            agent: None,
+            agents: Vec::new(),
             lab: None,
         };
         cluster.remove_stack();
         Some(cluster)
+    }
+
+    fn tempdir(stack: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("slipway-{stack}-")).tempdir().expect("tempdir")
+    }
+
+    /// The one agent of a cluster on the local engine.
+    fn add_local_agent(&mut self) {
+        self.agents.push(Agent {
+            name: format!("{}-node", self.stack),
+            docker_socket: LOCAL_ENGINE.into(),
+            build_root: self.path("builds"),
+            state_dir: self.path("agent"),
+            child: None,
+        });
+    }
+
+    /// The registry this cluster started (not on a fleet: use the fleet's).
+    pub fn registry(&self) -> &Registry {
+        self.registry.as_ref().expect("a cluster on a fleet uses the fleet's registry")
+    }
+
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        self.registry.as_mut().expect("a cluster on a fleet uses the fleet's registry")
     }
 
     fn lab_mut(&mut self) -> &mut NetLab {
@@ -243,15 +333,19 @@ impl TestCluster {
             self.write_member_config(m, &static_members);
         }
         let schedulers: Vec<String> = self.members.iter().map(|m| format!("\"{}\"", m.grpc_addr)).collect();
-        let agent = format!(
-            "schedulers = [{}]\nname = \"{}-node\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\ndocker_socket = \"{}\"\n",
-            schedulers.join(", "),
-            self.stack,
-            self.path("agent").display(),
-            self.path("builds").display(),
-            self.agent_docker_socket,
-        );
-        std::fs::write(self.path("agent.toml"), agent).expect("write agent.toml");
+        for (i, agent) in self.agents.iter().enumerate() {
+            // Port 0: agents sharing the host's loopback do not compete for one port.
+            let config = format!(
+                "schedulers = [{}]\nname = \"{}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\n\
+                 docker_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+                schedulers.join(", "),
+                agent.name,
+                agent.state_dir.display(),
+                agent.build_root.display(),
+                agent.docker_socket,
+            );
+            std::fs::write(self.path(&format!("agent-{}.toml", i + 1)), config).expect("write agent config");
+        }
     }
 
     /// Member `m`'s config; `cluster` is its `[cluster]` section (or nothing).
@@ -267,7 +361,7 @@ impl TestCluster {
             m.http_addr,
             self.data_dir_of(m.id).display(),
             self.raft_settings,
-            self.registry.addr(),
+            self.registry_addr,
             self.stack,
             self.scheduler_docker_socket,
         );
@@ -393,9 +487,9 @@ impl TestCluster {
         }
     }
 
-    /// Points the agent at another engine socket (takes effect at its next start).
-    pub fn set_agent_docker_socket(&mut self, socket: &str) {
-        self.agent_docker_socket = socket.to_string();
+    /// Points agent `n` at another engine socket (takes effect at its next start).
+    pub fn set_agent_docker_socket(&mut self, n: u8, socket: &str) {
+        self.agent_mut(n).docker_socket = socket.to_string();
         self.write_configs();
     }
 
@@ -405,16 +499,36 @@ impl TestCluster {
         self.write_configs();
     }
 
-    pub fn start_agent(&mut self) {
-        assert!(self.agent.is_none(), "agent already running");
-        self.agent = Some(self.spawn(Command::new(binary("slipway-agent")), "agent.toml", "agent.log"));
+    fn agent(&self, n: u8) -> &Agent {
+        self.agents.get(usize::from(n).wrapping_sub(1)).unwrap_or_else(|| panic!("no agent {n}"))
     }
 
-    pub fn kill_agent(&mut self) {
-        if let Some(mut child) = self.agent.take() {
+    fn agent_mut(&mut self, n: u8) -> &mut Agent {
+        self.agents.get_mut(usize::from(n).wrapping_sub(1)).unwrap_or_else(|| panic!("no agent {n}"))
+    }
+
+    /// Starts (or restarts) agent `n`.
+    pub fn start_agent(&mut self, n: u8) {
+        assert!(self.agent(n).child.is_none(), "agent {n} already running");
+        let child = self.spawn(
+            Command::new(binary("slipway-agent")),
+            &format!("agent-{n}.toml"),
+            &format!("agent-{n}.log"),
+        );
+        self.agent_mut(n).child = Some(child);
+    }
+
+    /// `kill -9` agent `n`.
+    pub fn kill_agent(&mut self, n: u8) {
+        if let Some(mut child) = self.agent_mut(n).child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Node name agent `n` registers as.
+    pub fn agent_name(&self, n: u8) -> &str {
+        &self.agent(n).name
     }
 
     /// Member `id`'s log so far.
@@ -422,9 +536,9 @@ impl TestCluster {
         std::fs::read_to_string(self.path(&format!("scheduler-{id}.log"))).unwrap_or_default()
     }
 
-    /// Process id of the agent, while it runs.
-    pub fn agent_pid(&self) -> Option<u32> {
-        self.agent.as_ref().map(Child::id)
+    /// Process id of agent `n`, while it runs.
+    pub fn agent_pid(&self, n: u8) -> Option<u32> {
+        self.agent(n).child.as_ref().map(Child::id)
     }
 
     /// Process id of member `id`, while it runs.
@@ -432,8 +546,14 @@ impl TestCluster {
         self.member(id).child.lock().expect("member lock").as_ref().map(Child::id)
     }
 
-    pub fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    /// Agent `n`'s log so far.
+    pub fn agent_log(&self, n: u8) -> String {
+        std::fs::read_to_string(self.path(&format!("agent-{n}.log"))).unwrap_or_default()
+    }
+
+    /// Member `id`'s HTTP address (health, `/metrics`, the fleet page).
+    pub fn http_addr(&self, id: u64) -> String {
+        self.member(id).http_addr.clone()
     }
 
     /// A control-API client for member `id`.
@@ -464,8 +584,8 @@ impl TestCluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "{ready} of {n} nodes ready after 30 s\n--- agent ---\n{}",
-                self.agent_log(),
+                "{ready} of {n} nodes ready after 30 s\n--- agent 1 ---\n{}",
+                self.agent_log(1),
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -517,7 +637,7 @@ impl TestCluster {
 
     /// The image the app's Swarm service runs (`docker service inspect`).
     pub fn service_image(&self, app: &str) -> String {
-        crate::docker::docker_cli(&[
+        self.swarm_cli(&[
             "service",
             "inspect",
             "--format",
@@ -539,19 +659,25 @@ impl TestCluster {
             .expect("run slipway")
     }
 
-    fn remove_stack(&self) {
-        let filter = format!("label=com.docker.stack.namespace={}", self.stack);
-        if let Ok(ids) = crate::docker::docker_cli(&["service", "ls", "-q", "--filter", &filter]) {
-            for id in ids.split_whitespace() {
-                let _ = crate::docker::docker_cli(&["service", "rm", id]);
-            }
-        }
-        let _ = crate::docker::docker_cli(&["network", "rm", &format!("{}_default", self.stack)]);
+    /// `docker ARGS` against the Swarm manager the stack lives on.
+    pub fn swarm_cli(&self, args: &[&str]) -> Result<String, String> {
+        let host = format!("unix://{}", self.swarm_socket);
+        crate::docker::docker_cli(&[&["-H", host.as_str()], args].concat())
     }
 
-    /// The build root of the agent (build dirs and logs).
-    pub fn build_root(&self) -> PathBuf {
-        self.path("builds")
+    fn remove_stack(&self) {
+        let filter = format!("label=com.docker.stack.namespace={}", self.stack);
+        if let Ok(ids) = self.swarm_cli(&["service", "ls", "-q", "--filter", &filter]) {
+            for id in ids.split_whitespace() {
+                let _ = self.swarm_cli(&["service", "rm", id]);
+            }
+        }
+        let _ = self.swarm_cli(&["network", "rm", &format!("{}_default", self.stack)]);
+    }
+
+    /// The build root of agent `n` (build dirs and logs).
+    pub fn build_root(&self, n: u8) -> PathBuf {
+        self.agent(n).build_root.clone()
     }
 
     /// Data dir of member `id`.
@@ -562,7 +688,9 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        self.kill_agent();
+        for n in 1..=self.agents.len() as u8 {
+            self.kill_agent(n);
+        }
         let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
         for &id in &ids {
             self.kill_member(id);
@@ -572,7 +700,9 @@ impl Drop for TestCluster {
             for id in ids {
                 eprintln!("--- scheduler {id} log (tail) ---\n{}", tail(&self.scheduler_log(id), 40));
             }
-            eprintln!("--- agent log (tail) ---\n{}", tail(&self.agent_log(), 60));
+            for n in 1..=self.agents.len() as u8 {
+                eprintln!("--- agent {n} log (tail) ---\n{}", tail(&self.agent_log(n), 60));
+            }
         }
     }
 }

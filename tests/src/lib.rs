@@ -19,7 +19,9 @@
 //!   a registry on the lab's host address; kill and restart an engine (needs root).
 //! - [`cluster`]: [`TestCluster`], the `slipway-scheduler` and `slipway-agent`
 //!   binaries as child processes (so tests can `kill -9` them) on a registry and the
-//!   local Swarm, with a control-API client; [`DeployRun`] collects a deploy stream.
+//!   local Swarm, or on a [`Fleet`] with an agent per engine, with a control-API
+//!   client; [`DeployRun`] collects a deploy stream.
+//! - [`browser`]: headless Chromium, for pages an operator looks at.
 //!
 //! Fixtures panic with a message naming the fix when the machine lacks something:
 //! they are for tests, where a panic is a failure with a reason.
@@ -30,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod docker;
 pub mod fleet;

@@ -21,10 +21,10 @@ async fn t20_deploy_redeploy_rollback_and_restart() {
     let r1 = first.live().clone();
     assert_eq!(r1.number, 1);
     assert!(r1.digest.starts_with("sha256:") && r1.digest.len() == 71, "{}", r1.digest);
-    assert_eq!(r1.image, format!("{}/hello@{}", cluster.registry.addr(), r1.digest));
+    assert_eq!(r1.image, format!("{}/hello@{}", cluster.registry().addr(), r1.digest));
     assert_eq!(cluster.service_image("hello"), r1.image, "the service runs release 1 pinned by digest");
     assert!(
-        cluster.registry.has_manifest("hello", &r1.digest).await,
+        cluster.registry().has_manifest("hello", &r1.digest).await,
         "release 1's digest is in the registry"
     );
     let body = wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(60))

@@ -82,8 +82,8 @@ async fn t21_bad_input_fails_clearly_and_changes_nothing() {
     assert_failed_build(&cluster, "ghost", &no_repo, "/nonexistent/repo.git").await;
 
     // An unreachable registry: the push fails and names it.
-    let registry = cluster.registry.addr();
-    cluster.registry.stop();
+    let registry = cluster.registry().addr();
+    cluster.registry_mut().stop();
     repo.write("www/version.txt", "never-pushed\n");
     repo.commit("a change that cannot be pushed");
     let no_registry = cluster.deploy("hello", None).await;
@@ -97,9 +97,9 @@ async fn t21_bad_input_fails_clearly_and_changes_nothing() {
     assert!(body.contains("hello from slipway"));
 
     // An engine the agent cannot reach: the build fails naming the socket.
-    cluster.kill_agent();
-    cluster.set_agent_docker_socket("/nonexistent/docker.sock");
-    cluster.start_agent();
+    cluster.kill_agent(1);
+    cluster.set_agent_docker_socket(1, "/nonexistent/docker.sock");
+    cluster.start_agent(1);
     cluster.wait_for_ready_nodes(1).await;
     let no_engine = cluster.deploy("hello", None).await;
     let error = no_engine.error();

@@ -76,7 +76,7 @@ async fn converged(cluster: &TestCluster) -> BTreeMap<String, usize> {
 /// A replicated cluster with the app registered and no agent (builds just queue).
 async fn ledger_cluster(stack: &str, raft: &str) -> Option<TestCluster> {
     let mut cluster = TestCluster::start_replicated(stack, 3, raft).await?;
-    cluster.kill_agent();
+    cluster.kill_agent(1);
     cluster.create_app(APP, "file:///nonexistent/ledger").await.expect("create the app");
     Some(cluster)
 }

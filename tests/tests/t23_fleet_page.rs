@@ -8,52 +8,15 @@
 //! page's screenshot there for a look.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use slipway_proto as pb;
 use slipway_scheduler::metrics::{check, Sample};
+use slipway_tests::browser::{chromium, headless};
 use slipway_tests::{GitRepo, TestCluster};
 
 /// A valid git ref (git allows these characters) that is also HTML.
 const EVIL_REF: &str = "<script>alert(\"x\")</script>";
-
-/// Environment variable the agent binary reads for its metrics listener.
-const AGENT_METRICS_ENV: &str = "SLIPWAY_AGENT_METRICS_LISTEN";
-
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|name| {
-        let out = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().ok()?;
-        let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
-        (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
-    })
-}
-
-/// Runs headless Chromium on `url` with `args` (a killed run after 30 s fails the test);
-/// returns its stdout.
-fn headless(chromium: &Path, profile: &Path, args: &[&str], url: &str) -> String {
-    let mut child = Command::new(chromium)
-        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait for chromium").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("chromium {args:?} {url} did not finish within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().expect("chromium output");
-    assert!(out.status.success(), "chromium {args:?} {url} failed: {:?}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The value of attribute `name` in the first tag of `dom` that contains `anchor`.
 fn attr<'a>(dom: &'a str, anchor: &str, name: &str) -> Option<&'a str> {
@@ -63,24 +26,11 @@ fn attr<'a>(dom: &'a str, anchor: &str, name: &str) -> Option<&'a str> {
     Some(&tag[start..start + tag[start..].find('"')?])
 }
 
-/// The scheduler's HTTP address. Read from its config file until TestCluster has a
-/// public accessor for it.
-fn scheduler_http_addr(cluster: &TestCluster) -> String {
-    let config =
-        std::fs::read_to_string(cluster.dir.path().join("scheduler-1.toml")).expect("scheduler config");
-    config
-        .lines()
-        .find_map(|l| l.strip_prefix("http_listen = \""))
-        .and_then(|rest| rest.strip_suffix('"'))
-        .expect("http_listen in the scheduler config")
-        .to_string()
-}
-
 /// The agent's metrics address, from the line it logs once it listens.
 async fn agent_metrics_addr(cluster: &TestCluster) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let log = cluster.agent_log();
+        let log = cluster.agent_log(1);
         if let Some(addr) = log.split("serving /metrics on http://").nth(1).and_then(|r| r.split('/').next())
         {
             return addr.to_string();
@@ -99,13 +49,7 @@ fn sample<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> &'a
 
 #[test]
 fn t23_fleet_page_and_metrics() {
-    let Some(chromium) = chromium() else {
-        slipway_tests::skip("Chromium is not installed (apt-get install chromium; packaging/test.sh does)");
-        return;
-    };
-    // The agent binary reads this at its start; set before any thread of this process
-    // reads the environment. Port 0: the agent picks one and logs it.
-    std::env::set_var(AGENT_METRICS_ENV, "127.0.0.1:0");
+    let Some(chromium) = chromium() else { return };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(fleet_page_and_metrics(&chromium));
 }
@@ -113,7 +57,7 @@ fn t23_fleet_page_and_metrics() {
 async fn fleet_page_and_metrics(chromium: &Path) {
     let Some(cluster) = TestCluster::start("t23page").await else { return };
     let started = Instant::now();
-    let http = scheduler_http_addr(&cluster);
+    let http = cluster.http_addr(1);
     let nodes = cluster.client().await.list_nodes(pb::ListNodesRequest {}).await.expect("nodes").into_inner();
     let node = nodes.nodes.first().expect("the agent's node").clone();
     let report = node.report.clone().expect("the node reported");

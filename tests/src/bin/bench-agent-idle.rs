@@ -39,7 +39,7 @@ async fn main() {
         std::process::exit(1);
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let agent = cluster.agent_pid().expect("agent runs");
+    let agent = cluster.agent_pid(1).expect("agent runs");
     let scheduler = cluster.member_pid(1).expect("scheduler runs");
     let (a0, s0) = (cpu_seconds(agent), cpu_seconds(scheduler));
     tokio::time::sleep(Duration::from_secs(seconds)).await;

@@ -60,7 +60,7 @@ async fn main() {
     let cold_out = cold.built.clone().unwrap();
 
     // The by-hand baseline gets its own service and image, warmed once (not timed).
-    let manual_image = cluster.registry.image("hello-manual");
+    let manual_image = cluster.registry().image("hello-manual");
     let manual_service = format!("{}_hello-manual", cluster.stack);
     let manual_port = free_port();
     let warm_tag = format!("{manual_image}:warm");
