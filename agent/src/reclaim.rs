@@ -17,7 +17,7 @@ use std::path::Path;
 use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
 use bollard::Docker;
 
-use crate::report::APP_LABEL;
+use crate::pipeline::docker::APP_LABEL;
 
 /// What a reclaim pass removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

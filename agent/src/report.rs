@@ -8,8 +8,7 @@ use bollard::Docker;
 use slipway_proto::NodeReport;
 use sysinfo::System;
 
-/// Label the agent puts on every image it builds (see the pipeline).
-pub const APP_LABEL: &str = "io.slipway.app";
+use crate::pipeline::docker::APP_LABEL;
 
 /// Takes [`NodeReport`]s; keeps the CPU sampler between calls so usage is a rate.
 pub struct Reporter {
