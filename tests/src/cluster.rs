@@ -142,6 +142,9 @@ pub struct TestCluster {
 /// The engine this machine runs (tests on one engine use it for everything).
 const LOCAL_ENGINE: &str = "/var/run/docker.sock";
 
+/// The build filesystem's floor, for schedulers and agents alike: 100 MiB.
+pub const MIN_FREE_BYTES: u64 = 100 << 20;
+
 /// Port every member of a replicated cluster listens on, in its own namespace.
 const MEMBER_GRPC_PORT: u16 = 7400;
 const MEMBER_HTTP_PORT: u16 = 7401;
@@ -335,9 +338,10 @@ impl TestCluster {
         let schedulers: Vec<String> = self.members.iter().map(|m| format!("\"{}\"", m.grpc_addr)).collect();
         for (i, agent) in self.agents.iter().enumerate() {
             // Port 0: agents sharing the host's loopback do not compete for one port.
+            // The disk floor is the scheduler's (below).
             let config = format!(
                 "schedulers = [{}]\nname = \"{}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\n\
-                 docker_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+                 docker_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nmin_free_bytes = {MIN_FREE_BYTES}\n",
                 schedulers.join(", "),
                 agent.name,
                 agent.state_dir.display(),
@@ -355,7 +359,7 @@ impl TestCluster {
              [raft]\n{}\n\n[registry]\naddr = \"{}\"\n\n\
              [deploy]\nstack = \"{}\"\ndocker_socket = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
              [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n\
-             [placement]\nmin_free_bytes = 104857600\nqueue_timeout_secs = 20\n",
+             [placement]\nmin_free_bytes = {MIN_FREE_BYTES}\nqueue_timeout_secs = 20\n",
             m.id,
             m.grpc_addr,
             m.http_addr,
@@ -601,9 +605,13 @@ impl TestCluster {
         let req = pb::DeployRequest {
             app: app.into(),
             git_ref: git_ref.unwrap_or_default().into(),
-            no_cache: false,
-            request_id: String::new(),
+            ..Default::default()
         };
+        self.deploy_request(req).await
+    }
+
+    /// Sends `req` and follows the stream to its end.
+    pub async fn deploy_request(&self, req: pb::DeployRequest) -> DeployRun {
         let started = Instant::now();
         let stream = self.client().await.deploy(req).await;
         collect(stream, started).await
