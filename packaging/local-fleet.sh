@@ -20,8 +20,8 @@
 #     it from the host), daemon.json, data/, exec/, pid, log; its agent's
 #     agent.toml, agent/ (state), builds/ (build_root), agent.pid, agent.log
 #   engine 1 is the Swarm manager; the others join as workers
-#   the scheduler on 127.0.0.1:$SLIPWAY_FLEET_GRPC_PORT (default 7420, HTTP on the
-#     next port) deploys through engine 1's socket, publishing ports in host mode:
+#   the scheduler on 127.0.0.1:$SLIPWAY_FLEET_GRPC_PORT (default 7420, HTTP — the
+#     fleet page, /metrics — on the next port); agent n's /metrics on that port + 10 + n deploys through engine 1's socket, publishing ports in host mode:
 #     a service answers on the address of each engine running one of its tasks,
 #     e.g. http://10.231.K.12:8080/
 #   .slipway/config.toml points the slipway CLI at it
@@ -302,6 +302,7 @@ state_dir = "$STATE/$n/agent"
 build_root = "$STATE/$n/builds"
 docker_socket = "$(sock "$n")"
 build_slots = 2
+metrics_listen = "127.0.0.1:$((GRPC_PORT + 10 + n))"
 EOF
     done
     cat >"$CLI_CONFIG" <<EOF
@@ -397,7 +398,9 @@ A $total-engine fleet is up ($((SECONDS - started)) s):
               sockets .slipway/fleet/<N>/docker.sock (storage driver $driver); engine 1 manages the Swarm
   registry    $REGISTRY_ADDR
   scheduler   $GRPC_ADDR (HTTP $HTTP_ADDR), deploying through engine 1
-  agents      node-1 … node-$total, one per engine, in the host's network namespace
+  agents      node-1 … node-$total, one per engine, in the host's network namespace;
+              agent N serves /metrics on 127.0.0.1:$((GRPC_PORT + 10))+N
+  fleet page  http://$HTTP_ADDR/
 .slipway/config.toml points the CLI at the scheduler. From the repo root:
 
     $BIN/slipway deploy $APP        # built by some agent; answers on :8080 of the engine running it

@@ -6,8 +6,8 @@
 #
 # From a fresh clone on Debian 12 (as root, or with sudo):
 #   1. installs what the tests need, only what is missing: git, curl, busybox-static,
-#      docker-registry (its packaged service is not started), a C toolchain and
-#      pkg-config if absent;
+#      docker-registry (its packaged service is not started), chromium (the fleet
+#      page's tests), a C toolchain and pkg-config if absent;
 #   2. makes sure cargo (with fmt and clippy) is there, a Docker engine answers and is
 #      an active Swarm manager, and the base image slipway/busybox:latest exists;
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo test (all tiers; Docker
