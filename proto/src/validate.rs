@@ -25,18 +25,44 @@ fn invalid(what: &'static str, reason: impl Into<String>) -> Invalid {
     Invalid { what, reason: reason.into() }
 }
 
+/// Longest app name: a DNS label.
+pub const MAX_APP_NAME_BYTES: usize = 63;
+/// Longest git ref (git itself has no limit; 255 keeps refs usable as file names).
+pub const MAX_GIT_REF_BYTES: usize = 255;
+/// Longest repository URL.
+pub const MAX_REPO_URL_BYTES: usize = 2048;
+/// Longest other identifier in a request: request ids, build ids, node names and ids,
+/// member addresses.
+pub const MAX_ID_BYTES: usize = 255;
+
+/// Largest control-API request a scheduler decodes (requests carry a few names; the
+/// CLI's answers may be larger, so only decoding is bounded).
+pub const MAX_CONTROL_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest message a scheduler decodes from an agent or an agent from a scheduler
+/// (reports, build events of one log line each, assignments).
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// `value` of the request field `what` is at most `max` bytes long.
+pub fn bounded(what: &'static str, value: &str, max: usize) -> Result<(), Invalid> {
+    if value.len() > max {
+        return Err(invalid(what, format!("it is {} bytes long; the limit is {max} bytes", value.len())));
+    }
+    Ok(())
+}
+
 /// App names are DNS labels (they become Swarm service and registry repository names):
 /// 1–63 characters of `a-z`, `0-9` and `-`, starting with a letter, not ending with `-`.
 pub fn app_name(name: &str) -> Result<(), Invalid> {
     const WHAT: &str = "app name";
-    if name.is_empty() || name.len() > 63 {
-        return Err(invalid(WHAT, format!("{name:?} must be 1 to 63 characters long")));
+    const RULE: &str = "app names are DNS labels: 1 to 63 of a-z, 0-9 and '-', starting with a letter";
+    if name.is_empty() || name.len() > MAX_APP_NAME_BYTES {
+        return Err(invalid(WHAT, format!("{name:?} must be 1 to 63 characters long ({RULE})")));
     }
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err(invalid(WHAT, format!("{name:?} must start with a lowercase letter")));
+        return Err(invalid(WHAT, format!("{name:?} must start with a lowercase letter ({RULE})")));
     }
     if name.ends_with('-') {
-        return Err(invalid(WHAT, format!("{name:?} must not end with '-'")));
+        return Err(invalid(WHAT, format!("{name:?} must not end with '-' ({RULE})")));
     }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
         return Err(invalid(WHAT, format!("{name:?} contains {c:?}; use lowercase letters, digits and '-'")));
@@ -44,73 +70,117 @@ pub fn app_name(name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A git ref (branch, tag, full ref or commit id), following `git check-ref-format`
-/// and never starting with `-` (so it cannot be read as an option).
+/// A git ref (branch, tag, full ref or commit id), following `git check-ref-format
+/// --allow-onelevel`, never starting with `-` (so it cannot be read as an option) and
+/// holding no whitespace at all (git allows non-ASCII spaces; we do not).
 pub fn git_ref(r: &str) -> Result<(), Invalid> {
     const WHAT: &str = "git ref";
     if r.is_empty() {
-        return Err(invalid(WHAT, "it is empty"));
+        return Err(invalid(WHAT, "it is empty; give a branch, tag or full commit id"));
     }
-    if r.len() > 255 {
-        return Err(invalid(WHAT, "it is longer than 255 characters"));
+    if r.len() > MAX_GIT_REF_BYTES {
+        return Err(invalid(WHAT, format!("it is {} bytes long; the limit is {MAX_GIT_REF_BYTES}", r.len())));
     }
     if r.starts_with('-') {
-        return Err(invalid(WHAT, format!("{r:?} starts with '-'")));
+        return Err(invalid(WHAT, format!("{r:?} starts with '-'; a ref cannot look like an option")));
     }
-    let bad = |why: &str| Err(invalid(WHAT, format!("{r:?} {why}")));
-    if r.starts_with('/') || r.ends_with('/') || r.contains("//") {
-        return bad("has an empty path component");
-    }
-    if r.ends_with('.') || r.ends_with(".lock") {
-        return bad("ends with '.' or '.lock'");
-    }
-    if r.contains("..") || r.contains("@{") || r == "@" {
-        return bad("contains '..', '@{' or is '@'");
-    }
-    if r.split('/').any(|part| part.starts_with('.')) {
-        return bad("has a path component starting with '.'");
-    }
+    let bad = |why: &str| Err(invalid(WHAT, format!("{r:?} {why} (see `git check-ref-format`)")));
     if let Some(c) = r.chars().find(|c| {
         c.is_control() || c.is_whitespace() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
     }) {
         return bad(&format!("contains {c:?}, which git refs cannot hold"));
     }
+    if r.starts_with('/') || r.ends_with('/') || r.contains("//") {
+        return bad("has an empty path component (a leading, trailing or doubled '/')");
+    }
+    if r.ends_with('.') {
+        return bad("ends with '.'");
+    }
+    if r.contains("..") {
+        return bad("contains '..'");
+    }
+    if r.contains("@{") || r == "@" {
+        return bad("contains '@{' or is '@'");
+    }
+    if r.split('/').any(|part| part.starts_with('.')) {
+        return bad("has a path component starting with '.'");
+    }
+    if r.split('/').any(|part| part.ends_with(".lock")) {
+        return bad("has a path component ending with '.lock'");
+    }
     Ok(())
 }
 
+/// Schemes a repository URL may name.
+const URL_SCHEMES: [&str; 5] = ["https", "http", "ssh", "git", "file"];
+
 /// A repository URL: `https://`, `http://`, `ssh://`, `git://`, `file://`, or scp-like
-/// `user@host:path`. Never starts with `-`, holds no whitespace or control characters.
-/// Whether `file://` may be used is the agent's decision ([`is_file_url`]).
+/// `user@host:path`. Never starts with `-`, holds no whitespace or control characters,
+/// never uses git's `<transport>::<address>` form (`ext::`, `fd::` and other remote
+/// helpers), and its host and user never start with `-` (so ssh cannot take them for
+/// options). Whether `file://` may be used is the agent's decision ([`is_file_url`]).
 pub fn repo_url(url: &str) -> Result<(), Invalid> {
     const WHAT: &str = "repository URL";
-    if url.is_empty() || url.len() > 2048 {
-        return Err(invalid(WHAT, "must be 1 to 2048 characters long"));
+    const FORMS: &str = "use https://host/path, ssh://[user@]host/path, git://host/path, \
+                         file:///path or user@host:path";
+    if url.is_empty() || url.len() > MAX_REPO_URL_BYTES {
+        return Err(invalid(
+            WHAT,
+            format!("it is {} bytes long; it must be 1 to {MAX_REPO_URL_BYTES} bytes", url.len()),
+        ));
     }
     if url.starts_with('-') {
-        return Err(invalid(WHAT, format!("{url:?} starts with '-'")));
+        return Err(invalid(WHAT, format!("{url:?} starts with '-'; {FORMS}")));
     }
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(invalid(WHAT, format!("{url:?} contains whitespace or control characters")));
     }
-    if let Some((scheme, rest)) = url.split_once("://") {
-        return match scheme {
-            "https" | "http" | "ssh" | "git" | "file" if !rest.is_empty() => Ok(()),
-            "https" | "http" | "ssh" | "git" | "file" => {
-                Err(invalid(WHAT, format!("{url:?} has nothing after the scheme")))
-            }
-            other => Err(invalid(
+    // git reads `<transport>::<address>` as "run git-remote-<transport>" (ext:: runs a
+    // command, fd:: reads a file descriptor): never.
+    let scheme_len = url.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')));
+    if let Some(len) = scheme_len.filter(|len| *len > 0) {
+        if url[len..].starts_with("::") {
+            return Err(invalid(
                 WHAT,
-                format!("scheme {other:?} is not allowed; use https, http, ssh, git or file"),
-            )),
-        };
+                format!("{url:?} names the git transport {:?}, which is not allowed; {FORMS}", &url[..len]),
+            ));
+        }
+    }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if !URL_SCHEMES.contains(&scheme) {
+            return Err(invalid(
+                WHAT,
+                format!("scheme {scheme:?} is not allowed; use https, http, ssh, git or file"),
+            ));
+        }
+        if rest.is_empty() {
+            return Err(invalid(WHAT, format!("{url:?} has nothing after the scheme; {FORMS}")));
+        }
+        if scheme != "file" {
+            let authority = rest.split('/').next().unwrap_or_default();
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            if host.is_empty() || host.starts_with('-') || authority.starts_with('-') {
+                return Err(invalid(
+                    WHAT,
+                    format!("{url:?} must name a host that does not start with '-'; {FORMS}"),
+                ));
+            }
+        }
+        return Ok(());
     }
     // scp-like: [user@]host:path, where host has no '/' before the ':'.
     match url.split_once(':') {
-        Some((host, path)) if !host.is_empty() && !host.contains('/') && !path.is_empty() => Ok(()),
-        _ => Err(invalid(
-            WHAT,
-            format!("{url:?} is neither a URL (https://, ssh://, git://, file://) nor user@host:path"),
-        )),
+        Some((user_host, path)) if !user_host.is_empty() && !user_host.contains('/') && !path.is_empty() => {
+            let host = user_host.rsplit_once('@').map_or(user_host, |(_, host)| host);
+            if host.is_empty() || host.starts_with('-') {
+                return Err(invalid(
+                    WHAT,
+                    format!("{url:?} must name a host that does not start with '-'; {FORMS}"),
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(invalid(WHAT, format!("{url:?} is neither a URL nor user@host:path; {FORMS}"))),
     }
 }
 
@@ -123,59 +193,286 @@ pub fn is_file_url(url: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The refusal's message, which must name the input and what is wrong.
+    fn refused(result: Result<(), Invalid>, input: &str) -> String {
+        match result {
+            Ok(()) => panic!("{input:?} should be refused"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn app_names_are_dns_labels() {
-        for ok in ["shop", "a", "web-2", &"a".repeat(63)] {
+        for ok in ["shop", "a", "web-2", "a1", &"a".repeat(63)] {
             assert_eq!(app_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "Shop", "2shop", "shop-", "sh_op", "sh.op", "-x", &"a".repeat(64)] {
-            assert!(app_name(bad).is_err(), "{bad}");
+        for (bad, why) in [
+            ("", "must be 1 to 63 characters long"),
+            (&"a".repeat(64), "must be 1 to 63 characters long"),
+            ("Shop", "must start with a lowercase letter"),
+            ("sHop", "contains 'H'; use lowercase letters, digits and '-'"),
+            ("2shop", "must start with a lowercase letter"),
+            ("-x", "must start with a lowercase letter"),
+            ("shop-", "must not end with '-'"),
+            ("sh_op", "contains '_'"),
+            ("sh.op", "contains '.'"),
+            ("shöp", "contains 'ö'"),
+            ("ѕhop", "must start with a lowercase letter"), // Cyrillic 's'
+            ("a b", "contains ' '"),
+        ] {
+            let msg = refused(app_name(bad), bad);
+            assert!(msg.starts_with("invalid app name: "), "{msg}");
+            assert!(msg.contains(why), "{bad:?}: {msg}");
+            if !bad.is_empty() && bad.len() < 64 {
+                assert!(msg.contains(&format!("{bad:?}")), "the value is named: {msg}");
+            }
         }
     }
 
     #[test]
     fn refs_follow_git_rules_and_never_look_like_options() {
-        for ok in ["main", "v1.2.3", "feature/x", "refs/heads/main", "0123abcd"] {
+        for ok in ["main", "v1.2.3", "feature/x", "feature/-x", "refs/heads/main", "0123abcd", "a@b", "ü"] {
             assert_eq!(git_ref(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "",
-            "-x",
-            "--upload-pack=evil",
-            "a..b",
-            "a b",
-            "a~1",
-            "a^",
-            "a:b",
-            "x.lock",
-            "/a",
-            "a/",
-            "a//b",
-            ".hidden",
-            "a/.b",
-            "@",
-            "a@{1}",
-            "a\\b",
-            "a*",
+        for (bad, why) in [
+            ("", "it is empty"),
+            (&"a".repeat(256), "the limit is 255"),
+            ("-x", "starts with '-'"),
+            ("--upload-pack=evil", "starts with '-'"),
+            ("a..b", "contains '..'"),
+            ("a b", "contains ' '"),
+            ("a\u{a0}b", "contains '\\u{a0}'"),
+            ("a\tb", "contains '\\t'"),
+            ("a\nb", "contains '\\n'"),
+            ("a\u{7f}", "contains '\\u{7f}'"),
+            ("a\0", "contains '\\0'"),
+            ("a~1", "contains '~'"),
+            ("a^", "contains '^'"),
+            ("a:b", "contains ':'"),
+            ("a?", "contains '?'"),
+            ("a*", "contains '*'"),
+            ("a[b", "contains '['"),
+            ("a\\b", "contains '\\\\'"),
+            ("x.lock", "ending with '.lock'"),
+            ("x.lock/y", "ending with '.lock'"),
+            ("refs/heads/y.lock", "ending with '.lock'"),
+            ("/a", "empty path component"),
+            ("a/", "empty path component"),
+            ("a//b", "empty path component"),
+            ("a.", "ends with '.'"),
+            (".hidden", "starting with '.'"),
+            ("a/.b", "starting with '.'"),
+            ("@", "is '@'"),
+            ("a@{1}", "'@{'"),
         ] {
-            assert!(git_ref(bad).is_err(), "{bad}");
+            let msg = refused(git_ref(bad), bad);
+            assert!(msg.starts_with("invalid git ref: "), "{msg}");
+            assert!(msg.contains(why), "{bad:?} should say {why:?}: {msg}");
         }
-        assert!(git_ref("-x").unwrap_err().to_string().contains("starts with '-'"));
+    }
+
+    /// Our rules against git's own `check-ref-format` for a list of tricky refs (where
+    /// git is installed): whatever we accept, git accepts.
+    #[test]
+    fn accepted_refs_pass_git_check_ref_format() {
+        let corpus = [
+            "main",
+            "a.lock/b",
+            "a/b.lock",
+            "a/.b",
+            "feature/-x",
+            "a..b",
+            "a@{b",
+            "@",
+            "x/",
+            "é",
+            ".a",
+            "a/.",
+            "a@b",
+            "@@",
+            "a/@/b",
+            "v1.0",
+            "a.b.c",
+            "refs/tags/v1",
+            "a-b_c",
+            "a/b/c/d",
+            "x.lockx",
+        ];
+        for r in corpus {
+            let Ok(out) =
+                std::process::Command::new("git").args(["check-ref-format", "--allow-onelevel", r]).output()
+            else {
+                eprintln!("git is not installed: skipping the comparison");
+                return;
+            };
+            if git_ref(r).is_ok() {
+                assert!(out.status.success(), "we accept {r:?} but git does not");
+            }
+        }
     }
 
     #[test]
     fn repo_urls_have_an_allowed_scheme() {
         for ok in [
             "https://example.com/a.git",
+            "http://example.com:8080/a.git",
+            "https://user:token@example.com/a.git",
             "ssh://git@host/a",
+            "ssh://git@host:2222/a",
             "git@host:team/a.git",
+            "host:team/a.git",
             "file:///srv/git/a",
             "git://host/a",
         ] {
             assert_eq!(repo_url(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "-uevil", "ext::sh -c x", "ftp://x/y", "/srv/git/a", "https://", "a b:c"] {
-            assert!(repo_url(bad).is_err(), "{bad}");
+        for (bad, why) in [
+            ("", "must be 1 to 2048 bytes"),
+            (&format!("https://h/{}", "a".repeat(2048)), "must be 1 to 2048 bytes"),
+            ("-uevil", "starts with '-'"),
+            ("--upload-pack=touch /tmp/x", "starts with '-'"),
+            ("ext::sh -c touch% /tmp/pwned", "whitespace"),
+            ("ext::sh%20-c%20touch", "the git transport \"ext\""),
+            ("fd::17", "the git transport \"fd\""),
+            ("fd::17/x", "the git transport \"fd\""),
+            ("testgit::/srv/x", "the git transport \"testgit\""),
+            ("host::path", "the git transport \"host\""),
+            ("ftp://x/y", "scheme \"ftp\" is not allowed"),
+            ("HTTPS://x/y", "scheme \"HTTPS\" is not allowed"),
+            ("javascript://x", "scheme \"javascript\" is not allowed"),
+            ("https://", "nothing after the scheme"),
+            ("ssh://-oProxyCommand=touch%20x/a", "host that does not start with '-'"),
+            ("ssh://git@-oProxyCommand=x/a", "host that does not start with '-'"),
+            ("https:///path", "host that does not start with '-'"),
+            ("git@-oProxyCommand=x:a", "host that does not start with '-'"),
+            ("@:a", "host that does not start with '-'"),
+            ("/srv/git/a", "neither a URL nor user@host:path"),
+            ("./a:b", "neither a URL nor user@host:path"),
+            ("host:", "neither a URL nor user@host:path"),
+            ("a b:c", "whitespace"),
+            ("https://h/a\tb", "whitespace or control"),
+            ("https://h/a\u{1b}[31m", "control"),
+            ("https://h/a\u{2028}", "whitespace"),
+        ] {
+            let msg = refused(repo_url(bad), bad);
+            assert!(msg.starts_with("invalid repository URL: "), "{msg}");
+            assert!(msg.contains(why), "{bad:?} should say {why:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn file_urls_are_recognised_exactly() {
+        assert!(is_file_url("file:///srv/a"));
+        assert!(!is_file_url("https://h/file:///a"));
+        assert!(repo_url("FILE:///srv/a").is_err(), "an upper-case scheme cannot dodge the file check");
+    }
+
+    #[test]
+    fn other_fields_are_bounded_by_length() {
+        assert_eq!(bounded("request id", "abc", 3), Ok(()));
+        let msg = refused(bounded("request id", "abcd", 3), "abcd");
+        assert_eq!(msg, "invalid request id: it is 4 bytes long; the limit is 3 bytes");
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// `^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`, written out.
+        fn reference_app_name(s: &str) -> bool {
+            let b = s.as_bytes();
+            let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
+            (1..=63).contains(&b.len())
+                && b[0].is_ascii_lowercase()
+                && b.iter().all(inner)
+                && *b.last().unwrap_or(&b'-') != b'-'
+        }
+
+        /// The rules of `git check-ref-format --allow-onelevel`, from its manual, plus
+        /// ours: no leading `-`, no whitespace, at most 255 bytes.
+        fn reference_git_ref(s: &str) -> bool {
+            let git = !s.is_empty()
+                && s != "@"
+                && !s.contains("@{")
+                && !s.contains("..")
+                && !s.ends_with('.')
+                && s.split('/').all(|c| !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock"))
+                && !s.chars().any(|c| (c as u32) < 0x20 || c == '\u{7f}' || " ~^:?*[\\".contains(c));
+            let ours = !s.starts_with('-')
+                && s.len() <= 255
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+            git && ours
+        }
+
+        fn ref_like() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    4 => "[a-z0-9]{1,4}",
+                    1 => prop::sample::select(vec![
+                        "/", ".", "..", "-", "@", "@{", ".lock", "~", "^", ":", "?", "*", "[", "\\",
+                        " ", "\t", "\n", "\u{7f}", "\u{a0}", "é", "//",
+                    ])
+                    .prop_map(str::to_string),
+                ],
+                0..8,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        fn url_like() -> impl Strategy<Value = String> {
+            (
+                prop::sample::select(vec![
+                    "", "https://", "http://", "ssh://", "git://", "file://", "ext::", "fd::", "ftp://",
+                    "-u", "git@", "HTTPS://", "a::", "x:",
+                ]),
+                "[-a-zA-Z0-9@:/._ %\t~]{0,24}",
+            )
+                .prop_map(|(scheme, rest)| format!("{scheme}{rest}"))
+        }
+
+        proptest! {
+            #[test]
+            fn fuzz_validators_never_panic(s in any::<String>()) {
+                let _ = app_name(&s);
+                let _ = git_ref(&s);
+                let _ = repo_url(&s);
+                let _ = bounded("field", &s, 10);
+            }
+
+            #[test]
+            fn fuzz_app_names_match_the_dns_label_rule(s in "[a-zA-Z0-9._ -]{0,70}|\\PC{0,8}") {
+                prop_assert_eq!(app_name(&s).is_ok(), reference_app_name(&s), "{:?}", s);
+            }
+
+            #[test]
+            fn fuzz_git_refs_match_git_rules(s in ref_like()) {
+                prop_assert_eq!(git_ref(&s).is_ok(), reference_git_ref(&s), "{:?}", s);
+            }
+
+            #[test]
+            fn fuzz_arbitrary_git_refs_match_git_rules(s in any::<String>()) {
+                prop_assert_eq!(git_ref(&s).is_ok(), reference_git_ref(&s), "{:?}", s);
+            }
+
+            #[test]
+            fn fuzz_accepted_urls_are_safe_for_git(s in url_like()) {
+                if repo_url(&s).is_ok() {
+                    prop_assert!(!s.starts_with('-'), "{:?}", s);
+                    prop_assert!(!s.chars().any(|c| c.is_whitespace() || c.is_control()), "{:?}", s);
+                    let scheme_end = s.find(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)));
+                    prop_assert!(scheme_end.is_none_or(|i| !s[i..].starts_with("::")), "{:?}", s);
+                    match s.split_once("://") {
+                        Some((scheme, _)) => prop_assert!(URL_SCHEMES.contains(&scheme), "{:?}", s),
+                        None => {
+                            let (user_host, _) = s.split_once(':').expect("scp-like has a ':'");
+                            prop_assert!(!user_host.contains('/'), "{:?}", s);
+                            let host = user_host.rsplit('@').next().unwrap_or_default();
+                            prop_assert!(!host.is_empty() && !host.starts_with('-'), "{:?}", s);
+                        }
+                    }
+                }
+            }
         }
     }
 }
