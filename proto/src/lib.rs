@@ -17,6 +17,7 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod tls;
 pub mod validate;
 
 /// `12.3 GiB`-style sizes for messages (both the scheduler and the agent name sizes).

@@ -30,6 +30,7 @@ pub mod events;
 pub mod fleet_page;
 pub mod http;
 pub mod metrics;
+pub mod pki;
 pub mod placement;
 pub mod raft;
 pub mod server;
