@@ -54,9 +54,14 @@ pub fn bounded(what: &'static str, value: &str, max: usize) -> Result<(), Invali
 /// 1–63 characters of `a-z`, `0-9` and `-`, starting with a letter, not ending with `-`.
 pub fn app_name(name: &str) -> Result<(), Invalid> {
     const WHAT: &str = "app name";
-    const RULE: &str = "app names are DNS labels: 1 to 63 of a-z, 0-9 and '-', starting with a letter";
-    if name.is_empty() || name.len() > MAX_APP_NAME_BYTES {
-        return Err(invalid(WHAT, format!("{name:?} must be 1 to 63 characters long ({RULE})")));
+    const RULE: &str =
+        "app names are DNS labels: 1 to 63 of a-z, 0-9 and '-', starting with a letter, not ending with '-'";
+    if name.is_empty() {
+        return Err(invalid(WHAT, format!("it is empty; {RULE}")));
+    }
+    if name.len() > MAX_APP_NAME_BYTES {
+        // Not echoed: it may be a megabyte.
+        return Err(invalid(WHAT, format!("it is {} bytes long; {RULE}", name.len())));
     }
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Err(invalid(WHAT, format!("{name:?} must start with a lowercase letter ({RULE})")));
@@ -207,8 +212,8 @@ mod tests {
             assert_eq!(app_name(ok), Ok(()), "{ok}");
         }
         for (bad, why) in [
-            ("", "must be 1 to 63 characters long"),
-            (&"a".repeat(64), "must be 1 to 63 characters long"),
+            ("", "it is empty; app names are DNS labels: 1 to 63 of a-z, 0-9 and '-'"),
+            (&"a".repeat(64), "it is 64 bytes long; app names are DNS labels: 1 to 63"),
             ("Shop", "must start with a lowercase letter"),
             ("sHop", "contains 'H'; use lowercase letters, digits and '-'"),
             ("2shop", "must start with a lowercase letter"),

@@ -262,6 +262,7 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         if node_id.is_empty() || node_id.len() > 128 || node_id.chars().any(|c| c.is_control()) {
             return Err(Status::invalid_argument("Hello.node_id must be 1 to 128 printable characters"));
         }
+        check_hello(&hello)?;
         let name = if hello.name.is_empty() { node_id.clone() } else { hello.name.clone() };
         let known = shared.read(|s| s.nodes.get(&node_id).map(|n| (n.name.clone(), n.labels.clone())));
         let labels = hello.labels.clone().into_iter().collect();
@@ -360,6 +361,35 @@ fn resend_lost_assignments(shared: &Shared, node_id: &str, report: Option<&NodeR
         tracing::info!(build = %a.build_id, attempt = a.attempt, "re-sending assignment after reconnect");
         shared.fleet.send(node_id, SchedMsg::Assign(a));
     }
+}
+
+/// Most labels an agent may report.
+const MAX_LABELS: usize = 64;
+
+/// The parts of a `Hello` that are written to raft (name, labels) are bounded and
+/// printable; checked before the node is registered.
+fn check_hello(hello: &Hello) -> Result<(), Status> {
+    let max = slipway_proto::validate::MAX_ID_BYTES;
+    let printable = |s: &str| s.len() <= max && !s.chars().any(char::is_control);
+    if !printable(&hello.name) {
+        return Err(Status::invalid_argument(format!(
+            "Hello.name must be at most {max} bytes of printable characters; fix the agent's `name`"
+        )));
+    }
+    if hello.labels.len() > MAX_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "Hello.labels has {} labels; the limit is {MAX_LABELS}",
+            hello.labels.len()
+        )));
+    }
+    if let Some(key) = hello.labels.iter().find(|(k, v)| k.is_empty() || !printable(k) || !printable(v)) {
+        let key: String = key.0.chars().take(64).collect();
+        return Err(Status::invalid_argument(format!(
+            "Hello.labels: label {key:?} must have a non-empty key, and key and value at most {max} bytes \
+             of printable characters; fix the agent's `labels`"
+        )));
+    }
+    Ok(())
 }
 
 async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEvent) {

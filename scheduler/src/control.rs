@@ -1,6 +1,9 @@
 //! The operator API (`control.proto`): apps, deploys, builds, logs, releases,
 //! rollbacks, nodes, cluster status. Input is validated here before anything is
 //! written; every change is one raft write, so a request either fully happens or not.
+//! Every string field is bounded (app names 63 bytes, refs 255, URLs 2048, ids 255; see
+//! [`slipway_proto::validate`]) and whole requests are bounded by the server
+//! ([`validate::MAX_CONTROL_REQUEST_BYTES`]), so nothing large reaches raft or an error.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,9 +24,6 @@ use crate::raft;
 use crate::server::Shared;
 use crate::state::{BuildState, Command, DeployState, Response as Applied, State};
 
-/// Longest repository URL accepted.
-const MAX_FIELD_BYTES: usize = 4096;
-
 /// The gRPC control service.
 pub struct ControlService {
     shared: Arc<Shared>,
@@ -38,11 +38,29 @@ impl ControlService {
 type EventStream = Pin<Box<dyn Stream<Item = Result<DeployEvent, Status>> + Send>>;
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 
-fn too_long(what: &str, value: &str) -> Result<(), Status> {
-    if value.len() > MAX_FIELD_BYTES {
-        return Err(Status::invalid_argument(format!("{what} is longer than {MAX_FIELD_BYTES} bytes")));
+/// Refuses an identifier field (request id, build id, node, address) longer than
+/// [`validate::MAX_ID_BYTES`], before anything else reads it.
+fn bounded_id(what: &'static str, value: &str) -> Result<(), Error> {
+    validate::bounded(what, value, validate::MAX_ID_BYTES).map_err(Error::from)
+}
+
+/// Every string of a `CreateApp` request, checked before anything is written.
+fn check_create_app(req: &pb::CreateAppRequest) -> Result<(), Error> {
+    validate::app_name(&req.name)?;
+    validate::repo_url(&req.repo)?;
+    if !req.branch.is_empty() {
+        validate::git_ref(&req.branch)?;
     }
     Ok(())
+}
+
+/// Every string of a `Deploy` request, checked before the app is even looked up.
+fn check_deploy(req: &pb::DeployRequest) -> Result<(), Error> {
+    validate::app_name(&req.app)?;
+    if !req.git_ref.is_empty() {
+        validate::git_ref(&req.git_ref)?;
+    }
+    bounded_id("request id", &req.request_id)
 }
 
 /// What, if anything, ends a deploy topic, judged from the replicated state. Covers
@@ -139,11 +157,8 @@ fn watch_deploy(shared: Arc<Shared>, first: Option<Event>, topic_name: String, t
 impl pb::control_server::Control for ControlService {
     async fn create_app(&self, req: Request<pb::CreateAppRequest>) -> Result<Response<pb::App>, Status> {
         let req = req.into_inner();
-        validate::app_name(&req.name).map_err(Error::from)?;
-        too_long("repository URL", &req.repo)?;
-        validate::repo_url(&req.repo).map_err(Error::from)?;
+        check_create_app(&req)?;
         let branch = if req.branch.is_empty() { "main".to_string() } else { req.branch };
-        validate::git_ref(&branch).map_err(Error::from)?;
         let cmd = Command::CreateApp { name: req.name, repo: req.repo, branch, at_ms: crate::now_ms() };
         match self.shared.write(cmd).await? {
             Applied::App(app) => Ok(Response::new(convert::app(&app, &self.shared.config.deploy.stack))),
@@ -163,6 +178,7 @@ impl pb::control_server::Control for ControlService {
 
     async fn get_app(&self, req: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
         let name = req.into_inner().name;
+        validate::app_name(&name).map_err(Error::from)?;
         let stack = &self.shared.config.deploy.stack;
         let app = self
             .shared
@@ -177,6 +193,7 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::DeleteAppRequest>,
     ) -> Result<Response<pb::DeleteAppResponse>, Status> {
         let name = req.into_inner().name;
+        validate::app_name(&name).map_err(Error::from)?;
         self.shared.require_leader()?;
         // Refuse before touching Swarm, so a refused delete changes nothing.
         self.shared
@@ -203,6 +220,7 @@ impl pb::control_server::Control for ControlService {
 
     async fn deploy(&self, req: Request<pb::DeployRequest>) -> Result<Response<EventStream>, Status> {
         let req = req.into_inner();
+        check_deploy(&req)?;
         let branch = self
             .shared
             .read_current(|s| s.app(&req.app).map(|a| a.branch.clone()))
@@ -210,7 +228,6 @@ impl pb::control_server::Control for ControlService {
             .map_err(Error::from)?;
         let git_ref = if req.git_ref.is_empty() { branch } else { req.git_ref };
         validate::git_ref(&git_ref).map_err(Error::from)?;
-        too_long("request id", &req.request_id)?;
         // Fail fast, before a build is spent, if the Swarm manager cannot be reached.
         self.shared.docker().await?;
         let request_id =
@@ -242,6 +259,9 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::ListBuildsRequest>,
     ) -> Result<Response<pb::ListBuildsResponse>, Status> {
         let app = req.into_inner().app;
+        if !app.is_empty() {
+            validate::app_name(&app).map_err(Error::from)?;
+        }
         let mut builds: Vec<pb::Build> = self
             .shared
             .read_current(|s| {
@@ -266,6 +286,7 @@ impl pb::control_server::Control for ControlService {
 
     async fn get_build(&self, req: Request<pb::GetBuildRequest>) -> Result<Response<pb::Build>, Status> {
         let id = req.into_inner().id;
+        bounded_id("build id", &id)?;
         let waiting = convert::rejections(&self.shared.dispatch.waiting_on(&id));
         let build = self
             .shared
@@ -280,6 +301,7 @@ impl pb::control_server::Control for ControlService {
     async fn build_logs(&self, req: Request<pb::BuildLogsRequest>) -> Result<Response<LogStream>, Status> {
         let req = req.into_inner();
         let id = req.build_id;
+        bounded_id("build id", &id)?;
         let state = self
             .shared
             .read(|s| s.builds.get(&id).map(|b| b.state))
@@ -333,6 +355,7 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
         let app = req.into_inner().app;
+        validate::app_name(&app).map_err(Error::from)?;
         let releases = self
             .shared
             .read_current(|s| {
@@ -353,7 +376,8 @@ impl pb::control_server::Control for ControlService {
 
     async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<EventStream>, Status> {
         let req = req.into_inner();
-        too_long("request id", &req.request_id)?;
+        validate::app_name(&req.app).map_err(Error::from)?;
+        bounded_id("request id", &req.request_id)?;
         self.shared.read_current(|s| s.app(&req.app).map(|_| ())).await?.map_err(Error::from)?;
         self.shared.docker().await?;
         let request_id =
@@ -388,7 +412,7 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::SetNodeDrainRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let req = req.into_inner();
-        too_long("node", &req.node)?;
+        bounded_id("node", &req.node)?;
         let node_id = self.shared.read(|s| {
             let by_id = s.nodes.get(&req.node).map(|n| vec![n.id.clone()]);
             by_id.unwrap_or_else(|| {
@@ -432,6 +456,7 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let req = request.into_inner();
+        bounded_id("member address", &req.addr)?;
         let addr = req.addr.trim();
         if addr.is_empty() || addr.contains('/') || !addr.contains(':') {
             return Err(Status::invalid_argument(format!(
@@ -565,5 +590,140 @@ fn membership_status(e: raft::MembershipError) -> Status {
         M::NotFound(_) => Status::not_found(e.to_string()),
         M::CatchUp { .. } => Status::deadline_exceeded(e.to_string()),
         M::Raft(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use slipway_proto::agent_message::Msg as AgentMsg;
+    use slipway_proto::agent_service_client::AgentServiceClient;
+    use slipway_proto::control_client::ControlClient;
+    use tonic::Code;
+
+    use super::*;
+    use crate::config::SchedulerConfig;
+
+    fn create(name: &str, repo: &str, branch: &str) -> pb::CreateAppRequest {
+        pb::CreateAppRequest { name: name.into(), repo: repo.into(), branch: branch.into() }
+    }
+
+    #[test]
+    fn every_field_of_a_create_or_deploy_is_checked_naming_it() {
+        assert!(check_create_app(&create("shop", "https://h/shop.git", "")).is_ok());
+        for (req, why) in [
+            (create("Shop", "https://h/a", ""), "invalid app name: \"Shop\" must start with a lowercase"),
+            (create(&"a".repeat(5000), "https://h/a", ""), "invalid app name: it is 5000 bytes long"),
+            (create("shop", "ext::sh%20-c%20x", ""), "invalid repository URL: \"ext::sh%20-c%20x\" names"),
+            (create("shop", &"h:".repeat(5000), ""), "invalid repository URL: it is 10000 bytes long"),
+            (create("shop", "https://h/a", "-x"), "invalid git ref: \"-x\" starts with '-'"),
+            (create("shop", "https://h/a", "a..b"), "invalid git ref: \"a..b\" contains '..'"),
+        ] {
+            let status = Status::from(check_create_app(&req).unwrap_err());
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().starts_with(why), "{why}: {}", status.message());
+        }
+        let deploy = |app: &str, git_ref: &str, request_id: &str| pb::DeployRequest {
+            app: app.into(),
+            git_ref: git_ref.into(),
+            request_id: request_id.into(),
+            ..Default::default()
+        };
+        assert!(check_deploy(&deploy("shop", "", "")).is_ok());
+        for (req, why) in [
+            (deploy("sh op", "", ""), "invalid app name"),
+            (deploy("shop", "x.lock/y", ""), "invalid git ref"),
+            (
+                deploy("shop", "", &"r".repeat(256)),
+                "invalid request id: it is 256 bytes long; the limit is 255",
+            ),
+        ] {
+            let message = check_deploy(&req).unwrap_err().to_string();
+            assert!(message.starts_with(why), "{why}: {message}");
+        }
+    }
+
+    async fn single_scheduler(dir: &std::path::Path) -> crate::server::Running {
+        let config = SchedulerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.join("data"),
+            ..Default::default()
+        };
+        let running = crate::server::start(config).await.expect("scheduler starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !(running.shared.is_leader() && running.shared.fleet.is_leading()) {
+            assert!(std::time::Instant::now() < deadline, "no leader within 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        running
+    }
+
+    fn last_log_index(shared: &Shared) -> u64 {
+        shared.raft.metrics().borrow().last_log_index.unwrap_or_default()
+    }
+
+    /// Hostile requests over the wire: refused with the field named, oversized ones not
+    /// even decoded, and none of them leaves a trace in the raft log.
+    #[tokio::test]
+    async fn hostile_requests_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = single_scheduler(dir.path()).await;
+        let url = format!("http://{}", running.grpc_addr);
+        let mut control = ControlClient::connect(url.clone()).await.unwrap();
+        control.create_app(create("shop", "https://example.com/shop.git", "")).await.expect("a good app");
+        let before = last_log_index(&running.shared);
+
+        for (req, why) in [
+            (create("Bad_Name", "https://h/a", ""), "invalid app name"),
+            (create("evil", "-uevil", ""), "invalid repository URL"),
+            (create("evil", "fd::3", ""), "names the git transport \"fd\""),
+            (create("evil", "https://h/a", "--upload-pack=x"), "starts with '-'"),
+        ] {
+            let status = control.create_app(req).await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains(why), "{why}: {}", status.message());
+        }
+        let status = control
+            .deploy(pb::DeployRequest {
+                app: "shop".into(),
+                request_id: "r".repeat(300),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("request id: it is 300 bytes long"), "{}", status.message());
+        let status = control.get_build(pb::GetBuildRequest { id: "b".repeat(100_000) }).await.unwrap_err();
+        assert!(status.message().starts_with("invalid build id: it is 100000 bytes"), "{}", status.message());
+
+        // Larger than the control API decodes: refused by the transport.
+        let huge = format!("https://example.com/{}", "a".repeat(2 * 1024 * 1024));
+        let status = control.create_app(create("huge", &huge, "")).await.unwrap_err();
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        assert!(status.message().contains("the limit is: 1048576 bytes"), "{}", status.message());
+
+        // An agent's Hello too large, or with a name raft should not hold.
+        let mut agents = AgentServiceClient::connect(url).await.unwrap();
+        let hello = |name: String, labels: HashMap<String, String>| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let hello = pb::Hello { node_id: "n1".into(), name, labels, ..Default::default() };
+            tx.try_send(pb::AgentMessage { msg: Some(AgentMsg::Hello(hello)) }).unwrap();
+            (tx, tokio_stream::wrappers::ReceiverStream::new(rx))
+        };
+        let (_tx, stream) = hello("x".repeat(5 * 1024 * 1024), HashMap::new());
+        let status = agents.session(stream).await.unwrap_err();
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        let (_tx, stream) = hello("n".repeat(1000), HashMap::new());
+        let status = agents.session(stream).await.unwrap_err();
+        assert!(status.message().starts_with("Hello.name must be at most 255 bytes"), "{}", status.message());
+        let labels = (0..100).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        let (_tx, stream) = hello("node".into(), labels);
+        let status = agents.session(stream).await.unwrap_err();
+        assert!(status.message().contains("the limit is 64"), "{}", status.message());
+
+        assert_eq!(last_log_index(&running.shared), before, "nothing reached the raft log");
+        running.stop(Duration::from_secs(5)).await;
     }
 }

@@ -256,10 +256,14 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     let mut tasks = JoinSet::new();
 
     let grpc = tonic::transport::Server::builder()
-        .add_service(slipway_proto::control_server::ControlServer::new(ControlService::new(shared.clone())))
-        .add_service(slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(
-            shared.clone(),
-        )))
+        .add_service(
+            slipway_proto::control_server::ControlServer::new(ControlService::new(shared.clone()))
+                .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
+        )
+        .add_service(
+            slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(shared.clone()))
+                .max_decoding_message_size(slipway_proto::validate::MAX_AGENT_MESSAGE_BYTES),
+        )
         .add_service(raft::RaftService::new(shared.raft.clone()).into_server());
     let mut stop = shutdown_rx.clone();
     tasks.spawn(
