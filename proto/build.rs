@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "slipway/v1/agent.proto",
         "slipway/v1/control.proto",
         "slipway/v1/raft.proto",
+        "slipway/v1/enroll.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");

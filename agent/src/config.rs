@@ -40,6 +40,11 @@ pub struct AgentConfig {
     /// Where the agent serves its own `/metrics` (`host:port`; port 0 picks a free one;
     /// empty: no listener). Loopback by default: open it to the scraper's network only.
     pub metrics_listen: String,
+    /// Join token (`slipway cluster token agent`), used once to get this agent's
+    /// certificate into `<state_dir>/tls/`; later starts need it no more.
+    pub join_token: Option<String>,
+    /// Development only: plain-text gRPC to a scheduler running with `tls.insecure`.
+    pub insecure: bool,
 }
 
 impl Default for AgentConfig {
@@ -58,6 +63,8 @@ impl Default for AgentConfig {
             min_free_bytes: 2 << 30,
             labels: BTreeMap::new(),
             metrics_listen: "127.0.0.1:7402".into(),
+            join_token: None,
+            insecure: false,
         }
     }
 }

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod enroll;
 pub mod error;
 pub mod manifest;
 pub mod metrics;

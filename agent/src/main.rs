@@ -30,6 +30,12 @@ struct Args {
     /// Where to serve /metrics (ip:port; port 0 picks one; "" for none).
     #[arg(long, env = "SLIPWAY_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Join token from `slipway cluster token agent` (needed once, to get a certificate).
+    #[arg(long = "join", env = "SLIPWAY_JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// Development only: plain text to a scheduler running with tls.insecure.
+    #[arg(long, env = "SLIPWAY_INSECURE")]
+    insecure: bool,
 }
 
 fn load(args: Args) -> anyhow::Result<AgentConfig> {
@@ -48,6 +54,8 @@ fn load(args: Args) -> anyhow::Result<AgentConfig> {
     config.docker_socket = args.docker_socket.unwrap_or(config.docker_socket);
     config.build_slots = args.build_slots.unwrap_or(config.build_slots);
     config.metrics_listen = args.metrics_listen.unwrap_or(config.metrics_listen);
+    config.join_token = args.join_token.or(config.join_token);
+    config.insecure |= args.insecure;
     config.validate()?;
     Ok(config)
 }
@@ -69,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    slipway_proto::tls::install_crypto_provider();
     let config = load(Args::parse())?;
     if !config.metrics_listen.is_empty() {
         // An observer: a taken port is logged, and the agent builds on without it.

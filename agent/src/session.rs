@@ -61,6 +61,8 @@ pub enum AgentError {
     StateDir { dir: PathBuf, source: std::io::Error },
     #[error("cannot use the build root {dir}: {source}")]
     BuildRoot { dir: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Enroll(#[from] crate::enroll::EnrollError),
 }
 
 type BuildKey = (String, u32);
@@ -85,6 +87,8 @@ struct Agent {
     builds: Mutex<Builds>,
     /// Outbound channel of the open session, if any.
     outbound: Mutex<Option<mpsc::Sender<AgentMessage>>>,
+    /// How sessions reach the schedulers (the certificate changes when renewed).
+    transport: Arc<std::sync::RwLock<slipway_proto::tls::Transport>>,
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -123,12 +127,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     std::fs::create_dir_all(&config.build_root)
         .map_err(|source| AgentError::BuildRoot { dir: config.build_root.clone(), source })?;
     tracing::info!(%node_id, name = %config.node_name(), "agent starting");
+    let transport = Arc::new(std::sync::RwLock::new(crate::enroll::transport(&config, &node_id).await?));
+    let _renewal = AbortOnDrop(tokio::spawn(crate::enroll::renew_loop(config.clone(), transport.clone())));
     let agent = Arc::new(Agent {
         config,
         node_id,
         docker: tokio::sync::Mutex::new(None),
         builds: Mutex::new(Builds::default()),
         outbound: Mutex::new(None),
+        transport,
     });
     tokio::select! {
         _ = connect_loop(agent.clone()) => {}
@@ -195,8 +202,10 @@ enum SessionEnd {
 
 /// One session: from Hello until the stream ends.
 async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
-    let endpoint = tonic::transport::Endpoint::from_shared(slipway_proto::endpoint_uri(addr))
-        .map_err(|e| SessionEnd::Failed(format!("bad scheduler address {addr:?}: {e}")))?
+    let transport = agent.transport.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let endpoint = transport
+        .endpoint(addr)
+        .map_err(SessionEnd::Failed)?
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));

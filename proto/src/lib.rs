@@ -4,7 +4,10 @@
 //! - `types.proto`: messages every audience shares (`App`, `Build`, `Release`, `NodeReport`, …);
 //! - `agent.proto`: the agent ⇄ scheduler session;
 //! - `control.proto`: the operator API (the CLI is one client);
-//! - `raft.proto`: scheduler ⇄ scheduler raft RPCs.
+//! - `raft.proto`: scheduler ⇄ scheduler raft RPCs;
+//! - `enroll.proto`: certificates for members (joining with a token, renewing).
+//!
+//! [`tls`] says who may call which service.
 //!
 //! Domain types and their conversions live in the crates that own them (`convert.rs`).
 #![forbid(unsafe_code)]

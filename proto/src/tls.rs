@@ -117,6 +117,15 @@ pub struct CertInfo {
     pub not_after: SystemTime,
 }
 
+impl CertInfo {
+    /// True when less than a third of the certificate's lifetime is left: time to renew.
+    pub fn due_for_renewal(&self) -> bool {
+        let lifetime = self.not_after.duration_since(self.not_before).unwrap_or_default();
+        let left = self.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+        left < lifetime / 3
+    }
+}
+
 /// Reads the identity URI and validity of a DER certificate.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
     let (_, cert) =

@@ -251,6 +251,7 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         if !shared.fleet.is_leading() {
             return Err(Status::unavailable("this scheduler is taking over as leader; retry in a moment"));
         }
+        let caller = crate::enroll::caller(&request);
         let mut inbound = request.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(AgentMessage { msg: Some(AgentMsg::Hello(hello)) })) => hello,
@@ -263,6 +264,15 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
             return Err(Status::invalid_argument("Hello.node_id must be 1 to 128 printable characters"));
         }
         check_hello(&hello)?;
+        // An agent speaks for its own node only: the one its certificate names.
+        if let slipway_proto::tls::Caller::Verified(who) = &caller {
+            if who.name != node_id {
+                return Err(Status::permission_denied(format!(
+                    "this agent's certificate is for node {:?}, not {node_id:?}: an agent speaks for its own node",
+                    who.name
+                )));
+            }
+        }
         let name = if hello.name.is_empty() { node_id.clone() } else { hello.name.clone() };
         let known = shared.read(|s| s.nodes.get(&node_id).map(|n| (n.name.clone(), n.labels.clone())));
         let labels = hello.labels.clone().into_iter().collect();

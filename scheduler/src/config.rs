@@ -31,6 +31,35 @@ pub struct SchedulerConfig {
     pub placement: PlacementConfig,
     pub cluster: ClusterConfig,
     pub raft: RaftSettings,
+    pub tls: TlsSettings,
+}
+
+/// Mutual TLS on the gRPC listener (control API, agent sessions, raft), with the
+/// cluster CA in `<data_dir>/pki/` (see `pki.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Development only: plain-text gRPC, nobody checked. Said loudly at start.
+    pub insecure: bool,
+    /// For founding members of a static cluster: a directory holding the shared CA
+    /// (`ca.pem`, `ca.key`, made by `slipway-scheduler init-ca DIR`), copied into the
+    /// data dir at first start.
+    pub ca_dir: Option<PathBuf>,
+    /// Lifetime of agent certificates; agents renew when a third is left.
+    pub agent_cert_validity_secs: u64,
+    /// Lifetime of operator certificates (`slipway cluster admin-cert`).
+    pub admin_cert_validity_secs: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            ca_dir: None,
+            agent_cert_validity_secs: 30 * 24 * 3600,
+            admin_cert_validity_secs: 365 * 24 * 3600,
+        }
+    }
 }
 
 /// How a scheduler whose data dir holds no cluster yet comes to belong to one. Once the
@@ -41,11 +70,16 @@ pub struct SchedulerConfig {
 ///   cluster (`ADDR` is this scheduler's advertised address);
 /// - `members = [...]`: found the cluster together with the members listed (every
 ///   member lists the same set, this one included), for unattended installs.
+///
+/// A joining scheduler (with TLS) first gets the cluster CA: `join_token` (from
+/// `slipway cluster token scheduler`) presented to a member at one of `join_via`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     pub join: bool,
     pub members: Vec<MemberConfig>,
+    pub join_token: Option<String>,
+    pub join_via: Vec<String>,
 }
 
 /// One founding member of a statically configured cluster.
@@ -150,6 +184,7 @@ impl Default for SchedulerConfig {
             placement: PlacementConfig::default(),
             cluster: ClusterConfig::default(),
             raft: RaftSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -255,6 +290,24 @@ impl SchedulerConfig {
             return Err(ConfigError(
                 "node_id must be at least 1 (0 means \"none\" in cluster status)".into(),
             ));
+        }
+        if let Some(token) = &self.cluster.join_token {
+            let token: slipway_proto::tls::JoinToken =
+                token.parse().map_err(|e| ConfigError(format!("cluster.join_token: {e}")))?;
+            if token.role != slipway_proto::tls::Role::Scheduler {
+                return Err(ConfigError(
+                    "cluster.join_token is an agent token; a scheduler joins with `slipway cluster token scheduler`"
+                        .into(),
+                ));
+            }
+            if !self.cluster.join || self.cluster.join_via.is_empty() {
+                return Err(ConfigError(
+                    "cluster.join_token needs join = true and join_via = [\"host:port\" of a member]".into(),
+                ));
+            }
+        }
+        if self.tls.agent_cert_validity_secs < 30 || self.tls.admin_cert_validity_secs < 30 {
+            return Err(ConfigError("tls.*_cert_validity_secs must be at least 30 seconds".into()));
         }
         if members.is_empty() {
             return Ok(());

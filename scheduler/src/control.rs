@@ -407,6 +407,32 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    async fn join_token(
+        &self,
+        req: Request<pb::JoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenResponse>, Status> {
+        let req = req.into_inner();
+        let role = match req.role.as_str() {
+            "agent" => slipway_proto::tls::Role::Agent,
+            "scheduler" => slipway_proto::tls::Role::Scheduler,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "role {other:?}: join tokens exist for \"agent\" and \"scheduler\""
+                )))
+            }
+        };
+        let token = crate::enroll::join_token(&self.shared, role, req.rotate).await?;
+        Ok(Response::new(pb::JoinTokenResponse { token: token.to_string() }))
+    }
+
+    async fn issue_admin_cert(
+        &self,
+        req: Request<pb::IssueAdminCertRequest>,
+    ) -> Result<Response<pb::Certified>, Status> {
+        let req = req.into_inner();
+        crate::enroll::issue_admin_cert(&self.shared, &req.name, &req.csr_pem).map(Response::new)
+    }
+
     async fn set_node_drain(
         &self,
         req: Request<pb::SetNodeDrainRequest>,
@@ -553,9 +579,9 @@ async fn probe_joiner(shared: &Shared, addr: &str, expected: u64) -> Result<u64,
              advertise = \"{addr}\", and is that address reachable from the other schedulers?"
         ))
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(slipway_proto::endpoint_uri(addr))
+    // As a scheduler (its certificate), which the joiner's control API admits.
+    let endpoint = crate::raft::network::endpoint(addr)
         .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
     let theirs = pb::control_client::ControlClient::new(channel)
@@ -649,6 +675,8 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.join("data"),
+            // Plain text: this test is about request checks, not who may call.
+            tls: crate::config::TlsSettings { insecure: true, ..Default::default() },
             ..Default::default()
         };
         let running = crate::server::start(config).await.expect("scheduler starts");

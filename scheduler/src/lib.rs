@@ -25,6 +25,7 @@ pub mod control;
 pub mod convert;
 pub mod deploy;
 pub mod dispatcher;
+pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod fleet_page;

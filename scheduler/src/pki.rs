@@ -36,6 +36,7 @@ fn err(e: impl std::fmt::Display) -> PkiError {
 }
 
 /// The cluster CA: its certificate and key.
+#[derive(Clone)]
 pub struct Ca {
     pub cert_pem: String,
     key_pem: String,
@@ -180,14 +181,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), PkiError> {
         .map_err(|e| PkiError(format!("cannot set the mode of {}: {e}", path.display())))
 }
 
-/// True when less than a third of the certificate's lifetime is left (time to renew).
-pub fn due_for_renewal(info: &tls::CertInfo) -> bool {
-    let now = std::time::SystemTime::now();
-    let lifetime = info.not_after.duration_since(info.not_before).unwrap_or_default();
-    let left = info.not_after.duration_since(now).unwrap_or_default();
-    left < lifetime / 3
-}
-
 /// This scheduler's PKI at start: the CA (made now when `found` and there is none),
 /// and its own certificate (issued again when missing or due for renewal).
 pub fn scheduler_credentials(
@@ -218,7 +211,7 @@ pub fn scheduler_credentials(
     let fresh = match current {
         Some(c)
             if c.ca_pem == ca.cert_pem
-                && c.info().is_ok_and(|i| i.identity == me && !due_for_renewal(&i)) =>
+                && c.info().is_ok_and(|i| i.identity == me && !i.due_for_renewal()) =>
         {
             c
         }
@@ -249,7 +242,7 @@ mod tests {
             life >= Duration::from_secs(3600)
                 && life <= Duration::from_secs(3600) + BACKDATE + Duration::from_secs(5)
         );
-        assert!(!due_for_renewal(&info));
+        assert!(!info.due_for_renewal());
     }
 
     #[test]

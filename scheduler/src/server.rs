@@ -17,12 +17,16 @@ use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use slipway_proto::tls::{self, Credentials, Role};
+use tonic::service::interceptor::InterceptedService;
+
 use crate::agents::{AgentSessions, Fleet};
 use crate::config::SchedulerConfig;
 use crate::control::ControlService;
 use crate::dispatcher::DispatchState;
 use crate::error::Error;
 use crate::events::Events;
+use crate::pki::{self, Ca};
 use crate::raft::state_machine::SharedState;
 use crate::raft::{self, Raft};
 use crate::state::{App, Build, Command, Response, State};
@@ -52,6 +56,8 @@ pub struct Shared {
     pub dispatch: DispatchState,
     /// Wakes the dispatcher early (a report arrived, a build finished).
     pub wake: Notify,
+    /// The cluster CA (None when running without TLS).
+    pub ca: Option<Arc<crate::pki::Ca>>,
     docker: Mutex<Option<Docker>>,
 }
 
@@ -164,6 +170,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the raft store in {dir}: {message}")]
     Store { dir: String, message: String },
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A started scheduler: its addresses and the means to stop it.
@@ -215,6 +223,10 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
     let advertise = config.advertised().unwrap_or_else(|| grpc_addr.to_string());
 
+    let credentials = credentials(&config).await?;
+    if let Some((_, creds)) = &credentials {
+        raft::network::set_transport(tls::Transport::Tls(Arc::new(creds.clone())));
+    }
     let store_err =
         |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
@@ -249,22 +261,42 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         fleet: Fleet::default(),
         dispatch: DispatchState::default(),
         wake: Notify::new(),
+        ca: credentials.as_ref().map(|(ca, _)| Arc::new(ca.clone())),
         docker: Mutex::new(None),
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
-    let grpc = tonic::transport::Server::builder()
-        .add_service(
+    // Who may call what (see slipway_proto::tls): operators the control API (and other
+    // schedulers, which hold the CA anyway), agents their sessions, schedulers raft;
+    // enrollment is open (it checks tokens and certificates itself).
+    let secure = credentials.is_some();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((_, creds)) = &credentials {
+        builder = builder.tls_config(creds.server_tls()).map_err(|e| StartError::Tls(e.to_string()))?;
+    }
+    let grpc = builder
+        .add_service(InterceptedService::new(
             slipway_proto::control_server::ControlServer::new(ControlService::new(shared.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
-        )
-        .add_service(
+            tls::require(&[Role::Admin, Role::Scheduler], secure),
+        ))
+        .add_service(InterceptedService::new(
             slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(shared.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_AGENT_MESSAGE_BYTES),
-        )
-        .add_service(raft::RaftService::new(shared.raft.clone()).into_server());
+            tls::require(&[Role::Agent], secure),
+        ))
+        .add_service(InterceptedService::new(
+            raft::RaftService::new(shared.raft.clone()).into_server(),
+            tls::require(&[Role::Scheduler], secure),
+        ))
+        .add_service(
+            slipway_proto::enrollment_server::EnrollmentServer::new(crate::enroll::EnrollmentService::new(
+                shared.clone(),
+            ))
+            .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
+        );
     let mut stop = shutdown_rx.clone();
     tasks.spawn(
         async move {
@@ -338,4 +370,77 @@ async fn watch_leadership(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// This scheduler's CA and certificate (None with `tls.insecure`): from its data dir;
+/// at first start made (founding alone), copied from `tls.ca_dir` (founding a static
+/// cluster), or fetched with `cluster.join_token` (joining).
+async fn credentials(config: &SchedulerConfig) -> Result<Option<(Ca, Credentials)>, StartError> {
+    if config.tls.insecure {
+        tracing::warn!(
+            "!!! tls.insecure = true: gRPC in PLAIN TEXT, NOBODY CHECKED. Anyone who reaches {} controls \
+             every app on this fleet. For development only. !!!",
+            config.listen
+        );
+        return Ok(None);
+    }
+    let fail = StartError::Tls;
+    let dir = pki::pki_dir(&config.data_dir);
+    if Ca::load(&dir).map_err(|e| fail(e.0))?.is_none() {
+        if let Some(src) = &config.tls.ca_dir {
+            let ca = Ca::load(src)
+                .map_err(|e| fail(e.0))?
+                .ok_or_else(|| fail(format!("tls.ca_dir {} holds no ca.pem", src.display())))?;
+            ca.save(&dir).map_err(|e| fail(e.0))?;
+            tracing::info!(from = %src.display(), "installed the cluster CA");
+        } else if let Some(token) = &config.cluster.join_token {
+            fetch_ca(config, token, &dir).await?;
+        }
+    }
+    let founding_alone = !config.cluster.join && config.cluster.members.is_empty();
+    pki::scheduler_credentials(&config.data_dir, config.node_id, founding_alone)
+        .map(Some)
+        .map_err(|e| fail(e.0))
+}
+
+/// Joins with a scheduler token: asks a member at one of `cluster.join_via` for the CA
+/// (checked against the token's digest) and a certificate.
+async fn fetch_ca(config: &SchedulerConfig, token: &str, dir: &std::path::Path) -> Result<(), StartError> {
+    let fail = StartError::Tls;
+    let token: tls::JoinToken = token.parse().map_err(fail)?;
+    let (key_pem, csr_pem) = pki::new_key_and_csr().map_err(|e| fail(e.0))?;
+    let mut errors = Vec::new();
+    for addr in &config.cluster.join_via {
+        let channel = match tls::connect_pinned(addr, &token.ca_digest).await {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let req = slipway_proto::JoinRequest {
+            role: Role::Scheduler.to_string(),
+            secret: token.secret.clone(),
+            csr_pem: csr_pem.clone(),
+            name: config.node_id.to_string(),
+        };
+        match slipway_proto::enrollment_client::EnrollmentClient::new(channel).join(req).await {
+            Ok(reply) => {
+                let got = reply.into_inner();
+                let ca_der = tls::first_cert_der(&got.ca_pem).map_err(fail)?;
+                if tls::cert_digest(&ca_der) != token.ca_digest {
+                    return Err(fail(format!("{addr} answered with a CA that is not the token's")));
+                }
+                let ca = Ca::from_pem(got.ca_pem.clone(), got.ca_key_pem).map_err(|e| fail(e.0))?;
+                ca.save(dir).map_err(|e| fail(e.0))?;
+                let cert_pem = got.cert_pem + &got.ca_pem;
+                let creds = Credentials { ca_pem: got.ca_pem, cert_pem, key_pem };
+                creds.save_dir(dir).map_err(fail)?;
+                tracing::info!(via = %addr, "joined the cluster's PKI with a scheduler token");
+                return Ok(());
+            }
+            Err(status) => errors.push(format!("{addr}: {}", status.message())),
+        }
+    }
+    Err(fail(format!("cannot get the cluster CA with cluster.join_token: {}", errors.join("; "))))
 }

@@ -38,6 +38,10 @@ pub struct State {
     pub requests: BTreeMap<String, RequestOutcome>,
     /// Request ids in arrival order, oldest first, to forget the oldest.
     pub request_order: VecDeque<String>,
+    /// Join token secrets by role ("agent", "scheduler"): hex, made by the leader on
+    /// first use, replaced by a rotation.
+    #[serde(default)]
+    pub join_secrets: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,6 +268,11 @@ pub enum Command {
     SetDrain {
         node_id: String,
         draining: bool,
+    },
+    /// Set (first use) or replace (rotation) the join token secret of a role.
+    SetJoinSecret {
+        role: String,
+        secret: String,
     },
 }
 
@@ -551,6 +560,10 @@ impl State {
                     self.nodes.get_mut(node_id).ok_or_else(|| ApplyError::NoSuchNode(node_id.clone()))?;
                 node.draining = *draining;
                 Ok(Response::Node(node.clone()))
+            }
+            Command::SetJoinSecret { role, secret } => {
+                self.join_secrets.insert(role.clone(), secret.clone());
+                Ok(Response::Done)
             }
         }
     }

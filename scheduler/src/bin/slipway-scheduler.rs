@@ -4,8 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use slipway_proto::tls::{PeerIdentity, Role};
 use slipway_scheduler::config::SchedulerConfig;
+use slipway_scheduler::pki::{self, Ca};
 
 /// slipway's raft-replicated scheduler.
 #[derive(Parser)]
@@ -31,6 +35,26 @@ struct Args {
     /// Internal registry host:port.
     #[arg(long, env = "SLIPWAY_REGISTRY")]
     registry: Option<String>,
+    /// Development only: no TLS, nobody checked (tls.insecure).
+    #[arg(long, env = "SLIPWAY_INSECURE")]
+    insecure: bool,
+    #[command(subcommand)]
+    command: Option<Offline>,
+}
+
+/// Certificate chores done on the scheduler's machine, without a running cluster.
+#[derive(Subcommand)]
+enum Offline {
+    /// Make a cluster CA in DIR (ca.pem, ca.key) for the founding members of a static
+    /// cluster: copy DIR to each of them and set `[tls] ca_dir` to it.
+    InitCa { dir: PathBuf },
+    /// Issue an operator certificate for NAME from this scheduler's CA (in its data
+    /// dir) into OUT: the first operator's credentials, before any exist.
+    AdminCert {
+        name: String,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 fn load(args: Args) -> anyhow::Result<SchedulerConfig> {
@@ -48,6 +72,7 @@ fn load(args: Args) -> anyhow::Result<SchedulerConfig> {
     if let Some(registry) = args.registry {
         config.registry.addr = registry;
     }
+    config.tls.insecure |= args.insecure;
     Ok(config)
 }
 
@@ -68,7 +93,30 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = load(Args::parse())?;
-    slipway_scheduler::server::run(config, shutdown_signal()).await?;
+    slipway_proto::tls::install_crypto_provider();
+    let mut args = Args::parse();
+    let command = args.command.take();
+    let config = load(args)?;
+    match command {
+        None => slipway_scheduler::server::run(config, shutdown_signal()).await?,
+        Some(Offline::InitCa { dir }) => {
+            if Ca::load(&dir)?.is_some() {
+                anyhow::bail!("{} already holds a CA; use it, or choose another directory", dir.display());
+            }
+            let ca = Ca::create()?;
+            ca.save(&dir)?;
+            println!("cluster CA in {} (digest {}); keep ca.key secret", dir.display(), ca.digest()?);
+        }
+        Some(Offline::AdminCert { name, out }) => {
+            let dir = pki::pki_dir(&config.data_dir);
+            let ca = Ca::load(&dir)?.ok_or_else(|| {
+                anyhow::anyhow!("no cluster CA in {}: start this scheduler once first", dir.display())
+            })?;
+            let validity = Duration::from_secs(config.tls.admin_cert_validity_secs);
+            let creds = ca.issue(&PeerIdentity::new(Role::Admin, name.clone()), validity)?;
+            creds.save_dir(&out).map_err(anyhow::Error::msg)?;
+            println!("operator certificate for {name:?} in {} (ca.pem, cert.pem, key.pem)", out.display());
+        }
+    }
     Ok(())
 }

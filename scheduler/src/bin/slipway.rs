@@ -2,5 +2,6 @@
 
 #[tokio::main]
 async fn main() {
+    slipway_proto::tls::install_crypto_provider();
     std::process::exit(slipway_scheduler::cli::main().await);
 }

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use slipway_proto::control_client::ControlClient;
 use slipway_proto::deploy_event::Event;
+use slipway_proto::tls::Transport;
 use slipway_proto::{self as pb, DeployEvent};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -158,6 +159,21 @@ enum ClusterCmd {
     },
     /// Remove member ID from the cluster.
     Remove { id: u64 },
+    /// Print the join token for agents or schedulers (`--rotate` replaces it first: the
+    /// old one stops working).
+    Token {
+        /// agent or scheduler
+        role: String,
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Issue an operator certificate for NAME into DIR (ca.pem, cert.pem, key.pem; the
+    /// key is made here and never leaves this machine).
+    AdminCert {
+        name: String,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 /// A failure to report: the message is what the operator reads; `retry` marks the
@@ -211,10 +227,12 @@ pub async fn main() -> i32 {
     }
 }
 
+/// How this process reaches the schedulers (set once from the config).
+static TRANSPORT: std::sync::OnceLock<Transport> = std::sync::OnceLock::new();
+
 async fn connect(addr: &str) -> std::result::Result<ControlClient<Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(slipway_proto::endpoint_uri(addr))
-        .map_err(|e| format!("bad scheduler address {addr:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(3));
+    let transport = TRANSPORT.get().cloned().unwrap_or(Transport::Insecure);
+    let endpoint = transport.endpoint(addr)?.connect_timeout(Duration::from_secs(3));
     let channel = endpoint.connect().await.map_err(|e| format!("{addr}: {e}"))?;
     Ok(ControlClient::new(channel).max_decoding_message_size(64 << 20))
 }
@@ -274,7 +292,9 @@ fn print_json(value: &Value) {
 const RETRY_FOR: Duration = Duration::from_secs(20);
 
 async fn run(cli: Cli) -> Result<()> {
-    let addrs = config::resolve(cli.config.as_deref(), &cli.schedulers).map_err(Failure::fatal)?;
+    let (addrs, transport) =
+        config::resolve(cli.config.as_deref(), &cli.schedulers).map_err(Failure::fatal)?;
+    let _ = TRANSPORT.set(transport);
     // One id for every retry: the scheduler joins a retried deploy to the first one.
     let request_id = uuid::Uuid::new_v4().to_string();
     let deadline = Instant::now() + RETRY_FOR;
@@ -544,6 +564,22 @@ async fn execute(
             );
         }
         Command::Cluster(ClusterCmd::Status { json }) => cluster_status(c, *json).await?,
+        Command::Cluster(ClusterCmd::Token { role, rotate }) => {
+            let req = pb::JoinTokenRequest { role: role.clone(), rotate: *rotate };
+            println!("{}", c.join_token(req).await?.into_inner().token);
+        }
+        Command::Cluster(ClusterCmd::AdminCert { name, out }) => {
+            let (key_pem, csr_pem) = crate::pki::new_key_and_csr().map_err(|e| Failure::fatal(e.0))?;
+            let req = pb::IssueAdminCertRequest { name: name.clone(), csr_pem };
+            let got = c.issue_admin_cert(req).await?.into_inner();
+            let creds =
+                slipway_proto::tls::Credentials { ca_pem: got.ca_pem, cert_pem: got.cert_pem, key_pem };
+            creds.save_dir(out).map_err(Failure::fatal)?;
+            println!(
+                "operator certificate for {name:?} in {}: point [tls] ca, cert and key of a CLI config at it",
+                out.display()
+            );
+        }
     }
     Ok(())
 }

@@ -34,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use slipway_proto::raft_client::RaftClient;
 use slipway_proto::raft_server::{Raft as RaftRpc, RaftServer};
+use slipway_proto::tls::Transport;
 use slipway_proto::RaftPayload;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -54,11 +55,29 @@ const NO_QUORUM_METADATA: &str = "slipway-no-quorum";
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
+/// How this process dials its raft peers: plain text until [`set_transport`] says
+/// otherwise (in-process test clusters stay plain).
+static TRANSPORT: std::sync::RwLock<Option<Transport>> = std::sync::RwLock::new(None);
+
+/// Dial raft peers with `transport` from now on: the scheduler's own certificate, once
+/// per process, before raft starts.
+pub fn set_transport(transport: Transport) {
+    *TRANSPORT.write().unwrap_or_else(PoisonError::into_inner) = Some(transport);
+}
+
 /// The channel settings for a peer at `addr` (`host:port`, or a full `http://` URI).
 ///
-/// The one place where peer channels are configured: TLS is added here.
+/// The one place where peer channels are configured, TLS included.
 pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(slipway_proto::endpoint_uri(addr))?
+    let transport = TRANSPORT.read().unwrap_or_else(PoisonError::into_inner).clone();
+    let endpoint = match transport {
+        Some(Transport::Tls(creds)) => {
+            Endpoint::from_shared(format!("https://{}", addr.trim_start_matches("http://")))?
+                .tls_config(creds.client_tls())?
+        }
+        _ => Endpoint::from_shared(slipway_proto::endpoint_uri(addr))?,
+    };
+    Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

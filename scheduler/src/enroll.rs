@@ -1,0 +1,175 @@
+//! Who gets a certificate: the `Enrollment` service (joining with a token, renewing with
+//! a certificate), join tokens, and operator certificates for the control API.
+//!
+//! Any member can issue (every scheduler holds the CA); the token secrets are
+//! replicated state, read current (linearizable) before a join is admitted, so a
+//! rotated-out token fails on every member.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use slipway_proto::tls::{self, Caller, JoinToken, PeerIdentity, Role};
+use slipway_proto::{self as pb};
+use tonic::{Request, Response, Status};
+
+use crate::pki::{self, Ca};
+use crate::server::Shared;
+use crate::state::Command;
+
+/// The `Enrollment` gRPC service.
+pub struct EnrollmentService {
+    shared: Arc<Shared>,
+}
+
+impl EnrollmentService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// The CA, or why this scheduler cannot issue (it runs without TLS).
+fn ca(shared: &Shared) -> Result<&Ca, Status> {
+    shared.ca.as_deref().ok_or_else(|| {
+        Status::failed_precondition(
+            "this scheduler runs without TLS (tls.insecure = true): it has no CA and issues no certificates",
+        )
+    })
+}
+
+fn role_of(name: &str) -> Result<Role, Status> {
+    match name.parse::<Role>() {
+        Ok(role @ (Role::Agent | Role::Scheduler)) => Ok(role),
+        _ => Err(Status::invalid_argument(format!(
+            "role {name:?}: join tokens exist for \"agent\" and \"scheduler\""
+        ))),
+    }
+}
+
+/// How long certificates of `role` are valid.
+fn validity(shared: &Shared, role: Role) -> Duration {
+    match role {
+        Role::Agent => Duration::from_secs(shared.config.tls.agent_cert_validity_secs),
+        Role::Admin => Duration::from_secs(shared.config.tls.admin_cert_validity_secs),
+        Role::Scheduler => pki::SCHEDULER_CERT_VALIDITY,
+    }
+}
+
+/// Names a certificate may carry: an agent's node id, a scheduler's raft id, an
+/// operator's name.
+fn check_name(role: Role, name: &str) -> Result<(), Status> {
+    let ok = PeerIdentity::from_uri(&PeerIdentity::new(role, name).uri()).is_some()
+        && (role != Role::Scheduler || name.parse::<u64>().is_ok_and(|id| id > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{role} name {name:?}: 1 to 128 letters, digits, '-', '_' or '.' (a scheduler's is its node_id)"
+        )))
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A fresh token secret: 32 random bytes, hex.
+fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The join token of `role`, made on first use; `rotate` replaces its secret.
+pub async fn join_token(shared: &Shared, role: Role, rotate: bool) -> Result<JoinToken, Status> {
+    let ca_digest = ca(shared)?.digest().map_err(|e| Status::internal(e.0))?;
+    let current = shared.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
+    let secret = match current {
+        Some(secret) if !rotate => secret,
+        _ => {
+            let secret = new_secret();
+            shared
+                .write(Command::SetJoinSecret { role: role.as_str().into(), secret: secret.clone() })
+                .await?;
+            tracing::info!(%role, rotated = rotate, "new join token secret");
+            secret
+        }
+    };
+    Ok(JoinToken { role, ca_digest, secret })
+}
+
+/// An operator certificate for `name` on the key in `csr_pem`.
+pub fn issue_admin_cert(shared: &Shared, name: &str, csr_pem: &str) -> Result<pb::Certified, Status> {
+    check_name(Role::Admin, name)?;
+    let ca = ca(shared)?;
+    let who = PeerIdentity::new(Role::Admin, name);
+    let cert_pem = ca
+        .issue_for_csr(&who, csr_pem, validity(shared, Role::Admin))
+        .map_err(|e| Status::invalid_argument(e.0))?;
+    tracing::info!(%who, "issued an operator certificate");
+    Ok(pb::Certified { cert_pem, ca_pem: ca.cert_pem.clone(), ca_key_pem: String::new() })
+}
+
+#[tonic::async_trait]
+impl pb::enrollment_server::Enrollment for EnrollmentService {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::Certified>, Status> {
+        let req = req.into_inner();
+        let role = role_of(&req.role)?;
+        check_name(role, &req.name)?;
+        let ca = ca(&self.shared)?;
+        let expected = self.shared.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
+        if !expected.is_some_and(|secret| same_secret(&secret, &req.secret)) {
+            tracing::warn!(%role, name = %req.name, "join refused: wrong or rotated token");
+            return Err(Status::permission_denied(format!(
+                "this {role} join token is not valid here (rotated, or from another cluster); get the current \
+                 one with `slipway cluster token {role}`"
+            )));
+        }
+        let who = PeerIdentity::new(role, req.name);
+        let cert_pem = ca
+            .issue_for_csr(&who, &req.csr_pem, validity(&self.shared, role))
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        // A scheduler issues certificates too: it gets the CA's key.
+        let ca_key_pem = if role == Role::Scheduler { ca.key_pem().to_string() } else { String::new() };
+        tracing::info!(%who, "joined with a token");
+        Ok(Response::new(pb::Certified { cert_pem, ca_pem: ca.cert_pem.clone(), ca_key_pem }))
+    }
+
+    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::Certified>, Status> {
+        let ca = ca(&self.shared)?;
+        let who = tls::peer_identity(&req)?;
+        let cert_pem = ca
+            .issue_for_csr(&who, &req.get_ref().csr_pem, validity(&self.shared, who.role))
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        tracing::info!(%who, "renewed a certificate");
+        Ok(Response::new(pb::Certified { cert_pem, ca_pem: ca.cert_pem.clone(), ca_key_pem: String::new() }))
+    }
+}
+
+/// The caller a service's interceptor admitted (see `tls::require`).
+pub fn caller<T>(req: &Request<T>) -> Caller {
+    req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Unchecked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        let s = new_secret();
+        assert_eq!(s.len(), 64);
+        assert!(same_secret(&s, &s.clone()));
+        assert!(!same_secret(&s, &new_secret()));
+        assert!(!same_secret(&s, &s[..63]));
+    }
+
+    #[test]
+    fn names_are_checked_per_role() {
+        assert!(check_name(Role::Scheduler, "2").is_ok());
+        assert!(check_name(Role::Scheduler, "two").is_err());
+        assert!(check_name(Role::Scheduler, "0").is_err());
+        assert!(check_name(Role::Agent, "5d0c7f0e-9a1b-4c2d-8e3f-001122334455").is_ok());
+        assert!(check_name(Role::Admin, "alice smith").is_err());
+        assert!(check_name(Role::Admin, "").is_err());
+    }
+}
