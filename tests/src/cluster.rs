@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use slipway_proto::control_client::ControlClient;
 use slipway_proto::deploy_event::Event;
+use slipway_proto::tls::{Credentials, PeerIdentity, Role, Transport};
 use slipway_proto::{self as pb};
+use slipway_scheduler::pki::{self, Ca};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -135,6 +137,12 @@ pub struct TestCluster {
     raft_settings: String,
     /// Agent `n` is `agents[n - 1]`.
     agents: Vec<Agent>,
+    /// The CA shared by the founding members of a replicated cluster (`tls.ca_dir`).
+    ca_dir: Option<PathBuf>,
+    /// The agents' join token, once the cluster runs.
+    agent_token: Option<String>,
+    /// How the test reaches the schedulers: an operator certificate from the cluster CA.
+    transport: Transport,
     /// Dropped last: the namespaces outlive the processes in them.
     lab: Option<NetLab>,
 }
@@ -163,7 +171,8 @@ impl TestCluster {
         });
         cluster.add_local_agent();
         cluster.write_configs();
-        cluster.start_scheduler().await;
+        cluster.start_member(1).await;
+        cluster.enroll().await;
         cluster.start_agent(1);
         cluster.wait_for_ready_nodes(1).await;
         Some(cluster)
@@ -175,6 +184,7 @@ impl TestCluster {
     /// reports. Drop it before the fleet: the agents' files live in the fleet's
     /// directory.
     pub async fn on_fleet(stack: &str, fleet: &Fleet) -> TestCluster {
+        slipway_proto::tls::install_crypto_provider();
         let manager_socket = fleet.engine_socket(fleet.manager()).display().to_string();
         let mut cluster = TestCluster {
             dir: Self::tempdir(stack),
@@ -186,6 +196,9 @@ impl TestCluster {
             members: Vec::new(),
             raft_settings: String::new(),
             agents: Vec::new(),
+            ca_dir: None,
+            agent_token: None,
+            transport: Transport::Insecure,
             lab: None,
         };
         cluster.remove_stack();
@@ -206,7 +219,8 @@ impl TestCluster {
             });
         }
         cluster.write_configs();
-        cluster.start_scheduler().await;
+        cluster.start_member(1).await;
+        cluster.enroll().await;
         for n in fleet.engine_numbers() {
             cluster.start_agent(n);
         }
@@ -224,6 +238,10 @@ impl TestCluster {
         let mut cluster = Self::prepare(stack).await?;
         cluster.raft_settings = raft.to_string();
         cluster.lab = Some(lab);
+        // Founding members share one CA, made before any starts.
+        let ca_dir = cluster.path("ca");
+        Ca::create().expect("a CA").save(&ca_dir).expect("save the CA");
+        cluster.ca_dir = Some(ca_dir);
         for i in 1..=n {
             let ip = cluster.lab_mut().add_node(i);
             cluster.members.push(Member {
@@ -239,13 +257,14 @@ impl TestCluster {
         for id in 1..=u64::from(n) {
             cluster.start_member(id).await;
         }
-        cluster.leader().await;
+        cluster.enroll().await;
         cluster.start_agent(1);
         cluster.wait_for_ready_nodes(1).await;
         Some(cluster)
     }
 
     async fn prepare(stack: &str) -> Option<TestCluster> {
+        slipway_proto::tls::install_crypto_provider();
         require_docker().await?;
         ensure_swarm().await;
         base_image().await;
@@ -260,10 +279,62 @@ impl TestCluster {
             members: Vec::new(),
             raft_settings: String::new(),
             agents: Vec::new(),
+            ca_dir: None,
+            agent_token: None,
+            transport: Transport::Insecure,
             lab: None,
         };
         cluster.remove_stack();
         Some(cluster)
+    }
+
+    /// Once a scheduler runs: an operator certificate for the test (`admin/`, named in
+    /// `.slipway/config.toml` for the CLI) and the agents' join token in their configs.
+    async fn enroll(&mut self) {
+        let ca_dir =
+            self.ca_dir.clone().unwrap_or_else(|| pki::pki_dir(&self.data_dir_of(self.members[0].id)));
+        let ca = Ca::load(&ca_dir).expect("read the cluster CA").expect("the cluster CA exists");
+        let admin = ca
+            .issue(&PeerIdentity::new(Role::Admin, "tests"), Duration::from_secs(24 * 3600))
+            .expect("an operator certificate");
+        admin.save_dir(&self.path("admin")).expect("save the operator certificate");
+        self.transport = Transport::Tls(std::sync::Arc::new(admin));
+        let schedulers: Vec<String> = self.grpc_addrs().iter().map(|a| format!("\"{a}\"")).collect();
+        std::fs::create_dir_all(self.path(".slipway")).expect("mkdir .slipway");
+        let cli = format!(
+            "schedulers = [{}]\n\n[tls]\nca = \"../admin/ca.pem\"\ncert = \"../admin/cert.pem\"\nkey = \"../admin/key.pem\"\n",
+            schedulers.join(", ")
+        );
+        std::fs::write(self.path(".slipway/config.toml"), cli).expect("write the CLI config");
+        let token = self
+            .client()
+            .await
+            .join_token(pb::JoinTokenRequest { role: "agent".into(), rotate: false })
+            .await
+            .expect("the agents' join token")
+            .into_inner()
+            .token;
+        self.agent_token = Some(token);
+        self.write_configs();
+    }
+
+    /// The operator credentials the test speaks with.
+    pub fn admin_credentials(&self) -> Option<&Credentials> {
+        match &self.transport {
+            Transport::Tls(creds) => Some(creds),
+            Transport::Insecure => None,
+        }
+    }
+
+    /// The cluster CA (in member 1's data dir, or the founders' shared one).
+    pub fn ca(&self) -> Ca {
+        let dir = self.ca_dir.clone().unwrap_or_else(|| pki::pki_dir(&self.data_dir_of(self.members[0].id)));
+        Ca::load(&dir).expect("read the cluster CA").expect("the cluster CA exists")
+    }
+
+    /// The agents' join token.
+    pub fn agent_token(&self) -> &str {
+        self.agent_token.as_deref().expect("the cluster has enrolled")
     }
 
     fn tempdir(stack: &str) -> tempfile::TempDir {
@@ -341,12 +412,13 @@ impl TestCluster {
             // The disk floor is the scheduler's (below).
             let config = format!(
                 "schedulers = [{}]\nname = \"{}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\n\
-                 docker_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nmin_free_bytes = {MIN_FREE_BYTES}\n",
+                 docker_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nmin_free_bytes = {MIN_FREE_BYTES}\n{}",
                 schedulers.join(", "),
                 agent.name,
                 agent.state_dir.display(),
                 agent.build_root.display(),
                 agent.docker_socket,
+                self.agent_token.as_ref().map(|t| format!("join_token = \"{t}\"\n")).unwrap_or_default(),
             );
             std::fs::write(self.path(&format!("agent-{}.toml", i + 1)), config).expect("write agent config");
         }
@@ -359,7 +431,7 @@ impl TestCluster {
              [raft]\n{}\n\n[registry]\naddr = \"{}\"\n\n\
              [deploy]\nstack = \"{}\"\ndocker_socket = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
              [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n\
-             [placement]\nmin_free_bytes = {MIN_FREE_BYTES}\nqueue_timeout_secs = 20\n",
+             [placement]\nmin_free_bytes = {MIN_FREE_BYTES}\nqueue_timeout_secs = 20\n\n[tls]\n{}",
             m.id,
             m.grpc_addr,
             m.http_addr,
@@ -368,6 +440,7 @@ impl TestCluster {
             self.registry_addr,
             self.stack,
             self.scheduler_docker_socket,
+            self.ca_dir.as_ref().map(|d| format!("ca_dir = \"{}\"\n", d.display())).unwrap_or_default(),
         );
         std::fs::write(self.path(&format!("scheduler-{}.toml", m.id)), config)
             .expect("write scheduler config");
@@ -562,9 +635,11 @@ impl TestCluster {
 
     /// A control-API client for member `id`.
     pub async fn member_client(&self, id: u64) -> Result<ControlClient<Channel>, tonic::transport::Error> {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.member(id).grpc_addr))?
-                .connect_timeout(Duration::from_secs(2));
+        let endpoint = self
+            .transport
+            .endpoint(&self.member(id).grpc_addr)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .connect_timeout(Duration::from_secs(2));
         Ok(ControlClient::new(endpoint.connect().await?))
     }
 
