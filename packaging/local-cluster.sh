@@ -86,6 +86,10 @@ down_after_secs = 10
 
 [placement]
 min_free_bytes = 536870912
+
+[tls]
+# The founding members share one CA, made by \`slipway-scheduler init-ca\`.
+ca_dir = "$STATE/ca"
 EOF
     done
     mkdir -p "$STATE/agent" "$STATE/builds"
@@ -97,10 +101,17 @@ state_dir = "$STATE/agent"
 build_root = "$STATE/builds"
 build_slots = 2
 EOF
+    [[ -f "$STATE/admin/cert.pem" ]] ||
+        "$BIN/slipway-scheduler" --config "$STATE/1/scheduler.toml" admin-cert "$(id -un)" --out "$STATE/admin" >/dev/null
     mkdir -p "$SLIPWAY_ROOT/.slipway"
     cat >"$SLIPWAY_ROOT/.slipway/config.toml" <<EOF
 # slipway CLI config, written by packaging/local-cluster.sh: any member will do.
 schedulers = [$addrs]
+
+[tls]
+ca = "cluster/admin/ca.pem"
+cert = "cluster/admin/cert.pem"
+key = "cluster/admin/key.pem"
 EOF
 }
 
@@ -143,11 +154,16 @@ up() {
 
     mkdir -p "$STATE"
     echo "$size" >"$STATE/size"
+    [[ -f "$STATE/ca/ca.pem" ]] || "$BIN/slipway-scheduler" init-ca "$STATE/ca" >/dev/null
     write_configs "$size"
     "$SLIPWAY_ROOT/packaging/registry.sh" start "$STATE/registry" "$REGISTRY_PORT"
     for n in $(seq 1 "$size"); do start_member "$n"; done
     wait_leader 30
+    # The agent joins with the token once (in its environment, not on its command line).
+    SLIPWAY_JOIN_TOKEN="$("$BIN/slipway" cluster token agent)"
+    export SLIPWAY_JOIN_TOKEN
     start_bg agent "$STATE/agent/pid" "$STATE/agent/log" "$BIN/slipway-agent" --config "$STATE/agent.toml"
+    unset SLIPWAY_JOIN_TOKEN
 
     local repo
     repo="$(example_repo "$STATE/example-repo" "$APP")"

@@ -305,9 +305,22 @@ build_slots = 2
 metrics_listen = "127.0.0.1:$((GRPC_PORT + 10 + n))"
 EOF
     done
+}
+
+# The operator's certificate (made once, offline, from the CA in the scheduler's data
+# dir once it has started) and the CLI config naming it.
+write_cli_config() {
+    [[ -f "$STATE/admin/cert.pem" ]] ||
+        "$BIN/slipway-scheduler" --config "$STATE/scheduler/scheduler.toml" admin-cert "$(id -un)" \
+            --out "$STATE/admin" >/dev/null
     cat >"$CLI_CONFIG" <<EOF
 $CLI_CONFIG_HEADER
 schedulers = ["$GRPC_ADDR"]
+
+[tls]
+ca = "fleet/admin/ca.pem"
+cert = "fleet/admin/cert.pem"
+key = "fleet/admin/key.pem"
 EOF
 }
 
@@ -325,10 +338,15 @@ start_scheduler() {
     return 1
 }
 
+# start_agent N: the agent joins with the cluster's agent token (in its environment,
+# not on its command line) the first time; later its certificate is in its state dir.
 start_agent() {
     local n="$1"
+    SLIPWAY_JOIN_TOKEN="$("$BIN/slipway" cluster token agent)"
+    export SLIPWAY_JOIN_TOKEN
     start_bg "agent $n" "$STATE/$n/agent.pid" "$STATE/$n/agent.log" \
         "$BIN/slipway-agent" --config "$STATE/$n/agent.toml"
+    unset SLIPWAY_JOIN_TOKEN
 }
 
 wait_agents() {
@@ -381,6 +399,7 @@ up() {
 
     write_configs "$total"
     start_scheduler
+    write_cli_config
     for n in $(seq 1 "$total"); do start_agent "$n"; done
     wait_agents "$total"
     local repo

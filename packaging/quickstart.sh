@@ -13,7 +13,10 @@
 #   3. starts, in the background, the internal registry on 127.0.0.1:$SLIPWAY_REGISTRY_PORT
 #      (default 5000), one scheduler with its embedded raft store (sled) and one agent;
 #      their state, logs and pid files live under .slipway/;
-#   4. writes .slipway/config.toml, so `slipway` works from the repo root;
+#   4. gives the operator a certificate from the cluster CA (.slipway/admin/) and
+#      writes .slipway/config.toml naming it, so `slipway` works from the repo root;
+#      the agent joins with the cluster's agent token (every gRPC connection is
+#      mutual TLS);
 #   5. commits examples/hello into a git repo under .slipway/ and deploys it, printing
 #      the URL where it answers.
 #
@@ -67,9 +70,22 @@ state_dir = "$STATE/agent"
 build_root = "$STATE/builds"
 build_slots = 2
 EOF
+}
+
+# The operator's certificate (made once, offline, from the CA in the scheduler's data
+# dir) and the CLI config naming it.
+write_cli_config() {
+    [[ -f "$STATE/admin/cert.pem" ]] ||
+        "$BIN/slipway-scheduler" --config "$STATE/scheduler.toml" admin-cert "$(id -un)" --out "$STATE/admin" >/dev/null
     cat >"$STATE/config.toml" <<EOF
 # slipway CLI config, written by packaging/quickstart.sh.
 schedulers = ["$GRPC_ADDR"]
+
+# The operator certificate (\`slipway cluster admin-cert NAME\` issues more).
+[tls]
+ca = "admin/ca.pem"
+cert = "admin/cert.pem"
+key = "admin/key.pem"
 EOF
 }
 
@@ -117,8 +133,14 @@ up() {
     start_bg scheduler "$STATE/scheduler.pid" "$STATE/logs/scheduler.log" \
         "$BIN/slipway-scheduler" --config "$STATE/scheduler.toml"
     wait_ready
+    write_cli_config
+    # The agent joins with the token once (in its environment, not on its command
+    # line); its certificate then lives in its state dir.
+    SLIPWAY_JOIN_TOKEN="$("$BIN/slipway" cluster token agent)"
+    export SLIPWAY_JOIN_TOKEN
     start_bg agent "$STATE/agent.pid" "$STATE/logs/agent.log" \
         "$BIN/slipway-agent" --config "$STATE/agent.toml"
+    unset SLIPWAY_JOIN_TOKEN
     wait_node
 
     local repo

@@ -108,10 +108,17 @@ async fn main() -> anyhow::Result<()> {
             println!("cluster CA in {} (digest {}); keep ca.key secret", dir.display(), ca.digest()?);
         }
         Some(Offline::AdminCert { name, out }) => {
+            // The CA in the data dir, or (before a founding member's first start) the
+            // shared one it will install from tls.ca_dir.
             let dir = pki::pki_dir(&config.data_dir);
-            let ca = Ca::load(&dir)?.ok_or_else(|| {
-                anyhow::anyhow!("no cluster CA in {}: start this scheduler once first", dir.display())
-            })?;
+            let ca = match Ca::load(&dir)? {
+                Some(ca) => ca,
+                None => {
+                    config.tls.ca_dir.as_deref().map(Ca::load).transpose()?.flatten().ok_or_else(|| {
+                        anyhow::anyhow!("no cluster CA in {}: start this scheduler once first", dir.display())
+                    })?
+                }
+            };
             let validity = Duration::from_secs(config.tls.admin_cert_validity_secs);
             let creds = ca.issue(&PeerIdentity::new(Role::Admin, name.clone()), validity)?;
             creds.save_dir(&out).map_err(anyhow::Error::msg)?;
