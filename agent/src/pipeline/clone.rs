@@ -11,8 +11,10 @@
 //! commit ids cannot be fetched at all: git needs the full id to ask for it.
 //!
 //! git never prompts (`GIT_TERMINAL_PROMPT=0`, `GIT_ASKPASS=/bin/true`, stdin closed),
-//! speaks English (`LC_ALL=C`, so its messages can be recognised), refuses the `ext::`
-//! transport, and refuses `file://` too unless this agent allows local repositories.
+//! speaks English (`LC_ALL=C`, so its messages can be recognised), and may use only the
+//! https, http, ssh and git transports (`protocol.allow=never` with those four allowed:
+//! no `ext::`, `fd::` or other remote helper even if a URL got past validation), plus
+//! `file://` when this agent allows local repositories.
 //! Credentials embedded in URLs (`https://user:token@host/…`) are masked in every log
 //! line and error message. The user's git config is otherwise honoured (an operator may
 //! configure `insteadOf`, proxies or credential helpers for the agent's user).
@@ -81,27 +83,12 @@ async fn fetch(
         return Err(fail(init));
     }
 
-    let file_policy =
-        if allow_file_repos { "protocol.file.allow=always" } else { "protocol.file.allow=never" };
-    let fetch = git(
-        dest,
-        &[
-            "-c",
-            "protocol.version=2",
-            "-c",
-            "protocol.ext.allow=never",
-            "-c",
-            file_policy,
-            "fetch",
-            "--depth",
-            "1",
-            "--no-tags",
-            "--",
-            repo,
-            git_ref,
-        ],
-    )
-    .await?;
+    let mut args = vec!["-c", "protocol.version=2"];
+    for policy in protocol_policy(allow_file_repos) {
+        args.extend(["-c", policy]);
+    }
+    args.extend(["fetch", "--depth", "1", "--no-tags", "--", repo, git_ref]);
+    let fetch = git(dest, &args).await?;
     if !fetch.ok {
         return Err(fetch_failure(&shown, git_ref, &fetch));
     }
@@ -121,6 +108,19 @@ async fn fetch(
     }
     log.line(format!("==> checked out {sha}"));
     Ok(sha)
+}
+
+/// git's `protocol.*.allow` settings: every transport refused unless named here.
+fn protocol_policy(allow_file_repos: bool) -> Vec<&'static str> {
+    let file = if allow_file_repos { "protocol.file.allow=always" } else { "protocol.file.allow=never" };
+    vec![
+        "protocol.allow=never",
+        "protocol.https.allow=always",
+        "protocol.http.allow=always",
+        "protocol.ssh.allow=always",
+        "protocol.git.allow=always",
+        file,
+    ]
 }
 
 fn fetch_failure(shown: &str, git_ref: &str, out: &GitOutput) -> Failure {
@@ -300,6 +300,36 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("starts with '-'"));
         let (_dest, err) = clone_into("file:///x", "--upload-pack=touch /tmp/pwned", true).await;
         assert!(err.unwrap_err().to_string().contains("git ref"));
+    }
+
+    /// Even a URL that got past validation could only use the four network transports
+    /// (and file:// where allowed): git itself refuses the rest.
+    #[tokio::test]
+    async fn git_refuses_every_transport_but_the_allowed_ones() {
+        let (repo, _, _) = repo_with_history();
+        let dest = tempfile::tempdir().unwrap();
+        run_git(dest.path(), &["init", "-q"]);
+        let fetch = |url: &str, allow_file: bool| {
+            let mut cmd = std::process::Command::new("git");
+            cmd.arg("-C").arg(dest.path());
+            for policy in protocol_policy(allow_file) {
+                cmd.args(["-c", policy]);
+            }
+            let out = cmd.args(["fetch", "--depth", "1", "--", url, "main"]).output().unwrap();
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let marker = dest.path().join("pwned");
+        let ext = format!("ext::sh -c touch% {}", marker.display());
+        let (ok, err) = fetch(&ext, true);
+        assert!(!ok && err.contains("transport 'ext' not allowed"), "{err}");
+        assert!(!marker.exists(), "the ext:: command did not run");
+        let (ok, err) = fetch("fd::0", true);
+        assert!(!ok && err.contains("transport 'fd' not allowed"), "{err}");
+        let (ok, err) = fetch(&repo.url(), false);
+        assert!(!ok && err.contains("transport 'file' not allowed"), "{err}");
+        let (ok, err) = fetch(&repo.dir.path().display().to_string(), false);
+        assert!(!ok && err.contains("transport 'file' not allowed"), "a plain path is file:// too: {err}");
+        assert!(fetch(&repo.url(), true).0, "file:// where allowed");
     }
 
     #[tokio::test]
