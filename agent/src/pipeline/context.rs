@@ -30,8 +30,8 @@ const MAX_DOCKERIGNORE_BYTES: u64 = 1024 * 1024;
 /// `dockerfile_rel` is relative to the context directory and must exist inside it.
 pub fn pack_context(clone_dir: &Path, context_rel: &str, dockerfile_rel: &str) -> Result<Vec<u8>, Failure> {
     let fail = Failure::Context;
-    inside_path(context_rel).map_err(|why| fail(format!("context {context_rel:?} {why}")))?;
-    inside_path(dockerfile_rel).map_err(|why| fail(format!("dockerfile {dockerfile_rel:?} {why}")))?;
+    inside_path(context_rel).map_err(|why| fail(format!("build.context {context_rel:?} {why}")))?;
+    inside_path(dockerfile_rel).map_err(|why| fail(format!("build.dockerfile {dockerfile_rel:?} {why}")))?;
 
     let root = fs::canonicalize(clone_dir)
         .map_err(|e| fail(format!("cannot open the clone {}: {e}", clone_dir.display())))?;
@@ -46,7 +46,8 @@ pub fn pack_context(clone_dir: &Path, context_rel: &str, dockerfile_rel: &str) -
     };
     if !context.starts_with(&root) {
         return Err(fail(format!(
-            "the context directory {context_rel:?} leads outside the repository (through a symlink)"
+            "the context directory {context_rel:?} leads outside the repository (through a symlink); \
+             point build.context at a directory inside the repository"
         )));
     }
     if !context.is_dir() {
@@ -65,7 +66,8 @@ pub fn pack_context(clone_dir: &Path, context_rel: &str, dockerfile_rel: &str) -
     };
     if !dockerfile.starts_with(&context) {
         return Err(fail(format!(
-            "the Dockerfile {dockerfile_rel:?} leads outside the context {context_rel:?} (through a symlink)"
+            "the Dockerfile {dockerfile_rel:?} leads outside the context {context_rel:?} (through a symlink); \
+             point build.dockerfile at a file inside the context"
         )));
     }
     if !dockerfile.is_file() {
@@ -95,7 +97,7 @@ fn inside_path(p: &str) -> Result<(), &'static str> {
     } else if path.is_absolute() {
         Err("must be relative to the repository, not absolute")
     } else if path.components().any(|c| matches!(c, Component::ParentDir)) {
-        Err("must not contain '..'")
+        Err("must not contain '..'; it must stay inside the repository")
     } else {
         Ok(())
     }
@@ -578,6 +580,44 @@ mod tests {
         assert!(reason("out-link", "Dockerfile").contains("leads outside the repository"));
         assert!(reason(".", "Dockerfile.link").contains("leads outside the context"));
         assert!(reason("sub", "../Dockerfile").contains("'..'"));
+        assert!(reason(".", "out-link/Dockerfile").contains("leads outside the context"));
+        assert!(reason("sub/../..", "Dockerfile").contains("'..'"));
+
+        // The field, the value and the fix are named.
+        assert_eq!(
+            reason("../outside", "Dockerfile"),
+            "build.context \"../outside\" must not contain '..'; it must stay inside the repository"
+        );
+        assert_eq!(
+            reason(".", "/etc/passwd"),
+            "build.dockerfile \"/etc/passwd\" must be relative to the repository, not absolute"
+        );
+        assert!(reason("out-link", "Dockerfile")
+            .ends_with("point build.context at a directory inside the repository"));
+        assert!(
+            reason(".", "Dockerfile.link").ends_with("point build.dockerfile at a file inside the context")
+        );
+    }
+
+    #[test]
+    fn symlink_loops_and_dangling_links_are_refused_or_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, &["Dockerfile"]);
+        symlink("loop", root.join("loop")).unwrap();
+        symlink("ping", root.join("pong")).unwrap();
+        symlink("pong", root.join("ping")).unwrap();
+        symlink("nowhere", root.join("dangling")).unwrap();
+        symlink("../../../../../../../../etc/shadow", root.join("dots")).unwrap();
+        let err = pack_context(root, "loop", "Dockerfile").unwrap_err();
+        assert!(err.reason().starts_with("cannot open the context directory \"loop\""), "{err}");
+        let err = pack_context(root, ".", "ping").unwrap_err();
+        assert!(err.reason().starts_with("cannot open the Dockerfile \"ping\""), "{err}");
+        let e = entries(&pack_context(root, ".", "Dockerfile").unwrap());
+        for (link, target) in [("loop", "loop"), ("ping", "pong"), ("dangling", "nowhere")] {
+            assert_eq!(e[link], (tar::EntryType::Symlink, target.to_string()));
+        }
+        assert_eq!(e["dots"].0, tar::EntryType::Symlink, "stored, not followed");
     }
 
     #[test]
@@ -614,5 +654,248 @@ mod tests {
         let e = entries(&pack_context(dir.path(), ".", "Dockerfile").unwrap());
         assert_eq!(e[&long].1, format!("content of {long}\n"));
         assert_eq!(e["link"].1, long);
+    }
+}
+
+/// Property tests on generated trees: packing never panics, and never packs anything
+/// from outside the clone, whatever the symlinks (to outside, `..` chains, absolute
+/// targets, loops) and `.dockerignore` patterns.
+/// `PROPTEST_CASES=200000 cargo test --release -p slipway-agent fuzz_` runs them long.
+#[cfg(test)]
+mod fuzz {
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// In every file outside the clone, never in one inside.
+    const OUTSIDE: &[u8] = b"OUTSIDE-THE-CLONE";
+
+    #[derive(Debug, Clone)]
+    enum Node {
+        Dir,
+        File(Vec<u8>),
+        /// `{OUT}` stands for the directory next to the clone.
+        Link(String),
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "b", "c", "Dockerfile", ".dockerignore", "d e", "ü", ".git", "x.log"])
+            .prop_map(str::to_string)
+    }
+
+    fn rel_path() -> impl Strategy<Value = String> {
+        prop::collection::vec(name(), 1..4).prop_map(|parts| parts.join("/"))
+    }
+
+    fn link_target() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "{OUT}",
+                "{OUT}/secret",
+                "{OUT}/Dockerfile",
+                "/etc",
+                "/etc/passwd",
+                "/",
+                "..",
+                "../..",
+                "../../..",
+                "../../../../../../../../etc",
+                "../outside",
+                "../outside/secret",
+                ".",
+                "./",
+                "nowhere",
+                "",
+            ])
+            .prop_map(str::to_string),
+            rel_path(),
+            rel_path().prop_map(|p| format!("../{p}")),
+        ]
+    }
+
+    fn node() -> impl Strategy<Value = Node> {
+        prop_oneof![
+            2 => Just(Node::Dir),
+            3 => prop::collection::vec(any::<u8>(), 0..16).prop_map(Node::File),
+            3 => link_target().prop_map(Node::Link),
+        ]
+    }
+
+    fn ignore_file() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(
+            prop::collection::vec(
+                prop_oneof![
+                    prop::sample::select(vec![
+                        "*",
+                        "a",
+                        "!a/b",
+                        "**",
+                        "**/Dockerfile",
+                        "!Dockerfile",
+                        "[",
+                        "\\",
+                        "a/*",
+                        "!*",
+                        "/b",
+                        "../a",
+                        "**/*.log",
+                        "!.dockerignore",
+                        "# c",
+                        "[^a]",
+                        "?",
+                    ])
+                    .prop_map(str::to_string),
+                    rel_path(),
+                ],
+                0..5,
+            )
+            .prop_map(|lines| lines.join("\n")),
+        )
+    }
+
+    fn choice(usual: &'static str) -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => Just(usual.to_string()),
+            1 => prop::sample::select(vec![".", "", "../outside", "/etc", "a/..", "./a", "a//b"])
+                .prop_map(str::to_string),
+            2 => rel_path(),
+        ]
+    }
+
+    /// Builds the tree under `<tmp>/clone`, with `<tmp>/outside` next to it.
+    fn build(tmp: &Path, tree: &[(String, Node)], ignore: &Option<String>) -> PathBuf {
+        let root = tmp.join("clone");
+        let outside = tmp.join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(outside.join("dir")).unwrap();
+        for file in ["secret", "Dockerfile", "dir/Dockerfile"] {
+            fs::write(outside.join(file), OUTSIDE).unwrap();
+        }
+        for (path, node) in tree {
+            let path = root.join(path);
+            // Parents that are files or links make this entry impossible: skip it.
+            let _ = fs::create_dir_all(path.parent().unwrap());
+            let _ = match node {
+                Node::Dir => fs::create_dir_all(&path),
+                Node::File(bytes) => fs::write(&path, [b"inside ".as_slice(), bytes].concat()),
+                Node::Link(target) => symlink(target.replace("{OUT}", &outside.display().to_string()), &path),
+            };
+        }
+        if let Some(text) = ignore {
+            let _ = fs::write(root.join(".dockerignore"), text);
+        }
+        root
+    }
+
+    /// Every entry of `tar` is a real file, directory or symlink inside `context`, reached
+    /// without following any symlink, with the same content or link target.
+    fn check_tar(context: &Path, tar: &[u8]) -> Result<(), TestCaseError> {
+        let mut archive = tar::Archive::new(tar);
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().into_owned();
+            prop_assert!(
+                path.components().all(|c| matches!(c, Component::Normal(_))),
+                "entry {} is not a plain relative path",
+                path.display()
+            );
+            let mut here = context.to_path_buf();
+            let parts: Vec<_> = path.components().collect();
+            for part in &parts[..parts.len() - 1] {
+                here.push(part);
+                let meta = fs::symlink_metadata(&here).unwrap();
+                prop_assert!(
+                    meta.is_dir() && !meta.file_type().is_symlink(),
+                    "{} was followed",
+                    here.display()
+                );
+            }
+            here.push(parts[parts.len() - 1]);
+            let meta = fs::symlink_metadata(&here).unwrap();
+            let kind = entry.header().entry_type();
+            if kind.is_symlink() {
+                prop_assert!(meta.file_type().is_symlink(), "{}", here.display());
+                let target = entry.link_name().unwrap().unwrap().into_owned();
+                prop_assert_eq!(target, fs::read_link(&here).unwrap());
+            } else if kind.is_dir() {
+                prop_assert!(meta.is_dir() && !meta.file_type().is_symlink(), "{}", here.display());
+            } else {
+                prop_assert!(meta.is_file(), "{} is packed as a file", here.display());
+                let mut content = Vec::new();
+                entry.read_to_end(&mut content).unwrap();
+                prop_assert!(!content.windows(OUTSIDE.len()).any(|w| w == OUTSIDE), "{}", here.display());
+                prop_assert_eq!(content, fs::read(&here).unwrap());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_context_packer_never_leaves_the_clone(
+            mut tree in prop::collection::vec((rel_path(), node()), 0..24),
+            ignore in ignore_file(),
+            context in choice("."),
+            dockerfile in choice("Dockerfile"),
+            add_dockerfiles in any::<bool>(),
+        ) {
+            if add_dockerfiles {
+                for path in ["Dockerfile", "a/Dockerfile", "b/Dockerfile"] {
+                    tree.push((path.to_string(), Node::File(b"FROM scratch".to_vec())));
+                }
+            }
+            let tmp = tempfile::tempdir().unwrap();
+            let root = build(tmp.path(), &tree, &ignore);
+            match pack_context(&root, &context, &dockerfile) {
+                Ok(tar) => {
+                    let real_root = fs::canonicalize(&root).unwrap();
+                    let real_context = fs::canonicalize(root.join(&context)).unwrap();
+                    prop_assert!(real_context.starts_with(&real_root), "context {context:?} left the clone");
+                    let real_dockerfile = fs::canonicalize(real_context.join(&dockerfile)).unwrap();
+                    prop_assert!(real_dockerfile.starts_with(&real_context), "dockerfile {dockerfile:?} left");
+                    check_tar(&real_context, &tar)?;
+                }
+                Err(failure) => {
+                    prop_assert_eq!(failure.phase(), "context");
+                    prop_assert!(!failure.reason().is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_dockerignore_parsing_and_matching_never_panic(
+            text in prop_oneof!["\\PC{0,40}", any::<String>()],
+            path in "[a-z*?!/.\\\\\\[\\]^-]{0,12}",
+        ) {
+            if let Ok(patterns) = parse_dockerignore(&text) {
+                let _ = matches(&patterns, &path);
+            }
+        }
+    }
+
+    /// The generator must reach successful packs with symlinks in them, or the
+    /// property above checks little.
+    #[test]
+    fn generated_trees_often_pack() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = (prop::collection::vec((rel_path(), node()), 0..24), ignore_file());
+        let mut packed_with_links = 0;
+        for _ in 0..200 {
+            let (mut tree, ignore) = strategy.new_tree(&mut runner).unwrap().current();
+            tree.push(("Dockerfile".into(), Node::File(b"FROM scratch".to_vec())));
+            let tmp = tempfile::tempdir().unwrap();
+            let root = build(tmp.path(), &tree, &ignore);
+            if let Ok(tar) = pack_context(&root, ".", "Dockerfile") {
+                let mut archive = tar::Archive::new(tar.as_slice());
+                if archive.entries().unwrap().any(|e| e.unwrap().header().entry_type().is_symlink()) {
+                    packed_with_links += 1;
+                }
+            }
+        }
+        assert!(packed_with_links >= 20, "only {packed_with_links} of 200 packs held symlinks");
     }
 }
