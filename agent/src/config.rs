@@ -25,6 +25,9 @@ pub struct AgentConfig {
     pub build_slots: u32,
     /// Whether `file://` repositories (on this node's disk) may be built.
     pub allow_file_repos: bool,
+    /// Values of secret build arguments: `<build_secrets_dir>/<app>/<NAME>`, one line
+    /// each, readable by the agent only (see `crate::pipeline::secrets`).
+    pub build_secrets_dir: PathBuf,
     /// CPU cores one build may use (0: no cap).
     pub build_cpu_limit: f64,
     /// Memory one build may use, in bytes (0: no cap).
@@ -57,6 +60,7 @@ impl Default for AgentConfig {
             docker_socket: "/var/run/docker.sock".into(),
             build_slots: 2,
             allow_file_repos: true,
+            build_secrets_dir: PathBuf::from(crate::pipeline::secrets::DEFAULT_SECRETS_DIR),
             build_cpu_limit: 0.0,
             build_memory_limit_bytes: 0,
             clone_timeout_secs: 600,
@@ -100,6 +104,12 @@ impl AgentConfig {
         if !self.build_root.is_absolute() || !self.state_dir.is_absolute() {
             return Err(ConfigError("build_root and state_dir must be absolute paths".into()));
         }
+        if !self.build_secrets_dir.is_absolute() {
+            return Err(ConfigError(format!(
+                "build_secrets_dir {:?} must be an absolute path",
+                self.build_secrets_dir.display().to_string()
+            )));
+        }
         if self.build_cpu_limit < 0.0 {
             return Err(ConfigError(
                 "build_cpu_limit must be 0 (no cap) or a positive number of cores".into(),
@@ -139,6 +149,10 @@ mod tests {
         assert!(AgentConfig::parse("build_slot = 3").unwrap_err().to_string().contains("build_slot"));
         assert!(AgentConfig::parse("build_slots = 0").unwrap_err().to_string().contains("build_slots"));
         assert!(AgentConfig::parse("build_root = \"rel\"").unwrap_err().to_string().contains("build_root"));
+        assert!(AgentConfig::parse("build_secrets_dir = \"s\"")
+            .unwrap_err()
+            .to_string()
+            .contains("build_secrets_dir \"s\" must be an absolute path"));
         assert!(AgentConfig::parse("metrics_listen = \"localhost\"")
             .unwrap_err()
             .to_string()

@@ -13,6 +13,7 @@
 //! context = "."               # relative to the repository root
 //! target = "runtime"
 //! args = { NODE_ENV = "production" }
+//! secret_args = ["NPM_TOKEN"]  # values live on the build nodes, not here
 //! [run]
 //! replicas = 2
 //! port = 8080
@@ -29,6 +30,15 @@
 //! For convenience a bare command (`["/bin/check", "--quick"]`) is taken as
 //! `["CMD", "/bin/check", "--quick"]` and a plain string (`cmd = "curl -f localhost"`)
 //! as `["CMD-SHELL", "curl -f localhost"]`, like Compose's `test`.
+//!
+//! **Build arguments.** `args` are written in the repository, so they are not secret
+//! (their values are still never logged). A secret build argument (a registry token for
+//! `npm install`, say) is only *named* in `secret_args`; its value is read on the build
+//! node from `<build_secrets_dir>/<app>/<NAME>` (`agent.toml`, default
+//! `/etc/slipway/build-secrets`), passed to Docker as a build argument, masked as `***`
+//! in every log line and failure reason, and never sent to the scheduler (see
+//! [`crate::pipeline::secrets`], also for what masking cannot do). A name may be in
+//! `args` or `secret_args`, not both.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -44,6 +54,9 @@ pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
 
 /// Most replicas a manifest may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
+
+/// Most secret build arguments a manifest may name.
+pub const MAX_SECRET_ARGS: usize = 64;
 
 /// A parsed and validated `slipway.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -69,13 +82,22 @@ pub struct BuildSection {
     pub context: String,
     /// Build stage to stop at (`docker build --target`).
     pub target: Option<String>,
-    /// Build arguments (`--build-arg`). Values may be secrets: they are never logged.
+    /// Build arguments (`--build-arg`) written in the repository: not secret, though
+    /// their values are never logged.
     pub args: BTreeMap<String, String>,
+    /// Names of secret build arguments, valued on the build node (module docs).
+    pub secret_args: Vec<String>,
 }
 
 impl Default for BuildSection {
     fn default() -> Self {
-        Self { dockerfile: "Dockerfile".into(), context: ".".into(), target: None, args: BTreeMap::new() }
+        Self {
+            dockerfile: "Dockerfile".into(),
+            context: ".".into(),
+            target: None,
+            args: BTreeMap::new(),
+            secret_args: Vec::new(),
+        }
     }
 }
 
@@ -232,8 +254,36 @@ impl Manifest {
         }
         for (key, value) in &b.args {
             if value.contains('\0') {
-                // Never echo the value: build arguments may hold secrets.
+                // Never echo the value.
                 fail(format!("build.args.{key}"), "the value contains a NUL character".into());
+            }
+        }
+        if b.secret_args.len() > MAX_SECRET_ARGS {
+            fail(
+                "build.secret_args".into(),
+                format!("names {} arguments; the limit is {MAX_SECRET_ARGS}", b.secret_args.len()),
+            );
+        }
+        for (i, name) in b.secret_args.iter().enumerate().take(MAX_SECRET_ARGS) {
+            let field = format!("build.secret_args[{i}]");
+            if !is_identifier(name) {
+                let name: String = name.chars().take(64).collect();
+                fail(
+                    field,
+                    format!(
+                        "{name:?} is not a valid argument name (letters, digits, '_'; not first a digit)"
+                    ),
+                );
+            } else if b.secret_args[..i].contains(name) {
+                fail(field, format!("{name:?} is listed twice"));
+            } else if b.args.contains_key(name) {
+                fail(
+                    field,
+                    format!(
+                        "{name:?} is also in build.args; a secret's value comes from the build node, \
+                         so remove it from build.args"
+                    ),
+                );
             }
         }
 
@@ -607,6 +657,32 @@ retries = 3
     }
 
     #[test]
+    fn secret_args_are_names_only() {
+        let m = Manifest::parse(
+            "name = \"a\"\n[build]\nargs = { MODE = \"prod\" }\nsecret_args = [\"NPM_TOKEN\", \"_KEY2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(m.build.secret_args, ["NPM_TOKEN", "_KEY2"]);
+        let msg =
+            rejected("name = \"a\"\n[build]\nsecret_args = [\"OK\", \"A-B\"]\n", "build.secret_args[1]");
+        assert!(msg.contains("\"A-B\" is not a valid argument name"), "{msg}");
+        let msg = rejected("name = \"a\"\n[build]\nsecret_args = [\"T\", \"T\"]\n", "build.secret_args[1]");
+        assert!(msg.contains("listed twice"), "{msg}");
+        let msg = rejected(
+            "name = \"a\"\n[build]\nargs = { T = \"x\" }\nsecret_args = [\"T\"]\n",
+            "build.secret_args[0]",
+        );
+        assert!(msg.contains("also in build.args") && msg.contains("remove it from build.args"), "{msg}");
+        let many: Vec<String> = (0..65).map(|i| format!("\"S{i}\"")).collect();
+        let msg = rejected(
+            &format!("name = \"a\"\n[build]\nsecret_args = [{}]\n", many.join(", ")),
+            "build.secret_args",
+        );
+        assert!(msg.contains("names 65 arguments; the limit is 64"), "{msg}");
+        rejected("name = \"a\"\n[build]\nsecret_args = { T = \"value\" }\n", "build.secret_args");
+    }
+
+    #[test]
     fn healthcheck_commands_take_docker_forms() {
         let cmd = |spec: &str| {
             let text = format!("name = \"a\"\n[run.healthcheck]\ncmd = {spec}\n");
@@ -646,5 +722,284 @@ retries = 3
     fn every_semantic_error_is_reported_at_once() {
         let err = Manifest::parse("name = \"A\"\n[run]\nreplicas = 0\npersist = [\"x\"]\n").unwrap_err();
         assert_eq!(err.fields(), ["name", "run.replicas", "run.persist[0]"]);
+    }
+}
+
+/// Property tests: the parser never panics, and whatever it accepts holds its promises.
+/// `PROPTEST_CASES=200000 cargo test --release -p slipway-agent fuzz_` runs them long.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+
+    use super::*;
+
+    fn toml_string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9_./-]{0,12}",
+            Just("/".to_string()),
+            Just("..".to_string()),
+            Just("../x".to_string()),
+            Just("a/../../b".to_string()),
+            Just("/etc/passwd".to_string()),
+            Just("5s".to_string()),
+            Just("1m30s".to_string()),
+            Just("0s".to_string()),
+            Just("99999999999999999999h".to_string()),
+            Just("CMD".to_string()),
+            Just("CMD-SHELL".to_string()),
+            Just("NONE".to_string()),
+            "\\PC{0,8}",
+            any::<String>(),
+        ]
+        .prop_map(|s| format!("{s:?}").replace("\\u{", "\\u{0"))
+    }
+
+    fn toml_value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            toml_string(),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u32..70_000).prop_map(|n| n.to_string()),
+            Just("0".to_string()),
+            Just("1e308".to_string()),
+            Just("nan".to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            Just("1979-05-27T07:32:00Z".to_string()),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(", "))),
+                prop::collection::vec((key(), inner), 0..4).prop_map(|kv| {
+                    let kv: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    format!("{{ {} }}", kv.join(", "))
+                }),
+            ]
+        })
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "name",
+                "dockerfile",
+                "context",
+                "target",
+                "args",
+                "secret_args",
+                "replicas",
+                "port",
+                "env",
+                "persist",
+                "healthcheck",
+                "cmd",
+                "interval",
+                "timeout",
+                "start_period",
+                "retries",
+                "build",
+                "run",
+            ])
+            .prop_map(str::to_string),
+            "[A-Za-z_][A-Za-z0-9_]{0,6}",
+            "\"[^\"\\\\]{0,6}\"",
+        ]
+    }
+
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => (key(), toml_value()).prop_map(|(k, v)| format!("{k} = {v}")),
+            2 => prop::sample::select(vec![
+                "[build]",
+                "[run]",
+                "[run.healthcheck]",
+                "[build.args]",
+                "[run.env]",
+                "[[run.persist]]",
+                "[deploy]",
+                "name = \"shop\"",
+                "name = \"Shop\"",
+            ])
+            .prop_map(str::to_string),
+            1 => "\\PC{0,20}",
+        ]
+    }
+
+    fn manifest_text() -> impl Strategy<Value = String> {
+        prop::collection::vec(line(), 0..16).prop_map(|lines| lines.join("\n"))
+    }
+
+    /// What an accepted manifest promises the rest of the agent.
+    fn check_promises(m: &Manifest) -> Result<(), TestCaseError> {
+        prop_assert!(validate::app_name(&m.name).is_ok(), "{m:?}");
+        for path in [&m.build.dockerfile, &m.build.context] {
+            prop_assert!(!path.is_empty() && !path.starts_with('/'), "{m:?}");
+            prop_assert!(!Path::new(path).components().any(|c| c == Component::ParentDir), "{m:?}");
+        }
+        prop_assert!((1..=MAX_REPLICAS).contains(&m.run.replicas), "{m:?}");
+        prop_assert!(m.run.port != Some(0), "{m:?}");
+        for p in &m.run.persist {
+            prop_assert!(p.starts_with('/') && !p.contains("/../") && !p.ends_with("/.."), "{m:?}");
+        }
+        for name in m.build.args.keys().chain(&m.build.secret_args) {
+            prop_assert!(is_identifier(name), "{m:?}");
+        }
+        prop_assert!(m.build.secret_args.iter().all(|n| !m.build.args.contains_key(n)), "{m:?}");
+        let _ = m.run_spec();
+        Ok(())
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "Dockerfile",
+            ".",
+            "web",
+            "ops/Dockerfile",
+            "./a//b/",
+            "",
+            "/",
+            "/etc/passwd",
+            "..",
+            "../x",
+            "a/../../b",
+            "a/..",
+            "docker/",
+            "a\tb",
+            "/app/data",
+            "/app/../etc",
+            "//",
+            "x",
+            "/d",
+        ])
+        .prop_map(|p| format!("{p:?}"))
+    }
+
+    fn ident() -> impl Strategy<Value = String> {
+        prop_oneof!["[A-Z_][A-Z0-9_]{0,5}", "[0-9a-z -]{1,4}"].prop_map(|k| format!("{k:?}"))
+    }
+
+    fn strings() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop_oneof![ident(), path(), toml_string()], 0..4)
+            .prop_map(|v| format!("[{}]", v.join(", ")))
+    }
+
+    fn pairs() -> impl Strategy<Value = String> {
+        prop::collection::vec((ident(), toml_string()), 0..4).prop_map(|kv| {
+            let kv: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            format!("{{ {} }}", kv.join(", "))
+        })
+    }
+
+    fn duration() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..100, prop::sample::select(vec!["ms", "s", "m", "h", "", "x"]))
+                .prop_map(|(n, u)| format!("\"{n}{u}\"")),
+            toml_string()
+        ]
+    }
+
+    /// A `(key, value)` of `table`, typed as the manifest expects most of the time.
+    fn entry(table: &'static str) -> BoxedStrategy<String> {
+        let typed: BoxedStrategy<(&str, String)> = match table {
+            "build" => prop_oneof![
+                path().prop_map(|v| ("dockerfile", v)),
+                path().prop_map(|v| ("context", v)),
+                prop_oneof!["[a-z][a-z0-9_.-]{0,6}", "[ -~]{0,4}"].prop_map(|v| ("target", format!("{v:?}"))),
+                pairs().prop_map(|v| ("args", v)),
+                strings().prop_map(|v| ("secret_args", v)),
+            ]
+            .boxed(),
+            "run" => prop_oneof![
+                (-1i64..1200).prop_map(|v| ("replicas", v.to_string())),
+                (-1i64..70_000).prop_map(|v| ("port", v.to_string())),
+                pairs().prop_map(|v| ("env", v)),
+                strings().prop_map(|v| ("persist", v)),
+            ]
+            .boxed(),
+            _ => prop_oneof![
+                prop_oneof![strings(), toml_string()].prop_map(|v| ("cmd", v)),
+                duration().prop_map(|v| ("interval", v)),
+                duration().prop_map(|v| ("timeout", v)),
+                duration().prop_map(|v| ("start_period", v)),
+                (-1i64..120).prop_map(|v| ("retries", v.to_string())),
+            ]
+            .boxed(),
+        };
+        prop_oneof![
+            6 => typed.prop_map(|(k, v)| format!("{k} = {v}")),
+            1 => (key(), toml_value()).prop_map(|(k, v)| format!("{k} = {v}")),
+        ]
+        .boxed()
+    }
+
+    /// Manifests shaped like real ones, many of them valid.
+    fn typed_manifest() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![4 => Just("\"shop\"".to_string()), 1 => toml_string()],
+            prop::collection::vec(entry("build"), 0..5),
+            prop::collection::vec(entry("run"), 0..5),
+            prop::option::of(prop::collection::vec(entry("healthcheck"), 0..5)),
+        )
+            .prop_map(|(name, build, run, healthcheck)| {
+                // A key twice in one table is a TOML error: keep the first.
+                let dedup = |entries: Vec<String>| {
+                    let mut seen = std::collections::BTreeSet::new();
+                    entries
+                        .into_iter()
+                        .filter(|e| seen.insert(e.split(" = ").next().unwrap_or_default().to_string()))
+                        .collect::<Vec<_>>()
+                };
+                let (build, run, healthcheck) = (dedup(build), dedup(run), healthcheck.map(dedup));
+                let mut text =
+                    format!("name = {name}\n[build]\n{}\n[run]\n{}\n", build.join("\n"), run.join("\n"));
+                if let Some(h) = healthcheck {
+                    text.push_str(&format!("[run.healthcheck]\n{}\n", h.join("\n")));
+                }
+                text
+            })
+    }
+
+    /// The typed generator must reach accepted manifests, or the promises go unchecked.
+    #[test]
+    fn typed_manifests_are_often_valid() {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = typed_manifest();
+        let accepted = (0..500)
+            .filter(|_| {
+                let text = strategy.new_tree(&mut runner).unwrap().current();
+                Manifest::parse(&text).is_ok()
+            })
+            .count();
+        assert!(accepted >= 25, "only {accepted} of 500 generated manifests were valid");
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_manifest_parser_never_panics_on_arbitrary_text(text in any::<String>()) {
+            if let Ok(m) = Manifest::parse(&text) {
+                check_promises(&m)?;
+            }
+        }
+
+        #[test]
+        fn fuzz_manifest_parser_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(m) = Manifest::parse(&String::from_utf8_lossy(&bytes)) {
+                check_promises(&m)?;
+            }
+        }
+
+        #[test]
+        fn fuzz_manifest_parser_never_panics_on_toml_like_text(text in manifest_text()) {
+            match Manifest::parse(&text) {
+                Ok(m) => check_promises(&m)?,
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn fuzz_manifest_parser_checks_every_accepted_build_and_run_table(text in typed_manifest()) {
+            if let Ok(m) = Manifest::parse(&text) {
+                check_promises(&m)?;
+            }
+        }
     }
 }

@@ -210,7 +210,8 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));
     let channel = endpoint.connect().await.map_err(|e| SessionEnd::Failed(format!("connect: {e}")))?;
-    let mut client = AgentServiceClient::new(channel);
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(slipway_proto::validate::MAX_AGENT_MESSAGE_BYTES);
 
     let mut reporter = Reporter::new(
         agent.config.build_root.clone(),
@@ -470,6 +471,7 @@ impl Agent {
                     memory_limit_bytes: (self.config.build_memory_limit_bytes > 0)
                         .then_some(self.config.build_memory_limit_bytes),
                     clone_timeout: Duration::from_secs(self.config.clone_timeout_secs),
+                    secrets_dir: self.config.build_secrets_dir.clone(),
                 };
                 let job = BuildJob::from(&a);
                 // A panic in the pipeline fails this build, not the agent: the task is

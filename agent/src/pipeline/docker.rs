@@ -35,6 +35,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 
+use super::secrets::SecretArgs;
 use super::LogSink;
 use crate::error::Failure;
 
@@ -49,6 +50,11 @@ pub const APP_LABEL: &str = "io.slipway.app";
 
 /// Output lines quoted when a build fails.
 const FAILURE_CONTEXT_LINES: usize = 20;
+
+/// Longest line of build output kept whole in memory; the rest of it is dropped. Far
+/// above [`super::MAX_LOG_LINE_BYTES`], so a secret cut here is beyond that cut too and
+/// never leaves half-masked.
+const MAX_OUTPUT_LINE_BYTES: usize = 256 * 1024;
 
 /// CPU period for the build's CFS quota, in microseconds (Docker's default).
 const CPU_PERIOD_US: i64 = 100_000;
@@ -75,8 +81,10 @@ pub struct BuildOpts {
     pub dockerfile: String,
     /// Stage to build (`--target`).
     pub target: Option<String>,
-    /// `--build-arg`s. Values are never logged.
+    /// `--build-arg`s from the manifest. Values are never logged.
     pub build_args: BTreeMap<String, String>,
+    /// `--build-arg`s whose values are secrets from the node ([`super::secrets`]).
+    pub secret_args: SecretArgs,
     /// Skip the layer cache and the cache source.
     pub no_cache: bool,
     /// CPU cap for `RUN` steps, in cores.
@@ -144,8 +152,9 @@ pub async fn build_image(
     if let Some(target) = &opts.target {
         options = options.target(target);
     }
-    if !opts.build_args.is_empty() {
-        let args: HashMap<String, String> = opts.build_args.clone().into_iter().collect();
+    if !opts.build_args.is_empty() || !opts.secret_args.is_empty() {
+        let mut args: HashMap<String, String> = opts.build_args.clone().into_iter().collect();
+        args.extend(opts.secret_args.expose().map(|(k, v)| (k.to_string(), v.to_string())));
         options = options.buildargs(&args);
     }
     let mut caps = Vec::new();
@@ -167,7 +176,7 @@ pub async fn build_image(
     }
 
     log.line(format!(
-        "==> building {tag} (dockerfile {}{}{}{}{})",
+        "==> building {tag} (dockerfile {}{}{}{}{}{})",
         opts.dockerfile,
         opts.target.as_ref().map(|t| format!(", target {t}")).unwrap_or_default(),
         match (opts.no_cache, cache_source) {
@@ -180,6 +189,11 @@ pub async fn build_image(
         } else {
             // Names only: build argument values may be secrets.
             format!(", build args {}", opts.build_args.keys().cloned().collect::<Vec<_>>().join(", "))
+        },
+        if opts.secret_args.is_empty() {
+            String::new()
+        } else {
+            format!(", secret build args {}", opts.secret_args.names().collect::<Vec<_>>().join(", "))
         },
         if caps.is_empty() { String::new() } else { format!(", limited to {}", caps.join(" and ")) },
     ));
@@ -379,6 +393,8 @@ struct BuildProgress {
     /// Whether the step being run is one of those.
     in_appended_step: bool,
     partial: String,
+    /// Bytes of the current line dropped past [`MAX_OUTPUT_LINE_BYTES`].
+    partial_cut: usize,
     steps: u32,
     cache_hits: u32,
     /// The latest `Step N/M : …` line.
@@ -390,22 +406,49 @@ struct BuildProgress {
 impl BuildProgress {
     /// Adds a chunk; returns the lines it completed.
     fn feed(&mut self, chunk: &str) -> Vec<String> {
-        self.partial.push_str(chunk);
         let mut lines = Vec::new();
-        while let Some(end) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=end).collect();
-            lines.push(self.record(line.trim_end_matches(['\n', '\r'])));
+        let mut rest = chunk;
+        while let Some(end) = rest.find('\n') {
+            self.push_partial(&rest[..end]);
+            lines.push(self.take_line());
+            rest = &rest[end + 1..];
         }
+        self.push_partial(rest);
         lines
     }
 
     /// Completes a last line without a newline.
     fn flush(&mut self) -> Vec<String> {
-        if self.partial.is_empty() {
+        if self.partial.is_empty() && self.partial_cut == 0 {
             return Vec::new();
         }
+        vec![self.take_line()]
+    }
+
+    /// Appends to the current line, dropping what goes past [`MAX_OUTPUT_LINE_BYTES`].
+    fn push_partial(&mut self, text: &str) {
+        let room = MAX_OUTPUT_LINE_BYTES.saturating_sub(self.partial.len());
+        if text.len() <= room {
+            self.partial.push_str(text);
+            return;
+        }
+        let mut end = room;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.partial.push_str(&text[..end]);
+        self.partial_cut += text.len() - end;
+    }
+
+    fn take_line(&mut self) -> String {
         let line = std::mem::take(&mut self.partial);
-        vec![self.record(line.trim_end_matches('\r'))]
+        let cut = std::mem::take(&mut self.partial_cut);
+        let line = line.trim_end_matches('\r');
+        if cut == 0 {
+            self.record(line)
+        } else {
+            self.record(&format!("{line} … ({cut} bytes cut)"))
+        }
     }
 
     fn new(appended_steps: u32) -> Self {
@@ -597,6 +640,27 @@ mod tests {
         let reason = p.failure("boom").reason().to_string();
         assert!(reason.starts_with("boom\nlast 20 lines"), "{reason}");
         assert!(!reason.contains("line 30\n") && reason.contains("line 31\n"), "{reason}");
+    }
+
+    #[test]
+    fn an_endless_line_is_kept_to_its_start() {
+        let mut p = BuildProgress::default();
+        let chunk = "x".repeat(100 * 1024);
+        for _ in 0..5 {
+            assert!(p.feed(&chunk).is_empty());
+        }
+        let lines = p.feed("tail\nnext\n");
+        assert_eq!(lines.len(), 2);
+        let cut = 5 * 100 * 1024 + 4 - MAX_OUTPUT_LINE_BYTES;
+        assert!(
+            lines[0].ends_with(&format!("x … ({cut} bytes cut)")),
+            "{}",
+            &lines[0][lines[0].len() - 40..]
+        );
+        assert!(lines[0].len() < MAX_OUTPUT_LINE_BYTES + 40);
+        assert_eq!(lines[1], "next");
+        p.feed(&"é".repeat(MAX_OUTPUT_LINE_BYTES));
+        assert!(p.flush()[0].ends_with("bytes cut)"), "cut at a character boundary");
     }
 
     #[test]

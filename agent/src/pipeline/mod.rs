@@ -17,15 +17,19 @@
 //! Every log line goes to the [`LogSink`] (streamed live to the scheduler by the session)
 //! and to `<build_root>/logs/<build id>-<attempt>.log`. The build directory is removed
 //! whatever happens: success, failure, or the future being dropped (cancellation).
-//! Build argument values are never logged: they may be secrets.
+//! Build argument values are never logged. Secret build arguments ([`secrets`]) are read
+//! on the node, given to Docker only, and masked (`***`) in every log line and in the
+//! failure reason, which are also bounded ([`MAX_LOG_LINE_BYTES`], [`MAX_FAILURE_BYTES`])
+//! because both travel to the scheduler and the reason is kept in its raft log.
 
 pub mod clone;
 pub mod context;
 pub mod docker;
+pub mod secrets;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -37,6 +41,12 @@ use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
 
 /// Name of the manifest file at the root of an app's repository.
 pub const MANIFEST_FILE: &str = "slipway.toml";
+
+/// Longest log line kept; the rest is cut (after secrets are masked).
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+/// Longest failure reason reported (the scheduler keeps it in its raft log).
+pub const MAX_FAILURE_BYTES: usize = 64 * 1024;
 
 /// What to build: one attempt of one build, as the scheduler assigned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +95,8 @@ pub struct PipelineConfig {
     pub memory_limit_bytes: Option<u64>,
     /// Longest a clone may take before the build fails.
     pub clone_timeout: Duration,
+    /// Secret build arguments are read from `<secrets_dir>/<app>/<NAME>` ([`secrets`]).
+    pub secrets_dir: PathBuf,
 }
 
 impl Default for PipelineConfig {
@@ -95,6 +107,7 @@ impl Default for PipelineConfig {
             cpu_limit: None,
             memory_limit_bytes: None,
             clone_timeout: clone::DEFAULT_CLONE_TIMEOUT,
+            secrets_dir: PathBuf::from(secrets::DEFAULT_SECRETS_DIR),
         }
     }
 }
@@ -102,12 +115,16 @@ impl Default for PipelineConfig {
 /// Where a build's log lines go: a channel (the session streams it to the scheduler) and,
 /// once [`LogSink::with_file`] was called, a log file on local disk. Cheap to clone.
 ///
+/// Every line has the build's secret values masked ([`LogSink::add_secrets`], shared by
+/// all clones) and is cut at [`MAX_LOG_LINE_BYTES`] before it goes anywhere.
+///
 /// Writing never fails the build: a closed channel or a full disk loses log lines, not
 /// the build (the latter is logged once with `tracing`).
 #[derive(Debug, Clone, Default)]
 pub struct LogSink {
     tx: Option<UnboundedSender<String>>,
     file: Option<Arc<Mutex<LogFile>>>,
+    redactor: Arc<RwLock<secrets::Redactor>>,
 }
 
 #[derive(Debug)]
@@ -126,7 +143,7 @@ impl From<UnboundedSender<String>> for LogSink {
 impl LogSink {
     /// Sends every line to `tx`.
     pub fn new(tx: UnboundedSender<String>) -> Self {
-        LogSink { tx: Some(tx), file: None }
+        LogSink { tx: Some(tx), ..LogSink::default() }
     }
 
     /// Drops every line (tests, tools).
@@ -138,12 +155,40 @@ impl LogSink {
     pub fn with_file(&self, path: &Path) -> std::io::Result<LogSink> {
         let file = std::fs::File::create(path)?;
         let file = LogFile { path: path.to_path_buf(), file: std::io::LineWriter::new(file), failed: false };
-        Ok(LogSink { tx: self.tx.clone(), file: Some(Arc::new(Mutex::new(file))) })
+        Ok(LogSink {
+            tx: self.tx.clone(),
+            file: Some(Arc::new(Mutex::new(file))),
+            redactor: self.redactor.clone(),
+        })
+    }
+
+    /// Masks `secrets`' values in every later line of this sink and its clones.
+    pub fn add_secrets(&self, secrets: &secrets::SecretArgs) {
+        if let Ok(mut redactor) = self.redactor.write() {
+            redactor.extend(&secrets.redactor());
+        }
+    }
+
+    /// `text` with the known secret values masked.
+    pub fn redact(&self, text: &str) -> String {
+        match self.redactor.read() {
+            Ok(redactor) => redactor.redact(text),
+            // Never let text out unmasked.
+            Err(_) => secrets::MASK.to_string(),
+        }
+    }
+
+    /// A failure reason fit to leave the node: secrets masked, each line cut at
+    /// [`MAX_LOG_LINE_BYTES`], the whole at [`MAX_FAILURE_BYTES`].
+    pub fn clean_reason(&self, reason: &str) -> String {
+        let masked = self.redact(reason);
+        let lines: Vec<String> = masked.split('\n').map(|l| cut(l, MAX_LOG_LINE_BYTES)).collect();
+        cut(&lines.join("\n"), MAX_FAILURE_BYTES)
     }
 
     /// Records one line (a trailing newline is not needed).
     pub fn line(&self, line: impl Into<String>) {
-        let line = line.into();
+        let line = cut(&self.redact(&line.into()), MAX_LOG_LINE_BYTES);
         if let Some(file) = &self.file {
             if let Ok(mut f) = file.lock() {
                 if !f.failed {
@@ -159,6 +204,18 @@ impl LogSink {
             let _ = tx.send(line);
         }
     }
+}
+
+/// `text` cut to at most about `max` bytes (at a character boundary), saying how much went.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} bytes cut)", &text[..end], text.len() - end)
 }
 
 /// Runs one build attempt end to end and reports what it produced or why it failed.
@@ -197,7 +254,10 @@ pub async fn run_build(
         )),
         Err(failure) => log.line(format!("==> {}", failure.to_string().lines().next().unwrap_or_default())),
     }
-    result.map_err(BuildFailure::from)
+    result.map_err(|failure| BuildFailure {
+        phase: failure.phase().to_string(),
+        reason: log.clean_reason(failure.reason()),
+    })
 }
 
 fn open_log(cfg: &PipelineConfig, job: &BuildJob, log: &LogSink) -> Result<LogSink, Failure> {
@@ -255,7 +315,7 @@ async fn build_in(
     timings.clone_ms = ms(t);
     let b = &manifest.build;
     log.line(format!(
-        "==> manifest: app {}, context {}, dockerfile {}{}{}",
+        "==> manifest: app {}, context {}, dockerfile {}{}{}{}",
         manifest.name,
         b.context,
         b.dockerfile,
@@ -263,10 +323,17 @@ async fn build_in(
         if b.args.is_empty() {
             String::new()
         } else {
-            // Names only: values may be secrets.
+            // Names only: values are not logged.
             format!(", build args {}", b.args.keys().cloned().collect::<Vec<_>>().join(", "))
+        },
+        if b.secret_args.is_empty() {
+            String::new()
+        } else {
+            format!(", secret build args {}", b.secret_args.join(", "))
         }
     ));
+    let secret_args = secrets::load(&cfg.secrets_dir, &job.app, &b.secret_args)?;
+    log.add_secrets(&secret_args);
 
     let t = Instant::now();
     let (clone_dir, context_rel, dockerfile_rel) =
@@ -286,6 +353,7 @@ async fn build_in(
         dockerfile: b.dockerfile.clone(),
         target: b.target.clone(),
         build_args: b.args.clone(),
+        secret_args,
         no_cache: job.no_cache,
         cpu_limit: cfg.cpu_limit,
         memory_limit_bytes: cfg.memory_limit_bytes,
@@ -704,6 +772,30 @@ mod tests {
     }
 
     #[test]
+    fn log_lines_and_failure_reasons_mask_secrets_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let sink = LogSink::new(tx).with_file(&dir.path().join("build.log")).unwrap();
+        let earlier_clone = sink.clone();
+        sink.add_secrets(&secrets::SecretArgs::from_pairs([("TOKEN", "s3cr3t-v4lue")]));
+        earlier_clone.line("token=s3cr3t-v4lue!");
+        earlier_clone.line("x".repeat(MAX_LOG_LINE_BYTES + 10));
+        drop((sink.clone(), earlier_clone));
+        let lines = collect(rx);
+        assert_eq!(lines[0], "token=***!");
+        assert!(lines[1].ends_with("x … (10 bytes cut)"), "{}", &lines[1][MAX_LOG_LINE_BYTES - 10..]);
+        let file = std::fs::read_to_string(dir.path().join("build.log")).unwrap();
+        assert!(file.starts_with("token=***!\n") && !file.contains("s3cr3t"), "the file is masked too");
+
+        let reason = format!("Step 2/2 : RUN x: failed\nlast lines:\ns3cr3t-v4lue\n{}", "y".repeat(1 << 20));
+        let clean = sink.clean_reason(&reason);
+        assert!(clean.starts_with("Step 2/2 : RUN x: failed\nlast lines:\n***\nyyy"), "{}", &clean[..60]);
+        assert!(clean.len() <= MAX_LOG_LINE_BYTES + 100, "{}", clean.len());
+        let many = format!("{}\n", "z".repeat(1000)).repeat(1000);
+        assert!(sink.clean_reason(&many).len() <= MAX_FAILURE_BYTES + 40);
+    }
+
+    #[test]
     fn a_job_is_made_from_an_assignment() {
         let a = BuildAssignment {
             build_id: "b-1".into(),
@@ -770,6 +862,45 @@ mod tests {
         let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
         assert_eq!(err.phase, "manifest");
         assert!(err.reason.contains("regular file"), "{}", err.reason);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_manifest_is_refused_before_it_is_read() {
+        let repo = GitRepo::new();
+        let big = format!("name = \"shop\"\n# {}\n", "x".repeat(70_000));
+        repo.commit(&[("slipway.toml", &big)], "x");
+        let (_tmp, root) = build_root();
+        let j = job(&repo.url(), "shop", "127.0.0.1:5000");
+        let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "manifest");
+        assert!(
+            err.reason.contains(&format!("is {} bytes; the limit is 65536", big.len())),
+            "{}",
+            err.reason
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_missing_on_the_node_fails_naming_its_file() {
+        let repo = GitRepo::new();
+        repo.commit(
+            &[
+                ("slipway.toml", "name = \"shop\"\n[build]\nsecret_args = [\"NPM_TOKEN\"]\n"),
+                ("Dockerfile", "FROM scratch\n"),
+            ],
+            "x",
+        );
+        let (tmp, root) = build_root();
+        let cfg = PipelineConfig { secrets_dir: tmp.path().join("secrets"), ..config(&root) };
+        let j = job(&repo.url(), "shop", "127.0.0.1:5000");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let err = run_build(&unreachable_docker(), &cfg, &j, LogSink::new(tx)).await.unwrap_err();
+        assert_eq!(err.phase, "setup", "{}", err.reason);
+        let file = tmp.path().join("secrets/shop/NPM_TOKEN");
+        assert!(err.reason.contains(&format!("in {} on every build node", file.display())), "{}", err.reason);
+        assert!(err.reason.ends_with("or remove NPM_TOKEN from build.secret_args"), "{}", err.reason);
+        let lines = collect(rx);
+        assert!(lines.iter().any(|l| l.ends_with(", secret build args NPM_TOKEN")), "{lines:#?}");
     }
 
     #[tokio::test]
@@ -878,6 +1009,75 @@ mod tests {
             ],
         )
         .await;
+    }
+
+    /// A secret build argument reaches `RUN` (which checks its length and prefix) and
+    /// nothing else: every log line (what the session sends as events), the log file, the
+    /// failure reason and the output show `***`, and the final stage's history is clean.
+    #[tokio::test]
+    async fn a_secret_build_arg_reaches_the_build_and_nothing_else() {
+        const TEST: &str = "a_secret_build_arg_reaches_the_build_and_nothing_else";
+        let Some(docker) = docker_or_skip(TEST).await else { return };
+        let base = match busybox_image(&docker).await {
+            Ok(base) => base,
+            Err(e) => return skip_or_fail(TEST, &e),
+        };
+        let registry = match Registry::start() {
+            Ok(r) => r,
+            Err(e) => return skip_or_fail(TEST, &e),
+        };
+        let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4().simple());
+        let (tmp, root) = build_root();
+        let secrets_dir = tmp.path().join("secrets");
+        std::fs::create_dir_all(secrets_dir.join("vault")).unwrap();
+        std::fs::write(secrets_dir.join("vault/NPM_TOKEN"), format!("{secret}\n")).unwrap();
+        let cfg = PipelineConfig { secrets_dir, ..config(&root) };
+        let check = format!(
+            "RUN echo \"token is $NPM_TOKEN\" && test ${{#NPM_TOKEN}} -eq {} && case $NPM_TOKEN in s3cr3t-*) ;; *) exit 1;; esac",
+            secret.len()
+        );
+        let manifest = "name = \"vault\"\n[build]\nsecret_args = [\"NPM_TOKEN\"]\n";
+        let repo = GitRepo::new();
+
+        // A failing step that printed the secret: masked in the reason too.
+        repo.commit(
+            &[
+                ("slipway.toml", manifest),
+                ("Dockerfile", &format!("FROM {base}\nARG NPM_TOKEN\n{check} && false\n")),
+            ],
+            "fails",
+        );
+        let j = job(&repo.url(), "vault", registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let err = run_build(&docker, &cfg, &j, LogSink::new(tx)).await.unwrap_err();
+        assert_eq!(err.phase, "build", "{}", err.reason);
+        assert!(err.reason.contains("token is ***"), "{}", err.reason);
+        assert!(!err.reason.contains(&secret), "{}", err.reason);
+        assert!(collect(rx).iter().all(|l| !l.contains(&secret)));
+
+        repo.commit(
+            &[(
+                "Dockerfile",
+                &format!("FROM {base} AS build\nARG NPM_TOKEN\n{check}\nFROM {base}\nENV DONE=1\n"),
+            )],
+            "works",
+        );
+        let j = job(&repo.url(), "vault", registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let output = run_build(&docker, &cfg, &j, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert!(lines.iter().any(|l| l == "token is ***"), "the build saw it, the log masks it: {lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("secret build args NPM_TOKEN")), "{lines:#?}");
+        for line in &lines {
+            assert!(!line.contains(&secret), "{line}");
+        }
+        let file = std::fs::read_to_string(root.join("logs").join(format!("{}-1.log", j.build_id))).unwrap();
+        assert!(!file.contains(&secret));
+        assert!(!format!("{output:?}").contains(&secret));
+        let image = format!("{}:{}", output.repository, j.build_id);
+        let history = docker.image_history(&image).await.unwrap();
+        assert!(history.iter().all(|h| !h.created_by.contains(&secret)), "{history:#?}");
+        remove_images(&docker, &[image, format!("{}:latest", output.repository)]).await;
     }
 
     #[tokio::test]
