@@ -151,7 +151,7 @@ async fn renew(schedulers: &[String], transport: &Transport) -> Result<(String, 
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                errors.push(format!("{addr}: {e}"));
+                errors.push(format!("{addr}: {}", tls::error_chain(&e)));
                 continue;
             }
         };

@@ -209,7 +209,10 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint.connect().await.map_err(|e| SessionEnd::Failed(format!("connect: {e}")))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| SessionEnd::Failed(format!("connect: {}", slipway_proto::tls::error_chain(&e))))?;
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(slipway_proto::validate::MAX_AGENT_MESSAGE_BYTES);
 

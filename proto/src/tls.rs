@@ -427,7 +427,28 @@ pub async fn connect_pinned(addr: &str, ca_digest: &str) -> Result<Channel, Stri
             }
         }))
         .await
-        .map_err(|e| format!("cannot reach the scheduler at {addr} over TLS pinned to CA {ca_digest}: {e}"))
+        .map_err(|e| {
+            format!(
+                "cannot reach the scheduler at {addr} over TLS pinned to CA {ca_digest}: {}",
+                error_chain(&e)
+            )
+        })
+}
+
+/// An error with its causes, `outer: inner: innermost` (transport errors keep the
+/// useful part, such as a certificate problem, in their sources).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Trusts a server chain whose CA certificate has the pinned digest.

@@ -11,7 +11,7 @@
 //! a CSR, so an agent's or operator's private key never leaves its machine.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
@@ -131,8 +131,21 @@ impl Ca {
 
     /// A key and certificate for `who`, made here (a scheduler's own, or a test's).
     pub fn issue(&self, who: &PeerIdentity, validity: Duration) -> Result<Credentials, PkiError> {
+        let now = SystemTime::now();
+        self.issue_between(who, now - BACKDATE.min(validity / 10), now + validity)
+    }
+
+    /// A key and certificate for `who`, valid from `not_before` to `not_after`.
+    pub fn issue_between(
+        &self,
+        who: &PeerIdentity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Credentials, PkiError> {
         let key = KeyPair::generate().map_err(err)?;
-        let cert = leaf_params(who, validity)?.signed_by(&key, &self.issuer()?).map_err(err)?;
+        let mut params = leaf_params(who, Duration::ZERO)?;
+        set_validity_between(&mut params, not_before, not_after);
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(err)?;
         let mut cert_pem = cert.pem();
         if who.role == Role::Scheduler {
             // Servers send the CA along, so a joining agent can check it against its token.
@@ -169,10 +182,16 @@ fn leaf_params(who: &PeerIdentity, validity: Duration) -> Result<CertificatePara
     Ok(params)
 }
 
+/// Valid from a little before now (clocks a little behind: at most [`BACKDATE`], a
+/// tenth of the lifetime for short ones) for `validity`.
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
-    params.not_after = now + validity;
+    let now = std::time::SystemTime::now();
+    set_validity_between(params, now - BACKDATE.min(validity / 10), now + validity);
+}
+
+fn set_validity_between(params: &mut CertificateParams, not_before: SystemTime, not_after: SystemTime) {
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), PkiError> {

@@ -135,6 +135,8 @@ pub struct TestCluster {
     members: Vec<Member>,
     /// Extra `[raft]` settings written into every member's config.
     raft_settings: String,
+    /// Extra `[tls]` settings written into every member's config.
+    tls_settings: String,
     /// Agent `n` is `agents[n - 1]`.
     agents: Vec<Agent>,
     /// The CA shared by the founding members of a replicated cluster (`tls.ca_dir`).
@@ -161,7 +163,14 @@ impl TestCluster {
     /// One scheduler on loopback, an agent, a registry; or None after a loud skip
     /// where Docker is missing.
     pub async fn start(stack: &str) -> Option<TestCluster> {
+        Self::start_with_tls(stack, "").await
+    }
+
+    /// [`start`](Self::start) with extra settings for the scheduler's `[tls]` section
+    /// (e.g. `agent_cert_validity_secs = 30`).
+    pub async fn start_with_tls(stack: &str, tls: &str) -> Option<TestCluster> {
         let mut cluster = Self::prepare(stack).await?;
+        cluster.tls_settings = tls.to_string();
         cluster.members.push(Member {
             id: 1,
             grpc_addr: format!("127.0.0.1:{}", free_port()),
@@ -195,6 +204,7 @@ impl TestCluster {
             stack: stack.to_string(),
             members: Vec::new(),
             raft_settings: String::new(),
+            tls_settings: String::new(),
             agents: Vec::new(),
             ca_dir: None,
             agent_token: None,
@@ -278,6 +288,7 @@ impl TestCluster {
             stack: stack.to_string(),
             members: Vec::new(),
             raft_settings: String::new(),
+            tls_settings: String::new(),
             agents: Vec::new(),
             ca_dir: None,
             agent_token: None,
@@ -440,7 +451,8 @@ impl TestCluster {
             self.registry_addr,
             self.stack,
             self.scheduler_docker_socket,
-            self.ca_dir.as_ref().map(|d| format!("ca_dir = \"{}\"\n", d.display())).unwrap_or_default(),
+            self.ca_dir.as_ref().map(|d| format!("ca_dir = \"{}\"\n", d.display())).unwrap_or_default()
+                + &self.tls_settings,
         );
         std::fs::write(self.path(&format!("scheduler-{}.toml", m.id)), config)
             .expect("write scheduler config");

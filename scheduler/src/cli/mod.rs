@@ -233,7 +233,8 @@ static TRANSPORT: std::sync::OnceLock<Transport> = std::sync::OnceLock::new();
 async fn connect(addr: &str) -> std::result::Result<ControlClient<Channel>, String> {
     let transport = TRANSPORT.get().cloned().unwrap_or(Transport::Insecure);
     let endpoint = transport.endpoint(addr)?.connect_timeout(Duration::from_secs(3));
-    let channel = endpoint.connect().await.map_err(|e| format!("{addr}: {e}"))?;
+    let channel =
+        endpoint.connect().await.map_err(|e| format!("{addr}: {}", slipway_proto::tls::error_chain(&e)))?;
     Ok(ControlClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
