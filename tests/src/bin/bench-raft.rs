@@ -1,0 +1,812 @@
+//! `cargo run --release -p slipway-tests --bin bench-raft [SECONDS_PER_POINT] [KILLS]`:
+//! what slipway's raft-replicated store costs, against etcd taking the same writes.
+//!
+//! Measures, in one run, on loopback:
+//! - **committed writes/s** of a 3-member slipway scheduler cluster (release build,
+//!   default `[raft]` timings) at 1, 16 and 64 concurrent clients, with latency p50/p99,
+//!   side by side with a 3-member etcd 3.4 cluster (Debian's `etcd-server`, installed
+//!   with apt-get when `etcd` is missing) taking writes of the same size. Each point
+//!   warms up for [`WARMUP`], then measures SECONDS_PER_POINT (default 10); slipway's
+//!   and etcd's points alternate, so both see the same noise.
+//! - **leader failover**: KILLS times (default 20), `kill -9` the slipway leader and
+//!   time until a write is committed by a new leader, one client trying the surviving
+//!   members in turn and following their "not the leader" hints (a hint naming the dead
+//!   leader, or none, means a [`FAILOVER_RETRY_PAUSE`] and the next member); then
+//!   restart the killed member and wait until its applied index reaches the leader's.
+//!
+//! The slipway write is the leader's whole write path: the internal `Raft` service's
+//! `ForwardWrite` runs `client_write` on the member it reaches (a follower refuses,
+//! naming the leader): append to the sled log and flush it, replicate to a majority,
+//! apply to the state machine, answer. etcd's clients send `KV.Put` to the leader too
+//! (found with `Maintenance.Status`), so neither system pays for forwarding. Every
+//! client has its own HTTP/2 connection.
+//!
+//! **Which write.** The command is `RegisterNode` of a new node whose record is padded
+//! (one label) to the size of a queued build record, measured from a real `QueueBuild`
+//! at the start; etcd puts values of that size. Not `QueueBuild` itself: with no agent
+//! connected every queued build waits, and a waiting build costs the leader far more
+//! than its write. The dispatcher walks the whole queue after every applied entry,
+//! holding the state's read lock that `apply` needs, and publishes a `Placement` event
+//! for each new waiting build, which opens an events topic with a 4096-slot broadcast
+//! channel (`events.rs`) kept until the build ends: about 1.3 MB each. A trial run with
+//! `QueueBuild` took the leader to 14 GB after 10,000 builds, and a new leader to 90 %
+//! CPU. `queue_timeout_secs` does not help: expiring a build is one more write, and its
+//! topic stays for 10 minutes. `RegisterNode` creates a record of the same size in the
+//! replicated state (the state and its snapshots grow as with builds), and nothing on
+//! the leader scans nodes per entry.
+//!
+//! Each member of either system has its own data dir under one temporary directory
+//! (one filesystem) and keeps its default durability; the output's header says what
+//! each one syncs to disk before it acknowledges.
+//!
+//! The clients run in this process on the same cores as both clusters, and the
+//! machine may be shared: only the ratios within one run mean much.
+
+use std::path::{Path, PathBuf};
+use std::process::{self, Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use slipway_proto::control_client::ControlClient;
+use slipway_proto::raft_client::RaftClient;
+use slipway_proto::{ClusterStatusRequest, ClusterStatusResponse, RaftPayload};
+use slipway_scheduler::raft::network::{endpoint, ForwardedWrite, LEADER_ADDR_METADATA};
+use slipway_scheduler::state::{Command, NodeRecord, Response};
+use slipway_tests::cluster::{binary, PROFILE_ENV};
+use slipway_tests::free_port;
+use tonic::transport::Channel;
+
+/// Generated client code for the subset of etcd's v3 API in `tests/proto/etcd/rpc.proto`.
+#[allow(clippy::all, missing_docs)]
+mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use etcdserverpb::kv_client::KvClient;
+use etcdserverpb::maintenance_client::MaintenanceClient;
+use etcdserverpb::{PutRequest, StatusRequest};
+
+/// Concurrent clients of each throughput point.
+const CLIENT_COUNTS: [usize; 3] = [1, 16, 64];
+/// Writes before each point's measurement starts (connections, caches, batching).
+const WARMUP: Duration = Duration::from_secs(2);
+/// Members of each cluster.
+const MEMBERS: u64 = 3;
+/// The app of the build whose record sizes the writes.
+const APP: &str = "bench";
+/// Deadline of one write during the throughput points.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of one write attempt while the cluster elects a new leader.
+const FAILOVER_TRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between failed write attempts during a failover (no member leads yet).
+const FAILOVER_RETRY_PAUSE: Duration = Duration::from_millis(5);
+/// How long a cluster may take to form, or a restarted member to catch up.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let kills: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    std::env::set_var(PROFILE_ENV, "release");
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        tokio::select! {
+            () = run(Duration::from_secs(seconds), kills) => {}
+            // Dropping `run` kills both clusters and removes their data dirs.
+            _ = tokio::signal::ctrl_c() => eprintln!("interrupted: stopping both clusters"),
+        }
+    });
+}
+
+async fn run(measure: Duration, kills: usize) {
+    let etcd_bin = ensure_etcd();
+    let scheduler_bin = binary("slipway-scheduler");
+    // Dropped last: both clusters are killed before their data dirs go.
+    let root = tempfile::Builder::new().prefix("slipway-bench-raft-").tempdir().expect("tempdir");
+    eprintln!("starting 3 slipway schedulers and 3 etcd members in {}", root.path().display());
+    let mut slipway = Slipway::start(&scheduler_bin, root.path()).await;
+    let etcd = Etcd::start(&etcd_bin, root.path()).await;
+
+    let leader = slipway.leader().await;
+    let created = slipway.write(leader, &create_app()).await.expect("create the bench app");
+    assert!(matches!(created.response, Response::App(_)), "CreateApp answered {:?}", created.response);
+    let record = build_record(&slipway, leader).await;
+    let writes = NodeWrites::sized_like(record.len());
+    let first = slipway.write(leader, &writes.command(0)).await.expect("register a first node");
+    let Response::Node(node) = &first.response else {
+        panic!("RegisterNode answered {:?}", first.response);
+    };
+    let node_bytes = serde_json::to_vec(node).expect("encode the node record").len();
+    let command_bytes = serde_json::to_vec(&writes.command(0)).expect("encode the command").len();
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "bench-raft: 3-member clusters on loopback; {cores} cores shared by both clusters and the clients"
+    );
+    println!("  data dirs: {} ({})", root.path().display(), filesystem_of(root.path()));
+    println!(
+        "  slipway {} (release build), default [raft]: heartbeat 150 ms, election timeout 600-1200 ms",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("  etcd {} ({}), its defaults", etcd.version, etcd_bin.display());
+    println!(
+        "  a write: slipway ForwardWrite(RegisterNode) to the leader: a {node_bytes}-byte node record \
+         ({command_bytes}-byte command),"
+    );
+    println!(
+        "           as large as a queued build record (not QueueBuild: waiting builds load the leader's \
+         dispatcher);"
+    );
+    println!("           etcd Put to the leader of a {}-byte value under /slipway/builds/<n>", record.len());
+    println!("  synced before a write is acknowledged, on the leader and on a follower:");
+    println!("    slipway: the sled log, by sled's flush, which on Linux is sync_file_range of the written");
+    println!("             range (no fdatasync: neither file metadata nor the disk's write cache)");
+    println!("    etcd:    the WAL, by fdatasync (its bbolt backend commits with fdatasync every 100 ms");
+    println!("             or 10,000 writes, in the background)");
+    println!("  {WARMUP:?} warm-up, then {measure:?} per point; the two systems take turns");
+    println!();
+
+    throughput(&slipway, &etcd, writes, &record, measure).await;
+    drop(etcd);
+    println!();
+    failovers(&mut slipway, writes, kills).await;
+}
+
+/// Runs the throughput points and prints their table.
+async fn throughput(slipway: &Slipway, etcd: &Etcd, writes: NodeWrites, record: &[u8], measure: Duration) {
+    let mut rows = Vec::new();
+    for clients in CLIENT_COUNTS {
+        eprintln!("point: {clients} clients, slipway");
+        let leader = slipway.leader().await;
+        let s = load(slipway.writers(leader, clients, writes).await, measure).await;
+        eprintln!("point: {clients} clients, etcd");
+        let e = load(etcd.writers(clients, record).await, measure).await;
+        rows.push((clients, s, e));
+    }
+    println!(
+        "{:>7}  {:>21}  {:>15}  {:>21}  {:>15}  {:>12}",
+        "clients", "slipway writes/s", "p50 / p99 ms", "etcd writes/s", "p50 / p99 ms", "slipway/etcd"
+    );
+    for (clients, s, e) in &rows {
+        println!(
+            "{clients:>7}  {:>21}  {:>15}  {:>21}  {:>15}  {:>12.2}",
+            s.rate(),
+            s.latencies(),
+            e.rate(),
+            e.latencies(),
+            s.writes_per_sec / e.writes_per_sec
+        );
+    }
+}
+
+/// Kills the slipway leader `kills` times and prints how long each failover took.
+async fn failovers(slipway: &mut Slipway, writes: NodeWrites, kills: usize) {
+    println!("leader failover, slipway: kill -9 the leader; time until a new leader commits a write");
+    println!(
+        "  (openraft 0.9: a follower campaigns once it heard no leader for its leader lease, the \
+         election timeout's max,"
+    );
+    println!(
+        "  plus a random election timeout: 1.8-2.4 s after the last heartbeat here, then an \
+         election and a commit)"
+    );
+    let (mut samples, mut catch_ups) = (Vec::new(), Vec::new());
+    for round in 1..=kills {
+        let (failover, catch_up) = slipway.fail_over(writes).await;
+        eprintln!(
+            "kill {round}/{kills}: a new leader committed after {failover:?}; \
+             the restarted member caught up after {catch_up:?}"
+        );
+        samples.push(failover);
+        catch_ups.push(catch_up);
+    }
+    if samples.is_empty() {
+        return;
+    }
+    let in_order: Vec<String> = samples.iter().map(|d| d.as_millis().to_string()).collect();
+    samples.sort();
+    catch_ups.sort();
+    println!(
+        "  {} kills: median {} ms, max {} ms",
+        samples.len(),
+        quantile(&samples, 0.5).as_millis(),
+        quantile(&samples, 1.0).as_millis()
+    );
+    println!("  samples (ms, in order): {}", in_order.join(" "));
+    println!(
+        "  the restarted member's applied index reached the leader's {} ms after its restart \
+         (median; max {} ms)",
+        quantile(&catch_ups, 0.5).as_millis(),
+        quantile(&catch_ups, 1.0).as_millis()
+    );
+}
+
+/// The app of the build whose record sizes the writes.
+fn create_app() -> Command {
+    Command::CreateApp {
+        name: APP.into(),
+        repo: "https://git.example.com/acme/bench.git".into(),
+        branch: "main".into(),
+        at_ms: slipway_scheduler::now_ms(),
+    }
+}
+
+/// A queued build of the bench app as slipway records it (JSON, as in its snapshots),
+/// for a full commit id (as `slipway deploy` sends once it resolved the ref). The build
+/// is cancelled at once, so no build waits in the queue during the run.
+async fn build_record(slipway: &Slipway, leader: u64) -> Vec<u8> {
+    let queue = Command::QueueBuild {
+        app: APP.into(),
+        git_ref: "3f786850e387550fdab836ed7e6dc881de23001b".into(),
+        no_cache: false,
+        request_id: Some(format!("bench-raft-{:016}", 0)),
+        at_ms: slipway_scheduler::now_ms(),
+    };
+    let queued = slipway.write(leader, &queue).await.expect("queue a build");
+    let Response::Build(build) = &queued.response else {
+        panic!("QueueBuild answered {:?}", queued.response);
+    };
+    let cancel = Command::CancelBuild {
+        build_id: build.id.clone(),
+        reason: "bench-raft: only its size was needed".into(),
+        at_ms: slipway_scheduler::now_ms(),
+    };
+    let cancelled = slipway.write(leader, &cancel).await.expect("cancel the build");
+    assert!(
+        matches!(cancelled.response, Response::Build(_)),
+        "CancelBuild answered {:?}",
+        cancelled.response
+    );
+    serde_json::to_vec(build).expect("encode the build record")
+}
+
+/// The slipway write of the throughput points and the failovers: `RegisterNode` of a
+/// new node whose record, padded with one label, is as large as a build record.
+#[derive(Debug, Clone, Copy)]
+struct NodeWrites {
+    label_bytes: usize,
+}
+
+impl NodeWrites {
+    /// Writes whose node record serializes to `record_bytes` (ids have a fixed width).
+    fn sized_like(record_bytes: usize) -> NodeWrites {
+        let unpadded = NodeWrites { label_bytes: 0 }.record(0);
+        let unpadded = serde_json::to_vec(&unpadded).expect("encode node record").len();
+        NodeWrites { label_bytes: record_bytes.saturating_sub(unpadded) }
+    }
+
+    /// Registration of node number `n`.
+    fn command(&self, n: u64) -> Command {
+        let NodeRecord { id, name, labels, registered_at_ms, .. } = self.record(n);
+        Command::RegisterNode { id, name, labels, at_ms: registered_at_ms }
+    }
+
+    /// The record [`command`](Self::command) creates.
+    fn record(&self, n: u64) -> NodeRecord {
+        NodeRecord {
+            id: format!("bench-node-{n:016}"),
+            name: format!("bench-{n:016}"),
+            labels: [("pad".to_string(), "x".repeat(self.label_bytes))].into(),
+            draining: false,
+            registered_at_ms: slipway_scheduler::now_ms(),
+        }
+    }
+}
+
+/// Numbers for writes (node ids, etcd keys), unique in the run.
+fn next_write() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A child process, `kill -9`ed and reaped when dropped.
+struct Running(Child);
+
+impl Running {
+    /// Starts `command` with its stdout and stderr appended to `log`.
+    fn spawn(mut command: process::Command, log: &Path) -> Running {
+        let log = std::fs::File::options().create(true).append(true).open(log).expect("open log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+        Running(child)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `127.0.0.1:PORT` on a port free a moment ago.
+fn loopback() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// One scheduler of the bench cluster.
+struct SchedulerMember {
+    id: u64,
+    grpc: String,
+    http: String,
+    config: PathBuf,
+    log: PathBuf,
+    /// The process, while it runs.
+    process: Option<Running>,
+}
+
+/// Three `slipway-scheduler` processes on loopback founding one cluster from static
+/// members, each with its own data dir; dropping it kills them.
+struct Slipway {
+    binary: PathBuf,
+    members: Vec<SchedulerMember>,
+}
+
+impl Slipway {
+    /// Writes the members' configs under `root`, starts them and waits for a leader.
+    async fn start(binary: &Path, root: &Path) -> Slipway {
+        let addrs: Vec<(u64, String, String)> =
+            (1..=MEMBERS).map(|id| (id, loopback(), loopback())).collect();
+        let list: Vec<String> =
+            addrs.iter().map(|(id, grpc, _)| format!("{{ id = {id}, addr = \"{grpc}\" }}")).collect();
+        let members = addrs
+            .into_iter()
+            .map(|(id, grpc, http)| {
+                let config = root.join(format!("slipway-{id}.toml"));
+                let text = format!(
+                    "node_id = {id}\nlisten = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = \"{}\"\n\n\
+                     [cluster]\nmembers = [{}]\n",
+                    root.join(format!("slipway-{id}")).display(),
+                    list.join(", ")
+                );
+                std::fs::write(&config, text).expect("write scheduler config");
+                let log = root.join(format!("slipway-{id}.log"));
+                SchedulerMember { id, grpc, http, config, log, process: None }
+            })
+            .collect();
+        let mut cluster = Slipway { binary: binary.to_path_buf(), members };
+        for id in 1..=MEMBERS {
+            cluster.start_member(id).await;
+        }
+        cluster.leader().await;
+        cluster
+    }
+
+    fn member(&self, id: u64) -> &SchedulerMember {
+        self.members.iter().find(|m| m.id == id).unwrap_or_else(|| panic!("no scheduler {id}"))
+    }
+
+    fn member_mut(&mut self, id: u64) -> &mut SchedulerMember {
+        self.members.iter_mut().find(|m| m.id == id).unwrap_or_else(|| panic!("no scheduler {id}"))
+    }
+
+    /// Starts (or restarts, from its data dir) member `id` and waits until it serves.
+    async fn start_member(&mut self, id: u64) {
+        let mut command = process::Command::new(&self.binary);
+        let m = self.member_mut(id);
+        command.arg("--config").arg(&m.config).env("RUST_LOG", "warn");
+        m.process = Some(Running::spawn(command, &m.log));
+        let url = format!("http://{}/healthz", m.http);
+        if let Err(e) = slipway_tests::wait_for_http(&url, SETTLE_TIMEOUT).await {
+            panic!("scheduler {id} does not serve: {e}\n{}", tail(&m.log, 20));
+        }
+    }
+
+    /// `kill -9` member `id`.
+    fn kill(&mut self, id: u64) {
+        self.member_mut(id).process = None;
+    }
+
+    /// The cluster as member `id` sees it.
+    async fn status(&self, id: u64) -> Result<ClusterStatusResponse, tonic::Status> {
+        let channel = connect(endpoint(&self.member(id).grpc)).await?;
+        let mut request = tonic::Request::new(ClusterStatusRequest {});
+        request.set_timeout(Duration::from_secs(2));
+        Ok(ControlClient::new(channel).cluster_status(request).await?.into_inner())
+    }
+
+    /// Waits until every running member names the same leader, which claims to lead.
+    async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let mut views = Vec::new();
+            for m in self.members.iter().filter(|m| m.process.is_some()) {
+                views.push(self.status(m.id).await.ok());
+            }
+            let leader = views[0].as_ref().map_or(0, |v| v.leader_id);
+            let agreed = views.iter().all(|v| v.as_ref().is_some_and(|v| v.leader_id == leader));
+            let claimed = views.iter().flatten().any(|v| v.node_id == leader && v.state == "Leader");
+            if leader != 0 && agreed && claimed {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed slipway leader after {SETTLE_TIMEOUT:?}: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `cmd` to member `id` over `ForwardWrite`.
+    async fn write(&self, id: u64, cmd: &Command) -> Result<ForwardedWrite, tonic::Status> {
+        let mut client = RaftClient::new(connect(endpoint(&self.member(id).grpc)).await?);
+        forward_write(&mut client, cmd, WRITE_TIMEOUT).await
+    }
+
+    /// `clients` writers of node registrations to member `leader`, each on its own connection.
+    async fn writers(&self, leader: u64, clients: usize, writes: NodeWrites) -> Vec<Writer> {
+        let mut writers = Vec::new();
+        for _ in 0..clients {
+            let channel = connect(endpoint(&self.member(leader).grpc)).await.expect("connect to the leader");
+            writers.push(Writer::Slipway { client: RaftClient::new(channel), writes });
+        }
+        writers
+    }
+
+    /// Kills the leader, times the first write a new leader commits, restarts the
+    /// killed member and waits until it caught up. Returns (failover, catch-up) times.
+    async fn fail_over(&mut self, writes: NodeWrites) -> (Duration, Duration) {
+        let leader = self.leader().await;
+        let dead = self.member(leader).grpc.clone();
+        let mut survivors = Vec::new();
+        for m in self.members.iter().filter(|m| m.id != leader) {
+            let channel = endpoint(&m.grpc).expect("valid address").connect_lazy();
+            survivors.push((m.grpc.clone(), RaftClient::new(channel)));
+        }
+
+        let killed_at = Instant::now();
+        self.kill(leader);
+        let (mut turn, mut hint) = (0, None::<String>);
+        let failover = loop {
+            let i = match hint.take().and_then(|h| survivors.iter().position(|(addr, _)| *addr == h)) {
+                Some(i) => i,
+                None => {
+                    turn += 1;
+                    turn % survivors.len()
+                }
+            };
+            match forward_write(&mut survivors[i].1, &writes.command(next_write()), FAILOVER_TRY_TIMEOUT)
+                .await
+            {
+                Ok(written) => {
+                    assert!(matches!(written.response, Response::Node(_)), "{:?}", written.response);
+                    break killed_at.elapsed();
+                }
+                Err(status) => {
+                    hint = status
+                        .metadata()
+                        .get(LEADER_ADDR_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|addr| *addr != dead)
+                        .map(str::to_string);
+                    if hint.is_none() {
+                        tokio::time::sleep(FAILOVER_RETRY_PAUSE).await;
+                    }
+                }
+            }
+            assert!(killed_at.elapsed() < SETTLE_TIMEOUT, "no new leader took a write in {SETTLE_TIMEOUT:?}");
+        };
+
+        let restarted_at = Instant::now();
+        self.start_member(leader).await;
+        loop {
+            let new_leader = self.leader().await;
+            if let (Ok(l), Ok(m)) = (self.status(new_leader).await, self.status(leader).await) {
+                if m.last_applied_index >= l.last_applied_index {
+                    break;
+                }
+            }
+            assert!(
+                restarted_at.elapsed() < SETTLE_TIMEOUT,
+                "restarted scheduler {leader} did not catch up in {SETTLE_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (failover, restarted_at.elapsed())
+    }
+}
+
+impl Drop for Slipway {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.process = None;
+        }
+        if std::thread::panicking() {
+            for m in &self.members {
+                eprintln!("--- scheduler {} log (tail) ---\n{}", m.id, tail(&m.log, 30));
+            }
+        }
+    }
+}
+
+/// Connects a channel (the error as a status, for callers that answer statuses).
+async fn connect(
+    endpoint: Result<tonic::transport::Endpoint, tonic::transport::Error>,
+) -> Result<Channel, tonic::Status> {
+    let endpoint = endpoint.map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    endpoint.connect().await.map_err(|e| tonic::Status::unavailable(e.to_string()))
+}
+
+/// One `ForwardWrite` of `cmd`, decoded.
+async fn forward_write(
+    client: &mut RaftClient<Channel>,
+    cmd: &Command,
+    timeout: Duration,
+) -> Result<ForwardedWrite, tonic::Status> {
+    let json = serde_json::to_vec(cmd).expect("encode command");
+    let mut request = tonic::Request::new(RaftPayload { json });
+    request.set_timeout(timeout);
+    let reply = client.forward_write(request).await?.into_inner();
+    serde_json::from_slice(&reply.json)
+        .map_err(|e| tonic::Status::internal(format!("undecodable answer: {e}")))
+}
+
+/// One etcd member of the baseline cluster.
+struct EtcdMember {
+    /// Its client URL's `host:port`.
+    client: String,
+    log: PathBuf,
+    process: Option<Running>,
+}
+
+/// Three etcd members on loopback founding one cluster, each with its own data dir;
+/// dropping it kills them.
+struct Etcd {
+    members: Vec<EtcdMember>,
+    /// Client address of the leader.
+    leader: String,
+    /// What the leader says it runs.
+    version: String,
+}
+
+impl Etcd {
+    /// Starts the members under `root` and waits until they agree on a leader.
+    async fn start(binary: &Path, root: &Path) -> Etcd {
+        let addrs: Vec<(u64, String, String)> = (1..=MEMBERS).map(|i| (i, loopback(), loopback())).collect();
+        let cluster: Vec<String> = addrs.iter().map(|(i, _, peer)| format!("e{i}=http://{peer}")).collect();
+        let token = format!("bench-raft-{}", std::process::id());
+        let mut members = Vec::new();
+        for (i, client, peer) in addrs {
+            let mut command = process::Command::new(binary);
+            command.args(["--name", &format!("e{i}")]);
+            command.arg("--data-dir").arg(root.join(format!("etcd-{i}")));
+            command.args(["--listen-client-urls", &format!("http://{client}")]);
+            command.args(["--advertise-client-urls", &format!("http://{client}")]);
+            command.args(["--listen-peer-urls", &format!("http://{peer}")]);
+            command.args(["--initial-advertise-peer-urls", &format!("http://{peer}")]);
+            command.args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"]);
+            command.args(["--initial-cluster-token", &token, "--logger", "zap", "--log-level", "warn"]);
+            let log = root.join(format!("etcd-{i}.log"));
+            let process = Some(Running::spawn(command, &log));
+            members.push(EtcdMember { client, log, process });
+        }
+        let mut etcd = Etcd { members, leader: String::new(), version: String::new() };
+        etcd.find_leader().await;
+        etcd
+    }
+
+    /// Asks every member for its status until all name the same leader.
+    async fn find_leader(&mut self) {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let mut views = Vec::new();
+            for m in &self.members {
+                views.push((m.client.clone(), etcd_status(&m.client).await));
+            }
+            let leaders: Vec<u64> = views.iter().map(|(_, v)| v.as_ref().map_or(0, |v| v.leader)).collect();
+            if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+                let answered_by_leader = |v: &etcdserverpb::StatusResponse| {
+                    v.header.as_ref().is_some_and(|h| h.member_id == leaders[0])
+                };
+                if let Some((addr, Ok(status))) =
+                    views.iter().find(|(_, v)| v.as_ref().is_ok_and(answered_by_leader))
+                {
+                    self.leader = addr.clone();
+                    self.version = status.version.clone();
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed etcd leader after {SETTLE_TIMEOUT:?}: {views:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `clients` writers of `value` to the leader, each on its own connection.
+    async fn writers(&self, clients: usize, value: &[u8]) -> Vec<Writer> {
+        let mut writers = Vec::new();
+        for _ in 0..clients {
+            let channel = connect(etcd_endpoint(&self.leader)).await.expect("connect to the etcd leader");
+            writers.push(Writer::Etcd { client: KvClient::new(channel), value: value.to_vec() });
+        }
+        writers
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.process = None;
+        }
+        if std::thread::panicking() {
+            for m in &self.members {
+                eprintln!("--- {} (tail) ---\n{}", m.log.display(), tail(&m.log, 30));
+            }
+        }
+    }
+}
+
+/// The channel settings for an etcd member's client address.
+fn etcd_endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true))
+}
+
+/// `Maintenance.Status` of the etcd member at `addr`.
+async fn etcd_status(addr: &str) -> Result<etcdserverpb::StatusResponse, tonic::Status> {
+    let mut request = tonic::Request::new(StatusRequest {});
+    request.set_timeout(Duration::from_secs(2));
+    let channel = connect(etcd_endpoint(addr)).await?;
+    Ok(MaintenanceClient::new(channel).status(request).await?.into_inner())
+}
+
+/// One client of a throughput point.
+enum Writer {
+    Slipway { client: RaftClient<Channel>, writes: NodeWrites },
+    Etcd { client: KvClient<Channel>, value: Vec<u8> },
+}
+
+impl Writer {
+    /// Write number `n`, committed when this returns Ok.
+    async fn write(&mut self, n: u64) -> Result<(), String> {
+        match self {
+            Writer::Slipway { client, writes } => {
+                match forward_write(client, &writes.command(n), WRITE_TIMEOUT).await {
+                    Ok(ForwardedWrite { response: Response::Node(_), .. }) => Ok(()),
+                    Ok(other) => Err(format!("RegisterNode answered {:?}", other.response)),
+                    Err(status) => Err(status.to_string()),
+                }
+            }
+            Writer::Etcd { client, value } => {
+                let put = PutRequest {
+                    key: format!("/slipway/builds/b-{n}").into_bytes(),
+                    value: value.clone(),
+                    ..Default::default()
+                };
+                let mut request = tonic::Request::new(put);
+                request.set_timeout(WRITE_TIMEOUT);
+                client.put(request).await.map(drop).map_err(|s| s.to_string())
+            }
+        }
+    }
+}
+
+/// What one throughput point measured.
+struct Point {
+    writes_per_sec: f64,
+    /// Latencies of the writes committed in the measured window, sorted.
+    latencies: Vec<Duration>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Point {
+    fn rate(&self) -> String {
+        if self.errors == 0 {
+            format!("{:.0}", self.writes_per_sec)
+        } else {
+            format!("{:.0} ({} errors)", self.writes_per_sec, self.errors)
+        }
+    }
+
+    fn latencies(&self) -> String {
+        format!("{:.1} / {:.1}", ms_f(quantile(&self.latencies, 0.5)), ms_f(quantile(&self.latencies, 0.99)))
+    }
+}
+
+/// Runs every writer in a loop for [`WARMUP`] plus `measure`; counts and times the
+/// writes that completed within `measure`.
+async fn load(writers: Vec<Writer>, measure: Duration) -> Point {
+    let start = Instant::now() + WARMUP;
+    let end = start + measure;
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .map(|mut writer| {
+            tokio::spawn(async move {
+                let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0, None);
+                while Instant::now() < end {
+                    let began = Instant::now();
+                    let result = writer.write(next_write()).await;
+                    let done = Instant::now();
+                    match result {
+                        Ok(()) if done >= start && done <= end => latencies.push(done - began),
+                        Ok(()) => {}
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                (latencies, errors, first_error)
+            })
+        })
+        .collect();
+    let mut point = Point { writes_per_sec: 0.0, latencies: Vec::new(), errors: 0, first_error: None };
+    for task in tasks {
+        let (latencies, errors, first_error) = task.await.expect("writer task");
+        point.latencies.extend(latencies);
+        point.errors += errors;
+        point.first_error = point.first_error.or(first_error);
+    }
+    point.latencies.sort();
+    point.writes_per_sec = point.latencies.len() as f64 / measure.as_secs_f64();
+    if let Some(e) = &point.first_error {
+        eprintln!("  {} writes failed; the first: {e}", point.errors);
+    }
+    assert!(!point.latencies.is_empty(), "no write succeeded: {:?}", point.first_error);
+    point
+}
+
+/// The `q` quantile of sorted samples.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms_f(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The last `n` lines of the file at `path`.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The filesystem type holding `path` (`stat -f`), for the output's header.
+fn filesystem_of(path: &Path) -> String {
+    process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "filesystem unknown".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
+}
+
+/// The `etcd` binary: found on PATH, or installed from Debian's `etcd-server`.
+fn ensure_etcd() -> PathBuf {
+    let find = || {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).map(|dir| dir.join("etcd")).find(|p| p.is_file())
+    };
+    if let Some(found) = find() {
+        return found;
+    }
+    eprintln!(
+        "etcd is not on PATH: installing Debian's etcd-server with apt-get (needs root). \
+         If the package starts its own etcd service, that one keeps 2379/2380; the bench's \
+         members listen on other ports."
+    );
+    let apt = |args: &[&str]| {
+        process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !apt(&["install", "-y", "etcd-server"]) {
+        eprintln!("apt-get install failed; running apt-get update and trying again");
+        assert!(apt(&["update"]), "apt-get update failed");
+        assert!(apt(&["install", "-y", "etcd-server"]), "apt-get install -y etcd-server failed");
+    }
+    find().expect("etcd-server is installed but `etcd` is not on PATH")
+}
