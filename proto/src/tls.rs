@@ -336,10 +336,29 @@ impl Transport {
         let bad = |e: &dyn fmt::Display| format!("bad scheduler address {addr:?}: {e}");
         match self {
             Transport::Insecure => Endpoint::from_shared(crate::endpoint_uri(addr)).map_err(|e| bad(&e)),
-            Transport::Tls(creds) => Endpoint::from_shared(format!("https://{}", strip_scheme(addr)))
-                .map_err(|e| bad(&e))?
-                .tls_config(creds.client_tls())
-                .map_err(|e| bad(&e)),
+            Transport::Tls(creds) => {
+                // The server would just drop the handshake: say it here, with the fix.
+                let info = creds.info()?;
+                let now = SystemTime::now();
+                if let Ok(ago) = now.duration_since(info.not_after) {
+                    return Err(format!(
+                        "the {} certificate expired {} s ago: an operator gets a new one with `slipway cluster \
+                         admin-cert`, an agent joins again with `slipway-agent --join TOKEN`",
+                        info.identity,
+                        ago.as_secs()
+                    ));
+                }
+                if info.not_before > now {
+                    return Err(format!(
+                        "the {} certificate is not valid yet: is this clock right?",
+                        info.identity
+                    ));
+                }
+                Endpoint::from_shared(format!("https://{}", strip_scheme(addr)))
+                    .map_err(|e| bad(&e))?
+                    .tls_config(creds.client_tls())
+                    .map_err(|e| bad(&e))
+            }
         }
     }
 }

@@ -1,0 +1,298 @@
+//! t24: who may talk to slipway. A real scheduler and agent over mutual TLS
+//! ([`TestCluster`]): every gRPC service refuses a caller without a certificate, with
+//! one from another CA, with an expired one, or with the wrong role, and says so; an
+//! agent joins with a token, not with a rotated-out one nor one pinning another CA; an
+//! agent's certificate renews while its session stays open.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use slipway_proto::agent_message::Msg;
+use slipway_proto::agent_service_client::AgentServiceClient;
+use slipway_proto::control_client::ControlClient;
+use slipway_proto::raft_client::RaftClient;
+use slipway_proto::tls::{Credentials, PeerIdentity, Role, Transport, SERVER_NAME};
+use slipway_proto::{self as pb};
+use slipway_scheduler::pki::Ca;
+use slipway_tests::cluster::binary;
+use slipway_tests::TestCluster;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::Code;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A channel to `addr` presenting `creds`.
+async fn channel(addr: &str, creds: Credentials) -> Result<Channel, String> {
+    let endpoint = Transport::Tls(std::sync::Arc::new(creds)).endpoint(addr)?;
+    endpoint.connect().await.map_err(|e| format!("{e:?}"))
+}
+
+/// A channel to `addr` over TLS that trusts the cluster CA but presents no certificate.
+async fn anonymous(addr: &str, ca_pem: &str) -> Channel {
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(SERVER_NAME);
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn list_apps(channel: Channel) -> Result<(), tonic::Status> {
+    ControlClient::new(channel).list_apps(pb::ListAppsRequest {}).await.map(|_| ())
+}
+
+/// Opens an agent session saying Hello as `node_id`; the first answer or the refusal.
+async fn agent_session(channel: Channel, node_id: &str) -> Result<(), tonic::Status> {
+    let hello = pb::AgentMessage {
+        msg: Some(Msg::Hello(pb::Hello {
+            node_id: node_id.into(),
+            name: "intruder".into(),
+            report: Some(pb::NodeReport::default()),
+            ..Default::default()
+        })),
+    };
+    let outbound = tokio_stream::iter(vec![hello]);
+    let mut inbound = AgentServiceClient::new(channel).session(outbound).await?.into_inner();
+    inbound.message().await.map(|_| ())
+}
+
+async fn raft_vote(channel: Channel) -> Result<(), tonic::Status> {
+    RaftClient::new(channel).vote(pb::RaftPayload { json: b"null".to_vec() }).await.map(|_| ())
+}
+
+fn refused(result: Result<(), tonic::Status>, code: Code, needle: &str, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), code, "{what}: {status:?}");
+    assert!(status.message().contains(needle), "{what}: {:?} should say {needle:?}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_refuses_strangers_and_wrong_roles() {
+    let Some(cluster) = TestCluster::start("t24auth").await else { return };
+    let addr = cluster.grpc_addr(1);
+    let ca = cluster.ca();
+    let admin = cluster.admin_credentials().expect("TLS").clone();
+    let agent = ca.issue(&PeerIdentity::new(Role::Agent, "intruder-node"), HOUR).unwrap();
+    let scheduler = ca.issue(&PeerIdentity::new(Role::Scheduler, "9"), HOUR).unwrap();
+    let now = SystemTime::now();
+    let expired =
+        ca.issue_between(&PeerIdentity::new(Role::Admin, "late"), now - 2 * HOUR, now - HOUR).unwrap();
+    let foreign = Ca::create().unwrap().issue(&PeerIdentity::new(Role::Admin, "mallory"), HOUR).unwrap();
+
+    // The control API: operators (and schedulers) only.
+    list_apps(channel(&addr, admin.clone()).await.unwrap()).await.expect("an operator lists apps");
+    let ch = channel(&addr, agent.clone()).await.unwrap();
+    refused(
+        list_apps(ch).await,
+        Code::PermissionDenied,
+        "agent \"intruder-node\" may not call",
+        "agent → control",
+    );
+    let ch = anonymous(&addr, &admin.ca_pem).await;
+    refused(list_apps(ch).await, Code::Unauthenticated, "no client certificate", "anonymous → control");
+
+    // Agent sessions: agents only, each for its own node.
+    let ch = channel(&addr, admin.clone()).await.unwrap();
+    refused(
+        agent_session(ch, "x").await,
+        Code::PermissionDenied,
+        "it is for the agent role",
+        "admin → agent service",
+    );
+    let ch = channel(&addr, agent.clone()).await.unwrap();
+    refused(
+        agent_session(ch, "someone-else").await,
+        Code::PermissionDenied,
+        "speaks for its own node",
+        "agent as another node",
+    );
+    let ch = anonymous(&addr, &admin.ca_pem).await;
+    refused(
+        agent_session(ch, "x").await,
+        Code::Unauthenticated,
+        "no client certificate",
+        "anonymous → agent service",
+    );
+
+    // Raft: schedulers only.
+    for (who, creds) in [("admin", admin.clone()), ("agent", agent.clone())] {
+        let ch = channel(&addr, creds).await.unwrap();
+        refused(
+            raft_vote(ch).await,
+            Code::PermissionDenied,
+            "it is for the scheduler role",
+            &format!("{who} → raft"),
+        );
+    }
+    let ch = anonymous(&addr, &admin.ca_pem).await;
+    refused(raft_vote(ch).await, Code::Unauthenticated, "no client certificate", "anonymous → raft");
+    let past_the_door = raft_vote(channel(&addr, scheduler).await.unwrap()).await;
+    assert!(
+        !matches!(
+            past_the_door.as_ref().map_err(|s| s.code()),
+            Err(Code::PermissionDenied | Code::Unauthenticated)
+        ),
+        "a scheduler certificate gets into raft: {past_the_door:?}"
+    );
+
+    // A certificate the CA did not issue: the handshake fails, and the client is told
+    // why. An expired one: the client says so before it even dials.
+    let outcome = match channel(&addr, foreign).await {
+        Err(e) => Err(e),
+        Ok(ch) => list_apps(ch).await.map_err(|s| format!("{s:?}")),
+    };
+    let err = outcome.expect_err("another CA").to_lowercase();
+    assert!(err.contains("certificate") || err.contains("alert"), "another CA: {err}");
+    let err = channel(&addr, expired.clone()).await.expect_err("expired");
+    assert!(err.contains("admin \"late\" certificate expired") && err.contains("admin-cert"), "{err}");
+    // And the server refuses it all the same, should a client not check.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&expired.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(&expired.cert_pem, &expired.key_pem))
+        .domain_name(SERVER_NAME);
+    let ch =
+        Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await;
+    let served = match ch {
+        Err(_) => false,
+        Ok(ch) => list_apps(ch).await.is_ok(),
+    };
+    assert!(!served, "the scheduler refuses an expired certificate");
+    // Plain text to a TLS listener.
+    let plain = Transport::Insecure.endpoint(&addr).unwrap().connect().await;
+    let refused_plain = match plain {
+        Err(_) => true,
+        Ok(ch) => list_apps(ch).await.is_err(),
+    };
+    assert!(refused_plain, "a plain-text client gets nothing");
+
+    // The CLI says what is wrong and what to do.
+    let cli_config = cluster.dir.path().join("agent-cli.toml");
+    agent.save_dir(&cluster.dir.path().join("agent-creds")).unwrap();
+    std::fs::write(
+        &cli_config,
+        format!(
+            "schedulers = [\"{addr}\"]\n[tls]\nca = \"agent-creds/ca.pem\"\ncert = \"agent-creds/cert.pem\"\nkey = \"agent-creds/key.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(binary("slipway"))
+        .arg("--config")
+        .arg(&cli_config)
+        .args(["apps", "list"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("may not call this service"), "{stderr}");
+    std::fs::write(&cli_config, format!("schedulers = [\"{addr}\"]\n")).unwrap();
+    let out = Command::new(binary("slipway"))
+        .arg("--config")
+        .arg(&cli_config)
+        .args(["apps", "list"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("admin-cert"), "{stderr}");
+}
+
+/// Starts an agent with `token` and a fresh state dir; waits for it to exit (10 s at
+/// most) and returns its output, or None if it is still running (it joined).
+fn try_join(cluster: &TestCluster, name: &str, token: &str) -> (Option<std::process::ExitStatus>, String) {
+    let dir = cluster.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "schedulers = [\"{}\"]\nname = \"{name}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nmetrics_listen = \"\"\njoin_token = \"{token}\"\n",
+        cluster.grpc_addr(1),
+        dir.join("state").display(),
+        dir.join("builds").display(),
+    );
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let mut child = Command::new(binary("slipway-agent"))
+        .arg("--config")
+        .arg(dir.join("agent.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (status, std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_join_with_the_current_token_only() {
+    let Some(cluster) = TestCluster::start("t24join").await else { return };
+    let old = cluster.agent_token().to_string();
+    let out = cluster.cli(&["cluster", "token", "agent", "--rotate"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(new, old, "rotation makes a new token");
+
+    let (status, log) = try_join(&cluster, "rotated", &old);
+    assert!(status.is_some_and(|s| !s.success()), "an agent with a rotated-out token does not join:\n{log}");
+    assert!(log.contains("not valid here (rotated"), "it says why:\n{log}");
+
+    let forged = new.replace(&new[15..79], &"0".repeat(64));
+    assert_ne!(forged, new);
+    let (status, log) = try_join(&cluster, "forged", &forged);
+    assert!(status.is_some_and(|s| !s.success()), "a token pinning another CA does not join:\n{log}");
+    assert!(log.contains("holds no CA with digest"), "it says why:\n{log}");
+
+    let (status, log) = try_join(&cluster, "welcome", &new);
+    assert!(status.is_none(), "an agent with the current token joins and stays:\n{log}");
+    assert!(log.contains("joined the cluster"), "{log}");
+    let mode = std::fs::metadata(cluster.dir.path().join("welcome/state/tls/key.pem")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_certificate_renews_while_its_session_stays_open() {
+    // 30 s certificates: renewed when a third is left, about 20 s in.
+    let Some(mut cluster) = TestCluster::start_with_tls("t24renew", "agent_cert_validity_secs = 30\n").await
+    else {
+        return;
+    };
+    let cert_path = cluster.dir.path().join("agent/tls/cert.pem");
+    let first = Credentials::load_dir(&cluster.dir.path().join("agent/tls"))
+        .unwrap()
+        .expect("joined")
+        .info()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !cluster.agent_log(1).contains("certificate renewed") {
+        assert!(Instant::now() < deadline, "no renewal in 45 s:\n{}", cluster.agent_log(1));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let renewed =
+        Credentials::load_dir(&cluster.dir.path().join("agent/tls")).unwrap().unwrap().info().unwrap();
+    assert!(renewed.not_after > first.not_after, "a later expiry: {first:?} → {renewed:?}");
+    assert_eq!(renewed.identity, first.identity);
+    let sessions = cluster.scheduler_log(1).matches("agent session opened").count();
+    assert_eq!(sessions, 1, "the session stayed open through the renewal");
+
+    // Past the first certificate's expiry, a new connection uses the renewed one.
+    let wait = first.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_secs(1)).await;
+    cluster.kill_agent(1);
+    cluster.start_agent(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.scheduler_log(1).matches("agent session opened").count() < 2 {
+        assert!(Instant::now() < deadline, "the agent did not reconnect:\n{}", cluster.agent_log(1));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.wait_for_ready_nodes(1).await;
+    assert!(std::fs::read_to_string(cert_path).unwrap().contains("BEGIN CERTIFICATE"));
+}
