@@ -72,7 +72,7 @@ pub async fn transport(config: &AgentConfig, node_id: &str) -> Result<Transport,
 
 /// Asks the schedulers in turn for a certificate, presenting the token's secret.
 async fn join(schedulers: &[String], token: &JoinToken, node_id: &str) -> Result<Credentials, EnrollError> {
-    let (key_pem, csr_pem) = new_key_and_csr()?;
+    let (key_pem, csr_pem) = tls::new_key_and_csr().map_err(EnrollError)?;
     let mut errors = Vec::new();
     for addr in schedulers {
         let channel = match tls::connect_pinned(addr, &token.ca_digest).await {
@@ -101,16 +101,6 @@ async fn join(schedulers: &[String], token: &JoinToken, node_id: &str) -> Result
         }
     }
     Err(EnrollError(format!("cannot join the cluster: {}", errors.join("; "))))
-}
-
-fn new_key_and_csr() -> Result<(String, String), EnrollError> {
-    let fail = |e: rcgen::Error| EnrollError(format!("cannot make a key and certificate request: {e}"));
-    let key = rcgen::KeyPair::generate().map_err(fail)?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .map_err(fail)?
-        .serialize_request(&key)
-        .map_err(fail)?;
-    Ok((key.serialize_pem(), csr.pem().map_err(fail)?))
 }
 
 /// Renews the certificate in `transport` when a third of its lifetime is left, from
@@ -144,7 +134,7 @@ pub async fn renew_loop(config: AgentConfig, transport: Arc<RwLock<Transport>>) 
 
 /// A new key and a certificate for it, from the first scheduler that answers.
 async fn renew(schedulers: &[String], transport: &Transport) -> Result<(String, String), EnrollError> {
-    let (key_pem, csr_pem) = new_key_and_csr()?;
+    let (key_pem, csr_pem) = tls::new_key_and_csr().map_err(EnrollError)?;
     let mut errors = Vec::new();
     for addr in schedulers {
         let endpoint = transport.endpoint(addr).map_err(EnrollError)?.connect_timeout(Duration::from_secs(3));

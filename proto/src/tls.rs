@@ -153,6 +153,18 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
     })
 }
 
+/// A new private key and a certificate request for it (PEM both): what a joining agent
+/// or an operator sends to be certified; the key stays with them.
+pub fn new_key_and_csr() -> Result<(String, String), String> {
+    let fail = |e: rcgen::Error| format!("cannot make a key and certificate request: {e}");
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(fail)?
+        .serialize_request(&key)
+        .map_err(fail)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(fail)?))
+}
+
 /// SHA-256 of a DER certificate, lowercase hex: how tokens pin the CA.
 pub fn cert_digest(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()

@@ -155,14 +155,6 @@ impl Ca {
     }
 }
 
-/// A key and its certificate request (what agents and the CLI send to be certified).
-pub fn new_key_and_csr() -> Result<(String, String), PkiError> {
-    let key = KeyPair::generate().map_err(err)?;
-    let csr =
-        CertificateParams::new(Vec::<String>::new()).map_err(err)?.serialize_request(&key).map_err(err)?;
-    Ok((key.serialize_pem(), csr.pem().map_err(err)?))
-}
-
 fn leaf_params(who: &PeerIdentity, validity: Duration) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     let mut dn = DistinguishedName::new();
@@ -251,7 +243,7 @@ mod tests {
     #[test]
     fn a_csr_gets_the_name_and_role_the_ca_decides() {
         let ca = Ca::create().unwrap();
-        let (_key, csr) = new_key_and_csr().unwrap();
+        let (_key, csr) = tls::new_key_and_csr().unwrap();
         let who = PeerIdentity::new(Role::Agent, "node-7");
         let pem = ca.issue_for_csr(&who, &csr, Duration::from_secs(3600)).unwrap();
         let info = tls::cert_info(&tls::first_cert_der(&pem).unwrap()).unwrap();

@@ -408,7 +408,7 @@ async fn credentials(config: &SchedulerConfig) -> Result<Option<(Ca, Credentials
 async fn fetch_ca(config: &SchedulerConfig, token: &str, dir: &std::path::Path) -> Result<(), StartError> {
     let fail = StartError::Tls;
     let token: tls::JoinToken = token.parse().map_err(fail)?;
-    let (key_pem, csr_pem) = pki::new_key_and_csr().map_err(|e| fail(e.0))?;
+    let (key_pem, csr_pem) = tls::new_key_and_csr().map_err(fail)?;
     let mut errors = Vec::new();
     for addr in &config.cluster.join_via {
         let channel = match tls::connect_pinned(addr, &token.ca_digest).await {

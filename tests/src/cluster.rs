@@ -195,23 +195,7 @@ impl TestCluster {
     pub async fn on_fleet(stack: &str, fleet: &Fleet) -> TestCluster {
         slipway_proto::tls::install_crypto_provider();
         let manager_socket = fleet.engine_socket(fleet.manager()).display().to_string();
-        let mut cluster = TestCluster {
-            dir: Self::tempdir(stack),
-            scheduler_docker_socket: manager_socket.clone(),
-            swarm_socket: manager_socket,
-            registry: None,
-            registry_addr: fleet.registry_addr(),
-            stack: stack.to_string(),
-            members: Vec::new(),
-            raft_settings: String::new(),
-            tls_settings: String::new(),
-            agents: Vec::new(),
-            ca_dir: None,
-            agent_token: None,
-            transport: Transport::Insecure,
-            lab: None,
-        };
-        cluster.remove_stack();
+        let mut cluster = Self::new(stack, &manager_socket, None, fleet.registry_addr());
         cluster.members.push(Member {
             id: 1,
             grpc_addr: format!("127.0.0.1:{}", free_port()),
@@ -279,12 +263,24 @@ impl TestCluster {
         ensure_swarm().await;
         base_image().await;
         let registry = Registry::start().await;
+        let registry_addr = registry.addr();
+        Some(Self::new(stack, LOCAL_ENGINE, Some(registry), registry_addr))
+    }
+
+    /// A cluster with nothing started yet, deploying through the Swarm manager at
+    /// `swarm_socket`, its stack's leftovers from an earlier run removed.
+    fn new(
+        stack: &str,
+        swarm_socket: &str,
+        registry: Option<Registry>,
+        registry_addr: String,
+    ) -> TestCluster {
         let cluster = TestCluster {
-            dir: Self::tempdir(stack),
-            scheduler_docker_socket: LOCAL_ENGINE.into(),
-            swarm_socket: LOCAL_ENGINE.into(),
-            registry_addr: registry.addr(),
-            registry: Some(registry),
+            dir: tempfile::Builder::new().prefix(&format!("slipway-{stack}-")).tempdir().expect("tempdir"),
+            scheduler_docker_socket: swarm_socket.into(),
+            swarm_socket: swarm_socket.into(),
+            registry,
+            registry_addr,
             stack: stack.to_string(),
             members: Vec::new(),
             raft_settings: String::new(),
@@ -296,7 +292,7 @@ impl TestCluster {
             lab: None,
         };
         cluster.remove_stack();
-        Some(cluster)
+        cluster
     }
 
     /// Once a scheduler runs: an operator certificate for the test (`admin/`, named in
@@ -346,10 +342,6 @@ impl TestCluster {
     /// The agents' join token.
     pub fn agent_token(&self) -> &str {
         self.agent_token.as_deref().expect("the cluster has enrolled")
-    }
-
-    fn tempdir(stack: &str) -> tempfile::TempDir {
-        tempfile::Builder::new().prefix(&format!("slipway-{stack}-")).tempdir().expect("tempdir")
     }
 
     /// The one agent of a cluster on the local engine.

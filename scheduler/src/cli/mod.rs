@@ -570,7 +570,7 @@ async fn execute(
             println!("{}", c.join_token(req).await?.into_inner().token);
         }
         Command::Cluster(ClusterCmd::AdminCert { name, out }) => {
-            let (key_pem, csr_pem) = crate::pki::new_key_and_csr().map_err(|e| Failure::fatal(e.0))?;
+            let (key_pem, csr_pem) = slipway_proto::tls::new_key_and_csr().map_err(Failure::fatal)?;
             let req = pb::IssueAdminCertRequest { name: name.clone(), csr_pem };
             let got = c.issue_admin_cert(req).await?.into_inner();
             let creds =
