@@ -19,7 +19,8 @@
 //! naming the leader): append to the sled log and flush it, replicate to a majority,
 //! apply to the state machine, answer. etcd's clients send `KV.Put` to the leader too
 //! (found with `Maintenance.Status`), so neither system pays for forwarding. Every
-//! client has its own HTTP/2 connection.
+//! client has its own HTTP/2 connection. Both speak plain text: the schedulers run with
+//! `tls.insecure`, as etcd here runs on `http://` URLs, so neither pays for TLS.
 //!
 //! **Which write.** The command is `RegisterNode` of a new node whose record is padded
 //! (one label) to the size of a queued build record, measured from a real `QueueBuild`
@@ -129,6 +130,7 @@ async fn run(measure: Duration, kills: usize) {
         env!("CARGO_PKG_VERSION")
     );
     println!("  etcd {} ({}), its defaults", etcd.version, etcd_bin.display());
+    println!("  both in plain text: the schedulers with tls.insecure, etcd on http:// URLs");
     println!(
         "  a write: slipway ForwardWrite(RegisterNode) to the leader: a {node_bytes}-byte node record \
          ({command_bytes}-byte command),"
@@ -359,7 +361,7 @@ impl Slipway {
                 let config = root.join(format!("slipway-{id}.toml"));
                 let text = format!(
                     "node_id = {id}\nlisten = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = \"{}\"\n\n\
-                     [cluster]\nmembers = [{}]\n",
+                     [cluster]\nmembers = [{}]\n\n[tls]\ninsecure = true\n",
                     root.join(format!("slipway-{id}")).display(),
                     list.join(", ")
                 );
