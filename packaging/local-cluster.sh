@@ -69,9 +69,9 @@ members = [$list]
 [raft]
 # The defaults, spelled out: a new leader accepts writes about a second after the old
 # one dies (see the README's failover walk-through).
-heartbeat_ms = 150
-election_timeout_min_ms = 600
-election_timeout_max_ms = 1200
+heartbeat_ms = 100
+election_timeout_min_ms = 400
+election_timeout_max_ms = 800
 
 [registry]
 addr = "127.0.0.1:$REGISTRY_PORT"

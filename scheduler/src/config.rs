@@ -431,8 +431,8 @@ mod tests {
 
     #[test]
     fn raft_timings_are_checked() {
-        let c = SchedulerConfig::parse("[raft]\nheartbeat_ms = 100\n").unwrap();
-        assert_eq!(c.raft.to_raft_config().heartbeat_interval, Duration::from_millis(100));
+        let c = SchedulerConfig::parse("[raft]\nheartbeat_ms = 120\n").unwrap();
+        assert_eq!(c.raft.to_raft_config().heartbeat_interval, Duration::from_millis(120));
         let e = SchedulerConfig::parse("[raft]\nheartbeat_ms = 2000\n").unwrap_err();
         assert!(e.to_string().contains("[raft]"), "{e}");
     }

@@ -123,9 +123,14 @@ impl Events {
     }
 }
 
+/// Events a live watcher may fall behind by before it is told lines were skipped. The
+/// channel allocates all its slots up front, per topic: every queued build has one, so
+/// this stays small (a watcher that lags still gets the outcome; the full log is on disk).
+const LIVE_CAPACITY: usize = 256;
+
 impl Topic {
     fn new() -> Self {
-        Self { history: Vec::new(), live: broadcast::channel(4096).0, finished_at: None }
+        Self { history: Vec::new(), live: broadcast::channel(LIVE_CAPACITY).0, finished_at: None }
     }
 }
 

@@ -300,7 +300,10 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     let mut stop = shutdown_rx.clone();
     tasks.spawn(
         async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            // No Nagle: a raft append or a small control call is one short write, and
+            // waiting for the peer's delayed ACK costs 40 ms a round trip.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             let signal = async move {
                 let _ = stop.changed().await;
             };

@@ -92,9 +92,9 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(150),
-            election_timeout_min: Duration::from_millis(600),
-            election_timeout_max: Duration::from_millis(1200),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(800),
             snapshot_every: 5000,
             keep_logs: 1000,
             install_snapshot_timeout: Duration::from_secs(5),
@@ -596,8 +596,8 @@ mod tests {
     #[test]
     fn default_settings_are_valid_and_bad_ones_are_explained() {
         let config = RaftConfig::default().to_openraft().unwrap();
-        assert_eq!((config.heartbeat_interval, config.election_timeout_min), (150, 600));
-        let bad = RaftConfig { election_timeout_min: Duration::from_millis(100), ..RaftConfig::default() };
+        assert_eq!((config.heartbeat_interval, config.election_timeout_min), (100, 400));
+        let bad = RaftConfig { election_timeout_min: Duration::from_millis(50), ..RaftConfig::default() };
         let err = bad.to_openraft().unwrap_err().to_string();
         assert!(err.contains("heartbeat"), "{err}");
         let bad = RaftConfig { snapshot_every: 0, ..RaftConfig::default() };
