@@ -143,6 +143,13 @@ pub enum RaftSetupError {
         #[source]
         source: std::io::Error,
     },
+    /// sled's data file could not be opened for `fdatasync`.
+    #[error("cannot open the raft store's data file {path}: {source}")]
+    DataFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Another process holds the store open.
     #[error(
         "the raft store {path} is in use by another process; stop the other slipway-scheduler \
@@ -253,8 +260,11 @@ pub async fn open(data_dir: &Path, node_id: NodeId, config: &RaftConfig) -> Resu
     std::fs::create_dir_all(&path)
         .map_err(|source| RaftSetupError::CreateDir { path: path.clone(), source })?;
     let db = open_db(&path).await?;
-    let log_store =
-        LogStore::open(db.clone()).map_err(|source| RaftSetupError::Open { path: path.clone(), source })?;
+    let data_file = std::fs::File::open(path.join("db"))
+        .map_err(|source| RaftSetupError::DataFile { path: path.join("db"), source })?;
+    let log_store = LogStore::open(db.clone())
+        .map_err(|source| RaftSetupError::Open { path: path.clone(), source })?
+        .sync_data_file(data_file);
     let state_machine = StateMachineStore::open(db)
         .await
         .map_err(|e| RaftSetupError::Load { path: path.clone(), source: Box::new(e) })?;
