@@ -67,7 +67,7 @@ data_dir = "$STATE/$n/data"
 members = [$list]
 
 [raft]
-# The defaults, spelled out: a new leader accepts writes about a second after the old
+# The defaults, spelled out: a new leader accepts writes about 1.5 s after the old
 # one dies (see the README's failover walk-through).
 heartbeat_ms = 100
 election_timeout_min_ms = 400

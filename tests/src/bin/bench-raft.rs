@@ -141,8 +141,8 @@ async fn run(measure: Duration, kills: usize) {
     );
     println!("           etcd Put to the leader of a {}-byte value under /slipway/builds/<n>", record.len());
     println!("  synced before a write is acknowledged, on the leader and on a follower:");
-    println!("    slipway: the sled log, by sled's flush, which on Linux is sync_file_range of the written");
-    println!("             range (no fdatasync: neither file metadata nor the disk's write cache)");
+    println!("    slipway: the sled log, by sled's flush (sync_file_range of the written range) and then");
+    println!("             fdatasync of sled's data file");
     println!("    etcd:    the WAL, by fdatasync (its bbolt backend commits with fdatasync every 100 ms");
     println!("             or 10,000 writes, in the background)");
     println!("  {WARMUP:?} warm-up, then {measure:?} per point; the two systems take turns");
@@ -189,8 +189,8 @@ async fn failovers(slipway: &mut Slipway, writes: NodeWrites, kills: usize) {
          election timeout's max,"
     );
     println!(
-        "  plus a random election timeout: 1.8-2.4 s after the last heartbeat here, then an \
-         election and a commit)"
+        "  plus a random election timeout: 1.2-1.6 s after the last heartbeat with the default \
+         [raft] settings, then an election and a commit)"
     );
     let (mut samples, mut catch_ups) = (Vec::new(), Vec::new());
     for round in 1..=kills {
