@@ -296,3 +296,74 @@ async fn an_agent_certificate_renews_while_its_session_stays_open() {
     cluster.wait_for_ready_nodes(1).await;
     assert!(std::fs::read_to_string(cert_path).unwrap().contains("BEGIN CERTIFICATE"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_joins_with_a_scheduler_token_and_gets_the_cluster_ca() {
+    let Some(cluster) = TestCluster::start("t24sched").await else { return };
+    let out = cluster.cli(&["cluster", "token", "scheduler"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(token.starts_with("SLWTKN-1-scheduler-"), "{token}");
+
+    // A second scheduler on loopback, waiting to be added, with the token.
+    let dir = cluster.dir.path().join("second");
+    std::fs::create_dir_all(&dir).unwrap();
+    let grpc = format!("127.0.0.1:{}", slipway_tests::free_port());
+    let http = format!("127.0.0.1:{}", slipway_tests::free_port());
+    let config = format!(
+        "node_id = 2\nlisten = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = \"{}\"\n\n[cluster]\njoin = true\n\
+         join_token = \"{token}\"\njoin_via = [\"{}\"]\n",
+        dir.join("data").display(),
+        cluster.grpc_addr(1)
+    );
+    std::fs::write(dir.join("scheduler.toml"), config).unwrap();
+    let log = std::fs::File::create(dir.join("scheduler.log")).unwrap();
+    let mut child = Command::new(binary("slipway-scheduler"))
+        .arg("--config")
+        .arg(dir.join("scheduler.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _second = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("http://{http}/healthz")).await.is_err() {
+            let log = std::fs::read_to_string(dir.join("scheduler.log")).unwrap_or_default();
+            assert!(child.try_wait().unwrap().is_none(), "the joining scheduler exited:\n{log}");
+            assert!(Instant::now() < deadline, "the joining scheduler does not serve:\n{log}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Kill(child)
+    };
+    let theirs = std::fs::read_to_string(dir.join("data/pki/ca.pem")).expect("it got the CA");
+    assert_eq!(theirs, cluster.ca().cert_pem, "the cluster's CA, not a new one");
+    let key = std::fs::metadata(dir.join("data/pki/ca.key")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+
+    // The leader probes it as a scheduler and adds it; both then speak raft over mTLS.
+    let out = cluster.cli(&["cluster", "join", &grpc]);
+    assert!(out.status.success(), "cluster join: {}", String::from_utf8_lossy(&out.stderr));
+    let status = cluster.status_of(1).await.expect("status");
+    assert!(status.members.iter().any(|m| m.id == 2 && m.voter), "{status:?}");
+
+    // A stale scheduler token is refused like an agent's.
+    let out = cluster.cli(&["cluster", "token", "scheduler", "--rotate"]);
+    assert!(out.status.success());
+    let (key_pem, csr_pem) = slipway_proto::tls::new_key_and_csr().unwrap();
+    drop(key_pem);
+    let parsed: slipway_proto::tls::JoinToken = token.parse().unwrap();
+    let channel = slipway_proto::tls::connect_pinned(&cluster.grpc_addr(1), &parsed.ca_digest).await.unwrap();
+    let refused = slipway_proto::enrollment_client::EnrollmentClient::new(channel)
+        .join(pb::JoinRequest { role: "scheduler".into(), secret: parsed.secret, csr_pem, name: "3".into() })
+        .await
+        .expect_err("a rotated-out scheduler token");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
