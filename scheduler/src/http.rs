@@ -35,7 +35,53 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v2/token", get(registry_token))
         .with_state(shared)
+}
+
+/// The registry's token server (see `registry_auth`): a short-lived JWT for what the
+/// presented grant allows of the scopes asked for; anonymous callers get no access.
+async fn registry_token(
+    AxState(shared): AxState<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    use crate::registry_auth as auth;
+    let refuse = |status: StatusCode, why: String| {
+        let body =
+            serde_json::json!({ "details": why, "errors": [{ "code": "UNAUTHORIZED", "message": why }] });
+        (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    };
+    let (Some(ca), Some(signer)) = (shared.ca.as_deref(), shared.tls_credentials.as_deref()) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "this scheduler runs without TLS: it has no CA to sign with".into(),
+        );
+    };
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let grant = match auth::basic_password(authorization) {
+        Ok(None) => None,
+        Ok(Some(password)) => match auth::verify_grant(ca, &password) {
+            Ok(grant) => Some(grant),
+            Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.0),
+        },
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.0),
+    };
+    let mut asked = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "service" if value != auth::SERVICE => {
+                return refuse(StatusCode::BAD_REQUEST, format!("unknown service {value:?}"))
+            }
+            "scope" => asked.extend(value.split(' ').filter_map(auth::parse_scope)),
+            _ => {}
+        }
+    }
+    let subject = grant.as_ref().map_or("anonymous".to_string(), |g| format!("grant:{}", g.app));
+    match auth::token(signer, &subject, auth::allowed(grant.as_ref(), &asked)) {
+        Ok(answer) => axum::Json(answer).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {

@@ -58,6 +58,8 @@ pub struct Shared {
     pub wake: Notify,
     /// The cluster CA (None when running without TLS).
     pub ca: Option<Arc<crate::pki::Ca>>,
+    /// This scheduler's own certificate and key (None when running without TLS).
+    pub tls_credentials: Option<Arc<Credentials>>,
     docker: Mutex<Option<Docker>>,
 }
 
@@ -262,6 +264,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         dispatch: DispatchState::default(),
         wake: Notify::new(),
         ca: credentials.as_ref().map(|(ca, _)| Arc::new(ca.clone())),
+        tls_credentials: credentials.as_ref().map(|(_, creds)| Arc::new(creds.clone())),
         docker: Mutex::new(None),
     });
 

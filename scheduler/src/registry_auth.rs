@@ -1,0 +1,286 @@
+//! The fleet registry's token server (Docker's registry token authentication,
+//! `auth: token` in the registry's config): who may push or pull which app's images.
+//!
+//! A **grant** is a credential the scheduler hands out: an app, the actions allowed on
+//! its repository (`pull`, `push`) and an expiry, signed with a key every scheduler
+//! derives from the cluster CA's key, so any member can check it. The Docker engine
+//! presents it as the password of HTTP Basic auth to `GET /v2/token` (the registry's
+//! `realm`); the answer is a short-lived JWT (ES256, signed with this scheduler's
+//! certificate, sent in `x5c`) allowing at most what the grant allows and the engine
+//! asked for. The registry checks the JWT against the CA (`rootcertbundle`).
+//!
+//! Registry side, for reference:
+//!
+//! ```yaml
+//! auth:
+//!   token:
+//!     realm: http://<scheduler http_listen>/v2/token
+//!     service: slipway-registry
+//!     issuer: slipway
+//!     rootcertbundle: <data_dir>/pki/ca.pem
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde::{Deserialize, Serialize};
+use slipway_proto::tls::{self, Credentials};
+
+use crate::pki::Ca;
+
+/// The registry's `service` (the JWT's audience).
+pub const SERVICE: &str = "slipway-registry";
+/// The registry's `issuer`.
+pub const ISSUER: &str = "slipway";
+/// The user name grants are presented with.
+pub const GRANT_USER: &str = "slipway-grant";
+/// How long a JWT lives (the registry adds 60 s of leeway; it cannot be revoked).
+pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// What a grant allows: `actions` on the repository named `app`, until `exp` (seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub app: String,
+    pub actions: Vec<String>,
+    pub exp: u64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The grant-signing key: derived from the CA's private key, the same on every member.
+fn grant_key(ca: &Ca) -> ring::hmac::Key {
+    let derived = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ca.key_pem().as_bytes()),
+        b"slipway registry grants v1",
+    );
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
+}
+
+/// A grant of `actions` on `app` for `ttl`, as the password to present.
+pub fn issue_grant(ca: &Ca, app: &str, actions: &[&str], ttl: Duration) -> String {
+    let grant = Grant {
+        app: app.to_string(),
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+        exp: now_secs() + ttl.as_secs(),
+    };
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&grant).expect("a grant serializes"));
+    let mac = ring::hmac::sign(&grant_key(ca), payload.as_bytes());
+    format!("v1.{payload}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()))
+}
+
+/// Why a token request was refused (the engine shows it as `unauthorized: <reason>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Checks a presented grant: its signature and its expiry.
+pub fn verify_grant(ca: &Ca, password: &str) -> Result<Grant, Refused> {
+    let bad = || Refused("not a registry grant from this cluster".into());
+    let rest = password.strip_prefix("v1.").ok_or_else(bad)?;
+    let (payload, mac) = rest.split_once('.').ok_or_else(bad)?;
+    let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| bad())?;
+    ring::hmac::verify(&grant_key(ca), payload.as_bytes(), &mac).map_err(|_| bad())?;
+    let grant: Grant =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad())?).map_err(|_| bad())?;
+    if grant.exp < now_secs() {
+        return Err(Refused(format!("the registry grant for {:?} has expired", grant.app)));
+    }
+    Ok(grant)
+}
+
+/// One `scope` the engine asks for: `repository:<name>:<action>,<action>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Access {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub actions: Vec<String>,
+}
+
+/// Parses `repository:NAME:ACTIONS`; other scopes (e.g. `registry:catalog:*`) are ignored.
+pub fn parse_scope(scope: &str) -> Option<Access> {
+    let (kind, rest) = scope.split_once(':')?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    (kind == "repository" && !name.is_empty()).then(|| Access {
+        kind: kind.into(),
+        name: name.into(),
+        actions: actions.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
+    })
+}
+
+/// What of `asked` the grant allows: its own repository, its own actions.
+pub fn allowed(grant: Option<&Grant>, asked: &[Access]) -> Vec<Access> {
+    let Some(grant) = grant else { return Vec::new() };
+    asked
+        .iter()
+        .filter(|a| a.name == grant.app)
+        .map(|a| Access {
+            kind: a.kind.clone(),
+            name: a.name.clone(),
+            actions: a.actions.iter().filter(|x| grant.actions.contains(x)).cloned().collect(),
+        })
+        .filter(|a| !a.actions.is_empty())
+        .collect()
+}
+
+/// The token endpoint's JSON answer.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub access_token: String,
+    pub expires_in: u64,
+    pub issued_at: String,
+}
+
+/// A JWT for `access`, signed with `signer`'s key and carrying its certificate.
+pub fn token(signer: &Credentials, subject: &str, access: Vec<Access>) -> Result<TokenResponse, String> {
+    let leaf = tls::first_cert_der(&signer.cert_pem)?;
+    let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "x5c": [STANDARD.encode(&leaf)] });
+    let now = now_secs();
+    let claims = serde_json::json!({
+        "iss": ISSUER,
+        "sub": subject,
+        "aud": SERVICE,
+        "iat": now,
+        "nbf": now.saturating_sub(5),
+        "exp": now + TOKEN_TTL.as_secs(),
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let key = signing_key(&signer.key_pem)?;
+    let rng = ring::rand::SystemRandom::new();
+    let signature =
+        key.sign(&rng, signing_input.as_bytes()).map_err(|_| "cannot sign the token".to_string())?;
+    let jwt = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()));
+    Ok(TokenResponse {
+        token: jwt.clone(),
+        access_token: jwt,
+        expires_in: TOKEN_TTL.as_secs(),
+        issued_at: rfc3339(now),
+    })
+}
+
+fn signing_key(key_pem: &str) -> Result<EcdsaKeyPair, String> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("this scheduler's key is not PKCS#8 PEM: {e}"))?;
+    EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        der.secret_pkcs8_der(),
+        &ring::rand::SystemRandom::new(),
+    )
+    .map_err(|e| format!("this scheduler's key is not an ECDSA P-256 key: {e}"))
+}
+
+/// `2026-11-27T13:00:00Z` for seconds since the epoch.
+fn rfc3339(secs: u64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// The grant in an `Authorization: Basic …` header, if any (anonymous: None).
+pub fn basic_password(header: Option<&str>) -> Result<Option<String>, Refused> {
+    let Some(value) = header else { return Ok(None) };
+    let bad = || Refused("malformed Basic credentials".into());
+    let encoded = value.strip_prefix("Basic ").ok_or_else(bad)?;
+    let decoded =
+        String::from_utf8(STANDARD.decode(encoded.trim()).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (user, password) = decoded.split_once(':').ok_or_else(bad)?;
+    if user != GRANT_USER {
+        return Err(Refused(format!("unknown user {user:?}: the registry takes slipway's grants only")));
+    }
+    Ok(Some(password.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_proto::tls::{PeerIdentity, Role};
+
+    #[test]
+    fn a_grant_allows_its_app_and_actions_only() {
+        let ca = Ca::create().unwrap();
+        let password = issue_grant(&ca, "alpha", &["push", "pull"], Duration::from_secs(60));
+        let grant = verify_grant(&ca, &password).unwrap();
+        let asked: Vec<Access> = ["repository:alpha:push,pull", "repository:beta:pull", "registry:catalog:*"]
+            .iter()
+            .filter_map(|s| parse_scope(s))
+            .collect();
+        let granted = allowed(Some(&grant), &asked);
+        assert_eq!(granted.len(), 1);
+        assert_eq!((granted[0].name.as_str(), granted[0].actions.len()), ("alpha", 2));
+        let pull_only =
+            verify_grant(&ca, &issue_grant(&ca, "alpha", &["pull"], Duration::from_secs(60))).unwrap();
+        assert_eq!(allowed(Some(&pull_only), &asked)[0].actions, ["pull"]);
+        assert!(allowed(None, &asked).is_empty(), "anonymous gets nothing");
+    }
+
+    #[test]
+    fn forged_tampered_and_foreign_grants_are_refused() {
+        let ca = Ca::create().unwrap();
+        let password = issue_grant(&ca, "alpha", &["pull"], Duration::from_secs(60));
+        let other = Ca::create().unwrap();
+        assert!(verify_grant(&other, &password).is_err(), "another cluster's grant");
+        let tampered = password.replacen("v1.", "v1.e", 1);
+        assert!(verify_grant(&ca, &tampered).is_err());
+        assert!(verify_grant(&ca, "hunter2").is_err());
+        let expired = issue_grant(&ca, "alpha", &["pull"], Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(verify_grant(&ca, &expired).unwrap_err().0.contains("expired"));
+    }
+
+    #[test]
+    fn tokens_are_es256_jwts_with_the_signers_certificate() {
+        let ca = Ca::create().unwrap();
+        let signer = ca.issue(&PeerIdentity::new(Role::Scheduler, "1"), Duration::from_secs(3600)).unwrap();
+        let access =
+            vec![Access { kind: "repository".into(), name: "alpha".into(), actions: vec!["pull".into()] }];
+        let t = token(&signer, "grant:alpha", access).unwrap();
+        let parts: Vec<&str> = t.token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!(header["alg"], "ES256");
+        let leaf = STANDARD.decode(header["x5c"][0].as_str().unwrap()).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!((claims["iss"].as_str(), claims["aud"].as_str()), (Some(ISSUER), Some(SERVICE)));
+        assert_eq!(claims["access"][0]["name"], "alpha");
+        // The signature verifies with the certificate's public key (raw r||s, 64 bytes).
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let public = cert.public_key().subject_public_key.data.to_vec();
+        let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+        assert_eq!(sig.len(), 64);
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, public)
+            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .unwrap();
+        assert!(t.issued_at.ends_with('Z') && t.issued_at.len() == 20, "{}", t.issued_at);
+    }
+
+    #[test]
+    fn basic_credentials_are_parsed_and_strangers_named() {
+        let header = format!("Basic {}", STANDARD.encode(format!("{GRANT_USER}:v1.x.y")));
+        assert_eq!(basic_password(Some(&header)).unwrap().as_deref(), Some("v1.x.y"));
+        assert_eq!(basic_password(None).unwrap(), None);
+        let alice = format!("Basic {}", STANDARD.encode("alice:pw"));
+        assert!(basic_password(Some(&alice)).unwrap_err().0.contains("alice"));
+    }
+}
