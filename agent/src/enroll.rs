@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use slipway_proto::enrollment_client::EnrollmentClient;
 use slipway_proto::tls::{self, Credentials, JoinToken, Role, Transport};
-use slipway_proto::{JoinRequest, RenewRequest};
+use slipway_proto::RenewRequest;
 
 use crate::config::AgentConfig;
 
@@ -64,43 +64,10 @@ pub async fn transport(config: &AgentConfig, node_id: &str) -> Result<Transport,
             "that is a scheduler token; an agent joins with `slipway cluster token agent`".into(),
         ));
     }
-    let creds = join(&config.schedulers, &token, node_id).await?;
+    let creds = tls::join(&config.schedulers, &token, node_id).await.map_err(EnrollError)?.credentials;
     creds.save_dir(&dir).map_err(EnrollError)?;
     tracing::info!(dir = %dir.display(), "joined the cluster; certificate stored");
     Ok(Transport::Tls(Arc::new(creds)))
-}
-
-/// Asks the schedulers in turn for a certificate, presenting the token's secret.
-async fn join(schedulers: &[String], token: &JoinToken, node_id: &str) -> Result<Credentials, EnrollError> {
-    let (key_pem, csr_pem) = tls::new_key_and_csr().map_err(EnrollError)?;
-    let mut errors = Vec::new();
-    for addr in schedulers {
-        let channel = match tls::connect_pinned(addr, &token.ca_digest).await {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        let req = JoinRequest {
-            role: Role::Agent.to_string(),
-            secret: token.secret.clone(),
-            csr_pem: csr_pem.clone(),
-            name: node_id.to_string(),
-        };
-        match EnrollmentClient::new(channel).join(req).await {
-            Ok(reply) => {
-                let got = reply.into_inner();
-                let ca_der = tls::first_cert_der(&got.ca_pem).map_err(EnrollError)?;
-                if tls::cert_digest(&ca_der) != token.ca_digest {
-                    return Err(EnrollError(format!("{addr} answered with a CA that is not the token's")));
-                }
-                return Ok(Credentials { ca_pem: got.ca_pem, cert_pem: got.cert_pem, key_pem });
-            }
-            Err(status) => errors.push(format!("{addr}: {}", status.message())),
-        }
-    }
-    Err(EnrollError(format!("cannot join the cluster: {}", errors.join("; "))))
 }
 
 /// Renews the certificate in `transport` when a third of its lifetime is left, from

@@ -170,17 +170,13 @@ pub fn cert_digest(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// DER of the first certificate in `pem`.
+/// DER of the first certificate in `pem` (a chain starts with its holder's).
 pub fn first_cert_der(pem: &str) -> Result<Vec<u8>, String> {
-    pem_certs(pem)?.into_iter().next().ok_or_else(|| "no certificate in the PEM text".to_string())
-}
-
-/// DER of every certificate in `pem`, in order.
-pub fn pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, String> {
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .map(|c| c.map(|c| c.to_vec()).map_err(|e| format!("bad PEM certificate: {e}")))
-        .collect()
+    match CertificateDer::pem_slice_iter(pem.as_bytes()).next() {
+        Some(cert) => cert.map(|c| c.to_vec()).map_err(|e| format!("bad PEM certificate: {e}")),
+        None => Err("no certificate in the PEM text".into()),
+    }
 }
 
 /// `SLWTKN-1-<role>-<CA digest>-<secret>`: lets a new agent or scheduler join. The
@@ -480,6 +476,51 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// What a join returns: the certificate (and, for a scheduler, the CA key) with the
+/// private key made here for it.
+pub struct Joined {
+    pub credentials: Credentials,
+    /// The CA's private key (schedulers only; empty for agents).
+    pub ca_key_pem: String,
+    /// The scheduler that answered.
+    pub via: String,
+}
+
+/// Joins with `token` as `name`: asks the schedulers at `addrs` in turn (each trusted
+/// only if it proves to hold a certificate from the CA the token pins) for a
+/// certificate on a key made here, and checks the CA it answers with.
+pub async fn join(addrs: &[String], token: &JoinToken, name: &str) -> Result<Joined, String> {
+    let (key_pem, csr_pem) = new_key_and_csr()?;
+    let mut errors = Vec::new();
+    for addr in addrs {
+        let channel = match connect_pinned(addr, &token.ca_digest).await {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let req = crate::JoinRequest {
+            role: token.role.to_string(),
+            secret: token.secret.clone(),
+            csr_pem: csr_pem.clone(),
+            name: name.to_string(),
+        };
+        match crate::enrollment_client::EnrollmentClient::new(channel).join(req).await {
+            Ok(reply) => {
+                let got = reply.into_inner();
+                if cert_digest(&first_cert_der(&got.ca_pem)?) != token.ca_digest {
+                    return Err(format!("{addr} answered with a CA that is not the token's"));
+                }
+                let credentials = Credentials { ca_pem: got.ca_pem, cert_pem: got.cert_pem, key_pem };
+                return Ok(Joined { credentials, ca_key_pem: got.ca_key_pem, via: addr.clone() });
+            }
+            Err(status) => errors.push(format!("{addr}: {}", status.message())),
+        }
+    }
+    Err(format!("cannot join the cluster: {}", errors.join("; ")))
 }
 
 /// Trusts a server chain whose CA certificate has the pinned digest.

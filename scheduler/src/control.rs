@@ -412,15 +412,7 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::JoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
         let req = req.into_inner();
-        let role = match req.role.as_str() {
-            "agent" => slipway_proto::tls::Role::Agent,
-            "scheduler" => slipway_proto::tls::Role::Scheduler,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "role {other:?}: join tokens exist for \"agent\" and \"scheduler\""
-                )))
-            }
-        };
+        let role = crate::enroll::token_role(&req.role)?;
         let token = crate::enroll::join_token(&self.shared, role, req.rotate).await?;
         Ok(Response::new(pb::JoinTokenResponse { token: token.to_string() }))
     }

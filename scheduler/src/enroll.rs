@@ -36,7 +36,8 @@ fn ca(shared: &Shared) -> Result<&Ca, Status> {
     })
 }
 
-fn role_of(name: &str) -> Result<Role, Status> {
+/// The role a join token is for: `agent` or `scheduler`.
+pub(crate) fn token_role(name: &str) -> Result<Role, Status> {
     match name.parse::<Role>() {
         Ok(role @ (Role::Agent | Role::Scheduler)) => Ok(role),
         _ => Err(Status::invalid_argument(format!(
@@ -113,7 +114,7 @@ pub fn issue_admin_cert(shared: &Shared, name: &str, csr_pem: &str) -> Result<pb
 impl pb::enrollment_server::Enrollment for EnrollmentService {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::Certified>, Status> {
         let req = req.into_inner();
-        let role = role_of(&req.role)?;
+        let role = token_role(&req.role)?;
         check_name(role, &req.name)?;
         let ca = ca(&self.shared)?;
         let expected = self.shared.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;

@@ -225,9 +225,9 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
     let advertise = config.advertised().unwrap_or_else(|| grpc_addr.to_string());
 
-    let credentials = credentials(&config).await?;
+    let credentials = credentials(&config).await?.map(|(ca, creds)| (Arc::new(ca), Arc::new(creds)));
     if let Some((_, creds)) = &credentials {
-        raft::network::set_transport(tls::Transport::Tls(Arc::new(creds.clone())));
+        raft::network::set_transport(tls::Transport::Tls(creds.clone()));
     }
     let store_err =
         |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
@@ -263,8 +263,8 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         fleet: Fleet::default(),
         dispatch: DispatchState::default(),
         wake: Notify::new(),
-        ca: credentials.as_ref().map(|(ca, _)| Arc::new(ca.clone())),
-        tls_credentials: credentials.as_ref().map(|(_, creds)| Arc::new(creds.clone())),
+        ca: credentials.as_ref().map(|(ca, _)| ca.clone()),
+        tls_credentials: credentials.as_ref().map(|(_, creds)| creds.clone()),
         docker: Mutex::new(None),
     });
 
@@ -414,39 +414,15 @@ async fn credentials(config: &SchedulerConfig) -> Result<Option<(Ca, Credentials
 async fn fetch_ca(config: &SchedulerConfig, token: &str, dir: &std::path::Path) -> Result<(), StartError> {
     let fail = StartError::Tls;
     let token: tls::JoinToken = token.parse().map_err(fail)?;
-    let (key_pem, csr_pem) = tls::new_key_and_csr().map_err(fail)?;
-    let mut errors = Vec::new();
-    for addr in &config.cluster.join_via {
-        let channel = match tls::connect_pinned(addr, &token.ca_digest).await {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        let req = slipway_proto::JoinRequest {
-            role: Role::Scheduler.to_string(),
-            secret: token.secret.clone(),
-            csr_pem: csr_pem.clone(),
-            name: config.node_id.to_string(),
-        };
-        match slipway_proto::enrollment_client::EnrollmentClient::new(channel).join(req).await {
-            Ok(reply) => {
-                let got = reply.into_inner();
-                let ca_der = tls::first_cert_der(&got.ca_pem).map_err(fail)?;
-                if tls::cert_digest(&ca_der) != token.ca_digest {
-                    return Err(fail(format!("{addr} answered with a CA that is not the token's")));
-                }
-                let ca = Ca::from_pem(got.ca_pem.clone(), got.ca_key_pem).map_err(|e| fail(e.0))?;
-                ca.save(dir).map_err(|e| fail(e.0))?;
-                let cert_pem = got.cert_pem + &got.ca_pem;
-                let creds = Credentials { ca_pem: got.ca_pem, cert_pem, key_pem };
-                creds.save_dir(dir).map_err(fail)?;
-                tracing::info!(via = %addr, "joined the cluster's PKI with a scheduler token");
-                return Ok(());
-            }
-            Err(status) => errors.push(format!("{addr}: {}", status.message())),
-        }
-    }
-    Err(fail(format!("cannot get the cluster CA with cluster.join_token: {}", errors.join("; "))))
+    let joined = tls::join(&config.cluster.join_via, &token, &config.node_id.to_string())
+        .await
+        .map_err(|e| fail(format!("cluster.join_token: {e}")))?;
+    let mut creds = joined.credentials;
+    let ca = Ca::from_pem(creds.ca_pem.clone(), joined.ca_key_pem).map_err(|e| fail(e.0))?;
+    ca.save(dir).map_err(|e| fail(e.0))?;
+    // Servers send the CA along with their certificate (see `Ca::issue`).
+    creds.cert_pem.push_str(&creds.ca_pem);
+    creds.save_dir(dir).map_err(fail)?;
+    tracing::info!(via = %joined.via, "joined the cluster's PKI with a scheduler token");
+    Ok(())
 }

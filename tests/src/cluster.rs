@@ -117,6 +117,19 @@ struct Agent {
     child: Option<Child>,
 }
 
+impl Member {
+    /// Member `id` on the host's loopback, on free ports, not started.
+    fn on_loopback(id: u64) -> Member {
+        Member {
+            id,
+            grpc_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            netns: None,
+            child: Mutex::default(),
+        }
+    }
+}
+
 /// A slipway on this machine: one scheduler on loopback ([`TestCluster::start`]) or a
 /// raft cluster of several, each in its own network namespace so a test can cut one
 /// off ([`TestCluster::start_replicated`]), with one agent on the local engine
@@ -171,13 +184,7 @@ impl TestCluster {
     pub async fn start_with_tls(stack: &str, tls: &str) -> Option<TestCluster> {
         let mut cluster = Self::prepare(stack).await?;
         cluster.tls_settings = tls.to_string();
-        cluster.members.push(Member {
-            id: 1,
-            grpc_addr: format!("127.0.0.1:{}", free_port()),
-            http_addr: format!("127.0.0.1:{}", free_port()),
-            netns: None,
-            child: Mutex::default(),
-        });
+        cluster.members.push(Member::on_loopback(1));
         cluster.add_local_agent();
         cluster.write_configs();
         cluster.start_member(1).await;
@@ -196,13 +203,7 @@ impl TestCluster {
         slipway_proto::tls::install_crypto_provider();
         let manager_socket = fleet.engine_socket(fleet.manager()).display().to_string();
         let mut cluster = Self::new(stack, &manager_socket, None, fleet.registry_addr());
-        cluster.members.push(Member {
-            id: 1,
-            grpc_addr: format!("127.0.0.1:{}", free_port()),
-            http_addr: format!("127.0.0.1:{}", free_port()),
-            netns: None,
-            child: Mutex::default(),
-        });
+        cluster.members.push(Member::on_loopback(1));
         for n in fleet.engine_numbers() {
             cluster.agents.push(Agent {
                 name: fleet.hostname(n),
@@ -298,10 +299,8 @@ impl TestCluster {
     /// Once a scheduler runs: an operator certificate for the test (`admin/`, named in
     /// `.slipway/config.toml` for the CLI) and the agents' join token in their configs.
     async fn enroll(&mut self) {
-        let ca_dir =
-            self.ca_dir.clone().unwrap_or_else(|| pki::pki_dir(&self.data_dir_of(self.members[0].id)));
-        let ca = Ca::load(&ca_dir).expect("read the cluster CA").expect("the cluster CA exists");
-        let admin = ca
+        let admin = self
+            .ca()
             .issue(&PeerIdentity::new(Role::Admin, "tests"), Duration::from_secs(24 * 3600))
             .expect("an operator certificate");
         admin.save_dir(&self.path("admin")).expect("save the operator certificate");

@@ -56,6 +56,17 @@ pub use registry::Registry;
 /// a Docker engine or the registry binary. CI sets it to `1`.
 pub const REQUIRE_DOCKER_ENV: &str = "SLIPWAY_REQUIRE_DOCKER";
 
+/// A child process killed and reaped when dropped, also when the test panics (an
+/// orphaned server would keep the test's output pipe open).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The workspace root (the directory holding `packaging/`, `examples/`, `tests/`).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent directory").to_path_buf()

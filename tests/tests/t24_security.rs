@@ -15,7 +15,7 @@ use slipway_proto::tls::{Credentials, PeerIdentity, Role, Transport, SERVER_NAME
 use slipway_proto::{self as pb};
 use slipway_scheduler::pki::Ca;
 use slipway_tests::cluster::binary;
-use slipway_tests::TestCluster;
+use slipway_tests::{KillOnDrop, TestCluster};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
@@ -326,13 +326,6 @@ async fn a_scheduler_joins_with_a_scheduler_token_and_gets_the_cluster_ca() {
         .stderr(log)
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _second = {
         let deadline = Instant::now() + Duration::from_secs(30);
         while reqwest::get(format!("http://{http}/healthz")).await.is_err() {
@@ -341,7 +334,7 @@ async fn a_scheduler_joins_with_a_scheduler_token_and_gets_the_cluster_ca() {
             assert!(Instant::now() < deadline, "the joining scheduler does not serve:\n{log}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Kill(child)
+        KillOnDrop(child)
     };
     let theirs = std::fs::read_to_string(dir.join("data/pki/ca.pem")).expect("it got the CA");
     assert_eq!(theirs, cluster.ca().cert_pem, "the cluster's CA, not a new one");

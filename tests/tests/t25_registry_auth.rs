@@ -7,21 +7,12 @@
 //! This covers the token server; the agents and Swarm services do not use grants yet
 //! (the registries of the quick start and the fixtures run without auth).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use slipway_scheduler::pki::Ca;
 use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
-use slipway_tests::{free_port, Registry, TestCluster, BASE_IMAGE};
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use slipway_tests::{free_port, KillOnDrop, Registry, TestCluster, BASE_IMAGE};
 
 /// `docker ARGS` with its own client config (`DOCKER_CONFIG`), stdin `input`.
 fn docker(config: &std::path::Path, args: &[&str], input: Option<&str>) -> Result<String, String> {

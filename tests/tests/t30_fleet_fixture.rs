@@ -5,24 +5,13 @@
 //! `docker-registry`; skips loudly without them.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use std::time::{Duration, Instant};
 
-use slipway_tests::{wait_for_http, Fleet, NetLab};
+use slipway_tests::{wait_for_http, Fleet, KillOnDrop, NetLab};
 
 const PORT: u16 = 7000;
-
-/// A child process killed and reaped when dropped, also when the test panics (an
-/// orphaned server would keep the test's output pipe open).
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `busybox httpd` serving `hello.txt` on every address of node `n`, port [`PORT`].
 fn serve(lab: &NetLab, n: u8, dir: &std::path::Path) -> KillOnDrop {
