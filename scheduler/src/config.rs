@@ -116,6 +116,10 @@ pub struct RaftSettings {
 pub struct RegistryConfig {
     /// `host:port` every engine of the fleet can push to and pull from.
     pub addr: String,
+    /// How long the pull-only registry grant stored with each Swarm service stays
+    /// valid (with TLS on); the leader renews it when a third is left, without
+    /// restarting tasks ([`crate::registry_auth`]).
+    pub pull_grant_validity_secs: u64,
 }
 
 /// How releases become Swarm services.
@@ -218,7 +222,7 @@ impl RaftSettings {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { addr: "127.0.0.1:5000".into() }
+        Self { addr: "127.0.0.1:5000".into(), pull_grant_validity_secs: 30 * 24 * 3600 }
     }
 }
 
@@ -266,6 +270,13 @@ impl SchedulerConfig {
             return Err(ConfigError(format!(
                 "registry.addr {:?} must be host:port, e.g. \"127.0.0.1:5000\"",
                 self.registry.addr
+            )));
+        }
+        if self.registry.pull_grant_validity_secs < 30 {
+            return Err(ConfigError(format!(
+                "registry.pull_grant_validity_secs = {} is too short: at least 30 (the default is {}, 30 days)",
+                self.registry.pull_grant_validity_secs,
+                RegistryConfig::default().pull_grant_validity_secs
             )));
         }
         if slipway_proto::validate::app_name(&self.deploy.stack).is_err() {

@@ -64,6 +64,7 @@ use bollard::models::{
     TaskState,
 };
 use bollard::query_parameters::{ListTasksOptions, UpdateServiceOptions};
+use bollard::auth::DockerCredentials;
 use bollard::Docker;
 use slipway_proto::validate::{self, Invalid};
 
@@ -75,6 +76,9 @@ pub const LABEL_STACK_IMAGE: &str = "com.docker.stack.image";
 pub const LABEL_APP: &str = "io.slipway.app";
 /// Label holding the release number a service (and each of its containers) runs.
 pub const LABEL_RELEASE: &str = "io.slipway.release";
+/// Service label: when the registry grant stored with the service expires (seconds since
+/// the epoch); absent on a service that pulls anonymously.
+pub const LABEL_PULL_GRANT_EXPIRES: &str = "io.slipway.pull-grant-expires";
 
 /// How often [`deploy`] polls the service and its tasks while waiting for convergence.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -92,6 +96,27 @@ const DOCKER_DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 const DOCKER_DEFAULT_HEALTH_RETRIES: u32 = 3;
 /// Swarm service names are DNS labels.
 const MAX_SERVICE_NAME_LEN: usize = 63;
+
+/// The registry credentials a service's tasks pull with: Swarm keeps them with the
+/// service (sent as `X-Registry-Auth`) and hands them to whichever node runs a task.
+/// `Debug` leaves the secret out.
+#[derive(Clone)]
+pub struct PullAuth {
+    pub credentials: DockerCredentials,
+    /// When they stop working (seconds since the epoch), recorded as
+    /// [`LABEL_PULL_GRANT_EXPIRES`].
+    pub expires: u64,
+}
+
+impl std::fmt::Debug for PullAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullAuth")
+            .field("username", &self.credentials.username)
+            .field("registry", &self.credentials.serveraddress)
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
 
 /// One release of one app, as the Swarm service that should run it.
 #[derive(Debug, Clone, PartialEq)]
@@ -683,14 +708,20 @@ struct Applied {
 async fn apply(
     docker: &Docker,
     spec: &ServiceSpec,
+    auth: Option<&PullAuth>,
     name: &str,
     progress: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Applied, DeployError> {
+    let mut spec = spec.clone();
+    if let (Some(auth), Some(labels)) = (auth, spec.labels.as_mut()) {
+        labels.insert(LABEL_PULL_GRANT_EXPIRES.to_owned(), auth.expires.to_string());
+    }
+    let credentials = auth.map(|a| a.credentials.clone());
     let mut last_error = String::new();
     for attempt in 1..=UPDATE_ATTEMPTS {
         let current = match docker.inspect_service(name, None).await {
             Ok(current) => current,
-            Err(e) if has_status(&e, 404) => match docker.create_service(spec.clone(), None).await {
+            Err(e) if has_status(&e, 404) => match docker.create_service(spec.clone(), credentials.clone()).await {
                 Ok(created) => {
                     for warning in created.warnings.unwrap_or_default() {
                         progress(format!("service {name}: engine warning: {warning}"));
@@ -721,9 +752,9 @@ async fn apply(
         {
             task.force_update = current_task.force_update;
         }
-        // No credentials: the registry needs none, and "spec" keeps any the service has.
+        // Without credentials (an anonymous registry) the engine keeps any the service has.
         let options = UpdateServiceOptions { version, ..Default::default() };
-        match docker.update_service(&id, next, options, None).await {
+        match docker.update_service(&id, next, options, credentials.clone()).await {
             Ok(updated) => {
                 for warning in updated.warnings.unwrap_or_default() {
                     progress(format!("service {name}: engine warning: {warning}"));
@@ -752,13 +783,14 @@ async fn apply(
 pub async fn deploy(
     docker: &Docker,
     spec: &ServiceDeploy,
+    auth: Option<&PullAuth>,
     progress: &(dyn Fn(String) + Send + Sync),
 ) -> Result<DeployOutcome, DeployError> {
     let service_spec = service_spec(spec)?;
     let name = service_name(&spec.stack, &spec.app);
     ensure_swarm_manager(docker).await?;
     ensure_network(docker, &spec.stack).await?;
-    let applied = apply(docker, &service_spec, &name, progress).await?;
+    let applied = apply(docker, &service_spec, auth, &name, progress).await?;
     progress(format!(
         "service {name}: {} for release {} ({})",
         if applied.created { "created" } else { "updated" },
@@ -766,6 +798,63 @@ pub async fn deploy(
         spec.image
     ));
     converge(docker, spec, &name, applied, progress).await
+}
+
+/// What [`renew_pull_grant`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The service now holds the new credentials.
+    Renewed,
+    /// Its grant is still good past the renewal point: nothing to do.
+    Fresh,
+    /// Swarm is updating or rolling it back, or another change came first: next round.
+    Busy,
+    /// The app has no service.
+    NoService,
+}
+
+/// Replaces the registry credentials stored with the app's service by `auth` if the
+/// ones it has expire before `renew_before` (seconds since the epoch). Everything else
+/// of the spec stays as it is, and Swarm does not count pull options as a task change,
+/// so no task restarts (`docker service update --with-registry-auth` does the same).
+/// A service Swarm is updating or rolling back is left for the next round: the update
+/// would become the spec its rollback returns to.
+pub async fn renew_pull_grant(
+    docker: &Docker,
+    stack: &str,
+    app: &str,
+    auth: &PullAuth,
+    renew_before: u64,
+) -> Result<Renewal, DeployError> {
+    let name = service_name(stack, app);
+    let current = match docker.inspect_service(&name, None).await {
+        Ok(current) => current,
+        Err(e) if has_status(&e, 404) => return Ok(Renewal::NoService),
+        Err(e) => return Err(engine_error(docker, format!("inspect service {name}"), e)),
+    };
+    let Some(mut spec) = current.spec.clone() else { return Ok(Renewal::NoService) };
+    let labels = spec.labels.get_or_insert_with(HashMap::new);
+    let expires = labels.get(LABEL_PULL_GRANT_EXPIRES).and_then(|v| v.parse::<u64>().ok());
+    if expires.is_some_and(|e| e >= renew_before) {
+        return Ok(Renewal::Fresh);
+    }
+    let state = current.update_status.as_ref().and_then(|u| u.state);
+    if matches!(
+        state,
+        Some(ServiceUpdateStatusStateEnum::UPDATING | ServiceUpdateStatusStateEnum::ROLLBACK_STARTED)
+    ) {
+        return Ok(Renewal::Busy);
+    }
+    labels.insert(LABEL_PULL_GRANT_EXPIRES.to_owned(), auth.expires.to_string());
+    let id = current.id.clone().unwrap_or(name.clone());
+    let index = current.version.as_ref().and_then(|v| v.index).unwrap_or_default();
+    let Ok(version) = i32::try_from(index) else { return Ok(Renewal::Busy) };
+    let options = UpdateServiceOptions { version, ..Default::default() };
+    match docker.update_service(&id, spec, options, Some(auth.credentials.clone())).await {
+        Ok(_) => Ok(Renewal::Renewed),
+        Err(e) if is_out_of_sequence(&e) => Ok(Renewal::Busy),
+        Err(e) => Err(engine_error(docker, format!("update service {name}"), e)),
+    }
 }
 
 /// Polls the service and its tasks until [`judge`] decides, or the timeout passes.
@@ -1666,7 +1755,7 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
         let docker =
             Docker::connect_with_unix(socket.to_str().unwrap(), 5, bollard::API_DEFAULT_VERSION).unwrap();
-        let err = deploy(&docker, &shop(), &|_| {}).await.unwrap_err();
+        let err = deploy(&docker, &shop(), None, &|_| {}).await.unwrap_err();
         assert!(matches!(err, DeployError::Engine { .. }), "{err:?}");
         assert!(err.to_string().contains(socket.to_str().unwrap()), "names the socket: {err}");
         assert!(err.to_string().contains("check that dockerd is running"), "{err}");
@@ -1726,7 +1815,7 @@ mod tests {
         // First deploy of a healthy app and, at the same time, of one that exits at once.
         let release1 = web(&v1, 1, fixture::http_healthcheck());
         let (first, crashed) =
-            tokio::join!(deploy(&docker, &release1, &progress), deploy(&docker, &crashing, &progress));
+            tokio::join!(deploy(&docker, &release1, None, &progress), deploy(&docker, &crashing, None, &progress));
         let first = first.unwrap();
         assert!(first.created);
         assert_eq!((first.running, first.desired, first.published_port), (1, 1, Some(port)));
@@ -1777,7 +1866,7 @@ mod tests {
         assert_eq!(label, stack);
 
         // A rolling update to the next release.
-        let second = deploy(&docker, &web(&v2, 2, fixture::http_healthcheck()), &progress).await.unwrap();
+        let second = deploy(&docker, &web(&v2, 2, fixture::http_healthcheck()), None, &progress).await.unwrap();
         assert!(!second.created);
         assert_eq!(second.service_id, first.service_id);
         assert_eq!(fixture::http_get(port).as_deref(), Some("v2"));
@@ -1786,7 +1875,7 @@ mod tests {
         // A release whose healthcheck never passes: Swarm rolls back to release 2.
         let failing =
             HealthcheckSpec { cmd: vec!["CMD".into(), "false".into()], ..fixture::http_healthcheck() };
-        match deploy(&docker, &web(&v3, 3, failing), &progress).await {
+        match deploy(&docker, &web(&v3, 3, failing), None, &progress).await {
             Err(DeployError::RolledBack { reason }) => assert!(reason.contains("unhealthy"), "{reason}"),
             other => panic!("expected an automatic rollback, got {other:?}"),
         }
@@ -1837,7 +1926,7 @@ mod tests {
             eprintln!("t31 progress: {line}");
             lines.lock().unwrap().push(line);
         };
-        match deploy(&docker, &spec, &progress).await {
+        match deploy(&docker, &spec, None, &progress).await {
             Err(DeployError::TasksFailed { reason }) => assert!(reason.contains("No such image"), "{reason}"),
             other => panic!("expected TasksFailed, got {other:?}"),
         }

@@ -22,7 +22,10 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::convert;
-use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, ServiceDeploy};
+use bollard::auth::DockerCredentials;
+
+use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, PullAuth, ServiceDeploy};
+use crate::registry_auth;
 use crate::placement::{self, BuildNeeds, Liveness, NodeView, Rejection};
 use crate::server::Shared;
 use crate::state::{BuildOutput, BuildState, Command, DeployState, Release, Response};
@@ -36,6 +39,8 @@ pub struct DispatchState {
     deploying: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     /// Placement decisions taken, for `/metrics`.
     pub placements: crate::metrics::PlacementCounters,
+    /// When [`renew_pull_grants`] looks at the services next.
+    next_renewal: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl DispatchState {
@@ -102,6 +107,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         place_queued(&shared).await;
         requeue_lost(&shared).await;
         start_pending_deploys(&shared).await;
+        renew_pull_grants(&shared);
     }
 }
 
@@ -370,6 +376,83 @@ async fn start_pending_deploys(shared: &Arc<Shared>) {
     }
 }
 
+/// The registry credentials an app's service pulls with (TLS on): a pull-only grant for
+/// its repository, valid `registry.pull_grant_validity_secs`.
+pub fn pull_auth(shared: &Shared, app: &str) -> Option<PullAuth> {
+    let ca = shared.ca.as_ref()?;
+    let validity = Duration::from_secs(shared.config.registry.pull_grant_validity_secs);
+    let login = registry_auth::login(ca, app, &["pull"], validity);
+    Some(PullAuth {
+        credentials: DockerCredentials {
+            username: Some(login.username),
+            password: Some(login.password),
+            serveraddress: Some(shared.config.registry.addr.clone()),
+            ..Default::default()
+        },
+        expires: login.expires,
+    })
+}
+
+/// Keeps the pull grants stored with the apps' services valid: every sixth of their
+/// validity (at most every 5 minutes) each deployed app whose service's grant has less
+/// than a third left gets a fresh one ([`deploy::renew_pull_grant`]). A renewal holds
+/// the app's deploy slot, so a deploy of the same app waits for it and the other way
+/// round.
+fn renew_pull_grants(shared: &Arc<Shared>) {
+    if shared.ca.is_none() {
+        return;
+    }
+    let validity = shared.config.registry.pull_grant_validity_secs;
+    {
+        let now = tokio::time::Instant::now();
+        let mut next = shared.dispatch.next_renewal.lock().expect("dispatch lock poisoned");
+        if next.is_some_and(|at| now < at) {
+            return;
+        }
+        *next = Some(now + Duration::from_secs(validity / 6).clamp(Duration::from_secs(1), RENEWAL_CHECK_MAX));
+    }
+    let apps: Vec<String> = shared.read(|s| {
+        s.releases
+            .iter()
+            .filter(|(_, releases)| releases.iter().any(|r| r.deploy == DeployState::Deployed))
+            .map(|(app, _)| app.clone())
+            .collect()
+    });
+    let renew_before = registry_auth::now_secs() + validity / 3;
+    for app in apps {
+        let mut deploying = shared.dispatch.deploying.lock().expect("dispatch lock poisoned");
+        if deploying.contains_key(&app) {
+            continue;
+        }
+        let guard = DeployingGuard { shared: shared.clone(), app: app.clone() };
+        let task_shared = shared.clone();
+        let task_app = app.clone();
+        let task = tokio::spawn(
+            async move {
+                let _guard = guard;
+                let Some(auth) = pull_auth(&task_shared, &task_app) else { return };
+                let docker = match task_shared.docker().await {
+                    Ok(docker) => docker,
+                    Err(err) => return tracing::warn!(%err, "cannot renew the service's registry grant"),
+                };
+                let stack = &task_shared.config.deploy.stack;
+                match deploy::renew_pull_grant(&docker, stack, &task_app, &auth, renew_before).await {
+                    Ok(deploy::Renewal::Renewed) => {
+                        tracing::info!(expires = auth.expires, "renewed the service's registry grant")
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, "cannot renew the service's registry grant"),
+                }
+            }
+            .instrument(tracing::info_span!("renew_pull_grant", app = %app)),
+        );
+        deploying.insert(app, task.abort_handle());
+    }
+}
+
+/// Longest time between two looks at the services' pull grants.
+const RENEWAL_CHECK_MAX: Duration = Duration::from_secs(300);
+
 /// Maps a release to the Swarm service that runs it.
 pub fn service_for(shared: &Shared, release: &Release) -> ServiceDeploy {
     let deploy = &shared.config.deploy;
@@ -428,7 +511,8 @@ async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
             let progress_topic = topic.clone();
             let events = shared.events.clone();
             let progress = move |line: String| events.publish(&progress_topic, Event::DeployProgress(line));
-            deploy::deploy(&docker, &spec, &progress).await.map_err(|e| e.to_string())
+            let auth = pull_auth(shared, &release.app);
+            deploy::deploy(&docker, &spec, auth.as_ref(), &progress).await.map_err(|e| e.to_string())
         }
         Err(err) => Err(err.to_string()),
     };

@@ -39,6 +39,31 @@ pub const GRANT_USER: &str = "slipway-grant";
 /// How long a JWT lives (the registry adds 60 s of leeway; it cannot be revoked).
 pub const TOKEN_TTL: Duration = Duration::from_secs(300);
 
+/// How long a build's push+pull grant lives: long enough for any clone, build and push
+/// (the engine asks for a fresh token with it at each push and pull).
+pub const BUILD_GRANT_TTL: Duration = Duration::from_secs(6 * 3600);
+
+/// A grant as the engine presents it: user [`GRANT_USER`], the grant as password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+    /// When the grant expires (seconds since the epoch).
+    pub expires: u64,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("username", &self.username).field("expires", &self.expires).finish()
+    }
+}
+
+/// A login allowing `actions` on `app`'s repository for `ttl`.
+pub fn login(ca: &Ca, app: &str, actions: &[&str], ttl: Duration) -> Login {
+    let password = issue_grant(ca, app, actions, ttl);
+    Login { username: GRANT_USER.to_string(), password, expires: now_secs() + ttl.as_secs() }
+}
+
 /// What a grant allows: `actions` on the repository named `app`, until `exp` (seconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
@@ -47,7 +72,8 @@ pub struct Grant {
     pub exp: u64,
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

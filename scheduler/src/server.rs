@@ -29,6 +29,7 @@ use crate::events::Events;
 use crate::pki::{self, Ca};
 use crate::raft::state_machine::SharedState;
 use crate::raft::{self, Raft};
+use crate::registry_auth;
 use crate::state::{App, Build, Command, Response, State};
 
 /// How long a write (or a leader's read check) may wait for a quorum.
@@ -127,7 +128,8 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// The assignment an agent gets for a build's current attempt.
+    /// The assignment an agent gets for a build's current attempt, with (TLS on) a fresh
+    /// grant to push and pull the app's repository only.
     pub fn assignment(&self, b: &Build, app: &App) -> slipway_proto::BuildAssignment {
         slipway_proto::BuildAssignment {
             build_id: b.id.clone(),
@@ -137,6 +139,10 @@ impl Shared {
             git_ref: b.git_ref.clone(),
             no_cache: b.no_cache,
             repository: format!("{}/{}", self.config.registry.addr, app.name),
+            registry_login: self.ca.as_ref().map(|ca| {
+                let login = registry_auth::login(ca, &app.name, &["push", "pull"], registry_auth::BUILD_GRANT_TTL);
+                slipway_proto::RegistryLogin { username: login.username, password: login.password }
+            }),
         }
     }
 

@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::netns::NetLab;
-use crate::{base_image, ensure_swarm, free_port, require_docker, workspace_root, Fleet, Registry};
+use crate::{base_image, ensure_swarm, free_port, require_docker, workspace_root, Balancer, Fleet, Registry, TokenAuth};
 
 /// Environment variable naming the profile fixtures run the slipway binaries in:
 /// `release` for benchmarks, debug otherwise.
@@ -141,9 +141,12 @@ pub struct TestCluster {
     scheduler_docker_socket: String,
     /// Socket of the Swarm manager the stack lives on (for the test's own look).
     swarm_socket: String,
-    /// The registry this cluster started; None on a fleet, whose registry it uses.
+    /// The registry this cluster started (token auth, with the cluster as its token
+    /// server); None on a fleet, whose registry it uses.
     registry: Option<Registry>,
     registry_addr: String,
+    /// The registry's token realm in front of a replicated cluster's members.
+    realm_balancer: Option<Balancer>,
     pub stack: String,
     members: Vec<Member>,
     /// Extra `[raft]` settings written into every member's config.
@@ -152,7 +155,8 @@ pub struct TestCluster {
     tls_settings: String,
     /// Agent `n` is `agents[n - 1]`.
     agents: Vec<Agent>,
-    /// The CA shared by the founding members of a replicated cluster (`tls.ca_dir`).
+    /// The cluster CA, made before any member starts so the registry can trust it
+    /// (`tls.ca_dir`).
     ca_dir: Option<PathBuf>,
     /// The agents' join token, once the cluster runs.
     agent_token: Option<String>,
@@ -185,6 +189,8 @@ impl TestCluster {
         let mut cluster = Self::prepare(stack).await?;
         cluster.tls_settings = tls.to_string();
         cluster.members.push(Member::on_loopback(1));
+        let realm = format!("http://{}/v2/token", cluster.member(1).http_addr);
+        cluster.start_registry(&realm).await;
         cluster.add_local_agent();
         cluster.write_configs();
         cluster.start_member(1).await;
@@ -199,11 +205,27 @@ impl TestCluster {
     /// engine's host, `node-N`, in [`Fleet::agent_dir`]); returns once every agent
     /// reports. Drop it before the fleet: the agents' files live in the fleet's
     /// directory.
-    pub async fn on_fleet(stack: &str, fleet: &Fleet) -> TestCluster {
+    ///
+    /// The fleet's registry is restarted with token auth, this cluster its token server:
+    /// the scheduler's HTTP side listens on the lab's host address, where every engine
+    /// reaches it.
+    pub async fn on_fleet(stack: &str, fleet: &mut Fleet) -> TestCluster {
         slipway_proto::tls::install_crypto_provider();
         let manager_socket = fleet.engine_socket(fleet.manager()).display().to_string();
         let mut cluster = Self::new(stack, &manager_socket, None, fleet.registry_addr());
-        cluster.members.push(Member::on_loopback(1));
+        let ca = cluster.create_ca();
+        let host_ip = fleet.registry().ip();
+        let member = Member {
+            http_addr: format!("{host_ip}:{}", crate::net::free_port_on(host_ip)),
+            ..Member::on_loopback(1)
+        };
+        let realm = format!("http://{}/v2/token", member.http_addr);
+        cluster.members.push(member);
+        fleet
+            .registry_mut()
+            .require_tokens(TokenAuth { realm, ca })
+            .await
+            .unwrap_or_else(|e| panic!("cannot restart the fleet's registry with token auth: {e:#}"));
         for n in fleet.engine_numbers() {
             cluster.agents.push(Agent {
                 name: fleet.hostname(n),
@@ -233,10 +255,6 @@ impl TestCluster {
         let mut cluster = Self::prepare(stack).await?;
         cluster.raft_settings = raft.to_string();
         cluster.lab = Some(lab);
-        // Founding members share one CA, made before any starts.
-        let ca_dir = cluster.path("ca");
-        Ca::create().expect("a CA").save(&ca_dir).expect("save the CA");
-        cluster.ca_dir = Some(ca_dir);
         for i in 1..=n {
             let ip = cluster.lab_mut().add_node(i);
             cluster.members.push(Member {
@@ -247,6 +265,10 @@ impl TestCluster {
                 child: Mutex::default(),
             });
         }
+        // Any member answers the registry's token requests; the balancer picks a live one.
+        let balancer = Balancer::start(cluster.members.iter().map(|m| m.http_addr.clone()).collect()).await;
+        cluster.start_registry(&format!("http://{}/v2/token", balancer.addr())).await;
+        cluster.realm_balancer = Some(balancer);
         cluster.add_local_agent();
         cluster.write_configs();
         for id in 1..=u64::from(n) {
@@ -258,14 +280,35 @@ impl TestCluster {
         Some(cluster)
     }
 
+    /// A cluster on the local engine with its CA made; its registry starts once the
+    /// members' addresses are known ([`start_registry`](Self::start_registry)).
     async fn prepare(stack: &str) -> Option<TestCluster> {
         slipway_proto::tls::install_crypto_provider();
         require_docker().await?;
         ensure_swarm().await;
         base_image().await;
-        let registry = Registry::start().await;
-        let registry_addr = registry.addr();
-        Some(Self::new(stack, LOCAL_ENGINE, Some(registry), registry_addr))
+        let mut cluster = Self::new(stack, LOCAL_ENGINE, None, String::new());
+        cluster.create_ca();
+        Some(cluster)
+    }
+
+    /// The cluster CA, in `ca/` (every member's `tls.ca_dir`).
+    fn create_ca(&mut self) -> Ca {
+        let ca_dir = self.path("ca");
+        let ca = Ca::create().expect("a CA");
+        ca.save(&ca_dir).expect("save the CA");
+        self.ca_dir = Some(ca_dir);
+        ca
+    }
+
+    /// This cluster's registry on loopback, taking tokens from `realm`.
+    async fn start_registry(&mut self, realm: &str) {
+        let auth = TokenAuth { realm: realm.to_string(), ca: self.ca() };
+        let registry = Registry::start_with([127, 0, 0, 1], &std::env::temp_dir(), Some(auth))
+            .await
+            .unwrap_or_else(|e| panic!("cannot start the test registry: {e:#}"));
+        self.registry_addr = registry.addr();
+        self.registry = Some(registry);
     }
 
     /// A cluster with nothing started yet, deploying through the Swarm manager at
@@ -282,6 +325,7 @@ impl TestCluster {
             swarm_socket: swarm_socket.into(),
             registry,
             registry_addr,
+            realm_balancer: None,
             stack: stack.to_string(),
             members: Vec::new(),
             raft_settings: String::new(),
@@ -332,7 +376,7 @@ impl TestCluster {
         }
     }
 
-    /// The cluster CA (in member 1's data dir, or the founders' shared one).
+    /// The cluster CA (`ca/`, or member 1's data dir if it made its own).
     pub fn ca(&self) -> Ca {
         let dir = self.ca_dir.clone().unwrap_or_else(|| pki::pki_dir(&self.data_dir_of(self.members[0].id)));
         Ca::load(&dir).expect("read the cluster CA").expect("the cluster CA exists")

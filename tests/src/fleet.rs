@@ -271,6 +271,11 @@ impl Fleet {
         &self.registry
     }
 
+    /// The registry, to reconfigure (e.g. [`Registry::require_tokens`]).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// `10.231.K.1:PORT`: the registry part of image references, the same for every
     /// engine and for the host.
     pub fn registry_addr(&self) -> String {

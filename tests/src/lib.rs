@@ -9,7 +9,10 @@
 //!   (`slipway/busybox:latest`, built locally by `packaging/base-image.sh`),
 //!   [`ensure_swarm`] (a single-node Swarm on the local engine).
 //! - [`registry`]: [`Registry`], Debian's `docker-registry` on a free loopback port in
-//!   a temporary directory, with HTTP helpers to look at what was pushed.
+//!   a temporary directory, with HTTP helpers to look at what was pushed; with a
+//!   [`TokenAuth`] it takes tokens from a scheduler, as slipway's registries do.
+//! - [`balancer`]: [`Balancer`], a TCP forwarder to the first live scheduler (the
+//!   registry's token realm for a replicated cluster).
 //! - [`gitrepo`]: [`GitRepo`], an app from `examples/` committed into a fresh git
 //!   repository that the agent can clone through a `file://` URL.
 //! - [`net`]: [`free_port`], [`wait_for_http`].
@@ -18,9 +21,10 @@
 //! - [`fleet`]: [`Fleet`], several `dockerd`s each in a [`NetLab`] node, one Swarm,
 //!   a registry on the lab's host address; kill and restart an engine (needs root).
 //! - [`cluster`]: [`TestCluster`], the `slipway-scheduler` and `slipway-agent`
-//!   binaries as child processes (so tests can `kill -9` them) on a registry and the
-//!   local Swarm, or on a [`Fleet`] with an agent per engine, with a control-API
-//!   client; [`DeployRun`] collects a deploy stream.
+//!   binaries as child processes (so tests can `kill -9` them) on a registry (token
+//!   auth, the cluster's own token server) and the local Swarm, or on a [`Fleet`] with
+//!   an agent per engine, with a control-API client; [`DeployRun`] collects a deploy
+//!   stream.
 //! - [`browser`]: headless Chromium, for pages an operator looks at.
 //!
 //! Fixtures panic with a message naming the fix when the machine lacks something:
@@ -39,6 +43,7 @@ pub mod fleet;
 pub mod gitrepo;
 pub mod net;
 pub mod netns;
+pub mod balancer;
 pub mod registry;
 
 use std::io::Write;
@@ -50,7 +55,8 @@ pub use fleet::Fleet;
 pub use gitrepo::GitRepo;
 pub use net::{free_port, wait_for_http};
 pub use netns::NetLab;
-pub use registry::Registry;
+pub use balancer::Balancer;
+pub use registry::{Registry, TokenAuth};
 
 /// Name of the environment variable that turns "skip" into "fail" for tests that need
 /// a Docker engine or the registry binary. CI sets it to `1`.

@@ -10,9 +10,14 @@ use anyhow::bail;
 /// released). Another process may take it before the caller binds it; fixtures that
 /// start servers retry with a new port when that happens.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    free_port_on(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// A TCP port on `ip` (an address of this host) that was free a moment ago.
+pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
+    TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
-        .expect("cannot bind 127.0.0.1:0 to find a free port")
+        .unwrap_or_else(|e| panic!("cannot bind {ip}:0 to find a free port: {e}"))
         .port()
 }
 

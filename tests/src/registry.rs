@@ -6,17 +6,23 @@
 //! level warn). Docker treats 127.0.0.0/8 registries as insecure, so the engine
 //! pushes to it over plain http without configuration. [`Registry::start_on`] listens
 //! on another address instead (a [`NetLab`](crate::NetLab)'s host address, for a
-//! fleet): engines then need it in their `insecure-registries`. Dropping the
-//! [`Registry`] kills the process and deletes its storage.
+//! fleet): engines then need it in their `insecure-registries`. With a [`TokenAuth`]
+//! ([`Registry::start_with`], [`Registry::require_tokens`]) it runs as slipway's
+//! registries do with TLS on: `auth: token`, a scheduler's `/v2/token` as the realm, the
+//! cluster CA as `rootcertbundle`; its HTTP helpers then fetch a pull token for the
+//! repository they look at, with a grant minted from the CA. Dropping the [`Registry`]
+//! kills the process and deletes its storage.
 
 use std::fs::{self, File};
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use reqwest::{header, StatusCode};
+use slipway_scheduler::pki::Ca;
+use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
 use tempfile::TempDir;
 
 /// The manifest media types a registry client accepts: Docker v2 schema 2 and OCI,
@@ -30,6 +36,15 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 3;
 
+/// Token authentication for a [`Registry`]: who issues its tokens and what signs them.
+#[derive(Clone)]
+pub struct TokenAuth {
+    /// `http://<scheduler http_listen>/v2/token`, reachable from every engine.
+    pub realm: String,
+    /// The cluster CA: the registry's `rootcertbundle`, and the test's own grants.
+    pub ca: Ca,
+}
+
 /// A running `docker-registry` (on 127.0.0.1 unless started with
 /// [`Registry::start_on`]), owned by one test.
 pub struct Registry {
@@ -41,6 +56,8 @@ pub struct Registry {
     /// Holds `config.yml`, `registry.log` and `data/`; removed on drop, after the kill.
     dir: TempDir,
     http: reqwest::Client,
+    /// Token auth, if it runs with it.
+    auth: Option<TokenAuth>,
 }
 
 impl Registry {
@@ -80,6 +97,15 @@ impl Registry {
     /// (so that a fixture cleaning up after a crashed run finds the registry by the
     /// path on its command line).
     pub async fn try_start_in(ip: impl Into<IpAddr>, parent: &Path) -> anyhow::Result<Registry> {
+        Registry::start_with(ip, parent, None).await
+    }
+
+    /// Like [`Registry::try_start_in`], with token auth if `auth` is given.
+    pub async fn start_with(
+        ip: impl Into<IpAddr>,
+        parent: &Path,
+        auth: Option<TokenAuth>,
+    ) -> anyhow::Result<Registry> {
         let ip = ip.into();
         let binary = Registry::binary().ok_or_else(|| {
             anyhow!("docker-registry is not installed. Fix: apt-get install docker-registry")
@@ -88,9 +114,9 @@ impl Registry {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::Builder::new().prefix("slipway-registry-").tempdir_in(parent)?;
-            let port = free_port_on(ip)?;
-            match spawn_and_wait(&binary, dir.path(), ip, port, &http).await {
-                Ok(child) => return Ok(Registry { child, ip, port, dir, http }),
+            let port = crate::net::free_port_on(ip);
+            match spawn_and_wait(&binary, dir.path(), ip, port, auth.as_ref(), &http).await {
+                Ok(child) => return Ok(Registry { child, ip, port, dir, http, auth }),
                 Err(e) => last_error = Some(e),
             }
         }
@@ -111,6 +137,16 @@ impl Registry {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Restarts the registry (same address, same storage) with token auth: from now on
+    /// it admits only what `auth`'s token server allows.
+    pub async fn require_tokens(&mut self, auth: TokenAuth) -> anyhow::Result<()> {
+        self.stop();
+        let binary = Registry::binary().ok_or_else(|| anyhow!("docker-registry is not installed"))?;
+        self.child = spawn_and_wait(&binary, self.dir.path(), self.ip, self.port, Some(&auth), &self.http).await?;
+        self.auth = Some(auth);
+        Ok(())
     }
 
     /// `127.0.0.1:PORT` (or `IP:PORT` of [`Registry::start_on`]): the registry part of
@@ -148,7 +184,7 @@ impl Registry {
     /// (`GET /v2/<repo>/manifests/<digest>`, accepting Docker v2 and OCI manifests.)
     pub async fn has_manifest(&self, repo: &str, digest: &str) -> bool {
         let url = format!("{}/{repo}/manifests/{digest}", self.base_url());
-        let response = self.get(&url).await;
+        let response = self.get(&url, Some(repo)).await;
         match response.status() {
             StatusCode::OK => true,
             StatusCode::NOT_FOUND => false,
@@ -160,7 +196,7 @@ impl Registry {
     /// (its `Docker-Content-Digest`), or `None` if there is none.
     pub async fn manifest_digest(&self, repo: &str, reference: &str) -> Option<String> {
         let url = format!("{}/{repo}/manifests/{reference}", self.base_url());
-        let response = self.get(&url).await;
+        let response = self.get(&url, Some(repo)).await;
         match response.status() {
             StatusCode::OK => Some(
                 response
@@ -179,7 +215,7 @@ impl Registry {
     /// repository does not exist or has no tags left.
     pub async fn tags(&self, repo: &str) -> Vec<String> {
         let url = format!("{}/{repo}/tags/list", self.base_url());
-        let body = match self.get_json(&url).await {
+        let body = match self.get_json(&url, Some(repo)).await {
             Some(body) => body,
             None => return Vec::new(),
         };
@@ -194,7 +230,7 @@ impl Registry {
     /// The repositories it holds (`GET /v2/_catalog`), sorted.
     pub async fn catalog(&self) -> Vec<String> {
         let url = format!("{}/_catalog", self.base_url());
-        let body = self.get_json(&url).await.unwrap_or_default();
+        let body = self.get_json(&url, None).await.unwrap_or_default();
         let mut repos: Vec<String> = body["repositories"]
             .as_array()
             .map(|r| r.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
@@ -207,18 +243,35 @@ impl Registry {
         format!("http://{}/v2", self.addr())
     }
 
-    async fn get(&self, url: &str) -> reqwest::Response {
-        self.http
-            .get(url)
-            .header(header::ACCEPT, MANIFEST_ACCEPT)
+    /// GETs `url`, with a pull token for `repo` when the registry wants tokens.
+    async fn get(&self, url: &str, repo: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(url).header(header::ACCEPT, MANIFEST_ACCEPT);
+        if let (Some(auth), Some(repo)) = (&self.auth, repo) {
+            request = request.bearer_auth(self.pull_token(auth, repo).await);
+        }
+        request.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}\nregistry log:\n{}", self.log()))
+    }
+
+    /// A token to pull `repo`, from the token server, for a one-minute grant.
+    async fn pull_token(&self, auth: &TokenAuth, repo: &str) -> String {
+        let grant = issue_grant(&auth.ca, repo, &["pull"], Duration::from_secs(60));
+        let response = self
+            .http
+            .get(&auth.realm)
+            .query(&[("service", SERVICE), ("scope", &format!("repository:{repo}:pull"))])
+            .basic_auth(GRANT_USER, Some(grant))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}\nregistry log:\n{}", self.log()))
+            .unwrap_or_else(|e| panic!("GET {}: {e}", auth.realm));
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::OK, "the token server refused a pull grant for {repo}: {body}");
+        body["token"].as_str().expect("a token").to_string()
     }
 
     /// The JSON body of `url`, `None` on 404.
-    async fn get_json(&self, url: &str) -> Option<serde_json::Value> {
-        let response = self.get(url).await;
+    async fn get_json(&self, url: &str, repo: Option<&str>) -> Option<serde_json::Value> {
+        let response = self.get(url, repo).await;
         match response.status() {
             StatusCode::OK => {
                 Some(response.json().await.unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}")))
@@ -243,19 +296,31 @@ impl std::fmt::Debug for Registry {
             .field("addr", &self.addr())
             .field("pid", &self.child.id())
             .field("dir", &self.dir.path())
+            .field("token_realm", &self.auth.as_ref().map(|a| &a.realm))
             .finish()
     }
 }
 
-/// The registry's configuration: the same as `packaging/registry.sh` writes.
-fn config(dir: &Path, ip: IpAddr, port: u16) -> String {
-    format!(
+/// The registry's configuration: the same as `packaging/registry.sh` writes. With
+/// `auth`, the CA goes to `DIR/ca.pem`.
+fn config(dir: &Path, ip: IpAddr, port: u16, auth: Option<&TokenAuth>) -> anyhow::Result<String> {
+    let mut config = format!(
         "version: 0.1\n\
          log:\n  level: warn\n  fields:\n    service: slipway-test-registry\n\
          storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
          http:\n  addr: {ip}:{port}\n",
         data = dir.join("data").display()
-    )
+    );
+    if let Some(auth) = auth {
+        let bundle = dir.join("ca.pem");
+        fs::write(&bundle, &auth.ca.cert_pem)?;
+        config += &format!(
+            "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            auth.realm,
+            bundle.display()
+        );
+    }
+    Ok(config)
 }
 
 /// Writes the config, starts the registry and waits until `/v2/` answers; on failure
@@ -265,11 +330,12 @@ async fn spawn_and_wait(
     dir: &Path,
     ip: IpAddr,
     port: u16,
+    auth: Option<&TokenAuth>,
     http: &reqwest::Client,
 ) -> anyhow::Result<Child> {
     fs::create_dir_all(dir.join("data"))?;
     let config_path = dir.join("config.yml");
-    fs::write(&config_path, config(dir, ip, port))?;
+    fs::write(&config_path, config(dir, ip, port, auth)?)?;
     let log_path = dir.join("registry.log");
     let log = File::create(&log_path)?;
     let mut child = Command::new(binary)
@@ -288,7 +354,9 @@ async fn spawn_and_wait(
             bail!("docker-registry exited during start ({status}) on port {port}; its log:\n{log}");
         }
         if let Ok(response) = http.get(&url).send().await {
-            if response.status() == StatusCode::OK {
+            // With token auth, /v2/ answers 401 with the realm to ask.
+            let ready = if auth.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+            if response.status() == ready {
                 return Ok(child);
             }
         }
@@ -300,10 +368,4 @@ async fn spawn_and_wait(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A TCP port on `ip` that was free a moment ago (see [`crate::free_port`]).
-fn free_port_on(ip: IpAddr) -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((ip, 0)).with_context(|| format!("cannot bind {ip}:0"))?;
-    Ok(listener.local_addr()?.port())
 }

@@ -48,13 +48,13 @@ fn t31_fleet_placement() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     runtime.block_on(async {
         let started = Instant::now();
-        let Some(fleet) = Fleet::start(3).await else { return };
+        let Some(mut fleet) = Fleet::start(3).await else { return };
         for n in fleet.engine_numbers() {
             mount_tmpfs(&fleet.build_root(n), BUILD_FS);
         }
         let filler = fleet.build_root(1).join("not-slipway's");
         std::fs::write(&filler, vec![0u8; (ENGINE_1_FILLER_MIB << 20) as usize]).expect("fill engine 1's fs");
-        let mut cluster = TestCluster::on_fleet("t31", &fleet).await;
+        let mut cluster = TestCluster::on_fleet("t31", &mut fleet).await;
         eprintln!("fleet, scheduler and 3 agents up in {:?}", started.elapsed());
 
         let apps = spread(&cluster).await;

@@ -32,6 +32,7 @@ use std::time::Duration;
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateImageOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder,
 };
+use bollard::auth::DockerCredentials;
 use bollard::Docker;
 use futures::StreamExt;
 
@@ -68,6 +69,38 @@ pub async fn connect_docker(socket: Option<&str>) -> Result<Docker, bollard::err
         .await
 }
 
+/// How the engine logs in to the registry for one build: the scheduler's grant to push
+/// and pull the app's repository (see the scheduler's `registry_auth`). `Debug` leaves
+/// the password out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryLogin {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+impl RegistryLogin {
+    /// The engine's `X-Registry-Auth` for `repository`'s registry.
+    fn credentials(&self, repository: &str) -> DockerCredentials {
+        DockerCredentials {
+            username: Some(self.username.clone()),
+            password: Some(self.password.clone()),
+            serveraddress: Some(registry_of(repository).to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Credentials for `repository`'s registry, if the build has a login.
+fn credentials(login: Option<&RegistryLogin>, repository: &str) -> Option<DockerCredentials> {
+    login.map(|l| l.credentials(repository))
+}
+
 /// What to build and how.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BuildOpts {
@@ -91,6 +124,8 @@ pub struct BuildOpts {
     pub cpu_limit: Option<f64>,
     /// Memory cap for `RUN` steps, in bytes.
     pub memory_limit_bytes: Option<u64>,
+    /// How to pull the cache source (None: anonymously).
+    pub registry_login: Option<RegistryLogin>,
 }
 
 /// What a successful build measured.
@@ -132,7 +167,7 @@ pub async fn build_image(
     // so name `latest` only when it is really here; otherwise the node's own layer cache
     // serves as usual.
     let cache_source = !opts.no_cache
-        && pull_cache_source(docker, &opts.repository, log).await
+        && pull_cache_source(docker, &opts.repository, opts.registry_login.as_ref(), log).await
         && docker.inspect_image(&latest).await.is_ok();
 
     // One label only: the classic builder runs each API label as an extra LABEL step that
@@ -243,10 +278,15 @@ pub async fn build_image(
 /// Pulls `<repository>:latest` so the classic builder can use it as a cache source;
 /// true if the pull worked. Never fails the build: a missing or unreachable image only
 /// means a colder build.
-async fn pull_cache_source(docker: &Docker, repository: &str, log: &LogSink) -> bool {
+async fn pull_cache_source(
+    docker: &Docker,
+    repository: &str,
+    login: Option<&RegistryLogin>,
+    log: &LogSink,
+) -> bool {
     let latest = format!("{repository}:latest");
     let options = CreateImageOptionsBuilder::default().from_image(repository).tag("latest").build();
-    let mut stream = docker.create_image(Some(options), None, None);
+    let mut stream = docker.create_image(Some(options), None, credentials(login, repository));
     let mut last_status = None;
     while let Some(item) = stream.next().await {
         match item {
@@ -273,6 +313,7 @@ pub async fn push_image(
     docker: &Docker,
     repository: &str,
     tag: &str,
+    login: Option<&RegistryLogin>,
     log: &LogSink,
 ) -> Result<PushStats, Failure> {
     validate_repository(repository).map_err(Failure::Push)?;
@@ -280,7 +321,7 @@ pub async fn push_image(
     let registry = registry_of(repository);
     log.line(format!("==> pushing {repository}:{tag} to {registry}"));
     let mut progress = PushProgress::default();
-    push(docker, repository, tag, &mut progress).await?;
+    push(docker, repository, tag, login, &mut progress).await?;
 
     let digest = match progress.digest.take() {
         Some(digest) => digest,
@@ -318,13 +359,19 @@ pub async fn push_image(
 
 /// Tags `<repository>:<tag>` as `<repository>:latest` and pushes that tag (every layer is
 /// in the registry by then, so only the manifest travels).
-pub async fn push_latest(docker: &Docker, repository: &str, tag: &str, log: &LogSink) -> Result<(), Failure> {
+pub async fn push_latest(
+    docker: &Docker,
+    repository: &str,
+    tag: &str,
+    login: Option<&RegistryLogin>,
+    log: &LogSink,
+) -> Result<(), Failure> {
     let options = TagImageOptionsBuilder::default().repo(repository).tag("latest").build();
     docker.tag_image(&format!("{repository}:{tag}"), Some(options)).await.map_err(|e| {
         Failure::Push(format!("cannot tag {repository}:{tag} as latest: {}", daemon_message(&e)))
     })?;
     let mut progress = PushProgress::default();
-    push(docker, repository, "latest", &mut progress).await?;
+    push(docker, repository, "latest", login, &mut progress).await?;
     log.line(format!("==> tagged and pushed {repository}:latest ({} layers uploaded)", progress.pushed));
     Ok(())
 }
@@ -333,10 +380,11 @@ async fn push(
     docker: &Docker,
     repository: &str,
     tag: &str,
+    login: Option<&RegistryLogin>,
     progress: &mut PushProgress,
 ) -> Result<(), Failure> {
     let options = PushImageOptionsBuilder::default().tag(tag).build();
-    let mut stream = docker.push_image(repository, Some(options), None);
+    let mut stream = docker.push_image(repository, Some(options), credentials(login, repository));
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => progress.observe(

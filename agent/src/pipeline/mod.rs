@@ -65,6 +65,8 @@ pub struct BuildJob {
     pub no_cache: bool,
     /// Repository to push to, without tag, e.g. `127.0.0.1:5000/shop`.
     pub repository: String,
+    /// How to log in to the registry (None: it takes anonymous pushes).
+    pub registry_login: Option<docker::RegistryLogin>,
 }
 
 impl From<&BuildAssignment> for BuildJob {
@@ -77,6 +79,10 @@ impl From<&BuildAssignment> for BuildJob {
             git_ref: a.git_ref.clone(),
             no_cache: a.no_cache,
             repository: a.repository.clone(),
+            registry_login: a
+                .registry_login
+                .as_ref()
+                .map(|l| docker::RegistryLogin { username: l.username.clone(), password: l.password.clone() }),
         }
     }
 }
@@ -357,17 +363,18 @@ async fn build_in(
         no_cache: job.no_cache,
         cpu_limit: cfg.cpu_limit,
         memory_limit_bytes: cfg.memory_limit_bytes,
+        registry_login: job.registry_login.clone(),
     };
     let built = docker::build_image(docker, tar, &opts, log).await?;
     timings.build_ms = ms(t);
 
     let t = Instant::now();
-    let pushed = docker::push_image(docker, &job.repository, &job.build_id, log).await?;
+    let pushed = docker::push_image(docker, &job.repository, &job.build_id, job.registry_login.as_ref(), log).await?;
     log.line(format!(
         "==> pushed {} ({} layers pushed, {} reused, {} bytes)",
         pushed.digest, pushed.layers_pushed, pushed.layers_reused, pushed.bytes_pushed
     ));
-    if let Err(failure) = docker::push_latest(docker, &job.repository, &job.build_id, log).await {
+    if let Err(failure) = docker::push_latest(docker, &job.repository, &job.build_id, job.registry_login.as_ref(), log).await {
         // `latest` only seeds the next build's cache; the release itself is pushed.
         log.line(format!("==> warning: {failure}; the next build may not find a cache source"));
     }
@@ -751,6 +758,7 @@ mod tests {
             git_ref: "main".into(),
             no_cache: false,
             repository: format!("{registry}/{app}"),
+            registry_login: None,
         }
     }
 
@@ -805,10 +813,16 @@ mod tests {
             git_ref: "main".into(),
             no_cache: true,
             repository: "127.0.0.1:5000/shop".into(),
+            registry_login: Some(slipway_proto::RegistryLogin {
+                username: "slipway-grant".into(),
+                password: "v1.secret".into(),
+            }),
         };
         let j = BuildJob::from(&a);
         assert_eq!((j.build_id.as_str(), j.attempt, j.no_cache), ("b-1", 2, true));
         assert_eq!(j.repository, "127.0.0.1:5000/shop");
+        assert_eq!(j.registry_login.as_ref().map(|l| l.password.as_str()), Some("v1.secret"));
+        assert!(!format!("{j:?}").contains("v1.secret"), "Debug shows no grant: {j:?}");
     }
 
     #[tokio::test]

@@ -77,11 +77,11 @@ async fn deploy(cluster: &TestCluster, app: &str, no_cache: bool) -> DeployRun {
 async fn main() {
     let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let packages: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(40);
-    let Some(fleet) = Fleet::start(2).await else {
+    let Some(mut fleet) = Fleet::start(2).await else {
         eprintln!("bench-rebuild needs root, Docker and docker-registry");
         std::process::exit(1);
     };
-    let cluster = TestCluster::on_fleet("bench-rebuild", &fleet).await;
+    let cluster = TestCluster::on_fleet("bench-rebuild", &mut fleet).await;
     // The app's tasks run on engine 1 only: engine 2 must be able to drop its images.
     fleet
         .docker_cli(fleet.manager(), &["node", "update", "--availability", "drain", &fleet.hostname(2)])
