@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # packaging/local-cluster.sh — a replicated slipway on this machine: N schedulers on
-# loopback forming one raft cluster, one agent on the local engine, a registry.
+# loopback forming one raft cluster, one agent on the local engine, a registry taking
+# tokens from the cluster through `slipway-scheduler realm-proxy` (any live member).
 #
 # Usage: packaging/local-cluster.sh up [N]    start N schedulers (default 3), the agent
 #                                             and the registry; register the example app
@@ -14,6 +15,8 @@
 # .slipway/cluster/<n>/. The founding members are listed in every member's config
 # ([cluster] members), so they form the cluster on first start with no further step.
 # `up` writes .slipway/config.toml listing every member: `slipway` finds the leader.
+# The registry's token realm is the realm proxy on 127.0.0.1:(BASE-1), which forwards
+# to the first member that answers, so pushes and pulls go on while any member is down.
 # Delete .slipway/cluster for a fresh cluster.
 #
 # Environment: SLIPWAY_CLUSTER_REGISTRY_PORT (default 5001), SLIPWAY_CLUSTER_BASE_PORT
@@ -33,6 +36,7 @@ BIN="$SLIPWAY_ROOT/target/debug"
 
 grpc_addr() { echo "127.0.0.1:$((BASE_PORT + 2 * ($1 - 1)))"; }
 http_addr() { echo "127.0.0.1:$((BASE_PORT + 2 * ($1 - 1) + 1))"; }
+REALM_ADDR="127.0.0.1:$((BASE_PORT - 1))"
 
 # The member count `up` chose, remembered for kill/start/status/down.
 members() {
@@ -156,7 +160,12 @@ up() {
     echo "$size" >"$STATE/size"
     [[ -f "$STATE/ca/ca.pem" ]] || "$BIN/slipway-scheduler" init-ca "$STATE/ca" >/dev/null
     write_configs "$size"
-    "$SLIPWAY_ROOT/packaging/registry.sh" start "$STATE/registry" "$REGISTRY_PORT"
+    local http_addrs=()
+    for n in $(seq 1 "$size"); do http_addrs+=("$(http_addr "$n")"); done
+    start_bg "realm proxy" "$STATE/realm-proxy.pid" "$STATE/realm-proxy.log" \
+        "$BIN/slipway-scheduler" realm-proxy --listen "$REALM_ADDR" "${http_addrs[@]}"
+    "$SLIPWAY_ROOT/packaging/registry.sh" start "$STATE/registry" "$REGISTRY_PORT" \
+        "http://$REALM_ADDR/v2/token" "$STATE/ca/ca.pem"
     for n in $(seq 1 "$size"); do start_member "$n"; done
     wait_leader 30
     # The agent joins with the token once (in its environment, not on its command line).
@@ -207,6 +216,7 @@ status() {
         fi
     done
     if running "$STATE/agent/pid"; then echo "agent: running (pid $(cat "$STATE/agent/pid"))"; else echo "agent: stopped"; fi
+    if running "$STATE/realm-proxy.pid"; then echo "realm proxy: running at $REALM_ADDR"; else echo "realm proxy: stopped"; fi
     echo
     "$BIN/slipway" cluster status || true
 }
@@ -229,6 +239,7 @@ down() {
     if [[ -d "$STATE/registry" ]]; then
         "$SLIPWAY_ROOT/packaging/registry.sh" stop "$STATE/registry" "$REGISTRY_PORT" || true
     fi
+    stop_pid "realm proxy" "$STATE/realm-proxy.pid"
     info "stopped; state stays in .slipway/cluster (delete it for a fresh cluster)"
 }
 

@@ -14,14 +14,17 @@
 #
 # Layout (lab index K = $SLIPWAY_FLEET_LAB, default 251: tests take 1 to 250):
 #   bridge slwbrK, host address 10.231.K.1 — the registry listens there, on
-#     $SLIPWAY_FLEET_REGISTRY_PORT (default 5002)
+#     $SLIPWAY_FLEET_REGISTRY_PORT (default 5002), with token auth: the scheduler's
+#     HTTP side (also there) is its token server
 #   engine n: network namespace slwK-n, address 10.231.K.(10+n), host name node-n;
 #     everything under .slipway/fleet/<n>/: docker.sock (docker -H unix://… reaches
 #     it from the host), daemon.json, data/, exec/, pid, log; its agent's
 #     agent.toml, agent/ (state), builds/ (build_root), agent.pid, agent.log
 #   engine 1 is the Swarm manager; the others join as workers
-#   the scheduler on 127.0.0.1:$SLIPWAY_FLEET_GRPC_PORT (default 7420, HTTP — the
-#     fleet page, /metrics — on the next port); agent n's /metrics on that port + 10 + n deploys through engine 1's socket, publishing ports in host mode:
+#   the scheduler on 127.0.0.1:$SLIPWAY_FLEET_GRPC_PORT (default 7420; HTTP — the
+#     fleet page, /metrics, registry tokens — on the next port of 10.231.K.1); agent
+#     n's /metrics on 127.0.0.1, that port + 10 + n. It deploys through engine 1's
+#     socket, publishing ports in host mode:
 #     a service answers on the address of each engine running one of its tasks,
 #     e.g. http://10.231.K.12:8080/
 #   .slipway/config.toml points the slipway CLI at it
@@ -41,12 +44,13 @@ K="${SLIPWAY_FLEET_LAB:-251}"
 REGISTRY_PORT="${SLIPWAY_FLEET_REGISTRY_PORT:-5002}"
 GRPC_PORT="${SLIPWAY_FLEET_GRPC_PORT:-7420}"
 GRPC_ADDR="127.0.0.1:$GRPC_PORT"
-HTTP_ADDR="127.0.0.1:$((GRPC_PORT + 1))"
+HOST_IP="10.231.$K.1"
+# On the bridge: the engines ask the scheduler's HTTP side for registry tokens.
+HTTP_ADDR="$HOST_IP:$((GRPC_PORT + 1))"
 STACK=slipway-fleet
 APP=hello
 BIN="$SLIPWAY_ROOT/target/debug"
 BRIDGE="slwbr$K"
-HOST_IP="10.231.$K.1"
 SUBNET="10.231.$K.0/24"
 REGISTRY_ADDR="$HOST_IP:$REGISTRY_PORT"
 CLI_CONFIG="$SLIPWAY_ROOT/.slipway/config.toml"
@@ -123,6 +127,8 @@ remove_lab() {
 
 # --- the registry, on the bridge address ---------------------------------------
 
+# Token auth, the scheduler its token server: started after the scheduler, whose CA
+# (made on its first start) signs the certificates that sign the tokens.
 start_registry() {
     local dir="$STATE/registry" bin i
     mkdir -p "$dir/data"
@@ -141,10 +147,17 @@ storage:
     enabled: true
 http:
   addr: $REGISTRY_ADDR
+auth:
+  token:
+    realm: http://$HTTP_ADDR/v2/token
+    service: slipway-registry
+    issuer: slipway
+    rootcertbundle: $STATE/scheduler/data/pki/ca.pem
 EOF
     start_bg registry "$dir/pid" "$dir/log" "$bin" serve "$dir/config.yml"
     for i in $(seq 1 150); do
-        curl -fsS -m 2 -o /dev/null "http://$REGISTRY_ADDR/v2/" 2>/dev/null && return 0
+        # 401 naming the realm: it runs and wants tokens.
+        [[ "$(curl -sS -m 2 -o /dev/null -w '%{http_code}' "http://$REGISTRY_ADDR/v2/" 2>/dev/null)" == 401 ]] && return 0
         running "$dir/pid" || break
         sleep 0.2
     done
@@ -387,7 +400,6 @@ up() {
     local driver
     driver="${SLIPWAY_FLEET_STORAGE_DRIVER:-$(docker info --format '{{.Driver}}' 2>/dev/null || echo vfs)}"
     make_lab "$total"
-    start_registry
     for n in $(seq 1 "$total"); do
         mkdir -p "$STATE/$n"
         write_daemon_json "$n" "$driver"
@@ -399,6 +411,7 @@ up() {
 
     write_configs "$total"
     start_scheduler
+    start_registry
     write_cli_config
     for n in $(seq 1 "$total"); do start_agent "$n"; done
     wait_agents "$total"

@@ -10,9 +10,12 @@
 #      makes sure a Docker engine answers and is a Swarm manager (`docker swarm init`
 #      if it is not one), and builds the local base image slipway/busybox:latest;
 #   2. builds slipway (cargo build);
-#   3. starts, in the background, the internal registry on 127.0.0.1:$SLIPWAY_REGISTRY_PORT
-#      (default 5000), one scheduler with its embedded raft store (sled) and one agent;
-#      their state, logs and pid files live under .slipway/;
+#   3. starts, in the background, one scheduler with its embedded raft store (sled),
+#      which makes the cluster CA on its first start; the internal registry on
+#      127.0.0.1:$SLIPWAY_REGISTRY_PORT (default 5000) with token auth, the scheduler
+#      its token server (builds push with a grant for their app only, services pull
+#      with a pull-only one); and one agent. Their state, logs and pid files live
+#      under .slipway/;
 #   4. gives the operator a certificate from the cluster CA (.slipway/admin/) and
 #      writes .slipway/config.toml naming it, so `slipway` works from the repo root;
 #      the agent joins with the cluster's agent token (every gRPC connection is
@@ -129,10 +132,12 @@ up() {
     cargo build -q -p slipway-scheduler -p slipway-agent --bins
 
     write_configs
-    "$SLIPWAY_ROOT/packaging/registry.sh" start "$STATE/registry" "$REGISTRY_PORT"
     start_bg scheduler "$STATE/scheduler.pid" "$STATE/logs/scheduler.log" \
         "$BIN/slipway-scheduler" --config "$STATE/scheduler.toml"
     wait_ready
+    # The registry trusts tokens signed by certificates of the scheduler's CA.
+    "$SLIPWAY_ROOT/packaging/registry.sh" start "$STATE/registry" "$REGISTRY_PORT" \
+        "http://$HTTP_ADDR/v2/token" "$STATE/scheduler/pki/ca.pem"
     write_cli_config
     # The agent joins with the token once (in its environment, not on its command
     # line); its certificate then lives in its state dir.

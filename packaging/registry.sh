@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # packaging/registry.sh — a local Docker registry for development and tests.
 #
-# Usage: packaging/registry.sh start|stop|status DIR PORT
+# Usage: packaging/registry.sh start DIR PORT [REALM CA_PEM]
+#        packaging/registry.sh stop|status DIR PORT
 #
 # Runs Debian's `docker-registry` (Distribution 2.8) as a plain background process,
-# not through its packaged systemd/init service, listening on 127.0.0.1:PORT with no
-# auth (Docker treats 127.0.0.0/8 registries as insecure, so plain http works):
+# not through its packaged systemd/init service, listening on 127.0.0.1:PORT (Docker
+# treats 127.0.0.0/8 registries as insecure, so plain http works). With REALM and
+# CA_PEM it takes tokens from slipway (`auth: token`): REALM is a scheduler's
+# http://HOST:PORT/v2/token, CA_PEM the cluster CA's certificate, which signs the
+# schedulers' certificates that sign the tokens. Without them it takes anyone (for
+# clusters running with tls.insecure only).
+#
 #   DIR/config.yml     written on every start
 #   DIR/data/          blob and manifest storage (deletes enabled, for slipway gc)
 #   DIR/registry.pid   pid of the running registry
 #   DIR/registry.log   its log (level warn; the per-request access log is off unless
 #                      SLIPWAY_REGISTRY_ACCESSLOG=1)
 #
-# start is idempotent: if the registry in DIR is already running and answering, it
-# says so and exits 0. start waits until http://127.0.0.1:PORT/v2/ answers (30 s,
+# start is idempotent: if the registry in DIR is already running and answering with
+# the same configuration, it says so and exits 0 (with another, it is restarted).
+# start waits until http://127.0.0.1:PORT/v2/ answers (30 s,
 # SLIPWAY_REGISTRY_WAIT to change) and otherwise fails showing the log's tail.
 # status exits 0 when running and answering, 3 when stopped, 1 when running but
 # not answering. The package is installed with apt if missing.
@@ -23,12 +30,17 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-    echo "usage: $0 start|stop|status DIR PORT" >&2
+    echo "usage: $0 start DIR PORT [REALM CA_PEM] | stop DIR PORT | status DIR PORT" >&2
     exit 2
 }
 
-[[ $# -eq 3 ]] || usage
-cmd="$1" port="$3"
+[[ $# -eq 3 || ($# -eq 5 && "$1" == start) ]] || usage
+cmd="$1" port="$3" realm="${4:-}" ca_pem="${5:-}"
+if [[ -n "$realm" ]]; then
+    [[ "$realm" =~ ^https?://[^/]+/v2/token$ ]] || die "REALM must be http://HOST:PORT/v2/token (a scheduler's HTTP side), not '$realm'"
+    [[ -s "$ca_pem" ]] || die "CA_PEM '$ca_pem' is missing or empty. Fix: start the scheduler first (it makes the CA in <data_dir>/pki/ca.pem)"
+    ca_pem="$(cd "$(dirname "$ca_pem")" && pwd)/$(basename "$ca_pem")"
+fi
 [[ "$port" =~ ^[0-9]+$ && "$port" -ge 1 && "$port" -le 65535 ]] || die "PORT must be a number 1-65535, not '$port'"
 mkdir -p "$2"
 dir="$(cd "$2" && pwd)"
@@ -49,7 +61,13 @@ running_pid() {
     echo "$pid"
 }
 
-answers() { curl -fsS -m 2 -o /dev/null "$url" 2>/dev/null; }
+# /v2/ answers 200, or 401 naming the token realm when it runs with token auth.
+answers() {
+    local code
+    code="$(curl -sS -m 2 -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true)"
+    [[ "$code" == 200 || "$code" == 401 ]]
+}
+
 
 log_tail() {
     if [[ -s "$logfile" ]]; then
@@ -68,10 +86,11 @@ find_binary() {
     fi
 }
 
-write_config() {
+# The configuration for this start, on stdout.
+render_config() {
     local accesslog_disabled=true
     [[ "${SLIPWAY_REGISTRY_ACCESSLOG:-}" == 1 ]] && accesslog_disabled=false
-    cat >"$config" <<EOF
+    cat <<EOF
 # Written by slipway's packaging/registry.sh; rewritten on every start.
 version: 0.1
 log:
@@ -88,10 +107,24 @@ storage:
 http:
   addr: 127.0.0.1:$port
 EOF
+    if [[ -n "$realm" ]]; then
+        cat <<EOF
+auth:
+  token:
+    realm: $realm
+    service: slipway-registry
+    issuer: slipway
+    rootcertbundle: $ca_pem
+EOF
+    fi
 }
 
 start() {
     local pid bin
+    if running_pid >/dev/null && [[ "$(render_config)" != "$(cat "$config" 2>/dev/null)" ]]; then
+        info "the registry's configuration changed; restarting it"
+        stop
+    fi
     if pid="$(running_pid)"; then
         if answers; then
             info "registry already running (pid $pid) at 127.0.0.1:$port, data in $dir/data"
@@ -109,7 +142,7 @@ start() {
             die "something else already answers at $url. Fix: pick another PORT, or stop that registry"
         fi
         mkdir -p "$dir/data"
-        write_config
+        render_config >"$config"
         # setsid + nohup: the registry outlives this script and its terminal.
         setsid nohup "$bin" serve "$config" >>"$logfile" 2>&1 </dev/null &
         pid=$!

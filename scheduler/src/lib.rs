@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod pki;
 pub mod placement;
 pub mod raft;
+pub mod realm_proxy;
 pub mod registry_auth;
 pub mod server;
 pub mod state;

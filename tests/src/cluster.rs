@@ -17,11 +17,12 @@ use slipway_proto::deploy_event::Event;
 use slipway_proto::tls::{Credentials, PeerIdentity, Role, Transport};
 use slipway_proto::{self as pb};
 use slipway_scheduler::pki::{self, Ca};
+use slipway_scheduler::realm_proxy;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::netns::NetLab;
-use crate::{base_image, ensure_swarm, free_port, require_docker, workspace_root, Balancer, Fleet, Registry, TokenAuth};
+use crate::{base_image, ensure_swarm, free_port, require_docker, workspace_root, Fleet, Registry, TokenAuth};
 
 /// Environment variable naming the profile fixtures run the slipway binaries in:
 /// `release` for benchmarks, debug otherwise.
@@ -145,8 +146,9 @@ pub struct TestCluster {
     /// server); None on a fleet, whose registry it uses.
     registry: Option<Registry>,
     registry_addr: String,
-    /// The registry's token realm in front of a replicated cluster's members.
-    realm_balancer: Option<Balancer>,
+    /// The registry's token realm in front of a replicated cluster's members
+    /// (`slipway-scheduler realm-proxy`'s code, in this process); aborted on drop.
+    realm_proxy: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     pub stack: String,
     members: Vec<Member>,
     /// Extra `[raft]` settings written into every member's config.
@@ -265,10 +267,12 @@ impl TestCluster {
                 child: Mutex::default(),
             });
         }
-        // Any member answers the registry's token requests; the balancer picks a live one.
-        let balancer = Balancer::start(cluster.members.iter().map(|m| m.http_addr.clone()).collect()).await;
-        cluster.start_registry(&format!("http://{}/v2/token", balancer.addr())).await;
-        cluster.realm_balancer = Some(balancer);
+        // Any member answers the registry's token requests; the realm proxy picks a live one.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the realm proxy");
+        let realm = format!("http://{}/v2/token", listener.local_addr().expect("its address"));
+        let members = cluster.members.iter().map(|m| m.http_addr.clone()).collect();
+        cluster.realm_proxy = Some(tokio::spawn(realm_proxy::serve(listener, members)));
+        cluster.start_registry(&realm).await;
         cluster.add_local_agent();
         cluster.write_configs();
         for id in 1..=u64::from(n) {
@@ -325,7 +329,7 @@ impl TestCluster {
             swarm_socket: swarm_socket.into(),
             registry,
             registry_addr,
-            realm_balancer: None,
+            realm_proxy: None,
             stack: stack.to_string(),
             members: Vec::new(),
             raft_settings: String::new(),
@@ -826,6 +830,9 @@ impl Drop for TestCluster {
             self.kill_member(id);
         }
         self.remove_stack();
+        if let Some(proxy) = self.realm_proxy.take() {
+            proxy.abort();
+        }
         if std::thread::panicking() {
             for id in ids {
                 eprintln!("--- scheduler {id} log (tail) ---\n{}", tail(&self.scheduler_log(id), 40));

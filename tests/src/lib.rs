@@ -11,8 +11,6 @@
 //! - [`registry`]: [`Registry`], Debian's `docker-registry` on a free loopback port in
 //!   a temporary directory, with HTTP helpers to look at what was pushed; with a
 //!   [`TokenAuth`] it takes tokens from a scheduler, as slipway's registries do.
-//! - [`balancer`]: [`Balancer`], a TCP forwarder to the first live scheduler (the
-//!   registry's token realm for a replicated cluster).
 //! - [`gitrepo`]: [`GitRepo`], an app from `examples/` committed into a fresh git
 //!   repository that the agent can clone through a `file://` URL.
 //! - [`net`]: [`free_port`], [`wait_for_http`].
@@ -43,7 +41,6 @@ pub mod fleet;
 pub mod gitrepo;
 pub mod net;
 pub mod netns;
-pub mod balancer;
 pub mod registry;
 
 use std::io::Write;
@@ -55,7 +52,6 @@ pub use fleet::Fleet;
 pub use gitrepo::GitRepo;
 pub use net::{free_port, wait_for_http};
 pub use netns::NetLab;
-pub use balancer::Balancer;
 pub use registry::{Registry, TokenAuth};
 
 /// Name of the environment variable that turns "skip" into "fail" for tests that need

@@ -42,7 +42,7 @@ struct Args {
     command: Option<Offline>,
 }
 
-/// Certificate chores done on the scheduler's machine, without a running cluster.
+/// Chores done on a scheduler's machine without running a member.
 #[derive(Subcommand)]
 enum Offline {
     /// Make a cluster CA in DIR (ca.pem, ca.key) for the founding members of a static
@@ -54,6 +54,15 @@ enum Offline {
         name: String,
         #[arg(long, default_value = ".")]
         out: PathBuf,
+    },
+    /// Serve the registry's token realm for a cluster of several members: forward each
+    /// connection on LISTEN to the first of the members' HTTP sides (host:port, in
+    /// order) that accepts it. Point the registry's `realm` at http://LISTEN/v2/token.
+    RealmProxy {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(required = true)]
+        members: Vec<String>,
     },
 }
 
@@ -123,6 +132,16 @@ async fn main() -> anyhow::Result<()> {
             let creds = ca.issue(&PeerIdentity::new(Role::Admin, name.clone()), validity)?;
             creds.save_dir(&out).map_err(anyhow::Error::msg)?;
             println!("operator certificate for {name:?} in {} (ca.pem, cert.pem, key.pem)", out.display());
+        }
+        Some(Offline::RealmProxy { listen, members }) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+            tracing::info!(%listen, ?members, "forwarding the registry's token requests");
+            tokio::select! {
+                served = slipway_scheduler::realm_proxy::serve(listener, members) => served?,
+                () = shutdown_signal() => {}
+            }
         }
     }
     Ok(())
