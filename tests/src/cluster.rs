@@ -155,6 +155,8 @@ pub struct TestCluster {
     raft_settings: String,
     /// Extra `[tls]` settings written into every member's config.
     tls_settings: String,
+    /// Extra `[registry]` settings written into every member's config.
+    registry_settings: String,
     /// Agent `n` is `agents[n - 1]`.
     agents: Vec<Agent>,
     /// The cluster CA, made before any member starts so the registry can trust it
@@ -188,8 +190,19 @@ impl TestCluster {
     /// [`start`](Self::start) with extra settings for the scheduler's `[tls]` section
     /// (e.g. `agent_cert_validity_secs = 30`).
     pub async fn start_with_tls(stack: &str, tls: &str) -> Option<TestCluster> {
+        Self::start_single(stack, tls, "").await
+    }
+
+    /// [`start`](Self::start) with extra settings for the scheduler's `[registry]`
+    /// section (e.g. `pull_grant_validity_secs = 30`).
+    pub async fn start_with_registry(stack: &str, registry: &str) -> Option<TestCluster> {
+        Self::start_single(stack, "", registry).await
+    }
+
+    async fn start_single(stack: &str, tls: &str, registry: &str) -> Option<TestCluster> {
         let mut cluster = Self::prepare(stack).await?;
         cluster.tls_settings = tls.to_string();
+        cluster.registry_settings = registry.to_string();
         cluster.members.push(Member::on_loopback(1));
         let realm = format!("http://{}/v2/token", cluster.member(1).http_addr);
         cluster.start_registry(&realm).await;
@@ -334,6 +347,7 @@ impl TestCluster {
             members: Vec::new(),
             raft_settings: String::new(),
             tls_settings: String::new(),
+            registry_settings: String::new(),
             agents: Vec::new(),
             ca_dir: None,
             agent_token: None,
@@ -478,7 +492,7 @@ impl TestCluster {
     fn write_member_config(&self, m: &Member, cluster: &str) {
         let config = format!(
             "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\n\n{cluster}\
-             [raft]\n{}\n\n[registry]\naddr = \"{}\"\n\n\
+             [raft]\n{}\n\n[registry]\naddr = \"{}\"\n{}\n\n\
              [deploy]\nstack = \"{}\"\ndocker_socket = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
              [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n\
              [placement]\nmin_free_bytes = {MIN_FREE_BYTES}\nqueue_timeout_secs = 20\n\n[tls]\n{}",
@@ -488,6 +502,7 @@ impl TestCluster {
             self.data_dir_of(m.id).display(),
             self.raft_settings,
             self.registry_addr,
+            self.registry_settings,
             self.stack,
             self.scheduler_docker_socket,
             self.ca_dir.as_ref().map(|d| format!("ca_dir = \"{}\"\n", d.display())).unwrap_or_default()

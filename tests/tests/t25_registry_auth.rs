@@ -2,17 +2,21 @@
 //! pointing at a real scheduler's `/v2/token` (its `rootcertbundle` the cluster CA),
 //! and the host's Docker engine pushing and pulling with scheduler-issued grants: a
 //! grant for app A pushes and pulls A and nothing else, a pull-only grant cannot push,
-//! an anonymous push fails, a grant from another cluster does not log in.
-//!
-//! This covers the token server; the agents and Swarm services do not use grants yet
-//! (the registries of the quick start and the fixtures run without auth).
+//! an anonymous push fails, a grant from another cluster does not log in. Then the
+//! wiring: a build pushes to a registry that takes tokens only (with the grant its
+//! assignment carries), an anonymous pull of the release fails, and the pull grant
+//! stored with the app's service is renewed before it expires without restarting the
+//! task.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use slipway_scheduler::deploy::LABEL_PULL_GRANT_EXPIRES;
 use slipway_scheduler::pki::Ca;
 use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
-use slipway_tests::{free_port, KillOnDrop, Registry, TestCluster, BASE_IMAGE};
+use slipway_tests::{
+    free_port, set_app_port, wait_for_http, GitRepo, KillOnDrop, Registry, TestCluster, BASE_IMAGE,
+};
 
 /// `docker ARGS` with its own client config (`DOCKER_CONFIG`), stdin `input`.
 fn docker(config: &std::path::Path, args: &[&str], input: Option<&str>) -> Result<String, String> {
@@ -122,4 +126,69 @@ async fn grants_push_and_pull_their_own_app_only() {
     for tag in [image("alpha"), image("beta"), format!("{addr}/alpha:2")] {
         let _ = docker(&client, &["rmi", &tag], None);
     }
+}
+
+/// The label on the app's service saying when its pull grant expires.
+fn grant_expiry(cluster: &TestCluster, app: &str) -> Option<u64> {
+    let label = format!("{{{{index .Spec.Labels \"{LABEL_PULL_GRANT_EXPIRES}\"}}}}");
+    let out = cluster.swarm_cli(&["service", "inspect", "--format", &label, &cluster.service(app)]).ok()?;
+    out.trim().parse().ok()
+}
+
+/// The ids of the app's running tasks, sorted.
+fn running_tasks(cluster: &TestCluster, app: &str) -> Vec<String> {
+    let out = cluster
+        .swarm_cli(&["service", "ps", "-q", "--filter", "desired-state=running", &cluster.service(app)])
+        .unwrap();
+    let mut ids: Vec<String> = out.lines().map(str::to_string).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_push_with_their_grant_and_services_keep_a_fresh_pull_grant() {
+    // Short-lived pull grants (the default is 30 days): renewed about every 20 s.
+    let Some(cluster) = TestCluster::start_with_registry("t25renew", "pull_grant_validity_secs = 30").await
+    else {
+        return;
+    };
+    let repo = GitRepo::from_example("hello");
+    let port = free_port();
+    set_app_port(&repo, port);
+    repo.commit("listen on a free port");
+    cluster.create_app("hello", &repo.url()).await.expect("create app");
+
+    // The registry takes tokens only, so the push itself shows the build's grant worked.
+    let release = cluster.deploy("hello", None).await.live().clone();
+    assert!(cluster.registry().has_manifest("hello", &release.digest).await);
+    let anonymous = tempfile::tempdir().unwrap();
+    let pull = docker(anonymous.path(), &["pull", &release.image], None).expect_err("an anonymous pull");
+    assert!(pull.contains("unauthorized") || pull.contains("denied"), "{pull}");
+    wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(60)).await.expect("app answers");
+
+    let first = grant_expiry(&cluster, "hello").expect("the service records its grant's expiry");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert!((now + 20..=now + 31).contains(&first), "a 30 s grant: expires {first}, now {now}");
+    let tasks = running_tasks(&cluster, "hello");
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+
+    // The leader renews it with a third (10 s) left; the task keeps running.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let renewed = loop {
+        match grant_expiry(&cluster, "hello") {
+            Some(expiry) if expiry > first => break expiry,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the pull grant was not renewed within 45 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(renewed >= first + 10, "renewed {renewed}, first {first}");
+    assert_eq!(running_tasks(&cluster, "hello"), tasks, "renewing the grant restarted no task");
+    let log = cluster.scheduler_log(1);
+    assert!(log.contains("renewed the service's registry grant"), "{log}");
+    // A grant's payload is base64 of `{"app":…`.
+    assert!(!log.contains("eyJhcHAi"), "no grant in the scheduler's log");
+    let agent_log = cluster.agent_log(1);
+    assert!(!agent_log.contains("eyJhcHAi"), "no grant in the agent's log");
+    wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5)).await.expect("still answers");
 }
