@@ -52,6 +52,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum, EndpointSpec,
@@ -64,7 +65,6 @@ use bollard::models::{
     TaskState,
 };
 use bollard::query_parameters::{ListTasksOptions, UpdateServiceOptions};
-use bollard::auth::DockerCredentials;
 use bollard::Docker;
 use slipway_proto::validate::{self, Invalid};
 
@@ -721,21 +721,23 @@ async fn apply(
     for attempt in 1..=UPDATE_ATTEMPTS {
         let current = match docker.inspect_service(name, None).await {
             Ok(current) => current,
-            Err(e) if has_status(&e, 404) => match docker.create_service(spec.clone(), credentials.clone()).await {
-                Ok(created) => {
-                    for warning in created.warnings.unwrap_or_default() {
-                        progress(format!("service {name}: engine warning: {warning}"));
+            Err(e) if has_status(&e, 404) => {
+                match docker.create_service(spec.clone(), credentials.clone()).await {
+                    Ok(created) => {
+                        for warning in created.warnings.unwrap_or_default() {
+                            progress(format!("service {name}: engine warning: {warning}"));
+                        }
+                        let id = created.id.unwrap_or_else(|| name.to_owned());
+                        return Ok(Applied { id, created: true, earlier_tasks: HashSet::new() });
                     }
-                    let id = created.id.unwrap_or_else(|| name.to_owned());
-                    return Ok(Applied { id, created: true, earlier_tasks: HashSet::new() });
+                    // Created by a concurrent deploy in the meantime: update it instead.
+                    Err(e) if is_already_exists(&e) => {
+                        last_error = e.to_string();
+                        continue;
+                    }
+                    Err(e) => return Err(engine_error(docker, format!("create service {name}"), e)),
                 }
-                // Created by a concurrent deploy in the meantime: update it instead.
-                Err(e) if is_already_exists(&e) => {
-                    last_error = e.to_string();
-                    continue;
-                }
-                Err(e) => return Err(engine_error(docker, format!("create service {name}"), e)),
-            },
+            }
             Err(e) => return Err(engine_error(docker, format!("inspect service {name}"), e)),
         };
         let id = current.id.clone().unwrap_or_else(|| name.to_owned());
@@ -807,26 +809,30 @@ pub enum Renewal {
     Renewed,
     /// Its grant is still good past the renewal point: nothing to do.
     Fresh,
-    /// Swarm is updating or rolling it back, or another change came first: next round.
+    /// Swarm is updating or rolling it back, it runs another release than the one
+    /// given, or another change came first: next round.
     Busy,
     /// The app has no service.
     NoService,
 }
 
-/// Replaces the registry credentials stored with the app's service by `auth` if the
-/// ones it has expire before `renew_before` (seconds since the epoch). Everything else
-/// of the spec stays as it is, and Swarm does not count pull options as a task change,
-/// so no task restarts (`docker service update --with-registry-auth` does the same).
-/// A service Swarm is updating or rolling back is left for the next round: the update
-/// would become the spec its rollback returns to.
+/// Replaces the registry credentials stored with the service running `release` by
+/// `auth` if the ones it has expire before `renew_before` (seconds since the epoch).
+/// The rest of the spec is sent back as the engine has it, and Swarm does not count
+/// pull options as a task change, so no task restarts (`docker service update
+/// --with-registry-auth` does the same). A service Swarm is updating or rolling back is
+/// left for the next round: the update would become the spec its rollback returns to.
+///
+/// bollard reads the container's `Healthcheck` under another name (`HealthCheck`) and
+/// loses it, which would make the task dirty: the release's own healthcheck is put
+/// back.
 pub async fn renew_pull_grant(
     docker: &Docker,
-    stack: &str,
-    app: &str,
+    release: &ServiceDeploy,
     auth: &PullAuth,
     renew_before: u64,
 ) -> Result<Renewal, DeployError> {
-    let name = service_name(stack, app);
+    let name = service_name(&release.stack, &release.app);
     let current = match docker.inspect_service(&name, None).await {
         Ok(current) => current,
         Err(e) if has_status(&e, 404) => return Ok(Renewal::NoService),
@@ -838,6 +844,9 @@ pub async fn renew_pull_grant(
     if expires.is_some_and(|e| e >= renew_before) {
         return Ok(Renewal::Fresh);
     }
+    if labels.get(LABEL_RELEASE) != Some(&release.release.to_string()) {
+        return Ok(Renewal::Busy);
+    }
     let state = current.update_status.as_ref().and_then(|u| u.state);
     if matches!(
         state,
@@ -846,6 +855,9 @@ pub async fn renew_pull_grant(
         return Ok(Renewal::Busy);
     }
     labels.insert(LABEL_PULL_GRANT_EXPIRES.to_owned(), auth.expires.to_string());
+    if let Some(container) = spec.task_template.as_mut().and_then(|t| t.container_spec.as_mut()) {
+        container.health_check = release.healthcheck.as_ref().map(health_config);
+    }
     let id = current.id.clone().unwrap_or(name.clone());
     let index = current.version.as_ref().and_then(|v| v.index).unwrap_or_default();
     let Ok(version) = i32::try_from(index) else { return Ok(Renewal::Busy) };
@@ -1814,8 +1826,10 @@ mod tests {
 
         // First deploy of a healthy app and, at the same time, of one that exits at once.
         let release1 = web(&v1, 1, fixture::http_healthcheck());
-        let (first, crashed) =
-            tokio::join!(deploy(&docker, &release1, None, &progress), deploy(&docker, &crashing, None, &progress));
+        let (first, crashed) = tokio::join!(
+            deploy(&docker, &release1, None, &progress),
+            deploy(&docker, &crashing, None, &progress)
+        );
         let first = first.unwrap();
         assert!(first.created);
         assert_eq!((first.running, first.desired, first.published_port), (1, 1, Some(port)));
@@ -1866,7 +1880,8 @@ mod tests {
         assert_eq!(label, stack);
 
         // A rolling update to the next release.
-        let second = deploy(&docker, &web(&v2, 2, fixture::http_healthcheck()), None, &progress).await.unwrap();
+        let second =
+            deploy(&docker, &web(&v2, 2, fixture::http_healthcheck()), None, &progress).await.unwrap();
         assert!(!second.created);
         assert_eq!(second.service_id, first.service_id);
         assert_eq!(fixture::http_get(port).as_deref(), Some("v2"));
@@ -1937,6 +1952,65 @@ mod tests {
             .any(|l| l.contains("task") && l.contains("ended: No such image")));
         remove_app(&docker, &stack, "ghost").await.unwrap();
         eprintln!("t31: took {:?}", started.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renewing_the_pull_grant_restarts_no_task() {
+        let Some(docker) = fixture::docker_or_skip("renewing_the_pull_grant_restarts_no_task").await else {
+            return;
+        };
+        fixture::ensure_swarm();
+        fixture::ensure_base_image();
+        let registry = fixture::Registry::start();
+        let work = tempfile::tempdir().unwrap();
+        let image = registry.build_and_push(work.path(), "web", "v1", fixture::WEB_CMD);
+        let stack = fixture::unique_stack("renew");
+        let _cleanup = fixture::StackCleanup::new(&stack, &["web"]);
+        let port = fixture::free_port();
+        let spec = ServiceDeploy {
+            stack: stack.clone(),
+            app: "web".into(),
+            image,
+            release: 1,
+            replicas: 1,
+            port: Some(port),
+            env: BTreeMap::from([("PORT".into(), port.to_string())]),
+            persist: vec!["/data/uploads".into()],
+            healthcheck: Some(fixture::http_healthcheck()),
+            publish_mode: PublishMode::Host,
+            persist_backend: PersistBackend::Local,
+            converge_timeout: Duration::from_secs(60),
+        };
+        // The registry takes anyone; the credentials are only carried along.
+        let auth = |user: &str, expires: u64| PullAuth {
+            credentials: DockerCredentials {
+                username: Some(user.into()),
+                password: Some("secret".into()),
+                serveraddress: Some("127.0.0.1".into()),
+                ..Default::default()
+            },
+            expires,
+        };
+        deploy(&docker, &spec, Some(&auth("first", 1000)), &|_| {}).await.unwrap();
+        let name = service_name(&stack, "web");
+        let tasks_before = task_ids(&docker, &name).await.unwrap();
+        let renew = |spec: &ServiceDeploy, user: &str, expires: u64, before: u64| {
+            let (spec, auth) = (spec.clone(), auth(user, expires));
+            let docker = docker.clone();
+            async move { renew_pull_grant(&docker, &spec, &auth, before).await.unwrap() }
+        };
+        assert_eq!(renew(&spec, "x", 2000, 900).await, Renewal::Fresh, "good past the renewal point");
+        let ghost = ServiceDeploy { app: "ghost".into(), ..spec.clone() };
+        assert_eq!(renew(&ghost, "x", 2000, 2000).await, Renewal::NoService);
+        let other_release = ServiceDeploy { release: 2, ..spec.clone() };
+        assert_eq!(renew(&other_release, "x", 2000, 2000).await, Renewal::Busy, "it runs release 1");
+        assert_eq!(renew(&spec, "second", 3000, 2000).await, Renewal::Renewed);
+        let service = docker.inspect_service(&name, None).await.unwrap();
+        assert_eq!(service.spec.as_ref().unwrap().labels.as_ref().unwrap()[LABEL_PULL_GRANT_EXPIRES], "3000");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let tasks_after = task_ids(&docker, &name).await.unwrap();
+        assert_eq!(tasks_after, tasks_before, "no task was replaced");
+        assert_eq!(fixture::http_get(port).as_deref(), Some("v1"));
     }
 
     /// Engine, swarm, base image and registry for the tests above, through the docker CLI.

@@ -25,8 +25,8 @@ use crate::convert;
 use bollard::auth::DockerCredentials;
 
 use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, PullAuth, ServiceDeploy};
-use crate::registry_auth;
 use crate::placement::{self, BuildNeeds, Liveness, NodeView, Rejection};
+use crate::registry_auth;
 use crate::server::Shared;
 use crate::state::{BuildOutput, BuildState, Command, DeployState, Release, Response};
 
@@ -409,34 +409,35 @@ fn renew_pull_grants(shared: &Arc<Shared>) {
         if next.is_some_and(|at| now < at) {
             return;
         }
-        *next = Some(now + Duration::from_secs(validity / 6).clamp(Duration::from_secs(1), RENEWAL_CHECK_MAX));
+        *next =
+            Some(now + Duration::from_secs(validity / 6).clamp(Duration::from_secs(1), RENEWAL_CHECK_MAX));
     }
-    let apps: Vec<String> = shared.read(|s| {
+    // The release each app's service runs: its newest deployed one.
+    let running: Vec<Release> = shared.read(|s| {
         s.releases
-            .iter()
-            .filter(|(_, releases)| releases.iter().any(|r| r.deploy == DeployState::Deployed))
-            .map(|(app, _)| app.clone())
+            .values()
+            .filter_map(|releases| releases.iter().rev().find(|r| r.deploy == DeployState::Deployed).cloned())
             .collect()
     });
     let renew_before = registry_auth::now_secs() + validity / 3;
-    for app in apps {
+    for release in running {
+        let app = release.app.clone();
         let mut deploying = shared.dispatch.deploying.lock().expect("dispatch lock poisoned");
         if deploying.contains_key(&app) {
             continue;
         }
         let guard = DeployingGuard { shared: shared.clone(), app: app.clone() };
         let task_shared = shared.clone();
-        let task_app = app.clone();
         let task = tokio::spawn(
             async move {
                 let _guard = guard;
-                let Some(auth) = pull_auth(&task_shared, &task_app) else { return };
+                let Some(auth) = pull_auth(&task_shared, &release.app) else { return };
                 let docker = match task_shared.docker().await {
                     Ok(docker) => docker,
                     Err(err) => return tracing::warn!(%err, "cannot renew the service's registry grant"),
                 };
-                let stack = &task_shared.config.deploy.stack;
-                match deploy::renew_pull_grant(&docker, stack, &task_app, &auth, renew_before).await {
+                let spec = service_for(&task_shared, &release);
+                match deploy::renew_pull_grant(&docker, &spec, &auth, renew_before).await {
                     Ok(deploy::Renewal::Renewed) => {
                         tracing::info!(expires = auth.expires, "renewed the service's registry grant")
                     }

@@ -140,7 +140,8 @@ impl Shared {
             no_cache: b.no_cache,
             repository: format!("{}/{}", self.config.registry.addr, app.name),
             registry_login: self.ca.as_ref().map(|ca| {
-                let login = registry_auth::login(ca, &app.name, &["push", "pull"], registry_auth::BUILD_GRANT_TTL);
+                let login =
+                    registry_auth::login(ca, &app.name, &["push", "pull"], registry_auth::BUILD_GRANT_TTL);
                 slipway_proto::RegistryLogin { username: login.username, password: login.password }
             }),
         }

@@ -22,7 +22,9 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::netns::NetLab;
-use crate::{base_image, ensure_swarm, free_port, require_docker, workspace_root, Fleet, Registry, TokenAuth};
+use crate::{
+    base_image, ensure_swarm, free_port, require_docker, workspace_root, Fleet, Registry, TokenAuth,
+};
 
 /// Environment variable naming the profile fixtures run the slipway binaries in:
 /// `release` for benchmarks, debug otherwise.

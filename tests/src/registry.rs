@@ -144,7 +144,8 @@ impl Registry {
     pub async fn require_tokens(&mut self, auth: TokenAuth) -> anyhow::Result<()> {
         self.stop();
         let binary = Registry::binary().ok_or_else(|| anyhow!("docker-registry is not installed"))?;
-        self.child = spawn_and_wait(&binary, self.dir.path(), self.ip, self.port, Some(&auth), &self.http).await?;
+        self.child =
+            spawn_and_wait(&binary, self.dir.path(), self.ip, self.port, Some(&auth), &self.http).await?;
         self.auth = Some(auth);
         Ok(())
     }

@@ -29,10 +29,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
+use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateImageOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder,
 };
-use bollard::auth::DockerCredentials;
 use bollard::Docker;
 use futures::StreamExt;
 

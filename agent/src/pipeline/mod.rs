@@ -79,10 +79,10 @@ impl From<&BuildAssignment> for BuildJob {
             git_ref: a.git_ref.clone(),
             no_cache: a.no_cache,
             repository: a.repository.clone(),
-            registry_login: a
-                .registry_login
-                .as_ref()
-                .map(|l| docker::RegistryLogin { username: l.username.clone(), password: l.password.clone() }),
+            registry_login: a.registry_login.as_ref().map(|l| docker::RegistryLogin {
+                username: l.username.clone(),
+                password: l.password.clone(),
+            }),
         }
     }
 }
@@ -369,12 +369,15 @@ async fn build_in(
     timings.build_ms = ms(t);
 
     let t = Instant::now();
-    let pushed = docker::push_image(docker, &job.repository, &job.build_id, job.registry_login.as_ref(), log).await?;
+    let pushed =
+        docker::push_image(docker, &job.repository, &job.build_id, job.registry_login.as_ref(), log).await?;
     log.line(format!(
         "==> pushed {} ({} layers pushed, {} reused, {} bytes)",
         pushed.digest, pushed.layers_pushed, pushed.layers_reused, pushed.bytes_pushed
     ));
-    if let Err(failure) = docker::push_latest(docker, &job.repository, &job.build_id, job.registry_login.as_ref(), log).await {
+    if let Err(failure) =
+        docker::push_latest(docker, &job.repository, &job.build_id, job.registry_login.as_ref(), log).await
+    {
         // `latest` only seeds the next build's cache; the release itself is pushed.
         log.line(format!("==> warning: {failure}; the next build may not find a cache source"));
     }
