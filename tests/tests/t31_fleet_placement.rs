@@ -296,6 +296,10 @@ async fn replicas(cluster: &TestCluster, fleet: &Fleet) {
                 .unwrap_or_else(|e| panic!("engine {n}'s task does not answer: {e}"));
         assert!(body.contains("hello"), "engine {n} answered {body:?}");
     }
+    // The registry takes tokens only: the engines that did not build pulled with the
+    // grant Swarm keeps with the service; without it, the same pull is refused.
+    let anonymous = fleet.docker_cli(1, &["pull", &release.image]).expect_err("an anonymous pull");
+    assert!(anonymous.contains("unauthorized") || anonymous.contains("denied"), "{anonymous}");
     let log = fleet.engine_log(1) + &fleet.engine_log(2) + &fleet.engine_log(3);
     assert!(!log.contains("docker.io/"), "no engine went to Docker Hub");
 }
