@@ -394,9 +394,10 @@ async fn push(
             ),
             Err(err) => {
                 return Err(Failure::Push(format!(
-                    "cannot push {repository}:{tag} to registry {}: {}",
+                    "cannot push {repository}:{tag} to registry {}: {}{}",
                     registry_of(repository),
-                    daemon_message(&err)
+                    daemon_message(&err),
+                    token_hint(&daemon_message(&err))
                 )))
             }
         }
@@ -416,6 +417,21 @@ pub async fn image_size(docker: &Docker, image: &str) -> u64 {
 }
 
 /// The daemon's own words for an error, without bollard's wrapping.
+/// What to check when the engine could not get a token from the registry's realm (a
+/// scheduler's `/v2/token`) or was refused one.
+fn token_hint(message: &str) -> &'static str {
+    if message.contains("/v2/token") {
+        ". Fix: the registry's token realm (auth.token.realm in its config) must reach a live \
+         scheduler's HTTP side from this node"
+    } else if message.contains("unauthorized") || message.contains("denied") {
+        ". The registry refused this build's grant: it expired (grants last 6 h), or the \
+         registry does not trust this cluster (its rootcertbundle must be the cluster CA's \
+         certificate, a scheduler's <data_dir>/pki/ca.pem)"
+    } else {
+        ""
+    }
+}
+
 fn daemon_message(err: &bollard::errors::Error) -> String {
     use bollard::errors::Error;
     match err {
@@ -641,6 +657,15 @@ pub fn registry_of(repository: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_failures_name_what_to_check() {
+        let realm =
+            "Get \"http://127.0.0.1:7401/v2/token?scope=repository%3Ashop%3Apush\": connection refused";
+        assert!(token_hint(realm).contains("auth.token.realm"));
+        assert!(token_hint("unauthorized: authentication required").contains("rootcertbundle"));
+        assert_eq!(token_hint("blob upload unknown"), "");
+    }
 
     /// Chunks as the 20.10 engine sends them (recorded): step lines arrive without their
     /// newline, which follows in a chunk of its own.

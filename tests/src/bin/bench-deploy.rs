@@ -9,20 +9,48 @@
 //! - the same code-only redeploy done by hand with the docker CLI — `git clone`,
 //!   `docker build`, `docker push`, `docker service update --image …@digest` on a service
 //!   with the same healthcheck, update monitor window and auto-rollback that slipway
-//!   sets — ROUNDS times, interleaved with slipway's, as the baseline.
+//!   sets — ROUNDS times, interleaved with slipway's, as the baseline. Both go through
+//!   the cluster's registry with token auth: the by-hand operator is logged in with a
+//!   grant for its own app and updates `--with-registry-auth`.
 //!
 //! Prints medians, bytes pushed, and slipway / by-hand ratios.
 
-use std::process::Command;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER};
 use slipway_tests::docker::docker_cli;
 use slipway_tests::{free_port, set_app_port, GitRepo, TestCluster};
 
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+/// The by-hand operator's docker CLI config (`DOCKER_CONFIG`): logged in to the
+/// cluster's registry, which takes tokens only, with a grant for the by-hand app.
+static DOCKER_CONFIG: OnceLock<PathBuf> = OnceLock::new();
+
+fn sh_in(cmd: &str, args: &[&str], input: Option<&str>) -> String {
+    let mut command = Command::new(cmd);
+    if let Some(config) = DOCKER_CONFIG.get() {
+        command.env("DOCKER_CONFIG", config);
+    }
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.unwrap_or_default().as_bytes()).expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    sh_in(cmd, args, None)
 }
 
 /// The code-only redeploy done by hand: clone, build, push, update the service.
@@ -34,7 +62,7 @@ fn by_hand(repo: &GitRepo, image: &str, service: &str, round: usize) -> Duration
     sh("docker", &["build", "-q", "-t", &tag, dir.path().to_str().unwrap()]);
     sh("docker", &["push", "-q", &tag]);
     let digest = sh("docker", &["inspect", "--format", "{{index .RepoDigests 0}}", &tag]);
-    sh("docker", &["service", "update", "-q", "--image", digest.trim(), service]);
+    sh("docker", &["service", "update", "-q", "--with-registry-auth", "--image", digest.trim(), service]);
     started.elapsed()
 }
 
@@ -61,40 +89,48 @@ async fn main() {
 
     // The by-hand baseline gets its own service and image, warmed once (not timed).
     let manual_image = cluster.registry().image("hello-manual");
+    let config_dir = tempfile::tempdir().unwrap();
+    DOCKER_CONFIG.set(config_dir.path().to_path_buf()).unwrap();
+    let grant = issue_grant(&cluster.ca(), "hello-manual", &["push", "pull"], Duration::from_secs(24 * 3600));
+    let registry = cluster.registry().addr();
+    sh_in("docker", &["login", "-u", GRANT_USER, "--password-stdin", &registry], Some(&grant));
     let manual_service = format!("{}_hello-manual", cluster.stack);
     let manual_port = free_port();
     let warm_tag = format!("{manual_image}:warm");
     sh("docker", &["build", "-q", "-t", &warm_tag, repo.path().to_str().unwrap()]);
     sh("docker", &["push", "-q", &warm_tag]);
     let warm_digest = sh("docker", &["inspect", "--format", "{{index .RepoDigests 0}}", &warm_tag]);
-    docker_cli(&[
-        "service",
-        "create",
-        "-q",
-        "--name",
-        &manual_service,
-        "--label",
-        &format!("com.docker.stack.namespace={}", cluster.stack),
-        "--env",
-        &format!("PORT={manual_port}"),
-        "--publish",
-        &format!("mode=host,target={manual_port},published={manual_port}"),
-        // The same safety slipway applies: healthcheck, monitor window, auto-rollback.
-        "--health-cmd",
-        "wget -q -O /dev/null http://127.0.0.1:${PORT:-8080}/",
-        "--health-interval",
-        "2s",
-        "--health-retries",
-        "3",
-        "--update-order",
-        "stop-first",
-        "--update-monitor",
-        "6s",
-        "--update-failure-action",
-        "rollback",
-        warm_digest.trim(),
-    ])
-    .expect("create the by-hand service");
+    sh(
+        "docker",
+        &[
+            "service",
+            "create",
+            "-q",
+            "--with-registry-auth",
+            "--name",
+            &manual_service,
+            "--label",
+            &format!("com.docker.stack.namespace={}", cluster.stack),
+            "--env",
+            &format!("PORT={manual_port}"),
+            "--publish",
+            &format!("mode=host,target={manual_port},published={manual_port}"),
+            // The same safety slipway applies: healthcheck, monitor window, auto-rollback.
+            "--health-cmd",
+            "wget -q -O /dev/null http://127.0.0.1:${PORT:-8080}/",
+            "--health-interval",
+            "2s",
+            "--health-retries",
+            "3",
+            "--update-order",
+            "stop-first",
+            "--update-monitor",
+            "6s",
+            "--update-failure-action",
+            "rollback",
+            warm_digest.trim(),
+        ],
+    );
 
     let (mut slipway_times, mut hand_times, mut pushed) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
