@@ -296,10 +296,13 @@ async fn replicas(cluster: &TestCluster, fleet: &Fleet) {
                 .unwrap_or_else(|e| panic!("engine {n}'s task does not answer: {e}"));
         assert!(body.contains("hello"), "engine {n} answered {body:?}");
     }
-    // The registry takes tokens only: the engines that did not build pulled with the
-    // grant Swarm keeps with the service; without it, the same pull is refused.
-    let anonymous = fleet.docker_cli(1, &["pull", &release.image]).expect_err("an anonymous pull");
-    assert!(anonymous.contains("unauthorized") || anonymous.contains("denied"), "{anonymous}");
+    // The registry takes tokens only, so the engines that did not build pulled with the
+    // grant Swarm keeps with the service: anonymously, the manifest is refused. (Asked
+    // over HTTP: an engine that holds the image answers `docker pull` of its digest
+    // with "up to date" after the registry's 401, without fetching the manifest.)
+    let manifest = format!("http://{}/v2/{}/manifests/{}", fleet.registry_addr(), app.name, release.digest);
+    let anonymous = reqwest::get(&manifest).await.expect("GET the manifest");
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED, "anonymous GET {manifest}");
     let log = fleet.engine_log(1) + &fleet.engine_log(2) + &fleet.engine_log(3);
     assert!(!log.contains("docker.io/"), "no engine went to Docker Hub");
 }
@@ -324,7 +327,9 @@ async fn node_loss(cluster: &mut TestCluster) {
     }
     let down_after = killed.elapsed();
     eprintln!("{lost} Down {down_after:?} after its agent was killed (grace {GRACE:?})");
-    assert!(down_after >= GRACE - Duration::from_secs(1), "Down only after the grace period: {down_after:?}");
+    // Silence counts from the last report, which came up to one report interval (1 s)
+    // before the kill, and the check runs every second or so: 2 s of slack.
+    assert!(down_after >= GRACE - Duration::from_secs(2), "Down only after the grace period: {down_after:?}");
 
     let run = finish(p).await;
     let build = wait_build(cluster, &run.build_id, |b| b.release != 0).await;
