@@ -108,7 +108,9 @@ http:
   addr: 127.0.0.1:$port
 EOF
     if [[ -n "$realm" ]]; then
+        # The CA's digest makes a new CA at the same path a changed config (restart).
         cat <<EOF
+# rootcertbundle sha256: $(sha256sum "$ca_pem" | cut -d' ' -f1)
 auth:
   token:
     realm: $realm

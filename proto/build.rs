@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // A registry login is a secret: its Debug (src/lib.rs) leaves the password out.
+    tonic_prost_build::configure().skip_debug(["slipway.v1.RegistryLogin"]).compile_fds(descriptors)?;
     Ok(())
 }

@@ -20,6 +20,12 @@ pub mod v1 {
 
 pub use v1::*;
 
+impl std::fmt::Debug for v1::RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
 pub mod tls;
 pub mod validate;
 

@@ -110,6 +110,9 @@ pub struct RaftSettings {
     pub keep_logs: u64,
 }
 
+/// Longest `registry.pull_grant_validity_secs`: a year (the leader renews grants anyway).
+pub const MAX_PULL_GRANT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
+
 /// The fleet's internal registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -272,10 +275,11 @@ impl SchedulerConfig {
                 self.registry.addr
             )));
         }
-        if self.registry.pull_grant_validity_secs < 30 {
+        let validity = self.registry.pull_grant_validity_secs;
+        if !(30..=MAX_PULL_GRANT_VALIDITY_SECS).contains(&validity) {
             return Err(ConfigError(format!(
-                "registry.pull_grant_validity_secs = {} is too short: at least 30 (the default is {}, 30 days)",
-                self.registry.pull_grant_validity_secs,
+                "registry.pull_grant_validity_secs = {validity} is out of range: 30 to {MAX_PULL_GRANT_VALIDITY_SECS} \
+                 (one year; the default is {}, 30 days)",
                 RegistryConfig::default().pull_grant_validity_secs
             )));
         }

@@ -202,7 +202,7 @@ impl pb::control_server::Control for ControlService {
                 if self.shared.dispatch.is_deploying(&name) {
                     return Err(crate::state::ApplyError::AppBusy {
                         app: name.clone(),
-                        build: "a deploy is in flight".into(),
+                        build: "a deploy (or a renewal of its registry grant) is in flight".into(),
                     });
                 }
                 Ok(())

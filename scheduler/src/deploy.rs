@@ -803,36 +803,39 @@ pub async fn deploy(
 }
 
 /// What [`renew_pull_grant`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Renewal {
     /// The service now holds the new credentials.
     Renewed,
     /// Its grant is still good past the renewal point: nothing to do.
     Fresh,
-    /// Swarm is updating or rolling it back, it runs another release than the one
-    /// given, or another change came first: next round.
-    Busy,
     /// The app has no service.
     NoService,
+    /// Due, but not renewed this round, and why (Swarm is updating, rolling back or
+    /// paused; the service runs a release slipway does not know; another change came
+    /// first).
+    Postponed(String),
 }
 
-/// Replaces the registry credentials stored with the service running `release` by
-/// `auth` if the ones it has expire before `renew_before` (seconds since the epoch).
-/// The rest of the spec is sent back as the engine has it, and Swarm does not count
-/// pull options as a task change, so no task restarts (`docker service update
-/// --with-registry-auth` does the same). A service Swarm is updating or rolling back is
-/// left for the next round: the update would become the spec its rollback returns to.
+/// Replaces the registry credentials stored with `app`'s service by `auth` if the ones
+/// it has expire before `renew_before` (seconds since the epoch). The rest of the spec
+/// is sent back as the engine has it, and Swarm does not count pull options as a task
+/// change, so no task restarts (`docker service update --with-registry-auth` does the
+/// same). A service Swarm is updating, rolling back or has paused is left for a later
+/// round: the update would become the spec its rollback returns to, or resume it.
 ///
 /// bollard reads the container's `Healthcheck` under another name (`HealthCheck`) and
-/// loses it, which would make the task dirty: the release's own healthcheck is put
-/// back.
+/// loses it, which would make the task dirty: the healthcheck of the release the
+/// service runs (its [`LABEL_RELEASE`], looked up with `release`) is put back.
 pub async fn renew_pull_grant(
     docker: &Docker,
-    release: &ServiceDeploy,
+    stack: &str,
+    app: &str,
+    release: impl Fn(u64) -> Option<ServiceDeploy>,
     auth: &PullAuth,
     renew_before: u64,
 ) -> Result<Renewal, DeployError> {
-    let name = service_name(&release.stack, &release.app);
+    let name = service_name(stack, app);
     let current = match docker.inspect_service(&name, None).await {
         Ok(current) => current,
         Err(e) if has_status(&e, 404) => return Ok(Renewal::NoService),
@@ -844,27 +847,37 @@ pub async fn renew_pull_grant(
     if expires.is_some_and(|e| e >= renew_before) {
         return Ok(Renewal::Fresh);
     }
-    if labels.get(LABEL_RELEASE) != Some(&release.release.to_string()) {
-        return Ok(Renewal::Busy);
-    }
     let state = current.update_status.as_ref().and_then(|u| u.state);
-    if matches!(
-        state,
-        Some(ServiceUpdateStatusStateEnum::UPDATING | ServiceUpdateStatusStateEnum::ROLLBACK_STARTED)
-    ) {
-        return Ok(Renewal::Busy);
+    if let Some(
+        state @ (ServiceUpdateStatusStateEnum::UPDATING
+        | ServiceUpdateStatusStateEnum::ROLLBACK_STARTED
+        | ServiceUpdateStatusStateEnum::PAUSED
+        | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED),
+    ) = state
+    {
+        return Ok(Renewal::Postponed(format!("Swarm's update state is {state}")));
     }
+    let running = labels.get(LABEL_RELEASE).and_then(|v| v.parse::<u64>().ok());
+    let Some(release) = running.and_then(&release) else {
+        return Ok(Renewal::Postponed(format!(
+            "the service runs release {:?}, which slipway does not know",
+            labels.get(LABEL_RELEASE)
+        )));
+    };
     labels.insert(LABEL_PULL_GRANT_EXPIRES.to_owned(), auth.expires.to_string());
     if let Some(container) = spec.task_template.as_mut().and_then(|t| t.container_spec.as_mut()) {
         container.health_check = release.healthcheck.as_ref().map(health_config);
     }
     let id = current.id.clone().unwrap_or(name.clone());
     let index = current.version.as_ref().and_then(|v| v.index).unwrap_or_default();
-    let Ok(version) = i32::try_from(index) else { return Ok(Renewal::Busy) };
+    let version = i32::try_from(index).map_err(|_| DeployError::Api {
+        action: format!("update service {name}"),
+        message: format!("its version index {index} does not fit the API client's 32-bit field"),
+    })?;
     let options = UpdateServiceOptions { version, ..Default::default() };
     match docker.update_service(&id, spec, options, Some(auth.credentials.clone())).await {
         Ok(_) => Ok(Renewal::Renewed),
-        Err(e) if is_out_of_sequence(&e) => Ok(Renewal::Busy),
+        Err(e) if is_out_of_sequence(&e) => Ok(Renewal::Postponed("another change came first".into())),
         Err(e) => Err(engine_error(docker, format!("update service {name}"), e)),
     }
 }
@@ -1994,17 +2007,21 @@ mod tests {
         deploy(&docker, &spec, Some(&auth("first", 1000)), &|_| {}).await.unwrap();
         let name = service_name(&stack, "web");
         let tasks_before = task_ids(&docker, &name).await.unwrap();
-        let renew = |spec: &ServiceDeploy, user: &str, expires: u64, before: u64| {
-            let (spec, auth) = (spec.clone(), auth(user, expires));
-            let docker = docker.clone();
-            async move { renew_pull_grant(&docker, &spec, &auth, before).await.unwrap() }
+        // The release lookup knows release 1 (or, below, nothing).
+        let known = |n: u64| (n == 1).then(|| spec.clone());
+        let renew = |app: &'static str, user: &str, expires: u64, before: u64, knows: bool| {
+            let auth = auth(user, expires);
+            let (docker, stack) = (docker.clone(), stack.clone());
+            async move {
+                let lookup = |n: u64| if knows { known(n) } else { None };
+                renew_pull_grant(&docker, &stack, app, lookup, &auth, before).await.unwrap()
+            }
         };
-        assert_eq!(renew(&spec, "x", 2000, 900).await, Renewal::Fresh, "good past the renewal point");
-        let ghost = ServiceDeploy { app: "ghost".into(), ..spec.clone() };
-        assert_eq!(renew(&ghost, "x", 2000, 2000).await, Renewal::NoService);
-        let other_release = ServiceDeploy { release: 2, ..spec.clone() };
-        assert_eq!(renew(&other_release, "x", 2000, 2000).await, Renewal::Busy, "it runs release 1");
-        assert_eq!(renew(&spec, "second", 3000, 2000).await, Renewal::Renewed);
+        assert_eq!(renew("web", "x", 2000, 900, true).await, Renewal::Fresh, "good past the renewal point");
+        assert_eq!(renew("ghost", "x", 2000, 2000, true).await, Renewal::NoService);
+        let unknown = renew("web", "x", 2000, 2000, false).await;
+        assert!(matches!(&unknown, Renewal::Postponed(why) if why.contains("does not know")), "{unknown:?}");
+        assert_eq!(renew("web", "second", 3000, 2000, true).await, Renewal::Renewed);
         let service = docker.inspect_service(&name, None).await.unwrap();
         assert_eq!(service.spec.as_ref().unwrap().labels.as_ref().unwrap()[LABEL_PULL_GRANT_EXPIRES], "3000");
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -1,5 +1,6 @@
-//! The leader's work loop: place queued builds, take builds back from lost nodes, and
-//! deploy every release that is not deployed yet.
+//! The leader's work loop: place queued builds, take builds back from lost nodes,
+//! deploy every release that is not deployed yet, and keep the registry grants stored
+//! with the apps' services from expiring ([`renew_pull_grants`]).
 //!
 //! The loop is driven by the replicated state, not by in-memory queues: whatever the
 //! state says is queued gets placed, whatever release is pending gets deployed. So a new
@@ -16,14 +17,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bollard::auth::DockerCredentials;
 use slipway_proto::deploy_event::Event;
 use slipway_proto::scheduler_message::Msg as SchedMsg;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::convert;
-use bollard::auth::DockerCredentials;
-
 use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, PullAuth, ServiceDeploy};
 use crate::placement::{self, BuildNeeds, Liveness, NodeView, Rejection};
 use crate::registry_auth;
@@ -412,36 +412,47 @@ fn renew_pull_grants(shared: &Arc<Shared>) {
         *next =
             Some(now + Duration::from_secs(validity / 6).clamp(Duration::from_secs(1), RENEWAL_CHECK_MAX));
     }
-    // The release each app's service runs: its newest deployed one.
-    let running: Vec<Release> = shared.read(|s| {
+    let apps: Vec<String> = shared.read(|s| {
         s.releases
-            .values()
-            .filter_map(|releases| releases.iter().rev().find(|r| r.deploy == DeployState::Deployed).cloned())
+            .iter()
+            .filter(|(_, releases)| releases.iter().any(|r| r.deploy == DeployState::Deployed))
+            .map(|(app, _)| app.clone())
             .collect()
     });
-    let renew_before = registry_auth::now_secs() + validity / 3;
-    for release in running {
-        let app = release.app.clone();
+    let renew_before = registry_auth::now_secs().saturating_add(validity / 3);
+    for app in apps {
         let mut deploying = shared.dispatch.deploying.lock().expect("dispatch lock poisoned");
         if deploying.contains_key(&app) {
             continue;
         }
         let guard = DeployingGuard { shared: shared.clone(), app: app.clone() };
-        let task_shared = shared.clone();
+        let (task_shared, task_app) = (shared.clone(), app.clone());
         let task = tokio::spawn(
             async move {
                 let _guard = guard;
-                let Some(auth) = pull_auth(&task_shared, &release.app) else { return };
-                let docker = match task_shared.docker().await {
+                let (shared, app) = (&task_shared, &task_app);
+                let Some(auth) = pull_auth(shared, app) else { return };
+                let docker = match shared.docker().await {
                     Ok(docker) => docker,
                     Err(err) => return tracing::warn!(%err, "cannot renew the service's registry grant"),
                 };
-                let spec = service_for(&task_shared, &release);
-                match deploy::renew_pull_grant(&docker, &spec, &auth, renew_before).await {
+                // The spec of the release the service runs, by its number.
+                let release = |number: u64| {
+                    shared
+                        .read(|s| s.releases.get(app)?.iter().find(|r| r.number == number).cloned())
+                        .map(|r| service_for(shared, &r))
+                };
+                let stack = &shared.config.deploy.stack;
+                match deploy::renew_pull_grant(&docker, stack, app, release, &auth, renew_before).await {
                     Ok(deploy::Renewal::Renewed) => {
                         tracing::info!(expires = auth.expires, "renewed the service's registry grant")
                     }
-                    Ok(_) => {}
+                    Ok(deploy::Renewal::Postponed(why)) => tracing::warn!(
+                        %why,
+                        "the service's registry grant is due for renewal but was left for the next round; \
+                         once it expires, nodes cannot pull the app's image"
+                    ),
+                    Ok(deploy::Renewal::Fresh | deploy::Renewal::NoService) => {}
                     Err(err) => tracing::warn!(%err, "cannot renew the service's registry grant"),
                 }
             }

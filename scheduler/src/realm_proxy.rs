@@ -10,18 +10,27 @@
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 /// How long a member may take to accept before the next is tried (a member cut off by
 /// a partition drops packets rather than refusing).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Forwards every connection `listener` accepts to the first of `members` (`host:port`
-/// of their HTTP sides) that accepts it. Runs until the listener fails.
-pub async fn serve(listener: TcpListener, members: Vec<String>) -> std::io::Result<()> {
+/// of their HTTP sides) that accepts it. Runs until dropped; a failed accept (e.g. out
+/// of file descriptors) is logged and retried after a pause.
+pub async fn serve(listener: TcpListener, members: Vec<String>) {
     loop {
-        let (mut client, peer) = listener.accept().await?;
+        let (mut client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(%err, "cannot accept a connection; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let members = members.clone();
-        tokio::spawn(async move {
+        let forward = async move {
             for member in &members {
                 let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(member)).await;
                 if let Ok(Ok(mut server)) = connect {
@@ -30,8 +39,9 @@ pub async fn serve(listener: TcpListener, members: Vec<String>) -> std::io::Resu
                     return;
                 }
             }
-            tracing::warn!(%peer, ?members, "no scheduler accepts the registry's token request");
-        });
+            tracing::warn!(?members, "no scheduler accepts the registry's token request");
+        };
+        tokio::spawn(forward.instrument(tracing::info_span!("realm_proxy", %peer)));
     }
 }
 

@@ -60,8 +60,12 @@ impl std::fmt::Debug for Login {
 
 /// A login allowing `actions` on `app`'s repository for `ttl`.
 pub fn login(ca: &Ca, app: &str, actions: &[&str], ttl: Duration) -> Login {
-    let password = issue_grant(ca, app, actions, ttl);
-    Login { username: GRANT_USER.to_string(), password, expires: now_secs() + ttl.as_secs() }
+    let grant = Grant {
+        app: app.to_string(),
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+        exp: now_secs().saturating_add(ttl.as_secs()),
+    };
+    Login { username: GRANT_USER.to_string(), password: sign_grant(ca, &grant), expires: grant.exp }
 }
 
 /// What a grant allows: `actions` on the repository named `app`, until `exp` (seconds).
@@ -88,12 +92,12 @@ fn grant_key(ca: &Ca) -> ring::hmac::Key {
 
 /// A grant of `actions` on `app` for `ttl`, as the password to present.
 pub fn issue_grant(ca: &Ca, app: &str, actions: &[&str], ttl: Duration) -> String {
-    let grant = Grant {
-        app: app.to_string(),
-        actions: actions.iter().map(|a| a.to_string()).collect(),
-        exp: now_secs() + ttl.as_secs(),
-    };
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&grant).expect("a grant serializes"));
+    login(ca, app, actions, ttl).password
+}
+
+/// `v1.<payload>.<mac>`: the grant, signed.
+fn sign_grant(ca: &Ca, grant: &Grant) -> String {
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(grant).expect("a grant serializes"));
     let mac = ring::hmac::sign(&grant_key(ca), payload.as_bytes());
     format!("v1.{payload}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()))
 }

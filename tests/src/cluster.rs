@@ -150,7 +150,7 @@ pub struct TestCluster {
     registry_addr: String,
     /// The registry's token realm in front of a replicated cluster's members
     /// (`slipway-scheduler realm-proxy`'s code, in this process); aborted on drop.
-    realm_proxy: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    realm_proxy: Option<tokio::task::JoinHandle<()>>,
     pub stack: String,
     members: Vec<Member>,
     /// Extra `[raft]` settings written into every member's config.

@@ -2,8 +2,8 @@
 //!
 //! Debian's `docker-registry` (Distribution 2.8) runs as a child process on a free
 //! 127.0.0.1 port with its storage in a temporary directory, configured like
-//! `packaging/registry.sh` does it (filesystem storage, deletes enabled, no auth, log
-//! level warn). Docker treats 127.0.0.0/8 registries as insecure, so the engine
+//! `packaging/registry.sh` does it (filesystem storage, deletes enabled, log level
+//! warn; no auth unless given a [`TokenAuth`]). Docker treats 127.0.0.0/8 registries as insecure, so the engine
 //! pushes to it over plain http without configuration. [`Registry::start_on`] listens
 //! on another address instead (a [`NetLab`](crate::NetLab)'s host address, for a
 //! fleet): engines then need it in their `insecure-registries`. With a [`TokenAuth`]
@@ -228,7 +228,8 @@ impl Registry {
         tags
     }
 
-    /// The repositories it holds (`GET /v2/_catalog`), sorted.
+    /// The repositories it holds (`GET /v2/_catalog`), sorted. Without token auth only:
+    /// the token server grants no catalog scope.
     pub async fn catalog(&self) -> Vec<String> {
         let url = format!("{}/_catalog", self.base_url());
         let body = self.get_json(&url, None).await.unwrap_or_default();

@@ -393,12 +393,12 @@ async fn push(
                 info.progress_detail.as_ref().and_then(|p| p.total),
             ),
             Err(err) => {
+                let message = daemon_message(&err);
                 return Err(Failure::Push(format!(
-                    "cannot push {repository}:{tag} to registry {}: {}{}",
+                    "cannot push {repository}:{tag} to registry {}: {message}{}",
                     registry_of(repository),
-                    daemon_message(&err),
-                    token_hint(&daemon_message(&err))
-                )))
+                    token_hint(&message)
+                )));
             }
         }
     }
@@ -416,7 +416,6 @@ pub async fn image_size(docker: &Docker, image: &str) -> u64 {
     }
 }
 
-/// The daemon's own words for an error, without bollard's wrapping.
 /// What to check when the engine could not get a token from the registry's realm (a
 /// scheduler's `/v2/token`) or was refused one.
 fn token_hint(message: &str) -> &'static str {
@@ -432,6 +431,7 @@ fn token_hint(message: &str) -> &'static str {
     }
 }
 
+/// The daemon's own words for an error, without bollard's wrapping.
 fn daemon_message(err: &bollard::errors::Error) -> String {
     use bollard::errors::Error;
     match err {

@@ -826,6 +826,7 @@ mod tests {
         assert_eq!(j.repository, "127.0.0.1:5000/shop");
         assert_eq!(j.registry_login.as_ref().map(|l| l.password.as_str()), Some("v1.secret"));
         assert!(!format!("{j:?}").contains("v1.secret"), "Debug shows no grant: {j:?}");
+        assert!(!format!("{a:?}").contains("v1.secret"), "nor the assignment's: {a:?}");
     }
 
     #[tokio::test]

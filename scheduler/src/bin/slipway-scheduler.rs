@@ -139,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
             tracing::info!(%listen, ?members, "forwarding the registry's token requests");
             tokio::select! {
-                served = slipway_scheduler::realm_proxy::serve(listener, members) => served?,
+                () = slipway_scheduler::realm_proxy::serve(listener, members) => {}
                 () = shutdown_signal() => {}
             }
         }
