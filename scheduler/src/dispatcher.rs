@@ -357,23 +357,35 @@ async fn start_pending_deploys(shared: &Arc<Shared>) {
         }
     }
     for release in latest {
-        let mut deploying = shared.dispatch.deploying.lock().expect("dispatch lock poisoned");
-        if deploying.contains_key(&release.app) {
-            continue;
-        }
-        let guard = DeployingGuard { shared: shared.clone(), app: release.app.clone() };
-        let task_shared = shared.clone();
         let span = tracing::info_span!("deploy", app = %release.app, release = release.number);
+        let task_shared = shared.clone();
         let app = release.app.clone();
-        let task = tokio::spawn(
-            async move {
-                let _guard = guard;
-                deploy_release(&task_shared, &release).await;
-            }
-            .instrument(span),
-        );
-        deploying.insert(app, task.abort_handle());
+        hold_app(shared, &app, span, async move { deploy_release(&task_shared, &release).await });
     }
+}
+
+/// Runs `work` for `app` in a task holding the app's deploy slot ([`DispatchState`]'s
+/// `deploying`), unless something else holds it; the slot is freed however the task
+/// ends, and [`DispatchState::stand_down`] aborts it.
+fn hold_app(
+    shared: &Arc<Shared>,
+    app: &str,
+    span: tracing::Span,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let mut deploying = shared.dispatch.deploying.lock().expect("dispatch lock poisoned");
+    if deploying.contains_key(app) {
+        return;
+    }
+    let guard = DeployingGuard { shared: shared.clone(), app: app.to_string() };
+    let task = tokio::spawn(
+        async move {
+            let _guard = guard;
+            work.await;
+        }
+        .instrument(span),
+    );
+    deploying.insert(app.to_string(), task.abort_handle());
 }
 
 /// The registry credentials an app's service pulls with (TLS on): a pull-only grant for
@@ -421,44 +433,36 @@ fn renew_pull_grants(shared: &Arc<Shared>) {
     });
     let renew_before = registry_auth::now_secs().saturating_add(validity / 3);
     for app in apps {
-        let mut deploying = shared.dispatch.deploying.lock().expect("dispatch lock poisoned");
-        if deploying.contains_key(&app) {
-            continue;
-        }
-        let guard = DeployingGuard { shared: shared.clone(), app: app.clone() };
-        let (task_shared, task_app) = (shared.clone(), app.clone());
-        let task = tokio::spawn(
-            async move {
-                let _guard = guard;
-                let (shared, app) = (&task_shared, &task_app);
-                let Some(auth) = pull_auth(shared, app) else { return };
-                let docker = match shared.docker().await {
-                    Ok(docker) => docker,
-                    Err(err) => return tracing::warn!(%err, "cannot renew the service's registry grant"),
-                };
-                // The spec of the release the service runs, by its number.
-                let release = |number: u64| {
-                    shared
-                        .read(|s| s.releases.get(app)?.iter().find(|r| r.number == number).cloned())
-                        .map(|r| service_for(shared, &r))
-                };
-                let stack = &shared.config.deploy.stack;
-                match deploy::renew_pull_grant(&docker, stack, app, release, &auth, renew_before).await {
-                    Ok(deploy::Renewal::Renewed) => {
-                        tracing::info!(expires = auth.expires, "renewed the service's registry grant")
-                    }
-                    Ok(deploy::Renewal::Postponed(why)) => tracing::warn!(
-                        %why,
-                        "the service's registry grant is due for renewal but was left for the next round; \
-                         once it expires, nodes cannot pull the app's image"
-                    ),
-                    Ok(deploy::Renewal::Fresh | deploy::Renewal::NoService) => {}
-                    Err(err) => tracing::warn!(%err, "cannot renew the service's registry grant"),
+        let span = tracing::info_span!("renew_pull_grant", app = %app);
+        let task_shared = shared.clone();
+        let task_app = app.clone();
+        hold_app(shared, &app, span, async move {
+            let (shared, app) = (&task_shared, &task_app);
+            let Some(auth) = pull_auth(shared, app) else { return };
+            let docker = match shared.docker().await {
+                Ok(docker) => docker,
+                Err(err) => return tracing::warn!(%err, "cannot renew the service's registry grant"),
+            };
+            // The spec of the release the service runs, by its number.
+            let release = |number: u64| {
+                shared
+                    .read(|s| s.releases.get(app)?.iter().find(|r| r.number == number).cloned())
+                    .map(|r| service_for(shared, &r))
+            };
+            let stack = &shared.config.deploy.stack;
+            match deploy::renew_pull_grant(&docker, stack, app, release, &auth, renew_before).await {
+                Ok(deploy::Renewal::Renewed) => {
+                    tracing::info!(expires = auth.expires, "renewed the service's registry grant")
                 }
+                Ok(deploy::Renewal::Postponed(why)) => tracing::warn!(
+                    %why,
+                    "the service's registry grant is due for renewal but was left for the next round; \
+                     once it expires, nodes cannot pull the app's image"
+                ),
+                Ok(deploy::Renewal::Fresh | deploy::Renewal::NoService) => {}
+                Err(err) => tracing::warn!(%err, "cannot renew the service's registry grant"),
             }
-            .instrument(tracing::info_span!("renew_pull_grant", app = %app)),
-        );
-        deploying.insert(app, task.abort_handle());
+        });
     }
 }
 

@@ -16,7 +16,7 @@ use slipway_proto::control_client::ControlClient;
 use slipway_proto::deploy_event::Event;
 use slipway_proto::tls::{Credentials, PeerIdentity, Role, Transport};
 use slipway_proto::{self as pb};
-use slipway_scheduler::pki::{self, Ca};
+use slipway_scheduler::pki::Ca;
 use slipway_scheduler::realm_proxy;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -161,9 +161,9 @@ pub struct TestCluster {
     registry_settings: String,
     /// Agent `n` is `agents[n - 1]`.
     agents: Vec<Agent>,
-    /// The cluster CA, made before any member starts so the registry can trust it
-    /// (`tls.ca_dir`).
-    ca_dir: Option<PathBuf>,
+    /// The cluster CA, made before any member starts so the registry can trust it;
+    /// saved in `ca/`, every member's `tls.ca_dir`.
+    ca: Ca,
     /// The agents' join token, once the cluster runs.
     agent_token: Option<String>,
     /// How the test reaches the schedulers: an operator certificate from the cluster CA.
@@ -229,8 +229,7 @@ impl TestCluster {
     pub async fn on_fleet(stack: &str, fleet: &mut Fleet) -> TestCluster {
         slipway_proto::tls::install_crypto_provider();
         let manager_socket = fleet.engine_socket(fleet.manager()).display().to_string();
-        let mut cluster = Self::new(stack, &manager_socket, None, fleet.registry_addr());
-        let ca = cluster.create_ca();
+        let mut cluster = Self::new(stack, &manager_socket, fleet.registry_addr());
         let host_ip = fleet.registry().ip();
         let member = Member {
             http_addr: format!("{host_ip}:{}", crate::net::free_port_on(host_ip)),
@@ -240,7 +239,7 @@ impl TestCluster {
         cluster.members.push(member);
         fleet
             .registry_mut()
-            .require_tokens(TokenAuth { realm, ca })
+            .require_tokens(TokenAuth { realm, ca: cluster.ca() })
             .await
             .unwrap_or_else(|e| panic!("cannot restart the fleet's registry with token auth: {e:#}"));
         for n in fleet.engine_numbers() {
@@ -299,25 +298,14 @@ impl TestCluster {
         Some(cluster)
     }
 
-    /// A cluster on the local engine with its CA made; its registry starts once the
-    /// members' addresses are known ([`start_registry`](Self::start_registry)).
+    /// A cluster on the local engine; its registry starts once the members' addresses
+    /// are known ([`start_registry`](Self::start_registry)).
     async fn prepare(stack: &str) -> Option<TestCluster> {
         slipway_proto::tls::install_crypto_provider();
         require_docker().await?;
         ensure_swarm().await;
         base_image().await;
-        let mut cluster = Self::new(stack, LOCAL_ENGINE, None, String::new());
-        cluster.create_ca();
-        Some(cluster)
-    }
-
-    /// The cluster CA, in `ca/` (every member's `tls.ca_dir`).
-    fn create_ca(&mut self) -> Ca {
-        let ca_dir = self.path("ca");
-        let ca = Ca::create().expect("a CA");
-        ca.save(&ca_dir).expect("save the CA");
-        self.ca_dir = Some(ca_dir);
-        ca
+        Some(Self::new(stack, LOCAL_ENGINE, String::new()))
     }
 
     /// This cluster's registry on loopback, taking tokens from `realm`.
@@ -330,19 +318,17 @@ impl TestCluster {
         self.registry = Some(registry);
     }
 
-    /// A cluster with nothing started yet, deploying through the Swarm manager at
-    /// `swarm_socket`, its stack's leftovers from an earlier run removed.
-    fn new(
-        stack: &str,
-        swarm_socket: &str,
-        registry: Option<Registry>,
-        registry_addr: String,
-    ) -> TestCluster {
+    /// A cluster with nothing started yet but its CA, deploying through the Swarm
+    /// manager at `swarm_socket`, its stack's leftovers from an earlier run removed.
+    fn new(stack: &str, swarm_socket: &str, registry_addr: String) -> TestCluster {
+        let dir = tempfile::Builder::new().prefix(&format!("slipway-{stack}-")).tempdir().expect("tempdir");
+        let ca = Ca::create().expect("a CA");
+        ca.save(&dir.path().join("ca")).expect("save the CA");
         let cluster = TestCluster {
-            dir: tempfile::Builder::new().prefix(&format!("slipway-{stack}-")).tempdir().expect("tempdir"),
+            dir,
             scheduler_docker_socket: swarm_socket.into(),
             swarm_socket: swarm_socket.into(),
-            registry,
+            registry: None,
             registry_addr,
             realm_proxy: None,
             stack: stack.to_string(),
@@ -351,7 +337,7 @@ impl TestCluster {
             tls_settings: String::new(),
             registry_settings: String::new(),
             agents: Vec::new(),
-            ca_dir: None,
+            ca,
             agent_token: None,
             transport: Transport::Insecure,
             lab: None,
@@ -396,10 +382,9 @@ impl TestCluster {
         }
     }
 
-    /// The cluster CA (`ca/`, or member 1's data dir if it made its own).
+    /// The cluster CA.
     pub fn ca(&self) -> Ca {
-        let dir = self.ca_dir.clone().unwrap_or_else(|| pki::pki_dir(&self.data_dir_of(self.members[0].id)));
-        Ca::load(&dir).expect("read the cluster CA").expect("the cluster CA exists")
+        self.ca.clone()
     }
 
     /// The agents' join token.
@@ -507,14 +492,16 @@ impl TestCluster {
             self.registry_settings,
             self.stack,
             self.scheduler_docker_socket,
-            self.ca_dir.as_ref().map(|d| format!("ca_dir = \"{}\"\n", d.display())).unwrap_or_default()
+            format!("ca_dir = \"{}\"\n", self.path("ca").display())
                 + &self.tls_settings,
         );
         std::fs::write(self.path(&format!("scheduler-{}.toml", m.id)), config)
             .expect("write scheduler config");
     }
 
-    fn spawn(&self, mut command: Command, config: &str, log: &str) -> Child {
+    /// Starts `command --config <config>`, its output appended to `<log>` (both paths
+    /// relative to the cluster's directory): how every slipway process of a test runs.
+    pub fn spawn(&self, mut command: Command, config: &str, log: &str) -> Child {
         let log_file =
             std::fs::OpenOptions::new().create(true).append(true).open(self.path(log)).expect("open log");
         command

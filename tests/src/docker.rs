@@ -7,7 +7,9 @@
 //! `packaging/lib.sh`'s `ensure_swarm` locks.
 
 use std::fs::OpenOptions;
-use std::process::Command;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -170,10 +172,32 @@ fn default_route_addr() -> Option<String> {
 
 /// Runs the docker CLI; its trimmed stdout, or an error with its stderr.
 pub fn docker_cli(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("docker")
+    run_docker(Command::new("docker"), args, None)
+}
+
+/// Like [`docker_cli`], with its own client config directory (`DOCKER_CONFIG`: what
+/// `docker login` there stored) and `stdin` (e.g. for `login --password-stdin`).
+pub fn docker_cli_as(config: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut command = Command::new("docker");
+    command.env("DOCKER_CONFIG", config);
+    run_docker(command, args, stdin)
+}
+
+fn run_docker(mut command: Command, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let cannot = |e: std::io::Error| {
+        format!("cannot run docker {}: {e} (is the docker CLI installed?)", args.join(" "))
+    };
+    let mut child = command
         .args(args)
-        .output()
-        .map_err(|e| format!("cannot run docker {}: {e} (is the docker CLI installed?)", args.join(" ")))?;
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(cannot)?;
+    }
+    let output = child.wait_with_output().map_err(cannot)?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     } else {

@@ -107,9 +107,7 @@ impl Registry {
         auth: Option<TokenAuth>,
     ) -> anyhow::Result<Registry> {
         let ip = ip.into();
-        let binary = Registry::binary().ok_or_else(|| {
-            anyhow!("docker-registry is not installed. Fix: apt-get install docker-registry")
-        })?;
+        let binary = installed_binary()?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -143,7 +141,7 @@ impl Registry {
     /// it admits only what `auth`'s token server allows.
     pub async fn require_tokens(&mut self, auth: TokenAuth) -> anyhow::Result<()> {
         self.stop();
-        let binary = Registry::binary().ok_or_else(|| anyhow!("docker-registry is not installed"))?;
+        let binary = installed_binary()?;
         self.child =
             spawn_and_wait(&binary, self.dir.path(), self.ip, self.port, Some(&auth), &self.http).await?;
         self.auth = Some(auth);
@@ -301,6 +299,12 @@ impl std::fmt::Debug for Registry {
             .field("token_realm", &self.auth.as_ref().map(|a| &a.realm))
             .finish()
     }
+}
+
+/// [`Registry::binary`], or an error naming the fix.
+fn installed_binary() -> anyhow::Result<PathBuf> {
+    Registry::binary()
+        .ok_or_else(|| anyhow!("docker-registry is not installed. Fix: apt-get install docker-registry"))
 }
 
 /// The registry's configuration: the same as `packaging/registry.sh` writes. With

@@ -4,7 +4,7 @@
 //! agent joins with a token, not with a rotated-out one nor one pinning another CA; an
 //! agent's certificate renews while its session stays open.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use slipway_proto::agent_message::Msg;
@@ -208,15 +208,11 @@ fn try_join(cluster: &TestCluster, name: &str, token: &str) -> (Option<std::proc
         dir.join("builds").display(),
     );
     std::fs::write(dir.join("agent.toml"), config).unwrap();
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let mut child = Command::new(binary("slipway-agent"))
-        .arg("--config")
-        .arg(dir.join("agent.toml"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = cluster.spawn(
+        Command::new(binary("slipway-agent")),
+        &format!("{name}/agent.toml"),
+        &format!("{name}/agent.log"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -317,15 +313,11 @@ async fn a_scheduler_joins_with_a_scheduler_token_and_gets_the_cluster_ca() {
         cluster.grpc_addr(1)
     );
     std::fs::write(dir.join("scheduler.toml"), config).unwrap();
-    let log = std::fs::File::create(dir.join("scheduler.log")).unwrap();
-    let mut child = Command::new(binary("slipway-scheduler"))
-        .arg("--config")
-        .arg(dir.join("scheduler.toml"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = cluster.spawn(
+        Command::new(binary("slipway-scheduler")),
+        "second/scheduler.toml",
+        "second/scheduler.log",
+    );
     let _second = {
         let deadline = Instant::now() + Duration::from_secs(30);
         while reqwest::get(format!("http://{http}/healthz")).await.is_err() {

@@ -8,110 +8,56 @@
 //! stored with the app's service is renewed before it expires without restarting the
 //! task.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use slipway_scheduler::deploy::LABEL_PULL_GRANT_EXPIRES;
 use slipway_scheduler::pki::Ca;
-use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
-use slipway_tests::{
-    free_port, set_app_port, wait_for_http, GitRepo, KillOnDrop, Registry, TestCluster, BASE_IMAGE,
-};
-
-/// `docker ARGS` with its own client config (`DOCKER_CONFIG`), stdin `input`.
-fn docker(config: &std::path::Path, args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let mut child = Command::new("docker")
-        .env("DOCKER_CONFIG", config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run docker");
-    if let Some(text) = input {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
+use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER};
+use slipway_tests::docker::docker_cli_as;
+use slipway_tests::{free_port, set_app_port, wait_for_http, GitRepo, TestCluster, BASE_IMAGE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_push_and_pull_their_own_app_only() {
     let Some(cluster) = TestCluster::start("t25reg").await else { return };
-    let Some(binary) = Registry::binary() else { panic!("docker-registry is missing") };
-    let dir = tempfile::tempdir().unwrap();
-    let ca_pem = dir.path().join("ca.pem");
-    std::fs::write(&ca_pem, cluster.ca().cert_pem).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = [
-        "version: 0.1".to_string(),
-        "log:\n  level: warn".into(),
-        format!("storage:\n  filesystem:\n    rootdirectory: {}", dir.path().join("data").display()),
-        format!("http:\n  addr: {addr}"),
-        "auth:\n  token:".into(),
-        format!("    realm: http://{}/v2/token", cluster.http_addr(1)),
-        format!("    service: {SERVICE}\n    issuer: {ISSUER}"),
-        format!("    rootcertbundle: {}", ca_pem.display()),
-    ]
-    .join("\n");
-    std::fs::write(dir.path().join("config.yml"), config).unwrap();
-    let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-    let _registry = KillOnDrop(
-        Command::new(binary)
-            .args(["serve", dir.path().join("config.yml").to_str().unwrap()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let answer = reqwest::get(format!("http://{addr}/v2/")).await;
-        if let Ok(r) = answer {
-            assert_eq!(r.status(), 401, "the registry wants a token");
-            let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
-            assert!(challenge.contains(&format!("{}/v2/token", cluster.http_addr(1))), "{challenge}");
-            break;
-        }
-        let log = std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
-        assert!(Instant::now() < deadline, "the registry does not answer:\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The cluster's registry takes tokens from member 1.
+    let addr = cluster.registry().addr();
+    let answer = reqwest::get(format!("http://{addr}/v2/")).await.expect("the registry answers");
+    assert_eq!(answer.status(), 401, "the registry wants a token");
+    let challenge = answer.headers()["www-authenticate"].to_str().unwrap().to_string();
+    assert!(challenge.contains(&format!("{}/v2/token", cluster.http_addr(1))), "{challenge}");
 
+    let dir = tempfile::tempdir().unwrap();
     let client = dir.path().join("docker-config");
     std::fs::create_dir_all(&client).unwrap();
     let ca = cluster.ca();
     let hour = Duration::from_secs(3600);
-    let login =
-        |grant: &str| docker(&client, &["login", "-u", GRANT_USER, "--password-stdin", &addr], Some(grant));
+    let login = |grant: &str| {
+        docker_cli_as(&client, &["login", "-u", GRANT_USER, "--password-stdin", &addr], Some(grant))
+    };
     let image = |repo: &str| format!("{addr}/{repo}:1");
     for repo in ["alpha", "beta"] {
-        docker(&client, &["tag", BASE_IMAGE, &image(repo)], None).unwrap();
+        docker_cli_as(&client, &["tag", BASE_IMAGE, &image(repo)], None).unwrap();
     }
 
     // Anonymous: nothing.
-    let anonymous = docker(&client, &["push", &image("alpha")], None).expect_err("an anonymous push");
+    let anonymous = docker_cli_as(&client, &["push", &image("alpha")], None).expect_err("an anonymous push");
     assert!(anonymous.contains("denied") || anonymous.contains("unauthorized"), "{anonymous}");
 
     // Push and pull on alpha; nothing on beta.
     login(&issue_grant(&ca, "alpha", &["push", "pull"], hour)).expect("log in with alpha's grant");
-    docker(&client, &["push", &image("alpha")], None).expect("alpha's grant pushes alpha");
-    let beta = docker(&client, &["push", &image("beta")], None).expect_err("alpha's grant pushes beta");
+    docker_cli_as(&client, &["push", &image("alpha")], None).expect("alpha's grant pushes alpha");
+    let beta =
+        docker_cli_as(&client, &["push", &image("beta")], None).expect_err("alpha's grant pushes beta");
     assert!(beta.contains("denied"), "{beta}");
-    docker(&client, &["rmi", &image("alpha")], None).unwrap();
-    docker(&client, &["pull", &image("alpha")], None).expect("alpha's grant pulls alpha");
+    docker_cli_as(&client, &["rmi", &image("alpha")], None).unwrap();
+    docker_cli_as(&client, &["pull", &image("alpha")], None).expect("alpha's grant pulls alpha");
 
     // Pull only.
     login(&issue_grant(&ca, "alpha", &["pull"], hour)).expect("log in with a pull grant");
-    docker(&client, &["pull", &image("alpha")], None).expect("a pull grant pulls");
-    docker(&client, &["tag", BASE_IMAGE, &format!("{addr}/alpha:2")], None).unwrap();
-    let push = docker(&client, &["push", &format!("{addr}/alpha:2")], None).expect_err("a pull grant pushes");
+    docker_cli_as(&client, &["pull", &image("alpha")], None).expect("a pull grant pulls");
+    docker_cli_as(&client, &["tag", BASE_IMAGE, &format!("{addr}/alpha:2")], None).unwrap();
+    let push =
+        docker_cli_as(&client, &["push", &format!("{addr}/alpha:2")], None).expect_err("a pull grant pushes");
     assert!(push.contains("denied"), "{push}");
 
     // Another cluster's grant, or an expired one, does not even log in.
@@ -124,7 +70,7 @@ async fn grants_push_and_pull_their_own_app_only() {
     assert!(late.contains("expired"), "{late}");
 
     for tag in [image("alpha"), image("beta"), format!("{addr}/alpha:2")] {
-        let _ = docker(&client, &["rmi", &tag], None);
+        let _ = docker_cli_as(&client, &["rmi", &tag], None);
     }
 }
 
@@ -163,7 +109,8 @@ async fn builds_push_with_their_grant_and_services_keep_a_fresh_pull_grant() {
     let release = cluster.deploy("hello", None).await.live().clone();
     assert!(cluster.registry().has_manifest("hello", &release.digest).await);
     let anonymous = tempfile::tempdir().unwrap();
-    let pull = docker(anonymous.path(), &["pull", &release.image], None).expect_err("an anonymous pull");
+    let pull =
+        docker_cli_as(anonymous.path(), &["pull", &release.image], None).expect_err("an anonymous pull");
     assert!(pull.contains("unauthorized") || pull.contains("denied"), "{pull}");
     wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(60)).await.expect("app answers");
 

@@ -70,35 +70,18 @@ pub async fn connect_docker(socket: Option<&str>) -> Result<Docker, bollard::err
 }
 
 /// How the engine logs in to the registry for one build: the scheduler's grant to push
-/// and pull the app's repository (see the scheduler's `registry_auth`). `Debug` leaves
-/// the password out.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RegistryLogin {
-    pub username: String,
-    pub password: String,
-}
+/// and pull the app's repository (see the scheduler's `registry_auth`). Its `Debug`
+/// leaves the password out.
+pub use slipway_proto::RegistryLogin;
 
-impl std::fmt::Debug for RegistryLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryLogin").field("username", &self.username).finish_non_exhaustive()
-    }
-}
-
-impl RegistryLogin {
-    /// The engine's `X-Registry-Auth` for `repository`'s registry.
-    fn credentials(&self, repository: &str) -> DockerCredentials {
-        DockerCredentials {
-            username: Some(self.username.clone()),
-            password: Some(self.password.clone()),
-            serveraddress: Some(registry_of(repository).to_string()),
-            ..Default::default()
-        }
-    }
-}
-
-/// Credentials for `repository`'s registry, if the build has a login.
+/// The engine's `X-Registry-Auth` for `repository`'s registry, if the build has a login.
 fn credentials(login: Option<&RegistryLogin>, repository: &str) -> Option<DockerCredentials> {
-    login.map(|l| l.credentials(repository))
+    login.map(|l| DockerCredentials {
+        username: Some(l.username.clone()),
+        password: Some(l.password.clone()),
+        serveraddress: Some(registry_of(repository).to_string()),
+        ..Default::default()
+    })
 }
 
 /// What to build and how.

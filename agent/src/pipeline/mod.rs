@@ -79,10 +79,7 @@ impl From<&BuildAssignment> for BuildJob {
             git_ref: a.git_ref.clone(),
             no_cache: a.no_cache,
             repository: a.repository.clone(),
-            registry_login: a.registry_login.as_ref().map(|l| docker::RegistryLogin {
-                username: l.username.clone(),
-                password: l.password.clone(),
-            }),
+            registry_login: a.registry_login.clone(),
         }
     }
 }
@@ -587,6 +584,18 @@ pub(crate) mod testutil {
         }
     }
 
+    /// The local engine with [`BUSYBOX_IMAGE`] in it, or a loud skip ([`skip_or_fail`]).
+    pub async fn engine_with_base(test: &str) -> Option<(Docker, &'static str)> {
+        let docker = docker_or_skip(test).await?;
+        match busybox_image(&docker).await {
+            Ok(base) => Some((docker, base)),
+            Err(e) => {
+                skip_or_fail(test, &e);
+                None
+            }
+        }
+    }
+
     /// Skips loudly, or panics when `SLIPWAY_REQUIRE_DOCKER=1`.
     pub fn skip_or_fail(test: &str, why: &str) {
         if std::env::var("SLIPWAY_REQUIRE_DOCKER").as_deref() == Ok("1") {
@@ -956,11 +965,7 @@ mod tests {
     #[tokio::test]
     async fn a_code_only_change_reuses_cached_layers() {
         const TEST: &str = "a_code_only_change_reuses_cached_layers";
-        let Some(docker) = docker_or_skip(TEST).await else { return };
-        let base = match busybox_image(&docker).await {
-            Ok(base) => base,
-            Err(e) => return skip_or_fail(TEST, &e),
-        };
+        let Some((docker, base)) = engine_with_base(TEST).await else { return };
         let registry = match Registry::start() {
             Ok(r) => r,
             Err(e) => return skip_or_fail(TEST, &e),
@@ -1035,11 +1040,7 @@ mod tests {
     #[tokio::test]
     async fn a_secret_build_arg_reaches_the_build_and_nothing_else() {
         const TEST: &str = "a_secret_build_arg_reaches_the_build_and_nothing_else";
-        let Some(docker) = docker_or_skip(TEST).await else { return };
-        let base = match busybox_image(&docker).await {
-            Ok(base) => base,
-            Err(e) => return skip_or_fail(TEST, &e),
-        };
+        let Some((docker, base)) = engine_with_base(TEST).await else { return };
         let registry = match Registry::start() {
             Ok(r) => r,
             Err(e) => return skip_or_fail(TEST, &e),
@@ -1101,11 +1102,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_step_fails_the_build_phase_naming_the_step() {
         const TEST: &str = "a_failing_step_fails_the_build_phase_naming_the_step";
-        let Some(docker) = docker_or_skip(TEST).await else { return };
-        let base = match busybox_image(&docker).await {
-            Ok(base) => base,
-            Err(e) => return skip_or_fail(TEST, &e),
-        };
+        let Some((docker, base)) = engine_with_base(TEST).await else { return };
         let repo = GitRepo::new();
         let marker = format!("about to fail {}", uuid::Uuid::new_v4());
         repo.commit(
@@ -1129,11 +1126,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_registry_fails_the_push_phase() {
         const TEST: &str = "an_unreachable_registry_fails_the_push_phase";
-        let Some(docker) = docker_or_skip(TEST).await else { return };
-        let base = match busybox_image(&docker).await {
-            Ok(base) => base,
-            Err(e) => return skip_or_fail(TEST, &e),
-        };
+        let Some((docker, base)) = engine_with_base(TEST).await else { return };
         let repo = GitRepo::new();
         repo.commit(
             &[("slipway.toml", "name = \"lonely\"\n"), ("Dockerfile", &format!("FROM {base}\nENV A=1\n"))],

@@ -15,54 +15,36 @@
 //!
 //! Prints medians, bytes pushed, and slipway / by-hand ratios.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER};
-use slipway_tests::docker::docker_cli;
+use slipway_tests::docker::{docker_cli, docker_cli_as};
 use slipway_tests::{free_port, set_app_port, GitRepo, TestCluster};
 
-/// The by-hand operator's docker CLI config (`DOCKER_CONFIG`): logged in to the
-/// cluster's registry, which takes tokens only, with a grant for the by-hand app.
-static DOCKER_CONFIG: OnceLock<PathBuf> = OnceLock::new();
-
-fn sh_in(cmd: &str, args: &[&str], input: Option<&str>) -> String {
-    let mut command = Command::new(cmd);
-    if let Some(config) = DOCKER_CONFIG.get() {
-        command.env("DOCKER_CONFIG", config);
-    }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.unwrap_or_default().as_bytes()).expect("write stdin");
-    drop(stdin);
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn sh(cmd: &str, args: &[&str]) -> String {
-    sh_in(cmd, args, None)
+/// The by-hand operator's docker CLI, with its client config `config`: logged in to the
+/// cluster's registry (which takes tokens only) with a grant for the by-hand app.
+fn docker(config: &Path, args: &[&str]) -> String {
+    docker_cli_as(config, args, None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The code-only redeploy done by hand: clone, build, push, update the service.
-fn by_hand(repo: &GitRepo, image: &str, service: &str, round: usize) -> Duration {
+fn by_hand(config: &Path, repo: &GitRepo, image: &str, service: &str, round: usize) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     sh("git", &["clone", "-q", "--depth", "1", &repo.url(), dir.path().to_str().unwrap()]);
     let tag = format!("{image}:manual-{round}");
-    sh("docker", &["build", "-q", "-t", &tag, dir.path().to_str().unwrap()]);
-    sh("docker", &["push", "-q", &tag]);
-    let digest = sh("docker", &["inspect", "--format", "{{index .RepoDigests 0}}", &tag]);
-    sh("docker", &["service", "update", "-q", "--with-registry-auth", "--image", digest.trim(), service]);
+    docker(config, &["build", "-q", "-t", &tag, dir.path().to_str().unwrap()]);
+    docker(config, &["push", "-q", &tag]);
+    let digest = docker(config, &["inspect", "--format", "{{index .RepoDigests 0}}", &tag]);
+    docker(config, &["service", "update", "-q", "--with-registry-auth", "--image", digest.trim(), service]);
     started.elapsed()
 }
 
@@ -90,18 +72,19 @@ async fn main() {
     // The by-hand baseline gets its own service and image, warmed once (not timed).
     let manual_image = cluster.registry().image("hello-manual");
     let config_dir = tempfile::tempdir().unwrap();
-    DOCKER_CONFIG.set(config_dir.path().to_path_buf()).unwrap();
+    let config = config_dir.path();
     let grant = issue_grant(&cluster.ca(), "hello-manual", &["push", "pull"], Duration::from_secs(24 * 3600));
     let registry = cluster.registry().addr();
-    sh_in("docker", &["login", "-u", GRANT_USER, "--password-stdin", &registry], Some(&grant));
+    docker_cli_as(config, &["login", "-u", GRANT_USER, "--password-stdin", &registry], Some(&grant))
+        .unwrap_or_else(|e| panic!("{e}"));
     let manual_service = format!("{}_hello-manual", cluster.stack);
     let manual_port = free_port();
     let warm_tag = format!("{manual_image}:warm");
-    sh("docker", &["build", "-q", "-t", &warm_tag, repo.path().to_str().unwrap()]);
-    sh("docker", &["push", "-q", &warm_tag]);
-    let warm_digest = sh("docker", &["inspect", "--format", "{{index .RepoDigests 0}}", &warm_tag]);
-    sh(
-        "docker",
+    docker(config, &["build", "-q", "-t", &warm_tag, repo.path().to_str().unwrap()]);
+    docker(config, &["push", "-q", &warm_tag]);
+    let warm_digest = docker(config, &["inspect", "--format", "{{index .RepoDigests 0}}", &warm_tag]);
+    docker(
+        config,
         &[
             "service",
             "create",
@@ -140,7 +123,7 @@ async fn main() {
         run.live();
         slipway_times.push(run.elapsed);
         pushed.push(run.built.clone().unwrap());
-        hand_times.push(by_hand(&repo, &manual_image, &manual_service, round));
+        hand_times.push(by_hand(config, &repo, &manual_image, &manual_service, round));
     }
     let _ = docker_cli(&["service", "rm", &manual_service]);
 
