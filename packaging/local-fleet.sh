@@ -393,7 +393,7 @@ up() {
     ensure_docker
     "$SLIPWAY_ROOT/packaging/base-image.sh"
     info "building slipway (cargo build)"
-    cargo build -q -p slipway-scheduler -p slipway-agent --bins
+    cargo build -q -p slipway-scheduler -p slipway-agent -p slipway-cli --bins
 
     mkdir -p "$STATE"
     echo "$total" >"$STATE/size"

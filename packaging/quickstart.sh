@@ -129,7 +129,7 @@ up() {
     "$SLIPWAY_ROOT/packaging/base-image.sh"
 
     info "building slipway (cargo build; the first build takes a few minutes)"
-    cargo build -q -p slipway-scheduler -p slipway-agent --bins
+    cargo build -q -p slipway-scheduler -p slipway-agent -p slipway-cli --bins
 
     write_configs
     start_bg scheduler "$STATE/scheduler.pid" "$STATE/logs/scheduler.log" \

@@ -26,8 +26,22 @@ impl std::fmt::Debug for v1::RegistryLogin {
     }
 }
 
+mod csr;
 pub mod tls;
 pub mod validate;
+
+/// gRPC metadata keys slipway puts on its errors: part of the wire contract, so they
+/// live here and nowhere else.
+pub mod metadata {
+    /// On a "not the leader" error from the control API or the agent session service:
+    /// the leader's address (`host:port`), empty while none is known. Clients retry
+    /// elsewhere when they see it.
+    pub const LEADER_HINT: &str = "slipway-leader";
+    /// On a raft RPC a follower could not forward: the leader's advertised address.
+    pub const RAFT_LEADER_ADDR: &str = "slipway-leader-addr";
+    /// On a forwarded write the leader could not commit for lack of a quorum.
+    pub const RAFT_NO_QUORUM: &str = "slipway-no-quorum";
+}
 
 /// `12.3 GiB`-style sizes for messages (both the scheduler and the agent name sizes).
 pub fn human_bytes(bytes: u64) -> String {

@@ -27,9 +27,10 @@ use std::time::{Duration, SystemTime};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity, ServerTlsConfig,
-};
+#[cfg(feature = "server")]
+use tonic::transport::ServerTlsConfig;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+#[cfg(feature = "server")]
 use tonic::{Request, Status};
 
 /// The DNS name every scheduler certificate carries and every client expects.
@@ -156,13 +157,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
 /// A new private key and a certificate request for it (PEM both): what a joining agent
 /// or an operator sends to be certified; the key stays with them.
 pub fn new_key_and_csr() -> Result<(String, String), String> {
-    let fail = |e: rcgen::Error| format!("cannot make a key and certificate request: {e}");
-    let key = rcgen::KeyPair::generate().map_err(fail)?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .map_err(fail)?
-        .serialize_request(&key)
-        .map_err(fail)?;
-    Ok((key.serialize_pem(), csr.pem().map_err(fail)?))
+    crate::csr::new_key_and_csr().map_err(|_| "cannot make a key and certificate request".to_string())
 }
 
 /// SHA-256 of a DER certificate, lowercase hex: how tokens pin the CA.
@@ -294,6 +289,7 @@ impl Credentials {
     /// certificate from the cluster CA but lets a caller without one through the
     /// handshake, so a joining agent can present its token. Each service then checks
     /// the caller's role ([`authorize`]).
+    #[cfg(feature = "server")]
     pub fn server_tls(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem))
@@ -377,6 +373,7 @@ fn strip_scheme(addr: &str) -> &str {
 
 /// The caller of a request, from its client certificate (verified against the cluster
 /// CA by the TLS handshake).
+#[cfg(feature = "server")]
 pub fn peer_identity<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated(
@@ -390,6 +387,7 @@ pub fn peer_identity<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
 
 /// Who called, as a handler sees it (in the request's extensions, put there by
 /// [`require`]).
+#[cfg(feature = "server")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// Checked against the cluster CA.
@@ -399,6 +397,7 @@ pub enum Caller {
 }
 
 /// Checks that the caller holds one of `allowed` roles; returns who it is.
+#[cfg(feature = "server")]
 pub fn authorize<T>(request: &Request<T>, allowed: &[Role]) -> Result<PeerIdentity, Status> {
     let who = peer_identity(request)?;
     if allowed.contains(&who.role) {
@@ -414,6 +413,7 @@ pub fn authorize<T>(request: &Request<T>, allowed: &[Role]) -> Result<PeerIdenti
 
 /// A tonic interceptor admitting only `allowed` roles (everyone when `secure` is false:
 /// a server without TLS), leaving the [`Caller`] in the request's extensions.
+#[cfg(feature = "server")]
 pub fn require(
     allowed: &'static [Role],
     secure: bool,

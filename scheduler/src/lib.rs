@@ -15,11 +15,9 @@
 //! - [`events`]: live build logs and deploy progress, fanned out to watchers.
 //! - [`http`]: `/` (the [`fleet_page`]), `/healthz`, `/readyz`, `/metrics` ([`metrics`]).
 //! - [`server`]: wires everything together: [`server::run`].
-//! - [`cli`]: the `slipway` command-line client.
 #![forbid(unsafe_code)]
 
 pub mod agents;
-pub mod cli;
 pub mod config;
 pub mod control;
 pub mod convert;

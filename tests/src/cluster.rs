@@ -40,7 +40,17 @@ pub fn binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"));
     BUILT.get_or_init(|| {
         // Cheap when up to date; makes `cargo test -p slipway-tests` self-sufficient.
-        let mut args = vec!["build", "-q", "-p", "slipway-scheduler", "-p", "slipway-agent", "--bins"];
+        let mut args = vec![
+            "build",
+            "-q",
+            "-p",
+            "slipway-scheduler",
+            "-p",
+            "slipway-agent",
+            "-p",
+            "slipway-cli",
+            "--bins",
+        ];
         if release {
             args.push("--release");
         }

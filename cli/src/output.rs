@@ -27,7 +27,7 @@ pub fn age(ms: u64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    let now = crate::now_ms();
+    let now = slipway_common::now_ms();
     let secs = now.saturating_sub(ms) / 1000;
     match secs {
         0..=59 => format!("{secs}s ago"),

@@ -1,0 +1,158 @@
+//! The command line: every command, flag and help text `slipway --help` shows.
+//! What each command does lives in [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// slipway: build apps on your Swarm nodes and deploy them by digest.
+#[derive(Parser)]
+#[command(name = "slipway", version, about)]
+pub struct Cli {
+    /// CLI config file (default: $SLIPWAY_CONFIG, ./.slipway/config.toml, ~/.config/slipway/config.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Scheduler address host:port (repeat or comma-separate for several); overrides the config.
+    #[arg(long = "scheduler", env = "SLIPWAY_ADDR", global = true, value_delimiter = ',')]
+    pub schedulers: Vec<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create, list, show and delete apps.
+    #[command(subcommand)]
+    Apps(AppsCmd),
+    /// Build APP from git and deploy it; streams the build log and the deploy.
+    Deploy {
+        app: String,
+        /// Branch, tag or commit (default: the app's branch).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// Build without the layer cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// List builds (of APP), or `builds show ID`.
+    Builds(BuildsArgs),
+    /// Print a build's log.
+    Logs {
+        build: String,
+        /// Keep printing until the build ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// List an app's releases.
+    Releases {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy an earlier release again, as a new release.
+    Rollback {
+        app: String,
+        /// Release to return to (default: the one deployed before the current one).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// List the fleet's nodes with their headroom, or drain / activate one.
+    Nodes(NodesArgs),
+    /// Raft cluster membership and state.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand)]
+pub enum AppsCmd {
+    /// Register an app: a git repository with a slipway.toml.
+    Create {
+        name: String,
+        #[arg(long)]
+        repo: String,
+        /// Branch deployed by default.
+        #[arg(long, default_value = "main")]
+        branch: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the app, its Swarm service and its records.
+    Delete { name: String },
+}
+
+#[derive(Args)]
+pub struct BuildsArgs {
+    #[command(subcommand)]
+    pub show: Option<BuildsCmd>,
+    /// Only this app's builds.
+    pub app: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum BuildsCmd {
+    /// One build, with why it waits if it is queued.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct NodesArgs {
+    #[command(subcommand)]
+    pub cmd: Option<NodesCmd>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum NodesCmd {
+    /// Stop placing builds on NODE (name or id); its running builds finish.
+    Drain { node: String },
+    /// Place builds on NODE again.
+    Activate { node: String },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Every member's role, term and log position, as each member sees itself.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add the scheduler at ADDR (started with `join = true` under [cluster]) as a voter.
+    Join {
+        /// The joining scheduler's advertised address, host:port.
+        addr: String,
+        /// Its node_id (default: asked from the scheduler at ADDR).
+        #[arg(long)]
+        id: Option<u64>,
+    },
+    /// Remove member ID from the cluster.
+    Remove { id: u64 },
+    /// Print the join token for agents or schedulers (`--rotate` replaces it first: the
+    /// old one stops working).
+    Token {
+        /// agent or scheduler
+        role: String,
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Issue an operator certificate for NAME into DIR (ca.pem, cert.pem, key.pem; the
+    /// key is made here and never leaves this machine).
+    AdminCert {
+        name: String,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}

@@ -1,0 +1,185 @@
+//! How the CLI reaches the cluster: connect to the members over mutual TLS, find the
+//! leader (asking any member who leads), and run a command with retries while the
+//! cluster changes leader — all with one request id, so the scheduler joins a retried
+//! deploy to the first one. Every failure becomes a [`Failure`] the operator can read.
+
+use std::time::{Duration, Instant};
+
+use slipway_common::Backoff;
+use slipway_proto::control_client::ControlClient;
+use slipway_proto::metadata::LEADER_HINT;
+use slipway_proto::tls::Transport;
+use slipway_proto::{self as pb};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::args::Cli;
+use crate::{commands, config};
+
+/// How long the CLI keeps retrying a request that failed because the cluster is
+/// changing leader (or the member it talked to went away).
+pub const RETRY_FOR: Duration = Duration::from_secs(20);
+
+/// How long a member may take to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A failure to report: the message is what the operator reads; `retry` marks the
+/// failures a leader change explains, which are worth another try.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong, for the operator.
+    pub message: String,
+    /// Another attempt (against the new leader) may succeed.
+    pub retry: bool,
+}
+
+impl Failure {
+    /// A failure no retry helps.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retry: false }
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        let what = match s.code() {
+            Code::NotFound => "not found",
+            Code::InvalidArgument => "invalid input",
+            Code::AlreadyExists => "already exists",
+            Code::FailedPrecondition => "refused",
+            Code::Unavailable => "unavailable",
+            Code::DeadlineExceeded => "timed out",
+            _ => "error",
+        };
+        Failure { message: format!("{what}: {}", s.message()), retry: leader_changing(&s) }
+    }
+}
+
+/// Did the call fail because the member is not (or no longer) the leader, or because
+/// the connection to it broke? Errors the scheduler itself answers carry no transport
+/// error as their source; "not the leader" carries the leader hint.
+fn leader_changing(s: &Status) -> bool {
+    s.metadata().contains_key(LEADER_HINT)
+        || (matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+            && std::error::Error::source(s).is_some())
+}
+
+/// What a command returns.
+pub type Result<T> = std::result::Result<T, Failure>;
+
+/// The cluster as the CLI sees it: the members' addresses and how to reach them.
+pub struct Cluster {
+    addrs: Vec<String>,
+    transport: Transport,
+}
+
+impl Cluster {
+    /// Connects to the member at `addr`.
+    pub async fn connect(&self, addr: &str) -> std::result::Result<ControlClient<Channel>, String> {
+        let endpoint = self.transport.endpoint(addr)?.connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("{addr}: {}", slipway_proto::tls::error_chain(&e)))?;
+        Ok(ControlClient::new(channel).max_decoding_message_size(64 << 20))
+    }
+
+    /// Connects to the leader: asks the members in turn who leads. While an election is
+    /// under way (nobody leads) or the leader cannot be reached, a member that answers is
+    /// used (it forwards writes, or says who leads once the election is over). A scheduler
+    /// that belongs to no cluster yet (waiting to join) is only used when nothing else
+    /// answers, so `cluster status` can still say so.
+    async fn leader(&self) -> Result<ControlClient<Channel>> {
+        let mut errors = Vec::new();
+        let mut member = None;
+        let mut outsider = None;
+        for addr in &self.addrs {
+            let mut client = match self.connect(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let status = match client.cluster_status(pb::ClusterStatusRequest {}).await {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    errors.push(format!("{addr}: {}", e.message()));
+                    continue;
+                }
+            };
+            if status.members.is_empty() {
+                outsider.get_or_insert(client);
+                continue;
+            }
+            if status.leader_id == status.node_id {
+                return Ok(client);
+            }
+            if let Some(m) = status.members.iter().find(|m| m.id == status.leader_id) {
+                if let Ok(c) = self.connect(&m.addr).await {
+                    return Ok(c);
+                }
+            }
+            member.get_or_insert(client);
+        }
+        member.or(outsider).ok_or_else(|| {
+            Failure::fatal(format!(
+                "cannot reach a scheduler ({}); is slipway-scheduler running? (`./packaging/quickstart.sh` starts one)",
+                errors.join("; ")
+            ))
+        })
+    }
+}
+
+/// One run of a command: where it goes and whether an earlier attempt may have happened.
+pub struct Call<'a> {
+    /// The leader (or the member that answered).
+    pub client: ControlClient<Channel>,
+    /// The whole cluster, for commands that ask every member.
+    pub cluster: &'a Cluster,
+    /// The same for every attempt: the scheduler joins a retried deploy to the first.
+    pub request_id: &'a str,
+    /// An earlier attempt may have gone through, so "already exists" / "not found"
+    /// from a create or delete count as done.
+    pub retry: bool,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match run_with_retries(cli).await {
+        Ok(()) => 0,
+        Err(Failure { message, .. }) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+async fn run_with_retries(cli: Cli) -> Result<()> {
+    let (addrs, transport) =
+        config::resolve(cli.config.as_deref(), &cli.schedulers).map_err(Failure::fatal)?;
+    let cluster = Cluster { addrs, transport };
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut backoff = Backoff::new(Duration::from_millis(300), Duration::from_secs(2));
+    let mut retry = false;
+    loop {
+        let result = match cluster.leader().await {
+            Ok(client) => {
+                let call = Call { client, cluster: &cluster, request_id: &request_id, retry };
+                commands::execute(call, &cli.command).await
+            }
+            Err(f) => Err(f),
+        };
+        match result {
+            Err(f) if f.retry && Instant::now() < deadline => {
+                if !retry {
+                    eprintln!("note: {}; retrying", f.message);
+                }
+                retry = true;
+                backoff.wait().await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! What each command does, one file per command group; [`execute`] picks the group.
+//! Every command is one [`Call`] against the leader; the retry around it is the client's.
+
+mod apps;
+mod builds;
+mod cluster;
+mod deploy;
+mod nodes;
+
+use serde_json::Value;
+
+use crate::args::Command;
+use crate::client::{Call, Result};
+
+/// Runs one command.
+pub async fn execute(call: Call<'_>, command: &Command) -> Result<()> {
+    match command {
+        Command::Apps(cmd) => apps::run(call, cmd).await,
+        Command::Deploy { app, git_ref, no_cache } => {
+            deploy::deploy(call, app, git_ref.as_deref(), *no_cache).await
+        }
+        Command::Rollback { app, to } => deploy::rollback(call, app, *to).await,
+        Command::Releases { app, json } => deploy::releases(call, app, *json).await,
+        Command::Builds(args) => builds::run(call, args).await,
+        Command::Logs { build, follow } => builds::logs(call, build, *follow).await,
+        Command::Nodes(args) => nodes::run(call, args).await,
+        Command::Cluster(cmd) => cluster::run(call, cmd).await,
+    }
+}
+
+/// Prints `value` as indented JSON (every listing's `--json`).
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
