@@ -2,7 +2,11 @@
 //! local Docker engine (skipped when none answers, see `fixture::docker_or_skip`).
 
 use super::*;
-use bollard::models::{ObjectVersion, ServiceUpdateStatus, TaskSpec, TaskSpecContainerSpec, TaskStatus};
+use bollard::models::{
+    ObjectVersion, ServiceSpec, ServiceUpdateStatus, TaskSpec, TaskSpecContainerSpec, TaskStatus,
+};
+
+use super::engine::task_ids;
 
 pub(super) const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -31,28 +35,6 @@ pub(super) fn shop() -> ServiceDeploy {
 
 pub(super) fn container(spec: &ServiceSpec) -> &TaskSpecContainerSpec {
     spec.task_template.as_ref().unwrap().container_spec.as_ref().unwrap()
-}
-
-#[test]
-fn engine_errors_are_sorted_for_the_caller() {
-    let docker = &Docker::connect_with_http("http://127.0.0.1:1", 1, bollard::API_DEFAULT_VERSION).unwrap();
-    let not_manager = BollardError::DockerResponseServerError {
-        status_code: 503,
-        message: "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.".into(),
-    };
-    let err = engine_error(docker, "inspect the swarm", not_manager);
-    assert!(matches!(err, DeployError::NotAManager(_)));
-    assert!(err.to_string().contains("run `docker swarm init`"));
-
-    let refused =
-        BollardError::DockerResponseServerError { status_code: 400, message: "invalid mount".into() };
-    let err = engine_error(docker, "create service s_a", refused);
-    assert_eq!(err.to_string(), "Docker refused to create service s_a: invalid mount (HTTP 400)");
-
-    let down = BollardError::IOError { err: std::io::Error::from(std::io::ErrorKind::ConnectionRefused) };
-    let err = engine_error(docker, "inspect the swarm", down);
-    assert!(matches!(err, DeployError::Engine { .. }));
-    assert!(err.to_string().contains("check that dockerd is running"), "{err}");
 }
 
 // ---- observe + judge, on hand-made engine answers ----
