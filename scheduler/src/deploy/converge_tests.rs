@@ -1,0 +1,207 @@
+//! Tests of [`observe`] and [`judge`] on hand-made engine answers: when a deploy has
+//! converged, is still waiting, was rolled back, or failed. No Docker.
+
+use super::*;
+use bollard::models::{
+    ObjectVersion, ServiceSpec, ServiceUpdateStatus, TaskSpec, TaskSpecContainerSpec, TaskStatus,
+};
+
+const IMAGE: &str = "r/shop@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const OLD: &str = "r/shop@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+fn target() -> Target<'static> {
+    Target { image: IMAGE, release: "7".into(), desired: 2 }
+}
+
+fn service(image: &str, state: Option<State>, message: &str) -> Service {
+    Service {
+        spec: Some(ServiceSpec {
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some(image.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        update_status: state.map(|s| ServiceUpdateStatus {
+            state: Some(s),
+            message: Some(message.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn task(
+    id: &str,
+    image: &str,
+    release: &str,
+    desired: TaskState,
+    state: TaskState,
+    err: &str,
+    index: u64,
+) -> Task {
+    Task {
+        id: Some(id.into()),
+        version: Some(ObjectVersion { index: Some(index) }),
+        spec: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(image.into()),
+                labels: Some(HashMap::from([(LABEL_RELEASE.to_owned(), release.to_owned())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        desired_state: Some(desired),
+        status: Some(TaskStatus {
+            state: Some(state),
+            err: (!err.is_empty()).then(|| err.to_owned()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+use TaskState::{COMPLETE, FAILED, PENDING, REJECTED, RUNNING, SHUTDOWN, STARTING};
+
+fn release_service(image: &str, release: &str, state: Option<State>, message: &str) -> Service {
+    let mut svc = service(image, state, message);
+    let container =
+        svc.spec.as_mut().unwrap().task_template.as_mut().unwrap().container_spec.as_mut().unwrap();
+    container.labels = Some(HashMap::from([(LABEL_RELEASE.to_owned(), release.to_owned())]));
+    svc
+}
+
+#[test]
+fn converged_when_all_replicas_of_the_release_run() {
+    let svc = release_service(IMAGE, "7", None, "");
+    let tasks = [
+        task("a", IMAGE, "7", RUNNING, RUNNING, "", 10),
+        task("b", IMAGE, "7", RUNNING, STARTING, "", 11),
+        // The previous release still running (start-first) does not count.
+        task("c", OLD, "6", RUNNING, RUNNING, "", 5),
+    ];
+    let obs = observe(&svc, &tasks, &target(), &HashSet::new());
+    assert_eq!(obs.running, 1);
+    assert_eq!(judge(&obs, &target()), Verdict::Waiting);
+
+    let tasks =
+        [task("a", IMAGE, "7", RUNNING, RUNNING, "", 10), task("b", IMAGE, "7", RUNNING, RUNNING, "", 12)];
+    let obs = observe(&svc, &tasks, &target(), &HashSet::new());
+    assert_eq!(judge(&obs, &target()), Verdict::Converged { swarm_done: false });
+
+    let svc = release_service(IMAGE, "7", Some(State::UPDATING), "update in progress");
+    let obs = observe(&svc, &tasks, &target(), &HashSet::new());
+    assert_eq!(judge(&obs, &target()), Verdict::Waiting, "still inside the monitor period");
+
+    let svc = release_service(IMAGE, "7", Some(State::COMPLETED), "update completed");
+    let obs = observe(&svc, &tasks, &target(), &HashSet::new());
+    assert_eq!(judge(&obs, &target()), Verdict::Converged { swarm_done: true });
+}
+
+#[test]
+fn same_image_with_an_older_release_label_is_not_ours() {
+    let svc = release_service(IMAGE, "7", None, "");
+    let tasks =
+        [task("a", IMAGE, "6", RUNNING, RUNNING, "", 1), task("b", IMAGE, "6", RUNNING, RUNNING, "", 2)];
+    let obs = observe(&svc, &tasks, &target(), &HashSet::new());
+    assert_eq!(obs.running, 0);
+    assert_eq!(judge(&obs, &target()), Verdict::Waiting);
+}
+
+#[test]
+fn rolled_back_once_the_previous_release_runs_again() {
+    let one = Target { image: IMAGE, release: "7".into(), desired: 1 };
+    // Stop-first: the new task was stopped after failing, the previous one is not back yet.
+    let mut tasks = vec![
+        task(
+            "a",
+            IMAGE,
+            "7",
+            SHUTDOWN,
+            FAILED,
+            "task: non-zero exit (137): dockerexec: unhealthy container",
+            20,
+        ),
+        task(
+            "c",
+            OLD,
+            "6",
+            RUNNING,
+            PENDING,
+            "no suitable node (host-mode port already in use on 1 node)",
+            25,
+        ),
+    ];
+    let svc = release_service(
+        OLD,
+        "6",
+        Some(State::ROLLBACK_STARTED),
+        "update rolled back due to failure or early termination of task a",
+    );
+    let obs = observe(&svc, &tasks, &one, &HashSet::new());
+    assert_eq!(judge(&obs, &one), Verdict::Waiting);
+    assert_eq!(
+        obs.waiting,
+        [("c".to_owned(), "no suitable node (host-mode port already in use on 1 node)".to_owned())]
+    );
+    assert_eq!(
+        progress_line("s_shop", &obs, &one),
+        "service s_shop: rolling back to release 6: 0/1 tasks running (update rollback_started)"
+    );
+
+    // The failed task's restart never got the port; the rollback marked it for shutdown.
+    tasks.push(task(
+        "d",
+        IMAGE,
+        "7",
+        SHUTDOWN,
+        PENDING,
+        "no suitable node (host-mode port already in use on 1 node)",
+        22,
+    ));
+    let obs = observe(&svc, &tasks, &one, &HashSet::new());
+    assert!(obs.waiting[1].1.contains("never scheduled"), "{:?}", obs.waiting);
+    tasks.pop();
+
+    tasks[1] = task("c", OLD, "6", RUNNING, RUNNING, "", 26);
+    let obs = observe(&svc, &tasks, &one, &HashSet::new());
+    assert_eq!(judge(&obs, &one), Verdict::RolledBack { swarm_done: false });
+    assert_eq!(
+        rollback_reason(Some(&obs.update_message), &obs),
+        "update rolled back due to failure or early termination of task a; \
+         last task error: task: non-zero exit (137): dockerexec: unhealthy container"
+    );
+
+    let svc = release_service(OLD, "6", Some(State::ROLLBACK_COMPLETED), "rollback completed");
+    let obs = observe(&svc, &tasks, &one, &HashSet::new());
+    assert_eq!(judge(&obs, &one), Verdict::RolledBack { swarm_done: true });
+
+    let svc = release_service(OLD, "6", Some(State::ROLLBACK_PAUSED), "rollback paused");
+    let obs = observe(&svc, &tasks, &one, &HashSet::new());
+    assert!(matches!(judge(&obs, &one), Verdict::Failed(r) if r.contains("so did its rollback")));
+}
+
+#[test]
+fn repeated_task_failures_fail_the_deploy_but_earlier_ones_do_not_count() {
+    let svc = release_service(IMAGE, "7", None, "");
+    let tasks = [
+        task("a", IMAGE, "7", SHUTDOWN, REJECTED, "No such image: r/shop@sha256:0123", 3),
+        task("b", IMAGE, "7", SHUTDOWN, COMPLETE, "", 5),
+        task("c", IMAGE, "7", SHUTDOWN, FAILED, "task: non-zero exit (1)", 9),
+    ];
+    let obs = observe(&svc, &tasks, &target(), &HashSet::new());
+    assert_eq!(obs.new_failures.len(), 3);
+    assert_eq!(obs.new_failures[1].error, "the container exited with code 0");
+    assert_eq!(
+        judge(&obs, &target()),
+        Verdict::Failed("3 tasks failed, the last with: task: non-zero exit (1)".into())
+    );
+
+    let earlier = HashSet::from(["a".to_owned()]);
+    let obs = observe(&svc, &tasks, &target(), &earlier);
+    assert_eq!(obs.new_failures.len(), 2);
+    assert_eq!(judge(&obs, &target()), Verdict::Waiting);
+}
