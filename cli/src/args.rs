@@ -1,5 +1,5 @@
 //! The command line: every command, flag and help text `slipway --help` shows.
-//! What each command does lives in [`crate::commands`].
+//! What each command does lives in `commands/`.
 
 use std::path::PathBuf;
 

@@ -1,24 +1,15 @@
-//! How the CLI reaches the cluster: connect to the members over mutual TLS, find the
-//! leader (asking any member who leads), and run a command with retries while the
-//! cluster changes leader — all with one request id, so the scheduler joins a retried
-//! deploy to the first one. Every failure becomes a [`Failure`] the operator can read.
+//! How the CLI reaches the cluster: connect to the members over mutual TLS and find the
+//! leader (asking any member who leads). Every failure becomes a [`Failure`] the
+//! operator can read, marked retryable when a leader change explains it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use slipway_common::Backoff;
 use slipway_proto::control_client::ControlClient;
 use slipway_proto::metadata::LEADER_HINT;
 use slipway_proto::tls::Transport;
 use slipway_proto::{self as pb};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-
-use crate::args::Cli;
-use crate::{commands, config};
-
-/// How long the CLI keeps retrying a request that failed because the cluster is
-/// changing leader (or the member it talked to went away).
-pub const RETRY_FOR: Duration = Duration::from_secs(20);
 
 /// How long a member may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -74,6 +65,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The members at `addrs`, reached with `transport`.
+    pub fn new(addrs: Vec<String>, transport: Transport) -> Self {
+        Self { addrs, transport }
+    }
+
     /// Connects to the member at `addr`.
     pub async fn connect(&self, addr: &str) -> std::result::Result<ControlClient<Channel>, String> {
         let endpoint = self.transport.endpoint(addr)?.connect_timeout(CONNECT_TIMEOUT);
@@ -89,7 +85,7 @@ impl Cluster {
     /// used (it forwards writes, or says who leads once the election is over). A scheduler
     /// that belongs to no cluster yet (waiting to join) is only used when nothing else
     /// answers, so `cluster status` can still say so.
-    async fn leader(&self) -> Result<ControlClient<Channel>> {
+    pub async fn leader(&self) -> Result<ControlClient<Channel>> {
         let mut errors = Vec::new();
         let mut member = None;
         let mut outsider = None;
@@ -142,44 +138,4 @@ pub struct Call<'a> {
     /// An earlier attempt may have gone through, so "already exists" / "not found"
     /// from a create or delete count as done.
     pub retry: bool,
-}
-
-/// Runs the CLI; returns the process exit code.
-pub async fn run(cli: Cli) -> i32 {
-    match run_with_retries(cli).await {
-        Ok(()) => 0,
-        Err(Failure { message, .. }) => {
-            eprintln!("error: {message}");
-            1
-        }
-    }
-}
-
-async fn run_with_retries(cli: Cli) -> Result<()> {
-    let (addrs, transport) =
-        config::resolve(cli.config.as_deref(), &cli.schedulers).map_err(Failure::fatal)?;
-    let cluster = Cluster { addrs, transport };
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let deadline = Instant::now() + RETRY_FOR;
-    let mut backoff = Backoff::new(Duration::from_millis(300), Duration::from_secs(2));
-    let mut retry = false;
-    loop {
-        let result = match cluster.leader().await {
-            Ok(client) => {
-                let call = Call { client, cluster: &cluster, request_id: &request_id, retry };
-                commands::execute(call, &cli.command).await
-            }
-            Err(f) => Err(f),
-        };
-        match result {
-            Err(f) if f.retry && Instant::now() < deadline => {
-                if !retry {
-                    eprintln!("note: {}; retrying", f.message);
-                }
-                retry = true;
-                backoff.wait().await;
-            }
-            other => return other,
-        }
-    }
 }

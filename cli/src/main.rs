@@ -6,7 +6,8 @@
 //! ## Layout
 //! - [`args`]: the command line (clap): every command and flag.
 //! - [`config`]: where the CLI finds its schedulers and the operator's certificate.
-//! - [`client`]: connecting, finding the leader, retrying while the leader changes.
+//! - [`client`]: connecting and finding the leader; `main` retries a command while the
+//!   leader changes, with one request id so the scheduler joins a retried deploy to the first.
 //! - [`commands`]: what each command does, one file per command group.
 //! - [`output`]: tables for people, `--json` for programs.
 #![forbid(unsafe_code)]
@@ -17,11 +18,61 @@ mod commands;
 mod config;
 mod output;
 
+use std::time::{Duration, Instant};
+
 use clap::Parser;
+use slipway_common::Backoff;
+
+use crate::args::Cli;
+use crate::client::{Call, Cluster, Failure, Result};
+
+/// How long the CLI keeps retrying a request that failed because the cluster is
+/// changing leader (or the member it talked to went away).
+const RETRY_FOR: Duration = Duration::from_secs(20);
 
 #[tokio::main]
 async fn main() {
     slipway_proto::tls::install_crypto_provider();
-    let cli = args::Cli::parse();
-    std::process::exit(client::run(cli).await);
+    let cli = Cli::parse();
+    std::process::exit(run(cli).await);
+}
+
+/// Runs the CLI; returns the process exit code.
+async fn run(cli: Cli) -> i32 {
+    match run_with_retries(cli).await {
+        Ok(()) => 0,
+        Err(Failure { message, .. }) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+async fn run_with_retries(cli: Cli) -> Result<()> {
+    let (addrs, transport) =
+        config::resolve(cli.config.as_deref(), &cli.schedulers).map_err(Failure::fatal)?;
+    let cluster = Cluster::new(addrs, transport);
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut backoff = Backoff::new(Duration::from_millis(300), Duration::from_secs(2));
+    let mut retry = false;
+    loop {
+        let result = match cluster.leader().await {
+            Ok(client) => {
+                let call = Call { client, cluster: &cluster, request_id: &request_id, retry };
+                commands::execute(call, &cli.command).await
+            }
+            Err(f) => Err(f),
+        };
+        match result {
+            Err(f) if f.retry && Instant::now() < deadline => {
+                if !retry {
+                    eprintln!("note: {}; retrying", f.message);
+                }
+                retry = true;
+                backoff.wait().await;
+            }
+            other => return other,
+        }
+    }
 }
