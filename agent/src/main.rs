@@ -79,9 +79,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     slipway_proto::tls::install_crypto_provider();
     let config = load(Args::parse())?;
+    let last_report = slipway_agent::metrics::LastReport::default();
     if !config.metrics_listen.is_empty() {
         // An observer: a taken port is logged, and the agent builds on without it.
-        match slipway_agent::metrics::serve(&config.metrics_listen, std::future::pending()).await {
+        match slipway_agent::metrics::serve(
+            &config.metrics_listen,
+            last_report.clone(),
+            std::future::pending(),
+        )
+        .await
+        {
             Ok(addr) => tracing::info!(%addr, "serving /metrics on http://{addr}/metrics"),
             Err(err) => tracing::error!(
                 addr = %config.metrics_listen,
@@ -90,6 +97,6 @@ async fn main() -> anyhow::Result<()> {
             ),
         }
     }
-    slipway_agent::session::run(config, shutdown_signal()).await?;
+    slipway_agent::session::run(config, last_report, shutdown_signal()).await?;
     Ok(())
 }
