@@ -154,9 +154,13 @@ fn render_from(last: Option<&(NodeReport, Instant)>) -> String {
 /// What `/proc/self` says of this process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessStats {
+    /// Resident memory (`VmRSS`).
     pub rss_bytes: u64,
+    /// CPU time used, user + system.
     pub cpu_seconds: f64,
+    /// Open file descriptors.
     pub open_fds: usize,
+    /// When the process started, in seconds since the epoch (None without `btime`).
     pub start_time_seconds: Option<f64>,
 }
 
