@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Where the agent looks for secret build arguments unless `build_secrets_dir` says
+/// otherwise.
+pub const DEFAULT_SECRETS_DIR: &str = "/etc/slipway/build-secrets";
+
 /// Everything `slipway-agent` needs to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,7 +30,7 @@ pub struct AgentConfig {
     /// Whether `file://` repositories (on this node's disk) may be built.
     pub allow_file_repos: bool,
     /// Values of secret build arguments: `<build_secrets_dir>/<app>/<NAME>`, one line
-    /// each, readable by the agent only (see `crate::pipeline::secrets`).
+    /// each, readable by the agent only (the build pipeline's `secrets` module).
     pub build_secrets_dir: PathBuf,
     /// CPU cores one build may use (0: no cap).
     pub build_cpu_limit: f64,
@@ -60,7 +64,7 @@ impl Default for AgentConfig {
             docker_socket: "/var/run/docker.sock".into(),
             build_slots: 2,
             allow_file_repos: true,
-            build_secrets_dir: PathBuf::from(crate::pipeline::secrets::DEFAULT_SECRETS_DIR),
+            build_secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
             build_cpu_limit: 0.0,
             build_memory_limit_bytes: 0,
             clone_timeout_secs: 600,

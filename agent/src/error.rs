@@ -1,5 +1,5 @@
-//! Why a build failed, phase by phase. The pipeline ([`crate::pipeline`]) returns a
-//! [`Failure`] from every step; the session sends it to the scheduler as a
+//! Why a build failed, phase by phase. Every step of a build returns a [`Failure`]; the
+//! session sends it to the scheduler as a
 //! [`slipway_proto::BuildFailure`] whose `phase` is [`Failure::phase`] and whose `reason`
 //! is written for the person who asked for the build (what failed and what to change).
 

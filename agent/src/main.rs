@@ -1,5 +1,5 @@
-//! `slipway-agent`: parses flags and config, installs logging, and runs the agent
-//! until SIGTERM or SIGINT.
+//! `slipway-agent`: parses flags and config, installs logging and the TLS provider, and
+//! runs the agent ([`slipway_agent::run`]) until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 
@@ -79,17 +79,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     slipway_proto::tls::install_crypto_provider();
     let config = load(Args::parse())?;
-    if !config.metrics_listen.is_empty() {
-        // An observer: a taken port is logged, and the agent builds on without it.
-        match slipway_agent::metrics::serve(&config.metrics_listen, std::future::pending()).await {
-            Ok(addr) => tracing::info!(%addr, "serving /metrics on http://{addr}/metrics"),
-            Err(err) => tracing::error!(
-                addr = %config.metrics_listen,
-                %err,
-                "cannot serve /metrics (metrics_listen); the agent runs without it"
-            ),
-        }
-    }
-    slipway_agent::session::run(config, shutdown_signal()).await?;
+    slipway_agent::run(config, shutdown_signal()).await?;
     Ok(())
 }

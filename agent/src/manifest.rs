@@ -36,8 +36,8 @@
 //! `npm install`, say) is only *named* in `secret_args`; its value is read on the build
 //! node from `<build_secrets_dir>/<app>/<NAME>` (`agent.toml`, default
 //! `/etc/slipway/build-secrets`), passed to Docker as a build argument, masked as `***`
-//! in every log line and failure reason, and never sent to the scheduler (see
-//! [`crate::pipeline::secrets`], also for what masking cannot do). A name may be in
+//! in every log line and failure reason, and never sent to the scheduler (the build
+//! pipeline's `secrets` module says how, and what masking cannot do). A name may be in
 //! `args` or `secret_args`, not both.
 
 use std::collections::BTreeMap;
@@ -48,6 +48,9 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use slipway_proto::validate;
+
+/// Name of the manifest file at the root of an app's repository.
+pub const MANIFEST_FILE: &str = "slipway.toml";
 
 /// Largest `slipway.toml` accepted, in bytes.
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;

@@ -15,14 +15,16 @@
 //!
 //! The report gauges appear once a report was measured (the agent measures when it
 //! opens a session and every report interval after). The last report is kept in a
-//! process-wide cell that [`record`] fills: one agent runs per process.
+//! [`LastReport`] that the agent's `run` makes and hands to both sides: the session's
+//! reporter records into it, this listener renders from it.
 
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use axum::extract::State;
 use axum::http::header;
 use axum::routing::get;
 use axum::Router;
@@ -36,12 +38,22 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// architecture Debian ships).
 const USER_HZ: f64 = 100.0;
 
-/// The last report measured, and when.
-static LAST: Mutex<Option<(NodeReport, Instant)>> = Mutex::new(None);
+/// The last report measured, and when: written by whoever measures the node, read by
+/// the `/metrics` handler. Cheap to clone (clones share the report).
+#[derive(Debug, Clone, Default)]
+pub struct LastReport(Arc<Mutex<Option<(NodeReport, Instant)>>>);
 
-/// Keeps `report` as the last one measured.
-pub fn record(report: &NodeReport) {
-    *LAST.lock().expect("metrics lock poisoned") = Some((report.clone(), Instant::now()));
+impl LastReport {
+    /// Keeps `report` as the last one measured.
+    pub fn record(&self, report: &NodeReport) {
+        *self.0.lock().expect("metrics lock poisoned") = Some((report.clone(), Instant::now()));
+    }
+
+    /// The `/metrics` text now.
+    pub fn render(&self) -> String {
+        let last = self.0.lock().expect("metrics lock poisoned").clone();
+        render_from(last.as_ref())
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
@@ -51,12 +63,6 @@ fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
         v => format!("{v}"),
     };
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-}
-
-/// The `/metrics` text now.
-pub fn render() -> String {
-    let last = LAST.lock().expect("metrics lock poisoned").clone();
-    render_from(last.as_ref())
 }
 
 fn render_from(last: Option<&(NodeReport, Instant)>) -> String {
@@ -148,9 +154,13 @@ fn render_from(last: Option<&(NodeReport, Instant)>) -> String {
 /// What `/proc/self` says of this process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessStats {
+    /// Resident memory (`VmRSS`).
     pub rss_bytes: u64,
+    /// CPU time used, user + system.
     pub cpu_seconds: f64,
+    /// Open file descriptors.
     pub open_fds: usize,
+    /// When the process started, in seconds since the epoch (None without `btime`).
     pub start_time_seconds: Option<f64>,
 }
 
@@ -179,23 +189,30 @@ impl ProcessStats {
     }
 }
 
-/// Routes of the agent's HTTP listener.
-pub fn router() -> Router {
+/// Routes of the agent's HTTP listener; `/metrics` renders from `last`.
+pub fn router(last: LastReport) -> Router {
     Router::new()
-        .route("/metrics", get(|| async { ([(header::CONTENT_TYPE, CONTENT_TYPE)], render()) }))
+        .route(
+            "/metrics",
+            get(|State(last): State<LastReport>| async move {
+                ([(header::CONTENT_TYPE, CONTENT_TYPE)], last.render())
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(last)
 }
 
-/// Binds `addr` (`host:port`; port 0 picks one) and serves [`router`] until `shutdown`
-/// resolves. Returns the bound address once it listens.
+/// Binds `addr` (`host:port`; port 0 picks one) and serves [`router`] for `last` until
+/// `shutdown` resolves. Returns the bound address once it listens.
 pub async fn serve(
     addr: &str,
+    last: LastReport,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, router()).with_graceful_shutdown(shutdown).await {
+        if let Err(err) = axum::serve(listener, router(last)).with_graceful_shutdown(shutdown).await {
             tracing::error!(%err, "metrics listener failed");
         }
     });
@@ -249,7 +266,7 @@ mod tests {
     #[tokio::test]
     async fn serves_metrics_over_http() {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let addr = serve("127.0.0.1:0", async move {
+        let addr = serve("127.0.0.1:0", LastReport::default(), async move {
             let _ = stopped.await;
         })
         .await

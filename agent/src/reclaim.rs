@@ -22,7 +22,9 @@ use crate::pipeline::docker::APP_LABEL;
 /// What a reclaim pass removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reclaimed {
+    /// Build directories removed.
     pub build_dirs: usize,
+    /// Superseded images removed (counted once any of their tags or their id went).
     pub images: usize,
 }
 

@@ -8,6 +8,7 @@ use bollard::Docker;
 use slipway_proto::NodeReport;
 use sysinfo::System;
 
+use crate::metrics::LastReport;
 use crate::pipeline::docker::APP_LABEL;
 
 /// Takes [`NodeReport`]s; keeps the CPU sampler between calls so usage is a rate.
@@ -17,6 +18,8 @@ pub struct Reporter {
     build_slots: u32,
     /// Named in reports when the engine does not answer.
     docker_socket: String,
+    /// Every report measured is recorded here for the agent's `/metrics`.
+    last: LastReport,
 }
 
 /// Total and available bytes of the filesystem holding `path`.
@@ -27,12 +30,14 @@ pub fn filesystem_bytes(path: &Path) -> std::io::Result<(u64, u64)> {
 }
 
 impl Reporter {
-    pub fn new(build_root: PathBuf, build_slots: u32, docker_socket: String) -> Self {
+    /// A reporter for the node whose builds run under `build_root`; each report it
+    /// measures is also recorded in `last`.
+    pub fn new(build_root: PathBuf, build_slots: u32, docker_socket: String, last: LastReport) -> Self {
         let sys = System::new().ok().map(|mut s| {
             s.refresh_cpu_usage();
             s
         });
-        Self { sys, build_root, build_slots, docker_socket }
+        Self { sys, build_root, build_slots, docker_socket, last }
     }
 
     /// Measures the node now. `running` are the builds this agent runs.
@@ -88,7 +93,7 @@ impl Reporter {
                 )
             }
         }
-        crate::metrics::record(&report);
+        self.last.record(&report);
         report
     }
 }
@@ -119,7 +124,8 @@ mod tests {
     #[tokio::test]
     async fn a_report_without_docker_says_the_engine_is_unhealthy() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = Reporter::new(dir.path().to_path_buf(), 3, "/nonexistent.sock".into());
+        let mut r =
+            Reporter::new(dir.path().to_path_buf(), 3, "/nonexistent.sock".into(), LastReport::default());
         let report = r.measure(None, vec![("b-1".into(), 1)], vec![]).await;
         assert_eq!((report.running_builds, report.build_slots), (1, 3));
         assert!(!report.docker_healthy);

@@ -36,6 +36,7 @@ use tokio_stream::StreamExt;
 use tracing::Instrument;
 
 use crate::config::AgentConfig;
+use crate::metrics::LastReport;
 use crate::pipeline::{self, BuildJob, PipelineConfig};
 use crate::report::Reporter;
 
@@ -89,6 +90,8 @@ struct Agent {
     outbound: Mutex<Option<mpsc::Sender<AgentMessage>>>,
     /// How sessions reach the schedulers (the certificate changes when renewed).
     transport: Arc<std::sync::RwLock<slipway_proto::tls::Transport>>,
+    /// Where every report measured is recorded for `/metrics`.
+    last_report: LastReport,
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -119,9 +122,14 @@ fn node_id(state_dir: &std::path::Path) -> Result<String, std::io::Error> {
     }
 }
 
-/// Runs the agent until `shutdown` resolves; running builds are abandoned then (their
-/// build dirs are removed) and the scheduler re-places them when this node is down.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+/// Runs the agent until `shutdown` resolves, recording each report measured in
+/// `last_report`; running builds are abandoned then (their build dirs are removed) and
+/// the scheduler re-places them when this node is down.
+pub async fn run(
+    config: AgentConfig,
+    last_report: LastReport,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let node_id = node_id(&config.state_dir)
         .map_err(|source| AgentError::StateDir { dir: config.state_dir.clone(), source })?;
     std::fs::create_dir_all(&config.build_root)
@@ -136,6 +144,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         builds: Mutex::new(Builds::default()),
         outbound: Mutex::new(None),
         transport,
+        last_report,
     });
     tokio::select! {
         _ = connect_loop(agent.clone()) => {}
@@ -220,6 +229,7 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
         agent.config.build_root.clone(),
         agent.config.build_slots,
         agent.config.docker_socket.clone(),
+        agent.last_report.clone(),
     );
     let (running, cached) = agent.snapshot();
     let docker = agent.docker().await;

@@ -36,11 +36,9 @@ use bollard::Docker;
 use slipway_proto::{BuildAssignment, BuildFailure, BuildOutput, PhaseTimings};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::config::DEFAULT_SECRETS_DIR;
 use crate::error::Failure;
-use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
-
-/// Name of the manifest file at the root of an app's repository.
-pub const MANIFEST_FILE: &str = "slipway.toml";
+use crate::manifest::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 
 /// Longest log line kept; the rest is cut (after secrets are masked).
 pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
@@ -110,7 +108,7 @@ impl Default for PipelineConfig {
             cpu_limit: None,
             memory_limit_bytes: None,
             clone_timeout: clone::DEFAULT_CLONE_TIMEOUT,
-            secrets_dir: PathBuf::from(secrets::DEFAULT_SECRETS_DIR),
+            secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
         }
     }
 }

@@ -2,10 +2,10 @@
 //!
 //! A manifest lists the names (`[build] secret_args = ["NPM_TOKEN"]`); the value of each
 //! is read from `<build_secrets_dir>/<app>/<NAME>` on the node that runs the build
-//! (`build_secrets_dir` in `agent.toml`, default [`DEFAULT_SECRETS_DIR`]), so secrets are
-//! scoped per app and never live in the repository. A value is one line of at most
-//! [`MAX_SECRET_BYTES`] bytes (a trailing newline is dropped); a missing or unusable
-//! file fails the build naming the file, never the value.
+//! (`build_secrets_dir` in `agent.toml`, default [`crate::config::DEFAULT_SECRETS_DIR`]),
+//! so secrets are scoped per app and never live in the repository. A value is one line
+//! of at most [`MAX_SECRET_BYTES`] bytes (a trailing newline is dropped); a missing or
+//! unusable file fails the build naming the file, never the value.
 //!
 //! Values go to Docker as build arguments and nowhere else: not to the scheduler (so not
 //! to raft or events), not in [`SecretArgs`]'s `Debug`, and every log line and failure
@@ -22,9 +22,6 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::error::Failure;
-
-/// Where the agent looks for secret build arguments unless configured otherwise.
-pub const DEFAULT_SECRETS_DIR: &str = "/etc/slipway/build-secrets";
 
 /// Longest secret value, in bytes.
 pub const MAX_SECRET_BYTES: u64 = 4096;
