@@ -79,20 +79,29 @@ impl Default for AgentConfig {
 
 /// A config that cannot be used, naming the key and the fix.
 #[derive(Debug, thiserror::Error)]
-#[error("bad agent config: {0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// The file cannot be read, is not TOML, or a key has the wrong name or type.
+    #[error("bad agent config: {0}")]
+    Toml(#[from] slipway_common::config::ConfigError),
+    /// A value of the right type that the agent cannot use.
+    #[error("bad agent config: {0}")]
+    Invalid(String),
+}
 
 impl AgentConfig {
     /// Reads a TOML config file; unknown keys and wrong types are errors naming the key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        let config: Self = slipway_common::config::load(path)?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid(why) => ConfigError::Invalid(format!("{}: {why}", path.display())),
+            other => other,
+        })?;
+        Ok(config)
     }
 
     /// Parses TOML text and checks the values.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let config: Self = slipway_common::config::parse(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -100,27 +109,27 @@ impl AgentConfig {
     /// Checks values that TOML types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.schedulers.is_empty() {
-            return Err(ConfigError("schedulers must list at least one host:port".into()));
+            return Err(ConfigError::Invalid("schedulers must list at least one host:port".into()));
         }
         if self.build_slots == 0 {
-            return Err(ConfigError("build_slots must be at least 1".into()));
+            return Err(ConfigError::Invalid("build_slots must be at least 1".into()));
         }
         if !self.build_root.is_absolute() || !self.state_dir.is_absolute() {
-            return Err(ConfigError("build_root and state_dir must be absolute paths".into()));
+            return Err(ConfigError::Invalid("build_root and state_dir must be absolute paths".into()));
         }
         if !self.build_secrets_dir.is_absolute() {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "build_secrets_dir {:?} must be an absolute path",
                 self.build_secrets_dir.display().to_string()
             )));
         }
         if self.build_cpu_limit < 0.0 {
-            return Err(ConfigError(
+            return Err(ConfigError::Invalid(
                 "build_cpu_limit must be 0 (no cap) or a positive number of cores".into(),
             ));
         }
         if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "metrics_listen {:?} must be an ip:port such as \"127.0.0.1:7402\" (or \"\" for no listener)",
                 self.metrics_listen
             )));

@@ -60,25 +60,11 @@ fn load(args: Args) -> anyhow::Result<AgentConfig> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    slipway_common::telemetry::init();
     slipway_proto::tls::install_crypto_provider();
     let config = load(Args::parse())?;
-    slipway_agent::run(config, shutdown_signal()).await?;
+    slipway_agent::run(config, slipway_common::shutdown::signal()).await?;
     Ok(())
 }

@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use bollard::Docker;
 use rand::Rng;
+use slipway_common::{now_ms, Backoff};
 use slipway_proto::agent_message::Msg as AgentMsg;
 use slipway_proto::agent_service_client::AgentServiceClient;
 use slipway_proto::build_event::Event as BuildEv;
+use slipway_proto::metadata::LEADER_HINT;
 use slipway_proto::scheduler_message::Msg as SchedMsg;
 use slipway_proto::{
     AgentMessage, BuildAssignment, BuildEvent, BuildRefused, BuildStarted, Hello, LogLine, NodeReport,
@@ -41,7 +43,6 @@ use crate::pipeline::{self, BuildJob, PipelineConfig};
 use crate::report::Reporter;
 
 /// gRPC metadata key in which a follower names the leader's address.
-const LEADER_HINT: &str = "slipway-leader";
 /// How long opening a session (and its Welcome) may take before trying elsewhere.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long measuring the node (engine calls included) may take.
@@ -92,11 +93,6 @@ struct Agent {
     transport: Arc<std::sync::RwLock<slipway_proto::tls::Transport>>,
     /// Where every report measured is recorded for `/metrics`.
     last_report: LastReport,
-}
-
-/// Wall-clock milliseconds since the epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A task aborted when its handle is dropped.
@@ -165,7 +161,7 @@ pub async fn run(
 /// round or two of the election, well inside the scheduler's grace period.
 async fn connect_loop(agent: Arc<Agent>) {
     let schedulers = agent.config.schedulers.clone();
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     let mut start = 0usize;
     loop {
         let mut redirects = 0;
@@ -195,12 +191,9 @@ async fn connect_loop(agent: Arc<Agent>) {
             }
         }
         if held {
-            backoff = MIN_BACKOFF;
-        } else {
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.reset();
         }
-        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        backoff.wait().await;
     }
 }
 
