@@ -256,43 +256,46 @@ impl Default for PlacementConfig {
 impl SchedulerConfig {
     /// Reads a TOML config file; unknown keys and wrong types are errors naming the key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        let config: Self = slipway_common::config::load(path)?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid(why) => ConfigError::Invalid(format!("{}: {why}", path.display())),
+            other => other,
+        })?;
+        Ok(config)
     }
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let config: Self = slipway_common::config::parse(text)?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.registry.addr.is_empty() || self.registry.addr.contains('/') {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "registry.addr {:?} must be host:port, e.g. \"127.0.0.1:5000\"",
                 self.registry.addr
             )));
         }
         let validity = self.registry.pull_grant_validity_secs;
         if !(30..=MAX_PULL_GRANT_VALIDITY_SECS).contains(&validity) {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "registry.pull_grant_validity_secs = {validity} is out of range: 30 to {MAX_PULL_GRANT_VALIDITY_SECS} \
                  (one year; the default is {}, 30 days)",
                 RegistryConfig::default().pull_grant_validity_secs
             )));
         }
         if slipway_proto::validate::app_name(&self.deploy.stack).is_err() {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "deploy.stack {:?} must be a DNS label (lowercase letters, digits, '-')",
                 self.deploy.stack
             )));
         }
         self.validate_cluster()?;
-        self.raft.to_raft_config().to_openraft().map_err(|e| ConfigError(format!("[raft]: {e}")))?;
+        self.raft.to_raft_config().to_openraft().map_err(|e| ConfigError::Invalid(format!("[raft]: {e}")))?;
         if self.agents.down_after_secs < u64::from(self.agents.report_interval_secs) * 2 {
-            return Err(ConfigError(
+            return Err(ConfigError::Invalid(
                 "agents.down_after_secs must be at least twice agents.report_interval_secs".into(),
             ));
         }
@@ -302,33 +305,33 @@ impl SchedulerConfig {
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let members = &self.cluster.members;
         if self.node_id == 0 {
-            return Err(ConfigError(
+            return Err(ConfigError::Invalid(
                 "node_id must be at least 1 (0 means \"none\" in cluster status)".into(),
             ));
         }
         if let Some(token) = &self.cluster.join_token {
             let token: slipway_proto::tls::JoinToken =
-                token.parse().map_err(|e| ConfigError(format!("cluster.join_token: {e}")))?;
+                token.parse().map_err(|e| ConfigError::Invalid(format!("cluster.join_token: {e}")))?;
             if token.role != slipway_proto::tls::Role::Scheduler {
-                return Err(ConfigError(
+                return Err(ConfigError::Invalid(
                     "cluster.join_token is an agent token; a scheduler joins with `slipway cluster token scheduler`"
                         .into(),
                 ));
             }
             if !self.cluster.join || self.cluster.join_via.is_empty() {
-                return Err(ConfigError(
+                return Err(ConfigError::Invalid(
                     "cluster.join_token needs join = true and join_via = [\"host:port\" of a member]".into(),
                 ));
             }
         }
         if self.tls.agent_cert_validity_secs < 30 || self.tls.admin_cert_validity_secs < 30 {
-            return Err(ConfigError("tls.*_cert_validity_secs must be at least 30 seconds".into()));
+            return Err(ConfigError::Invalid("tls.*_cert_validity_secs must be at least 30 seconds".into()));
         }
         if members.is_empty() {
             return Ok(());
         }
         if self.cluster.join {
-            return Err(ConfigError(
+            return Err(ConfigError::Invalid(
                 "cluster.join and cluster.members exclude each other: list the founding members \
                  on every founding scheduler, or set join = true on a scheduler added later"
                     .into(),
@@ -338,23 +341,23 @@ impl SchedulerConfig {
         let mut addrs = std::collections::BTreeSet::new();
         for m in members {
             if m.id == 0 {
-                return Err(ConfigError("cluster.members: id 0 is not a valid member id".into()));
+                return Err(ConfigError::Invalid("cluster.members: id 0 is not a valid member id".into()));
             }
             if !ids.insert(m.id) {
-                return Err(ConfigError(format!("cluster.members: id {} is listed twice", m.id)));
+                return Err(ConfigError::Invalid(format!("cluster.members: id {} is listed twice", m.id)));
             }
             if !addrs.insert(m.addr.as_str()) {
-                return Err(ConfigError(format!("cluster.members: address {} is listed twice", m.addr)));
+                return Err(ConfigError::Invalid(format!("cluster.members: address {} is listed twice", m.addr)));
             }
             if m.addr.is_empty() || m.addr.contains('/') {
-                return Err(ConfigError(format!(
+                return Err(ConfigError::Invalid(format!(
                     "cluster.members: address {:?} of member {} must be host:port",
                     m.addr, m.id
                 )));
             }
         }
         let Some(me) = members.iter().find(|m| m.id == self.node_id) else {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "cluster.members does not list this scheduler (node_id = {}); every founding member \
                  lists all of them, itself included",
                 self.node_id
@@ -362,7 +365,7 @@ impl SchedulerConfig {
         };
         if let Some(advertise) = &self.advertise {
             if *advertise != me.addr {
-                return Err(ConfigError(format!(
+                return Err(ConfigError::Invalid(format!(
                     "advertise = {advertise:?} but cluster.members lists member {} at {:?}; make them the same",
                     self.node_id, me.addr
                 )));
@@ -392,8 +395,14 @@ impl SchedulerConfig {
 
 /// A config that cannot be used, with the key and the fix.
 #[derive(Debug, thiserror::Error)]
-#[error("bad scheduler config: {0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// The file cannot be read, is not TOML, or a key has the wrong name or type.
+    #[error("bad scheduler config: {0}")]
+    Toml(#[from] slipway_common::config::ConfigError),
+    /// A value of the right type that the scheduler cannot use.
+    #[error("bad scheduler config: {0}")]
+    Invalid(String),
+}
 
 #[cfg(test)]
 mod tests {
