@@ -5,9 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use slipway_tests::docker::docker_cli;
-use slipway_tests::{
-    base_image, ensure_swarm, free_port, require_docker, skip, wait_for_http, GitRepo, Registry,
+use slipway_testkit::{
+    base_image, docker_cli, ensure_swarm, free_port, require_docker, skip, wait_for_http, GitRepo, Registry,
 };
 
 /// A name unique to this test run, for images and containers.

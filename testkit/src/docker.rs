@@ -36,7 +36,7 @@ const SWARM_LOCK: &str = "/tmp/slipway-swarm.lock";
 ///
 /// ```no_run
 /// # async fn t() {
-/// let Some(docker) = slipway_tests::require_docker().await else { return };
+/// let Some(docker) = slipway_testkit::require_docker().await else { return };
 /// # }
 /// ```
 pub async fn require_docker() -> Option<Docker> {

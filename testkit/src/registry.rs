@@ -3,26 +3,27 @@
 //! Debian's `docker-registry` (Distribution 2.8) runs as a child process on a free
 //! 127.0.0.1 port with its storage in a temporary directory, configured like
 //! `packaging/registry.sh` does it (filesystem storage, deletes enabled, log level
-//! warn; no auth unless given a [`TokenAuth`]). Docker treats 127.0.0.0/8 registries as insecure, so the engine
-//! pushes to it over plain http without configuration. [`Registry::start_on`] listens
-//! on another address instead (a [`NetLab`](crate::NetLab)'s host address, for a
-//! fleet): engines then need it in their `insecure-registries`. With a [`TokenAuth`]
-//! ([`Registry::start_with`], [`Registry::require_tokens`]) it runs as slipway's
-//! registries do with TLS on: `auth: token`, a scheduler's `/v2/token` as the realm, the
-//! cluster CA as `rootcertbundle`; its HTTP helpers then fetch a pull token for the
-//! repository they look at, with a grant minted from the CA. Dropping the [`Registry`]
-//! kills the process and deletes its storage.
+//! warn; no auth unless given a [`TokenAuth`]). Docker treats 127.0.0.0/8 registries as
+//! insecure, so the engine pushes to it over plain http without configuration.
+//! [`Registry::start_on`] listens on another address instead (a
+//! [`NetLab`](crate::NetLab)'s host address, for a fleet): engines then need it in their
+//! `insecure-registries`. With a [`TokenAuth`] ([`Registry::start_with`],
+//! [`Registry::require_tokens`]) it runs `auth: token` with the realm, service, issuer
+//! and root certificate bundle the caller gives (slipway's tests give a scheduler's
+//! `/v2/token` and the cluster CA); its HTTP helpers then fetch a pull token from the
+//! realm for the repository they look at, logging in with what
+//! [`TokenAuth::pull_login`] returns. Dropping the [`Registry`] kills the process and
+//! deletes its storage.
 
 use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use reqwest::{header, StatusCode};
-use slipway_scheduler::pki::Ca;
-use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
 use tempfile::TempDir;
 
 /// The manifest media types a registry client accepts: Docker v2 schema 2 and OCI,
@@ -36,13 +37,64 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 3;
 
-/// Token authentication for a [`Registry`]: who issues its tokens and what signs them.
+/// What a [`Registry`] needs to run with `auth: token`: the values of that config
+/// section, and how its own HTTP helpers log in to the realm for a pull token.
 #[derive(Clone)]
 pub struct TokenAuth {
-    /// `http://<scheduler http_listen>/v2/token`, reachable from every engine.
+    /// Where clients get tokens (`auth.token.realm`), e.g. a scheduler's
+    /// `http://<http_listen>/v2/token`; must be reachable from every engine.
     pub realm: String,
-    /// The cluster CA: the registry's `rootcertbundle`, and the test's own grants.
-    pub ca: Ca,
+    /// The `service` the realm issues tokens for and the registry expects in them.
+    pub service: String,
+    /// The `iss` of the tokens the registry accepts.
+    pub issuer: String,
+    /// PEM of the certificates that sign tokens (`rootcertbundle`), written to
+    /// `ca.pem` in the registry's directory.
+    pub root_cert_bundle: String,
+    /// The basic-auth login (user, password) the helpers present to the realm for a
+    /// pull token of a repository; `None` leaves them without tokens (they then see the
+    /// registry's 401).
+    pub pull_login: Option<PullLogin>,
+}
+
+/// For a repository name, the (user, password) that the realm grants a pull token for it.
+pub type PullLogin = Arc<dyn Fn(&str) -> (String, String) + Send + Sync>;
+
+impl TokenAuth {
+    /// `auth: token` with these values, no pull login (see [`TokenAuth::with_pull_login`]).
+    pub fn new(
+        realm: impl Into<String>,
+        service: impl Into<String>,
+        issuer: impl Into<String>,
+        root_cert_bundle: impl Into<String>,
+    ) -> TokenAuth {
+        TokenAuth {
+            realm: realm.into(),
+            service: service.into(),
+            issuer: issuer.into(),
+            root_cert_bundle: root_cert_bundle.into(),
+            pull_login: None,
+        }
+    }
+
+    /// The same, with `login` giving the helpers' realm login for a repository.
+    pub fn with_pull_login(
+        self,
+        login: impl Fn(&str) -> (String, String) + Send + Sync + 'static,
+    ) -> TokenAuth {
+        TokenAuth { pull_login: Some(Arc::new(login)), ..self }
+    }
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("realm", &self.realm)
+            .field("service", &self.service)
+            .field("issuer", &self.issuer)
+            .field("pull_login", &self.pull_login.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running `docker-registry` (on 127.0.0.1 unless started with
@@ -243,29 +295,33 @@ impl Registry {
         format!("http://{}/v2", self.addr())
     }
 
-    /// GETs `url`, with a pull token for `repo` when the registry wants tokens.
+    /// GETs `url`, with a pull token for `repo` when the registry wants tokens and
+    /// [`TokenAuth::pull_login`] says how to get one.
     async fn get(&self, url: &str, repo: Option<&str>) -> reqwest::Response {
         let mut request = self.http.get(url).header(header::ACCEPT, MANIFEST_ACCEPT);
         if let (Some(auth), Some(repo)) = (&self.auth, repo) {
-            request = request.bearer_auth(self.pull_token(auth, repo).await);
+            if let Some(login) = &auth.pull_login {
+                request = request.bearer_auth(self.pull_token(auth, login, repo).await);
+            }
         }
         request.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}\nregistry log:\n{}", self.log()))
     }
 
-    /// A token to pull `repo`, from the token server, for a one-minute grant.
-    async fn pull_token(&self, auth: &TokenAuth, repo: &str) -> String {
-        let grant = issue_grant(&auth.ca, repo, &["pull"], Duration::from_secs(60));
+    /// A token to pull `repo`, from the realm (the Docker token protocol: `GET
+    /// realm?service=…&scope=repository:<repo>:pull` with basic auth).
+    async fn pull_token(&self, auth: &TokenAuth, login: &PullLogin, repo: &str) -> String {
+        let (user, password) = login(repo);
         let response = self
             .http
             .get(&auth.realm)
-            .query(&[("service", SERVICE), ("scope", &format!("repository:{repo}:pull"))])
-            .basic_auth(GRANT_USER, Some(grant))
+            .query(&[("service", auth.service.as_str()), ("scope", &format!("repository:{repo}:pull"))])
+            .basic_auth(user, Some(password))
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {}: {e}", auth.realm));
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        assert_eq!(status, StatusCode::OK, "the token server refused a pull grant for {repo}: {body}");
+        assert_eq!(status, StatusCode::OK, "the token server refused a pull login for {repo}: {body}");
         body["token"].as_str().expect("a token").to_string()
     }
 
@@ -308,7 +364,7 @@ fn installed_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// The registry's configuration: the same as `packaging/registry.sh` writes. With
-/// `auth`, the CA goes to `DIR/ca.pem`.
+/// `auth`, its root certificate bundle goes to `DIR/ca.pem`.
 fn config(dir: &Path, ip: IpAddr, port: u16, auth: Option<&TokenAuth>) -> anyhow::Result<String> {
     let mut config = format!(
         "version: 0.1\n\
@@ -319,10 +375,12 @@ fn config(dir: &Path, ip: IpAddr, port: u16, auth: Option<&TokenAuth>) -> anyhow
     );
     if let Some(auth) = auth {
         let bundle = dir.join("ca.pem");
-        fs::write(&bundle, &auth.ca.cert_pem)?;
+        fs::write(&bundle, &auth.root_cert_bundle)?;
         config += &format!(
-            "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
             auth.realm,
+            auth.service,
+            auth.issuer,
             bundle.display()
         );
     }
