@@ -13,9 +13,10 @@
 //!   `packaging/base-image.sh`), [`engine_with_base`] (both), [`ensure_swarm`] (a
 //!   single-node Swarm), [`docker_cli`], [`remove_images`], [`StackCleanup`].
 //! - [`registry`]: [`Registry`], Debian's `docker-registry` on a free port in a
-//!   temporary directory, with HTTP helpers to look at what was pushed and
-//!   [`Registry::build_and_push`]; with a [`TokenAuth`] it runs `auth: token` against a
-//!   token server the caller names.
+//!   temporary directory ([`require_registry`]: or a loud skip without the binary),
+//!   with HTTP helpers to look at what was pushed and [`Registry::build_and_push`];
+//!   with a [`TokenAuth`] it runs `auth: token` against a token server the caller
+//!   names.
 //! - [`gitrepo`]: [`GitRepo`], a git repository in a temporary directory (empty, or an
 //!   app from `examples/`) that a build clones through a `file://` URL; [`git`] runs
 //!   git anywhere with the user's configuration ignored.
@@ -47,11 +48,14 @@ pub mod registry;
 use std::io::Write;
 use std::path::PathBuf;
 
-pub use docker::{base_image, docker_cli, ensure_swarm, require_docker, BASE_IMAGE};
-pub use gitrepo::GitRepo;
+pub use docker::{
+    base_image, docker_cli, engine_with_base, ensure_swarm, remove_images, require_docker, StackCleanup,
+    BASE_IMAGE,
+};
+pub use gitrepo::{git, GitRepo};
 pub use net::{free_port, wait_for_http};
 pub use netns::NetLab;
-pub use registry::{Registry, TokenAuth};
+pub use registry::{require_registry, Registry, TokenAuth};
 
 /// Name of the environment variable that turns "skip" into "fail" for tests that need
 /// a Docker engine or the registry binary. CI sets it to `1`.
@@ -96,4 +100,18 @@ pub fn skip(reason: &str) {
          !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
     );
     let _ = std::io::stderr().write_all(banner.as_bytes());
+}
+
+/// `<prefix>-<pid>-<n>`: a name no other test process and no earlier call in this one
+/// uses, for images, containers and stacks (lower case, digits and `-`: valid for all
+/// three when `prefix` is).
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos:x}{n}", std::process::id())
 }

@@ -19,12 +19,14 @@ use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use reqwest::{header, StatusCode};
 use tempfile::TempDir;
+
+use crate::docker::docker_cli;
 
 /// The manifest media types a registry client accepts: Docker v2 schema 2 and OCI,
 /// single-platform and index. Without them the registry may answer with (or refuse
@@ -110,6 +112,21 @@ pub struct Registry {
     http: reqwest::Client,
     /// Token auth, if it runs with it.
     auth: Option<TokenAuth>,
+    /// References [`Registry::build_and_push`] made in the local engine, untagged on drop.
+    built: Mutex<Vec<String>>,
+}
+
+/// A registry on loopback ([`Registry::start`]), or `None` after a loud
+/// [`skip`](crate::skip) where `docker-registry` is not installed. Panics if it is
+/// installed and does not start.
+pub async fn require_registry() -> Option<Registry> {
+    if Registry::binary().is_none() {
+        crate::skip(
+            "this test needs docker-registry, which is not installed. Fix: apt-get install docker-registry",
+        );
+        return None;
+    }
+    Some(Registry::start().await)
 }
 
 impl Registry {
@@ -166,7 +183,9 @@ impl Registry {
             let dir = tempfile::Builder::new().prefix("slipway-registry-").tempdir_in(parent)?;
             let port = crate::net::free_port_on(ip);
             match spawn_and_wait(&binary, dir.path(), ip, port, auth.as_ref(), &http).await {
-                Ok(child) => return Ok(Registry { child, ip, port, dir, http, auth }),
+                Ok(child) => {
+                    return Ok(Registry { child, ip, port, dir, http, auth, built: Mutex::default() })
+                }
                 Err(e) => last_error = Some(e),
             }
         }
@@ -229,6 +248,35 @@ impl Registry {
     /// Its log so far (level warn, plus the access log), for failure messages.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Builds `context` (a directory holding a `Dockerfile`) with the local engine as
+    /// `<addr>/<repo>:<tag>`, pushes it here and returns it pinned by digest,
+    /// `<addr>/<repo>@sha256:…`. Both references are untagged from the engine when the
+    /// registry is dropped (the layers stay in its cache for the next run). For a
+    /// registry without token auth (the engine pushes without logging in). Panics with
+    /// the registry's log if the build or push fails.
+    pub fn build_and_push(&self, context: &Path, repo: &str, tag: &str) -> String {
+        let repository = self.image(repo);
+        let tagged = format!("{repository}:{tag}");
+        let context_arg = context.to_str().expect("a UTF-8 context path");
+        docker_cli(&["build", "-q", "-t", &tagged, context_arg]).unwrap_or_else(|e| panic!("{e}"));
+        self.lock_built().push(tagged.clone());
+        docker_cli(&["push", &tagged]).unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", self.log()));
+        let digests =
+            docker_cli(&["inspect", "--format", "{{range .RepoDigests}}{{println .}}{{end}}", &tagged])
+                .unwrap_or_else(|e| panic!("{e}"));
+        let pinned = digests
+            .lines()
+            .find(|d| d.starts_with(&format!("{repository}@sha256:")))
+            .unwrap_or_else(|| panic!("no digest of {repository} in {digests:?} after the push"))
+            .to_string();
+        self.lock_built().push(pinned.clone());
+        pinned
+    }
+
+    fn lock_built(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Does the registry hold the manifest `digest` (`sha256:…`) of `repo`?
@@ -342,6 +390,9 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for reference in self.lock_built().drain(..) {
+            let _ = docker_cli(&["image", "rm", &reference]);
+        }
         // `dir` is removed after this, when the fields drop.
     }
 }
