@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::skip;
+use slipway_testkit::skip;
 
 /// The Chromium binary, or None after a loud [`skip`] where none is installed.
 pub fn chromium() -> Option<PathBuf> {

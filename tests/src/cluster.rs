@@ -21,10 +21,13 @@ use slipway_scheduler::realm_proxy;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::netns::NetLab;
-use crate::{
-    base_image, ensure_swarm, free_port, require_docker, workspace_root, Fleet, Registry, TokenAuth,
+use slipway_testkit::net::free_port_on;
+use slipway_testkit::{
+    base_image, docker_cli, ensure_swarm, free_port, require_docker, workspace_root, GitRepo, NetLab,
+    Registry,
 };
+
+use crate::{cluster_token_auth, Fleet};
 
 /// Environment variable naming the profile fixtures run the slipway binaries in:
 /// `release` for benchmarks, debug otherwise.
@@ -241,15 +244,13 @@ impl TestCluster {
         let manager_socket = fleet.engine_socket(fleet.manager()).display().to_string();
         let mut cluster = Self::new(stack, &manager_socket, fleet.registry_addr());
         let host_ip = fleet.registry().ip();
-        let member = Member {
-            http_addr: format!("{host_ip}:{}", crate::net::free_port_on(host_ip)),
-            ..Member::on_loopback(1)
-        };
+        let member =
+            Member { http_addr: format!("{host_ip}:{}", free_port_on(host_ip)), ..Member::on_loopback(1) };
         let realm = format!("http://{}/v2/token", member.http_addr);
         cluster.members.push(member);
         fleet
             .registry_mut()
-            .require_tokens(TokenAuth { realm, ca: cluster.ca() })
+            .require_tokens(cluster_token_auth(&realm, &cluster.ca()))
             .await
             .unwrap_or_else(|e| panic!("cannot restart the fleet's registry with token auth: {e:#}"));
         for n in fleet.engine_numbers() {
@@ -320,7 +321,7 @@ impl TestCluster {
 
     /// This cluster's registry on loopback, taking tokens from `realm`.
     async fn start_registry(&mut self, realm: &str) {
-        let auth = TokenAuth { realm: realm.to_string(), ca: self.ca() };
+        let auth = cluster_token_auth(realm, &self.ca());
         let registry = Registry::start_with([127, 0, 0, 1], &std::env::temp_dir(), Some(auth))
             .await
             .unwrap_or_else(|e| panic!("cannot start the test registry: {e:#}"));
@@ -810,7 +811,7 @@ impl TestCluster {
     /// `docker ARGS` against the Swarm manager the stack lives on.
     pub fn swarm_cli(&self, args: &[&str]) -> Result<String, String> {
         let host = format!("unix://{}", self.swarm_socket);
-        crate::docker::docker_cli(&[&["-H", host.as_str()], args].concat())
+        docker_cli(&[&["-H", host.as_str()], args].concat())
     }
 
     fn remove_stack(&self) {
@@ -901,7 +902,7 @@ async fn collect(
 
 /// Rewrites the example app's port (its manifest and healthcheck) so tests running at
 /// the same time do not compete for one host port.
-pub fn set_app_port(repo: &crate::GitRepo, port: u16) {
+pub fn set_app_port(repo: &GitRepo, port: u16) {
     let path: &Path = repo.path();
     let manifest = std::fs::read_to_string(path.join("slipway.toml")).expect("read slipway.toml");
     let manifest = manifest.replace("port = 8080", &format!("port = {port}"));

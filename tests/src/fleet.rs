@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 
 use bollard::{ClientVersion, Docker};
 
-use crate::docker::{docker_cli, DOCKER_TIMEOUT};
-use crate::{base_image, require_docker, skip, NetLab, Registry, BASE_IMAGE};
+use slipway_testkit::docker::{docker_cli, DOCKER_TIMEOUT};
+use slipway_testkit::{base_image, require_docker, skip, NetLab, Registry, BASE_IMAGE};
 
 /// Environment variable naming the storage driver of the fleet's engines.
 pub const STORAGE_DRIVER_ENV: &str = "SLIPWAY_FLEET_STORAGE_DRIVER";

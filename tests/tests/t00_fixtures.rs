@@ -5,15 +5,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use slipway_tests::docker::docker_cli;
-use slipway_tests::{
-    base_image, ensure_swarm, free_port, require_docker, skip, wait_for_http, GitRepo, Registry,
+use slipway_testkit::{
+    base_image, docker_cli, engine_with_base, ensure_swarm, free_port, git, require_docker, require_registry,
+    skip, unique_name, wait_for_http, GitRepo, Registry, StackCleanup,
 };
-
-/// A name unique to this test run, for images and containers.
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), free_port())
-}
 
 #[test]
 fn free_port_can_be_bound() {
@@ -62,6 +57,17 @@ fn git_repo_from_example_commits_and_clones() {
     assert_eq!(mode & 0o111, 0o111, "index.cgi stays executable: {mode:o}");
 }
 
+#[test]
+fn an_empty_git_repo_takes_files_and_commits() {
+    let repo = GitRepo::empty();
+    assert!(repo.path().is_dir());
+    assert_eq!(repo.git(&["symbolic-ref", "--short", "HEAD"]), "main");
+    let first = repo.commit_files(&[("a/b.txt", "one\n"), ("c.txt", "two\n")], "first");
+    assert_eq!(repo.head(), first);
+    assert_eq!(git(repo.path(), &["rev-list", "--count", "HEAD"]), "1", "no initial commit before it");
+    assert_eq!(git(repo.path(), &["show", "HEAD:a/b.txt"]), "one");
+}
+
 #[tokio::test]
 async fn registry_starts_answers_and_cleans_up() {
     if Registry::binary().is_none() {
@@ -90,7 +96,7 @@ async fn pushed_image_manifest_is_found_by_digest() {
     let base = base_image().await;
     let registry = Registry::start().await;
     let repo = "fixtures/busybox";
-    let tag = unique("t00");
+    let tag = unique_name("t00");
     let image = format!("{}:{tag}", registry.image(repo));
     docker_cli(&["tag", base, &image]).unwrap();
     let pushed = docker_cli(&["push", &image]);
@@ -112,6 +118,27 @@ async fn pushed_image_manifest_is_found_by_digest() {
 }
 
 #[tokio::test]
+async fn built_images_are_pushed_pinned_and_untagged_on_drop() {
+    let Some((_docker, base)) = engine_with_base().await else { return };
+    let Some(registry) = require_registry().await else { return };
+    let context = tempfile::tempdir().unwrap();
+    let marker = unique_name("t00-built");
+    std::fs::write(context.path().join("Dockerfile"), format!("FROM {base}\nENV MARKER={marker}\n")).unwrap();
+    let tag = unique_name("v");
+    let pinned = registry.build_and_push(context.path(), "fixtures/built", &tag);
+    let prefix = format!("{}@sha256:", registry.image("fixtures/built"));
+    assert!(pinned.starts_with(&prefix), "{pinned}");
+    let digest = pinned.split_once('@').unwrap().1;
+    assert!(registry.has_manifest("fixtures/built", digest).await);
+    let tagged = format!("{}:{tag}", registry.image("fixtures/built"));
+    assert!(docker_cli(&["image", "inspect", &tagged]).is_ok());
+
+    drop(registry);
+    assert!(docker_cli(&["image", "inspect", &tagged]).is_err(), "the tag is removed on drop");
+    assert!(docker_cli(&["image", "inspect", &pinned]).is_err(), "so is the digest reference");
+}
+
+#[tokio::test]
 async fn base_image_has_the_applets_the_example_needs() {
     let Some(_docker) = require_docker().await else { return };
     let base = base_image().await;
@@ -128,7 +155,7 @@ async fn example_hello_builds_and_answers() {
     let Some(_docker) = require_docker().await else { return };
     base_image().await;
     let repo = GitRepo::from_example("hello");
-    let image = unique("slipway-t00-hello");
+    let image = unique_name("slipway-t00-hello");
     let path = repo.path().to_str().unwrap().to_string();
     docker_cli(&["build", "-q", "-t", &image, &path]).unwrap();
     let port = free_port();
@@ -151,4 +178,41 @@ async fn swarm_is_active() {
     assert!(!addr.is_empty());
     assert_eq!(docker_cli(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).unwrap(), "active");
     assert_eq!(docker_cli(&["info", "--format", "{{.Swarm.ControlAvailable}}"]).unwrap(), "true");
+}
+
+#[tokio::test]
+async fn a_stack_cleanup_removes_its_services_network_and_volumes() {
+    let Some((_docker, base)) = engine_with_base().await else { return };
+    ensure_swarm().await;
+    let stack = unique_name("t00stack");
+    let label = format!("com.docker.stack.namespace={stack}");
+    let network = format!("{stack}_default");
+    let volume = format!("{stack}_data");
+    let cleanup = StackCleanup::new(&stack);
+    docker_cli(&["network", "create", "--driver", "overlay", "--label", &label, &network]).unwrap();
+    docker_cli(&["volume", "create", "--label", &label, &volume]).unwrap();
+    let mount = format!("type=volume,source={volume},target=/data");
+    let service = format!("{stack}_web");
+    docker_cli(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &service,
+        "--label",
+        &label,
+        "--network",
+        &network,
+        "--mount",
+        &mount,
+        base,
+        "sleep",
+        "600",
+    ])
+    .unwrap();
+
+    drop(cleanup);
+    assert!(docker_cli(&["service", "inspect", &service]).is_err(), "the service is removed");
+    assert!(docker_cli(&["network", "inspect", &network]).is_err(), "the network is removed");
+    assert!(docker_cli(&["volume", "inspect", &volume]).is_err(), "the volume is removed");
 }

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use slipway_tests::{free_port, set_app_port, wait_for_http, GitRepo, TestCluster};
+use slipway_testkit::{docker_cli, free_port, wait_for_http, GitRepo};
+use slipway_tests::{set_app_port, TestCluster};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn t20_deploy_redeploy_rollback_and_restart() {
@@ -33,7 +34,7 @@ async fn t20_deploy_redeploy_rollback_and_restart() {
     assert!(body.contains("hello from slipway"), "{body}");
     let cold = first.built.clone().expect("build output");
     assert!(cold.layers_pushed >= 2, "a cold push sends the base, dependency and code layers: {cold:?}");
-    let stacks = slipway_tests::docker::docker_cli(&["stack", "services", &cluster.stack]).unwrap();
+    let stacks = docker_cli(&["stack", "services", &cluster.stack]).unwrap();
     assert!(stacks.contains(&cluster.service("hello")), "docker stack services lists it:\n{stacks}");
 
     // Release 2: a code-only change rebuilds only the last layer.

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use slipway_proto as pb;
-use slipway_tests::{free_port, set_app_port, wait_for_http, GitRepo, TestCluster};
+use slipway_testkit::{free_port, wait_for_http, GitRepo};
+use slipway_tests::{set_app_port, TestCluster};
 use tonic::Code;
 
 /// Asserts the deploy failed with `expect` in its error, as a failed build with no release.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use slipway_proto::deploy_event::Event;
 use slipway_proto::{self as pb};
-use slipway_tests::{free_port, set_app_port, wait_for_http, GitRepo, TestCluster};
+use slipway_testkit::{free_port, wait_for_http, GitRepo};
+use slipway_tests::{set_app_port, TestCluster};
 use tokio::sync::Mutex;
 use tokio_stream::StreamExt;
 

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use slipway_proto as pb;
 use slipway_scheduler::metrics::{check, Sample};
+use slipway_testkit::GitRepo;
 use slipway_tests::browser::{chromium, headless};
-use slipway_tests::{GitRepo, TestCluster};
+use slipway_tests::TestCluster;
 
 /// A valid git ref (git allows these characters) that is also HTML.
 const EVIL_REF: &str = "<script>alert(\"x\")</script>";

@@ -14,8 +14,9 @@ use slipway_proto::raft_client::RaftClient;
 use slipway_proto::tls::{Credentials, PeerIdentity, Role, Transport, SERVER_NAME};
 use slipway_proto::{self as pb};
 use slipway_scheduler::pki::Ca;
+use slipway_testkit::{free_port, KillOnDrop};
 use slipway_tests::cluster::binary;
-use slipway_tests::{KillOnDrop, TestCluster};
+use slipway_tests::TestCluster;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
@@ -304,8 +305,8 @@ async fn a_scheduler_joins_with_a_scheduler_token_and_gets_the_cluster_ca() {
     // A second scheduler on loopback, waiting to be added, with the token.
     let dir = cluster.dir.path().join("second");
     std::fs::create_dir_all(&dir).unwrap();
-    let grpc = format!("127.0.0.1:{}", slipway_tests::free_port());
-    let http = format!("127.0.0.1:{}", slipway_tests::free_port());
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
     let config = format!(
         "node_id = 2\nlisten = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = \"{}\"\n\n[cluster]\njoin = true\n\
          join_token = \"{token}\"\njoin_via = [\"{}\"]\n",

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use slipway_scheduler::deploy::LABEL_PULL_GRANT_EXPIRES;
 use slipway_scheduler::pki::Ca;
 use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER};
-use slipway_tests::docker::docker_cli_as;
-use slipway_tests::{free_port, set_app_port, wait_for_http, GitRepo, TestCluster, BASE_IMAGE};
+use slipway_testkit::docker::docker_cli_as;
+use slipway_testkit::{free_port, wait_for_http, GitRepo, BASE_IMAGE};
+use slipway_tests::{set_app_port, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_push_and_pull_their_own_app_only() {

@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 
 use std::time::{Duration, Instant};
 
-use slipway_tests::{wait_for_http, Fleet, KillOnDrop, NetLab};
+use slipway_testkit::{wait_for_http, KillOnDrop, NetLab};
+use slipway_tests::Fleet;
 
 const PORT: u16 = 7000;
 

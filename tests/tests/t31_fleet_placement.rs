@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 
 use slipway_proto::deploy_event::Event;
 use slipway_proto::{self as pb};
+use slipway_testkit::{free_port, wait_for_http, GitRepo};
 use slipway_tests::browser::{chromium, headless};
 use slipway_tests::cluster::DeployRun;
-use slipway_tests::{free_port, wait_for_http, Fleet, GitRepo, TestCluster};
+use slipway_tests::{Fleet, TestCluster};
 use tokio_stream::StreamExt;
 
 /// Size of each engine's build filesystem.

@@ -221,7 +221,8 @@ pub fn redact_urls_in(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{git as run_git, GitRepo};
+    use slipway_testkit::{git as run_git, GitRepo};
+
     use super::*;
 
     const T: Duration = Duration::from_secs(60);
@@ -237,12 +238,12 @@ mod tests {
     }
 
     fn repo_with_history() -> (GitRepo, String, String) {
-        let repo = GitRepo::new();
-        let first = repo.commit(&[("app.txt", "one\n")], "one");
-        run_git(repo.dir.path(), &["tag", "-a", "v1", "-m", "release 1"]);
-        run_git(repo.dir.path(), &["tag", "light", first.as_str()]);
-        let second = repo.commit(&[("app.txt", "two\n")], "two");
-        run_git(repo.dir.path(), &["branch", "feature/x", first.as_str()]);
+        let repo = GitRepo::empty();
+        let first = repo.commit_files(&[("app.txt", "one\n")], "one");
+        run_git(repo.path(), &["tag", "-a", "v1", "-m", "release 1"]);
+        run_git(repo.path(), &["tag", "light", first.as_str()]);
+        let second = repo.commit_files(&[("app.txt", "two\n")], "two");
+        run_git(repo.path(), &["branch", "feature/x", first.as_str()]);
         (repo, first, second)
     }
 
@@ -327,7 +328,7 @@ mod tests {
         assert!(!ok && err.contains("transport 'fd' not allowed"), "{err}");
         let (ok, err) = fetch(&repo.url(), false);
         assert!(!ok && err.contains("transport 'file' not allowed"), "{err}");
-        let (ok, err) = fetch(&repo.dir.path().display().to_string(), false);
+        let (ok, err) = fetch(&repo.path().display().to_string(), false);
         assert!(!ok && err.contains("transport 'file' not allowed"), "a plain path is file:// too: {err}");
         assert!(fetch(&repo.url(), true).0, "file:// where allowed");
     }

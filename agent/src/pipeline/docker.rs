@@ -653,7 +653,7 @@ mod tests {
     /// Chunks as the 20.10 engine sends them (recorded): step lines arrive without their
     /// newline, which follows in a chunk of its own.
     const FAILING_BUILD: &[&str] = &[
-        "Step 1/3 : FROM slipway-test/busybox:latest",
+        "Step 1/3 : FROM slipway/busybox:latest",
         "\n",
         " ---> 0d01ed8a3837\n",
         "Step 2/3 : COPY deps.txt /app/deps.txt",
@@ -670,7 +670,7 @@ mod tests {
     fn build_output_is_split_into_lines_and_counted() {
         let mut p = BuildProgress::new(0);
         let lines: Vec<String> = FAILING_BUILD.iter().flat_map(|chunk| p.feed(chunk)).collect();
-        assert_eq!(lines[0], "Step 1/3 : FROM slipway-test/busybox:latest");
+        assert_eq!(lines[0], "Step 1/3 : FROM slipway/busybox:latest");
         assert_eq!(lines.len(), 8);
         assert_eq!((p.steps, p.cache_hits), (3, 1));
         let failure = p.failure("The command '/bin/sh -c false' returned a non-zero code: 1");

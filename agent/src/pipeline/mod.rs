@@ -501,263 +501,23 @@ impl Drop for BuildDir {
     }
 }
 
-/// Fixtures for tests that need git, a Docker engine, a base image or a registry.
 #[cfg(test)]
-pub(crate) mod testutil {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+mod tests {
+    use slipway_testkit::{engine_with_base, free_port, remove_images, require_registry, GitRepo};
 
-    use bollard::Docker;
-    use futures::StreamExt;
-
-    /// Base image the Docker tests build `FROM`: Debian's static busybox, imported.
-    pub const BUSYBOX_IMAGE: &str = "slipway-test/busybox:latest";
-
-    /// Runs git with a fixed identity in `dir`; panics with git's stderr on failure.
-    pub fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(["-c", "user.name=slipway-test", "-c", "user.email=test@slipway.invalid"])
-            .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"])
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// A git repository on local disk that tests commit files into.
-    pub struct GitRepo {
-        /// Holds the directory for the repository's lifetime.
-        pub dir: tempfile::TempDir,
-    }
-
-    impl GitRepo {
-        /// An empty repository on branch `main`.
-        pub fn new() -> GitRepo {
-            let dir = tempfile::tempdir().expect("tempdir");
-            git(dir.path(), &["init", "-q"]);
-            GitRepo { dir }
-        }
-
-        /// `file://` URL of the repository.
-        pub fn url(&self) -> String {
-            format!("file://{}", self.dir.path().display())
-        }
-
-        /// Writes `files` (path, content), commits them, returns the commit id.
-        pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
-            for (path, content) in files {
-                let path = self.dir.path().join(path);
-                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-                std::fs::write(path, content).expect("write");
-            }
-            git(self.dir.path(), &["add", "-A"]);
-            git(self.dir.path(), &["commit", "-q", "--allow-empty", "-m", message]);
-            git(self.dir.path(), &["rev-parse", "HEAD"])
-        }
-    }
-
-    /// Connects to the local engine, or explains loudly why the test is skipped.
-    /// With `SLIPWAY_REQUIRE_DOCKER=1` a missing engine fails the test instead.
-    pub async fn docker_or_skip(test: &str) -> Option<Docker> {
-        let result = async {
-            let docker = super::docker::connect_docker(None).await.map_err(|e| e.to_string())?;
-            match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
-                Ok(Ok(_)) => Ok(docker),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("no answer within 5s".to_string()),
-            }
-        }
-        .await;
-        match result {
-            Ok(docker) => Some(docker),
-            Err(e) => {
-                skip_or_fail(test, &format!("no Docker engine at /var/run/docker.sock ({e})"));
-                None
-            }
-        }
-    }
-
-    /// The local engine with [`BUSYBOX_IMAGE`] in it, or a loud skip ([`skip_or_fail`]).
-    pub async fn engine_with_base(test: &str) -> Option<(Docker, &'static str)> {
-        let docker = docker_or_skip(test).await?;
-        match busybox_image(&docker).await {
-            Ok(base) => Some((docker, base)),
-            Err(e) => {
-                skip_or_fail(test, &e);
-                None
-            }
-        }
-    }
-
-    /// Skips loudly, or panics when `SLIPWAY_REQUIRE_DOCKER=1`.
-    pub fn skip_or_fail(test: &str, why: &str) {
-        if std::env::var("SLIPWAY_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("{test}: {why}, and SLIPWAY_REQUIRE_DOCKER=1");
-        }
-        eprintln!("\n!!!!!!!! SKIPPED {test}: {why} !!!!!!!!\n");
-    }
-
-    /// Makes sure [`BUSYBOX_IMAGE`] exists: imports a root filesystem holding Debian's
-    /// static busybox (`/bin/busybox`, package busybox-static) and its applet links.
-    pub async fn busybox_image(docker: &Docker) -> Result<&'static str, String> {
-        if docker.inspect_image(BUSYBOX_IMAGE).await.is_ok() {
-            return Ok(BUSYBOX_IMAGE);
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .ok_or("busybox is not installed (apt-get install busybox-static)")?;
-        let binary = std::fs::read(busybox).map_err(|e| e.to_string())?;
-        let list = Command::new(busybox).arg("--list").output().map_err(|e| e.to_string())?;
-        let applets = String::from_utf8_lossy(&list.stdout).to_string();
-        let static_check = Command::new("file").arg(busybox).output().map(|o| o.stdout).unwrap_or_default();
-        if String::from_utf8_lossy(&static_check).contains("dynamically linked") {
-            return Err(format!("{busybox} is dynamically linked; install busybox-static"));
-        }
-
-        let mut tar = tar::Builder::new(Vec::new());
-        for dir in ["bin", "tmp", "etc", "root"] {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(if dir == "tmp" { 0o1777 } else { 0o755 });
-            h.set_size(0);
-            tar.append_data(&mut h, dir, std::io::empty()).map_err(|e| e.to_string())?;
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o755);
-        h.set_size(binary.len() as u64);
-        tar.append_data(&mut h, "bin/busybox", binary.as_slice()).map_err(|e| e.to_string())?;
-        for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_mode(0o777);
-            h.set_size(0);
-            tar.append_link(&mut h, format!("bin/{applet}"), "busybox").map_err(|e| e.to_string())?;
-        }
-        let passwd = b"root:x:0:0:root:/root:/bin/sh\n";
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(passwd.len() as u64);
-        tar.append_data(&mut h, "etc/passwd", &passwd[..]).map_err(|e| e.to_string())?;
-        let tar = tar.into_inner().map_err(|e| e.to_string())?;
-
-        let (repo, tag) = BUSYBOX_IMAGE.split_once(':').expect("tagged");
-        let opts = bollard::query_parameters::CreateImageOptionsBuilder::default()
-            .from_src("-")
-            .repo(repo)
-            .tag(tag)
-            .build();
-        let mut stream = docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
-        while let Some(item) = stream.next().await {
-            item.map_err(|e| format!("docker import of {BUSYBOX_IMAGE}: {e}"))?;
-        }
-        Ok(BUSYBOX_IMAGE)
-    }
-
-    /// A private registry (Debian's `docker-registry`) on a free loopback port, storing
-    /// blobs in a temporary directory. Killed on drop.
-    pub struct Registry {
-        child: Child,
-        addr: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Registry {
-        /// Starts a registry and waits until it answers `/v2/`.
-        pub fn start() -> Result<Registry, String> {
-            let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
-                .into_iter()
-                .find(|p| Path::new(p).exists())
-                .ok_or("docker-registry is not installed (apt-get install docker-registry)")?;
-            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let addr = free_loopback_addr();
-            let config = dir.path().join("config.yml");
-            let storage = dir.path().join("storage");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                     http:\n  addr: {addr}\n",
-                    storage.display()
-                ),
-            )
-            .map_err(|e| e.to_string())?;
-            let child = Command::new(binary)
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("registry.log")).map_err(|e| e.to_string())?)
-                .spawn()
-                .map_err(|e| format!("cannot start {binary}: {e}"))?;
-            let mut registry = Registry { child, addr, _dir: dir };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = registry.child.try_wait() {
-                    return Err(format!("docker-registry exited: {status}"));
-                }
-                if registry.answers() {
-                    return Ok(registry);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err("docker-registry did not answer within 10s".into())
-        }
-
-        /// `127.0.0.1:<port>`.
-        pub fn addr(&self) -> &str {
-            &self.addr
-        }
-
-        fn answers(&self) -> bool {
-            let Ok(mut s) = TcpStream::connect(&self.addr) else { return false };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            let req = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
-            let mut reply = String::new();
-            s.write_all(req.as_bytes()).is_ok()
-                && s.read_to_string(&mut reply).is_ok()
-                && reply.contains(" 200 ")
-        }
-    }
-
-    impl Drop for Registry {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// Removes test images by name, best effort (so repeated runs do not pile them up).
-    pub async fn remove_images(docker: &Docker, images: &[String]) {
-        for image in images {
-            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().force(true).build();
-            let _ = docker.remove_image(image, Some(options), None).await;
-        }
-    }
-
-    /// A loopback address nothing listens on (it was free a moment ago).
-    pub fn free_loopback_addr() -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").to_string()
-    }
+    use super::*;
 
     /// A build root in a fresh temporary directory.
-    pub fn build_root() -> (tempfile::TempDir, PathBuf) {
+    fn build_root() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("builds");
         (dir, root)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::testutil::*;
-    use super::*;
+    /// A loopback address nothing listens on (it was free a moment ago).
+    fn free_loopback_addr() -> String {
+        format!("127.0.0.1:{}", free_port())
+    }
 
     fn job(repo: &str, app: &str, registry: &str) -> BuildJob {
         BuildJob {
@@ -838,8 +598,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_repository_without_a_manifest_fails_in_the_manifest_phase() {
-        let repo = GitRepo::new();
-        repo.commit(&[("Dockerfile", "FROM scratch\n")], "no manifest");
+        let repo = GitRepo::empty();
+        repo.commit_files(&[("Dockerfile", "FROM scratch\n")], "no manifest");
         let (_tmp, root) = build_root();
         let j = job(&repo.url(), "shop", "127.0.0.1:5000");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -857,8 +617,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_manifest_for_another_app_names_both() {
-        let repo = GitRepo::new();
-        repo.commit(&[("slipway.toml", "name = \"blog\"\n"), ("Dockerfile", "FROM scratch\n")], "x");
+        let repo = GitRepo::empty();
+        repo.commit_files(&[("slipway.toml", "name = \"blog\"\n"), ("Dockerfile", "FROM scratch\n")], "x");
         let (_tmp, root) = build_root();
         let j = job(&repo.url(), "shop", "127.0.0.1:5000");
         let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
@@ -868,8 +628,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_manifest_names_the_field() {
-        let repo = GitRepo::new();
-        repo.commit(&[("slipway.toml", "name = \"shop\"\n[run]\nreplicas = \"two\"\n")], "x");
+        let repo = GitRepo::empty();
+        repo.commit_files(&[("slipway.toml", "name = \"shop\"\n[run]\nreplicas = \"two\"\n")], "x");
         let (_tmp, root) = build_root();
         let j = job(&repo.url(), "shop", "127.0.0.1:5000");
         let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
@@ -879,9 +639,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_manifest_that_links_outside_the_clone_is_refused() {
-        let repo = GitRepo::new();
-        std::os::unix::fs::symlink("/etc/hostname", repo.dir.path().join("slipway.toml")).unwrap();
-        repo.commit(&[], "link");
+        let repo = GitRepo::empty();
+        std::os::unix::fs::symlink("/etc/hostname", repo.path().join("slipway.toml")).unwrap();
+        repo.commit("link");
         let (_tmp, root) = build_root();
         let j = job(&repo.url(), "shop", "127.0.0.1:5000");
         let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
@@ -891,9 +651,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_oversized_manifest_is_refused_before_it_is_read() {
-        let repo = GitRepo::new();
+        let repo = GitRepo::empty();
         let big = format!("name = \"shop\"\n# {}\n", "x".repeat(70_000));
-        repo.commit(&[("slipway.toml", &big)], "x");
+        repo.commit_files(&[("slipway.toml", &big)], "x");
         let (_tmp, root) = build_root();
         let j = job(&repo.url(), "shop", "127.0.0.1:5000");
         let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
@@ -907,8 +667,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_secret_missing_on_the_node_fails_naming_its_file() {
-        let repo = GitRepo::new();
-        repo.commit(
+        let repo = GitRepo::empty();
+        repo.commit_files(
             &[
                 ("slipway.toml", "name = \"shop\"\n[build]\nsecret_args = [\"NPM_TOKEN\"]\n"),
                 ("Dockerfile", "FROM scratch\n"),
@@ -940,8 +700,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_build_removes_its_directory() {
-        let repo = GitRepo::new();
-        repo.commit(&[("slipway.toml", "name = \"shop\"\n")], "x");
+        let repo = GitRepo::empty();
+        repo.commit_files(&[("slipway.toml", "name = \"shop\"\n")], "x");
         let (_tmp, root) = build_root();
         let j = job(&repo.url(), "shop", "127.0.0.1:5000");
         let dir = root.join(format!("{}-1", j.build_id));
@@ -962,18 +722,14 @@ mod tests {
     /// from the layer cache and pushes only the changed layer.
     #[tokio::test]
     async fn a_code_only_change_reuses_cached_layers() {
-        const TEST: &str = "a_code_only_change_reuses_cached_layers";
-        let Some((docker, base)) = engine_with_base(TEST).await else { return };
-        let registry = match Registry::start() {
-            Ok(r) => r,
-            Err(e) => return skip_or_fail(TEST, &e),
-        };
+        let Some((docker, base)) = engine_with_base().await else { return };
+        let Some(registry) = require_registry().await else { return };
         let dockerfile = format!(
             "FROM {base}\nCOPY deps.txt /app/deps.txt\nRUN cp /app/deps.txt /app/installed && echo installed\n\
              COPY code.txt /app/code.txt\n"
         );
-        let repo = GitRepo::new();
-        let first_sha = repo.commit(
+        let repo = GitRepo::empty();
+        let first_sha = repo.commit_files(
             &[
                 ("slipway.toml", "name = \"shop\"\n[run]\nport = 8080\n"),
                 ("Dockerfile", &dockerfile),
@@ -987,7 +743,7 @@ mod tests {
         let cfg =
             PipelineConfig { cpu_limit: Some(1.0), memory_limit_bytes: Some(256 << 20), ..config(&root) };
 
-        let j1 = job(&repo.url(), "shop", registry.addr());
+        let j1 = job(&repo.url(), "shop", &registry.addr());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let first = run_build(&docker, &cfg, &j1, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
         let lines = collect(rx);
@@ -1007,8 +763,8 @@ mod tests {
         let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
         assert_eq!(labels.get(docker::APP_LABEL).map(String::as_str), Some("shop"));
 
-        repo.commit(&[("code.txt", "version 2\n")], "code only");
-        let j2 = job(&repo.url(), "shop", registry.addr());
+        repo.commit_files(&[("code.txt", "version 2\n")], "code only");
+        let j2 = job(&repo.url(), "shop", &registry.addr());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let second =
             run_build(&docker, &cfg, &j2, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
@@ -1037,12 +793,8 @@ mod tests {
     /// failure reason and the output show `***`, and the final stage's history is clean.
     #[tokio::test]
     async fn a_secret_build_arg_reaches_the_build_and_nothing_else() {
-        const TEST: &str = "a_secret_build_arg_reaches_the_build_and_nothing_else";
-        let Some((docker, base)) = engine_with_base(TEST).await else { return };
-        let registry = match Registry::start() {
-            Ok(r) => r,
-            Err(e) => return skip_or_fail(TEST, &e),
-        };
+        let Some((docker, base)) = engine_with_base().await else { return };
+        let Some(registry) = require_registry().await else { return };
         let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4().simple());
         let (tmp, root) = build_root();
         let secrets_dir = tmp.path().join("secrets");
@@ -1054,17 +806,17 @@ mod tests {
             secret.len()
         );
         let manifest = "name = \"vault\"\n[build]\nsecret_args = [\"NPM_TOKEN\"]\n";
-        let repo = GitRepo::new();
+        let repo = GitRepo::empty();
 
         // A failing step that printed the secret: masked in the reason too.
-        repo.commit(
+        repo.commit_files(
             &[
                 ("slipway.toml", manifest),
                 ("Dockerfile", &format!("FROM {base}\nARG NPM_TOKEN\n{check} && false\n")),
             ],
             "fails",
         );
-        let j = job(&repo.url(), "vault", registry.addr());
+        let j = job(&repo.url(), "vault", &registry.addr());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let err = run_build(&docker, &cfg, &j, LogSink::new(tx)).await.unwrap_err();
         assert_eq!(err.phase, "build", "{}", err.reason);
@@ -1072,14 +824,14 @@ mod tests {
         assert!(!err.reason.contains(&secret), "{}", err.reason);
         assert!(collect(rx).iter().all(|l| !l.contains(&secret)));
 
-        repo.commit(
+        repo.commit_files(
             &[(
                 "Dockerfile",
                 &format!("FROM {base} AS build\nARG NPM_TOKEN\n{check}\nFROM {base}\nENV DONE=1\n"),
             )],
             "works",
         );
-        let j = job(&repo.url(), "vault", registry.addr());
+        let j = job(&repo.url(), "vault", &registry.addr());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let output = run_build(&docker, &cfg, &j, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
         let lines = collect(rx);
@@ -1099,11 +851,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_step_fails_the_build_phase_naming_the_step() {
-        const TEST: &str = "a_failing_step_fails_the_build_phase_naming_the_step";
-        let Some((docker, base)) = engine_with_base(TEST).await else { return };
-        let repo = GitRepo::new();
+        let Some((docker, base)) = engine_with_base().await else { return };
+        let repo = GitRepo::empty();
         let marker = format!("about to fail {}", uuid::Uuid::new_v4());
-        repo.commit(
+        repo.commit_files(
             &[
                 ("slipway.toml", "name = \"broken\"\n"),
                 ("Dockerfile", &format!("FROM {base}\nRUN echo {marker}\nRUN false\n")),
@@ -1123,10 +874,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_registry_fails_the_push_phase() {
-        const TEST: &str = "an_unreachable_registry_fails_the_push_phase";
-        let Some((docker, base)) = engine_with_base(TEST).await else { return };
-        let repo = GitRepo::new();
-        repo.commit(
+        let Some((docker, base)) = engine_with_base().await else { return };
+        let repo = GitRepo::empty();
+        repo.commit_files(
             &[("slipway.toml", "name = \"lonely\"\n"), ("Dockerfile", &format!("FROM {base}\nENV A=1\n"))],
             "x",
         );

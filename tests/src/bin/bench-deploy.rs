@@ -20,8 +20,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER};
-use slipway_tests::docker::{docker_cli, docker_cli_as};
-use slipway_tests::{free_port, set_app_port, GitRepo, TestCluster};
+use slipway_testkit::docker::{docker_cli, docker_cli_as};
+use slipway_testkit::{free_port, GitRepo};
+use slipway_tests::{set_app_port, TestCluster};
 
 fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));

@@ -25,8 +25,8 @@ use rand::{Rng, SeedableRng};
 use slipway_proto::agent_message::Msg;
 use slipway_proto::agent_service_client::AgentServiceClient;
 use slipway_proto::{AgentMessage, Hello, NodeReport};
+use slipway_testkit::free_port;
 use slipway_tests::cluster::{binary, PROFILE_ENV};
-use slipway_tests::free_port;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -69,7 +69,7 @@ async fn start_scheduler() -> Scheduler {
         .stderr(log)
         .spawn()
         .expect("start slipway-scheduler");
-    slipway_tests::wait_for_http(&format!("http://{http}/readyz"), Duration::from_secs(30))
+    slipway_testkit::wait_for_http(&format!("http://{http}/readyz"), Duration::from_secs(30))
         .await
         .expect("scheduler ready");
     Scheduler { child, grpc, http, _dir: dir }

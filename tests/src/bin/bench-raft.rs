@@ -53,8 +53,8 @@ use slipway_proto::raft_client::RaftClient;
 use slipway_proto::{ClusterStatusRequest, ClusterStatusResponse, RaftPayload};
 use slipway_scheduler::raft::network::{endpoint, ForwardedWrite, LEADER_ADDR_METADATA};
 use slipway_scheduler::state::{Command, NodeRecord, Response};
+use slipway_testkit::free_port;
 use slipway_tests::cluster::{binary, PROFILE_ENV};
-use slipway_tests::free_port;
 use tonic::transport::Channel;
 
 /// Generated client code for the subset of etcd's v3 API in `tests/proto/etcd/rpc.proto`.
@@ -393,7 +393,7 @@ impl Slipway {
         command.arg("--config").arg(&m.config).env("RUST_LOG", "warn");
         m.process = Some(Running::spawn(command, &m.log));
         let url = format!("http://{}/healthz", m.http);
-        if let Err(e) = slipway_tests::wait_for_http(&url, SETTLE_TIMEOUT).await {
+        if let Err(e) = slipway_testkit::wait_for_http(&url, SETTLE_TIMEOUT).await {
             panic!("scheduler {id} does not serve: {e}\n{}", tail(&m.log, 20));
         }
     }

@@ -25,8 +25,9 @@ use std::time::Duration;
 
 use slipway_agent::pipeline::docker::APP_LABEL;
 use slipway_proto::{self as pb};
+use slipway_testkit::{free_port, GitRepo};
 use slipway_tests::cluster::DeployRun;
-use slipway_tests::{free_port, Fleet, GitRepo, TestCluster};
+use slipway_tests::{Fleet, TestCluster};
 
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();

@@ -1,5 +1,8 @@
-//! The local Docker engine: a client for tests ([`require_docker`]), the locally
-//! built base image ([`base_image`]) and a single-node Swarm ([`ensure_swarm`]).
+//! The local Docker engine: a client for tests ([`require_docker`]), the one base image
+//! ([`base_image`], `slipway/busybox:latest`, built by `packaging/base-image.sh` and by
+//! nothing else), both at once ([`engine_with_base`]), a single-node Swarm
+//! ([`ensure_swarm`]), the docker CLI ([`docker_cli`]) and cleanup of what a test made
+//! ([`remove_images`], [`StackCleanup`]).
 //!
 //! Machine-wide set-up runs once per test process (a [`OnceCell`]) and under `flock`
 //! across processes: `packaging/base-image.sh` locks `/tmp/slipway-base-image.lock`
@@ -10,7 +13,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use fs2::FileExt;
@@ -36,7 +39,7 @@ const SWARM_LOCK: &str = "/tmp/slipway-swarm.lock";
 ///
 /// ```no_run
 /// # async fn t() {
-/// let Some(docker) = slipway_tests::require_docker().await else { return };
+/// let Some(docker) = slipway_testkit::require_docker().await else { return };
 /// # }
 /// ```
 pub async fn require_docker() -> Option<Docker> {
@@ -56,6 +59,14 @@ async fn connect() -> anyhow::Result<Docker> {
     let docker = Docker::connect_with_unix_defaults()?.negotiate_version().await?;
     docker.ping().await?;
     Ok(docker.with_timeout(DOCKER_TIMEOUT))
+}
+
+/// The local engine ([`require_docker`]) with [`BASE_IMAGE`] in it ([`base_image`]):
+/// what a test that builds images needs. `None` after a loud skip where no engine
+/// answers.
+pub async fn engine_with_base() -> Option<(Docker, &'static str)> {
+    let docker = require_docker().await?;
+    Some((docker, base_image().await))
 }
 
 /// Makes sure [`BASE_IMAGE`] exists, building it with `packaging/base-image.sh` (a
@@ -207,5 +218,61 @@ fn run_docker(mut command: Command, args: &[&str], stdin: Option<&str>) -> Resul
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         ))
+    }
+}
+
+/// Removes `images` (names, references or ids) from `docker`'s engine, forced, ignoring
+/// errors: cleanup, so that repeated runs do not pile up test images.
+pub async fn remove_images(docker: &Docker, images: &[String]) {
+    for image in images {
+        let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().force(true).build();
+        let _ = docker.remove_image(image, Some(options), None).await;
+    }
+}
+
+/// Removes the Swarm stack `stack` from the local engine: its services (those labelled
+/// `com.docker.stack.namespace=<stack>`, as `docker stack deploy` and slipway label
+/// them), then its `<stack>_default` network and its volumes, retrying for up to 20 s
+/// while the tasks' containers go (until then the network and volumes are in use) and
+/// until the network is gone.
+/// Best effort: never panics.
+pub fn remove_stack(stack: &str) {
+    let filter = format!("label=com.docker.stack.namespace={stack}");
+    let services = docker_cli(&["service", "ls", "-q", "--filter", &filter]).unwrap_or_default();
+    for id in services.split_whitespace() {
+        let _ = docker_cli(&["service", "rm", id]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let network = format!("{stack}_default");
+    loop {
+        // A Swarm network removed while tasks still hold it lingers a moment after `rm`
+        // succeeds: it is gone when `inspect` no longer finds it.
+        let _ = docker_cli(&["network", "rm", &network]);
+        let network_gone = docker_cli(&["network", "inspect", &network]).is_err();
+        let volumes = docker_cli(&["volume", "ls", "-q", "--filter", &filter]).unwrap_or_default();
+        let volumes_gone = volumes.split_whitespace().all(|v| docker_cli(&["volume", "rm", v]).is_ok());
+        if (network_gone && volumes_gone) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Removes a Swarm stack ([`remove_stack`]) when dropped, also when the test panicked.
+#[derive(Debug)]
+pub struct StackCleanup {
+    stack: String,
+}
+
+impl StackCleanup {
+    /// A guard for `stack`.
+    pub fn new(stack: &str) -> StackCleanup {
+        StackCleanup { stack: stack.to_string() }
+    }
+}
+
+impl Drop for StackCleanup {
+    fn drop(&mut self) {
+        remove_stack(&self.stack);
     }
 }

@@ -1,11 +1,12 @@
 //! [`GitRepo`]: an app's source in a fresh git repository, as the agent sees it.
 //!
 //! [`GitRepo::from_example`] copies `examples/<name>` into a temporary directory,
-//! runs `git init -b main` and commits it; the agent clones it through
-//! [`GitRepo::url`] (`file://…`, so `git clone --depth 1` works as over a network).
-//! Tests then change files and commit to make new revisions. The repository's git
-//! configuration is local to it: the user's and system's are ignored, so a global
-//! `commit.gpgsign` or hook cannot break a test.
+//! runs `git init -b main` and commits it; [`GitRepo::empty`] starts with no commit.
+//! The agent clones it through [`GitRepo::url`] (`file://…`, so `git clone --depth 1`
+//! works as over a network). Tests then change files and commit to make new revisions.
+//! The repository's git configuration is local to it: [`git`], which runs every git
+//! command here, ignores the user's and system's, so a global `commit.gpgsign` or hook
+//! cannot break a test.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,17 +36,33 @@ impl GitRepo {
     /// The contents of `source` (without any `.git`) committed into a new repository
     /// whose directory is named `name`.
     pub fn from_dir(name: &str, source: &Path) -> GitRepo {
+        let repo = GitRepo::init(name, |path| {
+            copy_tree(source, path)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", source.display(), path.display()))
+        });
+        repo.commit("initial commit");
+        repo
+    }
+
+    /// A repository on branch `main` with nothing committed yet, its directory named
+    /// `repo`.
+    pub fn empty() -> GitRepo {
+        GitRepo::init("repo", |path| {
+            fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()))
+        })
+    }
+
+    /// `<tempdir>/<name>`, filled by `fill`, then `git init` with a local identity.
+    fn init(name: &str, fill: impl FnOnce(&Path)) -> GitRepo {
         let tmp = tempfile::Builder::new().prefix("slipway-git-").tempdir().expect("create a tempdir");
         let path = tmp.path().join(name);
-        copy_tree(source, &path)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", source.display(), path.display()));
+        fill(&path);
         let repo = GitRepo { _tmp: tmp, path };
         repo.git(&["init", "-q", "-b", "main"]);
         repo.git(&["config", "user.name", "slipway tests"]);
         repo.git(&["config", "user.email", "tests@slipway.invalid"]);
         repo.git(&["config", "commit.gpgsign", "false"]);
         repo.git(&["config", "tag.gpgsign", "false"]);
-        repo.commit("initial commit");
         repo
     }
 
@@ -77,6 +94,15 @@ impl GitRepo {
         self.head()
     }
 
+    /// Writes `files` (path relative to the working tree, contents) and commits every
+    /// change as [`GitRepo::commit`] does; the new commit's sha.
+    pub fn commit_files(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (rel, contents) in files {
+            self.write(rel, contents);
+        }
+        self.commit(message)
+    }
+
     /// Creates the lightweight tag `name` at HEAD.
     pub fn tag(&self, name: &str) {
         self.git(&["tag", name]);
@@ -89,24 +115,31 @@ impl GitRepo {
 
     /// Runs `git <args>` in the repository; its trimmed stdout. Panics on failure.
     pub fn git(&self, args: &[&str]) -> String {
-        let output = Command::new("git")
-            .args(args)
-            .current_dir(&self.path)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run git (is it installed?): {e}"));
-        assert!(
-            output.status.success(),
-            "git {} in {} failed ({}): {}",
-            args.join(" "),
-            self.path.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+        git(&self.path, args)
     }
+}
+
+/// Runs `git <args>` in `dir` (any directory: a [`GitRepo`], a clone of one) with the
+/// system's and user's git configuration ignored; its trimmed stdout. Panics with
+/// git's stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run git (is it installed?): {e}"));
+    assert!(
+        output.status.success(),
+        "git {} in {} failed ({}): {}",
+        args.join(" "),
+        dir.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 impl std::fmt::Debug for GitRepo {

@@ -3,27 +3,30 @@
 //! Debian's `docker-registry` (Distribution 2.8) runs as a child process on a free
 //! 127.0.0.1 port with its storage in a temporary directory, configured like
 //! `packaging/registry.sh` does it (filesystem storage, deletes enabled, log level
-//! warn; no auth unless given a [`TokenAuth`]). Docker treats 127.0.0.0/8 registries as insecure, so the engine
-//! pushes to it over plain http without configuration. [`Registry::start_on`] listens
-//! on another address instead (a [`NetLab`](crate::NetLab)'s host address, for a
-//! fleet): engines then need it in their `insecure-registries`. With a [`TokenAuth`]
-//! ([`Registry::start_with`], [`Registry::require_tokens`]) it runs as slipway's
-//! registries do with TLS on: `auth: token`, a scheduler's `/v2/token` as the realm, the
-//! cluster CA as `rootcertbundle`; its HTTP helpers then fetch a pull token for the
-//! repository they look at, with a grant minted from the CA. Dropping the [`Registry`]
-//! kills the process and deletes its storage.
+//! warn; no auth unless given a [`TokenAuth`]). Docker treats 127.0.0.0/8 registries as
+//! insecure, so the engine pushes to it over plain http without configuration.
+//! [`Registry::start_on`] listens on another address instead (a
+//! [`NetLab`](crate::NetLab)'s host address, for a fleet): engines then need it in their
+//! `insecure-registries`. With a [`TokenAuth`] ([`Registry::start_with`],
+//! [`Registry::require_tokens`]) it runs `auth: token` with the realm, service, issuer
+//! and root certificate bundle the caller gives (slipway's tests give a scheduler's
+//! `/v2/token` and the cluster CA); its HTTP helpers then fetch a pull token from the
+//! realm for the repository they look at, logging in with what
+//! [`TokenAuth::pull_login`] returns. Dropping the [`Registry`] kills the process and
+//! deletes its storage.
 
 use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use reqwest::{header, StatusCode};
-use slipway_scheduler::pki::Ca;
-use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
 use tempfile::TempDir;
+
+use crate::docker::docker_cli;
 
 /// The manifest media types a registry client accepts: Docker v2 schema 2 and OCI,
 /// single-platform and index. Without them the registry may answer with (or refuse
@@ -36,13 +39,64 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 3;
 
-/// Token authentication for a [`Registry`]: who issues its tokens and what signs them.
+/// What a [`Registry`] needs to run with `auth: token`: the values of that config
+/// section, and how its own HTTP helpers log in to the realm for a pull token.
 #[derive(Clone)]
 pub struct TokenAuth {
-    /// `http://<scheduler http_listen>/v2/token`, reachable from every engine.
+    /// Where clients get tokens (`auth.token.realm`), e.g. a scheduler's
+    /// `http://<http_listen>/v2/token`; must be reachable from every engine.
     pub realm: String,
-    /// The cluster CA: the registry's `rootcertbundle`, and the test's own grants.
-    pub ca: Ca,
+    /// The `service` the realm issues tokens for and the registry expects in them.
+    pub service: String,
+    /// The `iss` of the tokens the registry accepts.
+    pub issuer: String,
+    /// PEM of the certificates that sign tokens (`rootcertbundle`), written to
+    /// `ca.pem` in the registry's directory.
+    pub root_cert_bundle: String,
+    /// The basic-auth login (user, password) the helpers present to the realm for a
+    /// pull token of a repository; `None` leaves them without tokens (they then see the
+    /// registry's 401).
+    pub pull_login: Option<PullLogin>,
+}
+
+/// For a repository name, the (user, password) that the realm grants a pull token for it.
+pub type PullLogin = Arc<dyn Fn(&str) -> (String, String) + Send + Sync>;
+
+impl TokenAuth {
+    /// `auth: token` with these values, no pull login (see [`TokenAuth::with_pull_login`]).
+    pub fn new(
+        realm: impl Into<String>,
+        service: impl Into<String>,
+        issuer: impl Into<String>,
+        root_cert_bundle: impl Into<String>,
+    ) -> TokenAuth {
+        TokenAuth {
+            realm: realm.into(),
+            service: service.into(),
+            issuer: issuer.into(),
+            root_cert_bundle: root_cert_bundle.into(),
+            pull_login: None,
+        }
+    }
+
+    /// The same, with `login` giving the helpers' realm login for a repository.
+    pub fn with_pull_login(
+        self,
+        login: impl Fn(&str) -> (String, String) + Send + Sync + 'static,
+    ) -> TokenAuth {
+        TokenAuth { pull_login: Some(Arc::new(login)), ..self }
+    }
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("realm", &self.realm)
+            .field("service", &self.service)
+            .field("issuer", &self.issuer)
+            .field("pull_login", &self.pull_login.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running `docker-registry` (on 127.0.0.1 unless started with
@@ -58,6 +112,21 @@ pub struct Registry {
     http: reqwest::Client,
     /// Token auth, if it runs with it.
     auth: Option<TokenAuth>,
+    /// References [`Registry::build_and_push`] made in the local engine, untagged on drop.
+    built: Mutex<Vec<String>>,
+}
+
+/// A registry on loopback ([`Registry::start`]), or `None` after a loud
+/// [`skip`](crate::skip) where `docker-registry` is not installed. Panics if it is
+/// installed and does not start.
+pub async fn require_registry() -> Option<Registry> {
+    if Registry::binary().is_none() {
+        crate::skip(
+            "this test needs docker-registry, which is not installed. Fix: apt-get install docker-registry",
+        );
+        return None;
+    }
+    Some(Registry::start().await)
 }
 
 impl Registry {
@@ -114,7 +183,9 @@ impl Registry {
             let dir = tempfile::Builder::new().prefix("slipway-registry-").tempdir_in(parent)?;
             let port = crate::net::free_port_on(ip);
             match spawn_and_wait(&binary, dir.path(), ip, port, auth.as_ref(), &http).await {
-                Ok(child) => return Ok(Registry { child, ip, port, dir, http, auth }),
+                Ok(child) => {
+                    return Ok(Registry { child, ip, port, dir, http, auth, built: Mutex::default() })
+                }
                 Err(e) => last_error = Some(e),
             }
         }
@@ -177,6 +248,35 @@ impl Registry {
     /// Its log so far (level warn, plus the access log), for failure messages.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Builds `context` (a directory holding a `Dockerfile`) with the local engine as
+    /// `<addr>/<repo>:<tag>`, pushes it here and returns it pinned by digest,
+    /// `<addr>/<repo>@sha256:…`. Both references are untagged from the engine when the
+    /// registry is dropped (the layers stay in its cache for the next run). For a
+    /// registry without token auth (the engine pushes without logging in). Panics with
+    /// the registry's log if the build or push fails.
+    pub fn build_and_push(&self, context: &Path, repo: &str, tag: &str) -> String {
+        let repository = self.image(repo);
+        let tagged = format!("{repository}:{tag}");
+        let context_arg = context.to_str().expect("a UTF-8 context path");
+        docker_cli(&["build", "-q", "-t", &tagged, context_arg]).unwrap_or_else(|e| panic!("{e}"));
+        self.lock_built().push(tagged.clone());
+        docker_cli(&["push", &tagged]).unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", self.log()));
+        let digests =
+            docker_cli(&["inspect", "--format", "{{range .RepoDigests}}{{println .}}{{end}}", &tagged])
+                .unwrap_or_else(|e| panic!("{e}"));
+        let pinned = digests
+            .lines()
+            .find(|d| d.starts_with(&format!("{repository}@sha256:")))
+            .unwrap_or_else(|| panic!("no digest of {repository} in {digests:?} after the push"))
+            .to_string();
+        self.lock_built().push(pinned.clone());
+        pinned
+    }
+
+    fn lock_built(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Does the registry hold the manifest `digest` (`sha256:…`) of `repo`?
@@ -243,29 +343,33 @@ impl Registry {
         format!("http://{}/v2", self.addr())
     }
 
-    /// GETs `url`, with a pull token for `repo` when the registry wants tokens.
+    /// GETs `url`, with a pull token for `repo` when the registry wants tokens and
+    /// [`TokenAuth::pull_login`] says how to get one.
     async fn get(&self, url: &str, repo: Option<&str>) -> reqwest::Response {
         let mut request = self.http.get(url).header(header::ACCEPT, MANIFEST_ACCEPT);
         if let (Some(auth), Some(repo)) = (&self.auth, repo) {
-            request = request.bearer_auth(self.pull_token(auth, repo).await);
+            if let Some(login) = &auth.pull_login {
+                request = request.bearer_auth(self.pull_token(auth, login, repo).await);
+            }
         }
         request.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}\nregistry log:\n{}", self.log()))
     }
 
-    /// A token to pull `repo`, from the token server, for a one-minute grant.
-    async fn pull_token(&self, auth: &TokenAuth, repo: &str) -> String {
-        let grant = issue_grant(&auth.ca, repo, &["pull"], Duration::from_secs(60));
+    /// A token to pull `repo`, from the realm (the Docker token protocol: `GET
+    /// realm?service=…&scope=repository:<repo>:pull` with basic auth).
+    async fn pull_token(&self, auth: &TokenAuth, login: &PullLogin, repo: &str) -> String {
+        let (user, password) = login(repo);
         let response = self
             .http
             .get(&auth.realm)
-            .query(&[("service", SERVICE), ("scope", &format!("repository:{repo}:pull"))])
-            .basic_auth(GRANT_USER, Some(grant))
+            .query(&[("service", auth.service.as_str()), ("scope", &format!("repository:{repo}:pull"))])
+            .basic_auth(user, Some(password))
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {}: {e}", auth.realm));
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        assert_eq!(status, StatusCode::OK, "the token server refused a pull grant for {repo}: {body}");
+        assert_eq!(status, StatusCode::OK, "the token server refused a pull login for {repo}: {body}");
         body["token"].as_str().expect("a token").to_string()
     }
 
@@ -286,6 +390,9 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for reference in self.lock_built().drain(..) {
+            let _ = docker_cli(&["image", "rm", &reference]);
+        }
         // `dir` is removed after this, when the fields drop.
     }
 }
@@ -308,7 +415,7 @@ fn installed_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// The registry's configuration: the same as `packaging/registry.sh` writes. With
-/// `auth`, the CA goes to `DIR/ca.pem`.
+/// `auth`, its root certificate bundle goes to `DIR/ca.pem`.
 fn config(dir: &Path, ip: IpAddr, port: u16, auth: Option<&TokenAuth>) -> anyhow::Result<String> {
     let mut config = format!(
         "version: 0.1\n\
@@ -319,10 +426,12 @@ fn config(dir: &Path, ip: IpAddr, port: u16, auth: Option<&TokenAuth>) -> anyhow
     );
     if let Some(auth) = auth {
         let bundle = dir.join("ca.pem");
-        fs::write(&bundle, &auth.ca.cert_pem)?;
+        fs::write(&bundle, &auth.root_cert_bundle)?;
         config += &format!(
-            "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
             auth.realm,
+            auth.service,
+            auth.issuer,
             bundle.display()
         );
     }
