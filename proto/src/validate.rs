@@ -194,6 +194,96 @@ pub fn is_file_url(url: &str) -> bool {
     url.starts_with("file://")
 }
 
+/// `sha256:` followed by 64 lowercase hex digits: the only image digest slipway records.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// An image digest ([`is_digest`]).
+pub fn digest(d: &str) -> Result<(), Invalid> {
+    if is_digest(d) {
+        Ok(())
+    } else {
+        Err(invalid("image digest", format!("{d:?} is not sha256: and 64 lowercase hex digits")))
+    }
+}
+
+/// A repository to push to or run from: `host[:port]/path`, the registry named (a bare
+/// `shop` would go to Docker Hub), the path in lowercase, no tag or digest.
+pub fn repository(repository: &str) -> Result<(), Invalid> {
+    let bad = |why: &str| Err(invalid("repository", format!("{repository:?} {why}")));
+    if repository.is_empty() || repository.len() > 255 {
+        return bad("must be 1 to 255 characters long");
+    }
+    if repository.starts_with('-') || repository.contains('@') {
+        return bad("must not start with '-' or hold a digest");
+    }
+    let (host, path) = match repository.split_once('/') {
+        Some((host, path)) if host.contains(['.', ':']) || host == "localhost" => (host, path),
+        _ => return bad("must name its registry, like 127.0.0.1:5000/shop"),
+    };
+    if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':')) {
+        return bad("has an invalid registry host");
+    }
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && c.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
+    };
+    if !path.split('/').all(component_ok) {
+        return bad("must be lowercase path components of letters, digits, '.', '_' and '-', without a tag");
+    }
+    Ok(())
+}
+
+/// The registry part of a repository (`docker.io` when there is none).
+pub fn registry_of(repository: &str) -> &str {
+    match repository.split_once('/') {
+        Some((host, _)) if host.contains(['.', ':']) || host == "localhost" => host,
+        _ => "docker.io",
+    }
+}
+
+/// An image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn tag(tag: &str) -> Result<(), Invalid> {
+    let ok = (1..=128).contains(&tag.len())
+        && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("image tag", format!("{tag:?} is not a valid image tag")))
+    }
+}
+
+/// An image pinned by digest, `<repository>@sha256:<64 hex>`: what a service runs.
+pub fn image(image: &str) -> Result<(), Invalid> {
+    const WHAT: &str = "image";
+    let Some((repository, digest)) = image.rsplit_once('@') else {
+        return Err(invalid(
+            WHAT,
+            format!("{image:?} is not pinned by digest; expected <repository>@sha256:<64 hex>"),
+        ));
+    };
+    if !is_digest(digest) {
+        return Err(invalid(
+            WHAT,
+            format!("{image:?} has digest {digest:?}; expected sha256: and 64 lowercase hex digits"),
+        ));
+    }
+    if repository.is_empty() || repository.starts_with('-') || repository.contains('@') {
+        return Err(invalid(WHAT, format!("{image:?} has no valid repository before '@'")));
+    }
+    if repository.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(WHAT, format!("{image:?} contains whitespace or control characters")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,5 +569,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn digests_repositories_tags_and_images_are_checked() {
+        assert!(is_digest(&format!("sha256:{}", "0".repeat(64))));
+        assert!(!is_digest(&format!("sha256:{}", "A".repeat(64))));
+        assert!(!is_digest(&format!("sha512:{}", "0".repeat(64))));
+        assert!(!is_digest("sha256:abc"));
+        assert!(digest("sha256:abc").unwrap_err().to_string().contains("64 lowercase hex"));
+        for ok in ["127.0.0.1:5000/shop", "registry.local/team/shop", "localhost/shop"] {
+            assert_eq!(repository(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "shop",
+            "team/shop",
+            "127.0.0.1:5000/Shop",
+            "127.0.0.1:5000/shop:1",
+            "r.local/shop@sha256:00",
+            "-x",
+            "r.local//b",
+            "r.local/",
+            "bad host:1/x",
+        ] {
+            assert!(repository(bad).is_err(), "{bad}");
+        }
+        assert_eq!(registry_of("127.0.0.1:5000/shop"), "127.0.0.1:5000");
+        assert_eq!(registry_of("library/shop"), "docker.io");
+        assert!(tag("b-1.2_x").is_ok());
+        assert!(tag("-x").is_err() && tag("").is_err() && tag("a/b").is_err());
     }
 }

@@ -347,7 +347,10 @@ impl SchedulerConfig {
                 return Err(ConfigError::Invalid(format!("cluster.members: id {} is listed twice", m.id)));
             }
             if !addrs.insert(m.addr.as_str()) {
-                return Err(ConfigError::Invalid(format!("cluster.members: address {} is listed twice", m.addr)));
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.members: address {} is listed twice",
+                    m.addr
+                )));
             }
             if m.addr.is_empty() || m.addr.contains('/') {
                 return Err(ConfigError::Invalid(format!(

@@ -82,10 +82,7 @@ pub fn build_output(o: &state::BuildOutput) -> pb::BuildOutput {
 
 /// Validates what an agent reported before it enters the replicated state.
 pub fn build_output_from(o: &pb::BuildOutput) -> Result<state::BuildOutput, String> {
-    let digest_ok = o.digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    });
-    if !digest_ok {
+    if !slipway_proto::validate::is_digest(&o.digest) {
         return Err(format!("agent reported an invalid image digest {:?}", o.digest));
     }
     if o.repository.is_empty() {

@@ -35,6 +35,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::StreamExt;
+use slipway_proto::validate::{self, registry_of};
 
 use super::secrets::SecretArgs;
 use super::LogSink;
@@ -142,8 +143,8 @@ pub async fn build_image(
     opts: &BuildOpts,
     log: &LogSink,
 ) -> Result<BuildStats, Failure> {
-    validate_repository(&opts.repository).map_err(Failure::Build)?;
-    validate_tag(&opts.build_id).map_err(Failure::Build)?;
+    validate::repository(&opts.repository).map_err(|e| Failure::Build(e.to_string()))?;
+    validate::tag(&opts.build_id).map_err(|e| Failure::Build(e.to_string()))?;
     let tag = format!("{}:{}", opts.repository, opts.build_id);
     let latest = format!("{}:latest", opts.repository);
     // With `cachefrom` set, the classic builder trusts only the cache sources' ancestry,
@@ -299,8 +300,8 @@ pub async fn push_image(
     login: Option<&RegistryLogin>,
     log: &LogSink,
 ) -> Result<PushStats, Failure> {
-    validate_repository(repository).map_err(Failure::Push)?;
-    validate_tag(tag).map_err(Failure::Push)?;
+    validate::repository(repository).map_err(|e| Failure::Push(e.to_string()))?;
+    validate::tag(tag).map_err(|e| Failure::Push(e.to_string()))?;
     let registry = registry_of(repository);
     log.line(format!("==> pushing {repository}:{tag} to {registry}"));
     let mut progress = PushProgress::default();
@@ -329,7 +330,7 @@ pub async fn push_image(
                 })?
         }
     };
-    if !is_digest(&digest) {
+    if !validate::is_digest(&digest) {
         return Err(Failure::Push(format!("registry {registry} reported an invalid digest {digest:?}")));
     }
     Ok(PushStats {
@@ -567,7 +568,7 @@ impl PushProgress {
             s => {
                 // `<tag>: digest: sha256:… size: N`
                 if let Some((_, rest)) = s.split_once(": digest: ") {
-                    if let Some(digest) = rest.split_whitespace().next().filter(|d| is_digest(d)) {
+                    if let Some(digest) = rest.split_whitespace().next().filter(|d| validate::is_digest(d)) {
                         self.digest = Some(digest.to_string());
                     }
                 }
@@ -577,63 +578,6 @@ impl PushProgress {
 
     fn bytes(&self) -> u64 {
         self.uploading.values().sum()
-    }
-}
-
-/// `sha256:` followed by 64 lowercase hex digits.
-pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
-/// A repository to push to: `host[:port]/path`, the path in lowercase, no tag or digest.
-pub fn validate_repository(repository: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("repository {repository:?} {why}"));
-    if repository.is_empty() || repository.len() > 255 {
-        return bad("must be 1 to 255 characters long");
-    }
-    if repository.starts_with('-') || repository.contains('@') {
-        return bad("must not start with '-' or hold a digest");
-    }
-    // The registry must be explicit: a bare `shop` would go to Docker Hub.
-    let (host, path) = match repository.split_once('/') {
-        Some((host, path)) if host.contains(['.', ':']) || host == "localhost" => (host, path),
-        _ => return bad("must name its registry, like 127.0.0.1:5000/shop"),
-    };
-    if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':')) {
-        return bad("has an invalid registry host");
-    }
-    let component_ok = |c: &str| {
-        !c.is_empty()
-            && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
-            && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
-            && c.chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
-    };
-    if !path.split('/').all(component_ok) {
-        return bad("must be lowercase path components of letters, digits, '.', '_' and '-', without a tag");
-    }
-    Ok(())
-}
-
-/// An image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn validate_tag(tag: &str) -> Result<(), String> {
-    let ok = (1..=128).contains(&tag.len())
-        && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{tag:?} is not a valid image tag"))
-    }
-}
-
-/// The registry part of a repository (`docker.io` when there is none).
-pub fn registry_of(repository: &str) -> &str {
-    match repository.split_once('/') {
-        Some((host, _)) if host.contains(['.', ':']) || host == "localhost" => host,
-        _ => "docker.io",
     }
 }
 
@@ -771,34 +715,5 @@ mod tests {
         assert_eq!((p.pushed, p.reused), (2, 2));
         assert_eq!(p.bytes(), 2048 + 2_129_920);
         assert_eq!(p.digest.as_deref(), Some(digest.as_str()));
-    }
-
-    #[test]
-    fn digests_repositories_and_tags_are_checked() {
-        assert!(is_digest(&format!("sha256:{}", "0".repeat(64))));
-        assert!(!is_digest(&format!("sha256:{}", "A".repeat(64))));
-        assert!(!is_digest(&format!("sha512:{}", "0".repeat(64))));
-        assert!(!is_digest("sha256:abc"));
-        for ok in ["127.0.0.1:5000/shop", "registry.local/team/shop", "localhost/shop"] {
-            assert_eq!(validate_repository(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "",
-            "shop",
-            "team/shop",
-            "127.0.0.1:5000/Shop",
-            "127.0.0.1:5000/shop:1",
-            "r.local/shop@sha256:00",
-            "-x",
-            "r.local//b",
-            "r.local/",
-            "bad host:1/x",
-        ] {
-            assert!(validate_repository(bad).is_err(), "{bad}");
-        }
-        assert_eq!(registry_of("127.0.0.1:5000/shop"), "127.0.0.1:5000");
-        assert_eq!(registry_of("library/shop"), "docker.io");
-        assert!(validate_tag("b-1.2_x").is_ok());
-        assert!(validate_tag("-x").is_err() && validate_tag("").is_err() && validate_tag("a/b").is_err());
     }
 }

@@ -284,7 +284,7 @@ fn check_job(job: &BuildJob) -> Result<(), Failure> {
         )));
     }
     slipway_proto::validate::app_name(&job.app).map_err(|e| Failure::Setup(e.to_string()))?;
-    docker::validate_repository(&job.repository).map_err(Failure::Setup)?;
+    slipway_proto::validate::repository(&job.repository).map_err(|e| Failure::Setup(e.to_string()))?;
     Ok(())
 }
 
@@ -748,7 +748,7 @@ mod tests {
         let first = run_build(&docker, &cfg, &j1, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
         let lines = collect(rx);
         assert_eq!(first.git_sha, first_sha);
-        assert!(docker::is_digest(&first.digest), "{}", first.digest);
+        assert!(slipway_proto::validate::is_digest(&first.digest), "{}", first.digest);
         assert_eq!(first.repository, format!("{}/shop", registry.addr()));
         assert_eq!(first.steps, 4, "{lines:#?}");
         assert_eq!(first.cache_hits, 0, "{lines:#?}");

@@ -48,8 +48,7 @@ mod spec;
 
 pub use grants::{renew_pull_grant, Renewal};
 pub use spec::{
-    monitor_period, network_name, sanitize_path, service_name, service_spec, validate, validate_image,
-    volume_name,
+    monitor_period, network_name, sanitize_path, service_name, service_spec, validate, volume_name,
 };
 
 use converge::converge;

@@ -61,31 +61,6 @@ fn invalid(what: &'static str, reason: impl Into<String>) -> Invalid {
     Invalid { what, reason: reason.into() }
 }
 
-/// Checks that `image` is pinned by digest: `<repository>@sha256:<64 lowercase hex>`.
-pub fn validate_image(image: &str) -> Result<(), Invalid> {
-    const WHAT: &str = "image";
-    let Some((repository, digest)) = image.rsplit_once('@') else {
-        return Err(invalid(
-            WHAT,
-            format!("{image:?} is not pinned by digest; expected <repository>@sha256:<64 hex>"),
-        ));
-    };
-    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
-        return Err(invalid(
-            WHAT,
-            format!("{image:?} has digest {digest:?}; expected sha256: and 64 lowercase hex digits"),
-        ));
-    }
-    if repository.is_empty() || repository.starts_with('-') || repository.contains('@') {
-        return Err(invalid(WHAT, format!("{image:?} has no valid repository before '@'")));
-    }
-    if repository.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(WHAT, format!("{image:?} contains whitespace or control characters")));
-    }
-    Ok(())
-}
-
 /// Stack names: 1–63 characters of `a-z`, `0-9`, `-` and `_`, starting with a letter or digit.
 fn validate_stack(stack: &str) -> Result<(), Invalid> {
     const WHAT: &str = "stack name";
@@ -193,7 +168,7 @@ fn validate_healthcheck(hc: &HealthcheckSpec) -> Result<(), Invalid> {
 /// Checks everything about a [`ServiceDeploy`] that can be checked without Docker.
 pub fn validate(spec: &ServiceDeploy) -> Result<(), Invalid> {
     validate_names(&spec.stack, &spec.app)?;
-    validate_image(&spec.image)?;
+    validate::image(&spec.image)?;
     if spec.port == Some(0) {
         return Err(invalid("port", "0 is not a port; leave it out to publish nothing"));
     }

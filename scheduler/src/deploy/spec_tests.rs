@@ -178,7 +178,7 @@ fn images_must_be_pinned_by_digest() {
         let msg = refused(d);
         assert!(msg.starts_with("invalid image"), "{image}: {msg}");
     }
-    assert!(validate_image(&format!("127.0.0.1:5000/a/b@{DIGEST}")).is_ok());
+    assert!(slipway_proto::validate::image(&format!("127.0.0.1:5000/a/b@{DIGEST}")).is_ok());
 }
 
 #[test]
