@@ -247,7 +247,7 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let shared = self.shared.clone();
-        shared.require_leader()?;
+        shared.store.require_leader()?;
         if !shared.fleet.is_leading() {
             return Err(Status::unavailable("this scheduler is taking over as leader; retry in a moment"));
         }
@@ -274,10 +274,11 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
             }
         }
         let name = if hello.name.is_empty() { node_id.clone() } else { hello.name.clone() };
-        let known = shared.read(|s| s.nodes.get(&node_id).map(|n| (n.name.clone(), n.labels.clone())));
+        let known = shared.store.read(|s| s.nodes.get(&node_id).map(|n| (n.name.clone(), n.labels.clone())));
         let labels = hello.labels.clone().into_iter().collect();
         if known.as_ref() != Some(&(name.clone(), labels)) {
             shared
+                .store
                 .write(Command::RegisterNode {
                     id: node_id.clone(),
                     name: name.clone(),
@@ -333,7 +334,7 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
 /// their build on this node (the build was placed again after the node was lost, was
 /// cancelled, or its app deleted): their results would be ignored anyway.
 fn cancel_superseded(shared: &Shared, node_id: &str, report: &NodeReport) {
-    let superseded: Vec<(String, u32)> = shared.read(|s| {
+    let superseded: Vec<(String, u32)> = shared.store.read(|s| {
         report
             .running
             .iter()
@@ -358,7 +359,7 @@ fn resend_lost_assignments(shared: &Shared, node_id: &str, report: Option<&NodeR
     let running: Vec<(&str, u32)> = report
         .map(|r| r.running.iter().map(|a| (a.build_id.as_str(), a.attempt)).collect())
         .unwrap_or_default();
-    let assignments: Vec<BuildAssignment> = shared.read(|s| {
+    let assignments: Vec<BuildAssignment> = shared.store.read(|s| {
         s.builds
             .values()
             .filter(|b| b.node_id.as_deref() == Some(node_id) && !b.state.is_terminal())
@@ -405,7 +406,7 @@ fn check_hello(hello: &Hello) -> Result<(), Status> {
 async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEvent) {
     let BuildEvent { build_id, attempt, event } = event;
     // Only the current attempt on the node it was given to may change the build.
-    let current = shared.read(|s| {
+    let current = shared.store.read(|s| {
         s.builds.get(&build_id).is_some_and(|b| b.attempt == attempt && b.node_id.as_deref() == Some(node_id))
     });
     if !current {
@@ -414,7 +415,8 @@ async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEve
     }
     match event {
         Some(BuildEv::Started(_)) => {
-            if let Err(err) = shared.write(Command::StartBuild { build_id: build_id.clone(), attempt }).await
+            if let Err(err) =
+                shared.store.write(Command::StartBuild { build_id: build_id.clone(), attempt }).await
             {
                 tracing::warn!(build = %build_id, %err, "cannot record build start");
             }
@@ -430,14 +432,15 @@ async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEve
             crate::dispatcher::finish_build(shared, &build_id, attempt, result).await;
         }
         Some(BuildEv::Refused(refusal)) => {
-            let node = shared.read(|s| s.nodes.get(node_id).map_or(node_id.to_string(), |n| n.name.clone()));
+            let node =
+                shared.store.read(|s| s.nodes.get(node_id).map_or(node_id.to_string(), |n| n.name.clone()));
             let reason = format!("node {node} refused it: {}", refusal.reason);
             tracing::warn!(build = %build_id, attempt, %reason, "build refused; placing it again");
             shared.fleet.refused(node_id, &refusal.reason);
             shared.events.log(&build_id, format!("==> {reason}; placing the build again"));
             let requeue =
                 Command::RequeueBuild { build_id: build_id.clone(), attempt, reason, at_ms: crate::now_ms() };
-            if let Err(err) = shared.write(requeue).await {
+            if let Err(err) = shared.store.write(requeue).await {
                 tracing::warn!(build = %build_id, %err, "cannot requeue the refused build");
             }
             shared.dispatcher_wake();

@@ -130,7 +130,7 @@ fn watch_deploy(shared: Arc<Shared>, first: Option<Event>, topic_name: String, t
             // The replicated state may already say how it ended (a watcher that joined
             // late, a leader change): then give the live feed only a moment to deliver
             // its own terminal event before answering from the state.
-            let done = shared.read(|s| terminal_from_state(s, &topic, &stack));
+            let done = shared.store.read(|s| terminal_from_state(s, &topic, &stack));
             let wait = if done.is_some() { Duration::from_millis(200) } else { Duration::from_secs(2) };
             match tokio::time::timeout(wait, live.recv()).await {
                 Ok(Ok(event)) => {
@@ -160,7 +160,7 @@ impl pb::control_server::Control for ControlService {
         check_create_app(&req)?;
         let branch = if req.branch.is_empty() { "main".to_string() } else { req.branch };
         let cmd = Command::CreateApp { name: req.name, repo: req.repo, branch, at_ms: crate::now_ms() };
-        match self.shared.write(cmd).await? {
+        match self.shared.store.write(cmd).await? {
             Applied::App(app) => Ok(Response::new(convert::app(&app, &self.shared.config.deploy.stack))),
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
@@ -171,8 +171,11 @@ impl pb::control_server::Control for ControlService {
         _: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsResponse>, Status> {
         let stack = &self.shared.config.deploy.stack;
-        let apps =
-            self.shared.read_current(|s| s.apps.values().map(|a| convert::app(a, stack)).collect()).await?;
+        let apps = self
+            .shared
+            .store
+            .read_current(|s| s.apps.values().map(|a| convert::app(a, stack)).collect())
+            .await?;
         Ok(Response::new(pb::ListAppsResponse { apps }))
     }
 
@@ -182,6 +185,7 @@ impl pb::control_server::Control for ControlService {
         let stack = &self.shared.config.deploy.stack;
         let app = self
             .shared
+            .store
             .read_current(|s| s.app(&name).map(|a| convert::app(a, stack)))
             .await?
             .map_err(Error::from)?;
@@ -194,9 +198,10 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::DeleteAppResponse>, Status> {
         let name = req.into_inner().name;
         validate::app_name(&name).map_err(Error::from)?;
-        self.shared.require_leader()?;
+        self.shared.store.require_leader()?;
         // Refuse before touching Swarm, so a refused delete changes nothing.
         self.shared
+            .store
             .read(|s| {
                 s.check_deletable(&name)?;
                 if self.shared.dispatch.is_deploying(&name) {
@@ -212,7 +217,7 @@ impl pb::control_server::Control for ControlService {
         crate::deploy::remove_app(&docker, &self.shared.config.deploy.stack, &name)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot remove the service of {name}: {e}")))?;
-        self.shared.write(Command::DeleteApp { name }).await?;
+        self.shared.store.write(Command::DeleteApp { name }).await?;
         Ok(Response::new(pb::DeleteAppResponse {}))
     }
 
@@ -223,6 +228,7 @@ impl pb::control_server::Control for ControlService {
         check_deploy(&req)?;
         let branch = self
             .shared
+            .store
             .read_current(|s| s.app(&req.app).map(|a| a.branch.clone()))
             .await?
             .map_err(Error::from)?;
@@ -239,7 +245,7 @@ impl pb::control_server::Control for ControlService {
             request_id: Some(request_id),
             at_ms: crate::now_ms(),
         };
-        let build = match self.shared.write(cmd).await? {
+        let build = match self.shared.store.write(cmd).await? {
             Applied::Build(b) => b,
             other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
@@ -264,6 +270,7 @@ impl pb::control_server::Control for ControlService {
         }
         let mut builds: Vec<pb::Build> = self
             .shared
+            .store
             .read_current(|s| {
                 if !app.is_empty() {
                     s.app(&app)?;
@@ -290,6 +297,7 @@ impl pb::control_server::Control for ControlService {
         let waiting = convert::rejections(&self.shared.dispatch.waiting_on(&id));
         let build = self
             .shared
+            .store
             .read_current(|s| s.builds.get(&id).map(|b| convert::build(b, waiting)))
             .await?
             .ok_or_else(|| Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them")))?;
@@ -302,10 +310,10 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         let id = req.build_id;
         bounded_id("build id", &id)?;
-        let state = self
-            .shared
-            .read(|s| s.builds.get(&id).map(|b| b.state))
-            .ok_or_else(|| Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them")))?;
+        let state =
+            self.shared.store.read(|s| s.builds.get(&id).map(|b| b.state)).ok_or_else(|| {
+                Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them"))
+            })?;
         let shared = self.shared.clone();
         if shared.events.has_topic(&id) {
             let sub = shared.events.subscribe(&id);
@@ -330,7 +338,7 @@ impl pb::control_server::Control for ControlService {
                         Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
                         Ok(Err(RecvError::Closed)) => return,
                         Err(_) => {
-                            if shared.read(|s| s.builds.get(&id).is_none_or(|b| b.state.is_terminal())) {
+                            if shared.store.read(|s| s.builds.get(&id).is_none_or(|b| b.state.is_terminal())) {
                                 return;
                             }
                         }
@@ -358,6 +366,7 @@ impl pb::control_server::Control for ControlService {
         validate::app_name(&app).map_err(Error::from)?;
         let releases = self
             .shared
+            .store
             .read_current(|s| {
                 s.app(&app)?;
                 Ok::<_, crate::state::ApplyError>(
@@ -378,7 +387,7 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         validate::app_name(&req.app).map_err(Error::from)?;
         bounded_id("request id", &req.request_id)?;
-        self.shared.read_current(|s| s.app(&req.app).map(|_| ())).await?.map_err(Error::from)?;
+        self.shared.store.read_current(|s| s.app(&req.app).map(|_| ())).await?.map_err(Error::from)?;
         self.shared.docker().await?;
         let request_id =
             if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
@@ -388,7 +397,7 @@ impl pb::control_server::Control for ControlService {
             request_id: Some(request_id),
             at_ms: crate::now_ms(),
         };
-        let release = match self.shared.write(cmd).await? {
+        let release = match self.shared.store.write(cmd).await? {
             Applied::Release(r) => r,
             other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
@@ -403,7 +412,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         _: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes = self.shared.read(|s| s.nodes.values().map(|n| self.node(n)).collect());
+        let nodes = self.shared.store.read(|s| s.nodes.values().map(|n| self.node(n)).collect());
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
@@ -431,7 +440,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::Node>, Status> {
         let req = req.into_inner();
         bounded_id("node", &req.node)?;
-        let node_id = self.shared.read(|s| {
+        let node_id = self.shared.store.read(|s| {
             let by_id = s.nodes.get(&req.node).map(|n| vec![n.id.clone()]);
             by_id.unwrap_or_else(|| {
                 s.nodes.values().filter(|n| n.name == req.node).map(|n| n.id.clone()).collect()
@@ -453,10 +462,11 @@ impl pb::control_server::Control for ControlService {
                 )))
             }
         };
-        let node = match self.shared.write(Command::SetDrain { node_id, draining: req.draining }).await? {
-            Applied::Node(n) => n,
-            other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
-        };
+        let node =
+            match self.shared.store.write(Command::SetDrain { node_id, draining: req.draining }).await? {
+                Applied::Node(n) => n,
+                other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
+            };
         tracing::info!(node = %node.name, draining = node.draining, "node drain changed");
         self.shared.dispatcher_wake();
         Ok(Response::new(self.node(&node)))
@@ -481,9 +491,11 @@ impl pb::control_server::Control for ControlService {
                 "addr {addr:?} must be the joining scheduler's advertised host:port"
             )));
         }
-        self.shared.require_leader()?;
+        self.shared.store.require_leader()?;
         let id = probe_joiner(&self.shared, addr, req.node_id).await?;
-        raft::add_member(&self.shared.raft, id, addr, JOIN_CATCH_UP).await.map_err(membership_status)?;
+        raft::add_member(&self.shared.store.raft(), id, addr, JOIN_CATCH_UP)
+            .await
+            .map_err(membership_status)?;
         Ok(Response::new(cluster_status(&self.shared)))
     }
 
@@ -492,8 +504,8 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let id = request.into_inner().node_id;
-        self.shared.require_leader()?;
-        raft::remove_member(&self.shared.raft, id).await.map_err(membership_status)?;
+        self.shared.store.require_leader()?;
+        raft::remove_member(&self.shared.store.raft(), id).await.map_err(membership_status)?;
         Ok(Response::new(cluster_status(&self.shared)))
     }
 }
@@ -528,7 +540,7 @@ const JOIN_CATCH_UP: Duration = Duration::from_secs(60);
 
 /// This member's view of the cluster.
 fn cluster_status(shared: &Shared) -> pb::ClusterStatusResponse {
-    let metrics = shared.raft.metrics().borrow().clone();
+    let metrics = shared.store.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
     let matched = |id: &u64| {
@@ -572,7 +584,10 @@ async fn probe_joiner(shared: &Shared, addr: &str, expected: u64) -> Result<u64,
         ))
     };
     // As a scheduler (its certificate), which the joiner's control API admits.
-    let endpoint = crate::raft::network::endpoint(addr)
+    let endpoint = shared
+        .store
+        .peers()
+        .endpoint(addr)
         .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
         .timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
@@ -587,7 +602,7 @@ async fn probe_joiner(shared: &Shared, addr: &str, expected: u64) -> Result<u64,
             theirs.node_id
         )));
     }
-    let ours = shared.raft.metrics().borrow().membership_config.membership().clone();
+    let ours = shared.store.raft().metrics().borrow().membership_config.membership().clone();
     let same_cluster = theirs.members.iter().any(|m| ours.get_node(&m.id).is_some_and(|n| n.addr == m.addr));
     if !theirs.members.is_empty() && !same_cluster {
         let listed: Vec<String> = theirs.members.iter().map(|m| format!("{}@{}", m.id, m.addr)).collect();
@@ -673,7 +688,7 @@ mod tests {
         };
         let running = crate::server::start(config).await.expect("scheduler starts");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !(running.shared.is_leader() && running.shared.fleet.is_leading()) {
+        while !(running.shared.store.is_leader() && running.shared.fleet.is_leading()) {
             assert!(std::time::Instant::now() < deadline, "no leader within 20 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -681,7 +696,7 @@ mod tests {
     }
 
     fn last_log_index(shared: &Shared) -> u64 {
-        shared.raft.metrics().borrow().last_log_index.unwrap_or_default()
+        shared.store.raft().metrics().borrow().last_log_index.unwrap_or_default()
     }
 
     /// Hostile requests over the wire: refused with the field named, oversized ones not

@@ -87,7 +87,7 @@ pub fn release_topic(r: &Release) -> String {
 
 /// Runs until shutdown. Does nothing while this member is not the leader.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut applied = shared.applied.clone();
+    let mut applied = shared.store.applied();
     let mut last_tick = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -101,7 +101,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         tokio::time::sleep_until(last_tick + MIN_TICK).await;
         applied.borrow_and_update();
         last_tick = tokio::time::Instant::now();
-        if !shared.fleet.is_leading() || !shared.is_leader() {
+        if !shared.fleet.is_leading() || !shared.store.is_leader() {
             continue;
         }
         place_queued(&shared).await;
@@ -141,7 +141,7 @@ impl NodeSnapshot {
 /// Every registered node with its soft state and unfinished assignments.
 fn node_snapshots(shared: &Shared) -> Vec<NodeSnapshot> {
     let down_after = shared.config.down_after();
-    shared.read(|s| {
+    shared.store.read(|s| {
         let mut assigned: HashMap<&str, u32> = HashMap::new();
         for b in s.builds.values().filter(|b| matches!(b.state, BuildState::Assigned | BuildState::Running)) {
             if let Some(node) = b.node_id.as_deref() {
@@ -162,7 +162,7 @@ fn node_snapshots(shared: &Shared) -> Vec<NodeSnapshot> {
 }
 
 async fn place_queued(shared: &Arc<Shared>) {
-    let queued: Vec<_> = shared.read(|s| {
+    let queued: Vec<_> = shared.store.read(|s| {
         s.queued_builds()
             .map(|b| {
                 let last_image = s
@@ -214,7 +214,7 @@ async fn place_queued(shared: &Arc<Shared>) {
         };
         let attempt = build.attempt + 1;
         let cmd = Command::AssignBuild { build_id: build.id.clone(), node_id: node_id.clone(), attempt };
-        match shared.write(cmd).await {
+        match shared.store.write(cmd).await {
             Ok(Response::Build(b)) => {
                 shared.dispatch.placements.placed();
                 shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(&b.id);
@@ -233,7 +233,8 @@ async fn place_queued(shared: &Arc<Shared>) {
                         rejected: convert::rejections(&decision.rejected),
                     }),
                 );
-                let assignment = shared.read(|s| s.apps.get(&b.app).map(|app| shared.assignment(&b, app)));
+                let assignment =
+                    shared.store.read(|s| s.apps.get(&b.app).map(|app| shared.assignment(&b, app)));
                 if let Some(a) = assignment {
                     if !shared.fleet.send(&node_id, SchedMsg::Assign(a)) {
                         tracing::warn!(build = %b.id, "node's session is gone; the build returns to the queue when the node is down");
@@ -253,7 +254,7 @@ async fn expire(shared: &Arc<Shared>, build_id: &str, reason: String) {
         reason: reason.clone(),
         at_ms: crate::now_ms(),
     };
-    match shared.write(cmd).await {
+    match shared.store.write(cmd).await {
         Ok(Response::Build(_)) => {
             shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(build_id);
             shared.events.publish(build_id, Event::Failed(format!("build {build_id} failed: {reason}")));
@@ -266,7 +267,7 @@ async fn expire(shared: &Arc<Shared>, build_id: &str, reason: String) {
 /// Builds whose node went Down go back to the queue for a new attempt.
 async fn requeue_lost(shared: &Arc<Shared>) {
     let down_after = shared.config.down_after();
-    let lost: Vec<(String, u32, String)> = shared.read(|s| {
+    let lost: Vec<(String, u32, String)> = shared.store.read(|s| {
         s.builds
             .values()
             .filter(|b| matches!(b.state, BuildState::Assigned | BuildState::Running))
@@ -284,6 +285,7 @@ async fn requeue_lost(shared: &Arc<Shared>) {
         tracing::warn!(build = %build_id, attempt, %node, "node lost; queueing the build again");
         shared.events.log(&build_id, format!("==> {reason}; placing the build again"));
         if let Err(err) = shared
+            .store
             .write(Command::RequeueBuild {
                 build_id: build_id.clone(),
                 attempt,
@@ -310,7 +312,7 @@ pub async fn finish_build(
         result: result.clone(),
         at_ms: crate::now_ms(),
     };
-    match shared.write(cmd).await {
+    match shared.store.write(cmd).await {
         Ok(Response::Release(release)) => {
             // The deployer announces the release on the build's topic before deploying it.
             tracing::info!(build = %build_id, release = release.number, digest = %release.digest, "release recorded");
@@ -331,7 +333,7 @@ pub async fn finish_build(
 
 async fn start_pending_deploys(shared: &Arc<Shared>) {
     // For each app only its newest release is deployed; older pending ones are superseded.
-    let (latest, superseded): (Vec<Release>, Vec<(String, u64, u64)>) = shared.read(|s| {
+    let (latest, superseded): (Vec<Release>, Vec<(String, u64, u64)>) = shared.store.read(|s| {
         let mut latest = Vec::new();
         let mut superseded = Vec::new();
         for (app, releases) in &s.releases {
@@ -352,7 +354,7 @@ async fn start_pending_deploys(shared: &Arc<Shared>) {
     });
     for (app, number, newest) in superseded {
         let result = Err(format!("superseded by release {newest}"));
-        if let Err(err) = shared.write(Command::RecordDeploy { app, release: number, result }).await {
+        if let Err(err) = shared.store.write(Command::RecordDeploy { app, release: number, result }).await {
             tracing::warn!(%err, "cannot mark a release superseded");
         }
     }
@@ -424,7 +426,7 @@ fn renew_pull_grants(shared: &Arc<Shared>) {
         *next =
             Some(now + Duration::from_secs(validity / 6).clamp(Duration::from_secs(1), RENEWAL_CHECK_MAX));
     }
-    let apps: Vec<String> = shared.read(|s| {
+    let apps: Vec<String> = shared.store.read(|s| {
         s.releases
             .iter()
             .filter(|(_, releases)| releases.iter().any(|r| r.deploy == DeployState::Deployed))
@@ -446,6 +448,7 @@ fn renew_pull_grants(shared: &Arc<Shared>) {
             // The spec of the release the service runs, by its number.
             let release = |number: u64| {
                 shared
+                    .store
                     .read(|s| s.releases.get(app)?.iter().find(|r| r.number == number).cloned())
                     .map(|r| service_for(shared, &r))
             };
@@ -534,7 +537,7 @@ async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
     };
     let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
     let cmd = Command::RecordDeploy { app: release.app.clone(), release: release.number, result };
-    let recorded = shared.write(cmd).await;
+    let recorded = shared.store.write(cmd).await;
     match (outcome, recorded) {
         (Ok(done), Ok(Response::Release(r))) => {
             tracing::info!(service = %service, running = done.running, "release deployed");

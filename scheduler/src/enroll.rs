@@ -83,12 +83,13 @@ fn new_secret() -> String {
 /// The join token of `role`, made on first use; `rotate` replaces its secret.
 pub async fn join_token(shared: &Shared, role: Role, rotate: bool) -> Result<JoinToken, Status> {
     let ca_digest = ca(shared)?.digest().map_err(|e| Status::internal(e.0))?;
-    let current = shared.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
+    let current = shared.store.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
     let secret = match current {
         Some(secret) if !rotate => secret,
         _ => {
             let secret = new_secret();
             shared
+                .store
                 .write(Command::SetJoinSecret { role: role.as_str().into(), secret: secret.clone() })
                 .await?;
             tracing::info!(%role, rotated = rotate, "new join token secret");
@@ -117,7 +118,7 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         let role = token_role(&req.role)?;
         check_name(role, &req.name)?;
         let ca = ca(&self.shared)?;
-        let expected = self.shared.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
+        let expected = self.shared.store.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
         if !expected.is_some_and(|secret| same_secret(&secret, &req.secret)) {
             tracing::warn!(%role, name = %req.name, "join refused: wrong or rotated token");
             return Err(Status::permission_denied(format!(

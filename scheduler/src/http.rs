@@ -85,7 +85,7 @@ async fn registry_token(
 }
 
 async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
-    match shared.raft.metrics().borrow().current_leader {
+    match shared.store.raft().metrics().borrow().current_leader {
         Some(leader) => (StatusCode::OK, format!("ready: leader is member {leader}\n")),
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader elected\n".into()),
     }
@@ -186,8 +186,8 @@ impl Overview {
     /// Takes the overview: raft metrics, the applied state, and the fleet's soft state
     /// when this member leads.
     pub async fn gather(shared: &Shared) -> Overview {
-        let m = shared.raft.metrics().borrow().clone();
-        let committed = shared.raft.with_raft_state(|st| st.committed.map_or(0, |l| l.index));
+        let m = shared.store.raft().metrics().borrow().clone();
+        let committed = shared.store.raft().with_raft_state(|st| st.committed.map_or(0, |l| l.index));
         let commit_index =
             tokio::time::timeout(Duration::from_secs(1), committed).await.ok().and_then(Result::ok);
         let membership = m.membership_config.membership();
@@ -229,8 +229,8 @@ impl Overview {
             purged_index: m.purged.map_or(0, |l| l.index),
             members,
         };
-        let leading = shared.is_leader() && shared.fleet.is_leading();
-        let mut overview = shared.read(|s| {
+        let leading = shared.store.is_leader() && shared.fleet.is_leading();
+        let mut overview = shared.store.read(|s| {
             let mut builds_by_state = [0u64; 6];
             let mut assigned = std::collections::HashMap::<&str, u32>::new();
             for b in s.builds.values() {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
-use openraft::ServerState;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinSet;
@@ -27,31 +26,17 @@ use crate::dispatcher::DispatchState;
 use crate::error::Error;
 use crate::events::Events;
 use crate::pki::{self, Ca};
-use crate::raft::state_machine::SharedState;
-use crate::raft::{self, Raft};
+use crate::raft::{self, Store};
 use crate::registry_auth;
-use crate::state::{App, Build, Command, Response, State};
-
-/// How long a write (or a leader's read check) may wait for a quorum.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn no_quorum_message(what: &str) -> String {
-    format!(
-        "this scheduler could not {what} within {} s: it cannot reach a majority of the cluster \
-         (see `slipway cluster status`); retrying is safe, a retried deploy joins the first",
-        WRITE_TIMEOUT.as_secs()
-    )
-}
+use crate::state::{App, Build};
 
 /// What every part of the scheduler shares.
 pub struct Shared {
     pub config: SchedulerConfig,
     /// `host:port` where this member's gRPC listener is reached.
     pub advertise: String,
-    pub raft: Raft,
-    pub state: SharedState,
-    /// Last applied raft index; changes whenever the state does.
-    pub applied: watch::Receiver<u64>,
+    /// The replicated state: read, write, leadership.
+    pub store: Store,
     pub events: Events,
     pub fleet: Fleet,
     pub dispatch: DispatchState,
@@ -65,65 +50,6 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Reads the replicated state (as applied on this member).
-    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(&self.state.read().expect("state lock poisoned"))
-    }
-
-    /// Reads the replicated state for an answer that must be current (linearizable):
-    /// the leader first confirms with a quorum that it still leads; a follower first
-    /// catches up to the leader's read index. A member cut off from the majority
-    /// answers "unavailable" instead of stale data.
-    pub async fn read_current<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, Error> {
-        match tokio::time::timeout(WRITE_TIMEOUT, raft::linearizable(&self.raft)).await {
-            Ok(Ok(())) => Ok(self.read(f)),
-            Ok(Err(raft::WriteError::NotLeader { leader_addr })) => {
-                Err(Error::NotLeader { leader: leader_addr })
-            }
-            Ok(Err(raft::WriteError::Fatal(e))) => Err(Error::Storage(e.to_string())),
-            Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
-            Err(_) => Err(Error::Unavailable(no_quorum_message("confirm it is up to date"))),
-        }
-    }
-
-    /// Proposes a command through raft (forwarded to the leader if need be) and waits
-    /// until it is committed and applied. A refusal by the state machine is an error.
-    /// A write not committed within [`WRITE_TIMEOUT`] (no quorum) fails as unavailable;
-    /// it may still be applied later, which is why commands carry request ids.
-    pub async fn write(&self, cmd: Command) -> Result<Response, Error> {
-        let written = tokio::time::timeout(WRITE_TIMEOUT, raft::write(&self.raft, cmd))
-            .await
-            .map_err(|_| Error::Unavailable(no_quorum_message("commit the change")))?;
-        match written {
-            Ok(Response::Refused(err)) => Err(Error::Refused(err)),
-            Ok(resp) => Ok(resp),
-            Err(raft::WriteError::NotLeader { leader_addr }) => Err(Error::NotLeader { leader: leader_addr }),
-            Err(raft::WriteError::Fatal(err)) => Err(Error::Storage(err.to_string())),
-            Err(err) => Err(Error::Unavailable(err.to_string())),
-        }
-    }
-
-    /// True while this member leads the cluster.
-    pub fn is_leader(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(m.id)
-    }
-
-    /// The leader's advertised address, if one is known.
-    pub fn leader_addr(&self) -> Option<String> {
-        raft::leader_addr(&self.raft)
-    }
-
-    /// Fails with the leader's address unless this member is the leader.
-    pub fn require_leader(&self) -> Result<(), Error> {
-        if self.is_leader() {
-            Ok(())
-        } else {
-            Err(Error::NotLeader { leader: self.leader_addr() })
-        }
-    }
-
     pub fn dispatcher_wake(&self) {
         self.wake.notify_one();
     }
@@ -201,7 +127,7 @@ impl Running {
             tracing::warn!("shutdown grace period over; aborting what is left");
             self.tasks.abort_all();
         }
-        if let Err(err) = self.shared.raft.shutdown().await {
+        if let Err(err) = self.shared.store.raft().shutdown().await {
             tracing::warn!(%err, "raft shutdown");
         }
     }
@@ -233,13 +159,14 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     let advertise = config.advertised().unwrap_or_else(|| grpc_addr.to_string());
 
     let credentials = credentials(&config).await?.map(|(ca, creds)| (Arc::new(ca), Arc::new(creds)));
-    if let Some((_, creds)) = &credentials {
-        raft::network::set_transport(tls::Transport::Tls(creds.clone()));
-    }
+    let transport = match &credentials {
+        Some((_, creds)) => tls::Transport::Tls(creds.clone()),
+        None => tls::Transport::Insecure,
+    };
     let store_err =
         |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
-    let opened = raft::open(&config.data_dir, config.node_id, &config.raft.to_raft_config())
+    let opened = raft::open(&config.data_dir, config.node_id, &config.raft.to_raft_config(), transport)
         .await
         .map_err(|e| store_err(e.to_string()))?;
     if opened.initialized {
@@ -257,16 +184,14 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
             m => m,
         };
         tracing::info!(node_id = config.node_id, ?members, "founding a new cluster");
-        raft::bootstrap(&opened.raft, members).await.map_err(|e| store_err(e.to_string()))?;
+        raft::bootstrap(opened.store.raft(), members).await.map_err(|e| store_err(e.to_string()))?;
     }
 
     let shared = Arc::new(Shared {
         events: Events::new(config.data_dir.join("logs")),
         config,
         advertise,
-        raft: opened.raft,
-        state: opened.state,
-        applied: opened.applied,
+        store: opened.store,
         fleet: Fleet::default(),
         dispatch: DispatchState::default(),
         wake: Notify::new(),
@@ -298,7 +223,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
             tls::require(&[Role::Agent], secure),
         ))
         .add_service(InterceptedService::new(
-            raft::RaftService::new(shared.raft.clone()).into_server(),
+            raft::RaftService::new(shared.store.raft().clone()).into_server(),
             tls::require(&[Role::Scheduler], secure),
         ))
         .add_service(
@@ -351,7 +276,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
 
 /// Follows raft's metrics and hands the fleet over when leadership changes.
 async fn watch_leadership(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut metrics = shared.raft.metrics();
+    let mut metrics = shared.store.raft().metrics();
     let mut leading = false;
     let mut member = false;
     loop {
@@ -368,7 +293,7 @@ async fn watch_leadership(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
             tracing::info!("this scheduler is a member of the cluster");
         }
         member = now_member;
-        let now_leading = shared.is_leader();
+        let now_leading = shared.store.is_leader();
         if now_leading != leading {
             tracing::info!(leader = now_leading, term = metrics.borrow().current_term, "leadership changed");
             shared.fleet.leadership_changed(now_leading);
