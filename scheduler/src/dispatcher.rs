@@ -119,7 +119,7 @@ struct NodeSnapshot {
     id: String,
     name: String,
     draining: bool,
-    soft: crate::agents::NodeSoftState,
+    soft: crate::fleet::NodeSoftState,
     /// Builds assigned to the node and not finished; raised as this tick assigns more.
     assigned: u32,
 }

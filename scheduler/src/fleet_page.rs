@@ -459,7 +459,7 @@ mod tests {
     use slipway_proto::NodeReport;
 
     use super::*;
-    use crate::agents::{NodeSoftState, ReportDelays};
+    use crate::fleet::{NodeSoftState, ReportDelays};
     use crate::http::{AppRow, MemberRow, RaftOverview};
     use crate::state::{Build, NodeRecord, Release};
 

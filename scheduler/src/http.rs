@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::Router;
 use openraft::ServerState;
 
-use crate::agents::{NodeSoftState, ReportDelays};
+use crate::fleet::{NodeSoftState, ReportDelays};
 use crate::server::Shared;
 use crate::state::{Build, BuildState, NodeRecord, Release};
 

@@ -28,6 +28,7 @@ pub mod dispatcher;
 pub mod enroll;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod fleet_page;
 pub mod http;
 pub mod metrics;

@@ -29,7 +29,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::agents::ReportDelays;
+use crate::fleet::ReportDelays;
 use crate::http::Overview;
 use crate::placement::Liveness;
 use crate::state::BuildState;
@@ -608,7 +608,7 @@ mod tests {
     use slipway_proto::NodeReport;
 
     use super::*;
-    use crate::agents::NodeSoftState;
+    use crate::fleet::NodeSoftState;
     use crate::http::{MemberRow, NodeRow, RaftOverview};
     use crate::state::NodeRecord;
 

@@ -19,12 +19,13 @@ use tracing::Instrument;
 use slipway_proto::tls::{self, Credentials, Role};
 use tonic::service::interceptor::InterceptedService;
 
-use crate::agents::{AgentSessions, Fleet};
+use crate::agents::AgentSessions;
 use crate::config::SchedulerConfig;
 use crate::control::ControlService;
 use crate::dispatcher::DispatchState;
 use crate::error::Error;
 use crate::events::Events;
+use crate::fleet::Fleet;
 use crate::pki::{self, Ca};
 use crate::raft::{self, Store};
 use crate::registry_auth;
