@@ -14,7 +14,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
@@ -25,44 +25,10 @@ use tracing::Instrument;
 
 use crate::convert;
 use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, PullAuth, ServiceDeploy};
-use crate::placement::{self, BuildNeeds, Liveness, NodeView, Rejection};
+use crate::placement::{self, BuildNeeds, Liveness, NodeView};
 use crate::registry_auth;
 use crate::server::Shared;
 use crate::state::{BuildOutput, BuildState, Command, DeployState, Release, Response};
-
-/// Leader-only memory of the dispatcher.
-#[derive(Default)]
-pub struct DispatchState {
-    /// Why each waiting build could not be placed, as of the last attempt.
-    pub waiting: Mutex<HashMap<String, Vec<Rejection>>>,
-    /// Apps with a deploy in flight on this leader, and the means to stop it.
-    deploying: Mutex<HashMap<String, tokio::task::AbortHandle>>,
-    /// Placement decisions taken, for `/metrics`.
-    pub placements: crate::metrics::PlacementCounters,
-    /// When [`renew_pull_grants`] looks at the services next.
-    next_renewal: Mutex<Option<tokio::time::Instant>>,
-}
-
-impl DispatchState {
-    /// Reasons a queued build waits, node by node.
-    pub fn waiting_on(&self, build_id: &str) -> Vec<Rejection> {
-        self.waiting.lock().expect("dispatch lock poisoned").get(build_id).cloned().unwrap_or_default()
-    }
-
-    /// True while this leader deploys the app.
-    pub fn is_deploying(&self, app: &str) -> bool {
-        self.deploying.lock().expect("dispatch lock poisoned").contains_key(app)
-    }
-
-    /// This member stopped leading: its deploys stop (the next leader redeploys whatever
-    /// is still pending), and its placement notes are stale.
-    pub fn stand_down(&self) {
-        for (_, task) in self.deploying.lock().expect("dispatch lock poisoned").drain() {
-            task.abort();
-        }
-        self.waiting.lock().expect("dispatch lock poisoned").clear();
-    }
-}
 
 /// Removes an app from `deploying` however its deploy task ends (panics included).
 struct DeployingGuard {
@@ -72,7 +38,7 @@ struct DeployingGuard {
 
 impl Drop for DeployingGuard {
     fn drop(&mut self) {
-        self.shared.dispatch.deploying.lock().expect("dispatch lock poisoned").remove(&self.app);
+        self.shared.dispatch.release(&self.app);
         self.shared.dispatcher_wake();
     }
 }
@@ -366,28 +332,28 @@ async fn start_pending_deploys(shared: &Arc<Shared>) {
     }
 }
 
-/// Runs `work` for `app` in a task holding the app's deploy slot ([`DispatchState`]'s
-/// `deploying`), unless something else holds it; the slot is freed however the task
-/// ends, and [`DispatchState::stand_down`] aborts it.
+/// Runs `work` for `app` in a task holding the app's deploy slot (see
+/// [`crate::dispatch_state::DispatchState::hold`]), unless something else holds it; the
+/// slot is freed however the task ends, and a stand-down aborts the task.
 fn hold_app(
     shared: &Arc<Shared>,
     app: &str,
     span: tracing::Span,
     work: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let mut deploying = shared.dispatch.deploying.lock().expect("dispatch lock poisoned");
-    if deploying.contains_key(app) {
-        return;
-    }
-    let guard = DeployingGuard { shared: shared.clone(), app: app.to_string() };
-    let task = tokio::spawn(
-        async move {
-            let _guard = guard;
-            work.await;
-        }
-        .instrument(span),
-    );
-    deploying.insert(app.to_string(), task.abort_handle());
+    let (task_shared, task_app) = (shared.clone(), app.to_string());
+    shared.dispatch.hold(app, move || {
+        // Made only once the slot is taken: dropping it frees the slot.
+        let guard = DeployingGuard { shared: task_shared, app: task_app };
+        let task = tokio::spawn(
+            async move {
+                let _guard = guard;
+                work.await;
+            }
+            .instrument(span),
+        );
+        task.abort_handle()
+    });
 }
 
 /// The registry credentials an app's service pulls with (TLS on): a pull-only grant for
@@ -417,14 +383,9 @@ fn renew_pull_grants(shared: &Arc<Shared>) {
         return;
     }
     let validity = shared.config.registry.pull_grant_validity_secs;
-    {
-        let now = tokio::time::Instant::now();
-        let mut next = shared.dispatch.next_renewal.lock().expect("dispatch lock poisoned");
-        if next.is_some_and(|at| now < at) {
-            return;
-        }
-        *next =
-            Some(now + Duration::from_secs(validity / 6).clamp(Duration::from_secs(1), RENEWAL_CHECK_MAX));
+    let period = Duration::from_secs(validity / 6).clamp(Duration::from_secs(1), RENEWAL_CHECK_MAX);
+    if !shared.dispatch.renewal_due(tokio::time::Instant::now(), period) {
+        return;
     }
     let apps: Vec<String> = shared.store.read(|s| {
         s.releases

@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod convert;
 pub mod deploy;
+pub mod dispatch_state;
 pub mod dispatcher;
 pub mod enroll;
 pub mod error;

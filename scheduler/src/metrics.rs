@@ -1,6 +1,5 @@
-//! The scheduler's Prometheus metrics: the counters the dispatcher bumps
-//! ([`PlacementCounters`]), a writer for the text exposition format ([`Exposition`]),
-//! and [`render`], which turns an [`Overview`] (taken once per scrape) into the
+//! The scheduler's Prometheus metrics: a writer for the text exposition format
+//! ([`Exposition`]), and [`render`], which turns an [`Overview`] (taken once per scrape) into the
 //! `/metrics` page.
 //!
 //! Names and meanings (every family carries HELP and TYPE lines):
@@ -27,37 +26,11 @@
 //! once. The HELP lines say so.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fleet::ReportDelays;
 use crate::http::Overview;
 use crate::placement::Liveness;
 use crate::state::BuildState;
-
-/// Placement decisions taken by this member while it led: bumped by the dispatcher.
-#[derive(Debug, Default)]
-pub struct PlacementCounters {
-    placed: AtomicU64,
-    no_node: AtomicU64,
-}
-
-impl PlacementCounters {
-    /// A build was given to a node (the assignment was committed).
-    pub fn placed(&self) {
-        self.placed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A placement attempt found no node that could take the build (it keeps waiting,
-    /// and is tried again on the next dispatcher tick).
-    pub fn no_node(&self) {
-        self.no_node.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// (placed, no node) so far.
-    pub fn get(&self) -> (u64, u64) {
-        (self.placed.load(Ordering::Relaxed), self.no_node.load(Ordering::Relaxed))
-    }
-}
 
 /// The kind of a metric family, as its `# TYPE` line names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -774,14 +747,5 @@ mod tests {
         assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
         assert_eq!(format_value(0.25), "0.25");
         assert_eq!(format_value(1e21), "1000000000000000000000");
-    }
-
-    #[test]
-    fn counters_count() {
-        let c = PlacementCounters::default();
-        c.placed();
-        c.no_node();
-        c.no_node();
-        assert_eq!(c.get(), (1, 2));
     }
 }

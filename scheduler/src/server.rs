@@ -22,7 +22,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::agents::AgentSessions;
 use crate::config::SchedulerConfig;
 use crate::control::ControlService;
-use crate::dispatcher::DispatchState;
+use crate::dispatch_state::DispatchState;
 use crate::error::Error;
 use crate::events::Events;
 use crate::fleet::Fleet;
