@@ -16,9 +16,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::dispatcher::release_topic;
 use crate::error::Error;
-use crate::events::is_terminal;
+use crate::events::{is_terminal, release_topic};
 use crate::placement::Liveness;
 use crate::raft;
 use crate::server::Shared;

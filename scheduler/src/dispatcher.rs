@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::convert;
 use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, PullAuth, ServiceDeploy};
+use crate::events::release_topic;
 use crate::placement::{self, BuildNeeds, Liveness, NodeView};
 use crate::registry_auth;
 use crate::server::Shared;
@@ -40,14 +41,6 @@ impl Drop for DeployingGuard {
     fn drop(&mut self) {
         self.shared.dispatch.release(&self.app);
         self.shared.dispatcher_wake();
-    }
-}
-
-/// Topic of a release's deploy events: its build for built releases, its own for rollbacks.
-pub fn release_topic(r: &Release) -> String {
-    match r.rollback_of {
-        None => r.build_id.clone(),
-        Some(_) => format!("rollback-{}-{}", r.app, r.number),
     }
 }
 
