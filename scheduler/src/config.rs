@@ -121,7 +121,7 @@ pub struct RegistryConfig {
     pub addr: String,
     /// How long the pull-only registry grant stored with each Swarm service stays
     /// valid (with TLS on); the leader renews it when a third is left, without
-    /// restarting tasks ([`crate::registry_auth`]).
+    /// restarting tasks (see `security/registry_auth.rs`).
     pub pull_grant_validity_secs: u64,
 }
 

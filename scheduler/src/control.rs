@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::events::{is_terminal, release_topic};
 use crate::placement::Liveness;
 use crate::raft;
+use crate::security::join_tokens;
 use crate::server::Shared;
 use crate::state::{BuildState, Command, DeployState, Response as Applied, State};
 
@@ -420,8 +421,9 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::JoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
         let req = req.into_inner();
-        let role = crate::enroll::token_role(&req.role)?;
-        let token = crate::enroll::join_token(&self.shared, role, req.rotate).await?;
+        let role = join_tokens::token_role(&req.role)?;
+        let ca = crate::enroll::ca(&self.shared)?;
+        let token = join_tokens::join_token(&self.shared.store, ca, role, req.rotate).await?;
         Ok(Response::new(pb::JoinTokenResponse { token: token.to_string() }))
     }
 

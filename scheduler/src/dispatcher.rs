@@ -27,7 +27,7 @@ use crate::convert;
 use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, PullAuth, ServiceDeploy};
 use crate::events::release_topic;
 use crate::placement::{self, BuildNeeds, Liveness, NodeView};
-use crate::registry_auth;
+use crate::security::registry_auth;
 use crate::server::Shared;
 use crate::state::{BuildOutput, BuildState, Command, DeployState, Release, Response};
 

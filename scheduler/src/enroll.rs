@@ -1,20 +1,19 @@
-//! Who gets a certificate: the `Enrollment` service (joining with a token, renewing with
-//! a certificate), join tokens, and operator certificates for the control API.
+//! Who gets a certificate: the `Enrollment` service (joining with a join token, renewing
+//! with a certificate), and operator certificates for the control API.
 //!
-//! Any member can issue (every scheduler holds the CA); the token secrets are
-//! replicated state, read current (linearizable) before a join is admitted, so a
-//! rotated-out token fails on every member.
+//! Any member can issue (every scheduler holds the CA). The tokens themselves are
+//! [`crate::security::join_tokens`]; the CA is [`crate::security::pki`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_proto::tls::{self, Caller, JoinToken, PeerIdentity, Role};
+use slipway_proto::tls::{self, Caller, PeerIdentity, Role};
 use slipway_proto::{self as pb};
 use tonic::{Request, Response, Status};
 
-use crate::pki::{self, Ca};
+use crate::security::join_tokens;
+use crate::security::pki::{self, Ca};
 use crate::server::Shared;
-use crate::state::Command;
 
 /// The `Enrollment` gRPC service.
 pub struct EnrollmentService {
@@ -28,22 +27,12 @@ impl EnrollmentService {
 }
 
 /// The CA, or why this scheduler cannot issue (it runs without TLS).
-fn ca(shared: &Shared) -> Result<&Ca, Status> {
+pub(crate) fn ca(shared: &Shared) -> Result<&Ca, Status> {
     shared.ca.as_deref().ok_or_else(|| {
         Status::failed_precondition(
             "this scheduler runs without TLS (tls.insecure = true): it has no CA and issues no certificates",
         )
     })
-}
-
-/// The role a join token is for: `agent` or `scheduler`.
-pub(crate) fn token_role(name: &str) -> Result<Role, Status> {
-    match name.parse::<Role>() {
-        Ok(role @ (Role::Agent | Role::Scheduler)) => Ok(role),
-        _ => Err(Status::invalid_argument(format!(
-            "role {name:?}: join tokens exist for \"agent\" and \"scheduler\""
-        ))),
-    }
 }
 
 /// How long certificates of `role` are valid.
@@ -69,36 +58,6 @@ fn check_name(role: Role, name: &str) -> Result<(), Status> {
     }
 }
 
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A fresh token secret: 32 random bytes, hex.
-fn new_secret() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The join token of `role`, made on first use; `rotate` replaces its secret.
-pub async fn join_token(shared: &Shared, role: Role, rotate: bool) -> Result<JoinToken, Status> {
-    let ca_digest = ca(shared)?.digest().map_err(|e| Status::internal(e.0))?;
-    let current = shared.store.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
-    let secret = match current {
-        Some(secret) if !rotate => secret,
-        _ => {
-            let secret = new_secret();
-            shared
-                .store
-                .write(Command::SetJoinSecret { role: role.as_str().into(), secret: secret.clone() })
-                .await?;
-            tracing::info!(%role, rotated = rotate, "new join token secret");
-            secret
-        }
-    };
-    Ok(JoinToken { role, ca_digest, secret })
-}
-
 /// An operator certificate for `name` on the key in `csr_pem`.
 pub fn issue_admin_cert(shared: &Shared, name: &str, csr_pem: &str) -> Result<pb::Certified, Status> {
     check_name(Role::Admin, name)?;
@@ -115,11 +74,10 @@ pub fn issue_admin_cert(shared: &Shared, name: &str, csr_pem: &str) -> Result<pb
 impl pb::enrollment_server::Enrollment for EnrollmentService {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::Certified>, Status> {
         let req = req.into_inner();
-        let role = token_role(&req.role)?;
+        let role = join_tokens::token_role(&req.role)?;
         check_name(role, &req.name)?;
         let ca = ca(&self.shared)?;
-        let expected = self.shared.store.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
-        if !expected.is_some_and(|secret| same_secret(&secret, &req.secret)) {
+        if !join_tokens::admits(&self.shared.store, role, &req.secret).await? {
             tracing::warn!(%role, name = %req.name, "join refused: wrong or rotated token");
             return Err(Status::permission_denied(format!(
                 "this {role} join token is not valid here (rotated, or from another cluster); get the current \
@@ -155,15 +113,6 @@ pub fn caller<T>(req: &Request<T>) -> Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_whole() {
-        let s = new_secret();
-        assert_eq!(s.len(), 64);
-        assert!(same_secret(&s, &s.clone()));
-        assert!(!same_secret(&s, &new_secret()));
-        assert!(!same_secret(&s, &s[..63]));
-    }
 
     #[test]
     fn names_are_checked_per_role() {

@@ -46,7 +46,7 @@ async fn registry_token(
     headers: HeaderMap,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> axum::response::Response {
-    use crate::registry_auth as auth;
+    use crate::security::registry_auth as auth;
     let refuse = |status: StatusCode, why: String| {
         let body =
             serde_json::json!({ "details": why, "errors": [{ "code": "UNAUTHORIZED", "message": why }] });

@@ -33,11 +33,9 @@ pub mod fleet;
 pub mod fleet_page;
 pub mod http;
 pub mod metrics;
-pub mod pki;
 pub mod placement;
 pub mod raft;
-pub mod realm_proxy;
-pub mod registry_auth;
+pub mod security;
 pub mod server;
 pub mod state;
 

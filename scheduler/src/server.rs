@@ -26,9 +26,9 @@ use crate::dispatch_state::DispatchState;
 use crate::error::Error;
 use crate::events::Events;
 use crate::fleet::Fleet;
-use crate::pki::{self, Ca};
 use crate::raft::{self, Store};
-use crate::registry_auth;
+use crate::security::pki::{self, Ca};
+use crate::security::registry_auth;
 use crate::state::{App, Build};
 
 /// What every part of the scheduler shares.
@@ -44,7 +44,7 @@ pub struct Shared {
     /// Wakes the dispatcher early (a report arrived, a build finished).
     pub wake: Notify,
     /// The cluster CA (None when running without TLS).
-    pub ca: Option<Arc<crate::pki::Ca>>,
+    pub ca: Option<Arc<Ca>>,
     /// This scheduler's own certificate and key (None when running without TLS).
     pub tls_credentials: Option<Arc<Credentials>>,
     docker: Mutex<Option<Docker>>,

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use reqwest::{header, StatusCode};
-use slipway_scheduler::pki::Ca;
-use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
+use slipway_scheduler::security::pki::Ca;
+use slipway_scheduler::security::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
 use tempfile::TempDir;
 
 /// The manifest media types a registry client accepts: Docker v2 schema 2 and OCI,

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER};
+use slipway_scheduler::security::registry_auth::{issue_grant, GRANT_USER};
 use slipway_tests::docker::{docker_cli, docker_cli_as};
 use slipway_tests::{free_port, set_app_port, GitRepo, TestCluster};
 
