@@ -22,17 +22,17 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::server::Shared;
+use crate::context::Context;
 use crate::state::Command;
 
 /// The gRPC service agents connect to.
 pub struct AgentSessions {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
 }
 
 impl AgentSessions {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
     }
 }
 
@@ -46,9 +46,9 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let shared = self.shared.clone();
-        shared.store.require_leader()?;
-        if !shared.fleet.is_leading() {
+        let ctx = self.ctx.clone();
+        ctx.store.require_leader()?;
+        if !ctx.fleet.is_leading() {
             return Err(Status::unavailable("this scheduler is taking over as leader; retry in a moment"));
         }
         let caller = crate::enroll::caller(&request);
@@ -74,11 +74,10 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
             }
         }
         let name = if hello.name.is_empty() { node_id.clone() } else { hello.name.clone() };
-        let known = shared.store.read(|s| s.nodes.get(&node_id).map(|n| (n.name.clone(), n.labels.clone())));
+        let known = ctx.store.read(|s| s.nodes.get(&node_id).map(|n| (n.name.clone(), n.labels.clone())));
         let labels = hello.labels.clone().into_iter().collect();
         if known.as_ref() != Some(&(name.clone(), labels)) {
-            shared
-                .store
+            ctx.store
                 .write(Command::RegisterNode {
                     id: node_id.clone(),
                     name: name.clone(),
@@ -91,15 +90,15 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         let (tx, rx) = mpsc::channel(256);
         let welcome = Welcome {
             node_id: node_id.clone(),
-            report_interval_secs: shared.config.agents.report_interval_secs,
+            report_interval_secs: ctx.config.agents.report_interval_secs,
         };
         tx.send(SchedulerMessage { msg: Some(SchedMsg::Welcome(welcome)) })
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
-        let session_id = shared.fleet.open(&node_id, &hello, tx);
+        let session_id = ctx.fleet.open(&node_id, &hello, tx);
         tracing::info!(node = %name, %node_id, "agent session opened");
-        shared.dispatcher_wake();
-        resend_lost_assignments(&shared, &node_id, hello.report.as_ref());
+        ctx.dispatcher_wake();
+        resend_lost_assignments(&ctx, &node_id, hello.report.as_ref());
 
         let span = tracing::info_span!("agent_session", node = %name);
         tokio::spawn(
@@ -107,12 +106,12 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
                 while let Some(msg) = inbound.next().await {
                     match msg {
                         Ok(AgentMessage { msg: Some(AgentMsg::Report(report)) }) => {
-                            cancel_superseded(&shared, &node_id, &report);
-                            shared.fleet.report(&node_id, session_id, report);
-                            shared.dispatcher_wake();
+                            cancel_superseded(&ctx, &node_id, &report);
+                            ctx.fleet.report(&node_id, session_id, report);
+                            ctx.dispatcher_wake();
                         }
                         Ok(AgentMessage { msg: Some(AgentMsg::Build(event)) }) => {
-                            handle_build_event(&shared, &node_id, event).await;
+                            handle_build_event(&ctx, &node_id, event).await;
                         }
                         Ok(_) => tracing::warn!("ignoring an unexpected message"),
                         Err(status) => {
@@ -121,7 +120,7 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
                         }
                     }
                 }
-                shared.fleet.close(&node_id, session_id);
+                ctx.fleet.close(&node_id, session_id);
                 tracing::info!("agent session closed");
             }
             .instrument(span),
@@ -133,8 +132,8 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
 /// Cancels the attempts an agent reports running that are not the current attempt of
 /// their build on this node (the build was placed again after the node was lost, was
 /// cancelled, or its app deleted): their results would be ignored anyway.
-fn cancel_superseded(shared: &Shared, node_id: &str, report: &NodeReport) {
-    let superseded: Vec<(String, u32)> = shared.store.read(|s| {
+fn cancel_superseded(ctx: &Context, node_id: &str, report: &NodeReport) {
+    let superseded: Vec<(String, u32)> = ctx.store.read(|s| {
         report
             .running
             .iter()
@@ -148,29 +147,29 @@ fn cancel_superseded(shared: &Shared, node_id: &str, report: &NodeReport) {
     });
     for (build_id, attempt) in superseded {
         tracing::info!(build = %build_id, attempt, node = %node_id, "cancelling a superseded attempt");
-        shared.fleet.send(node_id, SchedMsg::Cancel(CancelBuild { build_id, attempt }));
+        ctx.fleet.send(node_id, SchedMsg::Cancel(CancelBuild { build_id, attempt }));
     }
 }
 
 /// After a reconnect, builds the state says are assigned to this node but that the
 /// agent does not report running are sent again (assignments are idempotent by build
 /// id and attempt, so an agent that already finished one answers with its result).
-fn resend_lost_assignments(shared: &Shared, node_id: &str, report: Option<&NodeReport>) {
+fn resend_lost_assignments(ctx: &Context, node_id: &str, report: Option<&NodeReport>) {
     let running: Vec<(&str, u32)> = report
         .map(|r| r.running.iter().map(|a| (a.build_id.as_str(), a.attempt)).collect())
         .unwrap_or_default();
-    let assignments: Vec<BuildAssignment> = shared.store.read(|s| {
+    let assignments: Vec<BuildAssignment> = ctx.store.read(|s| {
         s.builds
             .values()
             .filter(|b| b.node_id.as_deref() == Some(node_id) && !b.state.is_terminal())
             .filter(|b| b.state != crate::state::BuildState::Queued)
             .filter(|b| !running.contains(&(b.id.as_str(), b.attempt)))
-            .filter_map(|b| s.apps.get(&b.app).map(|app| shared.assignment(b, app)))
+            .filter_map(|b| s.apps.get(&b.app).map(|app| crate::dispatcher::assignment(ctx, b, app)))
             .collect()
     });
     for a in assignments {
         tracing::info!(build = %a.build_id, attempt = a.attempt, "re-sending assignment after reconnect");
-        shared.fleet.send(node_id, SchedMsg::Assign(a));
+        ctx.fleet.send(node_id, SchedMsg::Assign(a));
     }
 }
 
@@ -203,10 +202,10 @@ fn check_hello(hello: &Hello) -> Result<(), Status> {
     Ok(())
 }
 
-async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEvent) {
+async fn handle_build_event(ctx: &Arc<Context>, node_id: &str, event: BuildEvent) {
     let BuildEvent { build_id, attempt, event } = event;
     // Only the current attempt on the node it was given to may change the build.
-    let current = shared.store.read(|s| {
+    let current = ctx.store.read(|s| {
         s.builds.get(&build_id).is_some_and(|b| b.attempt == attempt && b.node_id.as_deref() == Some(node_id))
     });
     if !current {
@@ -216,38 +215,38 @@ async fn handle_build_event(shared: &Arc<Shared>, node_id: &str, event: BuildEve
     match event {
         Some(BuildEv::Started(_)) => {
             if let Err(err) =
-                shared.store.write(Command::StartBuild { build_id: build_id.clone(), attempt }).await
+                ctx.store.write(Command::StartBuild { build_id: build_id.clone(), attempt }).await
             {
                 tracing::warn!(build = %build_id, %err, "cannot record build start");
             }
         }
         Some(BuildEv::Log(line)) => {
-            shared.events.publish(&build_id, slipway_proto::deploy_event::Event::Log(line));
+            ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Log(line));
         }
         Some(BuildEv::Succeeded(output)) => {
             let result = crate::convert::build_output_from(&output);
             if result.is_ok() {
-                shared.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(output));
+                ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(output));
             }
-            crate::dispatcher::finish_build(shared, &build_id, attempt, result).await;
+            crate::dispatcher::finish_build(ctx, &build_id, attempt, result).await;
         }
         Some(BuildEv::Refused(refusal)) => {
             let node =
-                shared.store.read(|s| s.nodes.get(node_id).map_or(node_id.to_string(), |n| n.name.clone()));
+                ctx.store.read(|s| s.nodes.get(node_id).map_or(node_id.to_string(), |n| n.name.clone()));
             let reason = format!("node {node} refused it: {}", refusal.reason);
             tracing::warn!(build = %build_id, attempt, %reason, "build refused; placing it again");
-            shared.fleet.refused(node_id, &refusal.reason);
-            shared.events.log(&build_id, format!("==> {reason}; placing the build again"));
+            ctx.fleet.refused(node_id, &refusal.reason);
+            ctx.events.log(&build_id, format!("==> {reason}; placing the build again"));
             let requeue =
                 Command::RequeueBuild { build_id: build_id.clone(), attempt, reason, at_ms: crate::now_ms() };
-            if let Err(err) = shared.store.write(requeue).await {
+            if let Err(err) = ctx.store.write(requeue).await {
                 tracing::warn!(build = %build_id, %err, "cannot requeue the refused build");
             }
-            shared.dispatcher_wake();
+            ctx.dispatcher_wake();
         }
         Some(BuildEv::Failed(failure)) => {
             let reason = format!("{} failed: {}", failure.phase, failure.reason);
-            crate::dispatcher::finish_build(shared, &build_id, attempt, Err(reason)).await;
+            crate::dispatcher::finish_build(ctx, &build_id, attempt, Err(reason)).await;
         }
         None => {}
     }

@@ -23,34 +23,34 @@ use slipway_proto::scheduler_message::Msg as SchedMsg;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::context::Context;
 use crate::convert;
 use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, PullAuth, ServiceDeploy};
 use crate::events::release_topic;
 use crate::placement::{self, BuildNeeds, Liveness, NodeView};
 use crate::security::registry_auth;
-use crate::server::Shared;
-use crate::state::{BuildOutput, BuildState, Command, DeployState, Release, Response};
+use crate::state::{App, Build, BuildOutput, BuildState, Command, DeployState, Release, Response};
 
 /// Removes an app from `deploying` however its deploy task ends (panics included).
 struct DeployingGuard {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     app: String,
 }
 
 impl Drop for DeployingGuard {
     fn drop(&mut self) {
-        self.shared.dispatch.release(&self.app);
-        self.shared.dispatcher_wake();
+        self.ctx.dispatch.release(&self.app);
+        self.ctx.dispatcher_wake();
     }
 }
 
 /// Runs until shutdown. Does nothing while this member is not the leader.
-pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut applied = shared.store.applied();
+pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut applied = ctx.store.applied();
     let mut last_tick = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = shared.wake.notified() => {}
+            _ = ctx.wake.notified() => {}
             _ = applied.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
@@ -60,13 +60,13 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         tokio::time::sleep_until(last_tick + MIN_TICK).await;
         applied.borrow_and_update();
         last_tick = tokio::time::Instant::now();
-        if !shared.fleet.is_leading() || !shared.store.is_leader() {
+        if !ctx.fleet.is_leading() || !ctx.store.is_leader() {
             continue;
         }
-        place_queued(&shared).await;
-        requeue_lost(&shared).await;
-        start_pending_deploys(&shared).await;
-        renew_pull_grants(&shared);
+        place_queued(&ctx).await;
+        requeue_lost(&ctx).await;
+        start_pending_deploys(&ctx).await;
+        renew_pull_grants(&ctx);
     }
 }
 
@@ -98,9 +98,9 @@ impl NodeSnapshot {
 }
 
 /// Every registered node with its soft state and unfinished assignments.
-fn node_snapshots(shared: &Shared) -> Vec<NodeSnapshot> {
-    let down_after = shared.config.down_after();
-    shared.store.read(|s| {
+fn node_snapshots(ctx: &Context) -> Vec<NodeSnapshot> {
+    let down_after = ctx.config.down_after();
+    ctx.store.read(|s| {
         let mut assigned: HashMap<&str, u32> = HashMap::new();
         for b in s.builds.values().filter(|b| matches!(b.state, BuildState::Assigned | BuildState::Running)) {
             if let Some(node) = b.node_id.as_deref() {
@@ -113,15 +113,15 @@ fn node_snapshots(shared: &Shared) -> Vec<NodeSnapshot> {
                 id: n.id.clone(),
                 name: n.name.clone(),
                 draining: n.draining,
-                soft: shared.fleet.soft_state(&n.id, down_after),
+                soft: ctx.fleet.soft_state(&n.id, down_after),
                 assigned: assigned.get(n.id.as_str()).copied().unwrap_or_default(),
             })
             .collect()
     })
 }
 
-async fn place_queued(shared: &Arc<Shared>) {
-    let queued: Vec<_> = shared.store.read(|s| {
+async fn place_queued(ctx: &Arc<Context>) {
+    let queued: Vec<_> = ctx.store.read(|s| {
         s.queued_builds()
             .map(|b| {
                 let last_image = s
@@ -137,29 +137,29 @@ async fn place_queued(shared: &Arc<Shared>) {
     if queued.is_empty() {
         return;
     }
-    let mut nodes = node_snapshots(shared);
+    let mut nodes = node_snapshots(ctx);
     for (build, last_node, last_image_bytes) in queued {
         let views: Vec<NodeView<'_>> = nodes.iter().map(NodeSnapshot::view).collect();
         let needs = BuildNeeds {
             app: &build.app,
-            min_free_bytes: shared.config.placement.min_free_bytes.saturating_add(last_image_bytes),
+            min_free_bytes: ctx.config.placement.min_free_bytes.saturating_add(last_image_bytes),
             last_built_on: last_node.as_deref(),
         };
         let decision = placement::place(&needs, &views);
         let Some(node_id) = decision.chosen.clone() else {
-            shared.dispatch.placements.no_node();
-            let queue_timeout = shared.config.placement.queue_timeout_secs;
+            ctx.dispatch.placements.no_node();
+            let queue_timeout = ctx.config.placement.queue_timeout_secs;
             let queued_at = if build.queued_at_ms == 0 { build.created_at_ms } else { build.queued_at_ms };
             if crate::now_ms().saturating_sub(queued_at) > queue_timeout * 1000 {
                 let reason =
                     format!("no node could take the build within {queue_timeout} s: {}", decision.explain());
-                expire(shared, &build.id, reason).await;
+                expire(ctx, &build.id, reason).await;
                 continue;
             }
-            let mut waiting = shared.dispatch.waiting.lock().expect("dispatch lock poisoned");
+            let mut waiting = ctx.dispatch.waiting.lock().expect("dispatch lock poisoned");
             if waiting.get(&build.id) != Some(&decision.rejected) {
                 tracing::info!(build = %build.id, why = %decision.explain(), "build waits for a node");
-                shared.events.publish(
+                ctx.events.publish(
                     &build.id,
                     Event::Placement(slipway_proto::Placement {
                         node_id: String::new(),
@@ -173,10 +173,10 @@ async fn place_queued(shared: &Arc<Shared>) {
         };
         let attempt = build.attempt + 1;
         let cmd = Command::AssignBuild { build_id: build.id.clone(), node_id: node_id.clone(), attempt };
-        match shared.store.write(cmd).await {
+        match ctx.store.write(cmd).await {
             Ok(Response::Build(b)) => {
-                shared.dispatch.placements.placed();
-                shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(&b.id);
+                ctx.dispatch.placements.placed();
+                ctx.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(&b.id);
                 let mut node_name = String::new();
                 if let Some(n) = nodes.iter_mut().find(|n| n.id == node_id) {
                     // The next build of this tick sees the slot taken.
@@ -184,7 +184,7 @@ async fn place_queued(shared: &Arc<Shared>) {
                     node_name = n.name.clone();
                 }
                 tracing::info!(build = %b.id, attempt, node = %node_name, "build placed");
-                shared.events.publish(
+                ctx.events.publish(
                     &b.id,
                     Event::Placement(slipway_proto::Placement {
                         node_id: node_id.clone(),
@@ -192,10 +192,9 @@ async fn place_queued(shared: &Arc<Shared>) {
                         rejected: convert::rejections(&decision.rejected),
                     }),
                 );
-                let assignment =
-                    shared.store.read(|s| s.apps.get(&b.app).map(|app| shared.assignment(&b, app)));
+                let assignment = ctx.store.read(|s| s.apps.get(&b.app).map(|app| assignment(ctx, &b, app)));
                 if let Some(a) = assignment {
-                    if !shared.fleet.send(&node_id, SchedMsg::Assign(a)) {
+                    if !ctx.fleet.send(&node_id, SchedMsg::Assign(a)) {
                         tracing::warn!(build = %b.id, "node's session is gone; the build returns to the queue when the node is down");
                     }
                 }
@@ -206,17 +205,17 @@ async fn place_queued(shared: &Arc<Shared>) {
     }
 }
 
-async fn expire(shared: &Arc<Shared>, build_id: &str, reason: String) {
+async fn expire(ctx: &Arc<Context>, build_id: &str, reason: String) {
     tracing::warn!(build = %build_id, %reason, "build expired in the queue");
     let cmd = Command::ExpireBuild {
         build_id: build_id.to_string(),
         reason: reason.clone(),
         at_ms: crate::now_ms(),
     };
-    match shared.store.write(cmd).await {
+    match ctx.store.write(cmd).await {
         Ok(Response::Build(_)) => {
-            shared.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(build_id);
-            shared.events.publish(build_id, Event::Failed(format!("build {build_id} failed: {reason}")));
+            ctx.dispatch.waiting.lock().expect("dispatch lock poisoned").remove(build_id);
+            ctx.events.publish(build_id, Event::Failed(format!("build {build_id} failed: {reason}")));
         }
         Ok(_) => {}
         Err(err) => tracing::warn!(build = %build_id, %err, "cannot expire build"),
@@ -224,15 +223,15 @@ async fn expire(shared: &Arc<Shared>, build_id: &str, reason: String) {
 }
 
 /// Builds whose node went Down go back to the queue for a new attempt.
-async fn requeue_lost(shared: &Arc<Shared>) {
-    let down_after = shared.config.down_after();
-    let lost: Vec<(String, u32, String)> = shared.store.read(|s| {
+async fn requeue_lost(ctx: &Arc<Context>) {
+    let down_after = ctx.config.down_after();
+    let lost: Vec<(String, u32, String)> = ctx.store.read(|s| {
         s.builds
             .values()
             .filter(|b| matches!(b.state, BuildState::Assigned | BuildState::Running))
             .filter_map(|b| {
                 let node = b.node_id.as_deref()?;
-                (shared.fleet.soft_state(node, down_after).liveness == Liveness::Down).then(|| {
+                (ctx.fleet.soft_state(node, down_after).liveness == Liveness::Down).then(|| {
                     let name = s.nodes.get(node).map_or(node, |n| n.name.as_str());
                     (b.id.clone(), b.attempt, name.to_string())
                 })
@@ -242,8 +241,8 @@ async fn requeue_lost(shared: &Arc<Shared>) {
     for (build_id, attempt, node) in lost {
         let reason = format!("node {node} is down");
         tracing::warn!(build = %build_id, attempt, %node, "node lost; queueing the build again");
-        shared.events.log(&build_id, format!("==> {reason}; placing the build again"));
-        if let Err(err) = shared
+        ctx.events.log(&build_id, format!("==> {reason}; placing the build again"));
+        if let Err(err) = ctx
             .store
             .write(Command::RequeueBuild {
                 build_id: build_id.clone(),
@@ -258,9 +257,28 @@ async fn requeue_lost(shared: &Arc<Shared>) {
     }
 }
 
+/// The assignment an agent gets for a build's current attempt, with (TLS on) a fresh
+/// grant to push and pull the app's repository only.
+pub fn assignment(ctx: &Context, b: &Build, app: &App) -> slipway_proto::BuildAssignment {
+    slipway_proto::BuildAssignment {
+        build_id: b.id.clone(),
+        attempt: b.attempt,
+        app: app.name.clone(),
+        repo: app.repo.clone(),
+        git_ref: b.git_ref.clone(),
+        no_cache: b.no_cache,
+        repository: format!("{}/{}", ctx.config.registry.addr, app.name),
+        registry_login: ctx.ca.as_ref().map(|ca| {
+            let login =
+                registry_auth::login(ca, &app.name, &["push", "pull"], registry_auth::BUILD_GRANT_TTL);
+            slipway_proto::RegistryLogin { username: login.username, password: login.password }
+        }),
+    }
+}
+
 /// Records an attempt's outcome; a success records the release and wakes the deployer.
 pub async fn finish_build(
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
     build_id: &str,
     attempt: u32,
     result: Result<BuildOutput, String>,
@@ -271,16 +289,16 @@ pub async fn finish_build(
         result: result.clone(),
         at_ms: crate::now_ms(),
     };
-    match shared.store.write(cmd).await {
+    match ctx.store.write(cmd).await {
         Ok(Response::Release(release)) => {
             // The deployer announces the release on the build's topic before deploying it.
             tracing::info!(build = %build_id, release = release.number, digest = %release.digest, "release recorded");
-            shared.dispatcher_wake();
+            ctx.dispatcher_wake();
         }
         Ok(Response::Build(b)) if b.state == BuildState::Failed => {
             let reason = b.error.unwrap_or_default();
             tracing::info!(build = %build_id, %reason, "build failed");
-            shared.events.publish(build_id, Event::Failed(format!("build {build_id} failed: {reason}")));
+            ctx.events.publish(build_id, Event::Failed(format!("build {build_id} failed: {reason}")));
         }
         Ok(Response::Stale) => {
             tracing::info!(build = %build_id, attempt, "ignoring a result from a stale attempt")
@@ -290,14 +308,14 @@ pub async fn finish_build(
     }
 }
 
-async fn start_pending_deploys(shared: &Arc<Shared>) {
+async fn start_pending_deploys(ctx: &Arc<Context>) {
     // For each app only its newest release is deployed; older pending ones are superseded.
-    let (latest, superseded): (Vec<Release>, Vec<(String, u64, u64)>) = shared.store.read(|s| {
+    let (latest, superseded): (Vec<Release>, Vec<(String, u64, u64)>) = ctx.store.read(|s| {
         let mut latest = Vec::new();
         let mut superseded = Vec::new();
         for (app, releases) in &s.releases {
             // A deploy in flight finishes first; its release is judged after it.
-            if shared.dispatch.is_deploying(app) {
+            if ctx.dispatch.is_deploying(app) {
                 continue;
             }
             let Some(newest) = releases.last() else { continue };
@@ -313,15 +331,15 @@ async fn start_pending_deploys(shared: &Arc<Shared>) {
     });
     for (app, number, newest) in superseded {
         let result = Err(format!("superseded by release {newest}"));
-        if let Err(err) = shared.store.write(Command::RecordDeploy { app, release: number, result }).await {
+        if let Err(err) = ctx.store.write(Command::RecordDeploy { app, release: number, result }).await {
             tracing::warn!(%err, "cannot mark a release superseded");
         }
     }
     for release in latest {
         let span = tracing::info_span!("deploy", app = %release.app, release = release.number);
-        let task_shared = shared.clone();
+        let task_ctx = ctx.clone();
         let app = release.app.clone();
-        hold_app(shared, &app, span, async move { deploy_release(&task_shared, &release).await });
+        hold_app(ctx, &app, span, async move { deploy_release(&task_ctx, &release).await });
     }
 }
 
@@ -329,15 +347,15 @@ async fn start_pending_deploys(shared: &Arc<Shared>) {
 /// [`crate::dispatch_state::DispatchState::hold`]), unless something else holds it; the
 /// slot is freed however the task ends, and a stand-down aborts the task.
 fn hold_app(
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
     app: &str,
     span: tracing::Span,
     work: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let (task_shared, task_app) = (shared.clone(), app.to_string());
-    shared.dispatch.hold(app, move || {
+    let (task_ctx, task_app) = (ctx.clone(), app.to_string());
+    ctx.dispatch.hold(app, move || {
         // Made only once the slot is taken: dropping it frees the slot.
-        let guard = DeployingGuard { shared: task_shared, app: task_app };
+        let guard = DeployingGuard { ctx: task_ctx, app: task_app };
         let task = tokio::spawn(
             async move {
                 let _guard = guard;
@@ -351,15 +369,15 @@ fn hold_app(
 
 /// The registry credentials an app's service pulls with (TLS on): a pull-only grant for
 /// its repository, valid `registry.pull_grant_validity_secs`.
-pub fn pull_auth(shared: &Shared, app: &str) -> Option<PullAuth> {
-    let ca = shared.ca.as_ref()?;
-    let validity = Duration::from_secs(shared.config.registry.pull_grant_validity_secs);
+pub fn pull_auth(ctx: &Context, app: &str) -> Option<PullAuth> {
+    let ca = ctx.ca.as_ref()?;
+    let validity = Duration::from_secs(ctx.config.registry.pull_grant_validity_secs);
     let login = registry_auth::login(ca, app, &["pull"], validity);
     Some(PullAuth {
         credentials: DockerCredentials {
             username: Some(login.username),
             password: Some(login.password),
-            serveraddress: Some(shared.config.registry.addr.clone()),
+            serveraddress: Some(ctx.config.registry.addr.clone()),
             ..Default::default()
         },
         expires: login.expires,
@@ -371,16 +389,16 @@ pub fn pull_auth(shared: &Shared, app: &str) -> Option<PullAuth> {
 /// than a third left gets a fresh one ([`deploy::renew_pull_grant`]). A renewal holds
 /// the app's deploy slot, so a deploy of the same app waits for it and the other way
 /// round.
-fn renew_pull_grants(shared: &Arc<Shared>) {
-    if shared.ca.is_none() {
+fn renew_pull_grants(ctx: &Arc<Context>) {
+    if ctx.ca.is_none() {
         return;
     }
-    let validity = shared.config.registry.pull_grant_validity_secs;
+    let validity = ctx.config.registry.pull_grant_validity_secs;
     let period = Duration::from_secs(validity / 6).clamp(Duration::from_secs(1), RENEWAL_CHECK_MAX);
-    if !shared.dispatch.renewal_due(tokio::time::Instant::now(), period) {
+    if !ctx.dispatch.renewal_due(tokio::time::Instant::now(), period) {
         return;
     }
-    let apps: Vec<String> = shared.store.read(|s| {
+    let apps: Vec<String> = ctx.store.read(|s| {
         s.releases
             .iter()
             .filter(|(_, releases)| releases.iter().any(|r| r.deploy == DeployState::Deployed))
@@ -390,23 +408,22 @@ fn renew_pull_grants(shared: &Arc<Shared>) {
     let renew_before = registry_auth::now_secs().saturating_add(validity / 3);
     for app in apps {
         let span = tracing::info_span!("renew_pull_grant", app = %app);
-        let task_shared = shared.clone();
+        let task_ctx = ctx.clone();
         let task_app = app.clone();
-        hold_app(shared, &app, span, async move {
-            let (shared, app) = (&task_shared, &task_app);
-            let Some(auth) = pull_auth(shared, app) else { return };
-            let docker = match shared.docker().await {
+        hold_app(ctx, &app, span, async move {
+            let (ctx, app) = (&task_ctx, &task_app);
+            let Some(auth) = pull_auth(ctx, app) else { return };
+            let docker = match ctx.docker().await {
                 Ok(docker) => docker,
                 Err(err) => return tracing::warn!(%err, "cannot renew the service's registry grant"),
             };
             // The spec of the release the service runs, by its number.
             let release = |number: u64| {
-                shared
-                    .store
+                ctx.store
                     .read(|s| s.releases.get(app)?.iter().find(|r| r.number == number).cloned())
-                    .map(|r| service_for(shared, &r))
+                    .map(|r| service_for(ctx, &r))
             };
-            let stack = &shared.config.deploy.stack;
+            let stack = &ctx.config.deploy.stack;
             match deploy::renew_pull_grant(&docker, stack, app, release, &auth, renew_before).await {
                 Ok(deploy::Renewal::Renewed) => {
                     tracing::info!(expires = auth.expires, "renewed the service's registry grant")
@@ -427,8 +444,8 @@ fn renew_pull_grants(shared: &Arc<Shared>) {
 const RENEWAL_CHECK_MAX: Duration = Duration::from_secs(300);
 
 /// Maps a release to the Swarm service that runs it.
-pub fn service_for(shared: &Shared, release: &Release) -> ServiceDeploy {
-    let deploy = &shared.config.deploy;
+pub fn service_for(ctx: &Context, release: &Release) -> ServiceDeploy {
+    let deploy = &ctx.config.deploy;
     ServiceDeploy {
         stack: deploy.stack.clone(),
         app: release.app.clone(),
@@ -464,38 +481,38 @@ pub fn service_for(shared: &Shared, release: &Release) -> ServiceDeploy {
     }
 }
 
-async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
+async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
     let topic = release_topic(release);
-    let spec = service_for(shared, release);
+    let spec = service_for(ctx, release);
     let service = format!("{}_{}", spec.stack, spec.app);
     if release.rollback_of.is_none() {
         // Rollbacks announced their release when they were recorded (control.rs).
-        shared.events.publish(&topic, Event::Release(convert::release(release)));
+        ctx.events.publish(&topic, Event::Release(convert::release(release)));
     }
-    shared.events.publish(
+    ctx.events.publish(
         &topic,
         Event::DeployProgress(format!(
             "deploying release {} ({}) to service {service}",
             release.number, spec.image
         )),
     );
-    let outcome = match shared.docker().await {
+    let outcome = match ctx.docker().await {
         Ok(docker) => {
             let progress_topic = topic.clone();
-            let events = shared.events.clone();
+            let events = ctx.events.clone();
             let progress = move |line: String| events.publish(&progress_topic, Event::DeployProgress(line));
-            let auth = pull_auth(shared, &release.app);
+            let auth = pull_auth(ctx, &release.app);
             deploy::deploy(&docker, &spec, auth.as_ref(), &progress).await.map_err(|e| e.to_string())
         }
         Err(err) => Err(err.to_string()),
     };
     let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
     let cmd = Command::RecordDeploy { app: release.app.clone(), release: release.number, result };
-    let recorded = shared.store.write(cmd).await;
+    let recorded = ctx.store.write(cmd).await;
     match (outcome, recorded) {
         (Ok(done), Ok(Response::Release(r))) => {
             tracing::info!(service = %service, running = done.running, "release deployed");
-            shared.events.publish(
+            ctx.events.publish(
                 &topic,
                 Event::Done(slipway_proto::DeployDone {
                     release: Some(convert::release(&r)),
@@ -507,13 +524,13 @@ async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
         }
         (Err(reason), _) => {
             tracing::warn!(%reason, "deploy failed");
-            shared.events.publish(
+            ctx.events.publish(
                 &topic,
                 Event::Failed(format!("deploy of release {} failed: {reason}", release.number)),
             );
         }
         (Ok(_), Ok(other)) => {
-            shared.events.publish(
+            ctx.events.publish(
                 &topic,
                 Event::Failed(format!("deploy succeeded but recording it was refused: {other:?}")),
             );
@@ -523,7 +540,7 @@ async fn deploy_release(shared: &Arc<Shared>, release: &Release) {
             // again (an update to the same digest is a no-op for Swarm). Not terminal:
             // watchers end when the state says the release is deployed.
             tracing::warn!(%err, "deploy succeeded but could not be recorded");
-            shared.events.publish(
+            ctx.events.publish(
                 &topic,
                 Event::DeployProgress(format!("deploy succeeded but could not be recorded yet: {err}")),
             );

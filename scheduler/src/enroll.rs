@@ -11,24 +11,24 @@ use slipway_proto::tls::{self, Caller, PeerIdentity, Role};
 use slipway_proto::{self as pb};
 use tonic::{Request, Response, Status};
 
+use crate::context::Context;
 use crate::security::join_tokens;
 use crate::security::pki::{self, Ca};
-use crate::server::Shared;
 
 /// The `Enrollment` gRPC service.
 pub struct EnrollmentService {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
 }
 
 impl EnrollmentService {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
     }
 }
 
 /// The CA, or why this scheduler cannot issue (it runs without TLS).
-pub(crate) fn ca(shared: &Shared) -> Result<&Ca, Status> {
-    shared.ca.as_deref().ok_or_else(|| {
+pub(crate) fn ca(ctx: &Context) -> Result<&Ca, Status> {
+    ctx.ca.as_deref().ok_or_else(|| {
         Status::failed_precondition(
             "this scheduler runs without TLS (tls.insecure = true): it has no CA and issues no certificates",
         )
@@ -36,10 +36,10 @@ pub(crate) fn ca(shared: &Shared) -> Result<&Ca, Status> {
 }
 
 /// How long certificates of `role` are valid.
-fn validity(shared: &Shared, role: Role) -> Duration {
+fn validity(ctx: &Context, role: Role) -> Duration {
     match role {
-        Role::Agent => Duration::from_secs(shared.config.tls.agent_cert_validity_secs),
-        Role::Admin => Duration::from_secs(shared.config.tls.admin_cert_validity_secs),
+        Role::Agent => Duration::from_secs(ctx.config.tls.agent_cert_validity_secs),
+        Role::Admin => Duration::from_secs(ctx.config.tls.admin_cert_validity_secs),
         Role::Scheduler => pki::SCHEDULER_CERT_VALIDITY,
     }
 }
@@ -59,12 +59,12 @@ fn check_name(role: Role, name: &str) -> Result<(), Status> {
 }
 
 /// An operator certificate for `name` on the key in `csr_pem`.
-pub fn issue_admin_cert(shared: &Shared, name: &str, csr_pem: &str) -> Result<pb::Certified, Status> {
+pub fn issue_admin_cert(ctx: &Context, name: &str, csr_pem: &str) -> Result<pb::Certified, Status> {
     check_name(Role::Admin, name)?;
-    let ca = ca(shared)?;
+    let ca = ca(ctx)?;
     let who = PeerIdentity::new(Role::Admin, name);
     let cert_pem = ca
-        .issue_for_csr(&who, csr_pem, validity(shared, Role::Admin))
+        .issue_for_csr(&who, csr_pem, validity(ctx, Role::Admin))
         .map_err(|e| Status::invalid_argument(e.0))?;
     tracing::info!(%who, "issued an operator certificate");
     Ok(pb::Certified { cert_pem, ca_pem: ca.cert_pem.clone(), ca_key_pem: String::new() })
@@ -76,8 +76,8 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         let req = req.into_inner();
         let role = join_tokens::token_role(&req.role)?;
         check_name(role, &req.name)?;
-        let ca = ca(&self.shared)?;
-        if !join_tokens::admits(&self.shared.store, role, &req.secret).await? {
+        let ca = ca(&self.ctx)?;
+        if !join_tokens::admits(&self.ctx.store, role, &req.secret).await? {
             tracing::warn!(%role, name = %req.name, "join refused: wrong or rotated token");
             return Err(Status::permission_denied(format!(
                 "this {role} join token is not valid here (rotated, or from another cluster); get the current \
@@ -86,7 +86,7 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         }
         let who = PeerIdentity::new(role, req.name);
         let cert_pem = ca
-            .issue_for_csr(&who, &req.csr_pem, validity(&self.shared, role))
+            .issue_for_csr(&who, &req.csr_pem, validity(&self.ctx, role))
             .map_err(|e| Status::invalid_argument(e.0))?;
         // A scheduler issues certificates too: it gets the CA's key.
         let ca_key_pem = if role == Role::Scheduler { ca.key_pem().to_string() } else { String::new() };
@@ -95,10 +95,10 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::Certified>, Status> {
-        let ca = ca(&self.shared)?;
+        let ca = ca(&self.ctx)?;
         let who = tls::peer_identity(&req)?;
         let cert_pem = ca
-            .issue_for_csr(&who, &req.get_ref().csr_pem, validity(&self.shared, who.role))
+            .issue_for_csr(&who, &req.get_ref().csr_pem, validity(&self.ctx, who.role))
             .map_err(|e| Status::invalid_argument(e.0))?;
         tracing::info!(%who, "renewed a certificate");
         Ok(Response::new(pb::Certified { cert_pem, ca_pem: ca.cert_pem.clone(), ca_key_pem: String::new() }))

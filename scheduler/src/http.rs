@@ -20,15 +20,15 @@ use axum::routing::get;
 use axum::Router;
 use openraft::ServerState;
 
+use crate::context::Context;
 use crate::fleet::{NodeSoftState, ReportDelays};
-use crate::server::Shared;
 use crate::state::{Build, BuildState, NodeRecord, Release};
 
 /// Rows of the recent builds and recent releases tables.
 pub const RECENT: usize = 20;
 
 /// Routes of the HTTP side.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/", get(fleet_page))
         .route("/fleet", get(fleet_page))
@@ -36,13 +36,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v2/token", get(registry_token))
-        .with_state(shared)
+        .with_state(ctx)
 }
 
 /// The registry's token server (see `registry_auth`): a short-lived JWT for what the
 /// presented grant allows of the scopes asked for; anonymous callers get no access.
 async fn registry_token(
-    AxState(shared): AxState<Arc<Shared>>,
+    AxState(ctx): AxState<Arc<Context>>,
     headers: HeaderMap,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> axum::response::Response {
@@ -52,7 +52,7 @@ async fn registry_token(
             serde_json::json!({ "details": why, "errors": [{ "code": "UNAUTHORIZED", "message": why }] });
         (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
     };
-    let (Some(ca), Some(signer)) = (shared.ca.as_deref(), shared.tls_credentials.as_deref()) else {
+    let (Some(ca), Some(signer)) = (ctx.ca.as_deref(), ctx.tls_credentials.as_deref()) else {
         return refuse(
             StatusCode::NOT_FOUND,
             "this scheduler runs without TLS: it has no CA to sign with".into(),
@@ -84,20 +84,20 @@ async fn registry_token(
     }
 }
 
-async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
-    match shared.store.raft().metrics().borrow().current_leader {
+async fn readyz(AxState(ctx): AxState<Arc<Context>>) -> (StatusCode, String) {
+    match ctx.store.raft().metrics().borrow().current_leader {
         Some(leader) => (StatusCode::OK, format!("ready: leader is member {leader}\n")),
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader elected\n".into()),
     }
 }
 
-async fn metrics(AxState(shared): AxState<Arc<Shared>>) -> impl IntoResponse {
-    let overview = Overview::gather(&shared).await;
+async fn metrics(AxState(ctx): AxState<Arc<Context>>) -> impl IntoResponse {
+    let overview = Overview::gather(&ctx).await;
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&overview))
 }
 
-async fn fleet_page(AxState(shared): AxState<Arc<Shared>>, headers: HeaderMap) -> Html<String> {
-    let overview = Overview::gather(&shared).await;
+async fn fleet_page(AxState(ctx): AxState<Arc<Context>>, headers: HeaderMap) -> Html<String> {
+    let overview = Overview::gather(&ctx).await;
     // The port the browser reached this member on: the best guess at the leader's
     // HTTP port, which members do not tell each other.
     let port = headers
@@ -185,9 +185,9 @@ pub struct AppRow {
 impl Overview {
     /// Takes the overview: raft metrics, the applied state, and the fleet's soft state
     /// when this member leads.
-    pub async fn gather(shared: &Shared) -> Overview {
-        let m = shared.store.raft().metrics().borrow().clone();
-        let committed = shared.store.raft().with_raft_state(|st| st.committed.map_or(0, |l| l.index));
+    pub async fn gather(ctx: &Context) -> Overview {
+        let m = ctx.store.raft().metrics().borrow().clone();
+        let committed = ctx.store.raft().with_raft_state(|st| st.committed.map_or(0, |l| l.index));
         let commit_index =
             tokio::time::timeout(Duration::from_secs(1), committed).await.ok().and_then(Result::ok);
         let membership = m.membership_config.membership();
@@ -229,8 +229,8 @@ impl Overview {
             purged_index: m.purged.map_or(0, |l| l.index),
             members,
         };
-        let leading = shared.store.is_leader() && shared.fleet.is_leading();
-        let mut overview = shared.store.read(|s| {
+        let leading = ctx.store.is_leader() && ctx.fleet.is_leading();
+        let mut overview = ctx.store.read(|s| {
             let mut builds_by_state = [0u64; 6];
             let mut assigned = std::collections::HashMap::<&str, u32>::new();
             for b in s.builds.values() {
@@ -285,14 +285,14 @@ impl Overview {
                     .collect(),
                 recent_builds: recent_builds.into_iter().take(RECENT).cloned().collect(),
                 recent_releases: recent_releases.into_iter().take(RECENT).cloned().collect(),
-                placements: shared.dispatch.placements.get(),
-                report_delays: shared.fleet.report_delays(),
+                placements: ctx.dispatch.placements.get(),
+                report_delays: ctx.fleet.report_delays(),
             }
         });
         if leading {
-            let down_after = shared.config.down_after();
+            let down_after = ctx.config.down_after();
             for n in &mut overview.nodes {
-                n.soft = Some(shared.fleet.soft_state(&n.record.id, down_after));
+                n.soft = Some(ctx.fleet.soft_state(&n.record.id, down_after));
             }
         }
         overview

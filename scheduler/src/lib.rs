@@ -21,6 +21,7 @@
 pub mod agents;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod control;
 pub mod convert;
 pub mod deploy;

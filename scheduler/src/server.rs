@@ -1,8 +1,8 @@
-//! Wires the scheduler together and runs it: [`start`] binds the listeners, opens the
-//! raft store, bootstraps a fresh data dir as a single-member cluster, and starts the
-//! gRPC services (control, agents, raft), the HTTP side and the dispatcher.
-//! [`Shared`] is what every part holds: config, raft, the replicated state, the fleet's
-//! soft state and the event hub.
+//! Wires the scheduler together and runs it: [`start`] binds the listeners, loads or
+//! fetches the TLS credentials, opens the raft store, bootstraps a fresh data dir as a
+//! single-member cluster, builds the [`Context`], and starts the gRPC services (control,
+//! agents, raft, enrollment), the HTTP side, the dispatcher and the leadership watch.
+//! [`Running::stop`] stops them within a grace period.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::Docker;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -21,83 +20,10 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::agents::AgentSessions;
 use crate::config::SchedulerConfig;
+use crate::context::Context;
 use crate::control::ControlService;
-use crate::dispatch_state::DispatchState;
-use crate::error::Error;
-use crate::events::Events;
-use crate::fleet::Fleet;
-use crate::raft::{self, Store};
+use crate::raft;
 use crate::security::pki::{self, Ca};
-use crate::security::registry_auth;
-use crate::state::{App, Build};
-
-/// What every part of the scheduler shares.
-pub struct Shared {
-    pub config: SchedulerConfig,
-    /// `host:port` where this member's gRPC listener is reached.
-    pub advertise: String,
-    /// The replicated state: read, write, leadership.
-    pub store: Store,
-    pub events: Events,
-    pub fleet: Fleet,
-    pub dispatch: DispatchState,
-    /// Wakes the dispatcher early (a report arrived, a build finished).
-    pub wake: Notify,
-    /// The cluster CA (None when running without TLS).
-    pub ca: Option<Arc<Ca>>,
-    /// This scheduler's own certificate and key (None when running without TLS).
-    pub tls_credentials: Option<Arc<Credentials>>,
-    docker: Mutex<Option<Docker>>,
-}
-
-impl Shared {
-    pub fn dispatcher_wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// The assignment an agent gets for a build's current attempt, with (TLS on) a fresh
-    /// grant to push and pull the app's repository only.
-    pub fn assignment(&self, b: &Build, app: &App) -> slipway_proto::BuildAssignment {
-        slipway_proto::BuildAssignment {
-            build_id: b.id.clone(),
-            attempt: b.attempt,
-            app: app.name.clone(),
-            repo: app.repo.clone(),
-            git_ref: b.git_ref.clone(),
-            no_cache: b.no_cache,
-            repository: format!("{}/{}", self.config.registry.addr, app.name),
-            registry_login: self.ca.as_ref().map(|ca| {
-                let login =
-                    registry_auth::login(ca, &app.name, &["push", "pull"], registry_auth::BUILD_GRANT_TTL);
-                slipway_proto::RegistryLogin { username: login.username, password: login.password }
-            }),
-        }
-    }
-
-    /// The Swarm manager's engine, connected on first use (and again after a failure).
-    pub async fn docker(&self) -> Result<Docker, Error> {
-        let mut slot = self.docker.lock().await;
-        if let Some(docker) = slot.as_ref() {
-            if docker.ping().await.is_ok() {
-                return Ok(docker.clone());
-            }
-        }
-        let socket = &self.config.deploy.docker_socket;
-        let unreachable = |e: bollard::errors::Error| {
-            Error::Unavailable(format!(
-                "cannot reach the Docker engine at unix://{socket}: {e}; is dockerd running there (deploy.docker_socket)?"
-            ))
-        };
-        let docker = Docker::connect_with_unix(socket, 300, bollard::API_DEFAULT_VERSION)
-            .map_err(unreachable)?
-            .negotiate_version()
-            .await
-            .map_err(unreachable)?;
-        docker.ping().await.map_err(unreachable)?;
-        *slot = Some(docker.clone());
-        Ok(docker)
-    }
-}
 
 /// Why the scheduler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +40,8 @@ pub enum StartError {
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub shared: Arc<Shared>,
+    /// What the running parts share (tests look inside).
+    pub context: Arc<Context>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -128,7 +55,7 @@ impl Running {
             tracing::warn!("shutdown grace period over; aborting what is left");
             self.tasks.abort_all();
         }
-        if let Err(err) = self.shared.store.raft().shutdown().await {
+        if let Err(err) = self.context.store.raft().shutdown().await {
             tracing::warn!(%err, "raft shutdown");
         }
     }
@@ -188,18 +115,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         raft::bootstrap(opened.store.raft(), members).await.map_err(|e| store_err(e.to_string()))?;
     }
 
-    let shared = Arc::new(Shared {
-        events: Events::new(config.data_dir.join("logs")),
-        config,
-        advertise,
-        store: opened.store,
-        fleet: Fleet::default(),
-        dispatch: DispatchState::default(),
-        wake: Notify::new(),
-        ca: credentials.as_ref().map(|(ca, _)| ca.clone()),
-        tls_credentials: credentials.as_ref().map(|(_, creds)| creds.clone()),
-        docker: Mutex::new(None),
-    });
+    let ctx = Arc::new(Context::new(config, advertise, opened.store, credentials.clone()));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -214,22 +130,22 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     }
     let grpc = builder
         .add_service(InterceptedService::new(
-            slipway_proto::control_server::ControlServer::new(ControlService::new(shared.clone()))
+            slipway_proto::control_server::ControlServer::new(ControlService::new(ctx.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
             tls::require(&[Role::Admin, Role::Scheduler], secure),
         ))
         .add_service(InterceptedService::new(
-            slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(shared.clone()))
+            slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(ctx.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_AGENT_MESSAGE_BYTES),
             tls::require(&[Role::Agent], secure),
         ))
         .add_service(InterceptedService::new(
-            raft::RaftService::new(shared.store.raft().clone()).into_server(),
+            raft::RaftService::new(ctx.store.raft().clone()).into_server(),
             tls::require(&[Role::Scheduler], secure),
         ))
         .add_service(
             slipway_proto::enrollment_server::EnrollmentServer::new(crate::enroll::EnrollmentService::new(
-                shared.clone(),
+                ctx.clone(),
             ))
             .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
         );
@@ -250,7 +166,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .instrument(tracing::info_span!("grpc")),
     );
 
-    let app = crate::http::router(shared.clone());
+    let app = crate::http::router(ctx.clone());
     let mut stop = shutdown_rx.clone();
     tasks.spawn(
         async move {
@@ -265,19 +181,19 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     );
 
     tasks.spawn(
-        watch_leadership(shared.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("leadership")),
+        watch_leadership(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("leadership")),
     );
     tasks.spawn(
-        crate::dispatcher::run(shared.clone(), shutdown_rx.clone())
+        crate::dispatcher::run(ctx.clone(), shutdown_rx.clone())
             .instrument(tracing::info_span!("dispatcher")),
     );
 
-    Ok(Running { grpc_addr, http_addr, shared, shutdown, tasks })
+    Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })
 }
 
 /// Follows raft's metrics and hands the fleet over when leadership changes.
-async fn watch_leadership(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut metrics = shared.store.raft().metrics();
+async fn watch_leadership(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = ctx.store.raft().metrics();
     let mut leading = false;
     let mut member = false;
     loop {
@@ -294,15 +210,15 @@ async fn watch_leadership(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
             tracing::info!("this scheduler is a member of the cluster");
         }
         member = now_member;
-        let now_leading = shared.store.is_leader();
+        let now_leading = ctx.store.is_leader();
         if now_leading != leading {
             tracing::info!(leader = now_leading, term = metrics.borrow().current_term, "leadership changed");
-            shared.fleet.leadership_changed(now_leading);
+            ctx.fleet.leadership_changed(now_leading);
             if !now_leading {
-                shared.dispatch.stand_down();
+                ctx.dispatch.stand_down();
             }
             leading = now_leading;
-            shared.dispatcher_wake();
+            ctx.dispatcher_wake();
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
