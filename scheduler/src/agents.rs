@@ -164,7 +164,7 @@ fn resend_lost_assignments(ctx: &Context, node_id: &str, report: Option<&NodeRep
             .filter(|b| b.node_id.as_deref() == Some(node_id) && !b.state.is_terminal())
             .filter(|b| b.state != crate::state::BuildState::Queued)
             .filter(|b| !running.contains(&(b.id.as_str(), b.attempt)))
-            .filter_map(|b| s.apps.get(&b.app).map(|app| crate::dispatcher::assignment(ctx, b, app)))
+            .filter_map(|b| s.apps.get(&b.app).map(|app| crate::dispatch::assignment(ctx, b, app)))
             .collect()
     });
     for a in assignments {
@@ -228,7 +228,7 @@ async fn handle_build_event(ctx: &Arc<Context>, node_id: &str, event: BuildEvent
             if result.is_ok() {
                 ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(output));
             }
-            crate::dispatcher::finish_build(ctx, &build_id, attempt, result).await;
+            crate::dispatch::finish_build(ctx, &build_id, attempt, result).await;
         }
         Some(BuildEv::Refused(refusal)) => {
             let node =
@@ -246,7 +246,7 @@ async fn handle_build_event(ctx: &Arc<Context>, node_id: &str, event: BuildEvent
         }
         Some(BuildEv::Failed(failure)) => {
             let reason = format!("{} failed: {}", failure.phase, failure.reason);
-            crate::dispatcher::finish_build(ctx, &build_id, attempt, Err(reason)).await;
+            crate::dispatch::finish_build(ctx, &build_id, attempt, Err(reason)).await;
         }
         None => {}
     }

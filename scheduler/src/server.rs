@@ -181,50 +181,14 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     );
 
     tasks.spawn(
-        watch_leadership(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("leadership")),
+        crate::dispatch::watch_leadership(ctx.clone(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("leadership")),
     );
     tasks.spawn(
-        crate::dispatcher::run(ctx.clone(), shutdown_rx.clone())
-            .instrument(tracing::info_span!("dispatcher")),
+        crate::dispatch::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("dispatcher")),
     );
 
     Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })
-}
-
-/// Follows raft's metrics and hands the fleet over when leadership changes.
-async fn watch_leadership(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
-    let mut metrics = ctx.store.raft().metrics();
-    let mut leading = false;
-    let mut member = false;
-    loop {
-        let now_member = {
-            let m = metrics.borrow();
-            m.membership_config.membership().get_node(&m.id).is_some()
-        };
-        if member && !now_member {
-            tracing::error!(
-                "this scheduler was removed from the cluster: it no longer takes part; stop it, and \
-                 empty its data_dir before joining it to a cluster again"
-            );
-        } else if !member && now_member {
-            tracing::info!("this scheduler is a member of the cluster");
-        }
-        member = now_member;
-        let now_leading = ctx.store.is_leader();
-        if now_leading != leading {
-            tracing::info!(leader = now_leading, term = metrics.borrow().current_term, "leadership changed");
-            ctx.fleet.leadership_changed(now_leading);
-            if !now_leading {
-                ctx.dispatch.stand_down();
-            }
-            leading = now_leading;
-            ctx.dispatcher_wake();
-        }
-        tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = shutdown.changed() => return,
-        }
-    }
 }
 
 /// This scheduler's CA and certificate (None with `tls.insecure`): from its data dir;
