@@ -18,16 +18,14 @@
 //! - [`cli`]: the `slipway` command-line client.
 #![forbid(unsafe_code)]
 
-pub mod agents;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod context;
-pub mod control;
 pub mod convert;
 pub mod deploy;
 pub mod dispatch;
 pub mod dispatch_state;
-pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod fleet;

@@ -18,10 +18,11 @@ use tracing::Instrument;
 use slipway_proto::tls::{self, Credentials, Role};
 use tonic::service::interceptor::InterceptedService;
 
-use crate::agents::AgentSessions;
+use crate::api::agents::AgentSessions;
+use crate::api::control::ControlService;
+use crate::api::enroll::EnrollmentService;
 use crate::config::SchedulerConfig;
 use crate::context::Context;
-use crate::control::ControlService;
 use crate::raft;
 use crate::security::pki::{self, Ca};
 
@@ -144,10 +145,8 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
             tls::require(&[Role::Scheduler], secure),
         ))
         .add_service(
-            slipway_proto::enrollment_server::EnrollmentServer::new(crate::enroll::EnrollmentService::new(
-                ctx.clone(),
-            ))
-            .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
+            slipway_proto::enrollment_server::EnrollmentServer::new(EnrollmentService::new(ctx.clone()))
+                .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
         );
     let mut stop = shutdown_rx.clone();
     tasks.spawn(

@@ -420,7 +420,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
         let req = req.into_inner();
         let role = join_tokens::token_role(&req.role)?;
-        let ca = crate::enroll::ca(&self.ctx)?;
+        let ca = super::enroll::ca(&self.ctx)?;
         let token = join_tokens::join_token(&self.ctx.store, ca, role, req.rotate).await?;
         Ok(Response::new(pb::JoinTokenResponse { token: token.to_string() }))
     }
@@ -430,7 +430,7 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::IssueAdminCertRequest>,
     ) -> Result<Response<pb::Certified>, Status> {
         let req = req.into_inner();
-        crate::enroll::issue_admin_cert(&self.ctx, &req.name, &req.csr_pem).map(Response::new)
+        super::enroll::issue_admin_cert(&self.ctx, &req.name, &req.csr_pem).map(Response::new)
     }
 
     async fn set_node_drain(

@@ -51,7 +51,7 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         if !ctx.fleet.is_leading() {
             return Err(Status::unavailable("this scheduler is taking over as leader; retry in a moment"));
         }
-        let caller = crate::enroll::caller(&request);
+        let caller = super::enroll::caller(&request);
         let mut inbound = request.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(AgentMessage { msg: Some(AgentMsg::Hello(hello)) })) => hello,
