@@ -27,8 +27,8 @@
 
 use std::fmt::Write as _;
 
+use super::overview::Overview;
 use crate::fleet::ReportDelays;
-use crate::http::Overview;
 use crate::placement::Liveness;
 use crate::state::BuildState;
 
@@ -582,7 +582,7 @@ mod tests {
 
     use super::*;
     use crate::fleet::NodeSoftState;
-    use crate::http::{MemberRow, NodeRow, RaftOverview};
+    use crate::http::overview::{MemberRow, NodeRow, RaftOverview};
     use crate::state::NodeRecord;
 
     fn node(id: &str, name: &str, report: Option<NodeReport>) -> NodeRow {
