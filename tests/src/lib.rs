@@ -24,6 +24,7 @@
 //!   an agent per engine, with a control-API client; [`DeployRun`] collects a deploy
 //!   stream.
 //! - [`browser`]: headless Chromium, for pages an operator looks at.
+//! - [`exposition`]: [`exposition::check`], which reads `/metrics` text as a scraper does.
 //!
 //! Fixtures panic with a message naming the fix when the machine lacks something:
 //! they are for tests, where a panic is a failure with a reason.
@@ -37,6 +38,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod docker;
+pub mod exposition;
 pub mod fleet;
 pub mod gitrepo;
 pub mod net;

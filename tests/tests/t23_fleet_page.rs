@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use slipway_proto as pb;
-use slipway_scheduler::http::metrics::{check, Sample};
 use slipway_tests::browser::{chromium, headless};
+use slipway_tests::exposition::{check, Sample};
 use slipway_tests::{GitRepo, TestCluster};
 
 /// A valid git ref (git allows these characters) that is also HTML.
