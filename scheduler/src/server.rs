@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use slipway_proto::tls::{self, Credentials, Role};
+use slipway_proto::tls::{self, Role};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::api::agents::AgentSessions;
@@ -24,7 +24,7 @@ use crate::api::enroll::EnrollmentService;
 use crate::config::SchedulerConfig;
 use crate::context::Context;
 use crate::raft;
-use crate::security::pki::{self, Ca};
+use crate::security;
 
 /// Why the scheduler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,10 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
     let advertise = config.advertised().unwrap_or_else(|| grpc_addr.to_string());
 
-    let credentials = credentials(&config).await?.map(|(ca, creds)| (Arc::new(ca), Arc::new(creds)));
+    let credentials = security::credentials::at_start(&config)
+        .await
+        .map_err(StartError::Tls)?
+        .map(|(ca, creds)| (Arc::new(ca), Arc::new(creds)));
     let transport = match &credentials {
         Some((_, creds)) => tls::Transport::Tls(creds.clone()),
         None => tls::Transport::Insecure,
@@ -188,53 +191,4 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     );
 
     Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })
-}
-
-/// This scheduler's CA and certificate (None with `tls.insecure`): from its data dir;
-/// at first start made (founding alone), copied from `tls.ca_dir` (founding a static
-/// cluster), or fetched with `cluster.join_token` (joining).
-async fn credentials(config: &SchedulerConfig) -> Result<Option<(Ca, Credentials)>, StartError> {
-    if config.tls.insecure {
-        tracing::warn!(
-            "!!! tls.insecure = true: gRPC in PLAIN TEXT, NOBODY CHECKED. Anyone who reaches {} controls \
-             every app on this fleet. For development only. !!!",
-            config.listen
-        );
-        return Ok(None);
-    }
-    let fail = StartError::Tls;
-    let dir = pki::pki_dir(&config.data_dir);
-    if Ca::load(&dir).map_err(|e| fail(e.0))?.is_none() {
-        if let Some(src) = &config.tls.ca_dir {
-            let ca = Ca::load(src)
-                .map_err(|e| fail(e.0))?
-                .ok_or_else(|| fail(format!("tls.ca_dir {} holds no ca.pem", src.display())))?;
-            ca.save(&dir).map_err(|e| fail(e.0))?;
-            tracing::info!(from = %src.display(), "installed the cluster CA");
-        } else if let Some(token) = &config.cluster.join_token {
-            fetch_ca(config, token, &dir).await?;
-        }
-    }
-    let founding_alone = !config.cluster.join && config.cluster.members.is_empty();
-    pki::scheduler_credentials(&config.data_dir, config.node_id, founding_alone)
-        .map(Some)
-        .map_err(|e| fail(e.0))
-}
-
-/// Joins with a scheduler token: asks a member at one of `cluster.join_via` for the CA
-/// (checked against the token's digest) and a certificate.
-async fn fetch_ca(config: &SchedulerConfig, token: &str, dir: &std::path::Path) -> Result<(), StartError> {
-    let fail = StartError::Tls;
-    let token: tls::JoinToken = token.parse().map_err(fail)?;
-    let joined = tls::join(&config.cluster.join_via, &token, &config.node_id.to_string())
-        .await
-        .map_err(|e| fail(format!("cluster.join_token: {e}")))?;
-    let mut creds = joined.credentials;
-    let ca = Ca::from_pem(creds.ca_pem.clone(), joined.ca_key_pem).map_err(|e| fail(e.0))?;
-    ca.save(dir).map_err(|e| fail(e.0))?;
-    // Servers send the CA along with their certificate (see `Ca::issue`).
-    creds.cert_pem.push_str(&creds.ca_pem);
-    creds.save_dir(dir).map_err(fail)?;
-    tracing::info!(via = %joined.via, "joined the cluster's PKI with a scheduler token");
-    Ok(())
 }

@@ -3,6 +3,8 @@
 //! - [`pki`]: the cluster CA in `<data_dir>/pki/`, this scheduler's certificate, and
 //!   issuing certificates from CSRs (an agent's or operator's key never leaves its
 //!   machine).
+//! - [`credentials`]: this scheduler's CA and certificate at start (loaded, made,
+//!   copied or fetched with a join token).
 //! - [`join_tokens`]: the join tokens of agents and schedulers (`slipway cluster token`),
 //!   their secrets replicated and compared in constant time.
 //! - [`registry_auth`]: the registry's token server: grants (an app, its actions, an
@@ -15,6 +17,7 @@
 //! (`slipway_proto::tls::require`, wired in `server.rs`); enrollment (`api/enroll.rs`)
 //! is open and checks tokens and certificates itself.
 
+pub mod credentials;
 pub mod join_tokens;
 pub mod pki;
 pub mod realm_proxy;
