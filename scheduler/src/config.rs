@@ -35,7 +35,7 @@ pub struct SchedulerConfig {
 }
 
 /// Mutual TLS on the gRPC listener (control API, agent sessions, raft), with the
-/// cluster CA in `<data_dir>/pki/` (see `pki.rs`).
+/// cluster CA in `<data_dir>/pki/` (see `security/pki.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSettings {

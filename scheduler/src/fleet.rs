@@ -113,7 +113,7 @@ pub struct NodeSoftState {
     pub report: Option<NodeReport>,
     pub last_report_age: Option<Duration>,
     pub connected: bool,
-    /// Why the agent refused a build in the last [`REFUSAL_HOLD`], if it did.
+    /// Why the agent refused a build in the last 30 s, if it did.
     pub refusal: Option<String>,
 }
 

@@ -131,7 +131,7 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
     let spec = service_for(ctx, release);
     let service = format!("{}_{}", spec.stack, spec.app);
     if release.rollback_of.is_none() {
-        // Rollbacks announced their release when they were recorded (control.rs).
+        // Rollbacks announced their release when they were recorded (api/control.rs).
         ctx.events.publish(&topic, Event::Release(convert::release(release)));
     }
     ctx.events.publish(

@@ -1,8 +1,8 @@
 //! The dispatcher: the leader's work loop. Each tick it places queued builds and takes
-//! builds back from lost nodes ([`builds`]), deploys every release that is not deployed
-//! yet ([`deploys`]), and keeps the registry grants stored with the apps' services from
-//! expiring ([`grants`]). [`watch_leadership`] hands the fleet over when leadership
-//! changes ([`leadership`]).
+//! builds back from lost nodes (`builds.rs`), deploys every release that is not
+//! deployed yet (`deploys.rs`), and keeps the registry grants stored with the apps'
+//! services from expiring (`grants.rs`). [`watch_leadership`] hands the fleet over when
+//! leadership changes (`leadership.rs`).
 //!
 //! The loop is driven by the replicated state, not by in-memory queues: whatever the
 //! state says is queued gets placed, whatever release is pending gets deployed. So a new

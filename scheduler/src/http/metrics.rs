@@ -20,7 +20,7 @@
 //! slipway_report_delay_seconds (histogram)
 //! ```
 //!
-//! Node reports and liveness are the leader's memory (see `agents.rs`): a follower
+//! Node reports and liveness are the leader's memory (see `fleet.rs`): a follower
 //! exports the replicated node records (`slipway_node_info`, `slipway_node_draining`)
 //! and none of the report gauges, so a dashboard summing over members counts each node
 //! once. The HELP lines say so.

@@ -11,7 +11,7 @@
 //!
 //! - [`log_store`]: the raft log and vote in sled trees; an append is acknowledged to
 //!   openraft only after `flush_async` returns.
-//! - [`state_machine`]: applies committed [`Command`]s to the in-memory [`State`],
+//! - [`state_machine`]: applies committed [`Command`]s to the in-memory [`crate::state::State`],
 //!   builds and installs snapshots (persisted in sled).
 //! - [`network`]: openraft's RPCs over tonic, client and server, dialled with the
 //!   transport given to [`open`].

@@ -10,8 +10,8 @@
 //!   per address, and reused ([`Peers`]). A transport failure becomes
 //!   [`RPCError::Unreachable`] so openraft backs off before retrying; an RPC that
 //!   outlives openraft's `hard_ttl` becomes [`RPCError::Timeout`].
-//! - follower to leader: [`Peers::forward_write`] and [`Peers::read_index`] (see
-//!   [`super::Store`]).
+//! - follower to leader: `ForwardWrite` and `ReadIndex`, through the same [`Peers`]
+//!   type (see [`super::Store`]).
 //! - server side: [`RaftService`] feeds incoming RPCs to the local [`Raft`] and
 //!   executes writes forwarded by followers.
 //!
