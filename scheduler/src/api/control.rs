@@ -491,7 +491,7 @@ impl pb::control_server::Control for ControlService {
         }
         self.ctx.store.require_leader()?;
         let id = probe_joiner(&self.ctx, addr, req.node_id).await?;
-        raft::add_member(&self.ctx.store.raft(), id, addr, JOIN_CATCH_UP).await.map_err(membership_status)?;
+        raft::add_member(self.ctx.store.raft(), id, addr, JOIN_CATCH_UP).await.map_err(membership_status)?;
         Ok(Response::new(cluster_status(&self.ctx)))
     }
 
@@ -501,7 +501,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let id = request.into_inner().node_id;
         self.ctx.store.require_leader()?;
-        raft::remove_member(&self.ctx.store.raft(), id).await.map_err(membership_status)?;
+        raft::remove_member(self.ctx.store.raft(), id).await.map_err(membership_status)?;
         Ok(Response::new(cluster_status(&self.ctx)))
     }
 }
