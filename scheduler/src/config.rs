@@ -35,7 +35,7 @@ pub struct SchedulerConfig {
 }
 
 /// Mutual TLS on the gRPC listener (control API, agent sessions, raft), with the
-/// cluster CA in `<data_dir>/pki/` (see `pki.rs`).
+/// cluster CA in `<data_dir>/pki/` (see `security/pki.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSettings {
@@ -121,7 +121,7 @@ pub struct RegistryConfig {
     pub addr: String,
     /// How long the pull-only registry grant stored with each Swarm service stays
     /// valid (with TLS on); the leader renews it when a third is left, without
-    /// restarting tasks ([`crate::registry_auth`]).
+    /// restarting tasks (see `security/registry_auth.rs`).
     pub pull_grant_validity_secs: u64,
 }
 

@@ -1,12 +1,13 @@
 //! Live build logs and deploy progress, fanned out to whoever watches.
 //!
-//! Each build (and each rollback) is a *topic*. The leader publishes [`DeployEvent`]s to
-//! it as they happen: placement, log lines, the pushed image, the release, Swarm
-//! progress, and one terminal event (`done` or `failed`). A watcher gets the history so
-//! far and then the live events, atomically, so joining late never loses a line. Build
-//! log lines are also appended to `<data_dir>/logs/<build_id>.log` so `slipway logs`
-//! works after the build and after a restart of this scheduler. Events are leader
-//! memory, not raft writes: the raft log stays small.
+//! Each build (and each rollback) is a *topic* ([`release_topic`] names a release's).
+//! The leader publishes [`DeployEvent`]s to it as they happen: placement, log lines, the
+//! pushed image, the release, Swarm progress, and one terminal event (`done` or
+//! `failed`). A watcher gets the history so far and then the live events, atomically,
+//! so joining late never loses a line. Build log lines are also appended to
+//! `<data_dir>/logs/<build_id>.log` so `slipway logs` works after the build and after a
+//! restart of this scheduler. Events are leader memory, not raft writes: the raft log
+//! stays small.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 use slipway_proto::{deploy_event::Event, DeployEvent, LogLine};
 use tokio::sync::broadcast;
 
+use crate::state::Release;
+
 /// Finished topics are forgotten this long after their terminal event.
 const KEEP_FINISHED: Duration = Duration::from_secs(600);
 /// At most this many events are kept per topic for late watchers.
@@ -25,6 +28,14 @@ const MAX_HISTORY: usize = 20_000;
 /// True for the events that end a topic: `done` and `failed`.
 pub fn is_terminal(event: &DeployEvent) -> bool {
     matches!(event.event, Some(Event::Done(_) | Event::Failed(_)))
+}
+
+/// Topic of a release's deploy events: its build for built releases, its own for rollbacks.
+pub fn release_topic(r: &Release) -> String {
+    match r.rollback_of {
+        None => r.build_id.clone(),
+        Some(_) => format!("rollback-{}-{}", r.app, r.number),
+    }
 }
 
 /// The fan-out hub.

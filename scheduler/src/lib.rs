@@ -4,36 +4,53 @@
 //! builds on agents, and deploys each release to Swarm pinned by digest.
 //!
 //! ## Layout
-//! - [`state`]: the replicated state machine: apps, builds, releases, nodes, and the
-//!   [`state::Command`]s that change them (pure, deterministic).
-//! - [`raft`]: openraft over sled: log store, state machine store, tonic transport.
-//! - [`placement`]: which node builds what, and why the others were rejected (pure).
-//! - [`dispatcher`]: the leader's loop that places queued builds and hands them to agents.
-//! - [`agents`]: the agent session service and node liveness (leader memory).
-//! - [`deploy`]: creates or updates the Swarm service for a release.
-//! - [`control`]: the operator gRPC API; [`convert`] maps domain ⇄ wire types.
-//! - [`events`]: live build logs and deploy progress, fanned out to watchers.
-//! - [`http`]: `/` (the [`fleet_page`]), `/healthz`, `/readyz`, `/metrics` ([`metrics`]).
-//! - [`server`]: wires everything together: [`server::run`].
+//!
+//! In layers: each module uses only the layers above it in this list, never one below
+//! (no module imports another in a circle).
+//!
+//! 1. **Pure core** (no IO):
+//!    - [`state`]: the replicated state machine: apps, builds, releases, nodes, and the
+//!      [`state::Command`]s that change them (pure, deterministic).
+//!    - [`placement`]: which node builds what, and why the others were rejected.
+//!    - [`config`]: `scheduler.toml`, with a default for every field.
+//!    - [`convert`]: domain ⇄ wire types; [`error`]: the API error, mapped once to gRPC.
+//! 2. **The raft store**: [`raft`]: openraft over sled (log store, state machine,
+//!    transport, membership) and [`raft::Store`], what everything above reads and
+//!    writes through (read, read current, write, leadership).
+//! 3. **Leader soft state, security, events** (memory, never replicated, except the
+//!    join secrets):
+//!    - [`fleet`]: agent sessions' reports and node liveness.
+//!    - [`dispatch_state`]: why builds wait, deploys in flight, placement counters.
+//!    - [`security`]: the CA ([`security::pki`]), join tokens, the registry token signer
+//!      ([`security::registry_auth`]) and its realm proxy.
+//!    - [`events`]: live build logs and deploy progress, by topic.
+//! 4. **The context**: [`context::Context`], what the parts below share.
+//! 5. **The leader's work**: [`dispatch`] (place builds, deploy releases, renew
+//!    registry grants, follow leadership) and [`deploy`] (the Swarm side of a deploy:
+//!    the service spec, engine calls, convergence).
+//! 6. **The API**: [`api`]: the gRPC services: operator control, agent sessions,
+//!    enrollment.
+//! 7. **The HTTP side**: [`http`]: the fleet page, `/metrics`, `/healthz`, `/readyz`,
+//!    the registry's `/v2/token`.
+//! 8. **Wiring**: [`server`]: [`server::start`] builds the context and starts every
+//!    part; its handle stops them ([`server::Running::stop`]). The `slipway-scheduler`
+//!    binary parses flags and calls [`server::run`].
 #![forbid(unsafe_code)]
 
-pub mod agents;
+pub mod api;
 pub mod config;
-pub mod control;
+pub mod context;
 pub mod convert;
 pub mod deploy;
-pub mod dispatcher;
-pub mod enroll;
+pub mod dispatch;
+pub mod dispatch_state;
 pub mod error;
 pub mod events;
-pub mod fleet_page;
+pub mod fleet;
 pub mod http;
-pub mod metrics;
-pub mod pki;
 pub mod placement;
 pub mod raft;
-pub mod realm_proxy;
-pub mod registry_auth;
+pub mod security;
 pub mod server;
 pub mod state;
 

@@ -1,8 +1,8 @@
-//! Wires the scheduler together and runs it: [`start`] binds the listeners, opens the
-//! raft store, bootstraps a fresh data dir as a single-member cluster, and starts the
-//! gRPC services (control, agents, raft), the HTTP side and the dispatcher.
-//! [`Shared`] is what every part holds: config, raft, the replicated state, the fleet's
-//! soft state and the event hub.
+//! Wires the scheduler together and runs it: [`start`] binds the listeners, loads or
+//! fetches the TLS credentials, opens the raft store, bootstraps a fresh data dir as a
+//! single-member cluster, builds the [`Context`], and starts the gRPC services (control,
+//! agents, raft, enrollment), the HTTP side, the dispatcher and the leadership watch.
+//! [`Running::stop`] stops them within a grace period.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,167 +10,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::Docker;
-use openraft::ServerState;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use slipway_proto::tls::{self, Credentials, Role};
+use slipway_proto::tls::{self, Role};
 use tonic::service::interceptor::InterceptedService;
 
-use crate::agents::{AgentSessions, Fleet};
+use crate::api::agents::AgentSessions;
+use crate::api::control::ControlService;
+use crate::api::enroll::EnrollmentService;
 use crate::config::SchedulerConfig;
-use crate::control::ControlService;
-use crate::dispatcher::DispatchState;
-use crate::error::Error;
-use crate::events::Events;
-use crate::pki::{self, Ca};
-use crate::raft::state_machine::SharedState;
-use crate::raft::{self, Raft};
-use crate::registry_auth;
-use crate::state::{App, Build, Command, Response, State};
-
-/// How long a write (or a leader's read check) may wait for a quorum.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn no_quorum_message(what: &str) -> String {
-    format!(
-        "this scheduler could not {what} within {} s: it cannot reach a majority of the cluster \
-         (see `slipway cluster status`); retrying is safe, a retried deploy joins the first",
-        WRITE_TIMEOUT.as_secs()
-    )
-}
-
-/// What every part of the scheduler shares.
-pub struct Shared {
-    pub config: SchedulerConfig,
-    /// `host:port` where this member's gRPC listener is reached.
-    pub advertise: String,
-    pub raft: Raft,
-    pub state: SharedState,
-    /// Last applied raft index; changes whenever the state does.
-    pub applied: watch::Receiver<u64>,
-    pub events: Events,
-    pub fleet: Fleet,
-    pub dispatch: DispatchState,
-    /// Wakes the dispatcher early (a report arrived, a build finished).
-    pub wake: Notify,
-    /// The cluster CA (None when running without TLS).
-    pub ca: Option<Arc<crate::pki::Ca>>,
-    /// This scheduler's own certificate and key (None when running without TLS).
-    pub tls_credentials: Option<Arc<Credentials>>,
-    docker: Mutex<Option<Docker>>,
-}
-
-impl Shared {
-    /// Reads the replicated state (as applied on this member).
-    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(&self.state.read().expect("state lock poisoned"))
-    }
-
-    /// Reads the replicated state for an answer that must be current (linearizable):
-    /// the leader first confirms with a quorum that it still leads; a follower first
-    /// catches up to the leader's read index. A member cut off from the majority
-    /// answers "unavailable" instead of stale data.
-    pub async fn read_current<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, Error> {
-        match tokio::time::timeout(WRITE_TIMEOUT, raft::linearizable(&self.raft)).await {
-            Ok(Ok(())) => Ok(self.read(f)),
-            Ok(Err(raft::WriteError::NotLeader { leader_addr })) => {
-                Err(Error::NotLeader { leader: leader_addr })
-            }
-            Ok(Err(raft::WriteError::Fatal(e))) => Err(Error::Storage(e.to_string())),
-            Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
-            Err(_) => Err(Error::Unavailable(no_quorum_message("confirm it is up to date"))),
-        }
-    }
-
-    /// Proposes a command through raft (forwarded to the leader if need be) and waits
-    /// until it is committed and applied. A refusal by the state machine is an error.
-    /// A write not committed within [`WRITE_TIMEOUT`] (no quorum) fails as unavailable;
-    /// it may still be applied later, which is why commands carry request ids.
-    pub async fn write(&self, cmd: Command) -> Result<Response, Error> {
-        let written = tokio::time::timeout(WRITE_TIMEOUT, raft::write(&self.raft, cmd))
-            .await
-            .map_err(|_| Error::Unavailable(no_quorum_message("commit the change")))?;
-        match written {
-            Ok(Response::Refused(err)) => Err(Error::Refused(err)),
-            Ok(resp) => Ok(resp),
-            Err(raft::WriteError::NotLeader { leader_addr }) => Err(Error::NotLeader { leader: leader_addr }),
-            Err(raft::WriteError::Fatal(err)) => Err(Error::Storage(err.to_string())),
-            Err(err) => Err(Error::Unavailable(err.to_string())),
-        }
-    }
-
-    /// True while this member leads the cluster.
-    pub fn is_leader(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(m.id)
-    }
-
-    /// The leader's advertised address, if one is known.
-    pub fn leader_addr(&self) -> Option<String> {
-        raft::leader_addr(&self.raft)
-    }
-
-    /// Fails with the leader's address unless this member is the leader.
-    pub fn require_leader(&self) -> Result<(), Error> {
-        if self.is_leader() {
-            Ok(())
-        } else {
-            Err(Error::NotLeader { leader: self.leader_addr() })
-        }
-    }
-
-    pub fn dispatcher_wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// The assignment an agent gets for a build's current attempt, with (TLS on) a fresh
-    /// grant to push and pull the app's repository only.
-    pub fn assignment(&self, b: &Build, app: &App) -> slipway_proto::BuildAssignment {
-        slipway_proto::BuildAssignment {
-            build_id: b.id.clone(),
-            attempt: b.attempt,
-            app: app.name.clone(),
-            repo: app.repo.clone(),
-            git_ref: b.git_ref.clone(),
-            no_cache: b.no_cache,
-            repository: format!("{}/{}", self.config.registry.addr, app.name),
-            registry_login: self.ca.as_ref().map(|ca| {
-                let login =
-                    registry_auth::login(ca, &app.name, &["push", "pull"], registry_auth::BUILD_GRANT_TTL);
-                slipway_proto::RegistryLogin { username: login.username, password: login.password }
-            }),
-        }
-    }
-
-    /// The Swarm manager's engine, connected on first use (and again after a failure).
-    pub async fn docker(&self) -> Result<Docker, Error> {
-        let mut slot = self.docker.lock().await;
-        if let Some(docker) = slot.as_ref() {
-            if docker.ping().await.is_ok() {
-                return Ok(docker.clone());
-            }
-        }
-        let socket = &self.config.deploy.docker_socket;
-        let unreachable = |e: bollard::errors::Error| {
-            Error::Unavailable(format!(
-                "cannot reach the Docker engine at unix://{socket}: {e}; is dockerd running there (deploy.docker_socket)?"
-            ))
-        };
-        let docker = Docker::connect_with_unix(socket, 300, bollard::API_DEFAULT_VERSION)
-            .map_err(unreachable)?
-            .negotiate_version()
-            .await
-            .map_err(unreachable)?;
-        docker.ping().await.map_err(unreachable)?;
-        *slot = Some(docker.clone());
-        Ok(docker)
-    }
-}
+use crate::context::Context;
+use crate::raft;
+use crate::security;
 
 /// Why the scheduler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +41,8 @@ pub enum StartError {
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub shared: Arc<Shared>,
+    /// What the running parts share (tests look inside).
+    pub context: Arc<Context>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -201,7 +56,7 @@ impl Running {
             tracing::warn!("shutdown grace period over; aborting what is left");
             self.tasks.abort_all();
         }
-        if let Err(err) = self.shared.raft.shutdown().await {
+        if let Err(err) = self.context.store.raft().shutdown().await {
             tracing::warn!(%err, "raft shutdown");
         }
     }
@@ -232,14 +87,18 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
     let advertise = config.advertised().unwrap_or_else(|| grpc_addr.to_string());
 
-    let credentials = credentials(&config).await?.map(|(ca, creds)| (Arc::new(ca), Arc::new(creds)));
-    if let Some((_, creds)) = &credentials {
-        raft::network::set_transport(tls::Transport::Tls(creds.clone()));
-    }
+    let credentials = security::credentials::at_start(&config)
+        .await
+        .map_err(StartError::Tls)?
+        .map(|(ca, creds)| (Arc::new(ca), Arc::new(creds)));
+    let transport = match &credentials {
+        Some((_, creds)) => tls::Transport::Tls(creds.clone()),
+        None => tls::Transport::Insecure,
+    };
     let store_err =
         |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
-    let opened = raft::open(&config.data_dir, config.node_id, &config.raft.to_raft_config())
+    let opened = raft::open(&config.data_dir, config.node_id, &config.raft.to_raft_config(), transport)
         .await
         .map_err(|e| store_err(e.to_string()))?;
     if opened.initialized {
@@ -257,23 +116,10 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
             m => m,
         };
         tracing::info!(node_id = config.node_id, ?members, "founding a new cluster");
-        raft::bootstrap(&opened.raft, members).await.map_err(|e| store_err(e.to_string()))?;
+        raft::bootstrap(opened.store.raft(), members).await.map_err(|e| store_err(e.to_string()))?;
     }
 
-    let shared = Arc::new(Shared {
-        events: Events::new(config.data_dir.join("logs")),
-        config,
-        advertise,
-        raft: opened.raft,
-        state: opened.state,
-        applied: opened.applied,
-        fleet: Fleet::default(),
-        dispatch: DispatchState::default(),
-        wake: Notify::new(),
-        ca: credentials.as_ref().map(|(ca, _)| ca.clone()),
-        tls_credentials: credentials.as_ref().map(|(_, creds)| creds.clone()),
-        docker: Mutex::new(None),
-    });
+    let ctx = Arc::new(Context::new(config, advertise, opened.store, credentials.clone()));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -288,24 +134,22 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     }
     let grpc = builder
         .add_service(InterceptedService::new(
-            slipway_proto::control_server::ControlServer::new(ControlService::new(shared.clone()))
+            slipway_proto::control_server::ControlServer::new(ControlService::new(ctx.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
             tls::require(&[Role::Admin, Role::Scheduler], secure),
         ))
         .add_service(InterceptedService::new(
-            slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(shared.clone()))
+            slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(ctx.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_AGENT_MESSAGE_BYTES),
             tls::require(&[Role::Agent], secure),
         ))
         .add_service(InterceptedService::new(
-            raft::RaftService::new(shared.raft.clone()).into_server(),
+            raft::RaftService::new(ctx.store.raft().clone()).into_server(),
             tls::require(&[Role::Scheduler], secure),
         ))
         .add_service(
-            slipway_proto::enrollment_server::EnrollmentServer::new(crate::enroll::EnrollmentService::new(
-                shared.clone(),
-            ))
-            .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
+            slipway_proto::enrollment_server::EnrollmentServer::new(EnrollmentService::new(ctx.clone()))
+                .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
         );
     let mut stop = shutdown_rx.clone();
     tasks.spawn(
@@ -324,7 +168,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .instrument(tracing::info_span!("grpc")),
     );
 
-    let app = crate::http::router(shared.clone());
+    let app = crate::http::router(ctx.clone());
     let mut stop = shutdown_rx.clone();
     tasks.spawn(
         async move {
@@ -339,97 +183,12 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     );
 
     tasks.spawn(
-        watch_leadership(shared.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("leadership")),
+        crate::dispatch::watch_leadership(ctx.clone(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("leadership")),
     );
     tasks.spawn(
-        crate::dispatcher::run(shared.clone(), shutdown_rx.clone())
-            .instrument(tracing::info_span!("dispatcher")),
+        crate::dispatch::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("dispatcher")),
     );
 
-    Ok(Running { grpc_addr, http_addr, shared, shutdown, tasks })
-}
-
-/// Follows raft's metrics and hands the fleet over when leadership changes.
-async fn watch_leadership(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut metrics = shared.raft.metrics();
-    let mut leading = false;
-    let mut member = false;
-    loop {
-        let now_member = {
-            let m = metrics.borrow();
-            m.membership_config.membership().get_node(&m.id).is_some()
-        };
-        if member && !now_member {
-            tracing::error!(
-                "this scheduler was removed from the cluster: it no longer takes part; stop it, and \
-                 empty its data_dir before joining it to a cluster again"
-            );
-        } else if !member && now_member {
-            tracing::info!("this scheduler is a member of the cluster");
-        }
-        member = now_member;
-        let now_leading = shared.is_leader();
-        if now_leading != leading {
-            tracing::info!(leader = now_leading, term = metrics.borrow().current_term, "leadership changed");
-            shared.fleet.leadership_changed(now_leading);
-            if !now_leading {
-                shared.dispatch.stand_down();
-            }
-            leading = now_leading;
-            shared.dispatcher_wake();
-        }
-        tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// This scheduler's CA and certificate (None with `tls.insecure`): from its data dir;
-/// at first start made (founding alone), copied from `tls.ca_dir` (founding a static
-/// cluster), or fetched with `cluster.join_token` (joining).
-async fn credentials(config: &SchedulerConfig) -> Result<Option<(Ca, Credentials)>, StartError> {
-    if config.tls.insecure {
-        tracing::warn!(
-            "!!! tls.insecure = true: gRPC in PLAIN TEXT, NOBODY CHECKED. Anyone who reaches {} controls \
-             every app on this fleet. For development only. !!!",
-            config.listen
-        );
-        return Ok(None);
-    }
-    let fail = StartError::Tls;
-    let dir = pki::pki_dir(&config.data_dir);
-    if Ca::load(&dir).map_err(|e| fail(e.0))?.is_none() {
-        if let Some(src) = &config.tls.ca_dir {
-            let ca = Ca::load(src)
-                .map_err(|e| fail(e.0))?
-                .ok_or_else(|| fail(format!("tls.ca_dir {} holds no ca.pem", src.display())))?;
-            ca.save(&dir).map_err(|e| fail(e.0))?;
-            tracing::info!(from = %src.display(), "installed the cluster CA");
-        } else if let Some(token) = &config.cluster.join_token {
-            fetch_ca(config, token, &dir).await?;
-        }
-    }
-    let founding_alone = !config.cluster.join && config.cluster.members.is_empty();
-    pki::scheduler_credentials(&config.data_dir, config.node_id, founding_alone)
-        .map(Some)
-        .map_err(|e| fail(e.0))
-}
-
-/// Joins with a scheduler token: asks a member at one of `cluster.join_via` for the CA
-/// (checked against the token's digest) and a certificate.
-async fn fetch_ca(config: &SchedulerConfig, token: &str, dir: &std::path::Path) -> Result<(), StartError> {
-    let fail = StartError::Tls;
-    let token: tls::JoinToken = token.parse().map_err(fail)?;
-    let joined = tls::join(&config.cluster.join_via, &token, &config.node_id.to_string())
-        .await
-        .map_err(|e| fail(format!("cluster.join_token: {e}")))?;
-    let mut creds = joined.credentials;
-    let ca = Ca::from_pem(creds.ca_pem.clone(), joined.ca_key_pem).map_err(|e| fail(e.0))?;
-    ca.save(dir).map_err(|e| fail(e.0))?;
-    // Servers send the CA along with their certificate (see `Ca::issue`).
-    creds.cert_pem.push_str(&creds.ca_pem);
-    creds.save_dir(dir).map_err(fail)?;
-    tracing::info!(via = %joined.via, "joined the cluster's PKI with a scheduler token");
-    Ok(())
+    Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })
 }

@@ -20,6 +20,8 @@
 //! - [`gitrepo`]: [`GitRepo`], a git repository in a temporary directory (empty, or an
 //!   app from `examples/`) that a build clones through a `file://` URL; [`git`] runs
 //!   git anywhere with the user's configuration ignored.
+//! - [`exposition`]: [`exposition::check`], a Prometheus text-format checker for the
+//!   `/metrics` of the scheduler and the agent.
 //! - [`net`]: [`free_port`], [`wait_for_http`].
 //! - [`netns`]: [`NetLab`], a bridge and a /24 of network namespaces ("nodes"), with a
 //!   knob that cuts one node off from the others (needs root).
@@ -40,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 pub mod docker;
+pub mod exposition;
 pub mod gitrepo;
 pub mod net;
 pub mod netns;

@@ -16,8 +16,8 @@ use slipway_proto::control_client::ControlClient;
 use slipway_proto::deploy_event::Event;
 use slipway_proto::tls::{Credentials, PeerIdentity, Role, Transport};
 use slipway_proto::{self as pb};
-use slipway_scheduler::pki::Ca;
-use slipway_scheduler::realm_proxy;
+use slipway_scheduler::security::pki::Ca;
+use slipway_scheduler::security::realm_proxy;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use slipway_scheduler::pki::Ca;
-use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
+use slipway_scheduler::security::pki::Ca;
+use slipway_scheduler::security::registry_auth::{issue_grant, GRANT_USER, ISSUER, SERVICE};
 use slipway_testkit::TokenAuth;
 
 /// Token auth against `realm` (`http://<scheduler http_listen>/v2/token`, reachable

@@ -18,6 +18,7 @@
 //! - [`grants`]: [`cluster_token_auth`], the kit registry's token auth as a slipway
 //!   cluster runs it (its CA, its service and issuer, pull grants minted from the CA).
 //! - [`browser`]: headless Chromium, for pages an operator looks at.
+//! - [`exposition`]: [`exposition::check`], which reads `/metrics` text as a scraper does.
 //!
 //! Fixtures panic with a message naming the fix when the machine lacks something:
 //! they are for tests, where a panic is a failure with a reason; missing Docker pieces

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use slipway_proto as pb;
-use slipway_scheduler::metrics::{check, Sample};
+use slipway_testkit::exposition::{check, Sample};
 use slipway_testkit::GitRepo;
 use slipway_tests::browser::{chromium, headless};
 use slipway_tests::TestCluster;

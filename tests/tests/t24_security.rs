@@ -13,7 +13,7 @@ use slipway_proto::control_client::ControlClient;
 use slipway_proto::raft_client::RaftClient;
 use slipway_proto::tls::{Credentials, PeerIdentity, Role, Transport, SERVER_NAME};
 use slipway_proto::{self as pb};
-use slipway_scheduler::pki::Ca;
+use slipway_scheduler::security::pki::Ca;
 use slipway_testkit::{free_port, KillOnDrop};
 use slipway_tests::cluster::binary;
 use slipway_tests::TestCluster;

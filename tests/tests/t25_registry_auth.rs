@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use slipway_scheduler::deploy::LABEL_PULL_GRANT_EXPIRES;
-use slipway_scheduler::pki::Ca;
-use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER};
+use slipway_scheduler::security::pki::Ca;
+use slipway_scheduler::security::registry_auth::{issue_grant, GRANT_USER};
 use slipway_testkit::docker::docker_cli_as;
 use slipway_testkit::{free_port, wait_for_http, GitRepo, BASE_IMAGE};
 use slipway_tests::{set_app_port, TestCluster};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use slipway_proto::tls::{PeerIdentity, Role};
 use slipway_scheduler::config::SchedulerConfig;
-use slipway_scheduler::pki::{self, Ca};
+use slipway_scheduler::security::pki::{self, Ca};
 
 /// slipway's raft-replicated scheduler.
 #[derive(Parser)]
@@ -139,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
             tracing::info!(%listen, ?members, "forwarding the registry's token requests");
             tokio::select! {
-                () = slipway_scheduler::realm_proxy::serve(listener, members) => {}
+                () = slipway_scheduler::security::realm_proxy::serve(listener, members) => {}
                 () = shutdown_signal() => {}
             }
         }

@@ -11,14 +11,18 @@
 //!
 //! - [`log_store`]: the raft log and vote in sled trees; an append is acknowledged to
 //!   openraft only after `flush_async` returns.
-//! - [`state_machine`]: applies committed [`Command`]s to the in-memory [`State`],
+//! - [`state_machine`]: applies committed [`Command`]s to the in-memory [`crate::state::State`],
 //!   builds and installs snapshots (persisted in sled).
-//! - [`network`]: openraft's RPCs over tonic, client and server.
+//! - [`network`]: openraft's RPCs over tonic, client and server, dialled with the
+//!   transport given to [`open`].
+//! - [`store`]: [`Store`], the surface the rest of the scheduler uses: read, read
+//!   current, write, leadership.
 
 pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod state_machine;
+pub mod store;
 
 use std::io::Cursor;
 
@@ -41,20 +45,21 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// Raft member ids.
 pub type NodeId = u64;
 
-// Opening, bootstrapping and writing: the API the rest of the scheduler uses.
+// Opening and bootstrapping; reading and writing go through [`Store`].
 
 pub use membership::{add_member, remove_member, Added, MembershipError};
-pub use network::{Network, RaftService};
+pub use network::{Network, Peers, RaftService};
 pub use state_machine::SharedState;
+pub use store::{Store, WRITE_TIMEOUT};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::error::{Fatal, InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy, StorageError};
-use tokio::sync::watch;
+use slipway_proto::tls::Transport;
 
 use self::log_store::LogStore;
 use self::state_machine::StateMachineStore;
@@ -62,10 +67,6 @@ use self::state_machine::StateMachineStore;
 /// How long [`open`] waits for a store still locked by a raft of this process that is
 /// shutting down, before reporting it locked by another process.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
-/// How long a write forwarded to the leader may take.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long [`write`] waits for a forwarded write to be applied here too.
-const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(5);
 /// Snapshot bytes per `InstallSnapshot` RPC.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 
@@ -236,25 +237,27 @@ fn not_leader_message(leader_addr: &Option<String>) -> String {
     }
 }
 
-/// An opened raft node and the handles the rest of the scheduler reads.
+/// An opened raft node, as the [`Store`] the rest of the scheduler reads and writes.
 pub struct Opened {
-    /// The raft node: writes, membership changes, metrics, shutdown.
-    pub raft: Raft,
-    /// The replicated state, as applied on this node.
-    pub state: SharedState,
-    /// The last applied log index; changes whenever `state` does.
-    pub applied: watch::Receiver<u64>,
+    /// The raft node, its applied state, and the means to write through the leader.
+    pub store: Store,
     /// Whether the store already held a cluster (a vote or log entries) when opened:
     /// such a node must never be bootstrapped again.
     pub initialized: bool,
 }
 
 /// Opens (creating if needed) the raft store at `<data_dir>/raft` and starts the raft
-/// node `node_id` on it.
+/// node `node_id` on it, dialling its peers with `transport` (plain text, or TLS with
+/// this scheduler's certificate).
 ///
 /// The last snapshot is loaded and the committed log entries after it are re-applied
-/// before this returns, so `state` is current as of the last commit this node saw.
-pub async fn open(data_dir: &Path, node_id: NodeId, config: &RaftConfig) -> Result<Opened, RaftSetupError> {
+/// before this returns, so the state is current as of the last commit this node saw.
+pub async fn open(
+    data_dir: &Path,
+    node_id: NodeId,
+    config: &RaftConfig,
+    transport: Transport,
+) -> Result<Opened, RaftSetupError> {
     let raft_config = Arc::new(config.to_openraft()?);
     let path = data_dir.join("raft");
     std::fs::create_dir_all(&path)
@@ -270,10 +273,13 @@ pub async fn open(data_dir: &Path, node_id: NodeId, config: &RaftConfig) -> Resu
         .map_err(|e| RaftSetupError::Load { path: path.clone(), source: Box::new(e) })?;
     let state = state_machine.state();
     let applied = state_machine.subscribe_applied();
-    let raft = Raft::new(node_id, raft_config, Network::new(node_id), log_store, state_machine).await?;
+    // Raft RPCs and a follower's calls to the leader use clients of their own (a large
+    // snapshot chunk never queues ahead of a forwarded write).
+    let network = Network::new(node_id, Peers::new(transport.clone()));
+    let raft = Raft::new(node_id, raft_config, network, log_store, state_machine).await?;
     let initialized = raft.is_initialized().await?;
     tracing::info!(node_id, path = %path.display(), initialized, applied = *applied.borrow(), "raft store opened");
-    Ok(Opened { raft, state, applied, initialized })
+    Ok(Opened { store: Store::new(raft, state, applied, Peers::new(transport)), initialized })
 }
 
 /// Opens the sled db at `path`, waiting up to [`LOCK_WAIT`] for a lock held by a raft of
@@ -328,61 +334,12 @@ pub async fn bootstrap(raft: &Raft, members: BTreeMap<NodeId, String>) -> Result
     }
 }
 
-/// Replicates `cmd` and returns what applying it returned.
-///
-/// On a follower the command is forwarded to the leader (`ForwardWrite`), and the call
-/// returns once this node has applied it as well (read-your-writes), or after
-/// a few seconds if it lags.
-pub async fn write(raft: &Raft, cmd: Command) -> Result<Response, WriteError> {
-    let to_forward = cmd.clone();
-    let to = match raft.client_write(cmd).await {
-        Ok(written) => return Ok(written.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => to,
-        Err(RaftError::APIError(e)) => return Err(WriteError::Refused(e.to_string())),
-        Err(RaftError::Fatal(e)) => return Err(e.into()),
-    };
-    let Some(leader_addr) = to.leader_node.map(|n| n.addr).or_else(|| leader_addr(raft)) else {
-        return Err(WriteError::NotLeader { leader_addr: None });
-    };
-    let forwarded = network::forward_write(&leader_addr, &to_forward, FORWARD_TIMEOUT).await?;
-    let wait = raft.wait(Some(FORWARDED_APPLY_WAIT));
-    if let Err(e) = wait.applied_index_at_least(Some(forwarded.log_index), "forwarded write").await {
-        tracing::warn!(index = forwarded.log_index, error = %e, "forwarded write not yet applied here");
-    }
-    Ok(forwarded.response)
-}
-
-/// The address of the leader this node knows, from its metrics and membership.
-pub fn leader_addr(raft: &Raft) -> Option<String> {
+/// The address of the leader `raft` knows, from its metrics and membership.
+pub(crate) fn leader_addr(raft: &Raft) -> Option<String> {
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
     let leader = metrics.current_leader?;
     metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
-}
-
-/// Returns once this node's state includes every write committed before the call, so
-/// a read that follows is linearizable. The leader confirms its leadership with a
-/// quorum (openraft's `ensure_linearizable`); a follower asks the leader for that read
-/// index (`ReadIndex`) and waits until it has applied it. Fails with
-/// [`WriteError::NotLeader`] (no leader known, or the one asked is no longer it) or
-/// [`WriteError::NoQuorum`].
-pub async fn linearizable(raft: &Raft) -> Result<(), WriteError> {
-    let to = match raft.ensure_linearizable().await {
-        Ok(_) => return Ok(()),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => to,
-        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-            return Err(WriteError::NoQuorum(e.to_string()))
-        }
-        Err(RaftError::Fatal(e)) => return Err(e.into()),
-    };
-    let Some(leader) = to.leader_node.map(|n| n.addr).or_else(|| leader_addr(raft)) else {
-        return Err(WriteError::NotLeader { leader_addr: None });
-    };
-    let index = network::read_index(&leader, FORWARD_TIMEOUT).await?;
-    raft.wait(Some(FORWARDED_APPLY_WAIT)).applied_index_at_least(Some(index), "read index").await.map_err(
-        |e| WriteError::NoQuorum(format!("this member did not catch up with the leader in time: {e}")),
-    )?;
-    Ok(())
 }
 
 /// An in-process raft cluster for tests: each node has its own data dir under one
@@ -444,9 +401,12 @@ pub(crate) mod test_cluster {
             };
             let addr = listener.local_addr().unwrap().to_string();
             self.addrs.insert(id, addr.clone());
-            let opened = open(&self.dir.path().join(format!("node-{id}")), id, &self.config).await.unwrap();
+            let opened =
+                open(&self.dir.path().join(format!("node-{id}")), id, &self.config, Transport::Insecure)
+                    .await
+                    .unwrap();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            let service = RaftService::new(opened.raft.clone()).into_server();
+            let service = RaftService::new(opened.store.raft().clone()).into_server();
             let server = tokio::spawn(async move {
                 tonic::transport::Server::builder()
                     .add_service(service)
@@ -463,7 +423,7 @@ pub(crate) mod test_cluster {
         /// Shuts node `id` down: its raft, then its server.
         pub async fn stop(&mut self, id: NodeId) {
             let mut node = self.nodes.remove(&id).unwrap();
-            node.opened.raft.shutdown().await.unwrap();
+            node.opened.store.raft().shutdown().await.unwrap();
             if let Some(stop) = node.stop_server.take() {
                 stop.send(()).ok();
             }
@@ -471,7 +431,11 @@ pub(crate) mod test_cluster {
         }
 
         pub fn raft(&self, id: NodeId) -> &Raft {
-            &self.nodes[&id].opened.raft
+            self.nodes[&id].opened.store.raft()
+        }
+
+        pub fn store(&self, id: NodeId) -> &Store {
+            &self.nodes[&id].opened.store
         }
 
         pub fn addr(&self, id: NodeId) -> String {
@@ -479,11 +443,11 @@ pub(crate) mod test_cluster {
         }
 
         pub fn state(&self, id: NodeId) -> State {
-            self.nodes[&id].opened.state.read().unwrap().clone()
+            self.nodes[&id].opened.store.read(State::clone)
         }
 
         pub fn applied(&self, id: NodeId) -> u64 {
-            *self.nodes[&id].opened.applied.borrow()
+            *self.nodes[&id].opened.store.applied().borrow()
         }
 
         pub async fn bootstrap(&self, id: NodeId) -> bool {
@@ -517,8 +481,11 @@ pub(crate) mod test_cluster {
         pub async fn leader(&self) -> NodeId {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
-                let leaders: BTreeSet<Option<NodeId>> =
-                    self.nodes.values().map(|n| n.opened.raft.metrics().borrow().current_leader).collect();
+                let leaders: BTreeSet<Option<NodeId>> = self
+                    .nodes
+                    .values()
+                    .map(|n| n.opened.store.raft().metrics().borrow().current_leader)
+                    .collect();
                 if let [Some(leader)] = leaders.into_iter().collect::<Vec<_>>()[..] {
                     if self.nodes.contains_key(&leader) {
                         return leader;
@@ -531,7 +498,7 @@ pub(crate) mod test_cluster {
 
         /// Waits until node `id` has applied `index`.
         pub async fn wait_applied(&self, id: NodeId, index: u64) {
-            let mut applied = self.nodes[&id].opened.applied.clone();
+            let mut applied = self.nodes[&id].opened.store.applied();
             tokio::time::timeout(Duration::from_secs(20), applied.wait_for(|a| *a >= index))
                 .await
                 .unwrap_or_else(|_| panic!("node {id} did not apply index {index} in 20 s"))
@@ -586,20 +553,27 @@ mod tests {
 
     use super::test_cluster::{create_app, fast_config, queue_build, TestCluster};
     use super::*;
+    use crate::state::State;
 
     fn one_member() -> BTreeMap<NodeId, String> {
         BTreeMap::from([(1, "127.0.0.1:1".to_string())])
     }
 
     async fn single_node(dir: &Path, config: &RaftConfig) -> Opened {
-        let opened = open(dir, 1, config).await.unwrap();
-        bootstrap(&opened.raft, one_member()).await.unwrap();
-        opened.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "single node leads").await.unwrap();
+        let opened = open(dir, 1, config, Transport::Insecure).await.unwrap();
+        bootstrap(opened.store.raft(), one_member()).await.unwrap();
+        opened
+            .store
+            .raft()
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(1, "single node leads")
+            .await
+            .unwrap();
         opened
     }
 
     async fn shut(opened: Opened) {
-        opened.raft.shutdown().await.unwrap();
+        opened.store.raft().shutdown().await.unwrap();
         drop(opened);
     }
 
@@ -618,18 +592,18 @@ mod tests {
     async fn a_single_node_keeps_its_state_across_a_restart_and_is_not_bootstrapped_again() {
         let dir = tempfile::tempdir().unwrap();
         let config = RaftConfig::default();
-        let opened = open(dir.path(), 1, &config).await.unwrap();
+        let opened = open(dir.path(), 1, &config, Transport::Insecure).await.unwrap();
         assert!(!opened.initialized);
-        assert!(bootstrap(&opened.raft, one_member()).await.unwrap());
-        opened.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.unwrap();
+        assert!(bootstrap(opened.store.raft(), one_member()).await.unwrap());
+        opened.store.raft().wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.unwrap();
 
         let started = Instant::now();
         for i in 0..60 {
-            let resp = write(&opened.raft, create_app(&format!("app-{i}"))).await.unwrap();
+            let resp = opened.store.replicate(create_app(&format!("app-{i}"))).await.unwrap();
             assert!(matches!(resp, Response::App(_)), "{resp:?}");
         }
         for i in 0..40 {
-            let resp = write(&opened.raft, queue_build(&format!("app-{i}"))).await.unwrap();
+            let resp = opened.store.replicate(queue_build(&format!("app-{i}"))).await.unwrap();
             assert!(matches!(resp, Response::Build(_)), "{resp:?}");
         }
         let elapsed = started.elapsed();
@@ -638,32 +612,39 @@ mod tests {
             100.0 / elapsed.as_secs_f64()
         );
 
-        let before = opened.state.read().unwrap().clone();
-        let applied = *opened.applied.borrow();
+        let before = opened.store.read(State::clone);
+        let applied = *opened.store.applied().borrow();
         assert_eq!((before.apps.len(), before.builds.len()), (60, 40));
         shut(opened).await;
 
-        let reopened = open(dir.path(), 1, &config).await.unwrap();
+        let reopened = open(dir.path(), 1, &config, Transport::Insecure).await.unwrap();
         assert!(reopened.initialized);
         // The committed entries were re-applied inside `open`, before any election.
-        assert_eq!(*reopened.applied.borrow(), applied);
-        assert_eq!(*reopened.state.read().unwrap(), before);
-        assert!(!bootstrap(&reopened.raft, one_member()).await.unwrap());
+        assert_eq!(*reopened.store.applied().borrow(), applied);
+        assert_eq!(reopened.store.read(State::clone), before);
+        assert!(!bootstrap(reopened.store.raft(), one_member()).await.unwrap());
 
-        reopened.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader again").await.unwrap();
-        write(&reopened.raft, create_app("after-restart")).await.unwrap();
-        let state = reopened.state.read().unwrap().clone();
+        reopened
+            .store
+            .raft()
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(1, "leader again")
+            .await
+            .unwrap();
+        reopened.store.replicate(create_app("after-restart")).await.unwrap();
+        let state = reopened.store.read(State::clone);
         assert_eq!(state.apps.len(), 61);
         assert_eq!(state.builds.len(), 40);
-        let voters: Vec<NodeId> = reopened.raft.metrics().borrow().membership_config.voter_ids().collect();
+        let voters: Vec<NodeId> =
+            reopened.store.raft().metrics().borrow().membership_config.voter_ids().collect();
         assert_eq!(voters, vec![1]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_in_use_is_reported_locked() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = open(dir.path(), 1, &RaftConfig::default()).await.unwrap();
-        let Err(err) = open(dir.path(), 1, &RaftConfig::default()).await else {
+        let _first = open(dir.path(), 1, &RaftConfig::default(), Transport::Insecure).await.unwrap();
+        let Err(err) = open(dir.path(), 1, &RaftConfig::default(), Transport::Insecure).await else {
             panic!("opened a store that is in use");
         };
         assert!(matches!(err, RaftSetupError::Locked { .. }), "{err:?}");
@@ -679,10 +660,10 @@ mod tests {
         let started = Instant::now();
         let tasks: Vec<_> = (0..16)
             .map(|t| {
-                let raft = opened.raft.clone();
+                let store = opened.store.clone();
                 tokio::spawn(async move {
                     for i in 0..25 {
-                        write(&raft, create_app(&format!("app-{t}-{i}"))).await.unwrap();
+                        store.replicate(create_app(&format!("app-{t}-{i}"))).await.unwrap();
                     }
                 })
             })
@@ -695,7 +676,7 @@ mod tests {
             "400 durable writes from 16 writers: {elapsed:?} ({:.0} writes/s)",
             400.0 / elapsed.as_secs_f64()
         );
-        assert_eq!(opened.state.read().unwrap().apps.len(), 400);
+        assert_eq!(opened.store.read(|s| s.apps.len()), 400);
         shut(opened).await;
     }
 
@@ -705,10 +686,11 @@ mod tests {
         let config = RaftConfig { snapshot_every: 50, keep_logs: 10, ..RaftConfig::default() };
         let opened = single_node(dir.path(), &config).await;
         for i in 0..200 {
-            write(&opened.raft, create_app(&format!("app-{i}"))).await.unwrap();
+            opened.store.replicate(create_app(&format!("app-{i}"))).await.unwrap();
         }
         opened
-            .raft
+            .store
+            .raft()
             .wait(Some(Duration::from_secs(10)))
             .metrics(
                 |m| m.snapshot.is_some_and(|s| s.index >= 150) && m.purged.is_some_and(|p| p.index > 100),
@@ -718,16 +700,16 @@ mod tests {
             .unwrap();
         // Entries past the snapshot: the restart must replay them from the log.
         for i in 200..205 {
-            write(&opened.raft, create_app(&format!("app-{i}"))).await.unwrap();
+            opened.store.replicate(create_app(&format!("app-{i}"))).await.unwrap();
         }
-        let metrics = opened.raft.metrics().borrow().clone();
+        let metrics = opened.store.raft().metrics().borrow().clone();
         let snapshot_index = metrics.snapshot.map(|s| s.index).unwrap();
         eprintln!(
             "after 205 writes: last log {:?}, snapshot {:?}, purged {:?}",
             metrics.last_log_index, metrics.snapshot, metrics.purged
         );
-        let before = opened.state.read().unwrap().clone();
-        let applied = *opened.applied.borrow();
+        let before = opened.store.read(State::clone);
+        let applied = *opened.store.applied().borrow();
         shut(opened).await;
 
         {
@@ -740,10 +722,10 @@ mod tests {
             eprintln!("stored log: {} entries from index {first}", log.len());
         }
 
-        let reopened = open(dir.path(), 1, &config).await.unwrap();
+        let reopened = open(dir.path(), 1, &config, Transport::Insecure).await.unwrap();
         assert!(snapshot_index < applied, "snapshot {snapshot_index}, applied {applied}");
-        assert_eq!(*reopened.applied.borrow(), applied);
-        assert_eq!(*reopened.state.read().unwrap(), before);
+        assert_eq!(*reopened.store.applied().borrow(), applied);
+        assert_eq!(reopened.store.read(State::clone), before);
         assert_eq!(before.apps.len(), 205);
         shut(reopened).await;
     }
@@ -760,7 +742,7 @@ mod tests {
         let leader = cluster.leader().await;
 
         for i in 0..20 {
-            write(cluster.raft(leader), create_app(&format!("app-{i}"))).await.unwrap();
+            cluster.store(leader).replicate(create_app(&format!("app-{i}"))).await.unwrap();
         }
         let state = cluster.converged(leader).await;
         assert_eq!(state.apps.len(), 20);
@@ -769,11 +751,11 @@ mod tests {
         }
 
         let follower = (1..=3).find(|id| *id != leader).unwrap();
-        let resp = write(cluster.raft(follower), create_app("via-follower")).await.unwrap();
+        let resp = cluster.store(follower).replicate(create_app("via-follower")).await.unwrap();
         assert!(matches!(resp, Response::App(_)), "{resp:?}");
         // Read-your-writes: the follower has applied its forwarded write on return.
         assert!(cluster.state(follower).apps.contains_key("via-follower"));
-        let resp = write(cluster.raft(follower), queue_build("via-follower")).await.unwrap();
+        let resp = cluster.store(follower).replicate(queue_build("via-follower")).await.unwrap();
         let Response::Build(build) = resp else { panic!("{resp:?}") };
 
         let state = cluster.converged(leader).await;
@@ -785,12 +767,12 @@ mod tests {
             assert_eq!(cluster.state(id), state, "node {id}");
         }
 
-        linearizable(cluster.raft(leader)).await.unwrap();
+        cluster.store(leader).linearizable().await.unwrap();
         // A follower reads linearizably too: it asks the leader for the read index and
         // waits until it has applied it.
-        let resp = write(cluster.raft(leader), create_app("just-written")).await.unwrap();
+        let resp = cluster.store(leader).replicate(create_app("just-written")).await.unwrap();
         assert!(matches!(resp, Response::App(_)), "{resp:?}");
-        linearizable(cluster.raft(follower)).await.unwrap();
+        cluster.store(follower).linearizable().await.unwrap();
         assert!(cluster.state(follower).apps.contains_key("just-written"));
     }
 
@@ -804,7 +786,7 @@ mod tests {
         cluster.add_voters(1, &[2, 3]).await;
         let old = cluster.leader().await;
         for i in 0..10 {
-            write(cluster.raft(old), create_app(&format!("before-{i}"))).await.unwrap();
+            cluster.store(old).replicate(create_app(&format!("before-{i}"))).await.unwrap();
         }
         cluster.converged(old).await;
 
@@ -814,7 +796,7 @@ mod tests {
         eprintln!("failover: node {new} leads {:?} after node {old} stopped", started.elapsed());
         assert_ne!(new, old);
         let follower = (1..=3).find(|id| *id != old && *id != new).unwrap();
-        write(cluster.raft(follower), create_app("after-failover")).await.unwrap();
+        cluster.store(follower).replicate(create_app("after-failover")).await.unwrap();
 
         cluster.start(old).await;
         assert!(cluster.nodes[&old].opened.initialized);
@@ -832,7 +814,7 @@ mod tests {
         cluster.bootstrap(1).await;
         cluster.leader().await;
         for i in 0..100 {
-            write(cluster.raft(1), create_app(&format!("app-{i}"))).await.unwrap();
+            cluster.store(1).replicate(create_app(&format!("app-{i}"))).await.unwrap();
         }
         cluster
             .raft(1)

@@ -7,17 +7,22 @@
 //!
 //! - client side: [`Network`] (openraft's [`RaftNetworkFactory`]) hands out one
 //!   [`Connection`] per target; the tonic channels behind them are created lazily, once
-//!   per address, and reused. A transport failure becomes [`RPCError::Unreachable`] so
-//!   openraft backs off before retrying; an RPC that outlives openraft's `hard_ttl`
-//!   becomes [`RPCError::Timeout`].
+//!   per address, and reused ([`Peers`]). A transport failure becomes
+//!   [`RPCError::Unreachable`] so openraft backs off before retrying; an RPC that
+//!   outlives openraft's `hard_ttl` becomes [`RPCError::Timeout`].
+//! - follower to leader: `ForwardWrite` and `ReadIndex`, through the same [`Peers`]
+//!   type (see [`super::Store`]).
 //! - server side: [`RaftService`] feeds incoming RPCs to the local [`Raft`] and
-//!   executes writes forwarded by followers (see [`super::write`]).
+//!   executes writes forwarded by followers.
 //!
-//! All channels are built by [`endpoint`]: plain HTTP/2 for now, TLS goes there.
+//! How peers are dialled (plain text, or TLS with this scheduler's certificate) is a
+//! value, [`Peers`], given to the raft instance when it is opened ([`super::open`]):
+//! nothing about the transport is process-wide, so schedulers with different
+//! certificates can share a process (as the tests' clusters do).
 
 use std::collections::HashMap;
 use std::error::Error;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::error::{
@@ -55,50 +60,67 @@ const NO_QUORUM_METADATA: &str = "slipway-no-quorum";
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
-/// How this process dials its raft peers: plain text until [`set_transport`] says
-/// otherwise (in-process test clusters stay plain).
-static TRANSPORT: std::sync::RwLock<Option<Transport>> = std::sync::RwLock::new(None);
-
-/// Dial raft peers with `transport` from now on: the scheduler's own certificate, once
-/// per process, before raft starts.
-pub fn set_transport(transport: Transport) {
-    *TRANSPORT.write().unwrap_or_else(PoisonError::into_inner) = Some(transport);
+/// The channel settings for a plain-text peer at `addr` (`host:port`, or a full
+/// `http://` URI): what schedulers running with `tls.insecure` dial, and what tests
+/// and benchmarks use to reach them. [`Peers::endpoint`] is the one schedulers use.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(with_settings(Endpoint::from_shared(slipway_proto::endpoint_uri(addr))?))
 }
 
-/// The channel settings for a peer at `addr` (`host:port`, or a full `http://` URI).
-///
-/// The one place where peer channels are configured, TLS included.
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let transport = TRANSPORT.read().unwrap_or_else(PoisonError::into_inner).clone();
-    let endpoint = match transport {
-        Some(Transport::Tls(creds)) => {
-            Endpoint::from_shared(format!("https://{}", addr.trim_start_matches("http://")))?
-                .tls_config(creds.client_tls())?
-        }
-        _ => Endpoint::from_shared(slipway_proto::endpoint_uri(addr))?,
-    };
-    Ok(endpoint
+/// Timeouts, keep-alives and no Nagle, for every peer channel.
+fn with_settings(endpoint: Endpoint) -> Endpoint {
+    endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5)))
+        .keep_alive_timeout(Duration::from_secs(5))
 }
 
-/// Lazily connected clients, one per peer address, shared by every user of the pool.
-#[derive(Debug, Default)]
-struct ClientPool {
-    clients: Mutex<HashMap<String, RaftClient<Channel>>>,
+/// How this scheduler dials its peers (its transport: plain text, or TLS with its own
+/// certificate) and the lazily connected clients, one per peer address, shared by every
+/// clone.
+#[derive(Clone)]
+pub struct Peers {
+    transport: Transport,
+    clients: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
 }
 
-impl ClientPool {
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tls = matches!(self.transport, Transport::Tls(_));
+        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner).len();
+        f.debug_struct("Peers").field("tls", &tls).field("clients", &clients).finish()
+    }
+}
+
+impl Peers {
+    /// Peers dialled with `transport`; no client yet.
+    pub fn new(transport: Transport) -> Self {
+        Self { transport, clients: Arc::default() }
+    }
+
+    /// The channel settings for a peer at `addr` (`host:port`, or a full `http://` URI),
+    /// with TLS when this scheduler has a certificate.
+    ///
+    /// The one place where a scheduler's peer channels are configured.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+        match &self.transport {
+            Transport::Tls(creds) => Ok(with_settings(
+                Endpoint::from_shared(format!("https://{}", addr.trim_start_matches("http://")))?
+                    .tls_config(creds.client_tls())?,
+            )),
+            Transport::Insecure => endpoint(addr),
+        }
+    }
+
     /// The client for `addr`; the first call creates its channel, which connects on first
     /// use and reconnects by itself after a failure.
-    fn get(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(addr) {
             return Ok(client.clone());
         }
-        let client = RaftClient::new(endpoint(addr)?.connect_lazy())
+        let client = RaftClient::new(self.endpoint(addr)?.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         clients.insert(addr.to_string(), client.clone());
@@ -110,13 +132,13 @@ impl ClientPool {
 #[derive(Debug, Clone)]
 pub struct Network {
     node_id: NodeId,
-    pool: Arc<ClientPool>,
+    peers: Peers,
 }
 
 impl Network {
-    /// A network for the node `node_id` (named in timeout errors).
-    pub fn new(node_id: NodeId) -> Self {
-        Self { node_id, pool: Arc::default() }
+    /// A network for the node `node_id` (named in timeout errors), dialling through `peers`.
+    pub fn new(node_id: NodeId, peers: Peers) -> Self {
+        Self { node_id, peers }
     }
 }
 
@@ -124,7 +146,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
-        let client = self.pool.get(&node.addr).map_err(|e| {
+        let client = self.peers.client(&node.addr).map_err(|e| {
             tracing::warn!(peer = target, addr = %node.addr, error = %e, "bad raft peer address");
             AnyError::new(&e).add_context(|| format!("raft peer {target} has address {:?}", node.addr))
         });
@@ -210,13 +232,6 @@ pub struct ForwardedWrite {
     pub response: Response,
 }
 
-/// Clients used for forwarding writes, shared by the whole process (forwarded writes are
-/// rare and [`super::write`] has no network of its own).
-fn forward_pool() -> &'static ClientPool {
-    static POOL: OnceLock<ClientPool> = OnceLock::new();
-    POOL.get_or_init(ClientPool::default)
-}
-
 /// The follower-to-leader RPCs of `raft.proto`.
 #[derive(Debug, Clone, Copy)]
 enum LeaderRpc {
@@ -224,65 +239,72 @@ enum LeaderRpc {
     ReadIndex,
 }
 
-/// Sends `cmd` to the leader at `leader_addr` over `ForwardWrite` and returns its answer.
-pub(crate) async fn forward_write(
-    leader_addr: &str,
-    cmd: &Command,
-    timeout: Duration,
-) -> Result<ForwardedWrite, WriteError> {
-    let json = serde_json::to_vec(cmd).map_err(|e| WriteError::Forward {
-        leader_addr: leader_addr.to_string(),
-        source: Box::new(Status::internal(e.to_string())),
-    })?;
-    call_leader(leader_addr, LeaderRpc::ForwardWrite, json, timeout).await
-}
+impl Peers {
+    /// Sends `cmd` to the leader at `leader_addr` over `ForwardWrite` and returns its answer.
+    pub(crate) async fn forward_write(
+        &self,
+        leader_addr: &str,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<ForwardedWrite, WriteError> {
+        let json = serde_json::to_vec(cmd).map_err(|e| WriteError::Forward {
+            leader_addr: leader_addr.to_string(),
+            source: Box::new(Status::internal(e.to_string())),
+        })?;
+        self.call_leader(leader_addr, LeaderRpc::ForwardWrite, json, timeout).await
+    }
 
-/// Asks the leader at `leader_addr` for a read index (see [`super::linearizable`]).
-pub(crate) async fn read_index(leader_addr: &str, timeout: Duration) -> Result<u64, WriteError> {
-    call_leader(leader_addr, LeaderRpc::ReadIndex, b"null".to_vec(), timeout).await
-}
+    /// Asks the leader at `leader_addr` for a read index (see [`super::Store::linearizable`]).
+    pub(crate) async fn read_index(&self, leader_addr: &str, timeout: Duration) -> Result<u64, WriteError> {
+        self.call_leader(leader_addr, LeaderRpc::ReadIndex, b"null".to_vec(), timeout).await
+    }
 
-/// Calls `rpc` on the leader at `leader_addr` with a JSON payload and decodes its JSON
-/// answer. "Not the leader" and "no quorum" come back as such; anything else that goes
-/// wrong on the way is [`WriteError::Forward`].
-async fn call_leader<T: DeserializeOwned>(
-    leader_addr: &str,
-    rpc: LeaderRpc,
-    json: Vec<u8>,
-    timeout: Duration,
-) -> Result<T, WriteError> {
-    let forward_err = |source: Status| WriteError::Forward {
-        leader_addr: leader_addr.to_string(),
-        source: Box::new(source),
-    };
-    let mut client = forward_pool()
-        .get(leader_addr)
-        .map_err(|e| forward_err(Status::invalid_argument(format!("bad leader address: {e}"))))?;
-    let mut request = tonic::Request::new(RaftPayload { json });
-    request.set_timeout(timeout);
-    let call = async {
-        match rpc {
-            LeaderRpc::ForwardWrite => client.forward_write(request).await,
-            LeaderRpc::ReadIndex => client.read_index(request).await,
-        }
-    };
-    let reply = match tokio::time::timeout(timeout, call).await {
-        Err(_elapsed) => {
-            return Err(forward_err(Status::deadline_exceeded("no answer from the leader in time")))
-        }
-        Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
-            let leader_addr =
-                status.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
-            return Err(WriteError::NotLeader { leader_addr });
-        }
-        Ok(Err(status)) if status.metadata().contains_key(NO_QUORUM_METADATA) => {
-            return Err(WriteError::NoQuorum(status.message().to_string()))
-        }
-        Ok(Err(status)) => return Err(forward_err(status)),
-        Ok(Ok(reply)) => reply.into_inner(),
-    };
-    serde_json::from_slice(&reply.json)
-        .map_err(|e| forward_err(Status::internal(format!("undecodable answer from the leader: {e}"))))
+    /// Calls `rpc` on the leader at `leader_addr` with a JSON payload and decodes its JSON
+    /// answer. "Not the leader" and "no quorum" come back as such; anything else that goes
+    /// wrong on the way is [`WriteError::Forward`].
+    async fn call_leader<T: DeserializeOwned>(
+        &self,
+        leader_addr: &str,
+        rpc: LeaderRpc,
+        json: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, WriteError> {
+        let forward_err = |source: Status| WriteError::Forward {
+            leader_addr: leader_addr.to_string(),
+            source: Box::new(source),
+        };
+        let mut client = self
+            .client(leader_addr)
+            .map_err(|e| forward_err(Status::invalid_argument(format!("bad leader address: {e}"))))?;
+        let mut request = tonic::Request::new(RaftPayload { json });
+        request.set_timeout(timeout);
+        let call = async {
+            match rpc {
+                LeaderRpc::ForwardWrite => client.forward_write(request).await,
+                LeaderRpc::ReadIndex => client.read_index(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Err(_elapsed) => {
+                return Err(forward_err(Status::deadline_exceeded("no answer from the leader in time")))
+            }
+            Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
+                let leader_addr = status
+                    .metadata()
+                    .get(LEADER_ADDR_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                return Err(WriteError::NotLeader { leader_addr });
+            }
+            Ok(Err(status)) if status.metadata().contains_key(NO_QUORUM_METADATA) => {
+                return Err(WriteError::NoQuorum(status.message().to_string()))
+            }
+            Ok(Err(status)) => return Err(forward_err(status)),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        serde_json::from_slice(&reply.json)
+            .map_err(|e| forward_err(Status::internal(format!("undecodable answer from the leader: {e}"))))
+    }
 }
 
 /// The tonic service answering peers' raft RPCs with the local [`Raft`].
@@ -442,8 +464,12 @@ mod tests {
         VoteRequest::new(Vote::new(1, 1), None)
     }
 
+    fn plain() -> Peers {
+        Peers::new(Transport::Insecure)
+    }
+
     async fn connect(addr: &str) -> Connection {
-        Network::new(1).new_client(2, &BasicNode { addr: addr.into() }).await
+        Network::new(1, plain()).new_client(2, &BasicNode { addr: addr.into() }).await
     }
 
     #[tokio::test]
@@ -470,11 +496,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn clients_are_reused_per_address() {
-        let network = Network::new(1);
-        network.pool.get("127.0.0.1:1").unwrap();
-        network.pool.get("127.0.0.1:1").unwrap();
-        network.pool.get("127.0.0.1:2").unwrap();
-        assert_eq!(network.pool.clients.lock().unwrap().len(), 2);
+        let network = Network::new(1, plain());
+        network.peers.client("127.0.0.1:1").unwrap();
+        network.peers.client("127.0.0.1:1").unwrap();
+        network.peers.client("127.0.0.1:2").unwrap();
+        assert_eq!(network.peers.clients.lock().unwrap().len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,11 +524,13 @@ mod tests {
     async fn a_write_forwarded_to_a_node_that_is_not_leader_is_refused_as_not_leader() {
         let mut cluster = TestCluster::new(fast_config());
         cluster.start(1).await;
-        let err =
-            forward_write(&cluster.addr(1), &create_app("shop"), Duration::from_secs(5)).await.unwrap_err();
+        let err = plain()
+            .forward_write(&cluster.addr(1), &create_app("shop"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(matches!(err, WriteError::NotLeader { leader_addr: None }), "{err:?}");
         // And a write on a node of no cluster says so rather than hanging.
-        let err = crate::raft::write(cluster.raft(1), create_app("shop")).await.unwrap_err();
+        let err = cluster.store(1).replicate(create_app("shop")).await.unwrap_err();
         assert!(matches!(err, WriteError::NotLeader { leader_addr: None }), "{err:?}");
         assert!(err.to_string().contains("election"), "{err}");
     }

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use slipway_scheduler::registry_auth::{issue_grant, GRANT_USER};
+use slipway_scheduler::security::registry_auth::{issue_grant, GRANT_USER};
 use slipway_testkit::docker::{docker_cli, docker_cli_as};
 use slipway_testkit::{free_port, GitRepo};
 use slipway_tests::{set_app_port, TestCluster};

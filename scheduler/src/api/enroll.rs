@@ -1,56 +1,45 @@
-//! Who gets a certificate: the `Enrollment` service (joining with a token, renewing with
-//! a certificate), join tokens, and operator certificates for the control API.
+//! Who gets a certificate: the `Enrollment` service (joining with a join token, renewing
+//! with a certificate), and operator certificates for the control API.
 //!
-//! Any member can issue (every scheduler holds the CA); the token secrets are
-//! replicated state, read current (linearizable) before a join is admitted, so a
-//! rotated-out token fails on every member.
+//! Any member can issue (every scheduler holds the CA). The tokens themselves are
+//! [`crate::security::join_tokens`]; the CA is [`crate::security::pki`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_proto::tls::{self, Caller, JoinToken, PeerIdentity, Role};
+use slipway_proto::tls::{self, Caller, PeerIdentity, Role};
 use slipway_proto::{self as pb};
 use tonic::{Request, Response, Status};
 
-use crate::pki::{self, Ca};
-use crate::server::Shared;
-use crate::state::Command;
+use crate::context::Context;
+use crate::security::join_tokens;
+use crate::security::pki::{self, Ca};
 
 /// The `Enrollment` gRPC service.
 pub struct EnrollmentService {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
 }
 
 impl EnrollmentService {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
     }
 }
 
 /// The CA, or why this scheduler cannot issue (it runs without TLS).
-fn ca(shared: &Shared) -> Result<&Ca, Status> {
-    shared.ca.as_deref().ok_or_else(|| {
+pub(crate) fn ca(ctx: &Context) -> Result<&Ca, Status> {
+    ctx.ca.as_deref().ok_or_else(|| {
         Status::failed_precondition(
             "this scheduler runs without TLS (tls.insecure = true): it has no CA and issues no certificates",
         )
     })
 }
 
-/// The role a join token is for: `agent` or `scheduler`.
-pub(crate) fn token_role(name: &str) -> Result<Role, Status> {
-    match name.parse::<Role>() {
-        Ok(role @ (Role::Agent | Role::Scheduler)) => Ok(role),
-        _ => Err(Status::invalid_argument(format!(
-            "role {name:?}: join tokens exist for \"agent\" and \"scheduler\""
-        ))),
-    }
-}
-
 /// How long certificates of `role` are valid.
-fn validity(shared: &Shared, role: Role) -> Duration {
+fn validity(ctx: &Context, role: Role) -> Duration {
     match role {
-        Role::Agent => Duration::from_secs(shared.config.tls.agent_cert_validity_secs),
-        Role::Admin => Duration::from_secs(shared.config.tls.admin_cert_validity_secs),
+        Role::Agent => Duration::from_secs(ctx.config.tls.agent_cert_validity_secs),
+        Role::Admin => Duration::from_secs(ctx.config.tls.admin_cert_validity_secs),
         Role::Scheduler => pki::SCHEDULER_CERT_VALIDITY,
     }
 }
@@ -69,42 +58,13 @@ fn check_name(role: Role, name: &str) -> Result<(), Status> {
     }
 }
 
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A fresh token secret: 32 random bytes, hex.
-fn new_secret() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The join token of `role`, made on first use; `rotate` replaces its secret.
-pub async fn join_token(shared: &Shared, role: Role, rotate: bool) -> Result<JoinToken, Status> {
-    let ca_digest = ca(shared)?.digest().map_err(|e| Status::internal(e.0))?;
-    let current = shared.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
-    let secret = match current {
-        Some(secret) if !rotate => secret,
-        _ => {
-            let secret = new_secret();
-            shared
-                .write(Command::SetJoinSecret { role: role.as_str().into(), secret: secret.clone() })
-                .await?;
-            tracing::info!(%role, rotated = rotate, "new join token secret");
-            secret
-        }
-    };
-    Ok(JoinToken { role, ca_digest, secret })
-}
-
 /// An operator certificate for `name` on the key in `csr_pem`.
-pub fn issue_admin_cert(shared: &Shared, name: &str, csr_pem: &str) -> Result<pb::Certified, Status> {
+pub fn issue_admin_cert(ctx: &Context, name: &str, csr_pem: &str) -> Result<pb::Certified, Status> {
     check_name(Role::Admin, name)?;
-    let ca = ca(shared)?;
+    let ca = ca(ctx)?;
     let who = PeerIdentity::new(Role::Admin, name);
     let cert_pem = ca
-        .issue_for_csr(&who, csr_pem, validity(shared, Role::Admin))
+        .issue_for_csr(&who, csr_pem, validity(ctx, Role::Admin))
         .map_err(|e| Status::invalid_argument(e.0))?;
     tracing::info!(%who, "issued an operator certificate");
     Ok(pb::Certified { cert_pem, ca_pem: ca.cert_pem.clone(), ca_key_pem: String::new() })
@@ -114,11 +74,10 @@ pub fn issue_admin_cert(shared: &Shared, name: &str, csr_pem: &str) -> Result<pb
 impl pb::enrollment_server::Enrollment for EnrollmentService {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::Certified>, Status> {
         let req = req.into_inner();
-        let role = token_role(&req.role)?;
+        let role = join_tokens::token_role(&req.role)?;
         check_name(role, &req.name)?;
-        let ca = ca(&self.shared)?;
-        let expected = self.shared.read_current(|s| s.join_secrets.get(role.as_str()).cloned()).await?;
-        if !expected.is_some_and(|secret| same_secret(&secret, &req.secret)) {
+        let ca = ca(&self.ctx)?;
+        if !join_tokens::admits(&self.ctx.store, role, &req.secret).await? {
             tracing::warn!(%role, name = %req.name, "join refused: wrong or rotated token");
             return Err(Status::permission_denied(format!(
                 "this {role} join token is not valid here (rotated, or from another cluster); get the current \
@@ -127,7 +86,7 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         }
         let who = PeerIdentity::new(role, req.name);
         let cert_pem = ca
-            .issue_for_csr(&who, &req.csr_pem, validity(&self.shared, role))
+            .issue_for_csr(&who, &req.csr_pem, validity(&self.ctx, role))
             .map_err(|e| Status::invalid_argument(e.0))?;
         // A scheduler issues certificates too: it gets the CA's key.
         let ca_key_pem = if role == Role::Scheduler { ca.key_pem().to_string() } else { String::new() };
@@ -136,10 +95,10 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::Certified>, Status> {
-        let ca = ca(&self.shared)?;
+        let ca = ca(&self.ctx)?;
         let who = tls::peer_identity(&req)?;
         let cert_pem = ca
-            .issue_for_csr(&who, &req.get_ref().csr_pem, validity(&self.shared, who.role))
+            .issue_for_csr(&who, &req.get_ref().csr_pem, validity(&self.ctx, who.role))
             .map_err(|e| Status::invalid_argument(e.0))?;
         tracing::info!(%who, "renewed a certificate");
         Ok(Response::new(pb::Certified { cert_pem, ca_pem: ca.cert_pem.clone(), ca_key_pem: String::new() }))
@@ -154,15 +113,6 @@ pub fn caller<T>(req: &Request<T>) -> Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_whole() {
-        let s = new_secret();
-        assert_eq!(s.len(), 64);
-        assert!(same_secret(&s, &s.clone()));
-        assert!(!same_secret(&s, &new_secret()));
-        assert!(!same_secret(&s, &s[..63]));
-    }
 
     #[test]
     fn names_are_checked_per_role() {

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use slipway_proto::human_bytes;
 
-use crate::http::{NodeRow, Overview};
+use super::overview::{NodeRow, Overview};
 use crate::placement::Liveness;
 use crate::state::{BuildState, DeployState};
 
@@ -459,8 +459,8 @@ mod tests {
     use slipway_proto::NodeReport;
 
     use super::*;
-    use crate::agents::{NodeSoftState, ReportDelays};
-    use crate::http::{AppRow, MemberRow, RaftOverview};
+    use crate::fleet::{NodeSoftState, ReportDelays};
+    use crate::http::overview::{AppRow, MemberRow, RaftOverview};
     use crate::state::{Build, NodeRecord, Release};
 
     const EVIL: &str = "<script>alert(\"x\")</script>&'";
@@ -481,7 +481,7 @@ mod tests {
             docker_version: "20.10.24".into(),
             ..Default::default()
         };
-        let node = |id: &str, name: &str| crate::http::NodeRow {
+        let node = |id: &str, name: &str| crate::http::overview::NodeRow {
             record: NodeRecord {
                 id: id.into(),
                 name: name.into(),

@@ -28,7 +28,7 @@ use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::{Deserialize, Serialize};
 use slipway_proto::tls::{self, Credentials};
 
-use crate::pki::Ca;
+use super::pki::Ca;
 
 /// The registry's `service` (the JWT's audience).
 pub const SERVICE: &str = "slipway-registry";

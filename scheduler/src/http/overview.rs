@@ -1,112 +1,18 @@
-//! The scheduler's HTTP side, served by every member on `http_listen`:
-//!
-//! - `/` and `/fleet`: the fleet page ([`crate::fleet_page`]), server-rendered HTML that
-//!   refreshes itself every 3 s: nodes and their headroom, apps, recent builds and
-//!   releases, cluster members;
-//! - `/metrics`: Prometheus text format ([`crate::metrics`]);
-//! - `/healthz`: the process runs; `/readyz`: a leader is known, so writes can be served.
-//!
-//! Both pages render from one [`Overview`] taken per request: what this member has
-//! applied of the replicated state, its raft metrics, and — on the leader only — the
-//! fleet's soft state (reports, liveness), which followers do not have.
+//! [`Overview`]: what the HTTP side shows of this member, taken once per request and
+//! rendered by both the fleet page and `/metrics`: what this member has applied of the
+//! replicated state, its raft metrics, and — on the leader only — the fleet's soft state
+//! (reports, liveness), which followers do not have.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State as AxState;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
-use axum::Router;
 use openraft::ServerState;
 
-use crate::agents::{NodeSoftState, ReportDelays};
-use crate::server::Shared;
+use crate::context::Context;
+use crate::fleet::{NodeSoftState, ReportDelays};
 use crate::state::{Build, BuildState, NodeRecord, Release};
 
 /// Rows of the recent builds and recent releases tables.
 pub const RECENT: usize = 20;
-
-/// Routes of the HTTP side.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/", get(fleet_page))
-        .route("/fleet", get(fleet_page))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v2/token", get(registry_token))
-        .with_state(shared)
-}
-
-/// The registry's token server (see `registry_auth`): a short-lived JWT for what the
-/// presented grant allows of the scopes asked for; anonymous callers get no access.
-async fn registry_token(
-    AxState(shared): AxState<Arc<Shared>>,
-    headers: HeaderMap,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> axum::response::Response {
-    use crate::registry_auth as auth;
-    let refuse = |status: StatusCode, why: String| {
-        let body =
-            serde_json::json!({ "details": why, "errors": [{ "code": "UNAUTHORIZED", "message": why }] });
-        (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
-    };
-    let (Some(ca), Some(signer)) = (shared.ca.as_deref(), shared.tls_credentials.as_deref()) else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "this scheduler runs without TLS: it has no CA to sign with".into(),
-        );
-    };
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let grant = match auth::basic_password(authorization) {
-        Ok(None) => None,
-        Ok(Some(password)) => match auth::verify_grant(ca, &password) {
-            Ok(grant) => Some(grant),
-            Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.0),
-        },
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.0),
-    };
-    let mut asked = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match key.as_ref() {
-            "service" if value != auth::SERVICE => {
-                return refuse(StatusCode::BAD_REQUEST, format!("unknown service {value:?}"))
-            }
-            "scope" => asked.extend(value.split(' ').filter_map(auth::parse_scope)),
-            _ => {}
-        }
-    }
-    let subject = grant.as_ref().map_or("anonymous".to_string(), |g| format!("grant:{}", g.app));
-    match auth::token(signer, &subject, auth::allowed(grant.as_ref(), &asked)) {
-        Ok(answer) => axum::Json(answer).into_response(),
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
-}
-
-async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
-    match shared.raft.metrics().borrow().current_leader {
-        Some(leader) => (StatusCode::OK, format!("ready: leader is member {leader}\n")),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader elected\n".into()),
-    }
-}
-
-async fn metrics(AxState(shared): AxState<Arc<Shared>>) -> impl IntoResponse {
-    let overview = Overview::gather(&shared).await;
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&overview))
-}
-
-async fn fleet_page(AxState(shared): AxState<Arc<Shared>>, headers: HeaderMap) -> Html<String> {
-    let overview = Overview::gather(&shared).await;
-    // The port the browser reached this member on: the best guess at the leader's
-    // HTTP port, which members do not tell each other.
-    let port = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.rsplit_once(':'))
-        .and_then(|(_, port)| port.parse::<u16>().ok());
-    Html(crate::fleet_page::render(&overview, port))
-}
 
 /// What the HTTP side shows of this member, taken once per request.
 #[derive(Debug, Clone)]
@@ -185,9 +91,9 @@ pub struct AppRow {
 impl Overview {
     /// Takes the overview: raft metrics, the applied state, and the fleet's soft state
     /// when this member leads.
-    pub async fn gather(shared: &Shared) -> Overview {
-        let m = shared.raft.metrics().borrow().clone();
-        let committed = shared.raft.with_raft_state(|st| st.committed.map_or(0, |l| l.index));
+    pub async fn gather(ctx: &Context) -> Overview {
+        let m = ctx.store.raft().metrics().borrow().clone();
+        let committed = ctx.store.raft().with_raft_state(|st| st.committed.map_or(0, |l| l.index));
         let commit_index =
             tokio::time::timeout(Duration::from_secs(1), committed).await.ok().and_then(Result::ok);
         let membership = m.membership_config.membership();
@@ -229,8 +135,8 @@ impl Overview {
             purged_index: m.purged.map_or(0, |l| l.index),
             members,
         };
-        let leading = shared.is_leader() && shared.fleet.is_leading();
-        let mut overview = shared.read(|s| {
+        let leading = ctx.store.is_leader() && ctx.fleet.is_leading();
+        let mut overview = ctx.store.read(|s| {
             let mut builds_by_state = [0u64; 6];
             let mut assigned = std::collections::HashMap::<&str, u32>::new();
             for b in s.builds.values() {
@@ -285,14 +191,14 @@ impl Overview {
                     .collect(),
                 recent_builds: recent_builds.into_iter().take(RECENT).cloned().collect(),
                 recent_releases: recent_releases.into_iter().take(RECENT).cloned().collect(),
-                placements: shared.dispatch.placements.get(),
-                report_delays: shared.fleet.report_delays(),
+                placements: ctx.dispatch.placements.get(),
+                report_delays: ctx.fleet.report_delays(),
             }
         });
         if leading {
-            let down_after = shared.config.down_after();
+            let down_after = ctx.config.down_after();
             for n in &mut overview.nodes {
-                n.soft = Some(shared.fleet.soft_state(&n.record.id, down_after));
+                n.soft = Some(ctx.fleet.soft_state(&n.record.id, down_after));
             }
         }
         overview

@@ -15,23 +15,23 @@ use slipway_proto::{self as pb, validate, DeployEvent};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
+use crate::context::Context;
 use crate::convert;
-use crate::dispatcher::release_topic;
 use crate::error::Error;
-use crate::events::is_terminal;
+use crate::events::{is_terminal, release_topic};
 use crate::placement::Liveness;
 use crate::raft;
-use crate::server::Shared;
+use crate::security::join_tokens;
 use crate::state::{BuildState, Command, DeployState, Response as Applied, State};
 
 /// The gRPC control service.
 pub struct ControlService {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
 }
 
 impl ControlService {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
     }
 }
 
@@ -111,13 +111,13 @@ enum Topic {
 }
 
 /// Streams a deploy topic: history, then live events, until a terminal event.
-fn watch_deploy(shared: Arc<Shared>, first: Option<Event>, topic_name: String, topic: Topic) -> EventStream {
-    let stack = shared.config.deploy.stack.clone();
+fn watch_deploy(ctx: Arc<Context>, first: Option<Event>, topic_name: String, topic: Topic) -> EventStream {
+    let stack = ctx.config.deploy.stack.clone();
     Box::pin(async_stream::stream! {
         if let Some(first) = first {
             yield Ok(DeployEvent { event: Some(first) });
         }
-        let sub = shared.events.subscribe(&topic_name);
+        let sub = ctx.events.subscribe(&topic_name);
         let mut live = sub.live;
         for event in sub.history {
             let terminal = is_terminal(&event);
@@ -130,7 +130,7 @@ fn watch_deploy(shared: Arc<Shared>, first: Option<Event>, topic_name: String, t
             // The replicated state may already say how it ended (a watcher that joined
             // late, a leader change): then give the live feed only a moment to deliver
             // its own terminal event before answering from the state.
-            let done = shared.read(|s| terminal_from_state(s, &topic, &stack));
+            let done = ctx.store.read(|s| terminal_from_state(s, &topic, &stack));
             let wait = if done.is_some() { Duration::from_millis(200) } else { Duration::from_secs(2) };
             match tokio::time::timeout(wait, live.recv()).await {
                 Ok(Ok(event)) => {
@@ -160,8 +160,8 @@ impl pb::control_server::Control for ControlService {
         check_create_app(&req)?;
         let branch = if req.branch.is_empty() { "main".to_string() } else { req.branch };
         let cmd = Command::CreateApp { name: req.name, repo: req.repo, branch, at_ms: crate::now_ms() };
-        match self.shared.write(cmd).await? {
-            Applied::App(app) => Ok(Response::new(convert::app(&app, &self.shared.config.deploy.stack))),
+        match self.ctx.store.write(cmd).await? {
+            Applied::App(app) => Ok(Response::new(convert::app(&app, &self.ctx.config.deploy.stack))),
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }
@@ -170,18 +170,22 @@ impl pb::control_server::Control for ControlService {
         &self,
         _: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsResponse>, Status> {
-        let stack = &self.shared.config.deploy.stack;
-        let apps =
-            self.shared.read_current(|s| s.apps.values().map(|a| convert::app(a, stack)).collect()).await?;
+        let stack = &self.ctx.config.deploy.stack;
+        let apps = self
+            .ctx
+            .store
+            .read_current(|s| s.apps.values().map(|a| convert::app(a, stack)).collect())
+            .await?;
         Ok(Response::new(pb::ListAppsResponse { apps }))
     }
 
     async fn get_app(&self, req: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
         let name = req.into_inner().name;
         validate::app_name(&name).map_err(Error::from)?;
-        let stack = &self.shared.config.deploy.stack;
+        let stack = &self.ctx.config.deploy.stack;
         let app = self
-            .shared
+            .ctx
+            .store
             .read_current(|s| s.app(&name).map(|a| convert::app(a, stack)))
             .await?
             .map_err(Error::from)?;
@@ -194,12 +198,13 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::DeleteAppResponse>, Status> {
         let name = req.into_inner().name;
         validate::app_name(&name).map_err(Error::from)?;
-        self.shared.require_leader()?;
+        self.ctx.store.require_leader()?;
         // Refuse before touching Swarm, so a refused delete changes nothing.
-        self.shared
+        self.ctx
+            .store
             .read(|s| {
                 s.check_deletable(&name)?;
-                if self.shared.dispatch.is_deploying(&name) {
+                if self.ctx.dispatch.is_deploying(&name) {
                     return Err(crate::state::ApplyError::AppBusy {
                         app: name.clone(),
                         build: "a deploy (or a renewal of its registry grant) is in flight".into(),
@@ -208,11 +213,11 @@ impl pb::control_server::Control for ControlService {
                 Ok(())
             })
             .map_err(Error::from)?;
-        let docker = self.shared.docker().await?;
-        crate::deploy::remove_app(&docker, &self.shared.config.deploy.stack, &name)
+        let docker = self.ctx.docker().await?;
+        crate::deploy::remove_app(&docker, &self.ctx.config.deploy.stack, &name)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot remove the service of {name}: {e}")))?;
-        self.shared.write(Command::DeleteApp { name }).await?;
+        self.ctx.store.write(Command::DeleteApp { name }).await?;
         Ok(Response::new(pb::DeleteAppResponse {}))
     }
 
@@ -222,14 +227,15 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         check_deploy(&req)?;
         let branch = self
-            .shared
+            .ctx
+            .store
             .read_current(|s| s.app(&req.app).map(|a| a.branch.clone()))
             .await?
             .map_err(Error::from)?;
         let git_ref = if req.git_ref.is_empty() { branch } else { req.git_ref };
         validate::git_ref(&git_ref).map_err(Error::from)?;
         // Fail fast, before a build is spent, if the Swarm manager cannot be reached.
-        self.shared.docker().await?;
+        self.ctx.docker().await?;
         let request_id =
             if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
         let cmd = Command::QueueBuild {
@@ -239,15 +245,15 @@ impl pb::control_server::Control for ControlService {
             request_id: Some(request_id),
             at_ms: crate::now_ms(),
         };
-        let build = match self.shared.write(cmd).await? {
+        let build = match self.ctx.store.write(cmd).await? {
             Applied::Build(b) => b,
             other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
         tracing::info!(build = %build.id, app = %build.app, git_ref = %build.git_ref, "build queued");
-        self.shared.dispatcher_wake();
+        self.ctx.dispatcher_wake();
         let first = Event::BuildQueued(build.id.clone());
         Ok(Response::new(watch_deploy(
-            self.shared.clone(),
+            self.ctx.clone(),
             Some(first),
             build.id.clone(),
             Topic::Build(build.id),
@@ -263,7 +269,8 @@ impl pb::control_server::Control for ControlService {
             validate::app_name(&app).map_err(Error::from)?;
         }
         let mut builds: Vec<pb::Build> = self
-            .shared
+            .ctx
+            .store
             .read_current(|s| {
                 if !app.is_empty() {
                     s.app(&app)?;
@@ -272,9 +279,7 @@ impl pb::control_server::Control for ControlService {
                     s.builds
                         .values()
                         .filter(|b| app.is_empty() || b.app == app)
-                        .map(|b| {
-                            convert::build(b, convert::rejections(&self.shared.dispatch.waiting_on(&b.id)))
-                        })
+                        .map(|b| convert::build(b, convert::rejections(&self.ctx.dispatch.waiting_on(&b.id))))
                         .collect(),
                 )
             })
@@ -287,9 +292,10 @@ impl pb::control_server::Control for ControlService {
     async fn get_build(&self, req: Request<pb::GetBuildRequest>) -> Result<Response<pb::Build>, Status> {
         let id = req.into_inner().id;
         bounded_id("build id", &id)?;
-        let waiting = convert::rejections(&self.shared.dispatch.waiting_on(&id));
+        let waiting = convert::rejections(&self.ctx.dispatch.waiting_on(&id));
         let build = self
-            .shared
+            .ctx
+            .store
             .read_current(|s| s.builds.get(&id).map(|b| convert::build(b, waiting)))
             .await?
             .ok_or_else(|| Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them")))?;
@@ -302,13 +308,13 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         let id = req.build_id;
         bounded_id("build id", &id)?;
-        let state = self
-            .shared
-            .read(|s| s.builds.get(&id).map(|b| b.state))
-            .ok_or_else(|| Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them")))?;
-        let shared = self.shared.clone();
-        if shared.events.has_topic(&id) {
-            let sub = shared.events.subscribe(&id);
+        let state =
+            self.ctx.store.read(|s| s.builds.get(&id).map(|b| b.state)).ok_or_else(|| {
+                Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them"))
+            })?;
+        let ctx = self.ctx.clone();
+        if ctx.events.has_topic(&id) {
+            let sub = ctx.events.subscribe(&id);
             let follow = req.follow && !state.is_terminal();
             let stream = async_stream::stream! {
                 let mut live = sub.live;
@@ -330,7 +336,7 @@ impl pb::control_server::Control for ControlService {
                         Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
                         Ok(Err(RecvError::Closed)) => return,
                         Err(_) => {
-                            if shared.read(|s| s.builds.get(&id).is_none_or(|b| b.state.is_terminal())) {
+                            if ctx.store.read(|s| s.builds.get(&id).is_none_or(|b| b.state.is_terminal())) {
                                 return;
                             }
                         }
@@ -339,7 +345,7 @@ impl pb::control_server::Control for ControlService {
             };
             return Ok(Response::new(Box::pin(stream)));
         }
-        let path = shared.events.log_path(&id);
+        let path = ctx.events.log_path(&id);
         let text = tokio::fs::read_to_string(&path).await.map_err(|_| {
             Error::NotFound(format!(
                 "no log for build {id} on this scheduler (logs stay with the scheduler that led during the build, and on the build node under its build_root/logs)"
@@ -357,7 +363,8 @@ impl pb::control_server::Control for ControlService {
         let app = req.into_inner().app;
         validate::app_name(&app).map_err(Error::from)?;
         let releases = self
-            .shared
+            .ctx
+            .store
             .read_current(|s| {
                 s.app(&app)?;
                 Ok::<_, crate::state::ApplyError>(
@@ -378,8 +385,8 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         validate::app_name(&req.app).map_err(Error::from)?;
         bounded_id("request id", &req.request_id)?;
-        self.shared.read_current(|s| s.app(&req.app).map(|_| ())).await?.map_err(Error::from)?;
-        self.shared.docker().await?;
+        self.ctx.store.read_current(|s| s.app(&req.app).map(|_| ())).await?.map_err(Error::from)?;
+        self.ctx.docker().await?;
         let request_id =
             if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
         let cmd = Command::Rollback {
@@ -388,22 +395,22 @@ impl pb::control_server::Control for ControlService {
             request_id: Some(request_id),
             at_ms: crate::now_ms(),
         };
-        let release = match self.shared.write(cmd).await? {
+        let release = match self.ctx.store.write(cmd).await? {
             Applied::Release(r) => r,
             other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
         tracing::info!(app = %release.app, release = release.number, of = ?release.rollback_of, "rollback recorded");
-        self.shared.dispatcher_wake();
+        self.ctx.dispatcher_wake();
         let topic = Topic::Release { app: release.app.clone(), number: release.number };
         let first = Event::Release(convert::release(&release));
-        Ok(Response::new(watch_deploy(self.shared.clone(), Some(first), release_topic(&release), topic)))
+        Ok(Response::new(watch_deploy(self.ctx.clone(), Some(first), release_topic(&release), topic)))
     }
 
     async fn list_nodes(
         &self,
         _: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes = self.shared.read(|s| s.nodes.values().map(|n| self.node(n)).collect());
+        let nodes = self.ctx.store.read(|s| s.nodes.values().map(|n| self.node(n)).collect());
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
@@ -412,8 +419,9 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::JoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
         let req = req.into_inner();
-        let role = crate::enroll::token_role(&req.role)?;
-        let token = crate::enroll::join_token(&self.shared, role, req.rotate).await?;
+        let role = join_tokens::token_role(&req.role)?;
+        let ca = super::enroll::ca(&self.ctx)?;
+        let token = join_tokens::join_token(&self.ctx.store, ca, role, req.rotate).await?;
         Ok(Response::new(pb::JoinTokenResponse { token: token.to_string() }))
     }
 
@@ -422,7 +430,7 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::IssueAdminCertRequest>,
     ) -> Result<Response<pb::Certified>, Status> {
         let req = req.into_inner();
-        crate::enroll::issue_admin_cert(&self.shared, &req.name, &req.csr_pem).map(Response::new)
+        super::enroll::issue_admin_cert(&self.ctx, &req.name, &req.csr_pem).map(Response::new)
     }
 
     async fn set_node_drain(
@@ -431,7 +439,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::Node>, Status> {
         let req = req.into_inner();
         bounded_id("node", &req.node)?;
-        let node_id = self.shared.read(|s| {
+        let node_id = self.ctx.store.read(|s| {
             let by_id = s.nodes.get(&req.node).map(|n| vec![n.id.clone()]);
             by_id.unwrap_or_else(|| {
                 s.nodes.values().filter(|n| n.name == req.node).map(|n| n.id.clone()).collect()
@@ -453,12 +461,12 @@ impl pb::control_server::Control for ControlService {
                 )))
             }
         };
-        let node = match self.shared.write(Command::SetDrain { node_id, draining: req.draining }).await? {
+        let node = match self.ctx.store.write(Command::SetDrain { node_id, draining: req.draining }).await? {
             Applied::Node(n) => n,
             other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
         tracing::info!(node = %node.name, draining = node.draining, "node drain changed");
-        self.shared.dispatcher_wake();
+        self.ctx.dispatcher_wake();
         Ok(Response::new(self.node(&node)))
     }
 
@@ -466,7 +474,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         _: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(cluster_status(&self.shared)))
+        Ok(Response::new(cluster_status(&self.ctx)))
     }
 
     async fn add_member(
@@ -481,10 +489,10 @@ impl pb::control_server::Control for ControlService {
                 "addr {addr:?} must be the joining scheduler's advertised host:port"
             )));
         }
-        self.shared.require_leader()?;
-        let id = probe_joiner(&self.shared, addr, req.node_id).await?;
-        raft::add_member(&self.shared.raft, id, addr, JOIN_CATCH_UP).await.map_err(membership_status)?;
-        Ok(Response::new(cluster_status(&self.shared)))
+        self.ctx.store.require_leader()?;
+        let id = probe_joiner(&self.ctx, addr, req.node_id).await?;
+        raft::add_member(self.ctx.store.raft(), id, addr, JOIN_CATCH_UP).await.map_err(membership_status)?;
+        Ok(Response::new(cluster_status(&self.ctx)))
     }
 
     async fn remove_member(
@@ -492,19 +500,19 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let id = request.into_inner().node_id;
-        self.shared.require_leader()?;
-        raft::remove_member(&self.shared.raft, id).await.map_err(membership_status)?;
-        Ok(Response::new(cluster_status(&self.shared)))
+        self.ctx.store.require_leader()?;
+        raft::remove_member(self.ctx.store.raft(), id).await.map_err(membership_status)?;
+        Ok(Response::new(cluster_status(&self.ctx)))
     }
 }
 
 impl ControlService {
     /// A node as the API shows it: the replicated record with the leader's soft state.
     fn node(&self, n: &crate::state::NodeRecord) -> pb::Node {
-        let down_after = self.shared.config.down_after();
-        let leading = self.shared.fleet.is_leading();
+        let down_after = self.ctx.config.down_after();
+        let leading = self.ctx.fleet.is_leading();
 
-        let soft = self.shared.fleet.soft_state(&n.id, down_after);
+        let soft = self.ctx.fleet.soft_state(&n.id, down_after);
         let liveness = if leading { soft.liveness } else { Liveness::Unknown };
         pb::Node {
             id: n.id.clone(),
@@ -527,8 +535,8 @@ impl ControlService {
 const JOIN_CATCH_UP: Duration = Duration::from_secs(60);
 
 /// This member's view of the cluster.
-fn cluster_status(shared: &Shared) -> pb::ClusterStatusResponse {
-    let metrics = shared.raft.metrics().borrow().clone();
+fn cluster_status(ctx: &Context) -> pb::ClusterStatusResponse {
+    let metrics = ctx.store.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
     let matched = |id: &u64| {
@@ -564,7 +572,7 @@ fn cluster_status(shared: &Shared) -> pb::ClusterStatusResponse {
 
 /// Asks the scheduler at `addr` who it is before it is added: it must answer, carry
 /// the expected id (if one was given), and not belong to another cluster. Returns its id.
-async fn probe_joiner(shared: &Shared, addr: &str, expected: u64) -> Result<u64, Status> {
+async fn probe_joiner(ctx: &Context, addr: &str, expected: u64) -> Result<u64, Status> {
     let unreachable = |e: String| {
         Status::unavailable(format!(
             "cannot reach the joining scheduler at {addr} from the leader ({e}); is it running, with \
@@ -572,7 +580,10 @@ async fn probe_joiner(shared: &Shared, addr: &str, expected: u64) -> Result<u64,
         ))
     };
     // As a scheduler (its certificate), which the joiner's control API admits.
-    let endpoint = crate::raft::network::endpoint(addr)
+    let endpoint = ctx
+        .store
+        .peers()
+        .endpoint(addr)
         .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
         .timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
@@ -587,7 +598,7 @@ async fn probe_joiner(shared: &Shared, addr: &str, expected: u64) -> Result<u64,
             theirs.node_id
         )));
     }
-    let ours = shared.raft.metrics().borrow().membership_config.membership().clone();
+    let ours = ctx.store.raft().metrics().borrow().membership_config.membership().clone();
     let same_cluster = theirs.members.iter().any(|m| ours.get_node(&m.id).is_some_and(|n| n.addr == m.addr));
     if !theirs.members.is_empty() && !same_cluster {
         let listed: Vec<String> = theirs.members.iter().map(|m| format!("{}@{}", m.id, m.addr)).collect();
@@ -673,15 +684,15 @@ mod tests {
         };
         let running = crate::server::start(config).await.expect("scheduler starts");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !(running.shared.is_leader() && running.shared.fleet.is_leading()) {
+        while !(running.context.store.is_leader() && running.context.fleet.is_leading()) {
             assert!(std::time::Instant::now() < deadline, "no leader within 20 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         running
     }
 
-    fn last_log_index(shared: &Shared) -> u64 {
-        shared.raft.metrics().borrow().last_log_index.unwrap_or_default()
+    fn last_log_index(ctx: &Context) -> u64 {
+        ctx.store.raft().metrics().borrow().last_log_index.unwrap_or_default()
     }
 
     /// Hostile requests over the wire: refused with the field named, oversized ones not
@@ -693,7 +704,7 @@ mod tests {
         let url = format!("http://{}", running.grpc_addr);
         let mut control = ControlClient::connect(url.clone()).await.unwrap();
         control.create_app(create("shop", "https://example.com/shop.git", "")).await.expect("a good app");
-        let before = last_log_index(&running.shared);
+        let before = last_log_index(&running.context);
 
         for (req, why) in [
             (create("Bad_Name", "https://h/a", ""), "invalid app name"),
@@ -743,7 +754,7 @@ mod tests {
         let status = agents.session(stream).await.unwrap_err();
         assert!(status.message().contains("the limit is 64"), "{}", status.message());
 
-        assert_eq!(last_log_index(&running.shared), before, "nothing reached the raft log");
+        assert_eq!(last_log_index(&running.context), before, "nothing reached the raft log");
         running.stop(Duration::from_secs(5)).await;
     }
 }

@@ -1,0 +1,17 @@
+//! The scheduler's gRPC API, as the services `server.rs` mounts on its listener:
+//!
+//! - [`control`]: the operator API (`control.proto`, what `slipway` calls): apps,
+//!   deploys, builds, logs, releases, rollbacks, nodes, cluster membership, join tokens.
+//!   Input is validated here, before anything is written.
+//! - [`agents`]: the agent sessions (`agent.proto`): one stream per agent carrying its
+//!   reports and build events up and build assignments down.
+//! - [`enroll`]: enrollment (`enroll.proto`): joining with a join token, renewing a
+//!   certificate, operator certificates.
+//!
+//! Each service holds the [`crate::context::Context`]; none calls another. Domain ⇄
+//! wire conversions are [`crate::convert`], errors map to gRPC statuses once in
+//! [`crate::error`].
+
+pub mod agents;
+pub mod control;
+pub mod enroll;

@@ -1,0 +1,195 @@
+//! Deploys: for each app, its newest pending release goes to Swarm ([`crate::deploy`]),
+//! older pending ones are marked superseded, and the outcome is recorded and announced
+//! on the release's topic. One deploy (or grant renewal) per app at a time: the app's
+//! deploy slot ([`crate::dispatch_state::DispatchState::hold`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use slipway_proto::deploy_event::Event;
+use tracing::Instrument;
+
+use super::grants::pull_auth;
+use crate::context::Context;
+use crate::convert;
+use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, ServiceDeploy};
+use crate::events::release_topic;
+use crate::state::{Command, DeployState, Release, Response};
+
+/// Removes an app from `deploying` however its deploy task ends (panics included).
+struct DeployingGuard {
+    ctx: Arc<Context>,
+    app: String,
+}
+
+impl Drop for DeployingGuard {
+    fn drop(&mut self) {
+        self.ctx.dispatch.release(&self.app);
+        self.ctx.dispatcher_wake();
+    }
+}
+
+pub(super) async fn start_pending_deploys(ctx: &Arc<Context>) {
+    // For each app only its newest release is deployed; older pending ones are superseded.
+    let (latest, superseded): (Vec<Release>, Vec<(String, u64, u64)>) = ctx.store.read(|s| {
+        let mut latest = Vec::new();
+        let mut superseded = Vec::new();
+        for (app, releases) in &s.releases {
+            // A deploy in flight finishes first; its release is judged after it.
+            if ctx.dispatch.is_deploying(app) {
+                continue;
+            }
+            let Some(newest) = releases.last() else { continue };
+            if newest.deploy == DeployState::Pending {
+                latest.push(newest.clone());
+            }
+            for r in releases.iter().filter(|r| r.deploy == DeployState::Pending && r.number != newest.number)
+            {
+                superseded.push((r.app.clone(), r.number, newest.number));
+            }
+        }
+        (latest, superseded)
+    });
+    for (app, number, newest) in superseded {
+        let result = Err(format!("superseded by release {newest}"));
+        if let Err(err) = ctx.store.write(Command::RecordDeploy { app, release: number, result }).await {
+            tracing::warn!(%err, "cannot mark a release superseded");
+        }
+    }
+    for release in latest {
+        let span = tracing::info_span!("deploy", app = %release.app, release = release.number);
+        let task_ctx = ctx.clone();
+        let app = release.app.clone();
+        hold_app(ctx, &app, span, async move { deploy_release(&task_ctx, &release).await });
+    }
+}
+
+/// Runs `work` for `app` in a task holding the app's deploy slot (see
+/// [`crate::dispatch_state::DispatchState::hold`]), unless something else holds it; the
+/// slot is freed however the task ends, and a stand-down aborts the task.
+pub(super) fn hold_app(
+    ctx: &Arc<Context>,
+    app: &str,
+    span: tracing::Span,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (task_ctx, task_app) = (ctx.clone(), app.to_string());
+    ctx.dispatch.hold(app, move || {
+        // Made only once the slot is taken: dropping it frees the slot.
+        let guard = DeployingGuard { ctx: task_ctx, app: task_app };
+        let task = tokio::spawn(
+            async move {
+                let _guard = guard;
+                work.await;
+            }
+            .instrument(span),
+        );
+        task.abort_handle()
+    });
+}
+
+/// Maps a release to the Swarm service that runs it.
+pub fn service_for(ctx: &Context, release: &Release) -> ServiceDeploy {
+    let deploy = &ctx.config.deploy;
+    ServiceDeploy {
+        stack: deploy.stack.clone(),
+        app: release.app.clone(),
+        image: release.image(),
+        release: release.number,
+        replicas: release.run.replicas.max(1),
+        port: release.run.port,
+        env: {
+            // Heroku's convention: the app learns its port from $PORT.
+            let mut env = release.run.env.clone();
+            if let Some(port) = release.run.port {
+                env.entry("PORT".into()).or_insert_with(|| port.to_string());
+            }
+            env
+        },
+        persist: release.run.persist.clone(),
+        healthcheck: release.run.healthcheck.as_ref().map(|h| HealthcheckSpec {
+            cmd: h.cmd.clone(),
+            interval: Duration::from_millis(h.interval_ms),
+            timeout: Duration::from_millis(h.timeout_ms),
+            start_period: Duration::from_millis(h.start_period_ms),
+            retries: h.retries,
+        }),
+        publish_mode: match deploy.publish_mode {
+            crate::config::PublishModeConfig::Ingress => PublishMode::Ingress,
+            crate::config::PublishModeConfig::Host => PublishMode::Host,
+        },
+        persist_backend: match &deploy.nfs {
+            None => PersistBackend::Local,
+            Some(nfs) => PersistBackend::Nfs { addr: nfs.addr.clone(), export_root: nfs.export_root.clone() },
+        },
+        converge_timeout: Duration::from_secs(deploy.converge_timeout_secs),
+    }
+}
+
+async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
+    let topic = release_topic(release);
+    let spec = service_for(ctx, release);
+    let service = format!("{}_{}", spec.stack, spec.app);
+    if release.rollback_of.is_none() {
+        // Rollbacks announced their release when they were recorded (api/control.rs).
+        ctx.events.publish(&topic, Event::Release(convert::release(release)));
+    }
+    ctx.events.publish(
+        &topic,
+        Event::DeployProgress(format!(
+            "deploying release {} ({}) to service {service}",
+            release.number, spec.image
+        )),
+    );
+    let outcome = match ctx.docker().await {
+        Ok(docker) => {
+            let progress_topic = topic.clone();
+            let events = ctx.events.clone();
+            let progress = move |line: String| events.publish(&progress_topic, Event::DeployProgress(line));
+            let auth = pull_auth(ctx, &release.app);
+            deploy::deploy(&docker, &spec, auth.as_ref(), &progress).await.map_err(|e| e.to_string())
+        }
+        Err(err) => Err(err.to_string()),
+    };
+    let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
+    let cmd = Command::RecordDeploy { app: release.app.clone(), release: release.number, result };
+    let recorded = ctx.store.write(cmd).await;
+    match (outcome, recorded) {
+        (Ok(done), Ok(Response::Release(r))) => {
+            tracing::info!(service = %service, running = done.running, "release deployed");
+            ctx.events.publish(
+                &topic,
+                Event::Done(slipway_proto::DeployDone {
+                    release: Some(convert::release(&r)),
+                    service,
+                    running: done.running,
+                    published_port: done.published_port.map(u32::from).unwrap_or_default(),
+                }),
+            );
+        }
+        (Err(reason), _) => {
+            tracing::warn!(%reason, "deploy failed");
+            ctx.events.publish(
+                &topic,
+                Event::Failed(format!("deploy of release {} failed: {reason}", release.number)),
+            );
+        }
+        (Ok(_), Ok(other)) => {
+            ctx.events.publish(
+                &topic,
+                Event::Failed(format!("deploy succeeded but recording it was refused: {other:?}")),
+            );
+        }
+        (Ok(_), Err(err)) => {
+            // Not recorded: whoever leads next finds the release pending and deploys it
+            // again (an update to the same digest is a no-op for Swarm). Not terminal:
+            // watchers end when the state says the release is deployed.
+            tracing::warn!(%err, "deploy succeeded but could not be recorded");
+            ctx.events.publish(
+                &topic,
+                Event::DeployProgress(format!("deploy succeeded but could not be recorded yet: {err}")),
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The dispatcher: the leader's work loop. Each tick it places queued builds and takes
+//! builds back from lost nodes (`builds.rs`), deploys every release that is not
+//! deployed yet (`deploys.rs`), and keeps the registry grants stored with the apps'
+//! services from expiring (`grants.rs`). [`watch_leadership`] hands the fleet over when
+//! leadership changes (`leadership.rs`).
+//!
+//! The loop is driven by the replicated state, not by in-memory queues: whatever the
+//! state says is queued gets placed, whatever release is pending gets deployed. So a new
+//! leader simply picks up where the old one stopped, and a crash mid-deploy is retried
+//! by whoever leads next. What it remembers between ticks (why builds wait, deploys in
+//! flight) is [`crate::dispatch_state`]; the Swarm side of a deploy is [`crate::deploy`].
+//!
+//! ```text
+//! Queued ──place()──► AssignBuild ──► agent ── BuildEvent ──► finish_build ──► Release N (pending)
+//!                                                                                  │
+//!                     RecordDeploy ◄── deploy::deploy (Swarm) ◄── deploy_release ◄─┘
+//! ```
+
+mod builds;
+mod deploys;
+mod grants;
+mod leadership;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use builds::{assignment, finish_build};
+pub use deploys::service_for;
+pub use grants::pull_auth;
+pub use leadership::watch_leadership;
+
+use crate::context::Context;
+
+/// Runs until shutdown. Does nothing while this member is not the leader.
+pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut applied = ctx.store.applied();
+    let mut last_tick = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ctx.wake.notified() => {}
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        // A burst of writes applies thousands of entries a second: one tick covers
+        // all that arrived within MIN_TICK, instead of a queue scan per entry.
+        tokio::time::sleep_until(last_tick + MIN_TICK).await;
+        applied.borrow_and_update();
+        last_tick = tokio::time::Instant::now();
+        if !ctx.fleet.is_leading() || !ctx.store.is_leader() {
+            continue;
+        }
+        builds::place_queued(&ctx).await;
+        builds::requeue_lost(&ctx).await;
+        deploys::start_pending_deploys(&ctx).await;
+        grants::renew_pull_grants(&ctx);
+    }
+}
+
+/// The dispatcher ticks at most this often (placement waits at most this long).
+const MIN_TICK: Duration = Duration::from_millis(20);

@@ -1,0 +1,107 @@
+//! The scheduler's HTTP side, served by every member on `http_listen`:
+//!
+//! - `/` and `/fleet`: the fleet page ([`fleet_page`]), server-rendered HTML that
+//!   refreshes itself every 3 s: nodes and their headroom, apps, recent builds and
+//!   releases, cluster members;
+//! - `/metrics`: Prometheus text format ([`metrics`]);
+//! - `/healthz`: the process runs; `/readyz`: a leader is known, so writes can be served.
+//!
+//! Both pages render from one [`Overview`] taken per request: what this member has
+//! applied of the replicated state, its raft metrics, and — on the leader only — the
+//! fleet's soft state (reports, liveness), which followers do not have.
+
+pub mod fleet_page;
+pub mod metrics;
+pub mod overview;
+
+use std::sync::Arc;
+
+use axum::extract::State as AxState;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::Router;
+
+use self::overview::Overview;
+use crate::context::Context;
+
+/// Routes of the HTTP side.
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/", get(fleet_page))
+        .route("/fleet", get(fleet_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v2/token", get(registry_token))
+        .with_state(ctx)
+}
+
+/// The registry's token server (see `registry_auth`): a short-lived JWT for what the
+/// presented grant allows of the scopes asked for; anonymous callers get no access.
+async fn registry_token(
+    AxState(ctx): AxState<Arc<Context>>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    use crate::security::registry_auth as auth;
+    let refuse = |status: StatusCode, why: String| {
+        let body =
+            serde_json::json!({ "details": why, "errors": [{ "code": "UNAUTHORIZED", "message": why }] });
+        (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    };
+    let (Some(ca), Some(signer)) = (ctx.ca.as_deref(), ctx.tls_credentials.as_deref()) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "this scheduler runs without TLS: it has no CA to sign with".into(),
+        );
+    };
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let grant = match auth::basic_password(authorization) {
+        Ok(None) => None,
+        Ok(Some(password)) => match auth::verify_grant(ca, &password) {
+            Ok(grant) => Some(grant),
+            Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.0),
+        },
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.0),
+    };
+    let mut asked = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "service" if value != auth::SERVICE => {
+                return refuse(StatusCode::BAD_REQUEST, format!("unknown service {value:?}"))
+            }
+            "scope" => asked.extend(value.split(' ').filter_map(auth::parse_scope)),
+            _ => {}
+        }
+    }
+    let subject = grant.as_ref().map_or("anonymous".to_string(), |g| format!("grant:{}", g.app));
+    match auth::token(signer, &subject, auth::allowed(grant.as_ref(), &asked)) {
+        Ok(answer) => axum::Json(answer).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn readyz(AxState(ctx): AxState<Arc<Context>>) -> (StatusCode, String) {
+    match ctx.store.raft().metrics().borrow().current_leader {
+        Some(leader) => (StatusCode::OK, format!("ready: leader is member {leader}\n")),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader elected\n".into()),
+    }
+}
+
+async fn metrics(AxState(ctx): AxState<Arc<Context>>) -> impl IntoResponse {
+    let overview = Overview::gather(&ctx).await;
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render(&overview))
+}
+
+async fn fleet_page(AxState(ctx): AxState<Arc<Context>>, headers: HeaderMap) -> Html<String> {
+    let overview = Overview::gather(&ctx).await;
+    // The port the browser reached this member on: the best guess at the leader's
+    // HTTP port, which members do not tell each other.
+    let port = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    Html(fleet_page::render(&overview, port))
+}

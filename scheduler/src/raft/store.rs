@@ -1,0 +1,183 @@
+//! The store: the replicated state as the rest of the scheduler reads and writes it.
+//!
+//! [`Store`] holds the raft node, the state it applies, the last applied index, and the
+//! clients a follower uses to reach the leader. Everything above the store goes through
+//! it:
+//!
+//! - [`Store::read`]: the state as applied on this member (may lag the leader);
+//! - [`Store::read_current`]: a linearizable read: the leader confirms with a quorum, a
+//!   follower catches up to the leader's read index first;
+//! - [`Store::write`]: a command through raft, forwarded to the leader when this member
+//!   follows, bounded by [`WRITE_TIMEOUT`];
+//! - [`Store::is_leader`], [`Store::leader_addr`], [`Store::require_leader`].
+//!
+//! [`Store::replicate`] and [`Store::linearizable`] are the raft-level steps under
+//! `write` and `read_current`, with raft's own error ([`WriteError`]).
+
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::ServerState;
+use tokio::sync::watch;
+
+use super::network::Peers;
+use super::{Raft, SharedState, WriteError};
+use crate::error::Error;
+use crate::state::{Command, Response, State};
+
+/// How long a write (or a leader's read check) may wait for a quorum.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write forwarded to the leader may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Store::replicate`] waits for a forwarded write to be applied here too.
+const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(5);
+
+fn no_quorum_message(what: &str) -> String {
+    format!(
+        "this scheduler could not {what} within {} s: it cannot reach a majority of the cluster \
+         (see `slipway cluster status`); retrying is safe, a retried deploy joins the first",
+        WRITE_TIMEOUT.as_secs()
+    )
+}
+
+/// The replicated store of one member: its raft node and the state it applies.
+#[derive(Clone)]
+pub struct Store {
+    raft: Raft,
+    state: SharedState,
+    /// Last applied raft index; changes whenever the state does.
+    applied: watch::Receiver<u64>,
+    /// Clients to the leader, for forwarded writes and read indexes.
+    leader: Peers,
+}
+
+impl Store {
+    pub(super) fn new(raft: Raft, state: SharedState, applied: watch::Receiver<u64>, leader: Peers) -> Self {
+        Self { raft, state, applied, leader }
+    }
+
+    /// The raft node: metrics, membership changes, shutdown.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The last applied index, to watch: it changes whenever the state does.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// How this member dials its peers (with its certificate when it has one).
+    pub fn peers(&self) -> &Peers {
+        &self.leader
+    }
+
+    /// Reads the replicated state (as applied on this member).
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.read().expect("state lock poisoned"))
+    }
+
+    /// Reads the replicated state for an answer that must be current (linearizable):
+    /// the leader first confirms with a quorum that it still leads; a follower first
+    /// catches up to the leader's read index. A member cut off from the majority
+    /// answers "unavailable" instead of stale data.
+    pub async fn read_current<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, Error> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.linearizable()).await {
+            Ok(Ok(())) => Ok(self.read(f)),
+            Ok(Err(WriteError::NotLeader { leader_addr })) => Err(Error::NotLeader { leader: leader_addr }),
+            Ok(Err(WriteError::Fatal(e))) => Err(Error::Storage(e.to_string())),
+            Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
+            Err(_) => Err(Error::Unavailable(no_quorum_message("confirm it is up to date"))),
+        }
+    }
+
+    /// Proposes a command through raft (forwarded to the leader if need be) and waits
+    /// until it is committed and applied. A refusal by the state machine is an error.
+    /// A write not committed within [`WRITE_TIMEOUT`] (no quorum) fails as unavailable;
+    /// it may still be applied later, which is why commands carry request ids.
+    pub async fn write(&self, cmd: Command) -> Result<Response, Error> {
+        let written = tokio::time::timeout(WRITE_TIMEOUT, self.replicate(cmd))
+            .await
+            .map_err(|_| Error::Unavailable(no_quorum_message("commit the change")))?;
+        match written {
+            Ok(Response::Refused(err)) => Err(Error::Refused(err)),
+            Ok(resp) => Ok(resp),
+            Err(WriteError::NotLeader { leader_addr }) => Err(Error::NotLeader { leader: leader_addr }),
+            Err(WriteError::Fatal(err)) => Err(Error::Storage(err.to_string())),
+            Err(err) => Err(Error::Unavailable(err.to_string())),
+        }
+    }
+
+    /// True while this member leads the cluster.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(m.id)
+    }
+
+    /// The address of the leader this node knows, from its metrics and membership.
+    pub fn leader_addr(&self) -> Option<String> {
+        super::leader_addr(&self.raft)
+    }
+
+    /// Fails with the leader's address unless this member is the leader.
+    pub fn require_leader(&self) -> Result<(), Error> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader { leader: self.leader_addr() })
+        }
+    }
+
+    /// Replicates `cmd` and returns what applying it returned.
+    ///
+    /// On a follower the command is forwarded to the leader (`ForwardWrite`), and the call
+    /// returns once this node has applied it as well (read-your-writes), or after
+    /// a few seconds if it lags.
+    pub async fn replicate(&self, cmd: Command) -> Result<Response, WriteError> {
+        let to_forward = cmd.clone();
+        let to = match self.raft.client_write(cmd).await {
+            Ok(written) => return Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => to,
+            Err(RaftError::APIError(e)) => return Err(WriteError::Refused(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(e.into()),
+        };
+        let Some(leader_addr) = to.leader_node.map(|n| n.addr).or_else(|| self.leader_addr()) else {
+            return Err(WriteError::NotLeader { leader_addr: None });
+        };
+        let forwarded = self.leader.forward_write(&leader_addr, &to_forward, FORWARD_TIMEOUT).await?;
+        let wait = self.raft.wait(Some(FORWARDED_APPLY_WAIT));
+        if let Err(e) = wait.applied_index_at_least(Some(forwarded.log_index), "forwarded write").await {
+            tracing::warn!(index = forwarded.log_index, error = %e, "forwarded write not yet applied here");
+        }
+        Ok(forwarded.response)
+    }
+
+    /// Returns once this node's state includes every write committed before the call, so
+    /// a read that follows is linearizable. The leader confirms its leadership with a
+    /// quorum (openraft's `ensure_linearizable`); a follower asks the leader for that read
+    /// index (`ReadIndex`) and waits until it has applied it. Fails with
+    /// [`WriteError::NotLeader`] (no leader known, or the one asked is no longer it) or
+    /// [`WriteError::NoQuorum`].
+    pub async fn linearizable(&self) -> Result<(), WriteError> {
+        let to = match self.raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => to,
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                return Err(WriteError::NoQuorum(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => return Err(e.into()),
+        };
+        let Some(leader) = to.leader_node.map(|n| n.addr).or_else(|| self.leader_addr()) else {
+            return Err(WriteError::NotLeader { leader_addr: None });
+        };
+        let index = self.leader.read_index(&leader, FORWARD_TIMEOUT).await?;
+        self.raft
+            .wait(Some(FORWARDED_APPLY_WAIT))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map_err(|e| {
+                WriteError::NoQuorum(format!("this member did not catch up with the leader in time: {e}"))
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! Security: who may talk to the scheduler, and who may push and pull which images.
+//!
+//! - [`pki`]: the cluster CA in `<data_dir>/pki/`, this scheduler's certificate, and
+//!   issuing certificates from CSRs (an agent's or operator's key never leaves its
+//!   machine).
+//! - [`credentials`]: this scheduler's CA and certificate at start (loaded, made,
+//!   copied or fetched with a join token).
+//! - [`join_tokens`]: the join tokens of agents and schedulers (`slipway cluster token`),
+//!   their secrets replicated and compared in constant time.
+//! - [`registry_auth`]: the registry's token server: grants (an app, its actions, an
+//!   expiry) signed with a key derived from the CA, exchanged at `GET /v2/token` for a
+//!   short-lived JWT.
+//! - [`realm_proxy`]: `slipway-scheduler realm-proxy`, the registry's token realm in
+//!   front of several members.
+//!
+//! Who may call which gRPC service is decided by the roles certificates carry
+//! (`slipway_proto::tls::require`, wired in `server.rs`); enrollment (`api/enroll.rs`)
+//! is open and checks tokens and certificates itself.
+
+pub mod credentials;
+pub mod join_tokens;
+pub mod pki;
+pub mod realm_proxy;
+pub mod registry_auth;
