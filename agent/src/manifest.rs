@@ -126,8 +126,8 @@ impl Default for RunSection {
     }
 }
 
-/// The `[run.healthcheck]` table. Durations are written like `"5s"`, `"1m30s"`, `"500ms"`;
-/// an omitted field keeps Docker's default.
+/// The `[run.healthcheck]` table. Durations are written like `"5s"`, `"1m30s"`, `"500ms"`
+/// (see [`parse_duration`]); an omitted field keeps Docker's default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthcheckSection {
@@ -454,43 +454,35 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     parse_duration(&text).map(Some).map_err(de::Error::custom)
 }
 
-/// Parses `"5s"`, `"1m30s"`, `"500ms"`, `"2h"`: numbers each followed by a unit
-/// (`ms`, `s`, `m`, `h`). Zero is refused (omit the field to keep Docker's default).
+/// Parses `"5s"`, `"1m30s"`, `"500ms"`, `"2h"` with [`humantime::parse_duration`]: numbers
+/// each followed by a unit (`ms`, `s`, `m`, `h`, and humantime's others such as `sec`, `min`,
+/// `d`). Two forms humantime takes are refused, as the manifest always did: spaces (`"5 s"`)
+/// and fractions (`"1.5s"`). Zero is refused (omit the field to keep Docker's default), and
+/// so is anything that is not a whole number of milliseconds, the unit on the wire.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = |why: &str| {
+    let bad = |why: &dyn fmt::Display| {
         Err(format!("invalid duration {text:?}: {why} (write it like \"5s\", \"1m30s\", \"500ms\")"))
     };
-    if text.is_empty() {
-        return bad("it is empty");
+    if text.contains(|c: char| c.is_whitespace()) {
+        return bad(&"write it without spaces");
     }
-    let mut total_ms: u64 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return bad("expected a number");
-        }
-        let Ok(number) = rest[..digits].parse::<u64>() else { return bad("the number is too large") };
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit_ms: u64 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "" => return bad("a number needs a unit"),
-            _ => return bad("units are ms, s, m and h"),
-        };
-        rest = &rest[unit_len..];
-        let Some(sum) = number.checked_mul(unit_ms).and_then(|ms| total_ms.checked_add(ms)) else {
-            return bad("it is too long");
-        };
-        total_ms = sum;
+    if text.contains('.') {
+        return bad(&"write a whole number of each unit, such as \"1s500ms\"");
     }
-    if total_ms == 0 {
-        return bad("it must be longer than zero");
+    let duration = match humantime::parse_duration(text) {
+        Ok(duration) => duration,
+        Err(err) => return bad(&err),
+    };
+    if duration.is_zero() {
+        return bad(&"it must be longer than zero");
     }
-    Ok(Duration::from_millis(total_ms))
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return bad(&"it must be a whole number of milliseconds");
+    }
+    if u64::try_from(duration.as_millis()).is_err() {
+        return bad(&"it is too long");
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -722,6 +714,19 @@ retries = 3
     }
 
     #[test]
+    fn healthcheck_durations_take_humantime_units_in_whole_milliseconds() {
+        let text = "name = \"a\"\n[run.healthcheck]\ncmd = \"true\"\ninterval = \"1min5sec\"\n\
+                    timeout = \"1500000us\"\nstart_period = \"1d\"\n";
+        let h = Manifest::parse(text).unwrap().run_spec().healthcheck.unwrap();
+        assert_eq!((h.interval_ms, h.timeout_ms, h.start_period_ms), (65_000, 1_500, 86_400_000));
+        for bad in ["1ns", "1500us", " 5s", "5s ", "+5s", "-5s", "5S"] {
+            let text = format!("name = \"a\"\n[run.healthcheck]\ncmd = \"true\"\ninterval = {bad:?}\n");
+            let msg = rejected(&text, "run.healthcheck.interval");
+            assert!(msg.contains("invalid duration"), "{msg}");
+        }
+    }
+
+    #[test]
     fn every_semantic_error_is_reported_at_once() {
         let err = Manifest::parse("name = \"A\"\n[run]\nreplicas = 0\npersist = [\"x\"]\n").unwrap_err();
         assert_eq!(err.fields(), ["name", "run.replicas", "run.persist[0]"]);
@@ -847,6 +852,11 @@ mod fuzz {
             prop_assert!(is_identifier(name), "{m:?}");
         }
         prop_assert!(m.build.secret_args.iter().all(|n| !m.build.args.contains_key(n)), "{m:?}");
+        if let Some(h) = &m.run.healthcheck {
+            for d in [h.interval, h.timeout, h.start_period].into_iter().flatten() {
+                prop_assert!(d.as_millis() > 0 && d.subsec_nanos() % 1_000_000 == 0, "{m:?}");
+            }
+        }
         let _ = m.run_spec();
         Ok(())
     }
@@ -894,7 +904,12 @@ mod fuzz {
 
     fn duration() -> impl Strategy<Value = String> {
         prop_oneof![
-            (0u64..100, prop::sample::select(vec!["ms", "s", "m", "h", "", "x"]))
+            (
+                0u64..100,
+                prop::sample::select(vec![
+                    "ms", "s", "m", "h", "", "x", "us", "ns", "sec", "min", "d", ".5s", " s"
+                ])
+            )
                 .prop_map(|(n, u)| format!("\"{n}{u}\"")),
             toml_string()
         ]

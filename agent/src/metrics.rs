@@ -17,8 +17,12 @@
 //! opens a session and every report interval after). The last report is kept in a
 //! [`LastReport`] that the agent's `run` makes and hands to both sides: the session's
 //! reporter records into it, this listener renders from it.
+//!
+//! Why `prometheus-client`: the exposition format (escaping, number formats, `_total`) is the
+//! client library's, not ours; each scrape fills a [`Registry`] from that report and
+//! `/proc/self` and encodes it as Prometheus text 0.0.4, whose counter `# TYPE` line keeps
+//! the `_total` name (OpenMetrics would drop it).
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,11 +32,13 @@ use axum::extract::State;
 use axum::http::header;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::encoding::prometheus_text::{encode, CONTENT_TYPE};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Metric, Registry};
 use slipway_proto::NodeReport;
 use tokio::net::TcpListener;
-
-/// Content type of the text exposition format.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Clock ticks per second of `/proc/self/stat` times (`USER_HZ`: 100 on every Linux
 /// architecture Debian ships).
@@ -56,99 +62,76 @@ impl LastReport {
     }
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
-    let value = match value {
-        v if v.is_nan() => "NaN".to_string(),
-        v if v.is_infinite() => if v > 0.0 { "+Inf" } else { "-Inf" }.to_string(),
-        v => format!("{v}"),
-    };
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-}
-
+/// The text of one scrape: the registry for `last` and this process, encoded.
 fn render_from(last: Option<&(NodeReport, Instant)>) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP slipway_agent_info This agent and its version.\n# TYPE slipway_agent_info gauge\n\
-         slipway_agent_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+    encode(&mut out, &registry(last, ProcessStats::read().as_ref()))
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// The metrics of one scrape. Help texts carry no final period: the registry adds it.
+fn registry(last: Option<&(NodeReport, Instant)>, process: Option<&ProcessStats>) -> Registry {
+    let mut registry = Registry::default();
+    // An info metric: the registry names it `slipway_agent_info`, typed gauge, value 1.
+    registry.register(
+        "slipway_agent",
+        "This agent and its version",
+        Info::new([("version", env!("CARGO_PKG_VERSION"))]),
     );
+    let g = &mut registry;
     if let Some((r, at)) = last {
-        let g = &mut out;
-        gauge(
-            g,
-            "slipway_agent_report_age_seconds",
-            "Seconds since the last report was measured.",
-            at.elapsed().as_secs_f64(),
-        );
+        let age = at.elapsed().as_secs_f64();
+        gauge(g, "slipway_agent_report_age_seconds", "Seconds since the last report was measured", age);
         gauge(
             g,
             "slipway_agent_build_fs_total_bytes",
-            "Size of the build filesystem (build_root's).",
-            r.build_fs_total_bytes as f64,
+            "Size of the build filesystem (build_root's)",
+            r.build_fs_total_bytes,
         );
         gauge(
             g,
             "slipway_agent_build_fs_available_bytes",
-            "Free bytes on the build filesystem.",
-            r.build_fs_available_bytes as f64,
+            "Free bytes on the build filesystem",
+            r.build_fs_available_bytes,
         );
-        gauge(g, "slipway_agent_cpus", "CPUs of the node.", f64::from(r.cpu_count));
-        gauge(
-            g,
-            "slipway_agent_cpu_usage_percent",
-            "CPU use of the whole node, 0-100.",
-            f64::from(r.cpu_usage_percent),
-        );
-        gauge(g, "slipway_agent_load1", "Load average over 1 minute.", r.load_1m);
-        gauge(g, "slipway_agent_memory_total_bytes", "Memory of the node.", r.memory_total_bytes as f64);
-        gauge(
-            g,
-            "slipway_agent_memory_available_bytes",
-            "Memory available on the node.",
-            r.memory_available_bytes as f64,
-        );
-        gauge(g, "slipway_agent_running_builds", "Builds this agent runs.", f64::from(r.running_builds));
-        gauge(
-            g,
-            "slipway_agent_build_slots",
-            "Builds this agent runs at once, at most.",
-            f64::from(r.build_slots),
-        );
-        gauge(
-            g,
-            "slipway_agent_cache_bytes",
-            "Bytes held by slipway's images on this engine.",
-            r.cache_bytes as f64,
-        );
-        let healthy = if r.docker_healthy { 1.0 } else { 0.0 };
-        gauge(g, "slipway_agent_engine_healthy", "1 if the node's Docker engine answers.", healthy);
+        gauge(g, "slipway_agent_cpus", "CPUs of the node", r.cpu_count);
+        let cpu = f64::from(r.cpu_usage_percent);
+        gauge(g, "slipway_agent_cpu_usage_percent", "CPU use of the whole node, 0-100", cpu);
+        gauge(g, "slipway_agent_load1", "Load average over 1 minute", r.load_1m);
+        gauge(g, "slipway_agent_memory_total_bytes", "Memory of the node", r.memory_total_bytes);
+        let memory = r.memory_available_bytes;
+        gauge(g, "slipway_agent_memory_available_bytes", "Memory available on the node", memory);
+        gauge(g, "slipway_agent_running_builds", "Builds this agent runs", r.running_builds);
+        gauge(g, "slipway_agent_build_slots", "Builds this agent runs at once, at most", r.build_slots);
+        gauge(g, "slipway_agent_cache_bytes", "Bytes held by slipway's images on this engine", r.cache_bytes);
+        let healthy = u32::from(r.docker_healthy);
+        gauge(g, "slipway_agent_engine_healthy", "1 if the node's Docker engine answers", healthy);
     }
-    if let Some(p) = ProcessStats::read() {
-        let g = &mut out;
-        gauge(
-            g,
-            "process_resident_memory_bytes",
-            "Resident memory of the agent process.",
-            p.rss_bytes as f64,
-        );
-        let _ = writeln!(
-            g,
-            "# HELP process_cpu_seconds_total CPU time the agent process used (user + system).\n\
-             # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}",
-            p.cpu_seconds
-        );
-        gauge(g, "process_open_fds", "Open file descriptors of the agent process.", p.open_fds as f64);
+    if let Some(p) = process {
+        gauge(g, "process_resident_memory_bytes", "Resident memory of the agent process", p.rss_bytes);
+        // A counter: the registry appends `_total` to the name.
+        let cpu = ConstCounter::new(p.cpu_seconds);
+        g.register("process_cpu_seconds", "CPU time the agent process used (user + system)", cpu);
+        gauge(g, "process_open_fds", "Open file descriptors of the agent process", p.open_fds);
         if let Some(start) = p.start_time_seconds {
             gauge(
                 g,
                 "process_start_time_seconds",
-                "When the agent started, in seconds since the epoch.",
+                "When the agent started, in seconds since the epoch",
                 start,
             );
         }
     }
-    out
+    registry
+}
+
+/// Registers a gauge holding `value` for this scrape.
+fn gauge<N>(registry: &mut Registry, name: &str, help: &str, value: N)
+where
+    ConstGauge<N>: Metric,
+{
+    registry.register(name, help, ConstGauge::new(value));
 }
 
 /// What `/proc/self` says of this process.
