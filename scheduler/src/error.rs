@@ -3,13 +3,10 @@
 //! What the caller can act on (bad input, not found, not leader) is kept apart from
 //! what is fatal to this member (storage broken).
 
+use slipway_proto::metadata::LEADER_HINT;
 use tonic::{Code, Status};
 
 use crate::state::ApplyError;
-
-/// gRPC metadata key on "not the leader" errors: the leader's address, or empty while
-/// none is known. Clients retry elsewhere when they see it.
-pub const LEADER_HINT: &str = "slipway-leader";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

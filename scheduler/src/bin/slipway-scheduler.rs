@@ -85,29 +85,15 @@ fn load(args: Args) -> anyhow::Result<SchedulerConfig> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    slipway_common::telemetry::init();
     slipway_proto::tls::install_crypto_provider();
     let mut args = Args::parse();
     let command = args.command.take();
     let config = load(args)?;
     match command {
-        None => slipway_scheduler::server::run(config, shutdown_signal()).await?,
+        None => slipway_scheduler::server::run(config, slipway_common::shutdown::signal()).await?,
         Some(Offline::InitCa { dir }) => {
             if Ca::load(&dir)?.is_some() {
                 anyhow::bail!("{} already holds a CA; use it, or choose another directory", dir.display());
@@ -140,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(%listen, ?members, "forwarding the registry's token requests");
             tokio::select! {
                 () = slipway_scheduler::security::realm_proxy::serve(listener, members) => {}
-                () = shutdown_signal() => {}
+                () = slipway_common::shutdown::signal() => {}
             }
         }
     }

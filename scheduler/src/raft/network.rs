@@ -37,6 +37,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode, RPCTypes};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use slipway_proto::metadata::{RAFT_LEADER_ADDR, RAFT_NO_QUORUM};
 use slipway_proto::raft_client::RaftClient;
 use slipway_proto::raft_server::{Raft as RaftRpc, RaftServer};
 use slipway_proto::tls::Transport;
@@ -52,10 +53,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Largest RPC message either side sends or accepts. Snapshot chunks travel as JSON
 /// arrays (about 3.5 bytes per byte), so a 1 MiB chunk needs well over tonic's 4 MiB default.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// Metadata key of the leader address in a forwarded write's "not the leader" status.
-pub const LEADER_ADDR_METADATA: &str = "slipway-leader-addr";
-/// Metadata key marking a leader's "cannot reach a quorum" status.
-const NO_QUORUM_METADATA: &str = "slipway-no-quorum";
 
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -289,14 +286,11 @@ impl Peers {
                 return Err(forward_err(Status::deadline_exceeded("no answer from the leader in time")))
             }
             Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
-                let leader_addr = status
-                    .metadata()
-                    .get(LEADER_ADDR_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let leader_addr =
+                    status.metadata().get(RAFT_LEADER_ADDR).and_then(|v| v.to_str().ok()).map(str::to_string);
                 return Err(WriteError::NotLeader { leader_addr });
             }
-            Ok(Err(status)) if status.metadata().contains_key(NO_QUORUM_METADATA) => {
+            Ok(Err(status)) if status.metadata().contains_key(RAFT_NO_QUORUM) => {
                 return Err(WriteError::NoQuorum(status.message().to_string()))
             }
             Ok(Err(status)) => return Err(forward_err(status)),
@@ -376,7 +370,7 @@ fn not_leader(leader_addr: Option<String>) -> Status {
     };
     let mut status = Status::failed_precondition(message);
     if let Some(value) = leader_addr.and_then(|a| a.parse().ok()) {
-        status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
+        status.metadata_mut().insert(RAFT_LEADER_ADDR, value);
     }
     status
 }
@@ -424,7 +418,7 @@ impl RaftRpc for RaftService {
                 let mut status = Status::unavailable(format!("the leader cannot reach a quorum: {e}"));
                 status
                     .metadata_mut()
-                    .insert(NO_QUORUM_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+                    .insert(RAFT_NO_QUORUM, tonic::metadata::MetadataValue::from_static("1"));
                 Err(status)
             }
             Err(RaftError::Fatal(e)) => {
@@ -539,7 +533,7 @@ mod tests {
     fn not_leader_status_carries_the_leader_address() {
         let status = not_leader(Some("10.0.0.2:7000".into()));
         assert_eq!(status.code(), Code::FailedPrecondition);
-        assert_eq!(status.metadata().get(LEADER_ADDR_METADATA).unwrap(), "10.0.0.2:7000");
+        assert_eq!(status.metadata().get(RAFT_LEADER_ADDR).unwrap(), "10.0.0.2:7000");
         assert!(status.message().contains("10.0.0.2:7000"));
     }
 }

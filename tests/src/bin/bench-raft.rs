@@ -49,9 +49,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use slipway_proto::control_client::ControlClient;
+use slipway_proto::metadata::RAFT_LEADER_ADDR;
 use slipway_proto::raft_client::RaftClient;
 use slipway_proto::{ClusterStatusRequest, ClusterStatusResponse, RaftPayload};
-use slipway_scheduler::raft::network::{endpoint, ForwardedWrite, LEADER_ADDR_METADATA};
+use slipway_scheduler::raft::network::{endpoint, ForwardedWrite};
 use slipway_scheduler::state::{Command, NodeRecord, Response};
 use slipway_testkit::free_port;
 use slipway_tests::cluster::{binary, PROFILE_ENV};
@@ -481,7 +482,7 @@ impl Slipway {
                 Err(status) => {
                     hint = status
                         .metadata()
-                        .get(LEADER_ADDR_METADATA)
+                        .get(RAFT_LEADER_ADDR)
                         .and_then(|v| v.to_str().ok())
                         .filter(|addr| *addr != dead)
                         .map(str::to_string);
