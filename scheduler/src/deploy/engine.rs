@@ -11,6 +11,7 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{NetworkCreateRequest, ServiceSpec, Task};
 use bollard::query_parameters::{ListTasksOptions, UpdateServiceOptions};
 use bollard::Docker;
+use slipway_common::Backoff;
 
 use super::{network_name, DeployError, PullAuth, LABEL_PULL_GRANT_EXPIRES, LABEL_STACK_NAMESPACE};
 
@@ -129,7 +130,8 @@ pub(super) async fn apply(
     }
     let credentials = auth.map(|a| a.credentials.clone());
     let mut last_error = String::new();
-    for attempt in 1..=UPDATE_ATTEMPTS {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+    for _ in 0..UPDATE_ATTEMPTS {
         let current = match docker.inspect_service(name, None).await {
             Ok(current) => current,
             Err(e) if has_status(&e, 404) => {
@@ -176,7 +178,7 @@ pub(super) async fn apply(
             }
             Err(e) if is_out_of_sequence(&e) => {
                 last_error = e.to_string();
-                tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                backoff.wait().await;
             }
             Err(e) => return Err(engine_error(docker, format!("update service {name}"), e)),
         }
