@@ -60,10 +60,23 @@ const REMEMBERED_RESULTS: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot use the state directory {dir}: {source}")]
-    StateDir { dir: PathBuf, source: std::io::Error },
+    /// The state directory (credentials) cannot be created or used.
+    StateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     #[error("cannot use the build root {dir}: {source}")]
-    BuildRoot { dir: PathBuf, source: std::io::Error },
+    /// The build root cannot be created or used.
+    BuildRoot {
+        /// The directory.
+        dir: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     #[error(transparent)]
+    /// Joining the cluster or renewing the certificate failed.
     Enroll(#[from] crate::enroll::EnrollError),
 }
 

@@ -42,12 +42,16 @@ const URI_SCHEME: &str = "slipway://";
 /// What a certificate's holder may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
+    /// A member of the raft cluster: may call every service.
     Scheduler,
+    /// A node's agent: may hold an agent session, nothing else.
     Agent,
+    /// An operator: may call the control API.
     Admin,
 }
 
 impl Role {
+    /// The role as written in certificates and messages.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Scheduler => "scheduler",
@@ -79,11 +83,14 @@ impl FromStr for Role {
 /// A certificate holder: role and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerIdentity {
+    /// What the holder may call.
     pub role: Role,
+    /// Who the holder is: a node name, a member id, an operator's name.
     pub name: String,
 }
 
 impl PeerIdentity {
+    /// The identity of `name` in `role`.
     pub fn new(role: Role, name: impl Into<String>) -> Self {
         Self { role, name: name.into() }
     }
@@ -113,8 +120,11 @@ impl fmt::Display for PeerIdentity {
 /// What a certificate says: its holder and when it expires.
 #[derive(Debug, Clone)]
 pub struct CertInfo {
+    /// Who the certificate names.
     pub identity: PeerIdentity,
+    /// Valid from.
     pub not_before: SystemTime,
+    /// Valid until.
     pub not_after: SystemTime,
 }
 
@@ -178,8 +188,11 @@ pub fn first_cert_der(pem: &str) -> Result<Vec<u8>, String> {
 /// digest pins the cluster CA; the secret (rotatable) proves the holder was invited.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
+    /// What the holder may call.
     pub role: Role,
+    /// SHA-256 of the cluster CA's certificate (hex): the CA the joiner will trust.
     pub ca_digest: String,
+    /// The secret that proves the holder may join.
     pub secret: String,
 }
 
@@ -223,8 +236,11 @@ impl FromStr for JoinToken {
 /// A holder's PEM files: the cluster CA, its certificate (chain) and private key.
 #[derive(Clone)]
 pub struct Credentials {
+    /// The cluster CA's certificate (PEM).
     pub ca_pem: String,
+    /// This holder's certificate (PEM).
     pub cert_pem: String,
+    /// This holder's private key (PEM, PKCS#8).
     pub key_pem: String,
 }
 
@@ -237,7 +253,9 @@ impl fmt::Debug for Credentials {
 
 /// File names of a credentials directory.
 pub const CA_FILE: &str = "ca.pem";
+/// File name of the certificate in a credentials directory.
 pub const CERT_FILE: &str = "cert.pem";
+/// File name of the private key in a credentials directory (mode 0600).
 pub const KEY_FILE: &str = "key.pem";
 
 impl Credentials {
@@ -330,7 +348,9 @@ pub fn install_crypto_provider() {
 /// the `insecure` settings) in plain text.
 #[derive(Debug, Clone)]
 pub enum Transport {
+    /// Mutual TLS with these credentials.
     Tls(Arc<Credentials>),
+    /// Plain text (development only: `tls.insecure`).
     Insecure,
 }
 
@@ -481,6 +501,7 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 /// What a join returns: the certificate (and, for a scheduler, the CA key) with the
 /// private key made here for it.
 pub struct Joined {
+    /// The certificate the cluster issued and the key made here.
     pub credentials: Credentials,
     /// The CA's private key (schedulers only; empty for agents).
     pub ca_key_pem: String,

@@ -25,12 +25,19 @@ pub struct SchedulerConfig {
     pub http_listen: SocketAddr,
     /// Raft log, vote, snapshots and build logs live here.
     pub data_dir: PathBuf,
+    /// The fleet's internal registry and the grants for it.
     pub registry: RegistryConfig,
+    /// How releases become Swarm services.
     pub deploy: DeployConfig,
+    /// How the leader judges its agents' liveness.
     pub agents: AgentsConfig,
+    /// How builds are placed, and how long one may wait for a node.
     pub placement: PlacementConfig,
+    /// How this member forms or joins a raft cluster.
     pub cluster: ClusterConfig,
+    /// Raft timings.
     pub raft: RaftSettings,
+    /// Certificates, join tokens and their lifetimes.
     pub tls: TlsSettings,
 }
 
@@ -76,9 +83,13 @@ impl Default for TlsSettings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
+    /// Wait to be added by `slipway cluster join` instead of founding a cluster.
     pub join: bool,
+    /// The founding members of a static cluster (the same list on each of them).
     pub members: Vec<MemberConfig>,
+    /// A scheduler join token, to fetch the cluster CA and a certificate when joining.
     pub join_token: Option<String>,
+    /// Members to fetch the certificate from when joining (`host:port`).
     pub join_via: Vec<String>,
 }
 
@@ -86,6 +97,7 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
+    /// The member's raft id (its `node_id`).
     pub id: u64,
     /// Its advertised gRPC address, `host:port`.
     pub addr: String,
@@ -102,6 +114,7 @@ pub struct RaftSettings {
     /// A follower that hears no leader for a random time between these two starts an
     /// election.
     pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout.
     pub election_timeout_max_ms: u64,
     /// Take a snapshot after this many log entries; older entries are purged.
     pub snapshot_every: u64,
@@ -144,8 +157,11 @@ pub struct DeployConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// How a service's port is published.
 pub enum PublishModeConfig {
+    /// Through Swarm's routing mesh (needs IPVS).
     Ingress,
+    /// On the host of each task.
     Host,
 }
 
@@ -153,7 +169,9 @@ pub enum PublishModeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NfsConfig {
+    /// The NFS server's address.
     pub addr: String,
+    /// The exported directory under which each app's `persist` paths live.
     pub export_root: String,
 }
 

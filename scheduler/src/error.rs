@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use crate::state::ApplyError;
 
 #[derive(Debug, thiserror::Error)]
+/// What a gRPC handler can fail with.
 pub enum Error {
     /// A name, ref or URL from the user was refused before it reached git or Docker.
     #[error(transparent)]
@@ -21,7 +22,10 @@ pub enum Error {
     NotFound(String),
     /// This member is not the leader; `leader` is where to go, if known.
     #[error("this scheduler is not the leader{}", leader.as_ref().map(|l| format!("; the leader is at {l}")).unwrap_or_else(|| " and no leader is elected yet; retry shortly".into()))]
-    NotLeader { leader: Option<String> },
+    NotLeader {
+        /// The leader's address, if one is known.
+        leader: Option<String>,
+    },
     /// A dependency (engine, registry, peer) did not answer; retrying may help.
     #[error("{0}")]
     Unavailable(String),

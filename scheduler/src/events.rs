@@ -53,7 +53,9 @@ struct Topic {
 
 /// History so far plus the live feed of one topic.
 pub struct Subscription {
+    /// What was published before the subscription.
     pub history: Vec<DeployEvent>,
+    /// What is published from now on.
     pub live: broadcast::Receiver<DeployEvent>,
     /// True if the topic already ended (history holds the terminal event).
     pub finished: bool,

@@ -57,6 +57,7 @@ struct FleetInner {
 pub struct ReportDelays {
     /// Reports per bucket of [`ReportDelays::BOUNDS`] (not cumulative), plus one above.
     pub counts: [u64; 14],
+    /// Their sum, in seconds.
     pub sum_seconds: f64,
 }
 
@@ -109,9 +110,13 @@ impl ReportDelays {
 /// A node's soft state for listings and placement.
 #[derive(Debug, Clone)]
 pub struct NodeSoftState {
+    /// Ready, down, or unknown since this member became leader.
     pub liveness: Liveness,
+    /// The last report received, if any.
     pub report: Option<NodeReport>,
+    /// How long ago it arrived.
     pub last_report_age: Option<Duration>,
+    /// Whether the agent holds a session with this member now.
     pub connected: bool,
     /// Why the agent refused a build in the last 30 s, if it did.
     pub refusal: Option<String>,

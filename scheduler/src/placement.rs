@@ -10,7 +10,9 @@ use slipway_proto::NodeReport;
 /// Liveness of a node as the leader sees it (soft state, never replicated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
+    /// Reporting within the liveness window.
     Ready,
+    /// Silent for longer than the liveness window.
     Down,
     /// This leader has not heard from the node yet.
     Unknown,
@@ -19,9 +21,13 @@ pub enum Liveness {
 /// What placement knows about one node.
 #[derive(Debug, Clone)]
 pub struct NodeView<'a> {
+    /// The node's id (from its certificate).
     pub id: &'a str,
+    /// The node's name, for explanations.
     pub name: &'a str,
+    /// Whether the node reports.
     pub liveness: Liveness,
+    /// Drained by an operator: no new builds.
     pub draining: bool,
     /// Latest report, if any.
     pub report: Option<&'a NodeReport>,
@@ -35,6 +41,7 @@ pub struct NodeView<'a> {
 /// What the build needs.
 #[derive(Debug, Clone)]
 pub struct BuildNeeds<'a> {
+    /// The app to build (cache affinity is per app).
     pub app: &'a str,
     /// Free bytes the build filesystem must keep: the configured floor plus the size of
     /// the app's last image.
@@ -46,8 +53,11 @@ pub struct BuildNeeds<'a> {
 /// One reason a node was not chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// The rejected node's id.
     pub node_id: String,
+    /// The rejected node's name.
     pub node_name: String,
+    /// Why it cannot take the build now.
     pub reason: String,
 }
 

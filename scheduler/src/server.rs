@@ -30,16 +30,31 @@ use crate::security;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    /// A listener could not be bound.
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     #[error("cannot open the raft store in {dir}: {message}")]
-    Store { dir: String, message: String },
+    /// The raft store could not be opened.
+    Store {
+        /// The data directory.
+        dir: String,
+        /// Why.
+        message: String,
+    },
     #[error("TLS: {0}")]
+    /// The CA or this member's certificate could not be loaded or fetched.
     Tls(String),
 }
 
 /// A started scheduler: its addresses and the means to stop it.
 pub struct Running {
+    /// Where the gRPC services listen (control, agents, raft, enrollment).
     pub grpc_addr: SocketAddr,
+    /// Where the HTTP side listens (fleet page, metrics, health, registry tokens).
     pub http_addr: SocketAddr,
     /// What the running parts share (tests look inside).
     pub context: Arc<Context>,

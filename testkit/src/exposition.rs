@@ -80,9 +80,11 @@ pub fn check(text: &str) -> Result<Vec<Sample>, String> {
 /// One sample read back by [`check`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
+    /// The metric name.
     pub name: String,
     /// Label pairs, unescaped, in the order written.
     pub labels: Vec<(String, String)>,
+    /// The sample's value.
     pub value: f64,
 }
 

@@ -72,15 +72,23 @@ pub fn binary(name: &str) -> PathBuf {
 /// What a deploy or rollback stream said, collected.
 #[derive(Debug, Default)]
 pub struct DeployRun {
+    /// The build the deploy queued.
     pub build_id: String,
+    /// Every event, in order.
     pub events: Vec<pb::DeployEvent>,
+    /// The build log lines.
     pub log: Vec<String>,
+    /// The image the build pushed.
     pub built: Option<pb::BuildOutput>,
+    /// The release recorded.
     pub release: Option<pb::Release>,
+    /// The deploy's success, if it succeeded.
     pub done: Option<pb::DeployDone>,
+    /// The failure reason, if it failed.
     pub failed: Option<String>,
     /// An error status answered instead of a stream.
     pub refused: Option<tonic::Status>,
+    /// How long the stream took.
     pub elapsed: Duration,
 }
 
@@ -152,6 +160,7 @@ impl Member {
 /// following the leader, a registry, and the local engine as a single-node Swarm; or
 /// one scheduler and an agent per engine of a [`Fleet`] ([`TestCluster::on_fleet`]).
 pub struct TestCluster {
+    /// Data dirs, logs and the CLI config of this cluster.
     pub dir: tempfile::TempDir,
     /// Engine socket the scheduler deploys with (tests point it at nothing).
     scheduler_docker_socket: String,
@@ -164,6 +173,7 @@ pub struct TestCluster {
     /// The registry's token realm in front of a replicated cluster's members
     /// (`slipway-scheduler realm-proxy`'s code, in this process); aborted on drop.
     realm_proxy: Option<tokio::task::JoinHandle<()>>,
+    /// The Swarm stack the cluster deploys into.
     pub stack: String,
     members: Vec<Member>,
     /// Extra `[raft]` settings written into every member's config.
@@ -419,6 +429,7 @@ impl TestCluster {
         self.registry.as_ref().expect("a cluster on a fleet uses the fleet's registry")
     }
 
+    /// The registry, to restart or stop it.
     pub fn registry_mut(&mut self) -> &mut Registry {
         self.registry.as_mut().expect("a cluster on a fleet uses the fleet's registry")
     }
@@ -736,6 +747,7 @@ impl TestCluster {
         }
     }
 
+    /// Creates app `name` from `repo` (branch main).
     pub async fn create_app(&self, name: &str, repo: &str) -> Result<pb::App, tonic::Status> {
         let req = pb::CreateAppRequest { name: name.into(), repo: repo.into(), branch: "main".into() };
         self.client().await.create_app(req).await.map(|r| r.into_inner())
@@ -758,6 +770,7 @@ impl TestCluster {
         collect(stream, started).await
     }
 
+    /// Rolls `app` back (to release `to`, or the one before the current).
     pub async fn rollback(&self, app: &str, to: Option<u64>) -> DeployRun {
         let req = pb::RollbackRequest { app: app.into(), to: to.unwrap_or(0), request_id: String::new() };
         let started = Instant::now();
@@ -765,16 +778,19 @@ impl TestCluster {
         collect(stream, started).await
     }
 
+    /// The releases of `app`.
     pub async fn releases(&self, app: &str) -> Vec<pb::Release> {
         let req = pb::ListReleasesRequest { app: app.into() };
         self.client().await.list_releases(req).await.expect("list releases").into_inner().releases
     }
 
+    /// The builds of `app`.
     pub async fn builds(&self, app: &str) -> Vec<pb::Build> {
         let req = pb::ListBuildsRequest { app: app.into() };
         self.client().await.list_builds(req).await.expect("list builds").into_inner().builds
     }
 
+    /// Every app.
     pub async fn apps(&self) -> Vec<pb::App> {
         self.client().await.list_apps(pb::ListAppsRequest {}).await.expect("list apps").into_inner().apps
     }

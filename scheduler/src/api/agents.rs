@@ -31,6 +31,7 @@ pub struct AgentSessions {
 }
 
 impl AgentSessions {
+    /// The agent session service of the scheduler sharing `ctx`.
     pub fn new(ctx: Arc<Context>) -> Self {
         Self { ctx }
     }

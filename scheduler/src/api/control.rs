@@ -30,6 +30,7 @@ pub struct ControlService {
 }
 
 impl ControlService {
+    /// The control API of the scheduler sharing `ctx`.
     pub fn new(ctx: Arc<Context>) -> Self {
         Self { ctx }
     }

@@ -21,6 +21,7 @@ pub struct EnrollmentService {
 }
 
 impl EnrollmentService {
+    /// The enrollment service of the scheduler sharing `ctx`.
     pub fn new(ctx: Arc<Context>) -> Self {
         Self { ctx }
     }

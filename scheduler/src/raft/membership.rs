@@ -19,7 +19,10 @@ use super::{leader_addr, NodeId, Raft};
 pub enum MembershipError {
     /// Only the leader changes membership.
     #[error("this scheduler is not the leader{}", .leader_addr.as_ref().map(|a| format!("; the leader is at {a}")).unwrap_or_default())]
-    NotLeader { leader_addr: Option<String> },
+    NotLeader {
+        /// The leader's address, if one is known.
+        leader_addr: Option<String>,
+    },
     /// The change contradicts the current membership.
     #[error("{0}")]
     Conflict(String),
@@ -32,7 +35,14 @@ pub enum MembershipError {
          is it running with `join = true` under [cluster], and can the leader reach {addr}?",
         secs = .waited.as_secs()
     )]
-    CatchUp { id: NodeId, addr: String, waited: Duration },
+    CatchUp {
+        /// The new member's id.
+        id: NodeId,
+        /// Its address.
+        addr: String,
+        /// How long the leader waited.
+        waited: Duration,
+    },
     /// openraft refused or failed the change (another change under way, storage).
     #[error("raft refused the membership change: {0}")]
     Raft(String),

@@ -140,15 +140,19 @@ pub enum RaftSetupError {
     /// The data directory could not be created.
     #[error("cannot create the raft data directory {path}: {source}")]
     CreateDir {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// What the OS said.
         source: std::io::Error,
     },
     /// sled's data file could not be opened for `fdatasync`.
     #[error("cannot open the raft store's data file {path}: {source}")]
     DataFile {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// What the OS said.
         source: std::io::Error,
     },
     /// Another process holds the store open.
@@ -156,22 +160,29 @@ pub enum RaftSetupError {
         "the raft store {path} is in use by another process; stop the other slipway-scheduler \
          using this data_dir, or give this one its own data_dir"
     )]
-    Locked { path: PathBuf },
+    Locked {
+        /// The store.
+        path: PathBuf,
+    },
     /// sled could not open the store.
     #[error(
         "cannot open the raft store {path}: {source}; if it is damaged, move it aside and rejoin \
          this scheduler to the cluster with an empty data_dir"
     )]
     Open {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// What sled said.
         source: sled::Error,
     },
     /// The stored snapshot could not be read.
     #[error("cannot load the raft snapshot from {path}: {source}")]
     Load {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// What the store said.
         source: Box<StorageError<NodeId>>,
     },
     /// openraft stopped: starting failed (unreadable log) or the node was shut down.
@@ -201,7 +212,10 @@ pub enum WriteError {
     /// known (`None`: an election is under way), or the node it forwarded to was not the
     /// leader either. Retry, against `leader_addr` if given.
     #[error("{}", not_leader_message(.leader_addr))]
-    NotLeader { leader_addr: Option<String> },
+    NotLeader {
+        /// The leader's address, if one is known.
+        leader_addr: Option<String>,
+    },
     /// The leader could not confirm its leadership with a quorum (linearizable reads).
     #[error(
         "the leader cannot reach a quorum of schedulers ({0}); check the other schedulers and the network"
@@ -211,8 +225,10 @@ pub enum WriteError {
     /// have been applied (commands carry a `request_id` to make retries safe).
     #[error("forwarding the write to the leader at {leader_addr} failed: {source}; retry in a moment")]
     Forward {
+        /// The leader the write was forwarded to.
         leader_addr: String,
         #[source]
+        /// What the transport said.
         source: Box<tonic::Status>,
     },
     /// raft refused the write for a reason that does not apply to plain commands
