@@ -128,6 +128,10 @@ impl Default for RunSection {
 
 /// The `[run.healthcheck]` table. Durations are written like `"5s"`, `"1m30s"`, `"500ms"`
 /// (see [`parse_duration`]); an omitted field keeps Docker's default.
+///
+/// This is the TOML input shape only, kept so omitted fields and field-named errors can be
+/// told apart; [`HealthcheckSection::to_wire`] turns it into the one healthcheck type on the
+/// wire, `slipway_proto::Healthcheck`, which is what leaves the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthcheckSection {
@@ -334,19 +338,27 @@ impl Manifest {
     /// and the healthcheck's durations and retries: Docker's defaults apply).
     pub fn run_spec(&self) -> slipway_proto::RunSpec {
         let r = &self.run;
-        let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         slipway_proto::RunSpec {
             replicas: r.replicas,
             port: r.port.map(u32::from).unwrap_or(0),
             env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             persist: r.persist.clone(),
-            healthcheck: r.healthcheck.as_ref().map(|h| slipway_proto::Healthcheck {
-                cmd: h.cmd.clone(),
-                interval_ms: ms(h.interval).unwrap_or(0),
-                timeout_ms: ms(h.timeout).unwrap_or(0),
-                retries: h.retries.unwrap_or(0),
-                start_period_ms: ms(h.start_period).unwrap_or(0),
-            }),
+            healthcheck: r.healthcheck.as_ref().map(HealthcheckSection::to_wire),
+        }
+    }
+}
+
+impl HealthcheckSection {
+    /// The section as the wire's healthcheck: an omitted duration or retry count becomes 0,
+    /// "Docker's default" (`parse_duration` keeps durations whole milliseconds and in range).
+    pub fn to_wire(&self) -> slipway_proto::Healthcheck {
+        let ms = |d: Option<Duration>| d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        slipway_proto::Healthcheck {
+            cmd: self.cmd.clone(),
+            interval_ms: ms(self.interval),
+            timeout_ms: ms(self.timeout),
+            retries: self.retries.unwrap_or(0),
+            start_period_ms: ms(self.start_period),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Conversions between the replicated domain types ([`crate::state`]) and the wire types
 //! of `slipway_proto`. The only place that knows both shapes.
 
+use std::time::Duration;
+
 use slipway_proto as pb;
 
 use crate::state::{self, BuildState, DeployState};
@@ -113,13 +115,7 @@ pub fn run_spec(r: &state::RunSpec) -> pb::RunSpec {
         port: r.port.map(u32::from).unwrap_or_default(),
         env: r.env.clone().into_iter().collect(),
         persist: r.persist.clone(),
-        healthcheck: r.healthcheck.as_ref().map(|h| pb::Healthcheck {
-            cmd: h.cmd.clone(),
-            interval_ms: h.interval_ms,
-            timeout_ms: h.timeout_ms,
-            retries: h.retries,
-            start_period_ms: h.start_period_ms,
-        }),
+        healthcheck: r.healthcheck.as_ref().map(healthcheck),
     }
 }
 
@@ -129,13 +125,31 @@ pub fn run_spec_from(r: &pb::RunSpec) -> state::RunSpec {
         port: u16::try_from(r.port).ok().filter(|p| *p != 0),
         env: r.env.clone().into_iter().collect(),
         persist: r.persist.clone(),
-        healthcheck: r.healthcheck.as_ref().filter(|h| !h.cmd.is_empty()).map(|h| state::Healthcheck {
-            cmd: h.cmd.clone(),
-            interval_ms: h.interval_ms,
-            timeout_ms: h.timeout_ms,
-            retries: h.retries,
-            start_period_ms: h.start_period_ms,
-        }),
+        // A check without a command is the wire's empty message: no healthcheck.
+        healthcheck: r.healthcheck.as_ref().filter(|h| !h.cmd.is_empty()).map(healthcheck_from),
+    }
+}
+
+/// The healthcheck, domain → wire (durations as whole milliseconds, saturating).
+pub fn healthcheck(h: &state::Healthcheck) -> pb::Healthcheck {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    pb::Healthcheck {
+        cmd: h.cmd.clone(),
+        interval_ms: ms(h.interval),
+        timeout_ms: ms(h.timeout),
+        retries: h.retries,
+        start_period_ms: ms(h.start_period),
+    }
+}
+
+/// The healthcheck, wire → domain.
+pub fn healthcheck_from(h: &pb::Healthcheck) -> state::Healthcheck {
+    state::Healthcheck {
+        cmd: h.cmd.clone(),
+        interval: Duration::from_millis(h.interval_ms),
+        timeout: Duration::from_millis(h.timeout_ms),
+        retries: h.retries,
+        start_period: Duration::from_millis(h.start_period_ms),
     }
 }
 
@@ -170,4 +184,28 @@ pub fn rejections(rs: &[crate::placement::Rejection]) -> Vec<pb::NodeRejection> 
             reason: r.reason.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_healthcheck_survives_the_wire_and_an_empty_one_is_none() {
+        let hc = state::Healthcheck {
+            cmd: vec!["CMD".into(), "/bin/check".into()],
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_millis(1500),
+            retries: 3,
+            start_period: Duration::ZERO,
+        };
+        let wire = healthcheck(&hc);
+        assert_eq!(
+            (wire.interval_ms, wire.timeout_ms, wire.retries, wire.start_period_ms),
+            (5000, 1500, 3, 0)
+        );
+        assert_eq!(healthcheck_from(&wire), hc);
+        let run = pb::RunSpec { healthcheck: Some(pb::Healthcheck::default()), ..Default::default() };
+        assert_eq!(run_spec_from(&run).healthcheck, None);
+    }
 }

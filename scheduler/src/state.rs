@@ -15,6 +15,7 @@
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -127,13 +128,44 @@ pub struct RunSpec {
     pub healthcheck: Option<Healthcheck>,
 }
 
+/// A container healthcheck: the one domain type, replicated with the release and handed as
+/// is to the deploy step (which builds Docker's `HealthConfig` from it). The wire has
+/// `slipway_proto::Healthcheck`; `crate::convert` maps between the two. Zero durations and
+/// zero retries mean Docker's defaults (30 s interval and timeout, no start period, 3 retries).
+///
+/// Raft logs and snapshots hold it in whole milliseconds under `interval_ms`, `timeout_ms`
+/// and `start_period_ms`, the shape it has always had; what comes from the wire is whole
+/// milliseconds, so nothing is lost.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Healthcheck {
+    /// `["CMD", prog, args…]`, `["CMD-SHELL", "shell command"]` or `["NONE"]`.
     pub cmd: Vec<String>,
-    pub interval_ms: u64,
-    pub timeout_ms: u64,
+    /// Time between two probes.
+    #[serde(rename = "interval_ms", with = "millis")]
+    pub interval: Duration,
+    /// Time after which one probe counts as failed.
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+    /// Consecutive failures that make the container unhealthy.
     pub retries: u32,
-    pub start_period_ms: u64,
+    /// Grace period after start during which failing probes do not count.
+    #[serde(rename = "start_period_ms", with = "millis")]
+    pub start_period: Duration,
+}
+
+/// A [`Duration`] stored as whole milliseconds (`u64`, saturating).
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -838,6 +870,23 @@ mod tests {
         });
         assert_eq!(resp, Response::Refused(ApplyError::AppExists("shop".into())));
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn healthcheck_keeps_its_stored_shape_in_milliseconds() {
+        let old = r#"{"cmd":["CMD","/bin/check"],"interval_ms":5000,"timeout_ms":1500,"retries":3,"start_period_ms":10000}"#;
+        let hc: Healthcheck = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            hc,
+            Healthcheck {
+                cmd: vec!["CMD".into(), "/bin/check".into()],
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_millis(1500),
+                retries: 3,
+                start_period: Duration::from_secs(10),
+            }
+        );
+        assert_eq!(serde_json::to_string(&hc).unwrap(), old);
     }
 
     #[test]

@@ -41,6 +41,11 @@ use bollard::errors::Error as BollardError;
 use bollard::Docker;
 use slipway_proto::validate::Invalid;
 
+use crate::state::Healthcheck;
+// The old name, for `tests.rs` only until it names `Healthcheck`; goes with that edit.
+#[cfg(test)]
+use crate::state::Healthcheck as HealthcheckSpec;
+
 mod converge;
 mod engine;
 mod grants;
@@ -118,29 +123,13 @@ pub struct ServiceDeploy {
     /// Absolute container paths that become volume mounts (see [`PersistBackend`]).
     pub persist: Vec<String>,
     /// Container healthcheck; overrides the image's `HEALTHCHECK`.
-    pub healthcheck: Option<HealthcheckSpec>,
+    pub healthcheck: Option<Healthcheck>,
     /// How the port is published.
     pub publish_mode: PublishMode,
     /// Where `persist` directories live.
     pub persist_backend: PersistBackend,
     /// How long [`deploy`] waits for Swarm to converge (or finish a rollback).
     pub converge_timeout: Duration,
-}
-
-/// A container healthcheck. Zero durations and zero retries mean Docker's defaults
-/// (30 s interval and timeout, no start period, 3 retries).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthcheckSpec {
-    /// `["CMD", prog, args…]`, `["CMD-SHELL", "shell command"]` or `["NONE"]`.
-    pub cmd: Vec<String>,
-    /// Time between two probes.
-    pub interval: Duration,
-    /// Time after which one probe counts as failed.
-    pub timeout: Duration,
-    /// Grace period after start during which failing probes do not count.
-    pub start_period: Duration,
-    /// Consecutive failures that make the container unhealthy.
-    pub retries: u32,
 }
 
 /// How a published port reaches the tasks.

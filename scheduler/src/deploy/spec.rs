@@ -21,12 +21,14 @@ use bollard::models::{
 };
 use slipway_proto::validate::{self, Invalid};
 
+use crate::state::Healthcheck;
+
 use super::{
-    DeployError, HealthcheckSpec, PersistBackend, PublishMode, ServiceDeploy, DEFAULT_MONITOR, LABEL_APP,
-    LABEL_RELEASE, LABEL_STACK_IMAGE, LABEL_STACK_NAMESPACE, RESTART_DELAY,
+    DeployError, PersistBackend, PublishMode, ServiceDeploy, DEFAULT_MONITOR, LABEL_APP, LABEL_RELEASE,
+    LABEL_STACK_IMAGE, LABEL_STACK_NAMESPACE, RESTART_DELAY,
 };
 
-/// Docker's healthcheck defaults, used when a field of [`HealthcheckSpec`] is zero.
+/// Docker's healthcheck defaults, used when a field of [`Healthcheck`] is zero.
 const DOCKER_DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 const DOCKER_DEFAULT_HEALTH_RETRIES: u32 = 3;
 /// Swarm service names are DNS labels.
@@ -140,7 +142,7 @@ fn validate_persist(spec: &ServiceDeploy) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn validate_healthcheck(hc: &HealthcheckSpec) -> Result<(), Invalid> {
+fn validate_healthcheck(hc: &Healthcheck) -> Result<(), Invalid> {
     const WHAT: &str = "healthcheck";
     match hc.cmd.first().map(String::as_str) {
         Some("CMD") if hc.cmd.len() >= 2 => {}
@@ -200,7 +202,7 @@ fn nanos(d: Duration) -> Option<i64> {
     }
 }
 
-pub(super) fn health_config(hc: &HealthcheckSpec) -> HealthConfig {
+pub(super) fn health_config(hc: &Healthcheck) -> HealthConfig {
     HealthConfig {
         test: Some(hc.cmd.clone()),
         interval: nanos(hc.interval),
@@ -213,7 +215,7 @@ pub(super) fn health_config(hc: &HealthcheckSpec) -> HealthConfig {
 
 /// How long Swarm watches each updated task for failure: one healthcheck failure window
 /// (`interval × retries`, Docker's defaults for zero fields) or [`DEFAULT_MONITOR`] without one.
-pub fn monitor_period(healthcheck: Option<&HealthcheckSpec>) -> Duration {
+pub fn monitor_period(healthcheck: Option<&Healthcheck>) -> Duration {
     match healthcheck {
         Some(hc) if hc.cmd.first().map(String::as_str) != Some("NONE") => {
             let interval = if hc.interval.is_zero() { DOCKER_DEFAULT_HEALTH_INTERVAL } else { hc.interval };

@@ -46,7 +46,7 @@ fn healthcheck_durations_become_nanoseconds() {
 
     // Zero means Docker's default: the field is left out.
     let mut d = shop();
-    d.healthcheck = Some(HealthcheckSpec {
+    d.healthcheck = Some(Healthcheck {
         cmd: vec!["CMD-SHELL".into(), "wget -q -O- http://127.0.0.1:8080/".into()],
         interval: Duration::ZERO,
         timeout: Duration::ZERO,
@@ -218,7 +218,7 @@ fn bad_input_is_refused_with_the_field_named() {
 
 #[test]
 fn monitor_period_covers_one_healthcheck_failure_window() {
-    let hc = |interval, retries| HealthcheckSpec {
+    let hc = |interval, retries| Healthcheck {
         cmd: vec!["CMD".into(), "true".into()],
         interval,
         timeout: Duration::ZERO,

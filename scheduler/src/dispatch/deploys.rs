@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::grants::pull_auth;
 use crate::context::Context;
 use crate::convert;
-use crate::deploy::{self, HealthcheckSpec, PersistBackend, PublishMode, ServiceDeploy};
+use crate::deploy::{self, PersistBackend, PublishMode, ServiceDeploy};
 use crate::events::release_topic;
 use crate::state::{Command, DeployState, Release, Response};
 
@@ -107,13 +107,7 @@ pub fn service_for(ctx: &Context, release: &Release) -> ServiceDeploy {
             env
         },
         persist: release.run.persist.clone(),
-        healthcheck: release.run.healthcheck.as_ref().map(|h| HealthcheckSpec {
-            cmd: h.cmd.clone(),
-            interval: Duration::from_millis(h.interval_ms),
-            timeout: Duration::from_millis(h.timeout_ms),
-            start_period: Duration::from_millis(h.start_period_ms),
-            retries: h.retries,
-        }),
+        healthcheck: release.run.healthcheck.clone(),
         publish_mode: match deploy.publish_mode {
             crate::config::PublishModeConfig::Ingress => PublishMode::Ingress,
             crate::config::PublishModeConfig::Host => PublishMode::Host,
