@@ -7,6 +7,7 @@ use slipway_proto as pb;
 
 use crate::state::{self, BuildState, DeployState};
 
+/// An app as the control API shows it (its service named in `stack`).
 pub fn app(a: &state::App, stack: &str) -> pb::App {
     pb::App {
         name: a.name.clone(),
@@ -18,6 +19,7 @@ pub fn app(a: &state::App, stack: &str) -> pb::App {
     }
 }
 
+/// A build state on the wire.
 pub fn build_state(s: BuildState) -> pb::BuildState {
     match s {
         BuildState::Queued => pb::BuildState::Queued,
@@ -29,6 +31,7 @@ pub fn build_state(s: BuildState) -> pb::BuildState {
     }
 }
 
+/// A build on the wire, with why it waits (for a queued one).
 pub fn build(b: &state::Build, waiting_on: Vec<pb::NodeRejection>) -> pb::Build {
     pb::Build {
         id: b.id.clone(),
@@ -47,6 +50,7 @@ pub fn build(b: &state::Build, waiting_on: Vec<pb::NodeRejection>) -> pb::Build 
     }
 }
 
+/// Phase timings on the wire.
 pub fn timings(t: &state::PhaseTimings) -> pb::PhaseTimings {
     pb::PhaseTimings {
         clone_ms: t.clone_ms,
@@ -66,6 +70,7 @@ fn timings_from(t: Option<&pb::PhaseTimings>) -> state::PhaseTimings {
     .unwrap_or_default()
 }
 
+/// What a build pushed, on the wire.
 pub fn build_output(o: &state::BuildOutput) -> pb::BuildOutput {
     pb::BuildOutput {
         git_sha: o.git_sha.clone(),
@@ -109,6 +114,7 @@ pub fn build_output_from(o: &pb::BuildOutput) -> Result<state::BuildOutput, Stri
     })
 }
 
+/// How a release runs, on the wire.
 pub fn run_spec(r: &state::RunSpec) -> pb::RunSpec {
     pb::RunSpec {
         replicas: r.replicas,
@@ -119,6 +125,7 @@ pub fn run_spec(r: &state::RunSpec) -> pb::RunSpec {
     }
 }
 
+/// How a release runs, from the wire (an empty healthcheck command means none).
 pub fn run_spec_from(r: &pb::RunSpec) -> state::RunSpec {
     state::RunSpec {
         replicas: r.replicas.max(1),
@@ -153,6 +160,7 @@ pub fn healthcheck_from(h: &pb::Healthcheck) -> state::Healthcheck {
     }
 }
 
+/// A release on the wire.
 pub fn release(r: &state::Release) -> pb::Release {
     pb::Release {
         app: r.app.clone(),
@@ -176,6 +184,7 @@ pub fn release(r: &state::Release) -> pb::Release {
     }
 }
 
+/// Why nodes could not take a build, on the wire.
 pub fn rejections(rs: &[crate::placement::Rejection]) -> Vec<pb::NodeRejection> {
     rs.iter()
         .map(|r| pb::NodeRejection {

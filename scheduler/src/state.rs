@@ -28,10 +28,13 @@ const REMEMBERED_REQUESTS: usize = 10_000;
 /// Everything the scheduler replicates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
+    /// Apps by name.
     pub apps: BTreeMap<String, App>,
+    /// Builds by id.
     pub builds: BTreeMap<String, Build>,
     /// Releases per app, in number order.
     pub releases: BTreeMap<String, Vec<Release>>,
+    /// Registered nodes by id.
     pub nodes: BTreeMap<String, NodeRecord>,
     /// Sequence behind build ids (`b-<n>`).
     pub next_build: u64,
@@ -46,22 +49,34 @@ pub struct State {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An app: a git repository slipway builds and deploys.
 pub struct App {
+    /// The app's name (a DNS label).
     pub name: String,
+    /// The git repository it is built from.
     pub repo: String,
+    /// The branch deployed by default.
     pub branch: String,
+    /// When it was created (ms since the epoch).
     pub created_at_ms: u64,
     /// Release the service runs now (0: never deployed successfully).
     pub current_release: ReleaseNumber,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a build is in its life.
 pub enum BuildState {
+    /// Waiting for a node.
     Queued,
+    /// Handed to a node's agent.
     Assigned,
+    /// The agent started it.
     Running,
+    /// The image is in the registry.
     Pushed,
+    /// It failed (or, for a deploy, the deploy failed).
     Failed,
+    /// An operator or a newer deploy cancelled it.
     Cancelled,
 }
 
@@ -73,58 +88,90 @@ impl BuildState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One build of an app at a ref, with its attempts.
 pub struct Build {
+    /// `b-<n>`.
     pub id: String,
+    /// The app built.
     pub app: String,
+    /// The branch, tag or commit asked for.
     pub git_ref: String,
+    /// Build without the layer cache.
     pub no_cache: bool,
+    /// Where the build is in its life.
     pub state: BuildState,
     /// Node of the current attempt.
     pub node_id: Option<String>,
     /// 0 while never assigned; each placement starts a new attempt.
     pub attempt: u32,
+    /// When it was created (ms since the epoch).
     pub created_at_ms: u64,
     /// When the build last entered the queue (created, or its node was lost): queue
     /// timeouts count from here.
     #[serde(default)]
     pub queued_at_ms: u64,
+    /// When it ended (ms since the epoch).
     pub finished_at_ms: Option<u64>,
+    /// Why it failed or was cancelled.
     pub error: Option<String>,
+    /// What a successful build pushed.
     pub output: Option<BuildOutput>,
+    /// The release it made.
     pub release: Option<ReleaseNumber>,
 }
 
 /// What a successful build produced (see `BuildOutput` in types.proto).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BuildOutput {
+    /// The commit built.
     pub git_sha: String,
+    /// The image digest, `sha256:…`.
     pub digest: String,
+    /// The registry repository the image was pushed to.
     pub repository: String,
+    /// Size of the image.
     pub image_size_bytes: u64,
+    /// Layers the push sent.
     pub layers_pushed: u32,
+    /// Layers the registry already had.
     pub layers_reused: u32,
+    /// Bytes the push actually sent (layers the registry lacked).
     pub bytes_pushed: u64,
+    /// Build steps answered from the layer cache.
     pub cache_hits: u32,
+    /// Build steps in all.
     pub steps: u32,
+    /// How long each phase took.
     pub timings: PhaseTimings,
+    /// How the image runs (replicas, port, env, persist, healthcheck), from the manifest.
     pub run: RunSpec,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How long each phase of a build took, in milliseconds.
 pub struct PhaseTimings {
+    /// Fetching the ref.
     pub clone_ms: u64,
+    /// Packing the build context.
     pub context_ms: u64,
+    /// Building the image.
     pub build_ms: u64,
+    /// Pushing it.
     pub push_ms: u64,
 }
 
 /// How an app runs: the manifest's `[run]` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
+    /// How many tasks run.
     pub replicas: u32,
+    /// The container port the app listens on.
     pub port: Option<u16>,
+    /// Environment of the tasks.
     pub env: BTreeMap<String, String>,
+    /// Directories kept on shared storage across tasks and releases.
     pub persist: Vec<String>,
+    /// How Swarm tells a healthy task.
     pub healthcheck: Option<Healthcheck>,
 }
 
@@ -169,29 +216,46 @@ mod millis {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Whether a release was deployed.
 pub enum DeployState {
+    /// Not deployed yet.
     Pending,
+    /// Swarm runs it.
     Deployed,
+    /// It failed (or, for a deploy, the deploy failed).
     Failed,
 }
 
 /// Release N of an app: an image pinned by digest plus how it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Release {
+    /// The app.
     pub app: String,
+    /// Its number, counting from 1 per app.
     pub number: ReleaseNumber,
+    /// The image digest, `sha256:…`.
     pub digest: String,
+    /// The registry repository the image was pushed to.
     pub repository: String,
+    /// The commit built.
     pub git_sha: String,
+    /// The build that made it (for a rollback: the original's).
     pub build_id: String,
+    /// The node that built it.
     pub node_id: String,
+    /// When it was created (ms since the epoch).
     pub created_at_ms: u64,
     /// For a rollback: the release whose image this one runs again.
     pub rollback_of: Option<ReleaseNumber>,
+    /// Whether it was deployed.
     pub deploy: DeployState,
+    /// Why its deploy failed.
     pub deploy_error: Option<String>,
+    /// How the image runs (replicas, port, env, persist, healthcheck), from the manifest.
     pub run: RunSpec,
+    /// Bytes the push actually sent (layers the registry lacked).
     pub bytes_pushed: u64,
+    /// How long each phase took.
     pub timings: PhaseTimings,
 }
 
@@ -205,18 +269,30 @@ impl Release {
 /// A registered agent's node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
+    /// The node's id (its certificate's name).
     pub id: String,
+    /// Its name, shown to operators.
     pub name: String,
+    /// Labels from its agent's config.
     pub labels: BTreeMap<String, String>,
+    /// Drained: no new builds.
     pub draining: bool,
+    /// When it first registered.
     pub registered_at_ms: u64,
 }
 
 /// What a remembered client request created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestOutcome {
+    /// A build, by id.
     Build(String),
-    Release { app: String, number: ReleaseNumber },
+    /// A release, by app and number.
+    Release {
+        /// The app.
+        app: String,
+        /// The release number.
+        number: ReleaseNumber,
+    },
 }
 
 /// A change to the replicated state: the payload of every raft log entry.
@@ -225,85 +301,136 @@ pub enum RequestOutcome {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
+    /// Register an app.
     CreateApp {
+        /// The app's name.
         name: String,
+        /// Its git repository.
         repo: String,
+        /// The branch deployed by default.
         branch: String,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
+    /// Remove an app and its records.
     DeleteApp {
+        /// The app.
         name: String,
     },
     /// Queue a build; a repeated `request_id` returns the first build instead.
     QueueBuild {
+        /// The app to build.
         app: String,
+        /// The branch, tag or commit asked for.
         git_ref: String,
+        /// Build without the layer cache.
         no_cache: bool,
+        /// The client's request id: a retry with the same id gets the first outcome.
         request_id: Option<String>,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
     /// Place the build's next attempt on a node.
     AssignBuild {
+        /// The build.
         build_id: String,
+        /// The node chosen.
         node_id: String,
+        /// The attempt this concerns; a stale attempt changes nothing.
         attempt: u32,
     },
+    /// The agent started the attempt.
     StartBuild {
+        /// The build.
         build_id: String,
+        /// The attempt this concerns; a stale attempt changes nothing.
         attempt: u32,
     },
     /// The node of this attempt was lost: queue the build again for a new attempt.
     RequeueBuild {
+        /// The build.
         build_id: String,
+        /// The attempt this concerns; a stale attempt changes nothing.
         attempt: u32,
+        /// Why, for the operator.
         reason: String,
         #[serde(default)]
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
     /// An attempt ended. Success records the next release of the app atomically.
     FinishBuild {
+        /// The build.
         build_id: String,
+        /// The attempt this concerns; a stale attempt changes nothing.
         attempt: u32,
+        /// What it pushed, or why it failed.
         result: Result<BuildOutput, String>,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
+    /// Cancel a build that has not finished.
     CancelBuild {
+        /// The build.
         build_id: String,
+        /// Why, for the operator.
         reason: String,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
     /// A queued build no node could take within the queue timeout fails, saying why.
     ExpireBuild {
+        /// The build.
         build_id: String,
+        /// Why, for the operator.
         reason: String,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
     /// Record a release that runs an earlier release's image (`to`: None = the release
     /// deployed before the current one).
     Rollback {
+        /// The app.
         app: String,
+        /// The release to run again.
         to: Option<ReleaseNumber>,
+        /// The client's request id: a retry with the same id gets the first outcome.
         request_id: Option<String>,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
+    /// Record how a release's deploy ended.
     RecordDeploy {
+        /// The app.
         app: String,
+        /// The release deployed.
         release: ReleaseNumber,
+        /// Success, or why the deploy failed.
         result: Result<(), String>,
     },
+    /// Register a node (or update its name and labels).
     RegisterNode {
+        /// The node's id.
         id: String,
+        /// Its name.
         name: String,
+        /// Its labels.
         labels: BTreeMap<String, String>,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
+    /// Drain or activate a node.
     SetDrain {
+        /// The node.
         node_id: String,
+        /// Drain (true) or activate (false).
         draining: bool,
     },
     /// Set (first use) or replace (rotation) the join token secret of a role.
     SetJoinSecret {
+        /// `agent` or `scheduler`.
         role: String,
+        /// The new secret (hex).
         secret: String,
     },
 }
@@ -311,10 +438,15 @@ pub enum Command {
 /// What applying a command returned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
+    /// Applied; nothing to return.
     Done,
+    /// The app created.
     App(App),
+    /// The build queued or changed.
     Build(Build),
+    /// The release recorded.
     Release(Release),
+    /// The node registered or changed.
     Node(NodeRecord),
     /// The command referred to an attempt that is no longer current (a late result
     /// from a lost node, or a repeat): nothing changed.
@@ -327,21 +459,46 @@ pub enum Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ApplyError {
     #[error("app {0:?} already exists")]
+    /// An app of that name exists.
     AppExists(String),
     #[error("app {0:?} not found; `slipway apps list` shows the apps")]
+    /// No app of that name.
     NoSuchApp(String),
     #[error("build {0:?} not found")]
+    /// No build of that id.
     NoSuchBuild(String),
     #[error("node {0:?} not found; `slipway nodes` shows the nodes")]
+    /// No node of that name or id.
     NoSuchNode(String),
     #[error("app {app:?} has no release {number}; `slipway releases {app}` lists them")]
-    NoSuchRelease { app: String, number: ReleaseNumber },
+    /// The app has no such release.
+    NoSuchRelease {
+        /// The app.
+        app: String,
+        /// The release asked for.
+        number: ReleaseNumber,
+    },
     #[error("app {0:?} has no earlier deployed release to roll back to")]
+    /// The app has no earlier deployed release.
     NothingToRollBack(String),
     #[error("build {build:?} is {state:?}, not {expected}")]
-    WrongBuildState { build: String, state: BuildState, expected: String },
+    /// The build is not in the state the command needs.
+    WrongBuildState {
+        /// The build.
+        build: String,
+        /// Its state.
+        state: BuildState,
+        /// The state(s) the command needs.
+        expected: String,
+    },
     #[error("app {app:?} has builds in progress ({build}); wait for them or cancel them first")]
-    AppBusy { app: String, build: String },
+    /// The app has a build in progress.
+    AppBusy {
+        /// The app.
+        app: String,
+        /// The build in progress.
+        build: String,
+    },
 }
 
 impl State {
@@ -600,6 +757,7 @@ impl State {
         }
     }
 
+    /// The app `name`, or why not.
     pub fn app(&self, name: &str) -> Result<&App, ApplyError> {
         self.apps.get(name).ok_or_else(|| ApplyError::NoSuchApp(name.to_string()))
     }
@@ -622,6 +780,7 @@ impl State {
         Ok(())
     }
 
+    /// Release `number` of `app`, if it exists.
     pub fn release(&self, app: &str, number: ReleaseNumber) -> Option<&Release> {
         self.releases.get(app)?.iter().find(|r| r.number == number)
     }

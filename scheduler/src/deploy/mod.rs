@@ -42,9 +42,6 @@ use bollard::Docker;
 use slipway_proto::validate::Invalid;
 
 use crate::state::Healthcheck;
-// The old name, for `tests.rs` only until it names `Healthcheck`; goes with that edit.
-#[cfg(test)]
-use crate::state::Healthcheck as HealthcheckSpec;
 
 mod converge;
 mod engine;
@@ -87,6 +84,7 @@ pub const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
 /// `Debug` leaves the secret out.
 #[derive(Clone)]
 pub struct PullAuth {
+    /// The login the engines pull with (a pull-only grant for the app).
     pub credentials: DockerCredentials,
     /// When they stop working (seconds since the epoch), recorded as
     /// [`LABEL_PULL_GRANT_EXPIRES`].

@@ -30,7 +30,7 @@ pub(super) fn shop() -> ServiceDeploy {
         port: Some(8080),
         env: BTreeMap::from([("LOG_LEVEL".into(), "info".into()), ("A".into(), "x=y".into())]),
         persist: vec!["/app/uploads".into(), "/app/data/".into()],
-        healthcheck: Some(HealthcheckSpec {
+        healthcheck: Some(Healthcheck {
             cmd: vec!["CMD".into(), "/bin/check".into()],
             interval: Duration::from_secs(5),
             timeout: Duration::from_millis(1500),
@@ -83,7 +83,7 @@ async fn t30_deploy_update_and_automatic_rollback_on_a_real_swarm() {
     let _cleanup = StackCleanup::new(&stack);
     let port = free_port();
     let progress = |line: String| eprintln!("t30 progress: {line}");
-    let web = |image: &str, release: u64, healthcheck: HealthcheckSpec| ServiceDeploy {
+    let web = |image: &str, release: u64, healthcheck: Healthcheck| ServiceDeploy {
         stack: stack.clone(),
         app: "web".into(),
         image: image.to_owned(),
@@ -162,7 +162,7 @@ async fn t30_deploy_update_and_automatic_rollback_on_a_real_swarm() {
     eprintln!("t30: update done after {:?}", started.elapsed());
 
     // A release whose healthcheck never passes: Swarm rolls back to release 2.
-    let failing = HealthcheckSpec { cmd: vec!["CMD".into(), "false".into()], ..http_healthcheck() };
+    let failing = Healthcheck { cmd: vec!["CMD".into(), "false".into()], ..http_healthcheck() };
     match deploy(&docker, &web(&v3, 3, failing), None, &progress).await {
         Err(DeployError::RolledBack { reason }) => assert!(reason.contains("unhealthy"), "{reason}"),
         other => panic!("expected an automatic rollback, got {other:?}"),
@@ -288,8 +288,8 @@ async fn renewing_the_pull_grant_restarts_no_task() {
 /// so the shell exits on TERM instead of waiting for the 10 s kill.
 const WEB_CMD: &str = r#"["sh", "-c", "trap 'exit 0' TERM; httpd -f -p $PORT -h /www & wait"]"#;
 
-fn http_healthcheck() -> HealthcheckSpec {
-    HealthcheckSpec {
+fn http_healthcheck() -> Healthcheck {
+    Healthcheck {
         cmd: vec!["CMD-SHELL".into(), "wget -q -O /dev/null http://127.0.0.1:$PORT/".into()],
         interval: Duration::from_millis(500),
         timeout: Duration::from_secs(1),

@@ -21,6 +21,7 @@ pub struct Overview {
     pub now_ms: u64,
     /// This member leads and has taken over the fleet: node soft state is known.
     pub leading: bool,
+    /// This member's raft view.
     pub raft: RaftOverview,
     /// Registered nodes, by id.
     pub nodes: Vec<NodeRow>,
@@ -28,6 +29,7 @@ pub struct Overview {
     pub builds_by_state: [u64; 6],
     /// When the longest-waiting queued build entered the queue.
     pub oldest_queued_ms: Option<u64>,
+    /// Every app with its current release.
     pub apps: Vec<AppRow>,
     /// The last [`RECENT`] builds, newest first.
     pub recent_builds: Vec<Build>,
@@ -35,34 +37,45 @@ pub struct Overview {
     pub recent_releases: Vec<Release>,
     /// Placement decisions (placed, no node) since this member started.
     pub placements: (u64, u64),
+    /// How late agents' reports arrive.
     pub report_delays: ReportDelays,
 }
 
 /// This member's raft view.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RaftOverview {
+    /// This member's id.
     pub member_id: u64,
     /// `leader`, `candidate`, `follower`, `learner` or `shutdown`.
     pub role: String,
+    /// The current term.
     pub term: u64,
+    /// Who leads, if known.
     pub leader_id: Option<u64>,
     /// The leader's advertised gRPC address.
     pub leader_addr: Option<String>,
+    /// Index of the last entry in the log.
     pub last_log_index: u64,
     /// None when the raft core did not answer in time.
     pub commit_index: Option<u64>,
+    /// Index of the last entry applied.
     pub last_applied: u64,
+    /// Index the last snapshot covers.
     pub snapshot_index: u64,
+    /// Index up to which the log was purged.
     pub purged_index: u64,
+    /// The members as this one knows them.
     pub members: Vec<MemberRow>,
 }
 
 /// One cluster member.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemberRow {
+    /// The member's raft id.
     pub id: u64,
     /// Advertised gRPC address.
     pub addr: String,
+    /// Votes (false: a learner catching up).
     pub voter: bool,
     /// Last log index the leader knows it holds (known on the leader only).
     pub matched: Option<u64>,
@@ -71,6 +84,7 @@ pub struct MemberRow {
 /// A registered node with what the leader knows of it.
 #[derive(Debug, Clone)]
 pub struct NodeRow {
+    /// The replicated node record.
     pub record: NodeRecord,
     /// Liveness and last report: None on a follower.
     pub soft: Option<NodeSoftState>,
@@ -81,10 +95,13 @@ pub struct NodeRow {
 /// An app and the release it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppRow {
+    /// The app's name.
     pub name: String,
+    /// The release its service runs (0: none).
     pub current_release: u64,
     /// Digest of the current release (empty when never deployed).
     pub digest: String,
+    /// How many releases it has.
     pub releases: usize,
 }
 

@@ -38,6 +38,7 @@ fn err(e: impl std::fmt::Display) -> PkiError {
 /// The cluster CA: its certificate and key.
 #[derive(Clone)]
 pub struct Ca {
+    /// The CA's certificate (PEM): what every member and client trusts.
     pub cert_pem: String,
     key_pem: String,
 }
