@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use slipway_common::config::{Check, ConfigError as CommonError};
 
 /// Where the agent looks for secret build arguments unless `build_secrets_dir` says
 /// otherwise.
@@ -77,64 +78,25 @@ impl Default for AgentConfig {
     }
 }
 
-/// A config that cannot be used, naming the key and the fix.
+/// A config that cannot be used: the file, the key and the fix.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read, is not TOML, or a key has the wrong name or type.
-    #[error("bad agent config: {0}")]
-    Toml(#[from] slipway_common::config::ConfigError),
-    /// A value of the right type that the agent cannot use.
-    #[error("bad agent config: {0}")]
-    Invalid(String),
-}
+#[error("bad agent config: {0}")]
+pub struct ConfigError(#[from] slipway_common::config::ConfigError);
 
 impl AgentConfig {
     /// Reads a TOML config file; unknown keys and wrong types are errors naming the key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = slipway_common::config::load(path)?;
-        config.validate().map_err(|e| match e {
-            ConfigError::Invalid(why) => ConfigError::Invalid(format!("{}: {why}", path.display())),
-            other => other,
-        })?;
-        Ok(config)
+        Ok(slipway_common::config::load(path)?)
+    }
+
+    /// Checks the values again (after flags and environment overrode some).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Ok(self.check()?)
     }
 
     /// Parses TOML text and checks the values.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = slipway_common::config::parse(text)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks values that TOML types alone cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.schedulers.is_empty() {
-            return Err(ConfigError::Invalid("schedulers must list at least one host:port".into()));
-        }
-        if self.build_slots == 0 {
-            return Err(ConfigError::Invalid("build_slots must be at least 1".into()));
-        }
-        if !self.build_root.is_absolute() || !self.state_dir.is_absolute() {
-            return Err(ConfigError::Invalid("build_root and state_dir must be absolute paths".into()));
-        }
-        if !self.build_secrets_dir.is_absolute() {
-            return Err(ConfigError::Invalid(format!(
-                "build_secrets_dir {:?} must be an absolute path",
-                self.build_secrets_dir.display().to_string()
-            )));
-        }
-        if self.build_cpu_limit < 0.0 {
-            return Err(ConfigError::Invalid(
-                "build_cpu_limit must be 0 (no cap) or a positive number of cores".into(),
-            ));
-        }
-        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::Invalid(format!(
-                "metrics_listen {:?} must be an ip:port such as \"127.0.0.1:7402\" (or \"\" for no listener)",
-                self.metrics_listen
-            )));
-        }
-        Ok(())
+        Ok(slipway_common::config::parse(text)?)
     }
 
     /// The name reported for this node.
@@ -142,6 +104,39 @@ impl AgentConfig {
         self.name.clone().unwrap_or_else(|| {
             hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into())
         })
+    }
+}
+
+impl Check for AgentConfig {
+    /// Checks the values TOML types alone cannot.
+    fn check(&self) -> Result<(), CommonError> {
+        if self.schedulers.is_empty() {
+            return Err(CommonError::invalid("schedulers must list at least one host:port"));
+        }
+        if self.build_slots == 0 {
+            return Err(CommonError::invalid("build_slots must be at least 1"));
+        }
+        if !self.build_root.is_absolute() || !self.state_dir.is_absolute() {
+            return Err(CommonError::invalid("build_root and state_dir must be absolute paths"));
+        }
+        if !self.build_secrets_dir.is_absolute() {
+            return Err(CommonError::invalid(format!(
+                "build_secrets_dir {:?} must be an absolute path",
+                self.build_secrets_dir.display().to_string()
+            )));
+        }
+        if self.build_cpu_limit < 0.0 {
+            return Err(CommonError::invalid(
+                "build_cpu_limit must be 0 (no cap) or a positive number of cores",
+            ));
+        }
+        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(CommonError::invalid(format!(
+                "metrics_listen {:?} must be an ip:port such as \"127.0.0.1:7402\" (or \"\" for no listener)",
+                self.metrics_listen
+            )));
+        }
+        Ok(())
     }
 }
 

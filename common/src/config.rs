@@ -25,22 +25,49 @@ pub enum ConfigError {
         /// The field's path and what is wrong with it.
         message: String,
     },
+    /// A value of the right type that the program cannot use ([`Check`]).
+    #[error("{}{message}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Invalid {
+        /// The file, when the text came from one.
+        path: Option<PathBuf>,
+        /// The field and the fix.
+        message: String,
+    },
+}
+
+/// A config that checks what its types alone cannot (ranges, absolute paths, addresses).
+pub trait Check {
+    /// `Ok` when every value is usable; otherwise [`ConfigError::invalid`] naming the
+    /// field and the fix.
+    fn check(&self) -> Result<(), ConfigError>;
 }
 
 impl ConfigError {
+    /// An unusable value: `message` names the field and the fix.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ConfigError::Invalid { path: None, message: message.into() }
+    }
+
     /// The same error, saying it came from `path`.
     pub fn in_file(self, path: &Path) -> Self {
+        let path = Some(path.to_path_buf());
         match self {
-            ConfigError::Parse { message, .. } => {
-                ConfigError::Parse { path: Some(path.to_path_buf()), message }
-            }
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path, message },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid { path, message },
             other => other,
         }
     }
 }
 
+/// Parses TOML text into `T` and [`Check`]s it.
+pub fn parse<T: DeserializeOwned + Check>(text: &str) -> Result<T, ConfigError> {
+    let config: T = parse_unchecked(text)?;
+    config.check()?;
+    Ok(config)
+}
+
 /// Parses TOML text into `T`, naming the field at fault.
-pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+pub fn parse_unchecked<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let deserializer = toml::Deserializer::parse(text)
         .map_err(|e| ConfigError::Parse { path: None, message: e.to_string().trim_end().to_string() })?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -52,8 +79,8 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     })
 }
 
-/// Reads and parses the TOML file at `path`.
-pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+/// Reads, parses and [`Check`]s the TOML file at `path`; every error names the file.
+pub fn load<T: DeserializeOwned + Check>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse(&text).map_err(|e| e.in_file(path))
@@ -77,6 +104,15 @@ mod tests {
         count: u32,
     }
 
+    impl Check for Outer {
+        fn check(&self) -> Result<(), ConfigError> {
+            if self.inner.count > 9 {
+                return Err(ConfigError::invalid("inner.count must be at most 9"));
+            }
+            Ok(())
+        }
+    }
+
     #[test]
     fn a_wrong_field_is_named_with_its_path() {
         let err = parse::<Outer>("[inner]\ncount = \"two\"\n").unwrap_err().to_string();
@@ -84,6 +120,8 @@ mod tests {
         let err = parse::<Outer>("[inner]\ncolor = 1\n").unwrap_err().to_string();
         assert!(err.contains("unknown field `color`"), "{err}");
         assert_eq!(parse::<Outer>("[inner]\ncount = 2\n").unwrap().inner.count, 2);
+        let err = parse::<Outer>("[inner]\ncount = 10\n").unwrap_err().to_string();
+        assert_eq!(err, "inner.count must be at most 9");
     }
 
     #[test]
@@ -96,6 +134,9 @@ mod tests {
         std::fs::write(&file, "inner = [").unwrap();
         let err = load::<Outer>(&file).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: ", file.display())), "{err}");
+        std::fs::write(&file, "[inner]\ncount = 10\n").unwrap();
+        let err = load::<Outer>(&file).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: inner.count must be at most 9", file.display()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use slipway_common::config::{Check, ConfigError as CommonError};
 
 use crate::raft::RaftConfig;
 
@@ -274,111 +275,72 @@ impl Default for PlacementConfig {
 impl SchedulerConfig {
     /// Reads a TOML config file; unknown keys and wrong types are errors naming the key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = slipway_common::config::load(path)?;
-        config.validate().map_err(|e| match e {
-            ConfigError::Invalid(why) => ConfigError::Invalid(format!("{}: {why}", path.display())),
-            other => other,
-        })?;
-        Ok(config)
+        Ok(slipway_common::config::load(path)?)
     }
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = slipway_common::config::parse(text)?;
-        config.validate()?;
-        Ok(config)
+        Ok(slipway_common::config::parse(text)?)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.registry.addr.is_empty() || self.registry.addr.contains('/') {
-            return Err(ConfigError::Invalid(format!(
-                "registry.addr {:?} must be host:port, e.g. \"127.0.0.1:5000\"",
-                self.registry.addr
-            )));
-        }
-        let validity = self.registry.pull_grant_validity_secs;
-        if !(30..=MAX_PULL_GRANT_VALIDITY_SECS).contains(&validity) {
-            return Err(ConfigError::Invalid(format!(
-                "registry.pull_grant_validity_secs = {validity} is out of range: 30 to {MAX_PULL_GRANT_VALIDITY_SECS} \
-                 (one year; the default is {}, 30 days)",
-                RegistryConfig::default().pull_grant_validity_secs
-            )));
-        }
-        if slipway_proto::validate::app_name(&self.deploy.stack).is_err() {
-            return Err(ConfigError::Invalid(format!(
-                "deploy.stack {:?} must be a DNS label (lowercase letters, digits, '-')",
-                self.deploy.stack
-            )));
-        }
-        self.validate_cluster()?;
-        self.raft.to_raft_config().to_openraft().map_err(|e| ConfigError::Invalid(format!("[raft]: {e}")))?;
-        if self.agents.down_after_secs < u64::from(self.agents.report_interval_secs) * 2 {
-            return Err(ConfigError::Invalid(
-                "agents.down_after_secs must be at least twice agents.report_interval_secs".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_cluster(&self) -> Result<(), ConfigError> {
+    fn validate_cluster(&self) -> Result<(), CommonError> {
         let members = &self.cluster.members;
         if self.node_id == 0 {
-            return Err(ConfigError::Invalid(
-                "node_id must be at least 1 (0 means \"none\" in cluster status)".into(),
+            return Err(CommonError::invalid(
+                "node_id must be at least 1 (0 means \"none\" in cluster status)",
             ));
         }
         if let Some(token) = &self.cluster.join_token {
             let token: slipway_proto::tls::JoinToken =
-                token.parse().map_err(|e| ConfigError::Invalid(format!("cluster.join_token: {e}")))?;
+                token.parse().map_err(|e| CommonError::invalid(format!("cluster.join_token: {e}")))?;
             if token.role != slipway_proto::tls::Role::Scheduler {
-                return Err(ConfigError::Invalid(
+                return Err(CommonError::invalid(
                     "cluster.join_token is an agent token; a scheduler joins with `slipway cluster token scheduler`"
-                        .into(),
+                        ,
                 ));
             }
             if !self.cluster.join || self.cluster.join_via.is_empty() {
-                return Err(ConfigError::Invalid(
-                    "cluster.join_token needs join = true and join_via = [\"host:port\" of a member]".into(),
+                return Err(CommonError::invalid(
+                    "cluster.join_token needs join = true and join_via = [\"host:port\" of a member]",
                 ));
             }
         }
         if self.tls.agent_cert_validity_secs < 30 || self.tls.admin_cert_validity_secs < 30 {
-            return Err(ConfigError::Invalid("tls.*_cert_validity_secs must be at least 30 seconds".into()));
+            return Err(CommonError::invalid("tls.*_cert_validity_secs must be at least 30 seconds"));
         }
         if members.is_empty() {
             return Ok(());
         }
         if self.cluster.join {
-            return Err(ConfigError::Invalid(
+            return Err(CommonError::invalid(
                 "cluster.join and cluster.members exclude each other: list the founding members \
-                 on every founding scheduler, or set join = true on a scheduler added later"
-                    .into(),
+                 on every founding scheduler, or set join = true on a scheduler added later",
             ));
         }
         let mut ids = std::collections::BTreeSet::new();
         let mut addrs = std::collections::BTreeSet::new();
         for m in members {
             if m.id == 0 {
-                return Err(ConfigError::Invalid("cluster.members: id 0 is not a valid member id".into()));
+                return Err(CommonError::invalid("cluster.members: id 0 is not a valid member id"));
             }
             if !ids.insert(m.id) {
-                return Err(ConfigError::Invalid(format!("cluster.members: id {} is listed twice", m.id)));
+                return Err(CommonError::invalid(format!("cluster.members: id {} is listed twice", m.id)));
             }
             if !addrs.insert(m.addr.as_str()) {
-                return Err(ConfigError::Invalid(format!(
+                return Err(CommonError::invalid(format!(
                     "cluster.members: address {} is listed twice",
                     m.addr
                 )));
             }
             if m.addr.is_empty() || m.addr.contains('/') {
-                return Err(ConfigError::Invalid(format!(
+                return Err(CommonError::invalid(format!(
                     "cluster.members: address {:?} of member {} must be host:port",
                     m.addr, m.id
                 )));
             }
         }
         let Some(me) = members.iter().find(|m| m.id == self.node_id) else {
-            return Err(ConfigError::Invalid(format!(
+            return Err(CommonError::invalid(format!(
                 "cluster.members does not list this scheduler (node_id = {}); every founding member \
                  lists all of them, itself included",
                 self.node_id
@@ -386,7 +348,7 @@ impl SchedulerConfig {
         };
         if let Some(advertise) = &self.advertise {
             if *advertise != me.addr {
-                return Err(ConfigError::Invalid(format!(
+                return Err(CommonError::invalid(format!(
                     "advertise = {advertise:?} but cluster.members lists member {} at {:?}; make them the same",
                     self.node_id, me.addr
                 )));
@@ -414,15 +376,43 @@ impl SchedulerConfig {
     }
 }
 
-/// A config that cannot be used, with the key and the fix.
+/// A config that cannot be used: the file, the key and the fix.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read, is not TOML, or a key has the wrong name or type.
-    #[error("bad scheduler config: {0}")]
-    Toml(#[from] slipway_common::config::ConfigError),
-    /// A value of the right type that the scheduler cannot use.
-    #[error("bad scheduler config: {0}")]
-    Invalid(String),
+#[error("bad scheduler config: {0}")]
+pub struct ConfigError(#[from] slipway_common::config::ConfigError);
+
+impl Check for SchedulerConfig {
+    /// Checks the values TOML types alone cannot.
+    fn check(&self) -> Result<(), CommonError> {
+        if self.registry.addr.is_empty() || self.registry.addr.contains('/') {
+            return Err(CommonError::invalid(format!(
+                "registry.addr {:?} must be host:port, e.g. \"127.0.0.1:5000\"",
+                self.registry.addr
+            )));
+        }
+        let validity = self.registry.pull_grant_validity_secs;
+        if !(30..=MAX_PULL_GRANT_VALIDITY_SECS).contains(&validity) {
+            return Err(CommonError::invalid(format!(
+                "registry.pull_grant_validity_secs = {validity} is out of range: 30 to {MAX_PULL_GRANT_VALIDITY_SECS} \
+                 (one year; the default is {}, 30 days)",
+                RegistryConfig::default().pull_grant_validity_secs
+            )));
+        }
+        if slipway_proto::validate::app_name(&self.deploy.stack).is_err() {
+            return Err(CommonError::invalid(format!(
+                "deploy.stack {:?} must be a DNS label (lowercase letters, digits, '-')",
+                self.deploy.stack
+            )));
+        }
+        self.validate_cluster()?;
+        self.raft.to_raft_config().to_openraft().map_err(|e| CommonError::invalid(format!("[raft]: {e}")))?;
+        if self.agents.down_after_secs < u64::from(self.agents.report_interval_secs) * 2 {
+            return Err(CommonError::invalid(
+                "agents.down_after_secs must be at least twice agents.report_interval_secs",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
