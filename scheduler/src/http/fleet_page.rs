@@ -9,9 +9,11 @@
 //! points there. Every string that comes from users, agents or the network (node
 //! names, refs, errors, addresses) is HTML-escaped; numbers are also carried in
 //! `data-*` attributes of each node row, for scripts and tests.
+//!
+//! Why `maud`: its templates escape every value by default and are checked at compile time,
+//! so escaping is no longer something each call site has to remember.
 
-use std::fmt::Write as _;
-
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use slipway_proto::human_bytes;
 
 use super::overview::{NodeRow, Overview};
@@ -34,22 +36,6 @@ th{font-weight:600;color:#59636e;font-size:12.5px}td.num{text-align:right;font-v
 .unknown,.cancelled{background:#eaeef2;color:#59636e}.queued,.assigned,.running,.pending,.draining{background:#fff8c5;color:#7d4e00}\
 .note{background:#ddf4ff;border:1px solid #54aeff;padding:.6em .9em;border-radius:6px;margin:.8em 0}\
 .err{color:#cf222e}.small{font-size:12px;color:#59636e}.hr{white-space:nowrap}th.num{text-align:right}";
-
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// `2 s`, `5 min`, `3 h`, `2 d`.
 fn age(ms: u64) -> String {
@@ -85,258 +71,250 @@ fn percent(share: f64) -> String {
 }
 
 /// A bar filled to `used` (0..1), amber above 80 %, red above 90 %.
-fn bar(used: f64) -> String {
+fn bar(used: f64) -> Markup {
     let used = if used.is_finite() { used.clamp(0.0, 1.0) } else { 0.0 };
     let class = match used {
-        u if u > 0.9 => " class=\"crit\"",
-        u if u > 0.8 => " class=\"warn\"",
-        _ => "",
+        u if u > 0.9 => Some("crit"),
+        u if u > 0.8 => Some("warn"),
+        _ => None,
     };
-    format!(
-        "<span class=\"bar\" title=\"{} used\"><span{class} style=\"width:{:.0}%\"></span></span>",
-        percent(used),
-        used * 100.0
-    )
+    html! {
+        span.bar title={ (percent(used)) " used" } {
+            span class=[class] style={ "width:" (format!("{:.0}", used * 100.0)) "%" } {}
+        }
+    }
 }
 
 /// A headroom cell: the bar (filled to the share used), what is free, and the detail.
-fn headroom(used: f64, free: &str, detail: &str) -> String {
-    format!("<div class=\"hr\">{}<b>{free}</b></div><div class=\"small\">{detail}</div>", bar(used))
+fn headroom(used: f64, free: &str, detail: &str) -> Markup {
+    html! {
+        div.hr { (bar(used)) b { (free) } }
+        div.small { (detail) }
+    }
 }
 
-fn badge(class: &str, text: &str) -> String {
-    format!("<span class=\"badge {}\">{}</span>", esc(class), esc(text))
+fn badge(class: &str, text: &str) -> Markup {
+    html! { span class={ "badge " (class) } { (text) } }
 }
 
 /// The page, as this member sees the cluster. `http_port` is the port the request
 /// came in on (a guess at the leader's, when this member does not lead).
 pub fn render(o: &Overview, http_port: Option<u16>) -> String {
-    let mut h = String::with_capacity(16 * 1024);
     let r = &o.raft;
-    let _ = write!(
-        h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>slipway fleet</title><style>{STYLE}</style></head>\n<body>\n"
-    );
     let commit = r.commit_index.map_or("?".to_string(), |c| c.to_string());
-    let _ = writeln!(
-        h,
-        "<h1>slipway fleet</h1><div class=\"sub\" id=\"member\" data-member-id=\"{}\" data-role=\"{}\">\
-         member {} · {} · term {} · log {} · committed {} · applied {} · refreshes every {REFRESH_SECS} s</div>",
-        r.member_id,
-        esc(&r.role),
-        r.member_id,
-        esc(&r.role),
-        r.term,
-        r.last_log_index,
-        commit,
-        r.last_applied,
-    );
-    leader_note(&mut h, o, http_port);
-    nodes(&mut h, o);
-    apps(&mut h, o);
-    builds(&mut h, o);
-    releases(&mut h, o);
-    members(&mut h, o);
-    let _ = writeln!(
-        h,
-        "<p class=\"small\">Replicated records as applied on this member; headroom as last reported to the \
-         leader. Every member serves this page and <a href=\"/metrics\">/metrics</a> on its http_listen.</p>\
-         \n</body></html>"
-    );
-    h
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content=(REFRESH_SECS);
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "slipway fleet" }
+                // Our own constant stylesheet: CSS is raw text, not to be escaped.
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { "slipway fleet" }
+                div.sub #member data-member-id=(r.member_id) data-role=(r.role) {
+                    "member " (r.member_id) " · " (r.role) " · term " (r.term) " · log " (r.last_log_index)
+                    " · committed " (commit) " · applied " (r.last_applied)
+                    " · refreshes every " (REFRESH_SECS) " s"
+                }
+                (leader_note(o, http_port))
+                (nodes(o))
+                (apps(o))
+                (builds(o))
+                (releases(o))
+                (members(o))
+                p.small {
+                    "Replicated records as applied on this member; headroom as last reported to the leader. \
+                     Every member serves this page and "
+                    a href="/metrics" { "/metrics" }
+                    " on its http_listen."
+                }
+            }
+        }
+    }
+    .into_string()
 }
 
-fn leader_note(h: &mut String, o: &Overview, http_port: Option<u16>) {
+fn leader_note(o: &Overview, http_port: Option<u16>) -> Markup {
     if o.leading {
-        return;
+        return html! {};
     }
     let r = &o.raft;
-    h.push_str("<div class=\"note\" id=\"leader-note\">");
-    match (r.leader_id, &r.leader_addr) {
-        (Some(id), Some(addr)) if id != r.member_id => {
-            let _ = write!(
-                h,
-                "This member ({}) does not lead: <b>member {id}</b> does, at gRPC address <span class=\"mono\">{}</span>. \
-                 Node headroom and liveness live in the leader's memory, so they are not shown here. \
-                 Every member serves this page on its own http_listen, which members do not tell each other",
-                r.member_id,
-                esc(addr),
-            );
-            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
-            match http_port {
-                Some(port) => {
-                    let url = format!("http://{host}:{port}/");
-                    let _ = write!(
-                        h,
-                        "; if the leader uses the same HTTP port as this one: <a href=\"{}\">{}</a>.",
-                        esc(&url),
-                        esc(&url)
-                    );
+    html! {
+        div.note #leader-note {
+            @match (r.leader_id, &r.leader_addr) {
+                (Some(id), Some(addr)) if id != r.member_id => {
+                    "This member (" (r.member_id) ") does not lead: "
+                    b { "member " (id) }
+                    " does, at gRPC address "
+                    span.mono { (addr) }
+                    ". Node headroom and liveness live in the leader's memory, so they are not shown here. \
+                     Every member serves this page on its own http_listen, which members do not tell each other"
+                    @if let Some(port) = http_port {
+                        @let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
+                        @let url = format!("http://{host}:{port}/");
+                        "; if the leader uses the same HTTP port as this one: "
+                        a href=(url) { (url) }
+                        "."
+                    } @else {
+                        "."
+                    }
                 }
-                None => h.push('.'),
+                (Some(_), _) => {
+                    "This member is taking over as leader: node reports arrive within a report interval."
+                }
+                (None, _) => {
+                    "No leader is known to this member: the cluster is electing one, or this member is cut off \
+                     from the majority. Node headroom is shown by the leader only."
+                }
             }
         }
-        (Some(_), _) => {
-            h.push_str("This member is taking over as leader: node reports arrive within a report interval.")
-        }
-        (None, _) => h.push_str(
-            "No leader is known to this member: the cluster is electing one, or this member is cut off \
-             from the majority. Node headroom is shown by the leader only.",
-        ),
     }
-    h.push_str("</div>\n");
 }
 
-fn status_cell(n: &NodeRow) -> String {
-    let mut cell = match n.soft.as_ref().map(|s| s.liveness) {
-        Some(Liveness::Ready) => badge("ready", "ready"),
-        Some(Liveness::Down) => badge("down", "down"),
-        Some(Liveness::Unknown) => badge("unknown", "unknown"),
-        None => badge("unknown", "see leader"),
+fn status_cell(n: &NodeRow) -> Markup {
+    let (class, text) = match n.soft.as_ref().map(|s| s.liveness) {
+        Some(Liveness::Ready) => ("ready", "ready"),
+        Some(Liveness::Down) => ("down", "down"),
+        Some(Liveness::Unknown) => ("unknown", "unknown"),
+        None => ("unknown", "see leader"),
     };
-    if n.record.draining {
-        cell.push(' ');
-        cell.push_str(&badge("draining", "draining"));
+    let refusal = n.soft.as_ref().and_then(|s| s.refusal.as_deref());
+    html! {
+        (badge(class, text))
+        @if n.record.draining {
+            " " (badge("draining", "draining"))
+        }
+        @if let Some(refusal) = refusal {
+            div.small.err { "refused a build: " (first_line(refusal)) }
+        }
     }
-    if let Some(refusal) = n.soft.as_ref().and_then(|s| s.refusal.as_deref()) {
-        let _ = write!(cell, "<div class=\"small err\">refused a build: {}</div>", esc(first_line(refusal)));
-    }
-    cell
 }
 
-fn nodes(h: &mut String, o: &Overview) {
-    let _ = writeln!(h, "<h2>Nodes ({})</h2>", o.nodes.len());
-    if o.nodes.is_empty() {
-        h.push_str("<p class=\"sub\">No nodes registered: start slipway-agent on a Swarm node.</p>\n");
-        return;
-    }
-    h.push_str(
-        "<table id=\"nodes\"><tr><th>node</th><th>status</th><th>build filesystem</th><th>CPU</th>\
-         <th>memory</th><th class=\"num\">builds</th><th class=\"num\">cache</th><th>engine</th><th>last report</th><th>draining</th></tr>\n",
-    );
-    for n in &o.nodes {
-        let id = esc(&n.record.id);
-        let name = esc(&n.record.name);
-        let report = n.soft.as_ref().and_then(|s| s.report.as_ref());
-        let status = match n.soft.as_ref().map(|s| s.liveness) {
-            Some(Liveness::Ready) => "ready",
-            Some(Liveness::Down) => "down",
-            Some(Liveness::Unknown) => "unknown",
-            None => "not-leader",
-        };
-        let _ = write!(
-            h,
-            "<tr class=\"node\" data-node-id=\"{id}\" data-node-name=\"{name}\" data-status=\"{status}\" \
-             data-draining=\"{}\"",
-            n.record.draining
-        );
-        if let Some(r) = report {
-            let _ = write!(
-                h,
-                " data-build-fs-free-bytes=\"{}\" data-build-fs-total-bytes=\"{}\" data-cpus=\"{}\" \
-                 data-cpu-usage-percent=\"{:.1}\" data-load1=\"{:.2}\" data-memory-available-bytes=\"{}\" \
-                 data-memory-total-bytes=\"{}\" data-running-builds=\"{}\" data-build-slots=\"{}\" \
-                 data-cache-bytes=\"{}\"",
-                r.build_fs_available_bytes,
-                r.build_fs_total_bytes,
-                r.cpu_count,
-                r.cpu_usage_percent,
-                r.load_1m,
-                r.memory_available_bytes,
-                r.memory_total_bytes,
-                r.running_builds.max(n.assigned),
-                r.build_slots,
-                r.cache_bytes,
-            );
-        }
-        let _ = write!(
-            h,
-            "><td><b>{name}</b><div class=\"small mono\">{id}</div></td><td>{}</td>",
-            status_cell(n)
-        );
-        match report {
-            Some(r) => {
-                let fs_used = 1.0 - r.build_fs_available_bytes as f64 / r.build_fs_total_bytes.max(1) as f64;
-                let cpu_used = f64::from(r.cpu_usage_percent) / 100.0;
-                let idle_cores = if cpu_used.is_finite() {
-                    format!("{:.1}", f64::from(r.cpu_count) * (1.0 - cpu_used.clamp(0.0, 1.0)))
-                } else {
-                    "?".into()
-                };
-                let mem_used = 1.0 - r.memory_available_bytes as f64 / r.memory_total_bytes.max(1) as f64;
-                let engine = if r.docker_healthy {
-                    esc(&r.docker_version)
-                } else {
-                    format!("<span class=\"err\">{}</span>", esc(first_line(&r.docker_error)))
-                };
-                let fs = headroom(
-                    fs_used,
-                    &format!("{} free", human_bytes(r.build_fs_available_bytes)),
-                    &format!("of {} · {} used", human_bytes(r.build_fs_total_bytes), percent(fs_used)),
-                );
-                let cpu = headroom(
-                    cpu_used,
-                    &format!("{idle_cores} of {} cores idle", r.cpu_count),
-                    &format!("{} used · load {:.2}", percent(cpu_used), r.load_1m),
-                );
-                let mem = headroom(
-                    mem_used,
-                    &format!("{} available", human_bytes(r.memory_available_bytes)),
-                    &format!("of {} · {} used", human_bytes(r.memory_total_bytes), percent(mem_used)),
-                );
-                let _ = write!(
-                    h,
-                    "<td class=\"fs\">{fs}</td><td class=\"cpu\">{cpu}</td><td class=\"mem\">{mem}</td>\
-                     <td class=\"builds num\">{} / {}</td><td class=\"cache num\">{}</td><td>{engine}</td>",
-                    r.running_builds.max(n.assigned),
-                    r.build_slots,
-                    human_bytes(r.cache_bytes),
-                );
-            }
-            None => {
-                let why = if o.leading { "no report yet" } else { "on the leader" };
-                let _ = write!(h, "<td colspan=\"6\" class=\"sub\">{why}</td>",);
+fn nodes(o: &Overview) -> Markup {
+    html! {
+        h2 { "Nodes (" (o.nodes.len()) ")" }
+        @if o.nodes.is_empty() {
+            p.sub { "No nodes registered: start slipway-agent on a Swarm node." }
+        } @else {
+            table #nodes {
+                tr {
+                    th { "node" } th { "status" } th { "build filesystem" } th { "CPU" } th { "memory" }
+                    th.num { "builds" } th.num { "cache" } th { "engine" } th { "last report" } th { "draining" }
+                }
+                @for n in &o.nodes {
+                    (node_row(o, n))
+                }
             }
         }
-        let last = n.soft.as_ref().and_then(|s| s.last_report_age);
-        let last = last.map_or("—".to_string(), |a| format!("{:.1} s ago", a.as_secs_f64()));
-        let _ = writeln!(
-            h,
-            "<td class=\"age\">{last}</td><td>{}</td></tr>",
-            if n.record.draining { "yes" } else { "no" }
-        );
     }
-    h.push_str("</table>\n");
 }
 
-fn apps(h: &mut String, o: &Overview) {
-    let _ = writeln!(h, "<h2>Apps ({})</h2>", o.apps.len());
-    if o.apps.is_empty() {
-        h.push_str("<p class=\"sub\">No apps: <span class=\"mono\">slipway apps create NAME --repo URL</span>.</p>\n");
-        return;
+fn node_row(o: &Overview, n: &NodeRow) -> Markup {
+    let report = n.soft.as_ref().and_then(|s| s.report.as_ref());
+    let status = match n.soft.as_ref().map(|s| s.liveness) {
+        Some(Liveness::Ready) => "ready",
+        Some(Liveness::Down) => "down",
+        Some(Liveness::Unknown) => "unknown",
+        None => "not-leader",
+    };
+    let running = report.map(|r| r.running_builds.max(n.assigned));
+    let last = n.soft.as_ref().and_then(|s| s.last_report_age);
+    let last = last.map_or("—".to_string(), |a| format!("{:.1} s ago", a.as_secs_f64()));
+    html! {
+        tr.node data-node-id=(n.record.id) data-node-name=(n.record.name) data-status=(status)
+            data-draining=(n.record.draining)
+            data-build-fs-free-bytes=[report.map(|r| r.build_fs_available_bytes)]
+            data-build-fs-total-bytes=[report.map(|r| r.build_fs_total_bytes)]
+            data-cpus=[report.map(|r| r.cpu_count)]
+            data-cpu-usage-percent=[report.map(|r| format!("{:.1}", r.cpu_usage_percent))]
+            data-load1=[report.map(|r| format!("{:.2}", r.load_1m))]
+            data-memory-available-bytes=[report.map(|r| r.memory_available_bytes)]
+            data-memory-total-bytes=[report.map(|r| r.memory_total_bytes)]
+            data-running-builds=[running]
+            data-build-slots=[report.map(|r| r.build_slots)]
+            data-cache-bytes=[report.map(|r| r.cache_bytes)] {
+            td { b { (n.record.name) } div.small.mono { (n.record.id) } }
+            td { (status_cell(n)) }
+            @match report {
+                Some(r) => {
+                    @let fs_used = 1.0 - r.build_fs_available_bytes as f64 / r.build_fs_total_bytes.max(1) as f64;
+                    @let cpu_used = f64::from(r.cpu_usage_percent) / 100.0;
+                    @let idle_cores = if cpu_used.is_finite() {
+                        format!("{:.1}", f64::from(r.cpu_count) * (1.0 - cpu_used.clamp(0.0, 1.0)))
+                    } else {
+                        "?".into()
+                    };
+                    @let mem_used = 1.0 - r.memory_available_bytes as f64 / r.memory_total_bytes.max(1) as f64;
+                    td.fs {
+                        (headroom(
+                            fs_used,
+                            &format!("{} free", human_bytes(r.build_fs_available_bytes)),
+                            &format!("of {} · {} used", human_bytes(r.build_fs_total_bytes), percent(fs_used)),
+                        ))
+                    }
+                    td.cpu {
+                        (headroom(
+                            cpu_used,
+                            &format!("{idle_cores} of {} cores idle", r.cpu_count),
+                            &format!("{} used · load {:.2}", percent(cpu_used), r.load_1m),
+                        ))
+                    }
+                    td.mem {
+                        (headroom(
+                            mem_used,
+                            &format!("{} available", human_bytes(r.memory_available_bytes)),
+                            &format!("of {} · {} used", human_bytes(r.memory_total_bytes), percent(mem_used)),
+                        ))
+                    }
+                    td.builds.num { (r.running_builds.max(n.assigned)) " / " (r.build_slots) }
+                    td.cache.num { (human_bytes(r.cache_bytes)) }
+                    td {
+                        @if r.docker_healthy {
+                            (r.docker_version)
+                        } @else {
+                            span.err { (first_line(&r.docker_error)) }
+                        }
+                    }
+                }
+                None => {
+                    td.sub colspan="6" { (if o.leading { "no report yet" } else { "on the leader" }) }
+                }
+            }
+            td.age { (last) }
+            td { (if n.record.draining { "yes" } else { "no" }) }
+        }
     }
-    h.push_str(
-        "<table id=\"apps\"><tr><th>app</th><th>current release</th><th>digest</th><th class=\"num\">releases</th></tr>\n",
-    );
-    for a in &o.apps {
-        let current = if a.current_release == 0 {
-            "<span class=\"sub\">never deployed</span>".to_string()
-        } else {
-            format!("v{}", a.current_release)
-        };
-        let _ = writeln!(
-            h,
-            "<tr><td><b>{}</b></td><td>{current}</td><td class=\"mono\" title=\"{}\">{}</td><td class=\"num\">{}</td></tr>",
-            esc(&a.name),
-            esc(&a.digest),
-            esc(&short_digest(&a.digest)),
-            a.releases,
-        );
+}
+
+fn apps(o: &Overview) -> Markup {
+    html! {
+        h2 { "Apps (" (o.apps.len()) ")" }
+        @if o.apps.is_empty() {
+            p.sub { "No apps: " span.mono { "slipway apps create NAME --repo URL" } "." }
+        } @else {
+            table #apps {
+                tr { th { "app" } th { "current release" } th { "digest" } th.num { "releases" } }
+                @for a in &o.apps {
+                    tr {
+                        td { b { (a.name) } }
+                        td {
+                            @if a.current_release == 0 {
+                                span.sub { "never deployed" }
+                            } @else {
+                                "v" (a.current_release)
+                            }
+                        }
+                        td.mono title=(a.digest) { (short_digest(&a.digest)) }
+                        td.num { (a.releases) }
+                    }
+                }
+            }
+        }
     }
-    h.push_str("</table>\n");
 }
 
 fn state_class(state: BuildState) -> &'static str {
@@ -350,105 +328,109 @@ fn state_class(state: BuildState) -> &'static str {
     }
 }
 
-fn builds(h: &mut String, o: &Overview) {
-    let _ = writeln!(h, "<h2>Recent builds</h2>");
-    if o.recent_builds.is_empty() {
-        h.push_str("<p class=\"sub\">No builds yet: <span class=\"mono\">slipway deploy APP</span>.</p>\n");
-        return;
-    }
-    h.push_str(
-        "<table id=\"builds\"><tr><th>build</th><th>app</th><th>ref</th><th>state</th><th>node</th>\
-         <th class=\"num\">attempt</th><th>age</th><th>error</th></tr>\n",
-    );
-    for b in &o.recent_builds {
-        let node = b.node_id.as_deref().map_or("—".to_string(), |id| esc(o.node_name(id)));
-        let error = b.error.as_deref().map(first_line).unwrap_or_default();
-        let _ = writeln!(
-            h,
-            "<tr><td class=\"mono\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{node}</td>\
-             <td class=\"num\">{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
-            esc(&b.id),
-            esc(&b.app),
-            esc(if b.git_ref.is_empty() { "(branch)" } else { &b.git_ref }),
-            badge(state_class(b.state), state_class(b.state)),
-            b.attempt,
-            age(o.now_ms.saturating_sub(b.created_at_ms)),
-            esc(error),
-        );
-    }
-    h.push_str("</table>\n");
-}
-
-fn releases(h: &mut String, o: &Overview) {
-    let _ = writeln!(h, "<h2>Recent releases</h2>");
-    if o.recent_releases.is_empty() {
-        h.push_str("<p class=\"sub\">No releases yet.</p>\n");
-        return;
-    }
-    h.push_str(
-        "<table id=\"releases\"><tr><th>app</th><th>release</th><th>digest</th><th>git</th><th>built on</th>\
-         <th>deploy</th><th>age</th></tr>\n",
-    );
-    for r in &o.recent_releases {
-        let (class, text) = match r.deploy {
-            DeployState::Pending => ("pending", "pending"),
-            DeployState::Deployed => ("deployed", "deployed"),
-            DeployState::Failed => ("failed", "failed"),
-        };
-        let mut deploy = badge(class, text);
-        if let Some(err) = &r.deploy_error {
-            let _ = write!(deploy, " <span class=\"small err\">{}</span>", esc(first_line(err)));
+fn builds(o: &Overview) -> Markup {
+    html! {
+        h2 { "Recent builds" }
+        @if o.recent_builds.is_empty() {
+            p.sub { "No builds yet: " span.mono { "slipway deploy APP" } "." }
+        } @else {
+            table #builds {
+                tr {
+                    th { "build" } th { "app" } th { "ref" } th { "state" } th { "node" }
+                    th.num { "attempt" } th { "age" } th { "error" }
+                }
+                @for b in &o.recent_builds {
+                    tr {
+                        td.mono { (b.id) }
+                        td { (b.app) }
+                        td.mono { (if b.git_ref.is_empty() { "(branch)" } else { b.git_ref.as_str() }) }
+                        td { (badge(state_class(b.state), state_class(b.state))) }
+                        td { (b.node_id.as_deref().map_or("—", |id| o.node_name(id))) }
+                        td.num { (b.attempt) }
+                        td { (age(o.now_ms.saturating_sub(b.created_at_ms))) }
+                        td.err { (b.error.as_deref().map(first_line).unwrap_or_default()) }
+                    }
+                }
+            }
         }
-        let number = match r.rollback_of {
-            Some(of) => format!("v{} <span class=\"small\">(rollback to v{of})</span>", r.number),
-            None => format!("v{}", r.number),
-        };
-        let _ = writeln!(
-            h,
-            "<tr><td>{}</td><td>{number}</td><td class=\"mono\" title=\"{}\">{}</td><td class=\"mono\">{}</td>\
-             <td>{}</td><td>{deploy}</td><td>{}</td></tr>",
-            esc(&r.app),
-            esc(&r.digest),
-            esc(&short_digest(&r.digest)),
-            esc(r.git_sha.get(..10).unwrap_or(&r.git_sha)),
-            esc(o.node_name(&r.node_id)),
-            age(o.now_ms.saturating_sub(r.created_at_ms)),
-        );
     }
-    h.push_str("</table>\n");
 }
 
-fn members(h: &mut String, o: &Overview) {
-    let r = &o.raft;
-    let _ = writeln!(h, "<h2>Cluster members ({})</h2>", r.members.len());
-    h.push_str(
-        "<table id=\"members\"><tr><th>id</th><th>gRPC address</th><th>vote</th><th>leader</th>\
-         <th class=\"num\">term</th><th class=\"num\">applied</th><th class=\"num\">log matched</th></tr>\n",
-    );
-    for m in &r.members {
-        let this = m.id == r.member_id;
-        let leader = if r.leader_id == Some(m.id) { "★ leader" } else { "" };
-        let (term, applied) =
-            if this { (r.term.to_string(), r.last_applied.to_string()) } else { ("".into(), "".into()) };
-        let matched = m.matched.map_or(String::new(), |i| i.to_string());
-        let _ = writeln!(
-            h,
-            "<tr data-member-id=\"{}\"><td>{}{}</td><td class=\"mono\">{}</td><td>{}</td><td>{leader}</td>\
-             <td class=\"num\">{term}</td><td class=\"num\">{applied}</td><td class=\"num\">{matched}</td></tr>",
-            m.id,
-            m.id,
-            if this { " <span class=\"small\">(this page)</span>" } else { "" },
-            esc(&m.addr),
-            if m.voter { "voter" } else { "learner" },
-        );
+fn releases(o: &Overview) -> Markup {
+    html! {
+        h2 { "Recent releases" }
+        @if o.recent_releases.is_empty() {
+            p.sub { "No releases yet." }
+        } @else {
+            table #releases {
+                tr {
+                    th { "app" } th { "release" } th { "digest" } th { "git" } th { "built on" }
+                    th { "deploy" } th { "age" }
+                }
+                @for r in &o.recent_releases {
+                    @let (class, text) = match r.deploy {
+                        DeployState::Pending => ("pending", "pending"),
+                        DeployState::Deployed => ("deployed", "deployed"),
+                        DeployState::Failed => ("failed", "failed"),
+                    };
+                    tr {
+                        td { (r.app) }
+                        td {
+                            "v" (r.number)
+                            @if let Some(of) = r.rollback_of {
+                                " " span.small { "(rollback to v" (of) ")" }
+                            }
+                        }
+                        td.mono title=(r.digest) { (short_digest(&r.digest)) }
+                        td.mono { (r.git_sha.get(..10).unwrap_or(&r.git_sha)) }
+                        td { (o.node_name(&r.node_id)) }
+                        td {
+                            (badge(class, text))
+                            @if let Some(err) = &r.deploy_error {
+                                " " span.small.err { (first_line(err)) }
+                            }
+                        }
+                        td { (age(o.now_ms.saturating_sub(r.created_at_ms))) }
+                    }
+                }
+            }
+        }
     }
-    h.push_str("</table>\n");
-    let _ = writeln!(
-        h,
-        "<p class=\"small\">Term and applied index are this member's; the others' log position is known to the \
-         leader only (log matched). Snapshot at {}, log purged up to {}.</p>",
-        r.snapshot_index, r.purged_index
-    );
+}
+
+fn members(o: &Overview) -> Markup {
+    let r = &o.raft;
+    html! {
+        h2 { "Cluster members (" (r.members.len()) ")" }
+        table #members {
+            tr {
+                th { "id" } th { "gRPC address" } th { "vote" } th { "leader" }
+                th.num { "term" } th.num { "applied" } th.num { "log matched" }
+            }
+            @for m in &r.members {
+                @let this = m.id == r.member_id;
+                tr data-member-id=(m.id) {
+                    td {
+                        (m.id)
+                        @if this {
+                            " " span.small { "(this page)" }
+                        }
+                    }
+                    td.mono { (m.addr) }
+                    td { (if m.voter { "voter" } else { "learner" }) }
+                    td { (if r.leader_id == Some(m.id) { "★ leader" } else { "" }) }
+                    td.num { @if this { (r.term) } }
+                    td.num { @if this { (r.last_applied) } }
+                    td.num { @if let Some(i) = m.matched { (i) } }
+                }
+            }
+        }
+        p.small {
+            "Term and applied index are this member's; the others' log position is known to the \
+             leader only (log matched). Snapshot at " (r.snapshot_index) ", log purged up to "
+            (r.purged_index) "."
+        }
+    }
 }
 
 #[cfg(test)]
@@ -568,7 +550,7 @@ mod tests {
         let page = render(&overview(true), Some(7401));
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"3\">"));
         assert!(!page.contains("<script"), "nothing user-controlled is markup:\n{page}");
-        assert!(page.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#39;"));
+        assert!(page.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;'"));
         assert!(
             page.contains("<b>5.0 GiB free</b></div><div class=\"small\">of 100.0 GiB · 95% used"),
             "{page}"
@@ -604,6 +586,5 @@ mod tests {
         assert_eq!(age(600_000), "10 min");
         assert_eq!(age(3 * 86_400_000), "3 d");
         assert_eq!(short_digest(""), "—");
-        assert_eq!(esc("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&#39;");
     }
 }

@@ -1,6 +1,5 @@
-//! The scheduler's Prometheus metrics: a writer for the text exposition format
-//! ([`Exposition`]), and [`render`], which turns an [`Overview`] (taken once per scrape) into the
-//! `/metrics` page.
+//! The scheduler's Prometheus metrics: [`render`] turns an [`Overview`] (taken once per
+//! scrape) into the `/metrics` page.
 //!
 //! Names and meanings (every family carries HELP and TYPE lines):
 //!
@@ -24,119 +23,29 @@
 //! exports the replicated node records (`slipway_node_info`, `slipway_node_draining`)
 //! and none of the report gauges, so a dashboard summing over members counts each node
 //! once. The HELP lines say so.
+//!
+//! Why `prometheus-client`: the exposition format (escaping, number formats, `_total`) is the
+//! client library's, not ours; each scrape fills a [`Registry`] from the overview and encodes
+//! it as Prometheus text 0.0.4, whose counter `# TYPE` line keeps the `_total` name. A
+//! labelled family is a [`Samples`] list rather than the crate's `Family`, which keeps its
+//! series in a hash map (so in no fixed order) and is made for live, updated metrics.
 
-use std::fmt::Write as _;
+use prometheus_client::encoding::prometheus_text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Metric, Registry};
+use slipway_proto::NodeReport;
 
-use super::overview::Overview;
+use super::overview::{NodeRow, Overview};
 use crate::fleet::ReportDelays;
 use crate::placement::Liveness;
 use crate::state::BuildState;
 
-/// The kind of a metric family, as its `# TYPE` line names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Gauge,
-    Counter,
-    Histogram,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Gauge => "gauge",
-            Kind::Counter => "counter",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
-
-/// Writes the Prometheus text exposition format (version 0.0.4): each family opens with
-/// its HELP and TYPE lines, then its samples; label values and help text are escaped.
-#[derive(Debug, Default)]
-pub struct Exposition {
-    out: String,
-}
-
-/// Content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-impl Exposition {
-    /// Opens a family. Its samples must follow before the next family opens.
-    pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
-        debug_assert!(valid_name(name), "bad metric name {name:?}");
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {}", kind.as_str());
-        self
-    }
-
-    /// One sample of the family opened last (`name` may carry a histogram's
-    /// `_bucket`/`_sum`/`_count` suffix).
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                debug_assert!(valid_label_name(key), "bad label name {key:?}");
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{key}=\"{}\"", escape_label_value(value));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {}", format_value(value));
-        self
-    }
-
-    /// A family with a single unlabelled sample.
-    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: f64) -> &mut Self {
-        self.family(name, kind, help).sample(name, &[], value)
-    }
-
-    /// The text written so far.
-    pub fn finish(self) -> String {
-        self.out
-    }
-}
-
-/// `\`, `"` and newlines escaped, as label values need.
-pub fn escape_label_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A sample value as Prometheus spells it (`NaN`, `+Inf`, `-Inf`, or a Go-parsable float).
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
-    }
-}
-
-/// `^[a-zA-Z_:][a-zA-Z0-9_:]*$`
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// `^[a-zA-Z_][a-zA-Z0-9_]*$`
-fn valid_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+/// Content type of the text exposition format (version 0.0.4).
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Build states in the order `slipway_builds{state}` lists them.
 const BUILD_STATES: [BuildState; 6] = [
@@ -148,256 +57,247 @@ const BUILD_STATES: [BuildState; 6] = [
     BuildState::Cancelled,
 ];
 
+/// Appended to the help of leader-only families (the registry adds the final period).
 const LEADER_ONLY: &str =
-    "Exported by the leader only: node reports and liveness live in its memory, followers have none.";
+    "Exported by the leader only: node reports and liveness live in its memory, followers have none";
+
+/// Label pairs of one sample.
+type Labels = Vec<(&'static str, String)>;
+
+/// One labelled family of this scrape: a constant metric per label set, in the order
+/// given. With no samples it still writes its HELP and TYPE lines.
+#[derive(Debug)]
+struct Samples<M>(Vec<(Labels, M)>);
+
+impl<M: EncodeMetric + TypedMetric> EncodeMetric for Samples<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, metric) in &self.0 {
+            metric.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+/// `slipway_report_delay_seconds`: the delays as counted, encoded as a histogram.
+#[derive(Debug)]
+struct DelayHistogram(ReportDelays);
+
+impl EncodeMetric for DelayHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Per-bucket counts; the encoder accumulates them and adds `+Inf` with the count.
+        let buckets: Vec<(f64, u64)> = ReportDelays::BOUNDS.iter().copied().zip(self.0.counts).collect();
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum_seconds, self.0.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
 
 /// The `/metrics` page for an overview of this member.
 pub fn render(o: &Overview) -> String {
-    let mut e = Exposition::default();
-    let member = o.raft.member_id.to_string();
-    e.family("slipway_scheduler_info", Kind::Gauge, "This scheduler: its raft member id and version.")
-        .sample(
-            "slipway_scheduler_info",
-            &[("member_id", &member), ("version", env!("CARGO_PKG_VERSION"))],
-            1.0,
-        );
-    write_raft(&mut e, o);
-    write_builds(&mut e, o);
-    write_nodes(&mut e, o);
-    write_report_delays(&mut e, &o.report_delays);
-    e.finish()
+    let mut out = String::new();
+    encode(&mut out, &registry(o)).expect("writing to a String cannot fail");
+    out
 }
 
-fn write_raft(e: &mut Exposition, o: &Overview) {
+/// The metrics of one scrape, in the order they are written. Help texts carry no final
+/// period: the registry adds it.
+fn registry(o: &Overview) -> Registry {
+    let mut registry = Registry::default();
+    // An info metric: the registry names it `slipway_scheduler_info`, typed gauge, value 1.
+    let info: Labels =
+        vec![("member_id", o.raft.member_id.to_string()), ("version", env!("CARGO_PKG_VERSION").into())];
+    registry.register("slipway_scheduler", "This scheduler: its raft member id and version", Info::new(info));
+    register_raft(&mut registry, o);
+    register_builds(&mut registry, o);
+    register_nodes(&mut registry, o);
+    registry.register(
+        "slipway_report_delay_seconds",
+        "How late agent reports reach this scheduler (includes clock skew)",
+        DelayHistogram(o.report_delays.clone()),
+    );
+    registry
+}
+
+/// Registers a gauge holding `value` for this scrape.
+fn gauge<N>(registry: &mut Registry, name: &str, help: &str, value: N)
+where
+    ConstGauge<N>: Metric,
+{
+    registry.register(name, help, ConstGauge::new(value));
+}
+
+/// Registers a labelled gauge family holding `samples` for this scrape.
+fn gauges<N>(registry: &mut Registry, name: &str, help: &str, samples: Vec<(Labels, N)>)
+where
+    Samples<ConstGauge<N>>: Metric,
+{
+    let samples = samples.into_iter().map(|(labels, v)| (labels, ConstGauge::new(v))).collect();
+    registry.register(name, help, Samples(samples));
+}
+
+fn register_raft(g: &mut Registry, o: &Overview) {
     let r = &o.raft;
-    let bool_f = |b: bool| if b { 1.0 } else { 0.0 };
-    e.single("slipway_raft_is_leader", Kind::Gauge, "1 if this member leads the cluster.", bool_f(o.leading));
-    e.family("slipway_raft_role", Kind::Gauge, "This member's raft role (1 for the current one).");
-    for role in ["leader", "candidate", "follower", "learner", "shutdown"] {
-        e.sample("slipway_raft_role", &[("role", role)], bool_f(r.role == role));
-    }
-    e.single("slipway_raft_term", Kind::Gauge, "Current raft term.", r.term as f64);
-    e.single(
-        "slipway_raft_leader_id",
-        Kind::Gauge,
-        "Member id of the leader this member knows (0: none).",
-        r.leader_id.unwrap_or(0) as f64,
-    );
-    e.single(
-        "slipway_raft_last_log_index",
-        Kind::Gauge,
-        "Index of the last entry in this member's log.",
-        r.last_log_index as f64,
-    );
+    gauge(g, "slipway_raft_is_leader", "1 if this member leads the cluster", u64::from(o.leading));
+    let roles = ["leader", "candidate", "follower", "learner", "shutdown"];
+    let roles = roles.map(|role| (vec![("role", role.to_string())], u64::from(r.role == role)));
+    gauges(g, "slipway_raft_role", "This member's raft role (1 for the current one)", roles.into());
+    gauge(g, "slipway_raft_term", "Current raft term", r.term);
+    let leader = r.leader_id.unwrap_or(0);
+    gauge(g, "slipway_raft_leader_id", "Member id of the leader this member knows (0: none)", leader);
+    let last = r.last_log_index;
+    gauge(g, "slipway_raft_last_log_index", "Index of the last entry in this member's log", last);
     if let Some(committed) = r.commit_index {
-        e.single(
+        gauge(
+            g,
             "slipway_raft_commit_index",
-            Kind::Gauge,
-            "Index of the last entry this member knows committed by a quorum.",
-            committed as f64,
+            "Index of the last entry this member knows committed by a quorum",
+            committed,
         );
     }
-    e.single(
-        "slipway_raft_last_applied",
-        Kind::Gauge,
-        "Index of the last entry applied to this member's state.",
-        r.last_applied as f64,
-    );
-    e.single(
+    let applied = r.last_applied;
+    gauge(g, "slipway_raft_last_applied", "Index of the last entry applied to this member's state", applied);
+    gauge(
+        g,
         "slipway_raft_snapshot_index",
-        Kind::Gauge,
-        "Last log index included in this member's snapshot (0: none).",
-        r.snapshot_index as f64,
+        "Last log index included in this member's snapshot (0: none)",
+        r.snapshot_index,
     );
-    e.single(
+    gauge(
+        g,
         "slipway_raft_purged_index",
-        Kind::Gauge,
-        "Last log index purged from this member's log (0: none).",
-        r.purged_index as f64,
+        "Last log index purged from this member's log (0: none)",
+        r.purged_index,
     );
-    e.single(
-        "slipway_raft_members",
-        Kind::Gauge,
-        "Cluster members, voters and learners.",
-        r.members.len() as f64,
-    );
-    let voters = r.members.iter().filter(|m| m.voter).count();
-    e.single("slipway_raft_voters", Kind::Gauge, "Voting cluster members.", voters as f64);
+    gauge(g, "slipway_raft_members", "Cluster members, voters and learners", r.members.len() as u64);
+    let voters = r.members.iter().filter(|m| m.voter).count() as u64;
+    gauge(g, "slipway_raft_voters", "Voting cluster members", voters);
     if o.leading {
-        e.family(
+        let matched =
+            r.members.iter().map(|m| (vec![("member_id", m.id.to_string())], m.matched.unwrap_or(0)));
+        gauges(
+            g,
             "slipway_raft_member_matched_index",
-            Kind::Gauge,
-            "Last log index the leader knows each member holds. Exported by the leader only.",
+            "Last log index the leader knows each member holds. Exported by the leader only",
+            matched.collect(),
         );
-        for m in &r.members {
-            let id = m.id.to_string();
-            e.sample(
-                "slipway_raft_member_matched_index",
-                &[("member_id", &id)],
-                m.matched.unwrap_or(0) as f64,
-            );
-        }
     }
 }
 
-fn write_builds(e: &mut Exposition, o: &Overview) {
-    e.single("slipway_apps", Kind::Gauge, "Apps.", o.apps.len() as f64);
-    e.single("slipway_nodes", Kind::Gauge, "Registered nodes.", o.nodes.len() as f64);
-    e.family("slipway_builds", Kind::Gauge, "Builds by state (as applied on this member).");
-    for state in BUILD_STATES {
-        e.sample("slipway_builds", &[("state", &format!("{state:?}"))], o.builds_in(state) as f64);
-    }
-    e.single(
-        "slipway_build_queue_length",
-        Kind::Gauge,
-        "Builds waiting for a node (queued).",
-        o.builds_in(BuildState::Queued) as f64,
-    );
-    e.single(
+fn register_builds(g: &mut Registry, o: &Overview) {
+    gauge(g, "slipway_apps", "Apps", o.apps.len() as u64);
+    gauge(g, "slipway_nodes", "Registered nodes", o.nodes.len() as u64);
+    let builds = BUILD_STATES.map(|state| (vec![("state", format!("{state:?}"))], o.builds_in(state)));
+    gauges(g, "slipway_builds", "Builds by state (as applied on this member)", builds.into());
+    let queued = o.builds_in(BuildState::Queued);
+    gauge(g, "slipway_build_queue_length", "Builds waiting for a node (queued)", queued);
+    gauge(
+        g,
         "slipway_build_queue_oldest_seconds",
-        Kind::Gauge,
-        "How long the oldest queued build has waited (0: none waits).",
+        "How long the oldest queued build has waited (0: none waits)",
         o.oldest_queued_ms.map_or(0.0, |ms| o.now_ms.saturating_sub(ms) as f64 / 1000.0),
     );
     let (placed, no_node) = o.placements;
-    e.family(
-        "slipway_placement_decisions_total",
-        Kind::Counter,
+    let decisions = [("placed", placed), ("no_node", no_node)]
+        .map(|(outcome, n)| (vec![("outcome", outcome.to_string())], ConstCounter::new(n)));
+    // Counters: the registry appends `_total` to the name.
+    g.register(
+        "slipway_placement_decisions",
         "Placement decisions this member took as leader since it started: placed (a node took the build) \
-         or no_node (no node could take it; the build waits and is tried again about every second).",
-    )
-    .sample("slipway_placement_decisions_total", &[("outcome", "placed")], placed as f64)
-    .sample("slipway_placement_decisions_total", &[("outcome", "no_node")], no_node as f64);
+         or no_node (no node could take it; the build waits and is tried again about every second)",
+        Samples(decisions.into()),
+    );
+}
+
+/// The `node` and `node_id` labels of a node's samples.
+fn node_labels(n: &NodeRow) -> Labels {
+    vec![("node", n.record.name.clone()), ("node_id", n.record.id.clone())]
 }
 
 /// One gauge family over the nodes that have a report (leader only).
-fn node_gauge(
-    e: &mut Exposition,
-    o: &Overview,
-    name: &str,
-    help: &str,
-    value: impl Fn(&slipway_proto::NodeReport) -> f64,
-) {
-    e.family(name, Kind::Gauge, &format!("{help} {LEADER_ONLY}"));
-    for n in &o.nodes {
-        if let Some(report) = n.soft.as_ref().and_then(|s| s.report.as_ref()) {
-            e.sample(name, &[("node", &n.record.name), ("node_id", &n.record.id)], value(report));
-        }
-    }
+fn node_gauge<N>(g: &mut Registry, o: &Overview, name: &str, help: &str, value: impl Fn(&NodeReport) -> N)
+where
+    Samples<ConstGauge<N>>: Metric,
+{
+    let samples = o
+        .nodes
+        .iter()
+        .filter_map(|n| n.soft.as_ref()?.report.as_ref().map(|r| (node_labels(n), value(r))))
+        .collect();
+    gauges(g, name, &format!("{help}. {LEADER_ONLY}"), samples);
 }
 
-fn write_nodes(e: &mut Exposition, o: &Overview) {
-    e.family(
+fn register_nodes(g: &mut Registry, o: &Overview) {
+    let info = o.nodes.iter().map(|n| (node_labels(n), 1u64)).collect();
+    gauges(
+        g,
         "slipway_node_info",
-        Kind::Gauge,
-        "Registered nodes (replicated: every member exports them), always 1.",
+        "Registered nodes (replicated: every member exports them), always 1",
+        info,
     );
-    for n in &o.nodes {
-        e.sample("slipway_node_info", &[("node", &n.record.name), ("node_id", &n.record.id)], 1.0);
-    }
-    e.family("slipway_node_draining", Kind::Gauge, "1 if the node is draining (takes no new builds).");
-    for n in &o.nodes {
-        let v = if n.record.draining { 1.0 } else { 0.0 };
-        e.sample("slipway_node_draining", &[("node", &n.record.name), ("node_id", &n.record.id)], v);
-    }
+    let draining = o.nodes.iter().map(|n| (node_labels(n), u64::from(n.record.draining))).collect();
+    gauges(g, "slipway_node_draining", "1 if the node is draining (takes no new builds)", draining);
     if !o.leading {
         return;
     }
-    e.family(
-        "slipway_node_status",
-        Kind::Gauge,
-        &format!("Node liveness as the leader sees it (1 for the current status). {LEADER_ONLY}"),
-    );
+    let mut status = Vec::new();
     for n in &o.nodes {
         let Some(soft) = &n.soft else { continue };
-        for (status, l) in
+        for (name, l) in
             [("ready", Liveness::Ready), ("down", Liveness::Down), ("unknown", Liveness::Unknown)]
         {
-            let v = if soft.liveness == l { 1.0 } else { 0.0 };
-            e.sample(
-                "slipway_node_status",
-                &[("node", &n.record.name), ("node_id", &n.record.id), ("status", status)],
-                v,
-            );
+            let mut labels = node_labels(n);
+            labels.push(("status", name.to_string()));
+            status.push((labels, u64::from(soft.liveness == l)));
         }
     }
-    e.family(
-        "slipway_node_last_report_age_seconds",
-        Kind::Gauge,
-        &format!("Seconds since the node's last report reached the leader. {LEADER_ONLY}"),
-    );
-    for n in &o.nodes {
-        if let Some(age) = n.soft.as_ref().and_then(|s| s.last_report_age) {
-            e.sample(
-                "slipway_node_last_report_age_seconds",
-                &[("node", &n.record.name), ("node_id", &n.record.id)],
-                age.as_secs_f64(),
-            );
-        }
-    }
+    let help = format!("Node liveness as the leader sees it (1 for the current status). {LEADER_ONLY}");
+    gauges(g, "slipway_node_status", &help, status);
+    let ages = o
+        .nodes
+        .iter()
+        .filter_map(|n| n.soft.as_ref()?.last_report_age.map(|age| (node_labels(n), age.as_secs_f64())))
+        .collect();
+    let help = format!("Seconds since the node's last report reached the leader. {LEADER_ONLY}");
+    gauges(g, "slipway_node_last_report_age_seconds", &help, ages);
     node_gauge(
-        e,
+        g,
         o,
         "slipway_node_build_fs_available_bytes",
-        "Free bytes on the node's build filesystem.",
-        |r| r.build_fs_available_bytes as f64,
+        "Free bytes on the node's build filesystem",
+        |r| r.build_fs_available_bytes,
     );
-    node_gauge(e, o, "slipway_node_build_fs_total_bytes", "Size of the node's build filesystem.", |r| {
-        r.build_fs_total_bytes as f64
+    node_gauge(g, o, "slipway_node_build_fs_total_bytes", "Size of the node's build filesystem", |r| {
+        r.build_fs_total_bytes
     });
-    node_gauge(e, o, "slipway_node_cpus", "CPUs of the node.", |r| f64::from(r.cpu_count));
-    node_gauge(e, o, "slipway_node_cpu_usage_percent", "CPU use of the whole node, 0-100.", |r| {
+    node_gauge(g, o, "slipway_node_cpus", "CPUs of the node", |r| r.cpu_count);
+    node_gauge(g, o, "slipway_node_cpu_usage_percent", "CPU use of the whole node, 0-100", |r| {
         f64::from(r.cpu_usage_percent)
     });
-    node_gauge(e, o, "slipway_node_load1", "Load average over 1 minute.", |r| r.load_1m);
-    node_gauge(e, o, "slipway_node_memory_total_bytes", "Memory of the node.", |r| {
-        r.memory_total_bytes as f64
+    node_gauge(g, o, "slipway_node_load1", "Load average over 1 minute", |r| r.load_1m);
+    node_gauge(g, o, "slipway_node_memory_total_bytes", "Memory of the node", |r| r.memory_total_bytes);
+    node_gauge(g, o, "slipway_node_memory_available_bytes", "Memory available on the node", |r| {
+        r.memory_available_bytes
     });
-    node_gauge(e, o, "slipway_node_memory_available_bytes", "Memory available on the node.", |r| {
-        r.memory_available_bytes as f64
+    node_gauge(g, o, "slipway_node_running_builds", "Builds the agent runs, by its last report", |r| {
+        r.running_builds
     });
-    node_gauge(e, o, "slipway_node_running_builds", "Builds the agent runs, by its last report.", |r| {
-        f64::from(r.running_builds)
-    });
-    node_gauge(e, o, "slipway_node_build_slots", "Builds the agent runs at once, at most.", |r| {
-        f64::from(r.build_slots)
-    });
+    node_gauge(g, o, "slipway_node_build_slots", "Builds the agent runs at once, at most", |r| r.build_slots);
     node_gauge(
-        e,
+        g,
         o,
         "slipway_node_cache_bytes",
-        "Bytes held by slipway's images on the node's engine.",
-        |r| r.cache_bytes as f64,
+        "Bytes held by slipway's images on the node's engine",
+        |r| r.cache_bytes,
     );
-    node_gauge(
-        e,
-        o,
-        "slipway_node_engine_healthy",
-        "1 if the node's Docker engine answers its agent.",
-        |r| {
-            if r.docker_healthy {
-                1.0
-            } else {
-                0.0
-            }
-        },
-    );
-}
-
-/// `slipway_report_delay_seconds`: how late agent reports reach this member (its clock
-/// minus the agent's send time), as a Prometheus histogram.
-fn write_report_delays(e: &mut Exposition, d: &ReportDelays) {
-    let name = "slipway_report_delay_seconds";
-    e.family(name, Kind::Histogram, "How late agent reports reach this scheduler (includes clock skew).");
-    let bucket = format!("{name}_bucket");
-    let mut cumulative = 0;
-    for (bound, count) in ReportDelays::BOUNDS.iter().zip(d.counts) {
-        cumulative += count;
-        e.sample(&bucket, &[("le", &format_value(*bound))], cumulative as f64);
-    }
-    e.sample(&bucket, &[("le", "+Inf")], d.count() as f64);
-    e.sample(&format!("{name}_sum"), &[], d.sum_seconds);
-    e.sample(&format!("{name}_count"), &[], d.count() as f64);
+    node_gauge(g, o, "slipway_node_engine_healthy", "1 if the node's Docker engine answers its agent", |r| {
+        u32::from(r.docker_healthy)
+    });
 }
 
 #[cfg(test)]
@@ -500,9 +400,6 @@ mod tests {
     fn the_leaders_text_parses_back_with_every_family_typed() {
         let text = render(&overview(true));
         let samples = check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        for s in &samples {
-            assert!(valid_name(&s.name), "{s:?}");
-        }
         let weird = "we\"ird\\na\nme";
         assert!(text.contains(r#"node="we\"ird\\na\nme""#), "escaped label:\n{text}");
         let fs = find(&samples, "slipway_node_build_fs_available_bytes", weird).expect("weird node's gauge");
@@ -553,9 +450,19 @@ mod tests {
 
     #[test]
     fn values_are_spelled_as_prometheus_does() {
-        assert_eq!(format_value(f64::INFINITY), "+Inf");
-        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(format_value(0.25), "0.25");
-        assert_eq!(format_value(1e21), "1000000000000000000000");
+        let mut registry = Registry::default();
+        for (name, value) in
+            [("plus_inf", f64::INFINITY), ("minus_inf", f64::NEG_INFINITY), ("quarter", 0.25)]
+        {
+            gauge(&mut registry, name, "A value", value);
+        }
+        gauge(&mut registry, "big", "A value", 1e21);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for line in ["plus_inf +Inf\n", "minus_inf -Inf\n", "quarter 0.25\n"] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        let samples = check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(samples.iter().find(|s| s.name == "big").map(|s| s.value), Some(1e21), "{text}");
     }
 }
