@@ -4,9 +4,11 @@
 //! A token carries its role, the CA's digest (so the joiner can check whom it talks to)
 //! and a secret. One secret per role, made on first use and replaced on rotation; the
 //! secrets are replicated state, read current (linearizable) before a join is admitted,
-//! so a rotated-out token fails on every member. Secrets are compared in constant time.
+//! so a rotated-out token fails on every member. Secrets are compared in constant time
+//! (`subtle`).
 
 use slipway_proto::tls::{JoinToken, Role};
+use subtle::ConstantTimeEq;
 use tonic::Status;
 
 use super::pki::Ca;
@@ -30,9 +32,9 @@ pub async fn admits(store: &Store, role: Role, secret: &str) -> Result<bool, Sta
     Ok(expected.is_some_and(|expected| same_secret(&expected, secret)))
 }
 
-/// Compares secrets in time independent of where they differ.
+/// Compares secrets in time independent of where they differ (the length is not secret).
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 /// A fresh token secret: 32 random bytes, hex.

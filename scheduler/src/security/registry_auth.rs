@@ -9,6 +9,10 @@
 //! certificate, sent in `x5c`) allowing at most what the grant allows and the engine
 //! asked for. The registry checks the JWT against the CA (`rootcertbundle`).
 //!
+//! The JWT is made with `jsonwebtoken` (its `Header` carries the `x5c` chain); the
+//! signing underneath is ring's, through a small provider (see `ring_es256`), so the
+//! scheduler keeps one crypto library.
+//!
 //! Registry side, for reference:
 //!
 //! ```yaml
@@ -24,9 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use slipway_proto::tls::{self, Credentials};
+use time::format_description::well_known::Rfc3339;
 
 use super::pki::Ca;
 
@@ -166,64 +172,106 @@ pub struct TokenResponse {
     pub issued_at: String,
 }
 
+/// The claims the registry checks (`iss`, `aud`, the times, `access`) and a unique `jti`.
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: String,
+    access: Vec<Access>,
+}
+
 /// A JWT for `access`, signed with `signer`'s key and carrying its certificate.
 pub fn token(signer: &Credentials, subject: &str, access: Vec<Access>) -> Result<TokenResponse, String> {
-    let leaf = tls::first_cert_der(&signer.cert_pem)?;
-    let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "x5c": [STANDARD.encode(&leaf)] });
-    let now = now_secs();
-    let claims = serde_json::json!({
-        "iss": ISSUER,
-        "sub": subject,
-        "aud": SERVICE,
-        "iat": now,
-        "nbf": now.saturating_sub(5),
-        "exp": now + TOKEN_TTL.as_secs(),
-        "jti": uuid::Uuid::new_v4().to_string(),
-        "access": access,
-    });
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let key = signing_key(&signer.key_pem)?;
-    let rng = ring::rand::SystemRandom::new();
-    let signature =
-        key.sign(&rng, signing_input.as_bytes()).map_err(|_| "cannot sign the token".to_string())?;
-    let jwt = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()));
-    Ok(TokenResponse {
-        token: jwt.clone(),
-        access_token: jwt,
-        expires_in: TOKEN_TTL.as_secs(),
-        issued_at: rfc3339(now),
-    })
-}
-
-fn signing_key(key_pem: &str) -> Result<EcdsaKeyPair, String> {
     use rustls::pki_types::pem::PemObject;
-    let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
+    let leaf = tls::first_cert_der(&signer.cert_pem)?;
+    let mut header = Header::new(Algorithm::ES256);
+    header.x5c = Some(vec![STANDARD.encode(&leaf)]);
+    let now = now_secs();
+    let claims = Claims {
+        iss: ISSUER,
+        sub: subject,
+        aud: SERVICE,
+        iat: now,
+        nbf: now.saturating_sub(5),
+        exp: now + TOKEN_TTL.as_secs(),
+        jti: uuid::Uuid::new_v4().to_string(),
+        access,
+    };
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(signer.key_pem.as_bytes())
         .map_err(|e| format!("this scheduler's key is not PKCS#8 PEM: {e}"))?;
-    EcdsaKeyPair::from_pkcs8(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        der.secret_pkcs8_der(),
-        &ring::rand::SystemRandom::new(),
-    )
-    .map_err(|e| format!("this scheduler's key is not an ECDSA P-256 key: {e}"))
+    ring_es256::install();
+    let jwt = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(key.secret_pkcs8_der()))
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidEcdsaKey => "this scheduler's key is not an ECDSA P-256 key".to_string(),
+            _ => format!("cannot sign the token: {e}"),
+        })?;
+    let issued_at = time::OffsetDateTime::from_unix_timestamp(now as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&Rfc3339)
+        .map_err(|e| format!("cannot format the token's issue time: {e}"))?;
+    Ok(TokenResponse { token: jwt.clone(), access_token: jwt, expires_in: TOKEN_TTL.as_secs(), issued_at })
 }
 
-/// `2026-11-27T13:00:00Z` for seconds since the epoch.
-fn rfc3339(secs: u64) -> String {
-    let t =
-        time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+/// jsonwebtoken's signing backend, on ring.
+///
+/// jsonwebtoken 10 signs through a process-wide `CryptoProvider`; its own are aws-lc-rs
+/// (`aws_lc_rs`) or RustCrypto (`rust_crypto`: p256, rsa, ed25519-dalek, …), either a
+/// second crypto stack beside the ring that rustls, rcgen and the grants already use.
+/// This one signs ES256 with ring and nothing else: the scheduler only mints tokens (the
+/// registry checks them), so verifying and JWK helpers are refused.
+mod ring_es256 {
+    use jsonwebtoken::crypto::{CryptoProvider, JwkUtils, JwtSigner, JwtVerifier};
+    use jsonwebtoken::errors::{ErrorKind, Result};
+    use jsonwebtoken::signature::{Error, Signer};
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    static PROVIDER: CryptoProvider = CryptoProvider {
+        signer_factory: signer,
+        verifier_factory: verifier,
+        jwk_utils: JwkUtils::new_unimplemented(),
+    };
+
+    /// Makes this the process's provider; later calls change nothing.
+    pub(super) fn install() {
+        let _ = PROVIDER.install_default();
+    }
+
+    /// An ES256 signer over a PKCS#8 P-256 key.
+    struct Es256(EcdsaKeyPair);
+
+    impl Signer<Vec<u8>> for Es256 {
+        fn try_sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, Error> {
+            let signature = self.0.sign(&SystemRandom::new(), msg).map_err(|_| Error::new())?;
+            Ok(signature.as_ref().to_vec())
+        }
+    }
+
+    impl JwtSigner for Es256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::ES256
+        }
+    }
+
+    fn signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
+        if *alg != Algorithm::ES256 {
+            return Err(ErrorKind::InvalidAlgorithm.into());
+        }
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key.inner(), &SystemRandom::new())
+                .map_err(|_| ErrorKind::InvalidEcdsaKey)?;
+        Ok(Box::new(Es256(pair)))
+    }
+
+    fn verifier(_: &Algorithm, _: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
+        Err(ErrorKind::InvalidAlgorithm.into())
+    }
 }
 
 /// The grant in an `Authorization: Basic …` header, if any (anonymous: None).
