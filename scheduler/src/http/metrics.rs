@@ -70,7 +70,7 @@ type Labels = Vec<(&'static str, String)>;
 struct Samples<M>(Vec<(Labels, M)>);
 
 impl<M: EncodeMetric + TypedMetric> EncodeMetric for Samples<M> {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
         for (labels, metric) in &self.0 {
             metric.encode(encoder.encode_family(labels)?)?;
         }
@@ -87,7 +87,7 @@ impl<M: EncodeMetric + TypedMetric> EncodeMetric for Samples<M> {
 struct DelayHistogram(ReportDelays);
 
 impl EncodeMetric for DelayHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
         // Per-bucket counts; the encoder accumulates them and adds `+Inf` with the count.
         let buckets: Vec<(f64, u64)> = ReportDelays::BOUNDS.iter().copied().zip(self.0.counts).collect();
         encoder.encode_histogram::<NoLabelSet>(self.0.sum_seconds, self.0.count(), &buckets, None)

@@ -52,7 +52,9 @@ pub const BUILD_GRANT_TTL: Duration = Duration::from_secs(6 * 3600);
 /// A grant as the engine presents it: user [`GRANT_USER`], the grant as password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Login {
+    /// The registry login name: always [`GRANT_USER`].
     pub username: String,
+    /// The grant, signed.
     pub password: String,
     /// When the grant expires (seconds since the epoch).
     pub expires: u64,
@@ -77,8 +79,11 @@ pub fn login(ca: &Ca, app: &str, actions: &[&str], ttl: Duration) -> Login {
 /// What a grant allows: `actions` on the repository named `app`, until `exp` (seconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
+    /// The app whose repository the grant opens.
     pub app: String,
+    /// What it allows there: `pull`, `push`.
     pub actions: Vec<String>,
+    /// When it stops working (seconds since the epoch).
     pub exp: u64,
 }
 
@@ -132,8 +137,11 @@ pub fn verify_grant(ca: &Ca, password: &str) -> Result<Grant, Refused> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Access {
     #[serde(rename = "type")]
+    /// Always `repository`.
     pub kind: String,
+    /// The repository.
     pub name: String,
+    /// The actions asked for (or, in a token, allowed).
     pub actions: Vec<String>,
 }
 
@@ -166,9 +174,13 @@ pub fn allowed(grant: Option<&Grant>, asked: &[Access]) -> Vec<Access> {
 /// The token endpoint's JSON answer.
 #[derive(Debug, Serialize)]
 pub struct TokenResponse {
+    /// The signed JWT.
     pub token: String,
+    /// The same token, under the name OAuth2 clients read.
     pub access_token: String,
+    /// Seconds until it expires.
     pub expires_in: u64,
+    /// When it was issued (RFC 3339).
     pub issued_at: String,
 }
 
