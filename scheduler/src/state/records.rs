@@ -1,0 +1,257 @@
+//! The records the replicated state holds: apps, builds and their outputs, releases,
+//! nodes, and the client requests remembered for deduplication. Plain data, serialized
+//! into the raft log and snapshots: a field added later needs `#[serde(default)]`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ReleaseNumber;
+
+/// An app: a git repository slipway builds and deploys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    /// The app's name (a DNS label).
+    pub name: String,
+    /// The git repository it is built from.
+    pub repo: String,
+    /// The branch deployed by default.
+    pub branch: String,
+    /// When it was created (ms since the epoch).
+    pub created_at_ms: u64,
+    /// Release the service runs now (0: never deployed successfully).
+    pub current_release: ReleaseNumber,
+}
+
+/// Where a build is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuildState {
+    /// Waiting for a node.
+    Queued,
+    /// Handed to a node's agent.
+    Assigned,
+    /// The agent started it.
+    Running,
+    /// The image is in the registry.
+    Pushed,
+    /// It failed (or, for a deploy, the deploy failed).
+    Failed,
+    /// An operator or a newer deploy cancelled it.
+    Cancelled,
+}
+
+impl BuildState {
+    /// Finished builds never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Pushed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// One build of an app at a ref, with its attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    /// `b-<n>`.
+    pub id: String,
+    /// The app built.
+    pub app: String,
+    /// The branch, tag or commit asked for.
+    pub git_ref: String,
+    /// Build without the layer cache.
+    pub no_cache: bool,
+    /// Where the build is in its life.
+    pub state: BuildState,
+    /// Node of the current attempt.
+    pub node_id: Option<String>,
+    /// 0 while never assigned; each placement starts a new attempt.
+    pub attempt: u32,
+    /// When it was created (ms since the epoch).
+    pub created_at_ms: u64,
+    /// When the build last entered the queue (created, or its node was lost): queue
+    /// timeouts count from here.
+    #[serde(default)]
+    pub queued_at_ms: u64,
+    /// When it ended (ms since the epoch).
+    pub finished_at_ms: Option<u64>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+    /// What a successful build pushed.
+    pub output: Option<BuildOutput>,
+    /// The release it made.
+    pub release: Option<ReleaseNumber>,
+}
+
+/// What a successful build produced (see `BuildOutput` in types.proto).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BuildOutput {
+    /// The commit built.
+    pub git_sha: String,
+    /// The image digest, `sha256:…`.
+    pub digest: String,
+    /// The registry repository the image was pushed to.
+    pub repository: String,
+    /// Size of the image.
+    pub image_size_bytes: u64,
+    /// Layers the push sent.
+    pub layers_pushed: u32,
+    /// Layers the registry already had.
+    pub layers_reused: u32,
+    /// Bytes the push actually sent (layers the registry lacked).
+    pub bytes_pushed: u64,
+    /// Build steps answered from the layer cache.
+    pub cache_hits: u32,
+    /// Build steps in all.
+    pub steps: u32,
+    /// How long each phase took.
+    pub timings: PhaseTimings,
+    /// How the image runs (replicas, port, env, persist, healthcheck), from the manifest.
+    pub run: RunSpec,
+}
+
+/// How long each phase of a build took, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTimings {
+    /// Fetching the ref.
+    pub clone_ms: u64,
+    /// Packing the build context.
+    pub context_ms: u64,
+    /// Building the image.
+    pub build_ms: u64,
+    /// Pushing it.
+    pub push_ms: u64,
+}
+
+/// How an app runs: the manifest's `[run]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// How many tasks run.
+    pub replicas: u32,
+    /// The container port the app listens on.
+    pub port: Option<u16>,
+    /// Environment of the tasks.
+    pub env: BTreeMap<String, String>,
+    /// Directories kept on shared storage across tasks and releases.
+    pub persist: Vec<String>,
+    /// How Swarm tells a healthy task.
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// A container healthcheck: the one domain type, replicated with the release and handed as
+/// is to the deploy step (which builds Docker's `HealthConfig` from it). The wire has
+/// `slipway_proto::Healthcheck`; the scheduler's `convert` module maps between the two. Zero durations and
+/// zero retries mean Docker's defaults (30 s interval and timeout, no start period, 3 retries).
+///
+/// Raft logs and snapshots hold it in whole milliseconds under `interval_ms`, `timeout_ms`
+/// and `start_period_ms`, the shape it has always had; what comes from the wire is whole
+/// milliseconds, so nothing is lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// `["CMD", prog, args…]`, `["CMD-SHELL", "shell command"]` or `["NONE"]`.
+    pub cmd: Vec<String>,
+    /// Time between two probes.
+    #[serde(rename = "interval_ms", with = "millis")]
+    pub interval: Duration,
+    /// Time after which one probe counts as failed.
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+    /// Consecutive failures that make the container unhealthy.
+    pub retries: u32,
+    /// Grace period after start during which failing probes do not count.
+    #[serde(rename = "start_period_ms", with = "millis")]
+    pub start_period: Duration,
+}
+
+/// A [`Duration`] stored as whole milliseconds (`u64`, saturating).
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Whether a release was deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployState {
+    /// Not deployed yet.
+    Pending,
+    /// Swarm runs it.
+    Deployed,
+    /// It failed (or, for a deploy, the deploy failed).
+    Failed,
+}
+
+/// Release N of an app: an image pinned by digest plus how it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    /// The app.
+    pub app: String,
+    /// Its number, counting from 1 per app.
+    pub number: ReleaseNumber,
+    /// The image digest, `sha256:…`.
+    pub digest: String,
+    /// The registry repository the image was pushed to.
+    pub repository: String,
+    /// The commit built.
+    pub git_sha: String,
+    /// The build that made it (for a rollback: the original's).
+    pub build_id: String,
+    /// The node that built it.
+    pub node_id: String,
+    /// When it was created (ms since the epoch).
+    pub created_at_ms: u64,
+    /// For a rollback: the release whose image this one runs again.
+    pub rollback_of: Option<ReleaseNumber>,
+    /// Whether it was deployed.
+    pub deploy: DeployState,
+    /// Why its deploy failed.
+    pub deploy_error: Option<String>,
+    /// How the image runs (replicas, port, env, persist, healthcheck), from the manifest.
+    pub run: RunSpec,
+    /// Bytes the push actually sent (layers the registry lacked).
+    pub bytes_pushed: u64,
+    /// How long each phase took.
+    pub timings: PhaseTimings,
+}
+
+impl Release {
+    /// `repository@digest`: what the Swarm service runs.
+    pub fn image(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+}
+
+/// A registered agent's node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node's id (its certificate's name).
+    pub id: String,
+    /// Its name, shown to operators.
+    pub name: String,
+    /// Labels from its agent's config.
+    pub labels: BTreeMap<String, String>,
+    /// Drained: no new builds.
+    pub draining: bool,
+    /// When it first registered.
+    pub registered_at_ms: u64,
+}
+
+/// What a remembered client request created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOutcome {
+    /// A build, by id.
+    Build(String),
+    /// A release, by app and number.
+    Release {
+        /// The app.
+        app: String,
+        /// The release number.
+        number: ReleaseNumber,
+    },
+}
