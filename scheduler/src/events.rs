@@ -95,7 +95,7 @@ impl Events {
 
     /// Convenience for a log line stamped now.
     pub fn log(&self, topic: &str, line: impl Into<String>) {
-        self.publish(topic, Event::Log(LogLine { at_ms: crate::now_ms(), line: line.into() }));
+        self.publish(topic, Event::Log(LogLine { at_ms: slipway_common::now_ms(), line: line.into() }));
     }
 
     /// Subscribes to a topic, creating it if nobody published yet.

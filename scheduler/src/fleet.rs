@@ -193,7 +193,7 @@ impl Fleet {
         let mut inner = self.inner.lock().expect("fleet lock poisoned");
         let now = Instant::now();
         if report.sent_at_ms > 0 {
-            let delay_ms = crate::now_ms().saturating_sub(report.sent_at_ms);
+            let delay_ms = slipway_common::now_ms().saturating_sub(report.sent_at_ms);
             inner.report_delays.observe(delay_ms as f64 / 1000.0);
         }
         if let Some(s) = inner.sessions.get_mut(node_id).filter(|s| s.session_id == session_id) {

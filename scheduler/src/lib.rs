@@ -53,11 +53,3 @@ pub mod raft;
 pub mod security;
 pub mod server;
 pub mod state;
-
-/// Milliseconds since the Unix epoch, for timestamps carried inside commands.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}

@@ -83,7 +83,7 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
                     id: node_id.clone(),
                     name: name.clone(),
                     labels: hello.labels.clone().into_iter().collect(),
-                    at_ms: crate::now_ms(),
+                    at_ms: slipway_common::now_ms(),
                 })
                 .await?;
         }
@@ -238,8 +238,12 @@ async fn handle_build_event(ctx: &Arc<Context>, node_id: &str, event: BuildEvent
             tracing::warn!(build = %build_id, attempt, %reason, "build refused; placing it again");
             ctx.fleet.refused(node_id, &refusal.reason);
             ctx.events.log(&build_id, format!("==> {reason}; placing the build again"));
-            let requeue =
-                Command::RequeueBuild { build_id: build_id.clone(), attempt, reason, at_ms: crate::now_ms() };
+            let requeue = Command::RequeueBuild {
+                build_id: build_id.clone(),
+                attempt,
+                reason,
+                at_ms: slipway_common::now_ms(),
+            };
             if let Err(err) = ctx.store.write(requeue).await {
                 tracing::warn!(build = %build_id, %err, "cannot requeue the refused build");
             }

@@ -160,7 +160,8 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         check_create_app(&req)?;
         let branch = if req.branch.is_empty() { "main".to_string() } else { req.branch };
-        let cmd = Command::CreateApp { name: req.name, repo: req.repo, branch, at_ms: crate::now_ms() };
+        let cmd =
+            Command::CreateApp { name: req.name, repo: req.repo, branch, at_ms: slipway_common::now_ms() };
         match self.ctx.store.write(cmd).await? {
             Applied::App(app) => Ok(Response::new(convert::app(&app, &self.ctx.config.deploy.stack))),
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
@@ -244,7 +245,7 @@ impl pb::control_server::Control for ControlService {
             git_ref,
             no_cache: req.no_cache,
             request_id: Some(request_id),
-            at_ms: crate::now_ms(),
+            at_ms: slipway_common::now_ms(),
         };
         let build = match self.ctx.store.write(cmd).await? {
             Applied::Build(b) => b,
@@ -394,7 +395,7 @@ impl pb::control_server::Control for ControlService {
             app: req.app,
             to: (req.to != 0).then_some(req.to),
             request_id: Some(request_id),
-            at_ms: crate::now_ms(),
+            at_ms: slipway_common::now_ms(),
         };
         let release = match self.ctx.store.write(cmd).await? {
             Applied::Release(r) => r,

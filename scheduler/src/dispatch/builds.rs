@@ -91,7 +91,7 @@ pub(super) async fn place_queued(ctx: &Arc<Context>) {
             ctx.dispatch.placements.no_node();
             let queue_timeout = ctx.config.placement.queue_timeout_secs;
             let queued_at = if build.queued_at_ms == 0 { build.created_at_ms } else { build.queued_at_ms };
-            if crate::now_ms().saturating_sub(queued_at) > queue_timeout * 1000 {
+            if slipway_common::now_ms().saturating_sub(queued_at) > queue_timeout * 1000 {
                 let reason =
                     format!("no node could take the build within {queue_timeout} s: {}", decision.explain());
                 expire(ctx, &build.id, reason).await;
@@ -151,7 +151,7 @@ async fn expire(ctx: &Arc<Context>, build_id: &str, reason: String) {
     let cmd = Command::ExpireBuild {
         build_id: build_id.to_string(),
         reason: reason.clone(),
-        at_ms: crate::now_ms(),
+        at_ms: slipway_common::now_ms(),
     };
     match ctx.store.write(cmd).await {
         Ok(Response::Build(_)) => {
@@ -189,7 +189,7 @@ pub(super) async fn requeue_lost(ctx: &Arc<Context>) {
                 build_id: build_id.clone(),
                 attempt,
                 reason,
-                at_ms: crate::now_ms(),
+                at_ms: slipway_common::now_ms(),
             })
             .await
         {
@@ -228,7 +228,7 @@ pub async fn finish_build(
         build_id: build_id.to_string(),
         attempt,
         result: result.clone(),
-        at_ms: crate::now_ms(),
+        at_ms: slipway_common::now_ms(),
     };
     match ctx.store.write(cmd).await {
         Ok(Response::Release(release)) => {

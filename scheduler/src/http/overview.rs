@@ -175,7 +175,7 @@ impl Overview {
             let mut recent_releases: Vec<&Release> = s.releases.values().flatten().collect();
             recent_releases.sort_by_key(|r| std::cmp::Reverse((r.created_at_ms, r.number)));
             Overview {
-                now_ms: crate::now_ms(),
+                now_ms: slipway_common::now_ms(),
                 leading,
                 raft,
                 nodes: s

@@ -230,7 +230,7 @@ fn create_app() -> Command {
         name: APP.into(),
         repo: "https://git.example.com/acme/bench.git".into(),
         branch: "main".into(),
-        at_ms: slipway_scheduler::now_ms(),
+        at_ms: slipway_common::now_ms(),
     }
 }
 
@@ -243,7 +243,7 @@ async fn build_record(slipway: &Slipway, leader: u64) -> Vec<u8> {
         git_ref: "3f786850e387550fdab836ed7e6dc881de23001b".into(),
         no_cache: false,
         request_id: Some(format!("bench-raft-{:016}", 0)),
-        at_ms: slipway_scheduler::now_ms(),
+        at_ms: slipway_common::now_ms(),
     };
     let queued = slipway.write(leader, &queue).await.expect("queue a build");
     let Response::Build(build) = &queued.response else {
@@ -252,7 +252,7 @@ async fn build_record(slipway: &Slipway, leader: u64) -> Vec<u8> {
     let cancel = Command::CancelBuild {
         build_id: build.id.clone(),
         reason: "bench-raft: only its size was needed".into(),
-        at_ms: slipway_scheduler::now_ms(),
+        at_ms: slipway_common::now_ms(),
     };
     let cancelled = slipway.write(leader, &cancel).await.expect("cancel the build");
     assert!(
@@ -291,7 +291,7 @@ impl NodeWrites {
             name: format!("bench-{n:016}"),
             labels: [("pad".to_string(), "x".repeat(self.label_bytes))].into(),
             draining: false,
-            registered_at_ms: slipway_scheduler::now_ms(),
+            registered_at_ms: slipway_common::now_ms(),
         }
     }
 }
