@@ -16,7 +16,8 @@
 //!   [`report`]: measures build filesystem, CPU, memory and engine health, and records
 //!   each report for `/metrics`. [`reclaim`]: frees build disk by removing only
 //!   slipway's own leftovers. [`enroll`]: joins with a token, keeps and renews the
-//!   agent's certificate.
+//!   agent's certificate. [`router`]: keeps this node's router (the Caddy task of
+//!   `<stack>_router`) serving the routes the leader sent, through its admin socket.
 //! - [`session`]: the long-lived gRPC session with the scheduler (hello, reports,
 //!   assignments, build events), reconnecting with backoff; runs the builds.
 //! - [`run`] (here): wires the `/metrics` listener and the session together.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod reclaim;
 pub mod report;
+pub mod router;
 pub mod session;
 
 use std::future::Future;

@@ -16,7 +16,10 @@
 //! secret_args = ["NPM_TOKEN"]  # values live on the build nodes, not here
 //! [run]
 //! replicas = 2
-//! port = 8080
+//! port = 8080                 # the container port; the router reaches the app there
+//! domains = ["shop.example.com"]   # beside <app>.<router domain>
+//! publish = 5432              # a host port, only for what the router does not serve
+//! constraints = ["node.labels.ssd == true"]
 //! env = { LOG_LEVEL = "info" }
 //! persist = ["/app/uploads", "/app/data"]
 //! [run.healthcheck]
@@ -60,6 +63,9 @@ pub const MAX_REPLICAS: u32 = 1000;
 
 /// Most secret build arguments a manifest may name.
 pub const MAX_SECRET_ARGS: usize = 64;
+
+/// Most host names (`run.domains`) and placement constraints a manifest may list.
+pub const MAX_DOMAINS: usize = 32;
 
 /// A parsed and validated `slipway.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -110,8 +116,15 @@ impl Default for BuildSection {
 pub struct RunSection {
     /// Number of tasks of the Swarm service, 1 to [`MAX_REPLICAS`].
     pub replicas: u32,
-    /// Container port published to the outside.
+    /// Container port the app listens on (also its `$PORT`); the router reaches it there.
     pub port: Option<u16>,
+    /// Host port published to [`RunSection::port`] on the nodes, for apps the router
+    /// does not serve.
+    pub publish: Option<u16>,
+    /// Host names the router serves the app at, beside `<app>.<router domain>`.
+    pub domains: Vec<String>,
+    /// Swarm placement constraints of the tasks.
+    pub constraints: Vec<String>,
     /// Environment of the containers.
     pub env: BTreeMap<String, String>,
     /// Absolute container paths kept on shared storage across releases.
@@ -122,7 +135,16 @@ pub struct RunSection {
 
 impl Default for RunSection {
     fn default() -> Self {
-        Self { replicas: 1, port: None, env: BTreeMap::new(), persist: Vec::new(), healthcheck: None }
+        Self {
+            replicas: 1,
+            port: None,
+            publish: None,
+            domains: Vec::new(),
+            constraints: Vec::new(),
+            env: BTreeMap::new(),
+            persist: Vec::new(),
+            healthcheck: None,
+        }
     }
 }
 
@@ -299,7 +321,49 @@ impl Manifest {
             fail("run.replicas".into(), format!("must be 1 to {MAX_REPLICAS}, got {}", r.replicas));
         }
         if r.port == Some(0) {
-            fail("run.port".into(), "must be 1 to 65535, got 0 (omit it to publish no port)".into());
+            fail("run.port".into(), "must be 1 to 65535, got 0 (omit it if the app listens on none)".into());
+        }
+        match (r.publish, r.port) {
+            (Some(0), _) => fail(
+                "run.publish".into(),
+                "must be 1 to 65535, got 0 (omit it to publish no host port)".into(),
+            ),
+            (Some(_), None) => fail(
+                "run.publish".into(),
+                "publishes run.port on the hosts, but run.port is not set; add the port the app listens on"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if r.domains.len() > MAX_DOMAINS {
+            fail(
+                "run.domains".into(),
+                format!("lists {} names; the limit is {MAX_DOMAINS}", r.domains.len()),
+            );
+        }
+        for (i, domain) in r.domains.iter().enumerate().take(MAX_DOMAINS) {
+            if let Err(e) = validate::host_name(domain) {
+                fail(format!("run.domains[{i}]"), e.reason);
+            } else if r.domains[..i].contains(domain) {
+                fail(format!("run.domains[{i}]"), format!("{domain:?} is listed twice"));
+            }
+        }
+        if !r.domains.is_empty() && r.port.is_none() {
+            fail(
+                "run.domains".into(),
+                "the router needs run.port, the port the app listens on, to serve these names".into(),
+            );
+        }
+        if r.constraints.len() > MAX_DOMAINS {
+            fail(
+                "run.constraints".into(),
+                format!("lists {} constraints; the limit is {MAX_DOMAINS}", r.constraints.len()),
+            );
+        }
+        for (i, constraint) in r.constraints.iter().enumerate().take(MAX_DOMAINS) {
+            if let Err(e) = validate::placement_constraint(constraint) {
+                fail(format!("run.constraints[{i}]"), e.reason);
+            }
         }
         for (key, value) in &r.env {
             if !is_identifier(key) {
@@ -334,7 +398,7 @@ impl Manifest {
         errors
     }
 
-    /// The `[run]` part as it travels to the scheduler (0 means "not set" for the port
+    /// The `[run]` part as it travels to the scheduler (0 means "not set" for the ports
     /// and the healthcheck's durations and retries: Docker's defaults apply).
     pub fn run_spec(&self) -> slipway_proto::RunSpec {
         let r = &self.run;
@@ -344,6 +408,9 @@ impl Manifest {
             env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             persist: r.persist.clone(),
             healthcheck: r.healthcheck.as_ref().map(HealthcheckSection::to_wire),
+            publish: r.publish.map(u32::from).unwrap_or(0),
+            domains: r.domains.clone(),
+            constraints: r.constraints.clone(),
         }
     }
 }
@@ -548,6 +615,37 @@ retries = 3
         assert_eq!(h.interval_ms, 5000);
         assert_eq!((h.timeout_ms, h.start_period_ms), (0, 0));
         assert_eq!(h.retries, 3);
+    }
+
+    #[test]
+    fn routing_fields_are_checked_and_travel_to_the_scheduler() {
+        let m = Manifest::parse(
+            "name = \"db\"\n[run]\nport = 5432\npublish = 15432\ndomains = [\"db.example.com\"]\n\
+             constraints = [\"node.labels.ssd == true\"]\n",
+        )
+        .unwrap();
+        let run = m.run_spec();
+        assert_eq!((run.port, run.publish), (5432, 15432));
+        assert_eq!(run.domains, ["db.example.com"]);
+        assert_eq!(run.constraints, ["node.labels.ssd == true"]);
+        let msg = rejected("name = \"a\"\n[run]\npublish = 80\n", "run.publish");
+        assert!(msg.contains("run.port is not set"), "{msg}");
+        rejected("name = \"a\"\n[run]\nport = 80\npublish = 0\n", "run.publish");
+        let msg = rejected(
+            "name = \"a\"\n[run]\nport = 80\ndomains = [\"ok.example\", \"Bad.example\"]\n",
+            "run.domains[1]",
+        );
+        assert!(msg.contains("lowercase"), "{msg}");
+        let msg = rejected(
+            "name = \"a\"\n[run]\nport = 80\ndomains = [\"a.example\", \"a.example\"]\n",
+            "run.domains[1]",
+        );
+        assert!(msg.contains("twice"), "{msg}");
+        let msg = rejected("name = \"a\"\n[run]\ndomains = [\"a.example\"]\n", "run.domains");
+        assert!(msg.contains("needs run.port"), "{msg}");
+        let msg =
+            rejected("name = \"a\"\n[run]\nconstraints = [\"node.labels.x = 1\"]\n", "run.constraints[0]");
+        assert!(msg.contains("=="), "{msg}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ use crate::config::AgentConfig;
 use crate::metrics::LastReport;
 use crate::pipeline::{self, BuildJob, PipelineConfig};
 use crate::report::Reporter;
+use crate::router::Router;
 
 /// gRPC metadata key in which a follower names the leader's address.
 /// How long opening a session (and its Welcome) may take before trying elsewhere.
@@ -106,6 +107,8 @@ struct Agent {
     transport: Arc<std::sync::RwLock<slipway_proto::tls::Transport>>,
     /// Where every report measured is recorded for `/metrics`.
     last_report: LastReport,
+    /// The routes this node's router should serve, and what it serves.
+    router: Arc<Router>,
 }
 
 /// A task aborted when its handle is dropped.
@@ -154,7 +157,19 @@ pub async fn run(
         outbound: Mutex::new(None),
         transport,
         last_report,
+        router: Arc::new(Router::default()),
     });
+    let router_agent = agent.clone();
+    let _router = AbortOnDrop(tokio::spawn(
+        agent
+            .router
+            .clone()
+            .run(move || {
+                let agent = router_agent.clone();
+                async move { agent.docker().await }
+            })
+            .instrument(tracing::info_span!("router")),
+    ));
     tokio::select! {
         _ = connect_loop(agent.clone()) => {}
         _ = shutdown => tracing::info!("shutting down"),
@@ -279,34 +294,47 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
     let result = loop {
         let jitter = rand::rng().random_range(0..=interval.as_millis() as u64 / 5);
         let tick = tokio::time::sleep(interval + Duration::from_millis(jitter));
-        tokio::select! {
-            _ = tick => {
-                let (running, cached) = agent.snapshot();
-                let docker = agent.docker().await;
-                // A hung engine must not stop the session: the read loop goes on, and a
-                // report that cannot be measured in time is skipped.
-                let measured = tokio::time::timeout(MEASURE_TIMEOUT, reporter.measure(docker.as_ref(), running, cached));
-                match measured.await {
-                    Ok(report) => {
-                        let report = NodeReport { sent_at_ms: now_ms(), ..report };
-                        match tx.try_send(AgentMessage { msg: Some(AgentMsg::Report(report)) }) {
-                            Err(mpsc::error::TrySendError::Closed(_)) => break Ok(()),
-                            Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!("session backlog full; report skipped"),
-                            Ok(()) => {}
-                        }
-                    }
-                    Err(_) => tracing::warn!(timeout = ?MEASURE_TIMEOUT, "measuring the node took too long; report skipped"),
-                }
-            }
+        // A report goes out on the period, and at once when the router's state changes.
+        let report_now = tokio::select! {
+            _ = tick => true,
+            _ = agent.router.changed.notified() => true,
             msg = inbound.next() => match msg {
-                Some(Ok(msg)) => match msg.msg {
-                    Some(SchedMsg::Assign(a)) => agent.clone().assign(a),
-                    Some(SchedMsg::Cancel(c)) => agent.cancel(&c.build_id, c.attempt),
-                    Some(SchedMsg::Welcome(_)) | None => {}
-                },
+                Some(Ok(msg)) => {
+                    match msg.msg {
+                        Some(SchedMsg::Assign(a)) => agent.clone().assign(a),
+                        Some(SchedMsg::Cancel(c)) => agent.cancel(&c.build_id, c.attempt),
+                        Some(SchedMsg::Router(config)) => agent.router.load(config),
+                        Some(SchedMsg::Welcome(_)) | None => {}
+                    }
+                    false
+                }
                 Some(Err(status)) => break Err(SessionEnd::Failed(status.message().to_string())),
                 None => break Ok(()),
             },
+        };
+        if !report_now {
+            continue;
+        }
+        let (running, cached) = agent.snapshot();
+        let docker = agent.docker().await;
+        // A hung engine must not stop the session: the read loop goes on, and a
+        // report that cannot be measured in time is skipped.
+        let measured =
+            tokio::time::timeout(MEASURE_TIMEOUT, reporter.measure(docker.as_ref(), running, cached));
+        match measured.await {
+            Ok(report) => {
+                let report = NodeReport { sent_at_ms: now_ms(), router: agent.router.status(), ..report };
+                match tx.try_send(AgentMessage { msg: Some(AgentMsg::Report(report)) }) {
+                    Err(mpsc::error::TrySendError::Closed(_)) => break Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::warn!("session backlog full; report skipped")
+                    }
+                    Ok(()) => {}
+                }
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?MEASURE_TIMEOUT, "measuring the node took too long; report skipped")
+            }
         }
     };
     agent.detach();

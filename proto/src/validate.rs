@@ -284,6 +284,98 @@ pub fn image(image: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The host name every router answers its routes' version at (`.invalid` is reserved by
+/// RFC 2606, so no app can be reached there and no manifest may claim it).
+pub const ROUTER_STATUS_HOST: &str = "slipway-router.invalid";
+
+/// Longest host name (RFC 1035).
+pub const MAX_HOST_NAME_BYTES: usize = 253;
+
+/// A host name the router may serve an app at: lowercase DNS labels (`a-z`, `0-9`, `-`,
+/// 1–63 characters, not starting or ending with `-`) joined by dots, at least two labels,
+/// at most 253 characters, not an IP address, not under the reserved `.invalid`.
+pub fn host_name(name: &str) -> Result<(), Invalid> {
+    const WHAT: &str = "host name";
+    if name.is_empty() || name.len() > MAX_HOST_NAME_BYTES {
+        return Err(invalid(
+            WHAT,
+            format!("it is {} bytes long; use 1 to {MAX_HOST_NAME_BYTES}", name.len()),
+        ));
+    }
+    if name.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(invalid(WHAT, format!("{name:?} has uppercase letters; write it in lowercase")));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return Err(invalid(
+            WHAT,
+            format!("{name:?} is a single label; give a full name such as shop.example.com"),
+        ));
+    }
+    for label in &labels {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok {
+            return Err(invalid(
+                WHAT,
+                format!(
+                    "{name:?} has the label {label:?}; each dot-separated label is 1 to 63 of a-z, 0-9 and '-', \
+                     not starting or ending with '-'"
+                ),
+            ));
+        }
+    }
+    if labels.last().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+        return Err(invalid(WHAT, format!("{name:?} is an IP address; the router routes by host name")));
+    }
+    if labels.last() == Some(&"invalid") {
+        return Err(invalid(
+            WHAT,
+            format!("{name:?} is under .invalid, which slipway reserves for the router"),
+        ));
+    }
+    Ok(())
+}
+
+/// Node attributes a Swarm placement constraint may test (`node.labels.*` and
+/// `engine.labels.*` take any label name).
+const CONSTRAINT_ATTRIBUTES: &[&str] =
+    &["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"];
+
+/// A Swarm placement constraint: `<attribute> == <value>` or `<attribute> != <value>`,
+/// the attribute one of `node.id`, `node.hostname`, `node.role`, `node.platform.os`,
+/// `node.platform.arch`, `node.labels.<name>` or `engine.labels.<name>`.
+pub fn placement_constraint(constraint: &str) -> Result<(), Invalid> {
+    const WHAT: &str = "placement constraint";
+    const FORM: &str = "write `<attribute> == <value>` or `<attribute> != <value>`, the attribute one of \
+                        node.id, node.hostname, node.role, node.platform.os, node.platform.arch, \
+                        node.labels.<name>, engine.labels.<name>";
+    if constraint.len() > MAX_ID_BYTES || constraint.chars().any(char::is_control) {
+        return Err(invalid(
+            WHAT,
+            format!("it is over {MAX_ID_BYTES} bytes or holds a control character; {FORM}"),
+        ));
+    }
+    let split = constraint.split_once("==").or_else(|| constraint.split_once("!="));
+    let Some((attribute, value)) = split else {
+        return Err(invalid(WHAT, format!("{constraint:?} has no == or !=; {FORM}")));
+    };
+    let (attribute, value) = (attribute.trim(), value.trim());
+    let labelled = ["node.labels.", "engine.labels."]
+        .iter()
+        .any(|prefix| attribute.strip_prefix(prefix).is_some_and(|name| !name.is_empty()));
+    if !(labelled || CONSTRAINT_ATTRIBUTES.contains(&attribute)) {
+        return Err(invalid(WHAT, format!("{constraint:?} tests {attribute:?}; {FORM}")));
+    }
+    if value.is_empty() || value.contains("==") || value.contains("!=") {
+        return Err(invalid(WHAT, format!("{constraint:?} has no single value to compare with; {FORM}")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,5 +691,51 @@ mod tests {
         assert_eq!(registry_of("library/shop"), "docker.io");
         assert!(tag("b-1.2_x").is_ok());
         assert!(tag("-x").is_err() && tag("").is_err() && tag("a/b").is_err());
+    }
+
+    #[test]
+    fn host_names_are_lowercase_dns_names_of_two_labels_or_more() {
+        for ok in ["shop.example.com", "a.b", "hello.localhost", "x-1.y2.example"] {
+            host_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, says) in [
+            ("", "bytes long"),
+            ("Shop.example.com", "lowercase"),
+            ("localhost", "single label"),
+            ("shop..example.com", "label \"\""),
+            ("-shop.example.com", "not starting"),
+            ("shop_1.example.com", "label"),
+            ("10.0.0.1", "IP address"),
+            ("router.slipway.invalid", ".invalid"),
+        ] {
+            let err = host_name(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        host_name(ROUTER_STATUS_HOST).unwrap_err();
+        let long = format!("{}.com", "a.".repeat(130));
+        assert!(host_name(&long).unwrap_err().to_string().contains("bytes long"));
+    }
+
+    #[test]
+    fn placement_constraints_name_an_attribute_an_operator_and_a_value() {
+        for ok in [
+            "node.labels.gpu == true",
+            "node.role!=manager",
+            "engine.labels.ssd == yes",
+            "node.hostname == n1",
+        ] {
+            placement_constraint(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, says) in [
+            ("node.labels.gpu = true", "no == or !="),
+            ("node.colour == red", "tests \"node.colour\""),
+            ("node.labels. == x", "tests"),
+            ("node.role ==", "no single value"),
+            ("node.role == a == b", "no single value"),
+            ("node.role == a\nb", "control character"),
+        ] {
+            let err = placement_constraint(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 }

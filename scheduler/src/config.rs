@@ -30,6 +30,8 @@ pub struct SchedulerConfig {
     pub registry: RegistryConfig,
     /// How releases become Swarm services.
     pub deploy: DeployConfig,
+    /// The router (Caddy) every app is reached through by host name.
+    pub router: RouterSettings,
     /// How the leader judges its agents' liveness.
     pub agents: AgentsConfig,
     /// How builds are placed, and how long one may wait for a node.
@@ -166,6 +168,21 @@ pub enum PublishModeConfig {
     Host,
 }
 
+/// The router: a Caddy service `<stack>_router` on every node, publishing `http_port`,
+/// serving each app at `<app>.<domain>` and its manifest's `run.domains`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSettings {
+    /// Apps answer at `<app>.<domain>`; point a wildcard DNS record `*.<domain>` at the
+    /// router nodes (`localhost` needs none: `*.localhost` is the local host).
+    pub domain: String,
+    /// Host port the router publishes on every node (its container listens on 80).
+    pub http_port: u16,
+    /// The router's image: Caddy 2.6 or later, with `caddy` on the `PATH`
+    /// (`packaging/router-image.sh` builds `slipway/router:latest` from Debian's caddy).
+    pub image: String,
+}
+
 /// Shared storage for the apps' `persist` directories.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +223,7 @@ impl Default for SchedulerConfig {
             data_dir: PathBuf::from("/var/lib/slipway/scheduler"),
             registry: RegistryConfig::default(),
             deploy: DeployConfig::default(),
+            router: RouterSettings::default(),
             agents: AgentsConfig::default(),
             placement: PlacementConfig::default(),
             cluster: ClusterConfig::default(),
@@ -257,6 +275,12 @@ impl Default for DeployConfig {
             converge_timeout_secs: 180,
             nfs: None,
         }
+    }
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self { domain: "localhost".into(), http_port: 80, image: "slipway/router:latest".into() }
     }
 }
 
@@ -402,6 +426,21 @@ impl Check for SchedulerConfig {
             return Err(CommonError::invalid(format!(
                 "deploy.stack {:?} must be a DNS label (lowercase letters, digits, '-')",
                 self.deploy.stack
+            )));
+        }
+        if self.router.domain != "localhost" {
+            slipway_proto::validate::host_name(&self.router.domain)
+                .map_err(|e| CommonError::invalid(format!("router.domain: {}", e.reason)))?;
+        }
+        if self.router.http_port == 0 {
+            return Err(CommonError::invalid("router.http_port must be 1 to 65535 (80 on a real fleet)"));
+        }
+        if self.router.image.is_empty()
+            || self.router.image.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(CommonError::invalid(format!(
+                "router.image {:?} must be an image reference such as slipway/router:latest",
+                self.router.image
             )));
         }
         self.validate_cluster()?;

@@ -8,7 +8,7 @@ use slipway_proto as pb;
 use crate::state::{self, BuildState, DeployState};
 
 /// An app as the control API shows it (its service named in `stack`).
-pub fn app(a: &state::App, stack: &str) -> pb::App {
+pub fn app(a: &state::App, stack: &str, urls: Vec<String>) -> pb::App {
     pb::App {
         name: a.name.clone(),
         repo: a.repo.clone(),
@@ -16,6 +16,7 @@ pub fn app(a: &state::App, stack: &str) -> pb::App {
         created_at_ms: a.created_at_ms,
         current_release: a.current_release,
         service: format!("{stack}_{}", a.name),
+        urls,
     }
 }
 
@@ -122,6 +123,9 @@ pub fn run_spec(r: &state::RunSpec) -> pb::RunSpec {
         env: r.env.clone().into_iter().collect(),
         persist: r.persist.clone(),
         healthcheck: r.healthcheck.as_ref().map(healthcheck),
+        publish: r.publish.map(u32::from).unwrap_or_default(),
+        domains: r.domains.clone(),
+        constraints: r.constraints.clone(),
     }
 }
 
@@ -134,6 +138,9 @@ pub fn run_spec_from(r: &pb::RunSpec) -> state::RunSpec {
         persist: r.persist.clone(),
         // A check without a command is the wire's empty message: no healthcheck.
         healthcheck: r.healthcheck.as_ref().filter(|h| !h.cmd.is_empty()).map(healthcheck_from),
+        publish: u16::try_from(r.publish).ok().filter(|p| *p != 0),
+        domains: r.domains.clone(),
+        constraints: r.constraints.clone(),
     }
 }
 

@@ -165,6 +165,28 @@ impl Fleet {
         }
     }
 
+    /// Sends a message to every connected agent; returns how many took it.
+    pub fn broadcast(&self, msg: &SchedMsg) -> usize {
+        let txs: Vec<_> = {
+            let inner = self.inner.lock().expect("fleet lock poisoned");
+            inner.sessions.values().map(|s| s.tx.clone()).collect()
+        };
+        txs.into_iter().filter(|tx| tx.try_send(SchedulerMessage { msg: Some(msg.clone()) }).is_ok()).count()
+    }
+
+    /// The router status each connected agent last reported, by node id (`None`: the
+    /// agent has not reported one).
+    pub fn routers(&self) -> Vec<(String, Option<slipway_proto::RouterStatus>)> {
+        let inner = self.inner.lock().expect("fleet lock poisoned");
+        let mut routers: Vec<_> = inner
+            .sessions
+            .iter()
+            .map(|(id, s)| (id.clone(), s.report.as_ref().and_then(|r| r.router.clone())))
+            .collect();
+        routers.sort_by(|a, b| a.0.cmp(&b.0));
+        routers
+    }
+
     /// Called when this member gains or loses leadership. Either way the old soft state
     /// is forgotten: nodes start Unknown until they report to the new leader, and
     /// dropping the sessions ends their streams so agents go find the leader.

@@ -27,7 +27,9 @@
 //! 4. **The context**: [`context::Context`], what the parts below share.
 //! 5. **The leader's work**: [`dispatch`] (place builds, deploy releases, renew
 //!    registry grants, follow leadership) and [`deploy`] (the Swarm side of a deploy:
-//!    the service spec, engine calls, convergence).
+//!    the service spec, engine calls, convergence) and [`router`] (the Caddy service
+//!    every app is reached through by host name, and the routes each agent loads into
+//!    its node's router).
 //! 6. **The API**: [`api`]: the gRPC services: operator control, agent sessions,
 //!    enrollment.
 //! 7. **The HTTP side**: [`http`]: the fleet page, `/metrics`, `/healthz`, `/readyz`,
@@ -50,6 +52,7 @@ pub mod fleet;
 pub mod http;
 pub mod placement;
 pub mod raft;
+pub mod router;
 pub mod security;
 pub mod server;
 pub mod state;

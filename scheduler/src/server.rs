@@ -204,6 +204,9 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     tasks.spawn(
         crate::dispatch::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("dispatcher")),
     );
+    tasks.spawn(
+        crate::router::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("router")),
+    );
 
     Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })
 }

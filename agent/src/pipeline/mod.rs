@@ -65,6 +65,10 @@ pub struct BuildJob {
     pub repository: String,
     /// How to log in to the registry (None: it takes anonymous pushes).
     pub registry_login: Option<docker::RegistryLogin>,
+    /// Host names other apps hold (host → app): a manifest claiming one fails.
+    pub held_hosts: std::collections::HashMap<String, String>,
+    /// Host ports other apps publish (port → app): a manifest publishing one fails.
+    pub held_ports: std::collections::HashMap<u32, String>,
 }
 
 impl From<&BuildAssignment> for BuildJob {
@@ -78,6 +82,8 @@ impl From<&BuildAssignment> for BuildJob {
             no_cache: a.no_cache,
             repository: a.repository.clone(),
             registry_login: a.registry_login.clone(),
+            held_hosts: a.held_hosts.clone(),
+            held_ports: a.held_ports.clone(),
         }
     }
 }
@@ -430,7 +436,30 @@ async fn read_manifest(dir: &Path, job: &BuildJob, git_sha: &str) -> Result<Mani
             manifest.name, job.app, manifest.name
         )));
     }
+    check_claims(&manifest, job)?;
     Ok(manifest)
+}
+
+/// Refuses a manifest that claims a host name or host port another app holds, before
+/// the image is built (the scheduler checks again when it records the release).
+fn check_claims(manifest: &Manifest, job: &BuildJob) -> Result<(), Failure> {
+    let held = |field: String, what: String, holder: &str| {
+        Failure::Manifest(format!(
+            "{MANIFEST_FILE}: {field}: {what} is held by app {holder:?}; remove it from this app's \
+             {MANIFEST_FILE}, or from {holder}'s and deploy {holder} first"
+        ))
+    };
+    for (i, domain) in manifest.run.domains.iter().enumerate() {
+        if let Some(holder) = job.held_hosts.get(domain) {
+            return Err(held(format!("run.domains[{i}]"), format!("host name {domain:?}"), holder));
+        }
+    }
+    if let Some(port) = manifest.run.publish {
+        if let Some(holder) = job.held_ports.get(&u32::from(port)) {
+            return Err(held("run.publish".into(), format!("host port {port}"), holder));
+        }
+    }
+    Ok(())
 }
 
 fn short(sha: &str) -> &str {
@@ -529,6 +558,8 @@ mod tests {
             no_cache: false,
             repository: format!("{registry}/{app}"),
             registry_login: None,
+            held_hosts: Default::default(),
+            held_ports: Default::default(),
         }
     }
 
@@ -587,8 +618,12 @@ mod tests {
                 username: "slipway-grant".into(),
                 password: "v1.secret".into(),
             }),
+            held_hosts: [("shop.example.com".to_owned(), "blog".to_owned())].into(),
+            held_ports: [(5432, "db".to_owned())].into(),
         };
         let j = BuildJob::from(&a);
+        assert_eq!(j.held_hosts["shop.example.com"], "blog");
+        assert_eq!(j.held_ports[&5432], "db");
         assert_eq!((j.build_id.as_str(), j.attempt, j.no_cache), ("b-1", 2, true));
         assert_eq!(j.repository, "127.0.0.1:5000/shop");
         assert_eq!(j.registry_login.as_ref().map(|l| l.password.as_str()), Some("v1.secret"));
@@ -624,6 +659,29 @@ mod tests {
         let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
         assert_eq!(err.phase, "manifest");
         assert!(err.reason.contains("\"blog\"") && err.reason.contains("\"shop\""), "{}", err.reason);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_claiming_what_another_app_holds_fails_before_the_build() {
+        let repo = GitRepo::empty();
+        let manifest = "name = \"shop\"\n[run]\nport = 8080\ndomains = [\"www.example.com\"]\n";
+        repo.commit_files(&[("slipway.toml", manifest), ("Dockerfile", "FROM scratch\n")], "x");
+        let (_tmp, root) = build_root();
+        let mut j = job(&repo.url(), "shop", "127.0.0.1:5000");
+        j.held_hosts.insert("www.example.com".into(), "blog".into());
+        // The engine is never reached: the claim fails in the manifest phase.
+        let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "manifest");
+        assert!(
+            err.reason.contains("run.domains[0]") && err.reason.contains("held by app \"blog\""),
+            "{}",
+            err.reason
+        );
+        let manifest = "name = \"shop\"\n[run]\nport = 5432\npublish = 5432\n";
+        repo.commit_files(&[("slipway.toml", manifest)], "y");
+        j.held_ports.insert(5432, "db".into());
+        let err = run_build(&unreachable_docker(), &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert!(err.reason.contains("run.publish: host port 5432 is held by app \"db\""), "{}", err.reason);
     }
 
     #[tokio::test]

@@ -96,6 +96,10 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         tx.send(SchedulerMessage { msg: Some(SchedMsg::Welcome(welcome)) })
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
+        let routes = crate::router::config(&ctx);
+        tx.send(SchedulerMessage { msg: Some(SchedMsg::Router(routes)) })
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
         let session_id = ctx.fleet.open(&node_id, &hello, tx);
         tracing::info!(node = %name, %node_id, "agent session opened");
         ctx.dispatcher_wake();

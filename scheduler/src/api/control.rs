@@ -160,10 +160,22 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         check_create_app(&req)?;
         let branch = if req.branch.is_empty() { "main".to_string() } else { req.branch };
+        // The router serves the app at <app>.<domain>: no other app may hold that name.
+        let host = crate::router::routes::app_host(&req.name, &self.ctx.config.router.domain);
+        let holder = self.ctx.store.read_current(|s| s.claims(None).hosts.get(&host).cloned()).await?;
+        if let Some(holder) = holder {
+            return Err(Status::already_exists(format!(
+                "the router would serve app {:?} at {host:?}, which app {holder:?} holds in its run.domains; \
+                 pick another app name, or remove {host:?} from {holder}'s slipway.toml and deploy {holder}",
+                req.name
+            )));
+        }
         let cmd =
             Command::CreateApp { name: req.name, repo: req.repo, branch, at_ms: slipway_common::now_ms() };
         match self.ctx.store.write(cmd).await? {
-            Applied::App(app) => Ok(Response::new(convert::app(&app, &self.ctx.config.deploy.stack))),
+            Applied::App(app) => {
+                Ok(Response::new(convert::app(&app, &self.ctx.config.deploy.stack, Vec::new())))
+            }
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }
@@ -172,11 +184,14 @@ impl pb::control_server::Control for ControlService {
         &self,
         _: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsResponse>, Status> {
-        let stack = &self.ctx.config.deploy.stack;
+        let (stack, router) = (&self.ctx.config.deploy.stack, &self.ctx.config.router);
+        let urls = |s: &crate::state::State, app: &str| {
+            crate::router::routes::app_urls(s, app, &router.domain, router.http_port)
+        };
         let apps = self
             .ctx
             .store
-            .read_current(|s| s.apps.values().map(|a| convert::app(a, stack)).collect())
+            .read_current(|s| s.apps.values().map(|a| convert::app(a, stack, urls(s, &a.name))).collect())
             .await?;
         Ok(Response::new(pb::ListAppsResponse { apps }))
     }
@@ -184,11 +199,14 @@ impl pb::control_server::Control for ControlService {
     async fn get_app(&self, req: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
         let name = req.into_inner().name;
         validate::app_name(&name).map_err(Error::from)?;
-        let stack = &self.ctx.config.deploy.stack;
+        let (stack, router) = (&self.ctx.config.deploy.stack, &self.ctx.config.router);
         let app = self
             .ctx
             .store
-            .read_current(|s| s.app(&name).map(|a| convert::app(a, stack)))
+            .read_current(|s| {
+                let urls = crate::router::routes::app_urls(s, &name, &router.domain, router.http_port);
+                s.app(&name).map(|a| convert::app(a, stack, urls))
+            })
             .await?
             .map_err(Error::from)?;
         Ok(Response::new(app))

@@ -32,7 +32,7 @@ fn engine_socket(docker: &Docker) -> String {
 }
 
 /// Sorts a bollard error into what the caller can act on.
-pub(super) fn engine_error(docker: &Docker, action: impl Into<String>, err: BollardError) -> DeployError {
+pub(crate) fn engine_error(docker: &Docker, action: impl Into<String>, err: BollardError) -> DeployError {
     match err {
         BollardError::DockerResponseServerError { status_code, message } => {
             if status_code == 503 && message.contains("not a swarm manager") {
@@ -49,7 +49,7 @@ pub(super) fn engine_error(docker: &Docker, action: impl Into<String>, err: Boll
     }
 }
 
-pub(super) fn has_status(err: &BollardError, status: u16) -> bool {
+pub(crate) fn has_status(err: &BollardError, status: u16) -> bool {
     matches!(err, BollardError::DockerResponseServerError { status_code, .. } if *status_code == status)
 }
 
@@ -66,7 +66,7 @@ fn is_already_exists(err: &BollardError) -> bool {
 }
 
 /// Creates the stack's overlay network if it is missing; a concurrent creation is fine.
-pub(super) async fn ensure_network(docker: &Docker, stack: &str) -> Result<(), DeployError> {
+pub(crate) async fn ensure_network(docker: &Docker, stack: &str) -> Result<(), DeployError> {
     let name = network_name(stack);
     match docker.inspect_network(&name, None).await {
         Ok(network) if network.scope.as_deref() == Some("swarm") => return Ok(()),

@@ -54,7 +54,8 @@ pub use spec::{
 };
 
 use converge::converge;
-use engine::{apply, engine_error, ensure_network, has_status};
+use engine::apply;
+pub(crate) use engine::{engine_error, ensure_network, has_status};
 use spec::validate_names;
 
 /// Label `docker stack` uses to group services, networks and volumes into a stack.

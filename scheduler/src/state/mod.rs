@@ -18,8 +18,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+mod claims;
 mod records;
 
+pub use claims::Claims;
 pub use records::{
     App, Build, BuildOutput, BuildState, DeployState, Healthcheck, NodeRecord, PhaseTimings, Release,
     RequestOutcome, RunSpec,
@@ -250,6 +252,19 @@ pub enum ApplyError {
         /// The state(s) the command needs.
         expected: String,
     },
+    #[error("{field}: {value} is held by app {holder:?}; remove it from this app's slipway.toml, or from {holder}'s and deploy {holder} first")]
+    /// The release claims a host name or host port another app holds.
+    Claimed {
+        /// The manifest field, e.g. `run.domains`.
+        field: String,
+        /// What is claimed, e.g. `host name "shop.example.com"`.
+        value: String,
+        /// The app that holds it.
+        holder: String,
+    },
+    #[error("invalid [run] table: {0}")]
+    /// The release's run spec is not valid (it came from an agent).
+    InvalidRun(String),
     #[error("app {app:?} has builds in progress ({build}); wait for them or cancel them first")]
     /// The app has a build in progress.
     AppBusy {
@@ -371,6 +386,13 @@ impl State {
                 };
                 let app = build.app.clone();
                 let node_id = build.node_id.clone().unwrap_or_default();
+                if let Err(refused) = self.check_claims(&app, &output.run) {
+                    let build = self.builds.get_mut(build_id).expect("checked above");
+                    build.state = BuildState::Failed;
+                    build.error = Some(format!("the image was pushed but cannot be released: {refused}"));
+                    build.finished_at_ms = Some(*at_ms);
+                    return Ok(Response::Build(build.clone()));
+                }
                 let releases = self.releases.entry(app.clone()).or_default();
                 let number = releases.last().map_or(1, |r| r.number + 1);
                 let release = Release {
@@ -458,6 +480,7 @@ impl State {
                     timings: PhaseTimings::default(),
                     ..target.clone()
                 };
+                self.check_claims(app, &release.run)?;
                 self.releases.entry(app.clone()).or_default().push(release.clone());
                 self.remember(request_id, RequestOutcome::Release { app: app.clone(), number });
                 Ok(Response::Release(release))

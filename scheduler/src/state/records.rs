@@ -126,8 +126,18 @@ pub struct PhaseTimings {
 pub struct RunSpec {
     /// How many tasks run.
     pub replicas: u32,
-    /// The container port the app listens on.
+    /// The container port the app listens on (the router reaches it there).
     pub port: Option<u16>,
+    /// Host port published to `port` on the nodes; unique across apps.
+    #[serde(default)]
+    pub publish: Option<u16>,
+    /// Host names the router serves the app at, beside `<app>.<router domain>`; unique
+    /// across apps.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Swarm placement constraints of the tasks.
+    #[serde(default)]
+    pub constraints: Vec<String>,
     /// Environment of the tasks.
     pub env: BTreeMap<String, String>,
     /// Directories kept on shared storage across tasks and releases.
