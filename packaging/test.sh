@@ -6,10 +6,11 @@
 #
 # From a fresh clone on Debian 12 (as root, or with sudo):
 #   1. installs what the tests need, only what is missing: git, curl, busybox-static,
-#      docker-registry (its packaged service is not started), chromium (the fleet
-#      page's tests), a C toolchain and pkg-config if absent;
+#      docker-registry and caddy (their packaged services are not started), chromium
+#      (the fleet page's tests), a C toolchain and pkg-config if absent;
 #   2. makes sure cargo (with fmt and clippy) is there, a Docker engine answers and is
-#      an active Swarm manager, and the base image slipway/busybox:latest exists;
+#      an active Swarm manager, and the images slipway/busybox:latest (base) and
+#      slipway/router:latest (Caddy, the stacks' router) exist;
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo test (all tiers; Docker
 #      tests fail instead of skipping when SLIPWAY_REQUIRE_DOCKER=1, as in CI).
 # Prints each step's time, and a summary at the end, also on failure.
@@ -69,15 +70,17 @@ install_test_deps() {
     have pkg-config || pkgs+=(pkg-config)
     # (Explicit returns: `step` runs this with set -e suspended.)
     apt_install "${pkgs[@]}" || return 1
-    # The tests run their own registries; the package's service must not grab :5000.
-    apt_install_nostart docker-registry || return 1
+    # The tests run their own registries and routers; the packages' services must not
+    # grab :5000 and :80.
+    apt_install_nostart docker-registry caddy || return 1
 }
 
 show_versions() {
     cargo --version && rustc --version &&
         docker version --format 'docker engine {{.Server.Version}} (API {{.Server.APIVersion}}), client {{.Client.Version}}' &&
         git --version &&
-        docker-registry --version
+        docker-registry --version &&
+        echo "caddy $(caddy version)"
 }
 
 # cargo test under a time limit; --foreground only on a terminal (so Ctrl-C reaches
@@ -95,6 +98,7 @@ step "docker engine" ensure_docker
 step "swarm" ensure_swarm
 step "versions" show_versions
 step "base image" "$SLIPWAY_ROOT/packaging/base-image.sh"
+step "router image" "$SLIPWAY_ROOT/packaging/router-image.sh"
 if [[ -n "${SLIPWAY_TEST_SETUP_ONLY:-}" ]]; then
     info "SLIPWAY_TEST_SETUP_ONLY is set: the machine is ready; not running fmt, clippy, tests"
     exit 0

@@ -1,13 +1,15 @@
 //! The local Docker engine: a client for tests ([`require_docker`]), the one base image
 //! ([`base_image`], `slipway/busybox:latest`, built by `packaging/base-image.sh` and by
-//! nothing else), both at once ([`engine_with_base`]), a single-node Swarm
-//! ([`ensure_swarm`]), the docker CLI ([`docker_cli`]) and cleanup of what a test made
-//! ([`remove_images`], [`StackCleanup`]).
+//! nothing else), both at once ([`engine_with_base`]), the router image
+//! ([`router_image`], `slipway/router:latest`, Debian's Caddy on the base image, built
+//! by `packaging/router-image.sh`), a single-node Swarm ([`ensure_swarm`]), the docker
+//! CLI ([`docker_cli`]) and cleanup of what a test made ([`remove_images`],
+//! [`StackCleanup`]).
 //!
 //! Machine-wide set-up runs once per test process (a [`OnceCell`]) and under `flock`
-//! across processes: `packaging/base-image.sh` locks `/tmp/slipway-base-image.lock`
-//! itself, and [`ensure_swarm`] locks `/tmp/slipway-swarm.lock`, the same file
-//! `packaging/lib.sh`'s `ensure_swarm` locks.
+//! across processes: the image scripts lock `/tmp/slipway-base-image.lock` and
+//! `/tmp/slipway-router-image.lock` themselves, and [`ensure_swarm`] locks
+//! `/tmp/slipway-swarm.lock`, the same file `packaging/lib.sh`'s `ensure_swarm` locks.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -23,6 +25,10 @@ use crate::{skip, workspace_root};
 
 /// The base image every example app and test image builds `FROM`.
 pub const BASE_IMAGE: &str = "slipway/busybox:latest";
+
+/// The image each stack's `<stack>_router` service runs: Debian's Caddy (2.6.2 on
+/// Debian 12) and busybox, labelled `org.slipway.caddy-version`.
+pub const ROUTER_IMAGE: &str = "slipway/router:latest";
 
 /// Request timeout of the client [`require_docker`] returns. bollard's default
 /// (120 s) is shorter than a cold build or push on a loaded 2-core machine.
@@ -74,37 +80,49 @@ pub async fn engine_with_base() -> Option<(Docker, &'static str)> {
 /// script's output if it fails.
 pub async fn base_image() -> &'static str {
     static DONE: OnceCell<Result<(), String>> = OnceCell::const_new();
-    let result = DONE
-        .get_or_init(|| async {
-            tokio::task::spawn_blocking(build_base_image)
-                .await
-                .unwrap_or_else(|e| Err(format!("base-image task panicked: {e}")))
-        })
-        .await;
-    if let Err(e) = result {
+    if let Err(e) = DONE.get_or_init(|| run_packaging_script("base-image.sh")).await {
         panic!("cannot build {BASE_IMAGE}: {e}");
     }
     BASE_IMAGE
 }
 
-fn build_base_image() -> Result<(), String> {
-    let script = workspace_root().join("packaging/base-image.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .env("NO_COLOR", "1")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} failed ({}):\n{}{}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
+/// Makes sure [`ROUTER_IMAGE`] exists and holds the installed `caddy` package's
+/// version, building it with `packaging/router-image.sh` (which installs Debian's
+/// `caddy` when missing, needs root then, and builds [`BASE_IMAGE`] first; a no-op when
+/// the image is current; once per process). Returns the image name. Panics with the
+/// script's output if it fails.
+pub async fn router_image() -> &'static str {
+    static DONE: OnceCell<Result<(), String>> = OnceCell::const_new();
+    if let Err(e) = DONE.get_or_init(|| run_packaging_script("router-image.sh")).await {
+        panic!("cannot build {ROUTER_IMAGE}: {e}");
     }
+    ROUTER_IMAGE
+}
+
+/// Runs `packaging/<script>` with bash, off the async runtime; an error carries its
+/// output.
+async fn run_packaging_script(script: &'static str) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        let path = workspace_root().join("packaging").join(script);
+        let output = Command::new("bash")
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed ({}):\n{}{}",
+                path.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("{script} task panicked: {e}")))
 }
 
 /// Makes sure the local engine is an active Swarm manager: `docker swarm init
@@ -274,5 +292,34 @@ impl StackCleanup {
 impl Drop for StackCleanup {
     fn drop(&mut self) {
         remove_stack(&self.stack);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The router image runs Debian's caddy (its libraries are all there) and carries
+    /// the version label the script compares.
+    #[tokio::test]
+    async fn router_image_runs_caddy_and_is_labelled() {
+        if require_docker().await.is_none() {
+            return;
+        }
+        let image = router_image().await;
+        let version =
+            docker_cli(&["run", "--rm", image, "caddy", "version"]).expect("caddy runs in the image");
+        let label = docker_cli(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{ index .Config.Labels \"org.slipway.caddy-version\" }}",
+            image,
+        ])
+        .expect("the image exists");
+        assert!(!label.is_empty() && version.starts_with(&label), "caddy {version}, label {label}");
+        // busybox is there for `docker exec` debugging.
+        docker_cli(&["run", "--rm", image, "sh", "-c", "wget --help 2>&1 | grep -q Usage"])
+            .expect("busybox in the image");
     }
 }

@@ -10,8 +10,10 @@
 //!
 //! - [`docker`]: the local engine. [`require_docker`] (a client, or a loud skip),
 //!   [`base_image`] (`slipway/busybox:latest`, the one base image, built by
-//!   `packaging/base-image.sh`), [`engine_with_base`] (both), [`ensure_swarm`] (a
-//!   single-node Swarm), [`docker_cli`], [`remove_images`], [`StackCleanup`].
+//!   `packaging/base-image.sh`), [`engine_with_base`] (both), [`router_image`]
+//!   (`slipway/router:latest`, Debian's Caddy, built by `packaging/router-image.sh`),
+//!   [`ensure_swarm`] (a single-node Swarm), [`docker_cli`], [`remove_images`],
+//!   [`StackCleanup`].
 //! - [`registry`]: [`Registry`], Debian's `docker-registry` on a free port in a
 //!   temporary directory ([`require_registry`]: or a loud skip without the binary),
 //!   with HTTP helpers to look at what was pushed and [`Registry::build_and_push`];
@@ -35,8 +37,8 @@
 //! `SLIPWAY_REQUIRE_DOCKER=1` ([`REQUIRE_DOCKER_ENV`]; CI sets it), which makes the
 //! skip a failure.
 //!
-//! Test binaries run concurrently, so machine-wide set-up (the base image, `docker
-//! swarm init`) is once per process and serialised across processes with `flock` on a
+//! Test binaries run concurrently, so machine-wide set-up (the base and router images,
+//! `docker swarm init`) is once per process and serialised across processes with `flock` on a
 //! file under `/tmp`.
 
 #![forbid(unsafe_code)]
@@ -52,8 +54,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 pub use docker::{
-    base_image, docker_cli, engine_with_base, ensure_swarm, remove_images, require_docker, StackCleanup,
-    BASE_IMAGE,
+    base_image, docker_cli, engine_with_base, ensure_swarm, remove_images, require_docker, router_image,
+    StackCleanup, BASE_IMAGE, ROUTER_IMAGE,
 };
 pub use gitrepo::{git, GitRepo};
 pub use net::{free_port, wait_for_http};
