@@ -21,10 +21,13 @@
 #      the agent joins with the cluster's agent token (every gRPC connection is
 #      mutual TLS);
 #   5. commits examples/hello into a git repo under .slipway/ and deploys it, printing
-#      the URL where it answers.
+#      the URL where it answers: http://hello.localhost:$SLIPWAY_ROUTER_PORT/ (8080),
+#      through the router (Caddy, the service slipway_router, its image
+#      slipway/router:latest built from Debian's caddy).
 #
-# Ports publish in host mode (the routing mesh needs IPVS, which some kernels lack);
-# the scheduler config under .slipway/ says so and real fleets switch it to ingress.
+# The router publishes its port in host mode (the routing mesh needs IPVS, which some
+# kernels lack); the scheduler config under .slipway/ says so and real fleets switch
+# it to ingress.
 set -euo pipefail
 
 # shellcheck source=packaging/lib.sh
@@ -35,6 +38,7 @@ STATE="$SLIPWAY_ROOT/.slipway"
 REGISTRY_PORT="${SLIPWAY_REGISTRY_PORT:-5000}"
 GRPC_ADDR="127.0.0.1:${SLIPWAY_GRPC_PORT:-7400}"
 HTTP_ADDR="127.0.0.1:${SLIPWAY_HTTP_PORT:-7401}"
+ROUTER_PORT="${SLIPWAY_ROUTER_PORT:-8080}"
 STACK=slipway
 APP=hello
 BIN="$SLIPWAY_ROOT/target/debug"
@@ -56,6 +60,12 @@ stack = "$STACK"
 # host: ports are published on the node that runs the task. Use "ingress" on real
 # fleets (the routing mesh needs IPVS in the kernel).
 publish_mode = "host"
+
+[router]
+# Every app answers at http://<app>.localhost:$ROUTER_PORT/ (*.localhost is this host).
+domain = "localhost"
+http_port = $ROUTER_PORT
+image = "slipway/router:latest"
 
 [agents]
 report_interval_secs = 2
@@ -127,6 +137,7 @@ up() {
     ensure_docker
     ensure_swarm
     "$SLIPWAY_ROOT/packaging/base-image.sh"
+    "$SLIPWAY_ROOT/packaging/router-image.sh"
 
     info "building slipway (cargo build; the first build takes a few minutes)"
     cargo build -q -p slipway-scheduler -p slipway-agent -p slipway-cli --bins
@@ -156,14 +167,14 @@ up() {
     info "deploying $APP"
     "$BIN/slipway" deploy "$APP"
 
-    local port url i
-    port="$(sed -n 's/^port *= *\([0-9]*\).*/\1/p' "$SLIPWAY_ROOT/examples/$APP/slipway.toml" | head -n 1)"
-    url="http://127.0.0.1:$port/"
+    # curl (like browsers) takes every *.localhost name for this host.
+    local url i
+    url="http://$APP.localhost:$ROUTER_PORT/"
     for i in $(seq 1 60); do
         curl -fsS "$url" >/dev/null 2>&1 && break
         sleep 0.5
     done
-    curl -fsS "$url" >/dev/null || die "$APP is deployed but $url does not answer; see \`docker service ps ${STACK}_$APP\`"
+    curl -fsS "$url" >/dev/null || die "$APP is deployed but $url does not answer; see \`docker service ps ${STACK}_$APP ${STACK}_router\`"
     echo
     info "$APP answers at $url"
     curl -fsS "$url" | sed 's/^/    /' | head -n 8
@@ -171,6 +182,7 @@ up() {
     cat <<EOF
 Try:
     $BIN/slipway releases $APP
+    $BIN/slipway apps show $APP
     $BIN/slipway nodes
     $BIN/slipway builds
     docker stack services $STACK
@@ -190,6 +202,9 @@ down() {
             docker service rm $ids >/dev/null
         fi
         docker network rm "${STACK}_default" >/dev/null 2>&1 || true
+        ids="$(docker config ls -q --filter "label=com.docker.stack.namespace=$STACK" 2>/dev/null || true)"
+        # shellcheck disable=SC2086
+        [[ -z "$ids" ]] || docker config rm $ids >/dev/null 2>&1 || true
     fi
     if [[ -d "$STATE/registry" ]]; then
         "$SLIPWAY_ROOT/packaging/registry.sh" stop "$STATE/registry" "$REGISTRY_PORT" || true

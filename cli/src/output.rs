@@ -69,7 +69,7 @@ pub fn node_status(status: i32) -> &'static str {
 pub fn app_json(a: &pb::App) -> Value {
     json!({
         "name": a.name, "repo": a.repo, "branch": a.branch, "service": a.service,
-        "current_release": a.current_release, "created_at_ms": a.created_at_ms,
+        "current_release": a.current_release, "created_at_ms": a.created_at_ms, "urls": a.urls,
     })
 }
 

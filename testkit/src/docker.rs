@@ -269,7 +269,10 @@ pub fn remove_stack(stack: &str) {
         let network_gone = docker_cli(&["network", "inspect", &network]).is_err();
         let volumes = docker_cli(&["volume", "ls", "-q", "--filter", &filter]).unwrap_or_default();
         let volumes_gone = volumes.split_whitespace().all(|v| docker_cli(&["volume", "rm", v]).is_ok());
-        if (network_gone && volumes_gone) || Instant::now() > deadline {
+        // The router's start config (a Swarm config object, in use until its service goes).
+        let configs = docker_cli(&["config", "ls", "-q", "--filter", &filter]).unwrap_or_default();
+        let configs_gone = configs.split_whitespace().all(|c| docker_cli(&["config", "rm", c]).is_ok());
+        if (network_gone && volumes_gone && configs_gone) || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));

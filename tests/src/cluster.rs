@@ -23,8 +23,8 @@ use tonic::transport::Channel;
 
 use slipway_testkit::net::free_port_on;
 use slipway_testkit::{
-    base_image, docker_cli, ensure_swarm, free_port, require_docker, workspace_root, GitRepo, NetLab,
-    Registry,
+    base_image, docker_cli, ensure_swarm, free_port, require_docker, router_image, workspace_root, GitRepo,
+    NetLab, Registry, ROUTER_IMAGE,
 };
 
 use crate::{cluster_token_auth, Fleet};
@@ -175,6 +175,8 @@ pub struct TestCluster {
     realm_proxy: Option<tokio::task::JoinHandle<()>>,
     /// The Swarm stack the cluster deploys into.
     pub stack: String,
+    /// Host port the stack's router publishes (host mode) on every engine.
+    pub router_port: u16,
     members: Vec<Member>,
     /// Extra `[raft]` settings written into every member's config.
     raft_settings: String,
@@ -326,6 +328,7 @@ impl TestCluster {
         require_docker().await?;
         ensure_swarm().await;
         base_image().await;
+        router_image().await;
         Some(Self::new(stack, LOCAL_ENGINE, String::new()))
     }
 
@@ -353,6 +356,7 @@ impl TestCluster {
             registry_addr,
             realm_proxy: None,
             stack: stack.to_string(),
+            router_port: free_port(),
             members: Vec::new(),
             raft_settings: String::new(),
             tls_settings: String::new(),
@@ -503,6 +507,7 @@ impl TestCluster {
             "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\n\n{cluster}\
              [raft]\n{}\n\n[registry]\naddr = \"{}\"\n{}\n\n\
              [deploy]\nstack = \"{}\"\ndocker_socket = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
+             [router]\ndomain = \"localhost\"\nhttp_port = {}\nimage = \"{ROUTER_IMAGE}\"\n\n\
              [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n\
              [placement]\nmin_free_bytes = {MIN_FREE_BYTES}\nqueue_timeout_secs = 20\n\n[tls]\n{}",
             m.id,
@@ -514,6 +519,7 @@ impl TestCluster {
             self.registry_settings,
             self.stack,
             self.scheduler_docker_socket,
+            self.router_port,
             format!("ca_dir = \"{}\"\n", self.path("ca").display())
                 + &self.tls_settings,
         );

@@ -19,7 +19,7 @@
 //! driver is the host engine's (`SLIPWAY_FLEET_STORAGE_DRIVER` overrides it; `vfs`
 //! always works, slowly). Every engine trusts the lab's whole subnet as an insecure
 //! registry, so the registry on the host's bridge address works over plain http.
-//! Engines start with [`BASE_IMAGE`] loaded from the host engine: nothing can be
+//! Engines start with [`BASE_IMAGE`] and [`ROUTER_IMAGE`] loaded from the host engine: nothing can be
 //! pulled from the internet here.
 //!
 //! The fleet starts no slipway processes. The scheduler and agents are the caller's
@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use bollard::{ClientVersion, Docker};
 
 use slipway_testkit::docker::{docker_cli, DOCKER_TIMEOUT};
-use slipway_testkit::{base_image, require_docker, skip, NetLab, Registry, BASE_IMAGE};
+use slipway_testkit::{base_image, require_docker, router_image, skip, NetLab, Registry, BASE_IMAGE, ROUTER_IMAGE};
 
 /// Environment variable naming the storage driver of the fleet's engines.
 pub const STORAGE_DRIVER_ENV: &str = "SLIPWAY_FLEET_STORAGE_DRIVER";
@@ -104,6 +104,7 @@ impl Fleet {
             }
         }
         base_image().await;
+        router_image().await;
         let lab = NetLab::try_new("fleet")?;
         let k = lab.index();
         let dir = std::env::temp_dir().join(format!("slipway-fleet-{k}"));
@@ -127,7 +128,7 @@ impl Fleet {
             lab,
         };
         fleet.start_engines(n_engines);
-        fleet.load_base_image();
+        fleet.load_images();
         fleet.form_swarm();
         Some(fleet)
     }
@@ -149,17 +150,18 @@ impl Fleet {
         }
     }
 
-    /// Every engine loads [`BASE_IMAGE`] from one `docker save` of the host engine.
-    fn load_base_image(&self) {
-        let tar = self.dir.join("base-image.tar");
+    /// Every engine loads [`BASE_IMAGE`] and the router's image [`ROUTER_IMAGE`] from one
+    /// `docker save` of the host engine.
+    fn load_images(&self) {
+        let tar = self.dir.join("images.tar");
         let tar_arg = tar.to_str().expect("the fleet dir is UTF-8");
-        docker_cli(&["save", "-o", tar_arg, BASE_IMAGE])
-            .unwrap_or_else(|e| panic!("cannot save {BASE_IMAGE} from the host engine: {e}"));
+        docker_cli(&["save", "-o", tar_arg, BASE_IMAGE, ROUTER_IMAGE])
+            .unwrap_or_else(|e| panic!("cannot save {BASE_IMAGE} and {ROUTER_IMAGE} from the host engine: {e}"));
         std::thread::scope(|scope| {
             for n in self.engine_numbers() {
                 scope.spawn(move || {
                     self.docker_cli(n, &["load", "-q", "-i", tar_arg])
-                        .unwrap_or_else(|e| panic!("engine {n} cannot load {BASE_IMAGE}: {e}"));
+                        .unwrap_or_else(|e| panic!("engine {n} cannot load the images: {e}"));
                 });
             }
         });

@@ -64,6 +64,15 @@ pub async fn run(call: Call<'_>, command: &AppsCmd) -> Result<()> {
                     app.current_release,
                     age(app.created_at_ms)
                 );
+                match app.urls.split_first() {
+                    None => println!("urls:     none yet (no release with a [run] port)"),
+                    Some((first, rest)) => {
+                        println!("urls:     {first}");
+                        for url in rest {
+                            println!("          {url}");
+                        }
+                    }
+                }
             }
         }
         AppsCmd::Delete { name } => {

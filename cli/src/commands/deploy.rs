@@ -123,6 +123,9 @@ async fn follow_deploy(mut stream: tonic::Streaming<DeployEvent>) -> Result<()> 
                     "==> release v{number} is live: service {} runs {} task(s){port}",
                     d.service, d.running
                 );
+                for url in &d.urls {
+                    println!("    {url}");
+                }
                 return Ok(());
             }
             Some(Event::Failed(reason)) => return Err(Failure::fatal(reason)),

@@ -66,7 +66,7 @@ fn check_deploy(req: &pb::DeployRequest) -> Result<(), Error> {
 
 /// What, if anything, ends a deploy topic, judged from the replicated state. Covers
 /// watchers that join after the events were published (or after a leader change).
-fn terminal_from_state(s: &State, topic: &Topic, stack: &str) -> Option<Event> {
+fn terminal_from_state(s: &State, topic: &Topic, config: &crate::config::SchedulerConfig) -> Option<Event> {
     let (app, number) = match topic {
         Topic::Build(id) => {
             let Some(b) = s.builds.get(id) else {
@@ -99,9 +99,10 @@ fn terminal_from_state(s: &State, topic: &Topic, stack: &str) -> Option<Event> {
         ))),
         DeployState::Deployed => Some(Event::Done(pb::DeployDone {
             release: Some(convert::release(r)),
-            service: format!("{stack}_{app}"),
+            service: format!("{}_{app}", config.deploy.stack),
             running: r.run.replicas,
-            published_port: r.run.port.map(u32::from).unwrap_or_default(),
+            published_port: r.run.publish.map(u32::from).unwrap_or_default(),
+            urls: crate::router::routes::app_urls(s, &app, &config.router.domain, config.router.http_port),
         })),
     }
 }
@@ -113,7 +114,6 @@ enum Topic {
 
 /// Streams a deploy topic: history, then live events, until a terminal event.
 fn watch_deploy(ctx: Arc<Context>, first: Option<Event>, topic_name: String, topic: Topic) -> EventStream {
-    let stack = ctx.config.deploy.stack.clone();
     Box::pin(async_stream::stream! {
         if let Some(first) = first {
             yield Ok(DeployEvent { event: Some(first) });
@@ -131,7 +131,7 @@ fn watch_deploy(ctx: Arc<Context>, first: Option<Event>, topic_name: String, top
             // The replicated state may already say how it ended (a watcher that joined
             // late, a leader change): then give the live feed only a moment to deliver
             // its own terminal event before answering from the state.
-            let done = ctx.store.read(|s| terminal_from_state(s, &topic, &stack));
+            let done = ctx.store.read(|s| terminal_from_state(s, &topic, &ctx.config));
             let wait = if done.is_some() { Duration::from_millis(200) } else { Duration::from_secs(2) };
             match tokio::time::timeout(wait, live.recv()).await {
                 Ok(Ok(event)) => {

@@ -14,6 +14,7 @@ use crate::context::Context;
 use crate::convert;
 use crate::deploy::{self, PersistBackend, PublishMode, ServiceDeploy};
 use crate::events::release_topic;
+use crate::router;
 use crate::state::{Command, DeployState, Release, Response};
 
 /// Removes an app from `deploying` however its deploy task ends (panics included).
@@ -120,6 +121,25 @@ pub fn service_for(ctx: &Context, release: &Release) -> ServiceDeploy {
     }
 }
 
+/// How long a deploy waits for every node's router to serve the current routes before
+/// it reports where they are not live yet.
+const ROUTES_WAIT: Duration = Duration::from_secs(10);
+
+/// Once a release is live: waits until every node's router serves the routes and says
+/// where the app answers (or which routers lag, and why). Returns the app's URLs.
+async fn announce_routes(ctx: &Context, topic: &str, app: &str) -> Vec<String> {
+    let urls = router::app_urls(ctx, app);
+    if urls.is_empty() {
+        return urls;
+    }
+    let line = match router::wait_served(ctx, ROUTES_WAIT).await {
+        Ok(nodes) => format!("router: {app} answers at {} (the routers of {nodes} node(s) serve it)", urls.join(" ")),
+        Err(lagging) => format!("router: the routes are not live on every node yet: {}", lagging.join("; ")),
+    };
+    ctx.events.publish(topic, Event::DeployProgress(line));
+    urls
+}
+
 async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
     let topic = release_topic(release);
     let spec = service_for(ctx, release);
@@ -151,6 +171,7 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
     match (outcome, recorded) {
         (Ok(done), Ok(Response::Release(r))) => {
             tracing::info!(service = %service, running = done.running, "release deployed");
+            let urls = announce_routes(ctx, &topic, &release.app).await;
             ctx.events.publish(
                 &topic,
                 Event::Done(slipway_proto::DeployDone {
@@ -158,6 +179,7 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
                     service,
                     running: done.running,
                     published_port: done.published_port.map(u32::from).unwrap_or_default(),
+                    urls,
                 }),
             );
         }
