@@ -58,7 +58,7 @@ pub use docker::{
     StackCleanup, BASE_IMAGE, ROUTER_IMAGE,
 };
 pub use gitrepo::{git, GitRepo};
-pub use net::{free_port, wait_for_http};
+pub use net::{free_port, wait_for_http, wait_for_http_as};
 pub use netns::NetLab;
 pub use registry::{require_registry, Registry, TokenAuth};
 

@@ -24,10 +24,20 @@ pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
 /// Polls `url` with GET (every 200 ms, each try at most 2 s) until it answers 200,
 /// and returns the body. Fails after `timeout` with the last status or error seen.
 pub async fn wait_for_http(url: &str, timeout: Duration) -> anyhow::Result<String> {
+    wait_for_http_as(url, None, timeout).await
+}
+
+/// Like [`wait_for_http`], with the request's `Host` header set to `host` (a router's
+/// route, reached at the router's address).
+pub async fn wait_for_http_as(url: &str, host: Option<&str>, timeout: Duration) -> anyhow::Result<String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match client.get(url).send().await {
+        let mut request = client.get(url);
+        if let Some(host) = host {
+            request = request.header(reqwest::header::HOST, host);
+        }
+        let last = match request.send().await {
             Ok(response) if response.status().is_success() => match response.text().await {
                 Ok(body) => return Ok(body),
                 Err(e) => format!("reading the body failed: {e}"),
@@ -36,7 +46,8 @@ pub async fn wait_for_http(url: &str, timeout: Duration) -> anyhow::Result<Strin
             Err(e) => format!("{e}"),
         };
         if Instant::now() >= deadline {
-            bail!("{url} did not answer 200 within {timeout:?}; last: {last}");
+            let as_host = host.map(|h| format!(" (Host: {h})")).unwrap_or_default();
+            bail!("{url}{as_host} did not answer 200 within {timeout:?}; last: {last}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -7,7 +7,7 @@
 //! binaries running at the same time do not meet; dropping it kills the processes and
 //! removes the stack's services and network.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,8 +23,8 @@ use tonic::transport::Channel;
 
 use slipway_testkit::net::free_port_on;
 use slipway_testkit::{
-    base_image, docker_cli, ensure_swarm, free_port, require_docker, router_image, workspace_root, GitRepo,
-    NetLab, Registry, ROUTER_IMAGE,
+    base_image, docker_cli, ensure_swarm, free_port, require_docker, router_image, workspace_root, NetLab,
+    Registry, ROUTER_IMAGE,
 };
 
 use crate::{cluster_token_auth, Fleet};
@@ -102,6 +102,16 @@ impl DeployRun {
             return s.message().to_string();
         }
         panic!("expected the deploy to fail, but it ended with {:?}", self.done);
+    }
+
+    /// The deploy's progress lines, one per line.
+    pub fn events_text(&self) -> String {
+        use pb::deploy_event::Event;
+        let lines = self.events.iter().filter_map(|e| match &e.event {
+            Some(Event::DeployProgress(line)) => Some(line.as_str()),
+            _ => None,
+        });
+        lines.collect::<Vec<_>>().join("\n")
     }
 
     /// The live release, or panics with the log and the failure.
@@ -806,6 +816,18 @@ impl TestCluster {
         format!("{}_{app}", self.stack)
     }
 
+    /// The router's name for `app` (`<app>.localhost`: the clusters' router domain).
+    pub fn app_host(&self, app: &str) -> String {
+        format!("{app}.localhost")
+    }
+
+    /// Waits until `app` answers 200 at `path` through the stack's router on this host
+    /// (its published port on loopback, `Host: <app>.localhost`); the body.
+    pub async fn wait_for_app(&self, app: &str, path: &str, timeout: Duration) -> anyhow::Result<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.router_port);
+        slipway_testkit::wait_for_http_as(&url, Some(&self.app_host(app)), timeout).await
+    }
+
     /// The image the app's Swarm service runs (`docker service inspect`).
     pub fn service_image(&self, app: &str) -> String {
         self.swarm_cli(&[
@@ -920,13 +942,4 @@ async fn collect(
     }
     run.elapsed = started.elapsed();
     run
-}
-
-/// Rewrites the example app's port (its manifest and healthcheck) so tests running at
-/// the same time do not compete for one host port.
-pub fn set_app_port(repo: &GitRepo, port: u16) {
-    let path: &Path = repo.path();
-    let manifest = std::fs::read_to_string(path.join("slipway.toml")).expect("read slipway.toml");
-    let manifest = manifest.replace("port = 8080", &format!("port = {port}"));
-    repo.write("slipway.toml", manifest);
 }

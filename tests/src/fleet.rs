@@ -45,7 +45,9 @@ use std::time::{Duration, Instant};
 use bollard::{ClientVersion, Docker};
 
 use slipway_testkit::docker::{docker_cli, DOCKER_TIMEOUT};
-use slipway_testkit::{base_image, require_docker, router_image, skip, NetLab, Registry, BASE_IMAGE, ROUTER_IMAGE};
+use slipway_testkit::{
+    base_image, require_docker, router_image, skip, NetLab, Registry, BASE_IMAGE, ROUTER_IMAGE,
+};
 
 /// Environment variable naming the storage driver of the fleet's engines.
 pub const STORAGE_DRIVER_ENV: &str = "SLIPWAY_FLEET_STORAGE_DRIVER";
@@ -155,8 +157,9 @@ impl Fleet {
     fn load_images(&self) {
         let tar = self.dir.join("images.tar");
         let tar_arg = tar.to_str().expect("the fleet dir is UTF-8");
-        docker_cli(&["save", "-o", tar_arg, BASE_IMAGE, ROUTER_IMAGE])
-            .unwrap_or_else(|e| panic!("cannot save {BASE_IMAGE} and {ROUTER_IMAGE} from the host engine: {e}"));
+        docker_cli(&["save", "-o", tar_arg, BASE_IMAGE, ROUTER_IMAGE]).unwrap_or_else(|e| {
+            panic!("cannot save {BASE_IMAGE} and {ROUTER_IMAGE} from the host engine: {e}")
+        });
         std::thread::scope(|scope| {
             for n in self.engine_numbers() {
                 scope.spawn(move || {

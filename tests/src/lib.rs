@@ -18,6 +18,7 @@
 //! - [`grants`]: [`cluster_token_auth`], the kit registry's token auth as a slipway
 //!   cluster runs it (its CA, its service and issuer, pull grants minted from the CA).
 //! - [`browser`]: headless Chromium, for pages an operator looks at.
+//! - [`load`]: [`Load`], a steady stream of requests during a redeploy, counting failures.
 //! - [`exposition`]: [`exposition::check`], which reads `/metrics` text as a scraper does.
 //!
 //! Fixtures panic with a message naming the fix when the machine lacks something:
@@ -30,7 +31,9 @@ pub mod browser;
 pub mod cluster;
 pub mod fleet;
 pub mod grants;
+pub mod load;
 
-pub use cluster::{set_app_port, DeployRun, TestCluster};
+pub use cluster::{DeployRun, TestCluster};
 pub use fleet::Fleet;
 pub use grants::cluster_token_auth;
+pub use load::{Load, LoadReport};

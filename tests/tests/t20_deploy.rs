@@ -5,16 +5,13 @@
 
 use std::time::Duration;
 
-use slipway_testkit::{docker_cli, free_port, wait_for_http, GitRepo};
-use slipway_tests::{set_app_port, TestCluster};
+use slipway_testkit::{docker_cli, GitRepo};
+use slipway_tests::TestCluster;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn t20_deploy_redeploy_rollback_and_restart() {
     let Some(cluster) = TestCluster::start("t20main").await else { return };
     let repo = GitRepo::from_example("hello");
-    let port = free_port();
-    set_app_port(&repo, port);
-    repo.commit("listen on a free port");
     cluster.create_app("hello", &repo.url()).await.expect("create app");
 
     // Release 1: a cold build, pushed and deployed by digest.
@@ -28,9 +25,7 @@ async fn t20_deploy_redeploy_rollback_and_restart() {
         cluster.registry().has_manifest("hello", &r1.digest).await,
         "release 1's digest is in the registry"
     );
-    let body = wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(60))
-        .await
-        .expect("app answers");
+    let body = cluster.wait_for_app("hello", "/", Duration::from_secs(60)).await.expect("app answers");
     assert!(body.contains("hello from slipway"), "{body}");
     let cold = first.built.clone().expect("build output");
     assert!(cold.layers_pushed >= 2, "a cold push sends the base, dependency and code layers: {cold:?}");
@@ -50,7 +45,7 @@ async fn t20_deploy_redeploy_rollback_and_restart() {
     assert_eq!(warm.layers_pushed, 1, "only the code layer travels: {warm:?}");
     assert!(warm.bytes_pushed < cold.bytes_pushed, "{warm:?} vs {cold:?}");
     assert_eq!(cluster.service_image("hello"), r2.image);
-    let body = wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(60)).await.unwrap();
+    let body = cluster.wait_for_app("hello", "/", Duration::from_secs(60)).await.unwrap();
     assert!(body.contains("v2-code-only"), "{body}");
 
     // Release 3: rollback to release 1's image.

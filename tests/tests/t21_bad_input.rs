@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use slipway_proto as pb;
-use slipway_testkit::{free_port, wait_for_http, GitRepo};
-use slipway_tests::{set_app_port, TestCluster};
+use slipway_testkit::GitRepo;
+use slipway_tests::TestCluster;
 use tonic::Code;
 
 /// Asserts the deploy failed with `expect` in its error, as a failed build with no release.
@@ -24,12 +24,8 @@ async fn assert_failed_build(cluster: &TestCluster, app: &str, run: &slipway_tes
 async fn t21_bad_input_fails_clearly_and_changes_nothing() {
     let Some(mut cluster) = TestCluster::start("t21bad").await else { return };
     let repo = GitRepo::from_example("hello");
-    let port = free_port();
-    set_app_port(&repo, port);
-    repo.commit("listen on a free port");
     cluster.create_app("hello", &repo.url()).await.expect("create app");
     let good = cluster.deploy("hello", None).await.live().clone();
-    let url = format!("http://127.0.0.1:{port}/");
 
     // Refused before anything is recorded.
     let unknown = cluster.deploy("nope", None).await;
@@ -94,7 +90,8 @@ async fn t21_bad_input_fails_clearly_and_changes_nothing() {
     let releases = cluster.releases("hello").await;
     assert_eq!(releases.len(), 1, "{releases:?}");
     assert_eq!(cluster.service_image("hello"), good.image);
-    let body = wait_for_http(&url, Duration::from_secs(30)).await.expect("the app still answers");
+    let body =
+        cluster.wait_for_app("hello", "/", Duration::from_secs(30)).await.expect("the app still answers");
     assert!(body.contains("hello from slipway"));
 
     // An engine the agent cannot reach: the build fails naming the socket.

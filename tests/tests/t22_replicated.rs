@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use slipway_proto::deploy_event::Event;
 use slipway_proto::{self as pb};
-use slipway_testkit::{free_port, wait_for_http, GitRepo};
-use slipway_tests::{set_app_port, TestCluster};
+use slipway_testkit::GitRepo;
+use slipway_tests::TestCluster;
 use tokio::sync::Mutex;
 use tokio_stream::StreamExt;
 
@@ -251,8 +251,6 @@ async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() 
 async fn an_in_flight_build_survives_a_leader_kill_and_is_released_once() {
     let Some(cluster) = TestCluster::start_replicated("t22build", 3, "").await else { return };
     let repo = GitRepo::from_example("hello");
-    let port = free_port();
-    set_app_port(&repo, port);
     // A build step slow enough to kill the leader while the agent runs it.
     let dockerfile = std::fs::read_to_string(repo.path().join("Dockerfile")).expect("read Dockerfile");
     let slow = dockerfile.replace("COPY www /app/www", "RUN sleep 6\nCOPY www /app/www");
@@ -298,9 +296,7 @@ async fn an_in_flight_build_survives_a_leader_kill_and_is_released_once() {
         assert!(Instant::now() < deadline, "release not deployed in 120 s: {releases:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(60))
-        .await
-        .expect("the app answers");
+    cluster.wait_for_app("hello", "/", Duration::from_secs(60)).await.expect("the app answers");
     assert_eq!(cluster.builds("hello").await.len(), 1);
 }
 

@@ -14,8 +14,8 @@ use slipway_scheduler::deploy::LABEL_PULL_GRANT_EXPIRES;
 use slipway_scheduler::security::pki::Ca;
 use slipway_scheduler::security::registry_auth::{issue_grant, GRANT_USER};
 use slipway_testkit::docker::docker_cli_as;
-use slipway_testkit::{free_port, wait_for_http, GitRepo, BASE_IMAGE};
-use slipway_tests::{set_app_port, TestCluster};
+use slipway_testkit::{GitRepo, BASE_IMAGE};
+use slipway_tests::TestCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_push_and_pull_their_own_app_only() {
@@ -100,9 +100,6 @@ async fn builds_push_with_their_grant_and_services_keep_a_fresh_pull_grant() {
         return;
     };
     let repo = GitRepo::from_example("hello");
-    let port = free_port();
-    set_app_port(&repo, port);
-    repo.commit("listen on a free port");
     cluster.create_app("hello", &repo.url()).await.expect("create app");
 
     // The registry takes tokens only, so the push itself shows the build's grant worked.
@@ -113,7 +110,7 @@ async fn builds_push_with_their_grant_and_services_keep_a_fresh_pull_grant() {
     let pull =
         docker_cli_as(anonymous.path(), &["pull", &release.image], None).expect_err("an anonymous pull");
     assert!(pull.contains("unauthorized") || pull.contains("denied"), "{pull}");
-    wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(60)).await.expect("app answers");
+    cluster.wait_for_app("hello", "/", Duration::from_secs(60)).await.expect("app answers");
 
     let first = grant_expiry(&cluster, "hello").expect("the service records its grant's expiry");
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
@@ -142,5 +139,5 @@ async fn builds_push_with_their_grant_and_services_keep_a_fresh_pull_grant() {
     assert!(!log.contains("eyJhcHAi"), "no grant in the scheduler's log");
     let agent_log = cluster.agent_log(1);
     assert!(!agent_log.contains("eyJhcHAi"), "no grant in the agent's log");
-    wait_for_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5)).await.expect("still answers");
+    cluster.wait_for_app("hello", "/", Duration::from_secs(5)).await.expect("still answers");
 }

@@ -133,7 +133,9 @@ async fn announce_routes(ctx: &Context, topic: &str, app: &str) -> Vec<String> {
         return urls;
     }
     let line = match router::wait_served(ctx, ROUTES_WAIT).await {
-        Ok(nodes) => format!("router: {app} answers at {} (the routers of {nodes} node(s) serve it)", urls.join(" ")),
+        Ok(nodes) => {
+            format!("router: {app} answers at {} (the routers of {nodes} node(s) serve it)", urls.join(" "))
+        }
         Err(lagging) => format!("router: the routes are not live on every node yet: {}", lagging.join("; ")),
     };
     ctx.events.publish(topic, Event::DeployProgress(line));

@@ -297,7 +297,7 @@ fn apps(o: &Overview) -> Markup {
             p.sub { "No apps: " span.mono { "slipway apps create NAME --repo URL" } "." }
         } @else {
             table #apps {
-                tr { th { "app" } th { "current release" } th { "digest" } th.num { "releases" } }
+                tr { th { "app" } th { "current release" } th { "digest" } th.num { "releases" } th { "answers at" } }
                 @for a in &o.apps {
                     tr {
                         td { b { (a.name) } }
@@ -310,6 +310,11 @@ fn apps(o: &Overview) -> Markup {
                         }
                         td.mono title=(a.digest) { (short_digest(&a.digest)) }
                         td.num { (a.releases) }
+                        td {
+                            @for url in &a.urls {
+                                a.mono href=(url) { (url) } " "
+                            }
+                        }
                     }
                 }
             }
@@ -522,6 +527,7 @@ mod tests {
                 current_release: 3,
                 digest: format!("sha256:{}", "ab".repeat(32)),
                 releases: 3,
+                urls: vec!["http://shop.localhost/".into()],
             }],
             recent_builds: vec![build],
             recent_releases: vec![Release {

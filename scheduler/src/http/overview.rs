@@ -103,6 +103,8 @@ pub struct AppRow {
     pub digest: String,
     /// How many releases it has.
     pub releases: usize,
+    /// Where it answers (router names, published port).
+    pub urls: Vec<String>,
 }
 
 impl Overview {
@@ -203,6 +205,12 @@ impl Overview {
                                 .map(|r| r.digest.clone())
                                 .unwrap_or_default(),
                             releases: releases.len(),
+                            urls: crate::router::routes::app_urls(
+                                s,
+                                &a.name,
+                                &ctx.config.router.domain,
+                                ctx.config.router.http_port,
+                            ),
                         }
                     })
                     .collect(),

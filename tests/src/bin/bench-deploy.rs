@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use slipway_scheduler::security::registry_auth::{issue_grant, GRANT_USER};
 use slipway_testkit::docker::{docker_cli, docker_cli_as};
-use slipway_testkit::{free_port, GitRepo};
-use slipway_tests::{set_app_port, TestCluster};
+use slipway_testkit::GitRepo;
+use slipway_tests::TestCluster;
 
 fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
@@ -62,8 +62,6 @@ async fn main() {
         std::process::exit(1);
     };
     let repo = GitRepo::from_example("hello");
-    set_app_port(&repo, free_port());
-    repo.commit("bench port");
     cluster.create_app("hello", &repo.url()).await.expect("create app");
 
     let cold = cluster.deploy("hello", None).await;
@@ -79,7 +77,6 @@ async fn main() {
     docker_cli_as(config, &["login", "-u", GRANT_USER, "--password-stdin", &registry], Some(&grant))
         .unwrap_or_else(|e| panic!("{e}"));
     let manual_service = format!("{}_hello-manual", cluster.stack);
-    let manual_port = free_port();
     let warm_tag = format!("{manual_image}:warm");
     docker(config, &["build", "-q", "-t", &warm_tag, repo.path().to_str().unwrap()]);
     docker(config, &["push", "-q", &warm_tag]);
@@ -95,11 +92,13 @@ async fn main() {
             &manual_service,
             "--label",
             &format!("com.docker.stack.namespace={}", cluster.stack),
-            "--env",
-            &format!("PORT={manual_port}"),
-            "--publish",
-            &format!("mode=host,target={manual_port},published={manual_port}"),
+            // As slipway runs it: on the stack's network, found by DNS, no host port.
+            "--network",
+            &format!("{}_default", cluster.stack),
+            "--endpoint-mode",
+            "dnsrr",
             // The same safety slipway applies: healthcheck, monitor window, auto-rollback.
+            // Start-first, as slipway's rollouts behind the router go.
             "--health-cmd",
             "wget -q -O /dev/null http://127.0.0.1:${PORT:-8080}/",
             "--health-interval",
@@ -107,7 +106,7 @@ async fn main() {
             "--health-retries",
             "3",
             "--update-order",
-            "stop-first",
+            "start-first",
             "--update-monitor",
             "6s",
             "--update-failure-action",
