@@ -124,7 +124,7 @@ pub(super) async fn converge(
                     service_id: applied.id,
                     running: obs.running,
                     desired: target.desired,
-                    published_port: published_port(&service, spec.port),
+                    published_port: published_port(&service, spec.publish, spec.port),
                     created: applied.created,
                 });
             }
@@ -234,16 +234,19 @@ async fn describe_failure(docker: &Docker, failure: &Failure) -> String {
     format!("{}; the container was unhealthy (last healthcheck: {probe})", failure.error)
 }
 
-fn published_port(service: &Service, port: Option<u16>) -> Option<u16> {
-    let port = port?;
+/// The host port published to `port` as the engine reports it, else the one asked for.
+fn published_port(service: &Service, publish: Option<u16>, port: Option<u16>) -> Option<u16> {
+    let publish = publish?;
     let from_endpoint = service
         .endpoint
         .as_ref()
         .and_then(|e| e.ports.as_ref())
-        .and_then(|ports| ports.iter().find(|p| p.target_port == Some(i64::from(port))))
+        .and_then(|ports| {
+            ports.iter().find(|p| port.is_some_and(|port| p.target_port == Some(i64::from(port))))
+        })
         .and_then(|p| p.published_port)
         .and_then(|p| u16::try_from(p).ok());
-    from_endpoint.or(Some(port))
+    from_endpoint.or(Some(publish))
 }
 
 /// What a deploy waits for.

@@ -6,6 +6,13 @@
 //! `docker stack services <stack>` list it), it is attached to the overlay network
 //! `<stack>_default` with the alias `<app>`, and its named volumes are `<stack>_<app>_<path>`.
 //!
+//! Apps publish no host port: the stack's router (the Swarm service `<stack>_router`)
+//! reaches each app's tasks over `<stack>_default` by the DNS name `tasks.<stack>_<app>` on the
+//! app's container port. The service's endpoint mode is therefore `dnsrr` (the name resolves
+//! to the tasks themselves, no virtual IP). A non-HTTP app may ask to publish one host port
+//! ([`ServiceDeploy::publish`]); an ingress-mode one needs Swarm's virtual IP, a host-mode one
+//! makes updates stop the old task first.
+//!
 //! ```text
 //! mod.rs       deploy(ServiceDeploy, Option<PullAuth>, progress)
 //! spec.rs        validate + service_spec (pure) ─► ServiceSpec
@@ -114,15 +121,22 @@ pub struct ServiceDeploy {
     pub release: u64,
     /// Number of tasks (replicated mode).
     pub replicas: u32,
-    /// Container port, published on the same port number of the host (tcp).
+    /// Container port the app listens on (the caller gives it to the app as `$PORT`). Not
+    /// published: the router reaches it at `tasks.<stack>_<app>:<port>`.
     pub port: Option<u16>,
+    /// Host port published to `port` (tcp, as `publish_mode` says), only for a non-HTTP app
+    /// that asks for one. Needs `port`.
+    pub publish: Option<u16>,
+    /// Swarm placement constraints, e.g. `node.labels.gpu == true`, `node.role != manager`
+    /// or `node.hostname == n1` (see [`validate`] for the form); all must hold.
+    pub constraints: Vec<String>,
     /// Environment, passed as `K=V`.
     pub env: BTreeMap<String, String>,
     /// Absolute container paths that become volume mounts (see [`PersistBackend`]).
     pub persist: Vec<String>,
     /// Container healthcheck; overrides the image's `HEALTHCHECK`.
     pub healthcheck: Option<Healthcheck>,
-    /// How the port is published.
+    /// How `publish` is published.
     pub publish_mode: PublishMode,
     /// Where `persist` directories live.
     pub persist_backend: PersistBackend,
@@ -130,11 +144,11 @@ pub struct ServiceDeploy {
     pub converge_timeout: Duration,
 }
 
-/// How a published port reaches the tasks.
+/// How a published port ([`ServiceDeploy::publish`]) reaches the tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PublishMode {
-    /// Swarm's routing mesh: the port answers on every node (IPVS). Updates start the new
-    /// task before stopping the old one.
+    /// Swarm's routing mesh: the port answers on every node (IPVS), through the service's
+    /// virtual IP (endpoint mode `vip`). Updates start the new task before stopping the old.
     #[default]
     Ingress,
     /// The port is bound on the node that runs the task (single node, tests, no IPVS).
@@ -169,7 +183,7 @@ pub struct DeployOutcome {
     pub running: u32,
     /// Replicas asked for.
     pub desired: u32,
-    /// Port published on the hosts, if any.
+    /// Host port published ([`ServiceDeploy::publish`]), if any.
     pub published_port: Option<u16>,
     /// True when the service was created, false when an existing one was updated.
     pub created: bool,
