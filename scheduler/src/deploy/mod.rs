@@ -21,6 +21,7 @@
 //!                inspect <stack>_<app> ─► create, or update with its version index
 //!                (whole spec replaced; retried on "update out of sequence")
 //! converge.rs    every 500 ms: service UpdateStatus + tasks ─► observe + judge (pure) ─► progress
+//!                a task Swarm cannot place for PLACEMENT_PATIENCE ─► roll back (engine.rs) or fail
 //!              ─► Ok(DeployOutcome) | RolledBack | TasksFailed | Timeout
 //! grants.rs    renew_pull_grant, later and from the dispatcher: fresh pull credentials, no restart
 //! ```
@@ -35,7 +36,7 @@
 //! - `spec.rs`: names, validation and the Swarm service spec (pure).
 //! - `engine.rs`: the engine calls with retries, and what their errors mean.
 //! - `converge.rs`: observe and judge the service until it settles, and what Swarm was seen
-//!   doing on the way (healthchecks, rollbacks, host-mode ports).
+//!   doing on the way (healthchecks, rollbacks, host-mode ports, tasks it cannot place).
 //! - `grants.rs`: [`renew_pull_grant`], keeping a running service's registry credentials valid.
 //! - Tests: `spec_tests.rs`, `engine_tests.rs` and `converge_tests.rs` beside their part, pure;
 //!   `tests.rs` deploys on the local Docker engine.
@@ -85,6 +86,14 @@ pub const FAILED_TASKS_LIMIT: u32 = 3;
 pub const RESTART_DELAY: Duration = Duration::from_secs(3);
 /// Update monitor period when the app has no healthcheck.
 pub const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
+/// How long a task of the new release may stay unplaceable (Swarm's `no suitable node (…)`
+/// or `insufficient resources`) before the deploy gives up on it. Swarm's scheduler decides
+/// from the cluster's state as it is, so an error that outlasts a few polls will not clear.
+pub const PLACEMENT_PATIENCE: Duration = Duration::from_secs(3);
+/// [`PLACEMENT_PATIENCE`] for a release that publishes a host-mode port: its stop-first
+/// update legitimately waits (`host-mode port already in use`) while the old task lets go
+/// of the port, up to Docker's 10 s stop grace period for an app that ignores SIGTERM.
+pub const PLACEMENT_PATIENCE_HOST_PORT: Duration = Duration::from_secs(15);
 
 /// The registry credentials a service's tasks pull with: Swarm keeps them with the
 /// service (sent as `X-Registry-Auth`) and hands them to whichever node runs a task.
@@ -216,18 +225,21 @@ pub enum DeployError {
         /// The engine's message and HTTP status.
         message: String,
     },
-    /// The new release's tasks keep failing and there is nothing to roll back to (first
-    /// deploy), or Swarm paused the update or the rollback. The reason is the task's error,
-    /// e.g. `No such image: …`, `task: non-zero exit (1)`, or an unhealthy container.
+    /// The new release's tasks keep failing, or Swarm cannot place one, and there is nothing
+    /// to roll back to (first deploy); or Swarm paused the update or the rollback. The reason
+    /// is the task's error, e.g. `No such image: …`, `task: non-zero exit (1)`, an unhealthy
+    /// container, or `a task of release 1 cannot be placed: no suitable node (…)`.
     #[error("the release's tasks failed: {reason}")]
     TasksFailed {
         /// Swarm's last task error or update message.
         reason: String,
     },
-    /// Swarm rolled the update back automatically: the previous release keeps running.
+    /// Swarm rolled the update back (on its own when a task failed, or asked to when a task
+    /// could not be placed): the previous release keeps running.
     #[error("Swarm rolled the update back, the previous release keeps running: {reason}")]
     RolledBack {
-        /// Swarm's update message and the last task error of the new release.
+        /// Swarm's update message (or the placement error) and the task error of the new
+        /// release that caused the rollback.
         reason: String,
     },
     /// Swarm did not converge within `converge_timeout`.

@@ -258,7 +258,9 @@ pub fn validate(spec: &ServiceDeploy) -> Result<(), Invalid> {
 }
 
 /// The host-mode port the service publishes, if it does: its updates and rollbacks stop the
-/// old task first.
+/// old task first, and its new tasks may wait for the port (see [`PLACEMENT_PATIENCE_HOST_PORT`]).
+///
+/// [`PLACEMENT_PATIENCE_HOST_PORT`]: super::PLACEMENT_PATIENCE_HOST_PORT
 pub(super) fn host_port(spec: &ServiceDeploy) -> Option<u16> {
     spec.publish.filter(|_| spec.publish_mode == PublishMode::Host)
 }
