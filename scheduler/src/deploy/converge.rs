@@ -238,14 +238,27 @@ fn progress_line(name: &str, obs: &Observation, target: &Target<'_>) -> String {
     }
 }
 
+/// Why the update was rolled back: Swarm's message (or why the deploy gave up placing a task)
+/// and the error of the task failure that caused it (see [`cause`]).
 fn rollback_reason(message: Option<&str>, obs: &Observation) -> String {
     let message = message.filter(|m| !m.is_empty()).unwrap_or(obs.update_message.as_str());
-    match obs.new_failures.last() {
-        Some(last) if message.is_empty() => format!("last task error: {}", last.error),
-        Some(last) => format!("{message}; last task error: {}", last.error),
+    match cause(message, &obs.new_failures) {
+        Some(cause) if message.is_empty() => format!("task error: {}", cause.error),
+        Some(cause) => format!("{message}; task error: {}", cause.error),
         None if message.is_empty() => "Swarm gave no reason".to_owned(),
         None => message.to_owned(),
     }
+}
+
+/// The failed task of the release that made Swarm roll back or pause: the one its message
+/// names ("update rolled back due to failure or early termination of task <id>"), else the
+/// first to end. Those that end later are mostly tasks Swarm stopped on the way, whose errors
+/// are incidental (`error while removing network: …`).
+fn cause<'a>(message: &str, failures: &'a [Failure]) -> Option<&'a Failure> {
+    failures
+        .iter()
+        .find(|f| !f.task_id.is_empty() && message.contains(f.task_id.as_str()))
+        .or(failures.first())
 }
 
 /// The task's error, plus its container's failing healthcheck when this engine runs it
@@ -537,6 +550,8 @@ enum Verdict {
 
 fn judge(obs: &Observation, target: &Target<'_>) -> Verdict {
     let last_error = obs.new_failures.last().map(|f| f.error.as_str()).unwrap_or("no task error");
+    let cause_error =
+        cause(&obs.update_message, &obs.new_failures).map(|f| f.error.as_str()).unwrap_or("no task error");
     match obs.update_state {
         Some(State::ROLLBACK_STARTED | State::ROLLBACK_COMPLETED) => {
             let reverted = obs.service_image != target.image || obs.service_release != target.release;
@@ -547,11 +562,11 @@ fn judge(obs: &Observation, target: &Target<'_>) -> Verdict {
             }
         }
         Some(State::ROLLBACK_PAUSED) => Verdict::Failed(format!(
-            "the update failed and so did its rollback ({}); last task error: {last_error}",
+            "the update failed and so did its rollback ({}); task error: {cause_error}",
             obs.update_message
         )),
         Some(State::PAUSED) => Verdict::Failed(format!(
-            "Swarm paused the update ({}); last task error: {last_error}",
+            "Swarm paused the update ({}); task error: {cause_error}",
             obs.update_message
         )),
         _ if obs.new_failures.len() >= FAILED_TASKS_LIMIT as usize => {

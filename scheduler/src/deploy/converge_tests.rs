@@ -173,7 +173,7 @@ fn rolled_back_once_the_previous_release_runs_again() {
     assert_eq!(
         rollback_reason(Some(&obs.update_message), &obs),
         "update rolled back due to failure or early termination of task a; \
-         last task error: task: non-zero exit (137): dockerexec: unhealthy container"
+         task error: task: non-zero exit (137): dockerexec: unhealthy container"
     );
 
     let svc = release_service(OLD, "6", Some(State::ROLLBACK_COMPLETED), "rollback completed");
@@ -205,6 +205,57 @@ fn repeated_task_failures_fail_the_deploy_but_earlier_ones_do_not_count() {
     let obs = observe(&svc, &tasks, &target(), &earlier);
     assert_eq!(obs.new_failures.len(), 2);
     assert_eq!(judge(&obs, &target()), Verdict::Waiting);
+}
+
+#[test]
+fn the_rollback_names_the_failure_that_caused_it_not_a_later_incidental_one() {
+    let one = Target { image: IMAGE, release: "7".into(), desired: 1 };
+    let svc = release_service(
+        OLD,
+        "6",
+        Some(State::ROLLBACK_COMPLETED),
+        "update rolled back due to failure or early termination of task b",
+    );
+    let unhealthy = "task: non-zero exit (137): dockerexec: unhealthy container";
+    let tasks = [
+        task("c", OLD, "6", RUNNING, RUNNING, "", 40),
+        // The task that failed its healthcheck, then its restart, stopped by the rollback.
+        task("b", IMAGE, "7", SHUTDOWN, FAILED, unhealthy, 20),
+        task(
+            "d",
+            IMAGE,
+            "7",
+            SHUTDOWN,
+            FAILED,
+            "error while removing network: network s_default has active endpoints",
+            30,
+        ),
+    ];
+    let obs = observe(&svc, &tasks, &one, &HashSet::new());
+    assert_eq!(obs.new_failures.last().unwrap().task_id, "d", "the incidental one ended last");
+    let message = obs.update_message.clone();
+    assert_eq!(rollback_reason(Some(&message), &obs), format!("{message}; task error: {unhealthy}"));
+
+    // Without a task named by Swarm, the first failure is the cause.
+    let tasks = [tasks[0].clone(), tasks[2].clone(), task("b", IMAGE, "7", SHUTDOWN, FAILED, unhealthy, 20)];
+    let obs = observe(&svc, &tasks, &one, &HashSet::new());
+    assert_eq!(
+        rollback_reason(Some("update rolled back"), &obs),
+        format!("update rolled back; task error: {unhealthy}")
+    );
+
+    let svc = release_service(
+        IMAGE,
+        "7",
+        Some(State::PAUSED),
+        "update paused due to failure or early termination of task b",
+    );
+    let obs = observe(&svc, &tasks, &one, &HashSet::new());
+    assert!(
+        matches!(judge(&obs, &one), Verdict::Failed(r) if r.ends_with(unhealthy)),
+        "{:?}",
+        judge(&obs, &one)
+    );
 }
 
 const CONSTRAINTS: &str = "no suitable node (scheduling constraints not satisfied on 1 node)";
