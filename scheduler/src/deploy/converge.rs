@@ -507,7 +507,6 @@ fn observe(
         .filter(|t| task_runs(t, target.image, Some(&target.release)))
         .filter_map(|t| Some((t.id.clone().unwrap_or_default(), placement_error(t)?.to_owned())))
         .collect();
-
     Observation {
         update_state: status.and_then(|s| s.state).filter(|s| *s != State::EMPTY),
         update_message: status.and_then(|s| s.message.clone()).unwrap_or_default(),

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{NetworkCreateRequest, ServiceSpec, Task};
+use bollard::models::{NetworkCreateRequest, ServiceSpec, ServiceUpdateStatusStateEnum, Task};
 use bollard::query_parameters::{ListTasksOptions, UpdateServiceOptions};
 use bollard::Docker;
 use slipway_common::Backoff;
@@ -224,7 +224,8 @@ pub(super) async fn apply(
 /// does: the current spec goes back with `rollback=previous` (Swarm checks it, then swaps in
 /// the previous one) and the service's version index, retried while Swarm answers "update
 /// out of sequence" (its updater writes the update status meanwhile). Swarm then reports
-/// `rollback_started` with the message "manually requested rollback".
+/// `rollback_started` with the message "manually requested rollback". Nothing is asked when
+/// Swarm is rolling back already: asked again, it would swap the new spec back in.
 pub(super) async fn roll_back(docker: &Docker, id: &str, name: &str) -> Result<(), DeployError> {
     let action = || format!("roll back service {name}");
     let mut last_error = String::new();
@@ -232,6 +233,15 @@ pub(super) async fn roll_back(docker: &Docker, id: &str, name: &str) -> Result<(
     for _ in 0..UPDATE_ATTEMPTS {
         let current =
             docker.inspect_service(id, None).await.map_err(|e| engine_error(docker, action(), e))?;
+        let state = current.update_status.as_ref().and_then(|u| u.state);
+        if let Some(
+            ServiceUpdateStatusStateEnum::ROLLBACK_STARTED
+            | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED
+            | ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED,
+        ) = state
+        {
+            return Ok(());
+        }
         let index = current.version.as_ref().and_then(|v| v.index).unwrap_or_default();
         let version = i32::try_from(index).map_err(|_| DeployError::Api {
             action: action(),
