@@ -2,7 +2,10 @@
 //! [`POLL_INTERVAL`] until Swarm has converged on the release, rolled it back, or given up.
 //! [`observe`] reduces one poll to an [`Observation`] and [`judge`] says what it means (both
 //! pure, tested on hand-made engine answers in `converge_tests.rs`); [`converge`] turns the
-//! changes into progress lines and a failed task into its error, healthcheck included.
+//! changes into progress lines and a failed task into its error, healthcheck included. A task
+//! of the release that Swarm cannot place is tracked across polls by a [`PlacementWatch`]
+//! (pure too, given the time); once one has been unplaceable for the patience, [`give_up`]
+//! says whether to ask Swarm to roll back or to fail.
 //!
 //! What Swarm does on Docker 20.10 (API 1.41), as seen by the deploy tests:
 //! - With a healthcheck a task stays `starting` until its first healthy probe and only then
@@ -25,6 +28,18 @@
 //!   progress line. Ingress mode (start-first) does not wait for old tasks.
 //! - In host mode a stop-first update's new task waits a few seconds in `pending` ("no
 //!   suitable node (host-mode port already in use on 1 node)") until the old task lets go.
+//! - A task that no node can take (`no suitable node (scheduling constraints not satisfied on
+//!   1 node)`, a host port another service holds, `insufficient resources`) stays `pending`
+//!   for ever: Swarm's updater waits for it without a timeout and never rolls back on its
+//!   own. [`converge`] gives up once such an error has lasted [`PLACEMENT_PATIENCE`]
+//!   ([`PLACEMENT_PATIENCE_HOST_PORT`] for a release with a host-mode port, whose stop-first
+//!   update waits for the old task legitimately): on a first deploy with
+//!   [`DeployError::TasksFailed`], on an update by asking Swarm to roll back (`docker service
+//!   rollback`) and waiting, as for Swarm's own rollbacks, until the previous release runs.
+//!   A start-first rollback keeps the old task, which never stopped, and is over at once. A
+//!   stop-first one (host-mode port) has already stopped the old task, and Swarm first waits
+//!   its one-minute timeout for the never-scheduled task to stop (moby/moby#36699 again), so
+//!   the previous release runs again about 60 s after the rollback is asked for.
 //! - A task's spec as listed is not equal to the service's task template (the engine fills
 //!   in defaults differently), hence the release label to tell tasks apart.
 //! - A task whose image cannot be pulled is `rejected` with `No such image: …` and replaced
@@ -34,15 +49,16 @@
 //!   [`remove_app`](super::remove_app)).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bollard::models::{HealthStatusEnum, Service, ServiceUpdateStatusStateEnum as State, Task, TaskState};
 use bollard::Docker;
 
-use super::engine::{engine_error, list_tasks, Applied};
+use super::engine::{engine_error, list_tasks, roll_back, Applied, Replaced};
+use super::spec::host_port;
 use super::{
     monitor_period, DeployError, DeployOutcome, ServiceDeploy, FAILED_TASKS_LIMIT, LABEL_RELEASE,
-    POLL_INTERVAL,
+    PLACEMENT_PATIENCE, PLACEMENT_PATIENCE_HOST_PORT, POLL_INTERVAL,
 };
 
 /// Polls the service and its tasks until [`judge`] decides, or the timeout passes.
@@ -60,6 +76,10 @@ pub(super) async fn converge(
     // outcome must hold for one monitor period, as Swarm's updater would wait.
     let settle = monitor_period(spec.healthcheck.as_ref());
     let target = Target { image: &spec.image, release: spec.release.to_string(), desired: spec.replicas };
+    let patience = if host_port(spec).is_some() { PLACEMENT_PATIENCE_HOST_PORT } else { PLACEMENT_PATIENCE };
+    let mut placement = PlacementWatch::new(patience);
+    // Set once the deploy gave up on a task Swarm cannot place (and asked for a rollback).
+    let mut gave_up_placing = false;
     let mut settled_since: Option<Instant> = None;
     let mut rollback_message: Option<String> = None;
     let mut described: HashMap<String, String> = HashMap::new();
@@ -103,6 +123,34 @@ pub(super) async fn converge(
         }
 
         let now = Instant::now();
+        // Swarm's own rollback shuts the release's tasks down: nothing left to place.
+        if !gave_up_placing && !obs.update_state.is_some_and(is_rollback) {
+            if let Some(error) = placement.check(&obs.unplaceable, now) {
+                gave_up_placing = true;
+                let reason = placement_reason(&target.release, &error);
+                match give_up(applied.replaced.as_ref(), &target) {
+                    GiveUp::Fail => {
+                        progress(format!(
+                            "service {name}: deploy failed after {patience:?} of waiting: {reason}"
+                        ));
+                        return Err(DeployError::TasksFailed { reason });
+                    }
+                    GiveUp::RollBack { to_release } => {
+                        progress(format!(
+                            "service {name}: giving up on release {} after {patience:?} of waiting: \
+                             {reason}; asking Swarm to roll back to release {to_release}",
+                            spec.release
+                        ));
+                        if let Err(err) = roll_back(docker, &applied.id, name).await {
+                            return Err(DeployError::TasksFailed {
+                                reason: format!("{reason}; and the rollback failed: {err}"),
+                            });
+                        }
+                        rollback_message = Some(reason);
+                    }
+                }
+            }
+        }
         let verdict = judge(&obs, &target);
         let settled = match verdict {
             Verdict::Converged { swarm_done } | Verdict::RolledBack { swarm_done } => {
@@ -124,7 +172,7 @@ pub(super) async fn converge(
                     service_id: applied.id,
                     running: obs.running,
                     desired: target.desired,
-                    published_port: published_port(&service, spec.port),
+                    published_port: published_port(&service, spec.publish, spec.port),
                     created: applied.created,
                 });
             }
@@ -190,14 +238,27 @@ fn progress_line(name: &str, obs: &Observation, target: &Target<'_>) -> String {
     }
 }
 
+/// Why the update was rolled back: Swarm's message (or why the deploy gave up placing a task)
+/// and the error of the task failure that caused it (see [`cause`]).
 fn rollback_reason(message: Option<&str>, obs: &Observation) -> String {
     let message = message.filter(|m| !m.is_empty()).unwrap_or(obs.update_message.as_str());
-    match obs.new_failures.last() {
-        Some(last) if message.is_empty() => format!("last task error: {}", last.error),
-        Some(last) => format!("{message}; last task error: {}", last.error),
+    match cause(message, &obs.new_failures) {
+        Some(cause) if message.is_empty() => format!("task error: {}", cause.error),
+        Some(cause) => format!("{message}; task error: {}", cause.error),
         None if message.is_empty() => "Swarm gave no reason".to_owned(),
         None => message.to_owned(),
     }
+}
+
+/// The failed task of the release that made Swarm roll back or pause: the one its message
+/// names ("update rolled back due to failure or early termination of task <id>"), else the
+/// first to end. Those that end later are mostly tasks Swarm stopped on the way, whose errors
+/// are incidental (`error while removing network: …`).
+fn cause<'a>(message: &str, failures: &'a [Failure]) -> Option<&'a Failure> {
+    failures
+        .iter()
+        .find(|f| !f.task_id.is_empty() && message.contains(f.task_id.as_str()))
+        .or(failures.first())
 }
 
 /// The task's error, plus its container's failing healthcheck when this engine runs it
@@ -234,16 +295,19 @@ async fn describe_failure(docker: &Docker, failure: &Failure) -> String {
     format!("{}; the container was unhealthy (last healthcheck: {probe})", failure.error)
 }
 
-fn published_port(service: &Service, port: Option<u16>) -> Option<u16> {
-    let port = port?;
+/// The host port published to `port` as the engine reports it, else the one asked for.
+fn published_port(service: &Service, publish: Option<u16>, port: Option<u16>) -> Option<u16> {
+    let publish = publish?;
     let from_endpoint = service
         .endpoint
         .as_ref()
         .and_then(|e| e.ports.as_ref())
-        .and_then(|ports| ports.iter().find(|p| p.target_port == Some(i64::from(port))))
+        .and_then(|ports| {
+            ports.iter().find(|p| port.is_some_and(|port| p.target_port == Some(i64::from(port))))
+        })
         .and_then(|p| p.published_port)
         .and_then(|p| u16::try_from(p).ok());
-    from_endpoint.or(Some(port))
+    from_endpoint.or(Some(publish))
 }
 
 /// What a deploy waits for.
@@ -278,6 +342,9 @@ struct Observation {
     new_failures: Vec<Failure>,
     /// Tasks that should run but wait, with Swarm's reason (e.g. a host port in use).
     waiting: Vec<(String, String)>,
+    /// Tasks of the target release that should run but that Swarm finds no node for, with
+    /// its placement error (see [`placement_error`]).
+    unplaceable: Vec<(String, String)>,
 }
 
 fn is_rollback(state: State) -> bool {
@@ -312,6 +379,80 @@ fn task_error(task: &Task) -> String {
             format!("{}: {message}", state.map(|s| s.to_string()).unwrap_or_default())
         }
         (state, None, None) => state.map(|s| s.to_string()).unwrap_or_default(),
+    }
+}
+
+/// Swarm's error for a task of the release that should run but that its scheduler finds no
+/// node for: the task is not scheduled yet and its error is a placement error (see
+/// [`is_placement_error`]).
+fn placement_error(task: &Task) -> Option<&str> {
+    let err = task.status.as_ref().and_then(|s| s.err.as_deref())?;
+    let unscheduled =
+        matches!(task_state(task), Some(TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING));
+    let should_run = matches!(task.desired_state, Some(TaskState::READY | TaskState::RUNNING));
+    (should_run && unscheduled && is_placement_error(err)).then_some(err)
+}
+
+/// True for the errors swarmkit's scheduler leaves on a task it cannot place: `no suitable
+/// node (<why> on <n> nodes; …)` (scheduling constraints, host-mode port in use, platform,
+/// max replicas per node, nodes not available) and resource shortages (`insufficient
+/// resources on <n> nodes`).
+fn is_placement_error(err: &str) -> bool {
+    err.starts_with("no suitable node") || err.contains("insufficient resources")
+}
+
+/// The reason a deploy gives when it gives up on a task Swarm cannot place.
+fn placement_reason(release: &str, error: &str) -> String {
+    format!("a task of release {release} cannot be placed: {error}")
+}
+
+/// How long each task of the release has been unplaceable, across polls.
+#[derive(Debug)]
+struct PlacementWatch {
+    patience: Duration,
+    /// Task ID → when it was first seen unplaceable (in this unbroken run of polls).
+    since: HashMap<String, Instant>,
+}
+
+impl PlacementWatch {
+    fn new(patience: Duration) -> Self {
+        PlacementWatch { patience, since: HashMap::new() }
+    }
+
+    /// Records one poll's unplaceable tasks (task ID, error) seen at `now`, forgetting
+    /// those no longer in it; Swarm's latest error for one that has been unplaceable for
+    /// the patience, if any.
+    fn check(&mut self, unplaceable: &[(String, String)], now: Instant) -> Option<String> {
+        self.since.retain(|id, _| unplaceable.iter().any(|(task, _)| task == id));
+        let mut overdue = None;
+        for (task, error) in unplaceable {
+            let since = *self.since.entry(task.clone()).or_insert(now);
+            if overdue.is_none() && now.duration_since(since) >= self.patience {
+                overdue = Some(error.clone());
+            }
+        }
+        overdue
+    }
+}
+
+/// What a deploy does about a task of its release that Swarm could not place in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GiveUp {
+    /// Ask Swarm to roll back to the service's previous spec, which runs `to_release`.
+    RollBack { to_release: String },
+    /// Nothing else to go back to (first deploy, or the previous spec is this release):
+    /// fail, and leave the service for `docker service ps`.
+    Fail,
+}
+
+/// `replaced` is the spec this deploy's update replaced (see [`Applied::replaced`]), the one
+/// Swarm's rollback returns to; `None` when the deploy created the service.
+fn give_up(replaced: Option<&Replaced>, target: &Target<'_>) -> GiveUp {
+    match replaced {
+        Some(r) if r.image != target.image || r.release != target.release => {
+            GiveUp::RollBack { to_release: r.release.clone() }
+        }
+        _ => GiveUp::Fail,
     }
 }
 
@@ -361,6 +502,11 @@ fn observe(
     ended.sort_by_key(|t| t.version.as_ref().and_then(|v| v.index).unwrap_or_default());
     let waiting =
         tasks.iter().filter_map(|t| Some((t.id.clone().unwrap_or_default(), why_waiting(t)?))).collect();
+    let unplaceable = tasks
+        .iter()
+        .filter(|t| task_runs(t, target.image, Some(&target.release)))
+        .filter_map(|t| Some((t.id.clone().unwrap_or_default(), placement_error(t)?.to_owned())))
+        .collect();
     Observation {
         update_state: status.and_then(|s| s.state).filter(|s| *s != State::EMPTY),
         update_message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
@@ -382,6 +528,7 @@ fn observe(
             })
             .collect(),
         waiting,
+        unplaceable,
     }
 }
 
@@ -402,6 +549,8 @@ enum Verdict {
 
 fn judge(obs: &Observation, target: &Target<'_>) -> Verdict {
     let last_error = obs.new_failures.last().map(|f| f.error.as_str()).unwrap_or("no task error");
+    let cause_error =
+        cause(&obs.update_message, &obs.new_failures).map(|f| f.error.as_str()).unwrap_or("no task error");
     match obs.update_state {
         Some(State::ROLLBACK_STARTED | State::ROLLBACK_COMPLETED) => {
             let reverted = obs.service_image != target.image || obs.service_release != target.release;
@@ -412,11 +561,11 @@ fn judge(obs: &Observation, target: &Target<'_>) -> Verdict {
             }
         }
         Some(State::ROLLBACK_PAUSED) => Verdict::Failed(format!(
-            "the update failed and so did its rollback ({}); last task error: {last_error}",
+            "the update failed and so did its rollback ({}); task error: {cause_error}",
             obs.update_message
         )),
         Some(State::PAUSED) => Verdict::Failed(format!(
-            "Swarm paused the update ({}); last task error: {last_error}",
+            "Swarm paused the update ({}); task error: {cause_error}",
             obs.update_message
         )),
         _ if obs.new_failures.len() >= FAILED_TASKS_LIMIT as usize => {

@@ -2,18 +2,21 @@
 //! are sorted into [`DeployError`]s a caller can act on; the stack's overlay network is created
 //! when missing; [`apply`] creates the service or replaces its spec with the version index it
 //! read, retrying while Swarm answers "update out of sequence" (another change came first) and
-//! turning a concurrent creation into an update. The tests are in `engine_tests.rs`.
+//! turning a concurrent creation into an update; [`roll_back`] asks Swarm to go back to the
+//! service's previous spec. The tests are in `engine_tests.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{NetworkCreateRequest, ServiceSpec, Task};
+use bollard::models::{NetworkCreateRequest, ServiceSpec, ServiceUpdateStatusStateEnum, Task};
 use bollard::query_parameters::{ListTasksOptions, UpdateServiceOptions};
 use bollard::Docker;
 use slipway_common::Backoff;
 
-use super::{network_name, DeployError, PullAuth, LABEL_PULL_GRANT_EXPIRES, LABEL_STACK_NAMESPACE};
+use super::{
+    network_name, DeployError, PullAuth, LABEL_PULL_GRANT_EXPIRES, LABEL_RELEASE, LABEL_STACK_NAMESPACE,
+};
 
 /// How many times an update is retried when Swarm answers "update out of sequence".
 const UPDATE_ATTEMPTS: u32 = 5;
@@ -113,6 +116,28 @@ pub(super) struct Applied {
     pub(super) created: bool,
     /// Tasks that existed before this deploy.
     pub(super) earlier_tasks: HashSet<String>,
+    /// The spec an update replaced, which Swarm keeps as the service's previous spec (what a
+    /// rollback returns to; bollard's `Service` does not read `PreviousSpec`). `None` when
+    /// the service was created.
+    pub(super) replaced: Option<Replaced>,
+}
+
+/// Which release a service spec ran: its image and its [`LABEL_RELEASE`] (empty without).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Replaced {
+    pub(super) image: String,
+    pub(super) release: String,
+}
+
+impl Replaced {
+    fn of(spec: Option<&ServiceSpec>) -> Replaced {
+        let container = spec.and_then(|s| s.task_template.as_ref()).and_then(|t| t.container_spec.as_ref());
+        let label = container.and_then(|c| c.labels.as_ref()).and_then(|l| l.get(LABEL_RELEASE));
+        Replaced {
+            image: container.and_then(|c| c.image.clone()).unwrap_or_default(),
+            release: label.cloned().unwrap_or_default(),
+        }
+    }
 }
 
 /// Creates the service, or replaces the spec of the existing one (with its version index,
@@ -141,7 +166,12 @@ pub(super) async fn apply(
                             progress(format!("service {name}: engine warning: {warning}"));
                         }
                         let id = created.id.unwrap_or_else(|| name.to_owned());
-                        return Ok(Applied { id, created: true, earlier_tasks: HashSet::new() });
+                        return Ok(Applied {
+                            id,
+                            created: true,
+                            earlier_tasks: HashSet::new(),
+                            replaced: None,
+                        });
                     }
                     // Created by a concurrent deploy in the meantime: update it instead.
                     Err(e) if is_already_exists(&e) => {
@@ -174,7 +204,8 @@ pub(super) async fn apply(
                 for warning in updated.warnings.unwrap_or_default() {
                     progress(format!("service {name}: engine warning: {warning}"));
                 }
-                return Ok(Applied { id, created: false, earlier_tasks });
+                let replaced = Some(Replaced::of(current.spec.as_ref()));
+                return Ok(Applied { id, created: false, earlier_tasks, replaced });
             }
             Err(e) if is_out_of_sequence(&e) => {
                 last_error = e.to_string();
@@ -185,6 +216,50 @@ pub(super) async fn apply(
     }
     Err(DeployError::Api {
         action: format!("update service {name}"),
+        message: format!("gave up after {UPDATE_ATTEMPTS} attempts: {last_error}"),
+    })
+}
+
+/// Asks Swarm to roll the service back to its previous spec, as `docker service rollback`
+/// does: the current spec goes back with `rollback=previous` (Swarm checks it, then swaps in
+/// the previous one) and the service's version index, retried while Swarm answers "update
+/// out of sequence" (its updater writes the update status meanwhile). Swarm then reports
+/// `rollback_started` with the message "manually requested rollback". Nothing is asked when
+/// Swarm is rolling back already: asked again, it would swap the new spec back in.
+pub(super) async fn roll_back(docker: &Docker, id: &str, name: &str) -> Result<(), DeployError> {
+    let action = || format!("roll back service {name}");
+    let mut last_error = String::new();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+    for _ in 0..UPDATE_ATTEMPTS {
+        let current =
+            docker.inspect_service(id, None).await.map_err(|e| engine_error(docker, action(), e))?;
+        let state = current.update_status.as_ref().and_then(|u| u.state);
+        if let Some(
+            ServiceUpdateStatusStateEnum::ROLLBACK_STARTED
+            | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED
+            | ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED,
+        ) = state
+        {
+            return Ok(());
+        }
+        let index = current.version.as_ref().and_then(|v| v.index).unwrap_or_default();
+        let version = i32::try_from(index).map_err(|_| DeployError::Api {
+            action: action(),
+            message: format!("its version index {index} does not fit the API client's 32-bit field"),
+        })?;
+        let options =
+            UpdateServiceOptions { version, rollback: Some("previous".into()), ..Default::default() };
+        match docker.update_service(id, current.spec.unwrap_or_default(), options, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_out_of_sequence(&e) => {
+                last_error = e.to_string();
+                backoff.wait().await;
+            }
+            Err(e) => return Err(engine_error(docker, action(), e)),
+        }
+    }
+    Err(DeployError::Api {
+        action: action(),
         message: format!("gave up after {UPDATE_ATTEMPTS} attempts: {last_error}"),
     })
 }

@@ -6,6 +6,13 @@
 //! `docker stack services <stack>` list it), it is attached to the overlay network
 //! `<stack>_default` with the alias `<app>`, and its named volumes are `<stack>_<app>_<path>`.
 //!
+//! Apps publish no host port: the stack's router (the Swarm service `<stack>_router`)
+//! reaches each app's tasks over `<stack>_default` by the DNS name `tasks.<stack>_<app>` on the
+//! app's container port. The service's endpoint mode is therefore `dnsrr` (the name resolves
+//! to the tasks themselves, no virtual IP). A non-HTTP app may ask to publish one host port
+//! ([`ServiceDeploy::publish`]); an ingress-mode one needs Swarm's virtual IP, a host-mode one
+//! makes updates stop the old task first.
+//!
 //! ```text
 //! mod.rs       deploy(ServiceDeploy, Option<PullAuth>, progress)
 //! spec.rs        validate + service_spec (pure) ─► ServiceSpec
@@ -14,6 +21,7 @@
 //!                inspect <stack>_<app> ─► create, or update with its version index
 //!                (whole spec replaced; retried on "update out of sequence")
 //! converge.rs    every 500 ms: service UpdateStatus + tasks ─► observe + judge (pure) ─► progress
+//!                a task Swarm cannot place for PLACEMENT_PATIENCE ─► roll back (engine.rs) or fail
 //!              ─► Ok(DeployOutcome) | RolledBack | TasksFailed | Timeout
 //! grants.rs    renew_pull_grant, later and from the dispatcher: fresh pull credentials, no restart
 //! ```
@@ -28,7 +36,7 @@
 //! - `spec.rs`: names, validation and the Swarm service spec (pure).
 //! - `engine.rs`: the engine calls with retries, and what their errors mean.
 //! - `converge.rs`: observe and judge the service until it settles, and what Swarm was seen
-//!   doing on the way (healthchecks, rollbacks, host-mode ports).
+//!   doing on the way (healthchecks, rollbacks, host-mode ports, tasks it cannot place).
 //! - `grants.rs`: [`renew_pull_grant`], keeping a running service's registry credentials valid.
 //! - Tests: `spec_tests.rs`, `engine_tests.rs` and `converge_tests.rs` beside their part, pure;
 //!   `tests.rs` deploys on the local Docker engine.
@@ -79,6 +87,14 @@ pub const FAILED_TASKS_LIMIT: u32 = 3;
 pub const RESTART_DELAY: Duration = Duration::from_secs(3);
 /// Update monitor period when the app has no healthcheck.
 pub const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
+/// How long a task of the new release may stay unplaceable (Swarm's `no suitable node (…)`
+/// or `insufficient resources`) before the deploy gives up on it. Swarm's scheduler decides
+/// from the cluster's state as it is, so an error that outlasts a few polls will not clear.
+pub const PLACEMENT_PATIENCE: Duration = Duration::from_secs(3);
+/// [`PLACEMENT_PATIENCE`] for a release that publishes a host-mode port: its stop-first
+/// update legitimately waits (`host-mode port already in use`) while the old task lets go
+/// of the port, up to Docker's 10 s stop grace period for an app that ignores SIGTERM.
+pub const PLACEMENT_PATIENCE_HOST_PORT: Duration = Duration::from_secs(15);
 
 /// The registry credentials a service's tasks pull with: Swarm keeps them with the
 /// service (sent as `X-Registry-Auth`) and hands them to whichever node runs a task.
@@ -115,15 +131,22 @@ pub struct ServiceDeploy {
     pub release: u64,
     /// Number of tasks (replicated mode).
     pub replicas: u32,
-    /// Container port, published on the same port number of the host (tcp).
+    /// Container port the app listens on (the caller gives it to the app as `$PORT`). Not
+    /// published: the router reaches it at `tasks.<stack>_<app>:<port>`.
     pub port: Option<u16>,
+    /// Host port published to `port` (tcp, as `publish_mode` says), only for a non-HTTP app
+    /// that asks for one. Needs `port`.
+    pub publish: Option<u16>,
+    /// Swarm placement constraints, e.g. `node.labels.gpu == true`, `node.role != manager`
+    /// or `node.hostname == n1` (see [`validate`] for the form); all must hold.
+    pub constraints: Vec<String>,
     /// Environment, passed as `K=V`.
     pub env: BTreeMap<String, String>,
     /// Absolute container paths that become volume mounts (see [`PersistBackend`]).
     pub persist: Vec<String>,
     /// Container healthcheck; overrides the image's `HEALTHCHECK`.
     pub healthcheck: Option<Healthcheck>,
-    /// How the port is published.
+    /// How `publish` is published.
     pub publish_mode: PublishMode,
     /// Where `persist` directories live.
     pub persist_backend: PersistBackend,
@@ -131,11 +154,11 @@ pub struct ServiceDeploy {
     pub converge_timeout: Duration,
 }
 
-/// How a published port reaches the tasks.
+/// How a published port ([`ServiceDeploy::publish`]) reaches the tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PublishMode {
-    /// Swarm's routing mesh: the port answers on every node (IPVS). Updates start the new
-    /// task before stopping the old one.
+    /// Swarm's routing mesh: the port answers on every node (IPVS), through the service's
+    /// virtual IP (endpoint mode `vip`). Updates start the new task before stopping the old.
     #[default]
     Ingress,
     /// The port is bound on the node that runs the task (single node, tests, no IPVS).
@@ -170,7 +193,7 @@ pub struct DeployOutcome {
     pub running: u32,
     /// Replicas asked for.
     pub desired: u32,
-    /// Port published on the hosts, if any.
+    /// Host port published ([`ServiceDeploy::publish`]), if any.
     pub published_port: Option<u16>,
     /// True when the service was created, false when an existing one was updated.
     pub created: bool,
@@ -203,18 +226,21 @@ pub enum DeployError {
         /// The engine's message and HTTP status.
         message: String,
     },
-    /// The new release's tasks keep failing and there is nothing to roll back to (first
-    /// deploy), or Swarm paused the update or the rollback. The reason is the task's error,
-    /// e.g. `No such image: …`, `task: non-zero exit (1)`, or an unhealthy container.
+    /// The new release's tasks keep failing, or Swarm cannot place one, and there is nothing
+    /// to roll back to (first deploy); or Swarm paused the update or the rollback. The reason
+    /// is the task's error, e.g. `No such image: …`, `task: non-zero exit (1)`, an unhealthy
+    /// container, or `a task of release 1 cannot be placed: no suitable node (…)`.
     #[error("the release's tasks failed: {reason}")]
     TasksFailed {
         /// Swarm's last task error or update message.
         reason: String,
     },
-    /// Swarm rolled the update back automatically: the previous release keeps running.
+    /// Swarm rolled the update back (on its own when a task failed, or asked to when a task
+    /// could not be placed): the previous release keeps running.
     #[error("Swarm rolled the update back, the previous release keeps running: {reason}")]
     RolledBack {
-        /// Swarm's update message and the last task error of the new release.
+        /// Swarm's update message (or the placement error) and the task error of the new
+        /// release that caused the rollback.
         reason: String,
     },
     /// Swarm did not converge within `converge_timeout`.

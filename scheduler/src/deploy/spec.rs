@@ -1,8 +1,9 @@
 //! Spec: the pure half of a deploy. The names a stack's objects get (`<stack>_<app>`,
 //! `<stack>_default`, `<stack>_<app>_<path>`), the checks a [`ServiceDeploy`] must pass before
 //! anything reaches Docker, and the complete Swarm [`ServiceSpec`] built from it: labels,
-//! healthcheck, volume mounts (local or NFS), published port, update and rollback policy.
-//! No Docker needed; the tests are in `spec_tests.rs`.
+//! healthcheck, volume mounts (local or NFS), placement constraints, endpoint (`dnsrr`, and the
+//! published port if any), update and rollback policy. No Docker needed; the tests are in
+//! `spec_tests.rs`.
 //!
 //! The engine does not resolve images itself for API ≥ 1.30 (that is a client-side option of
 //! the docker CLI), so the spec keeps exactly the `repo@sha256:…` we send.
@@ -16,8 +17,8 @@ use bollard::models::{
     NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
     ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
     ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
-    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum,
+    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use slipway_proto::validate::{self, Invalid};
 
@@ -33,6 +34,16 @@ const DOCKER_DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 const DOCKER_DEFAULT_HEALTH_RETRIES: u32 = 3;
 /// Swarm service names are DNS labels.
 const MAX_SERVICE_NAME_LEN: usize = 63;
+/// The node attributes a placement constraint may test (swarmkit's `manager/constraint`);
+/// Swarm accepts any other name and then finds no node that matches it.
+const CONSTRAINT_ATTRIBUTES: [&str; 5] =
+    ["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"];
+/// Label attributes: the prefix and a non-empty label name.
+const CONSTRAINT_LABEL_PREFIXES: [&str; 2] = ["node.labels.", "engine.labels."];
+/// The form [`validate`] expects of a placement constraint, for its error messages.
+const CONSTRAINT_FORM: &str = "`<attribute> == <value>` or `<attribute> != <value>`, the attribute \
+     one of node.id, node.hostname, node.role, node.platform.os, node.platform.arch, \
+     node.labels.<label>, engine.labels.<label>";
 
 /// The Swarm service name of an app: `<stack>_<app>`.
 pub fn service_name(stack: &str, app: &str) -> String {
@@ -142,6 +153,42 @@ fn validate_persist(spec: &ServiceDeploy) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// One placement constraint, in swarmkit's form: `<attribute> ==|!= <value>`, spaces around
+/// the operator optional, the attribute from [`CONSTRAINT_ATTRIBUTES`] or a label under
+/// [`CONSTRAINT_LABEL_PREFIXES`] (letters, digits, `-`, `_`, `.`), the value non-empty and
+/// within swarmkit's characters (letters, digits, spaces and `:-_.*()?+[]\^$|/`).
+fn validate_constraint(constraint: &str) -> Result<(), Invalid> {
+    let refuse = |why: String| {
+        Err(invalid("placement constraint", format!("{constraint:?} {why}; expected {CONSTRAINT_FORM}")))
+    };
+    if constraint.chars().any(char::is_control) {
+        return refuse("contains a control character".into());
+    }
+    // swarmkit looks for `==` first, then `!=`.
+    let Some((attribute, value)) = constraint.split_once("==").or_else(|| constraint.split_once("!=")) else {
+        return refuse("has no operator".into());
+    };
+    let (attribute, value) = (attribute.trim(), value.trim());
+    let label = CONSTRAINT_LABEL_PREFIXES.iter().find_map(|prefix| attribute.strip_prefix(prefix));
+    let label_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    match label {
+        Some(label) if label.is_empty() || !label.chars().all(label_char) => {
+            return refuse(format!(
+                "tests {attribute:?}, whose label name is empty or holds characters other than \
+                 letters, digits, '-', '_' and '.'"
+            ))
+        }
+        Some(_) => {}
+        None if CONSTRAINT_ATTRIBUTES.contains(&attribute) => {}
+        None => return refuse(format!("tests the unknown attribute {attribute:?}")),
+    }
+    let value_char = |c: char| c.is_ascii_alphanumeric() || c == ' ' || ":-_.*()?+[]\\^$|/".contains(c);
+    if value.is_empty() || !value.chars().all(value_char) {
+        return refuse(format!("has the value {value:?}, which is empty or holds a character Swarm refuses"));
+    }
+    Ok(())
+}
+
 fn validate_healthcheck(hc: &Healthcheck) -> Result<(), Invalid> {
     const WHAT: &str = "healthcheck";
     match hc.cmd.first().map(String::as_str) {
@@ -167,12 +214,30 @@ fn validate_healthcheck(hc: &Healthcheck) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Checks everything about a [`ServiceDeploy`] that can be checked without Docker.
+/// Checks everything about a [`ServiceDeploy`] that can be checked without Docker: names,
+/// the image's digest, ports (`publish` needs `port`; neither is 0), env, persist paths,
+/// the healthcheck, and each placement constraint, which must read `<attribute> == <value>`
+/// or `<attribute> != <value>` with an attribute Swarm knows: `node.id`, `node.hostname`,
+/// `node.role`, `node.platform.os`, `node.platform.arch`, `node.labels.<label>` or
+/// `engine.labels.<label>`.
 pub fn validate(spec: &ServiceDeploy) -> Result<(), Invalid> {
     validate_names(&spec.stack, &spec.app)?;
     validate::image(&spec.image)?;
     if spec.port == Some(0) {
-        return Err(invalid("port", "0 is not a port; leave it out to publish nothing"));
+        return Err(invalid("port", "0 is not a port; leave it out when the app listens on none"));
+    }
+    match (spec.publish, spec.port) {
+        (Some(0), _) => return Err(invalid("publish", "0 is not a port; leave it out to publish nothing")),
+        (Some(publish), None) => {
+            return Err(invalid(
+                "publish",
+                format!("host port {publish} would be published to the app's port, but the app has none"),
+            ))
+        }
+        _ => {}
+    }
+    for constraint in &spec.constraints {
+        validate_constraint(constraint)?;
     }
     for (key, value) in &spec.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -190,6 +255,14 @@ pub fn validate(spec: &ServiceDeploy) -> Result<(), Invalid> {
         validate_healthcheck(hc)?;
     }
     Ok(())
+}
+
+/// The host-mode port the service publishes, if it does: its updates and rollbacks stop the
+/// old task first, and its new tasks may wait for the port (see [`PLACEMENT_PATIENCE_HOST_PORT`]).
+///
+/// [`PLACEMENT_PATIENCE_HOST_PORT`]: super::PLACEMENT_PATIENCE_HOST_PORT
+pub(super) fn host_port(spec: &ServiceDeploy) -> Option<u16> {
+    spec.publish.filter(|_| spec.publish_mode == PublishMode::Host)
 }
 
 /// Nanoseconds for the Engine API; zero (Docker's default) becomes `None`.
@@ -282,20 +355,18 @@ pub fn service_spec(spec: &ServiceDeploy) -> Result<ServiceSpec, DeployError> {
         health_check: spec.healthcheck.as_ref().map(health_config),
         ..Default::default()
     };
-    let (update_order, rollback_order) = match spec.publish_mode {
-        PublishMode::Ingress => {
-            (ServiceSpecUpdateConfigOrderEnum::START_FIRST, ServiceSpecRollbackConfigOrderEnum::START_FIRST)
-        }
-        PublishMode::Host => {
-            (ServiceSpecUpdateConfigOrderEnum::STOP_FIRST, ServiceSpecRollbackConfigOrderEnum::STOP_FIRST)
-        }
+    // Two tasks cannot hold one host port on one node: the old one must go first.
+    let (update_order, rollback_order) = if host_port(spec).is_some() {
+        (ServiceSpecUpdateConfigOrderEnum::STOP_FIRST, ServiceSpecRollbackConfigOrderEnum::STOP_FIRST)
+    } else {
+        (ServiceSpecUpdateConfigOrderEnum::START_FIRST, ServiceSpecRollbackConfigOrderEnum::START_FIRST)
     };
     let monitor = nanos(monitor_period(spec.healthcheck.as_ref()));
-    let ports = spec.port.map(|port| {
+    let ports = spec.publish.zip(spec.port).map(|(published, target)| {
         vec![EndpointPortConfig {
             protocol: Some(EndpointPortConfigProtocolEnum::TCP),
-            target_port: Some(i64::from(port)),
-            published_port: Some(i64::from(port)),
+            target_port: Some(i64::from(target)),
+            published_port: Some(i64::from(published)),
             publish_mode: Some(match spec.publish_mode {
                 PublishMode::Ingress => EndpointPortConfigPublishModeEnum::INGRESS,
                 PublishMode::Host => EndpointPortConfigPublishModeEnum::HOST,
@@ -303,6 +374,16 @@ pub fn service_spec(spec: &ServiceDeploy) -> Result<ServiceSpec, DeployError> {
             ..Default::default()
         }]
     });
+    // DNS round robin: `tasks.<service>` and the service name resolve to the tasks, which is
+    // what the router balances over. Swarm refuses it with an ingress-mode port, which needs
+    // the virtual IP.
+    let endpoint_mode = if spec.publish.is_some() && spec.publish_mode == PublishMode::Ingress {
+        EndpointSpecModeEnum::VIP
+    } else {
+        EndpointSpecModeEnum::DNSRR
+    };
+    let placement = (!spec.constraints.is_empty())
+        .then(|| TaskSpecPlacement { constraints: Some(spec.constraints.clone()), ..Default::default() });
     Ok(ServiceSpec {
         name: Some(service_name(&spec.stack, &spec.app)),
         labels: Some(service_labels),
@@ -319,6 +400,7 @@ pub fn service_spec(spec: &ServiceDeploy) -> Result<ServiceSpec, DeployError> {
                 aliases: Some(vec![spec.app.clone()]),
                 driver_opts: None,
             }]),
+            placement,
             ..Default::default()
         }),
         mode: Some(ServiceSpecMode {
@@ -342,7 +424,7 @@ pub fn service_spec(spec: &ServiceDeploy) -> Result<ServiceSpec, DeployError> {
             order: Some(rollback_order),
         }),
         networks: None,
-        endpoint_spec: Some(EndpointSpec { mode: Some(EndpointSpecModeEnum::VIP), ports }),
+        endpoint_spec: Some(EndpointSpec { mode: Some(endpoint_mode), ports }),
     })
 }
 

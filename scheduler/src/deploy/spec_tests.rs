@@ -62,8 +62,11 @@ fn healthcheck_durations_become_nanoseconds() {
 }
 
 #[test]
-fn ingress_updates_start_first_and_publishes_through_the_mesh() {
+fn an_app_publishes_nothing_and_is_reached_by_dns_round_robin() {
     let spec = service_spec(&shop()).unwrap();
+    let endpoint = spec.endpoint_spec.as_ref().unwrap();
+    assert_eq!(endpoint.mode, Some(EndpointSpecModeEnum::DNSRR));
+    assert!(endpoint.ports.is_none(), "the container port is not published");
     let update = spec.update_config.as_ref().unwrap();
     assert_eq!(update.parallelism, Some(1));
     assert_eq!(update.order, Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST));
@@ -75,17 +78,44 @@ fn ingress_updates_start_first_and_publishes_through_the_mesh() {
     assert_eq!(rollback.parallelism, Some(1));
     assert_eq!(rollback.order, Some(ServiceSpecRollbackConfigOrderEnum::START_FIRST));
 
-    let ports = spec.endpoint_spec.as_ref().unwrap().ports.as_ref().unwrap();
-    assert_eq!(ports.len(), 1);
-    assert_eq!(ports[0].target_port, Some(8080));
-    assert_eq!(ports[0].published_port, Some(8080));
-    assert_eq!(ports[0].protocol, Some(EndpointPortConfigProtocolEnum::TCP));
-    assert_eq!(ports[0].publish_mode, Some(EndpointPortConfigPublishModeEnum::INGRESS));
+    // The publish mode matters only with a port to publish.
+    let mut d = shop();
+    d.publish_mode = PublishMode::Host;
+    let spec = service_spec(&d).unwrap();
+    assert_eq!(
+        spec.update_config.as_ref().unwrap().order,
+        Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
+    );
+    assert_eq!(spec.endpoint_spec.as_ref().unwrap().mode, Some(EndpointSpecModeEnum::DNSRR));
 }
 
 #[test]
-fn host_mode_updates_and_rolls_back_stop_first() {
+fn an_ingress_port_goes_through_the_mesh_and_its_virtual_ip() {
     let mut d = shop();
+    d.publish = Some(9000);
+    let spec = service_spec(&d).unwrap();
+    let endpoint = spec.endpoint_spec.as_ref().unwrap();
+    assert_eq!(endpoint.mode, Some(EndpointSpecModeEnum::VIP), "Swarm refuses dnsrr with ingress ports");
+    let ports = endpoint.ports.as_ref().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].target_port, Some(8080));
+    assert_eq!(ports[0].published_port, Some(9000));
+    assert_eq!(ports[0].protocol, Some(EndpointPortConfigProtocolEnum::TCP));
+    assert_eq!(ports[0].publish_mode, Some(EndpointPortConfigPublishModeEnum::INGRESS));
+    assert_eq!(
+        spec.update_config.as_ref().unwrap().order,
+        Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
+    );
+    assert_eq!(
+        spec.rollback_config.as_ref().unwrap().order,
+        Some(ServiceSpecRollbackConfigOrderEnum::START_FIRST)
+    );
+}
+
+#[test]
+fn a_host_mode_port_updates_and_rolls_back_stop_first() {
+    let mut d = shop();
+    d.publish = Some(9000);
     d.publish_mode = PublishMode::Host;
     d.healthcheck = None;
     let spec = service_spec(&d).unwrap();
@@ -98,22 +128,54 @@ fn host_mode_updates_and_rolls_back_stop_first() {
         spec.rollback_config.as_ref().unwrap().order,
         Some(ServiceSpecRollbackConfigOrderEnum::STOP_FIRST)
     );
-    let port = &spec.endpoint_spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+    let endpoint = spec.endpoint_spec.as_ref().unwrap();
+    assert_eq!(endpoint.mode, Some(EndpointSpecModeEnum::DNSRR));
+    let port = &endpoint.ports.as_ref().unwrap()[0];
+    assert_eq!((port.target_port, port.published_port), (Some(8080), Some(9000)));
     assert_eq!(port.publish_mode, Some(EndpointPortConfigPublishModeEnum::HOST));
+    assert_eq!(host_port(&d), Some(9000));
+}
 
-    d.port = None;
+#[test]
+fn constraints_go_to_the_task_placement() {
+    assert!(service_spec(&shop()).unwrap().task_template.unwrap().placement.is_none());
+    let mut d = shop();
+    d.constraints = vec!["node.labels.gpu == true".into(), "node.role!=manager".into()];
     let spec = service_spec(&d).unwrap();
-    assert!(spec.endpoint_spec.as_ref().unwrap().ports.is_none());
+    let placement = spec.task_template.as_ref().unwrap().placement.as_ref().unwrap();
+    assert_eq!(placement.constraints.as_deref().unwrap(), ["node.labels.gpu == true", "node.role!=manager"]);
+}
+
+#[test]
+fn constraints_in_swarms_form_are_accepted() {
+    for constraint in [
+        "node.id == 2ivku8v2gvtg4",
+        "node.hostname != node-2",
+        "node.role==manager",
+        "node.platform.os == linux",
+        "node.platform.arch == x86_64",
+        "node.labels.gpu == true",
+        "node.labels.zone.rack-1 != a/b",
+        "engine.labels.operatingsystem == ubuntu-24.04",
+    ] {
+        let mut d = shop();
+        d.constraints = vec![constraint.into()];
+        assert!(validate(&d).is_ok(), "{constraint}: {:?}", validate(&d));
+    }
 }
 
 #[test]
 fn spec_serializes_with_the_engine_api_names() {
     let mut d = shop();
+    d.publish = Some(9000);
     d.publish_mode = PublishMode::Host;
+    d.constraints = vec!["node.role != manager".into()];
     let json = serde_json::to_value(service_spec(&d).unwrap()).unwrap();
     assert_eq!(json["UpdateConfig"]["Order"], "stop-first");
     assert_eq!(json["UpdateConfig"]["FailureAction"], "rollback");
+    assert_eq!(json["EndpointSpec"]["Mode"], "dnsrr");
     assert_eq!(json["EndpointSpec"]["Ports"][0]["PublishMode"], "host");
+    assert_eq!(json["TaskTemplate"]["Placement"]["Constraints"][0], "node.role != manager");
     assert_eq!(json["TaskTemplate"]["ContainerSpec"]["HealthCheck"]["Interval"], 5_000_000_000_i64);
     assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Type"], "volume");
     assert_eq!(json["TaskTemplate"]["RestartPolicy"]["Condition"], "any");
@@ -191,6 +253,14 @@ fn bad_input_is_refused_with_the_field_named() {
         (|d| d.stack = "a/b".into(), "invalid stack name"),
         (|d| d.stack = "s".repeat(60), "invalid service name"),
         (|d| d.port = Some(0), "invalid port"),
+        (|d| d.publish = Some(0), "invalid publish"),
+        (
+            |d| {
+                d.publish = Some(9000);
+                d.port = None;
+            },
+            "invalid publish",
+        ),
         (|d| _ = d.env.insert("A=B".into(), "x".into()), "invalid env"),
         (|d| d.persist = vec!["relative".into()], "invalid persist path"),
         (|d| d.persist = vec!["/".into()], "invalid persist path"),
@@ -213,6 +283,33 @@ fn bad_input_is_refused_with_the_field_named() {
         break_it(&mut d);
         let msg = refused(d);
         assert!(msg.starts_with(expected), "expected {expected:?}, got {msg:?}");
+    }
+}
+
+#[test]
+fn bad_constraints_are_refused_with_the_constraint_and_the_form_named() {
+    for (constraint, why) in [
+        ("node.labels.gpu", "has no operator"),
+        ("node.labels.gpu = true", "has no operator"),
+        ("node.lables.gpu == true", "unknown attribute \"node.lables.gpu\""),
+        ("node.labels. == true", "label name is empty"),
+        ("node.labels.g pu == true", "label name"),
+        ("engine.labels == x", "unknown attribute"),
+        (" == manager", "unknown attribute \"\""),
+        ("node.role == ", "has the value \"\""),
+        ("node.role == manager == worker", "holds a character Swarm refuses"),
+        ("node.role == a<b", "holds a character Swarm refuses"),
+        ("node.role == manager\n", "control character"),
+        ("node.role\t== manager", "control character"),
+    ] {
+        let mut d = shop();
+        d.constraints = vec!["node.role == worker".into(), constraint.into()];
+        let msg = refused(d);
+        assert!(msg.starts_with("invalid placement constraint"), "{constraint:?}: {msg}");
+        assert!(msg.contains(&format!("{constraint:?}")), "names the constraint: {msg}");
+        assert!(msg.contains(why), "{constraint:?}: expected {why:?} in {msg}");
+        assert!(msg.contains("`<attribute> == <value>` or `<attribute> != <value>`"), "{msg}");
+        assert!(msg.contains("node.labels.<label>"), "{msg}");
     }
 }
 

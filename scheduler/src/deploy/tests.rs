@@ -9,7 +9,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bollard::models::{ServiceSpec, TaskSpecContainerSpec};
+use bollard::models::{
+    EndpointSpecModeEnum, ServiceSpec, ServiceSpecUpdateConfigOrderEnum, TaskSpecContainerSpec,
+};
 use slipway_testkit::{
     base_image, docker_cli, ensure_swarm, free_port, require_docker, unique_name, wait_for_http, Registry,
     StackCleanup, BASE_IMAGE,
@@ -28,6 +30,8 @@ pub(super) fn shop() -> ServiceDeploy {
         release: 7,
         replicas: 2,
         port: Some(8080),
+        publish: None,
+        constraints: vec![],
         env: BTreeMap::from([("LOG_LEVEL".into(), "info".into()), ("A".into(), "x=y".into())]),
         persist: vec!["/app/uploads".into(), "/app/data/".into()],
         healthcheck: Some(Healthcheck {
@@ -90,6 +94,8 @@ async fn t30_deploy_update_and_automatic_rollback_on_a_real_swarm() {
         release,
         replicas: 1,
         port: Some(port),
+        publish: Some(port),
+        constraints: vec![],
         env: BTreeMap::from([("PORT".into(), port.to_string())]),
         persist: vec!["/data/uploads".into()],
         healthcheck: Some(healthcheck),
@@ -102,6 +108,7 @@ async fn t30_deploy_update_and_automatic_rollback_on_a_real_swarm() {
         app: "crash".into(),
         image: crash.clone(),
         port: None,
+        publish: None,
         persist: vec![],
         healthcheck: None,
         ..web(&crash, 1, http_healthcheck())
@@ -200,6 +207,8 @@ async fn t31_a_first_deploy_of_a_missing_image_fails_with_the_task_error() {
         release: 1,
         replicas: 1,
         port: None,
+        publish: None,
+        constraints: vec![],
         env: BTreeMap::new(),
         persist: vec![],
         healthcheck: None,
@@ -222,6 +231,141 @@ async fn t31_a_first_deploy_of_a_missing_image_fails_with_the_task_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t33_an_app_publishes_nothing_and_an_update_no_node_can_take_is_rolled_back_fast() {
+    let Some(docker) = require_docker().await else {
+        return;
+    };
+    ensure_swarm().await;
+    base_image().await;
+    let registry = Registry::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let image = build_and_push(&registry, work.path(), "web", "v1", WEB_CMD);
+    let stack = unique_name("swt33");
+    let _cleanup = StackCleanup::new(&stack);
+    let lines = std::sync::Mutex::new(Vec::new());
+    let progress = |line: String| {
+        eprintln!("t33 progress: {line}");
+        lines.lock().unwrap().push(line);
+    };
+    let web = |release: u64, constraints: Vec<String>| ServiceDeploy {
+        stack: stack.clone(),
+        app: "web".into(),
+        image: image.clone(),
+        release,
+        replicas: 1,
+        port: Some(8080),
+        publish: None,
+        constraints,
+        env: BTreeMap::from([("PORT".into(), "8080".into())]),
+        persist: vec![],
+        healthcheck: Some(http_healthcheck()),
+        publish_mode: PublishMode::Ingress,
+        persist_backend: PersistBackend::Local,
+        converge_timeout: Duration::from_secs(60),
+    };
+
+    // Release 1 publishes nothing: DNS round robin, reached on the stack's network.
+    let first = deploy(&docker, &web(1, vec![]), None, &progress).await.unwrap();
+    assert_eq!((first.running, first.published_port), (1, None));
+    let name = service_name(&stack, "web");
+    let service = docker.inspect_service(&name, None).await.unwrap();
+    let spec = service.spec.as_ref().unwrap();
+    let endpoint = spec.endpoint_spec.as_ref().unwrap();
+    assert_eq!(endpoint.mode, Some(EndpointSpecModeEnum::DNSRR));
+    assert!(endpoint.ports.as_ref().is_none_or(Vec::is_empty), "{endpoint:?}");
+    let published = service.endpoint.as_ref().and_then(|e| e.ports.clone()).unwrap_or_default();
+    assert!(published.is_empty(), "nothing published: {published:?}");
+    assert_eq!(
+        spec.update_config.as_ref().unwrap().order,
+        Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
+    );
+    let url = format!("http://tasks.{name}:8080/");
+    let page = docker_cli(&[
+        "run",
+        "--rm",
+        "--network",
+        &network_name(&stack),
+        BASE_IMAGE,
+        "wget",
+        "-q",
+        "-O-",
+        &url,
+    ]);
+    assert_eq!(page.as_deref().map(str::trim), Ok("v1"), "{url} on the stack's network");
+    let release1_tasks = running_tasks(&docker, &name, "1").await;
+    assert_eq!(release1_tasks.len(), 1);
+
+    // Release 2 asks for a node that does not exist: Swarm leaves its task pending.
+    let nowhere = vec!["node.labels.slipway-test-nowhere == true".to_owned()];
+    let asked = Instant::now();
+    let result = deploy(&docker, &web(2, nowhere), None, &progress).await;
+    let took = asked.elapsed();
+    eprintln!("t33: the unplaceable update failed after {took:?}");
+    match result {
+        Err(DeployError::RolledBack { reason }) => {
+            assert!(reason.starts_with("a task of release 2 cannot be placed: no suitable node"), "{reason}");
+            assert!(reason.contains("scheduling constraints not satisfied"), "{reason}");
+        }
+        other => panic!("expected RolledBack, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(lines.lock().unwrap().iter().any(|l| l.contains("giving up on release 2")));
+    let service = docker.inspect_service(&name, None).await.unwrap();
+    assert_eq!(service.spec.unwrap().labels.unwrap()[LABEL_RELEASE], "1");
+    assert_eq!(running_tasks(&docker, &name, "1").await, release1_tasks, "release 1's task kept running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t34_a_host_port_another_app_holds_fails_the_first_deploy_fast() {
+    let Some(docker) = require_docker().await else {
+        return;
+    };
+    ensure_swarm().await;
+    base_image().await;
+    let registry = Registry::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let image = build_and_push(&registry, work.path(), "web", "v1", WEB_CMD);
+    let stack = unique_name("swt34");
+    let _cleanup = StackCleanup::new(&stack);
+    let port = free_port();
+    let progress = |line: String| eprintln!("t34 progress: {line}");
+    let app = |app: &str| ServiceDeploy {
+        stack: stack.clone(),
+        app: app.into(),
+        image: image.clone(),
+        release: 1,
+        replicas: 1,
+        port: Some(port),
+        publish: Some(port),
+        constraints: vec![],
+        env: BTreeMap::from([("PORT".into(), port.to_string())]),
+        persist: vec![],
+        healthcheck: Some(http_healthcheck()),
+        publish_mode: PublishMode::Host,
+        persist_backend: PersistBackend::Local,
+        converge_timeout: Duration::from_secs(60),
+    };
+
+    let web = deploy(&docker, &app("web"), None, &progress).await.unwrap();
+    assert_eq!(web.published_port, Some(port));
+    assert_eq!(http_get(port).await.as_deref(), Some("v1"));
+
+    let asked = Instant::now();
+    let result = deploy(&docker, &app("other"), None, &progress).await;
+    let took = asked.elapsed();
+    eprintln!("t34: the deploy of a second app on host port {port} failed after {took:?}");
+    match result {
+        Err(DeployError::TasksFailed { reason }) => {
+            assert!(reason.starts_with("a task of release 1 cannot be placed"), "{reason}");
+            assert!(reason.contains("host-mode port already in use"), "{reason}");
+        }
+        other => panic!("expected TasksFailed, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert_eq!(http_get(port).await.as_deref(), Some("v1"), "the first app keeps its port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewing_the_pull_grant_restarts_no_task() {
     let Some(docker) = require_docker().await else {
         return;
@@ -241,6 +385,8 @@ async fn renewing_the_pull_grant_restarts_no_task() {
         release: 1,
         replicas: 1,
         port: Some(port),
+        publish: Some(port),
+        constraints: vec![],
         env: BTreeMap::from([("PORT".into(), port.to_string())]),
         persist: vec!["/data/uploads".into()],
         healthcheck: Some(http_healthcheck()),
@@ -307,6 +453,23 @@ fn build_and_push(registry: &Registry, work: &Path, name: &str, page: &str, cmd:
     std::fs::write(context.join("Dockerfile"), format!("FROM {BASE_IMAGE}\nCOPY www /www\nCMD {cmd}\n"))
         .unwrap();
     registry.build_and_push(&context, &format!("slipway-test/{name}"), page)
+}
+
+/// IDs of the service's running tasks of `release`, sorted.
+async fn running_tasks(docker: &Docker, service: &str, release: &str) -> Vec<String> {
+    let tasks = super::engine::list_tasks(docker, service).await.unwrap();
+    let mut ids: Vec<String> = tasks
+        .into_iter()
+        .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(bollard::models::TaskState::RUNNING))
+        .filter(|t| {
+            let container = t.spec.as_ref().and_then(|s| s.container_spec.as_ref());
+            container.and_then(|c| c.labels.as_ref()).and_then(|l| l.get(LABEL_RELEASE)).map(String::as_str)
+                == Some(release)
+        })
+        .filter_map(|t| t.id)
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// GET / on 127.0.0.1:port until it answers 200 (for up to 10 s): the body, trimmed.
