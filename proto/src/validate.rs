@@ -340,38 +340,53 @@ pub fn host_name(name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Node attributes a Swarm placement constraint may test (`node.labels.*` and
-/// `engine.labels.*` take any label name).
-const CONSTRAINT_ATTRIBUTES: &[&str] =
-    &["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"];
+/// The node attributes a placement constraint may test (swarmkit's `manager/constraint`);
+/// Swarm accepts any other name and then finds no node that matches it.
+const CONSTRAINT_ATTRIBUTES: [&str; 5] =
+    ["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"];
+/// Label attributes: the prefix and a non-empty label name.
+const CONSTRAINT_LABEL_PREFIXES: [&str; 2] = ["node.labels.", "engine.labels."];
+/// The form a placement constraint must have, for error messages.
+const CONSTRAINT_FORM: &str = "`<attribute> == <value>` or `<attribute> != <value>`, the attribute \
+     one of node.id, node.hostname, node.role, node.platform.os, node.platform.arch, \
+     node.labels.<label>, engine.labels.<label>";
 
-/// A Swarm placement constraint: `<attribute> == <value>` or `<attribute> != <value>`,
-/// the attribute one of `node.id`, `node.hostname`, `node.role`, `node.platform.os`,
-/// `node.platform.arch`, `node.labels.<name>` or `engine.labels.<name>`.
+/// One Swarm placement constraint, in swarmkit's form: `<attribute> ==|!= <value>`, spaces
+/// around the operator optional, the attribute one of `node.id`, `node.hostname`,
+/// `node.role`, `node.platform.os`, `node.platform.arch` or a label under `node.labels.` /
+/// `engine.labels.` (letters, digits, `-`, `_`, `.`), the value non-empty and within
+/// swarmkit's characters (letters, digits, spaces and `:-_.*()?+[]\^$|/`).
 pub fn placement_constraint(constraint: &str) -> Result<(), Invalid> {
-    const WHAT: &str = "placement constraint";
-    const FORM: &str = "write `<attribute> == <value>` or `<attribute> != <value>`, the attribute one of \
-                        node.id, node.hostname, node.role, node.platform.os, node.platform.arch, \
-                        node.labels.<name>, engine.labels.<name>";
-    if constraint.len() > MAX_ID_BYTES || constraint.chars().any(char::is_control) {
-        return Err(invalid(
-            WHAT,
-            format!("it is over {MAX_ID_BYTES} bytes or holds a control character; {FORM}"),
-        ));
+    let refuse = |why: String| {
+        Err(invalid("placement constraint", format!("{constraint:?} {why}; expected {CONSTRAINT_FORM}")))
+    };
+    if constraint.len() > MAX_ID_BYTES {
+        return refuse(format!("is over {MAX_ID_BYTES} bytes long"));
     }
-    let split = constraint.split_once("==").or_else(|| constraint.split_once("!="));
-    let Some((attribute, value)) = split else {
-        return Err(invalid(WHAT, format!("{constraint:?} has no == or !=; {FORM}")));
+    if constraint.chars().any(char::is_control) {
+        return refuse("contains a control character".into());
+    }
+    // swarmkit looks for `==` first, then `!=`.
+    let Some((attribute, value)) = constraint.split_once("==").or_else(|| constraint.split_once("!=")) else {
+        return refuse("has no operator".into());
     };
     let (attribute, value) = (attribute.trim(), value.trim());
-    let labelled = ["node.labels.", "engine.labels."]
-        .iter()
-        .any(|prefix| attribute.strip_prefix(prefix).is_some_and(|name| !name.is_empty()));
-    if !(labelled || CONSTRAINT_ATTRIBUTES.contains(&attribute)) {
-        return Err(invalid(WHAT, format!("{constraint:?} tests {attribute:?}; {FORM}")));
+    let label = CONSTRAINT_LABEL_PREFIXES.iter().find_map(|prefix| attribute.strip_prefix(prefix));
+    let label_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    match label {
+        Some(label) if label.is_empty() || !label.chars().all(label_char) => {
+            return refuse(format!(
+                "tests {attribute:?}, whose label name is empty or holds characters other than \
+                 letters, digits, '-', '_' and '.'"
+            ))
+        }
+        Some(_) => {}
+        None if CONSTRAINT_ATTRIBUTES.contains(&attribute) => {}
+        None => return refuse(format!("tests the unknown attribute {attribute:?}")),
     }
-    if value.is_empty() || value.contains("==") || value.contains("!=") {
-        return Err(invalid(WHAT, format!("{constraint:?} has no single value to compare with; {FORM}")));
+    let value_char = |c: char| c.is_ascii_alphanumeric() || c == ' ' || ":-_.*()?+[]\\^$|/".contains(c);
+    if value.is_empty() || !value.chars().all(value_char) {
+        return refuse(format!("has the value {value:?}, which is empty or holds a character Swarm refuses"));
     }
     Ok(())
 }
@@ -727,11 +742,11 @@ mod tests {
             placement_constraint(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for (bad, says) in [
-            ("node.labels.gpu = true", "no == or !="),
-            ("node.colour == red", "tests \"node.colour\""),
-            ("node.labels. == x", "tests"),
-            ("node.role ==", "no single value"),
-            ("node.role == a == b", "no single value"),
+            ("node.labels.gpu = true", "has no operator"),
+            ("node.colour == red", "unknown attribute \"node.colour\""),
+            ("node.labels. == x", "label name is empty"),
+            ("node.role ==", "which is empty"),
+            ("node.role == a == b", "a character Swarm refuses"),
             ("node.role == a\nb", "control character"),
         ] {
             let err = placement_constraint(bad).unwrap_err().to_string();

@@ -34,17 +34,6 @@ const DOCKER_DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 const DOCKER_DEFAULT_HEALTH_RETRIES: u32 = 3;
 /// Swarm service names are DNS labels.
 const MAX_SERVICE_NAME_LEN: usize = 63;
-/// The node attributes a placement constraint may test (swarmkit's `manager/constraint`);
-/// Swarm accepts any other name and then finds no node that matches it.
-const CONSTRAINT_ATTRIBUTES: [&str; 5] =
-    ["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"];
-/// Label attributes: the prefix and a non-empty label name.
-const CONSTRAINT_LABEL_PREFIXES: [&str; 2] = ["node.labels.", "engine.labels."];
-/// The form [`validate`] expects of a placement constraint, for its error messages.
-const CONSTRAINT_FORM: &str = "`<attribute> == <value>` or `<attribute> != <value>`, the attribute \
-     one of node.id, node.hostname, node.role, node.platform.os, node.platform.arch, \
-     node.labels.<label>, engine.labels.<label>";
-
 /// The Swarm service name of an app: `<stack>_<app>`.
 pub fn service_name(stack: &str, app: &str) -> String {
     format!("{stack}_{app}")
@@ -153,42 +142,6 @@ fn validate_persist(spec: &ServiceDeploy) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// One placement constraint, in swarmkit's form: `<attribute> ==|!= <value>`, spaces around
-/// the operator optional, the attribute from [`CONSTRAINT_ATTRIBUTES`] or a label under
-/// [`CONSTRAINT_LABEL_PREFIXES`] (letters, digits, `-`, `_`, `.`), the value non-empty and
-/// within swarmkit's characters (letters, digits, spaces and `:-_.*()?+[]\^$|/`).
-fn validate_constraint(constraint: &str) -> Result<(), Invalid> {
-    let refuse = |why: String| {
-        Err(invalid("placement constraint", format!("{constraint:?} {why}; expected {CONSTRAINT_FORM}")))
-    };
-    if constraint.chars().any(char::is_control) {
-        return refuse("contains a control character".into());
-    }
-    // swarmkit looks for `==` first, then `!=`.
-    let Some((attribute, value)) = constraint.split_once("==").or_else(|| constraint.split_once("!=")) else {
-        return refuse("has no operator".into());
-    };
-    let (attribute, value) = (attribute.trim(), value.trim());
-    let label = CONSTRAINT_LABEL_PREFIXES.iter().find_map(|prefix| attribute.strip_prefix(prefix));
-    let label_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    match label {
-        Some(label) if label.is_empty() || !label.chars().all(label_char) => {
-            return refuse(format!(
-                "tests {attribute:?}, whose label name is empty or holds characters other than \
-                 letters, digits, '-', '_' and '.'"
-            ))
-        }
-        Some(_) => {}
-        None if CONSTRAINT_ATTRIBUTES.contains(&attribute) => {}
-        None => return refuse(format!("tests the unknown attribute {attribute:?}")),
-    }
-    let value_char = |c: char| c.is_ascii_alphanumeric() || c == ' ' || ":-_.*()?+[]\\^$|/".contains(c);
-    if value.is_empty() || !value.chars().all(value_char) {
-        return refuse(format!("has the value {value:?}, which is empty or holds a character Swarm refuses"));
-    }
-    Ok(())
-}
-
 fn validate_healthcheck(hc: &Healthcheck) -> Result<(), Invalid> {
     const WHAT: &str = "healthcheck";
     match hc.cmd.first().map(String::as_str) {
@@ -237,7 +190,7 @@ pub fn validate(spec: &ServiceDeploy) -> Result<(), Invalid> {
         _ => {}
     }
     for constraint in &spec.constraints {
-        validate_constraint(constraint)?;
+        validate::placement_constraint(constraint)?;
     }
     for (key, value) in &spec.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') {

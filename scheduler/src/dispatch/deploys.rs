@@ -99,9 +99,8 @@ pub fn service_for(ctx: &Context, release: &Release) -> ServiceDeploy {
         release: release.number,
         replicas: release.run.replicas.max(1),
         port: release.run.port,
-        // filled from the manifest's [run] publish / constraints
-        publish: None,
-        constraints: Vec::new(),
+        publish: release.run.publish,
+        constraints: release.run.constraints.clone(),
         env: {
             // Heroku's convention: the app learns its port from $PORT.
             let mut env = release.run.env.clone();
