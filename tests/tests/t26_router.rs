@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 use slipway_testkit::{docker_cli, free_port, wait_for_http, GitRepo};
 use slipway_tests::{Load, TestCluster};
 
-/// The example app with `[run]` lines added after `port = 8080`, serving `version`.
-fn app_repo(version: &str, run: &str) -> GitRepo {
+/// The example app named `name`, with `[run]` lines added after `port = 8080`, serving
+/// `version`.
+fn app_repo(name: &str, version: &str, run: &str) -> GitRepo {
     let repo = GitRepo::from_example("hello");
+    let manifest = std::fs::read_to_string(repo.path().join("slipway.toml")).expect("read slipway.toml");
+    repo.write("slipway.toml", manifest.replace("name = \"hello\"", &format!("name = \"{name}\"")));
     set_run(&repo, run);
     repo.write("www/version.txt", format!("{version}\n"));
     repo.commit("the app under test");
@@ -32,8 +35,8 @@ fn set_run(repo: &GitRepo, run: &str) {
 async fn t26_apps_side_by_side_behind_the_router() {
     let Some(cluster) = TestCluster::start("t26route").await else { return };
     let router = format!("http://127.0.0.1:{}", cluster.router_port);
-    let alpha = app_repo("alpha v1", "domains = [\"alpha.example.com\", \"gamma.localhost\"]\n");
-    let beta = app_repo("beta v1", "");
+    let alpha = app_repo("alpha", "alpha v1", "domains = [\"alpha.example.com\", \"gamma.localhost\"]\n");
+    let beta = app_repo("beta", "beta v1", "");
     cluster.create_app("alpha", &alpha.url()).await.expect("create alpha");
     cluster.create_app("beta", &beta.url()).await.expect("create beta");
     let a1 = cluster.deploy("alpha", None).await;

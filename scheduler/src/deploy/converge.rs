@@ -278,19 +278,18 @@ async fn describe_failure(docker: &Docker, failure: &Failure) -> String {
     if health.status != Some(HealthStatusEnum::UNHEALTHY) {
         return failure.error.clone();
     }
-    let last = health.log.unwrap_or_default().pop();
-    let probe = match last {
-        Some(result) => {
-            let output = result.output.unwrap_or_default();
-            let output = output.trim();
-            let code = result.exit_code.unwrap_or_default();
-            if output.is_empty() {
-                format!("exit code {code}")
-            } else {
-                format!("exit code {code}: {}", output.chars().take(200).collect::<String>())
-            }
-        }
-        None => "no probe result".to_owned(),
+    // A container that exited before its first probe is "unhealthy" with no result:
+    // its exit is the reason, not the healthcheck.
+    let Some(last) = health.log.unwrap_or_default().pop() else {
+        return failure.error.clone();
+    };
+    let output = last.output.unwrap_or_default();
+    let output = output.trim();
+    let code = last.exit_code.unwrap_or_default();
+    let probe = if output.is_empty() {
+        format!("exit code {code}")
+    } else {
+        format!("exit code {code}: {}", output.chars().take(200).collect::<String>())
     };
     format!("{}; the container was unhealthy (last healthcheck: {probe})", failure.error)
 }
