@@ -12,7 +12,8 @@
 //!    a build no engine can take waits, and its explanation names each engine's
 //!    reason (`slipway builds show`);
 //! 4. replicas: an app with 3 replicas runs one task per engine, each engine having
-//!    pulled the image from the registry, each answering;
+//!    pulled the image from the registry; every engine's router answers for it and
+//!    spreads requests over the three tasks;
 //! 5. node loss: an agent killed mid-build turns its node Down within the grace
 //!    period, the build completes on another engine as a new attempt, one release;
 //! 6. the fleet page in headless Chromium shows the three nodes with their headroom.
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use slipway_proto::deploy_event::Event;
 use slipway_proto::{self as pb};
-use slipway_testkit::{free_port, wait_for_http, GitRepo};
+use slipway_testkit::{wait_for_http_as, GitRepo};
 use slipway_tests::browser::{chromium, headless};
 use slipway_tests::cluster::DeployRun;
 use slipway_tests::{Fleet, TestCluster};
@@ -70,29 +71,26 @@ fn t31_fleet_placement() {
     });
 }
 
-/// An app of this test: the example with its name, port and replicas set, and a build
+/// An app of this test: the example with its name and replicas set, and a build
 /// step that takes `slow_secs` (its own, so no engine has it cached).
 struct App {
     name: String,
     repo: GitRepo,
-    port: u16,
 }
 
 impl App {
     fn new(name: &str, replicas: u32, slow_secs: u32) -> App {
         let repo = GitRepo::from_example("hello");
-        let port = free_port();
         let manifest = std::fs::read_to_string(repo.path().join("slipway.toml")).unwrap();
         let manifest = manifest
             .replace("name = \"hello\"", &format!("name = \"{name}\""))
-            .replace("port = 8080", &format!("port = {port}"))
             .replace("replicas = 1", &format!("replicas = {replicas}"));
         repo.write("slipway.toml", manifest);
         let dockerfile = std::fs::read_to_string(repo.path().join("Dockerfile")).unwrap();
         let slow = format!("RUN echo 'app {name}' && sleep {slow_secs}\nCOPY www /app/www");
         repo.write("Dockerfile", dockerfile.replace("COPY www /app/www", &slow));
         repo.commit(&format!("app {name}"));
-        App { name: name.to_string(), repo, port }
+        App { name: name.to_string(), repo }
     }
 
     /// A code-only change, committed.
@@ -287,15 +285,26 @@ async fn replicas(cluster: &TestCluster, fleet: &Fleet) {
     let running: BTreeSet<&str> =
         tasks.lines().filter(|l| l.contains("Running")).filter_map(|l| l.split(' ').next()).collect();
     assert_eq!(running, BTreeSet::from(["node-1", "node-2", "node-3"]), "one task per engine:\n{tasks}");
+    let host = cluster.app_host(&app.name);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     for n in fleet.engine_numbers() {
         fleet.docker_cli(n, &["image", "inspect", &release.image]).unwrap_or_else(|e| {
             panic!("engine {n} holds the release's image (built on {built_on}, pulled elsewhere): {e}")
         });
-        let body =
-            wait_for_http(&format!("http://{}:{}/", fleet.node_ip(n), app.port), Duration::from_secs(30))
-                .await
-                .unwrap_or_else(|e| panic!("engine {n}'s task does not answer: {e}"));
+        // Every engine's router answers for the app and reaches all three tasks over
+        // the overlay network, wherever they run.
+        let router = format!("http://{}:{}/", fleet.node_ip(n), cluster.router_port);
+        let body = wait_for_http_as(&router, Some(&host), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("engine {n}'s router does not answer for {host}: {e}"));
         assert!(body.contains("hello"), "engine {n} answered {body:?}");
+        let mut tasks = BTreeSet::new();
+        for _ in 0..30 {
+            let response = client.get(&router).header(reqwest::header::HOST, &host).send().await;
+            let body = response.expect("the router answers").text().await.unwrap();
+            tasks.extend(body.lines().filter(|l| l.starts_with("host: ")).map(str::to_owned));
+        }
+        assert_eq!(tasks.len(), 3, "engine {n}'s router spreads requests over the 3 tasks: {tasks:?}");
     }
     // The registry takes tokens only, so the engines that did not build pulled with the
     // grant Swarm keeps with the service: anonymously, the manifest is refused. (Asked
