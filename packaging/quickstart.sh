@@ -23,7 +23,7 @@
 #   5. commits examples/hello into a git repo under .slipway/ and deploys it, printing
 #      the URL where it answers: http://hello.localhost:$SLIPWAY_ROUTER_PORT/ (8080),
 #      through the router (Caddy, the service slipway_router, its image
-#      slipway/router:latest built from Debian's caddy).
+#      slipway.invalid/router:latest built from Debian's caddy).
 #
 # The router publishes its port in host mode (the routing mesh needs IPVS, which some
 # kernels lack); the scheduler config under .slipway/ says so and real fleets switch
@@ -65,7 +65,7 @@ publish_mode = "host"
 # Every app answers at http://<app>.localhost:$ROUTER_PORT/ (*.localhost is this host).
 domain = "localhost"
 http_port = $ROUTER_PORT
-image = "slipway/router:latest"
+image = "slipway.invalid/router:latest"
 
 [agents]
 report_interval_secs = 2

@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# packaging/router-image.sh — builds the local router image slipway/router:latest.
+# packaging/router-image.sh — builds the local router image slipway.invalid/router:latest.
+#
+# Why that name: Swarm tries to pull a task's image every time it starts one, and falls
+# back to the local image when the pull fails. A name under the reserved `.invalid`
+# domain makes that pull fail at once, on every node, instead of asking Docker Hub for
+# `slipway/router` (which anyone could publish). Run this script on every node that runs
+# the router, or push the image to your registry and set `[router] image` to it.
 #
 # Usage: packaging/router-image.sh [--force]
 #   --force (or SLIPWAY_REBUILD_ROUTER=1) rebuilds even if an up-to-date image exists.
@@ -26,7 +32,7 @@ set -euo pipefail
 # shellcheck source=packaging/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-IMAGE="${SLIPWAY_ROUTER_IMAGE:-slipway/router:latest}"
+IMAGE="${SLIPWAY_ROUTER_IMAGE:-slipway.invalid/router:latest}"
 BASE="${SLIPWAY_BASE_IMAGE:-slipway/busybox:latest}"
 LOCK=/tmp/slipway-router-image.lock
 

@@ -10,7 +10,7 @@
 #      (the fleet page's tests), a C toolchain and pkg-config if absent;
 #   2. makes sure cargo (with fmt and clippy) is there, a Docker engine answers and is
 #      an active Swarm manager, and the images slipway/busybox:latest (base) and
-#      slipway/router:latest (Caddy, the stacks' router) exist;
+#      slipway.invalid/router:latest (Caddy, the stacks' router) exist;
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo test (all tiers; Docker
 #      tests fail instead of skipping when SLIPWAY_REQUIRE_DOCKER=1, as in CI).
 # Prints each step's time, and a summary at the end, also on failure.

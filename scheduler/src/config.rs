@@ -178,8 +178,11 @@ pub struct RouterSettings {
     pub domain: String,
     /// Host port the router publishes on every node (its container listens on 80).
     pub http_port: u16,
-    /// The router's image: Caddy 2.6 or later, with `caddy` on the `PATH`
-    /// (`packaging/router-image.sh` builds `slipway/router:latest` from Debian's caddy).
+    /// The router's image: Caddy 2.6 or later, with `caddy` on the `PATH`.
+    /// `packaging/router-image.sh` builds `slipway.invalid/router:latest` from Debian's
+    /// caddy on a node; the reserved `.invalid` registry name makes Swarm's pull attempt
+    /// fail at once and run the node's own image, instead of asking Docker Hub. On a fleet,
+    /// build it on every node or push it to the fleet's registry and name it here.
     pub image: String,
 }
 
@@ -280,7 +283,7 @@ impl Default for DeployConfig {
 
 impl Default for RouterSettings {
     fn default() -> Self {
-        Self { domain: "localhost".into(), http_port: 80, image: "slipway/router:latest".into() }
+        Self { domain: "localhost".into(), http_port: 80, image: "slipway.invalid/router:latest".into() }
     }
 }
 
@@ -439,7 +442,7 @@ impl Check for SchedulerConfig {
             || self.router.image.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(CommonError::invalid(format!(
-                "router.image {:?} must be an image reference such as slipway/router:latest",
+                "router.image {:?} must be an image reference such as slipway.invalid/router:latest",
                 self.router.image
             )));
         }

@@ -1,7 +1,7 @@
 //! The local Docker engine: a client for tests ([`require_docker`]), the one base image
 //! ([`base_image`], `slipway/busybox:latest`, built by `packaging/base-image.sh` and by
 //! nothing else), both at once ([`engine_with_base`]), the router image
-//! ([`router_image`], `slipway/router:latest`, Debian's Caddy on the base image, built
+//! ([`router_image`], `slipway.invalid/router:latest`, Debian's Caddy on the base image, built
 //! by `packaging/router-image.sh`), a single-node Swarm ([`ensure_swarm`]), the docker
 //! CLI ([`docker_cli`]) and cleanup of what a test made ([`remove_images`],
 //! [`StackCleanup`]).
@@ -28,7 +28,7 @@ pub const BASE_IMAGE: &str = "slipway/busybox:latest";
 
 /// The image each stack's `<stack>_router` service runs: Debian's Caddy (2.6.2 on
 /// Debian 12) and busybox, labelled `org.slipway.caddy-version`.
-pub const ROUTER_IMAGE: &str = "slipway/router:latest";
+pub const ROUTER_IMAGE: &str = "slipway.invalid/router:latest";
 
 /// Request timeout of the client [`require_docker`] returns. bollard's default
 /// (120 s) is shorter than a cold build or push on a loaded 2-core machine.

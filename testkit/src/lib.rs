@@ -11,7 +11,7 @@
 //! - [`docker`]: the local engine. [`require_docker`] (a client, or a loud skip),
 //!   [`base_image`] (`slipway/busybox:latest`, the one base image, built by
 //!   `packaging/base-image.sh`), [`engine_with_base`] (both), [`router_image`]
-//!   (`slipway/router:latest`, Debian's Caddy, built by `packaging/router-image.sh`),
+//!   (`slipway.invalid/router:latest`, Debian's Caddy, built by `packaging/router-image.sh`),
 //!   [`ensure_swarm`] (a single-node Swarm), [`docker_cli`], [`remove_images`],
 //!   [`StackCleanup`].
 //! - [`registry`]: [`Registry`], Debian's `docker-registry` on a free port in a

@@ -2,7 +2,8 @@
 //! against the real engine, registry, Swarm and proxy: two apps that both listen on 8080
 //! answer at their own names without a host port; a code-only redeploy under a steady
 //! stream of requests loses none; host names and published ports are unique across apps
-//! (refused before the build, naming the app that holds them); a release that cannot
+//! (refused before the build, naming the app that holds them); a router killed comes
+//! back with every route; a release that cannot
 //! start or cannot be placed fails as soon as Swarm says so, with Swarm's reason, and the
 //! previous release keeps answering.
 
@@ -96,6 +97,16 @@ async fn t26_apps_side_by_side_behind_the_router() {
     assert_eq!(report.failed, 0, "no request fails during a redeploy: {report}");
     assert_eq!(report.bodies, ["alpha v1\n", "alpha v2\n"], "{report}");
     assert!(report.ok > 500, "a steady stream: {report}");
+
+    // A router that restarts comes back with its start config only; the node's agent
+    // loads the routes into it again.
+    let filter = format!("label=com.docker.swarm.service.name={}_router", cluster.stack);
+    let routers = docker_cli(&["ps", "-q", "--filter", &filter]).expect("docker ps");
+    assert_eq!(routers.split_whitespace().count(), 1, "one router task on this engine: {routers}");
+    docker_cli(&["kill", routers.trim()]).expect("kill the router's container");
+    let killed = Instant::now();
+    assert_eq!(body("alpha.localhost").await, "alpha v2\n", "the restarted router serves the routes again");
+    eprintln!("t26: a killed router served the routes again after {:?}", killed.elapsed());
 
     // Host names are unique: a second app claiming one is refused before its build,
     // naming the app that holds it; so is an app named like another's domain.
