@@ -36,14 +36,15 @@ impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ok, {} failed in {:.1} s ({:.0} req/s, slowest {} ms); bodies {:?}; first errors {:?}",
+            "{} ok, {} failed in {:.1} s ({:.0} req/s, slowest {} ms); bodies {:?}; first errors {:?}{}",
             self.ok,
             self.failed,
             self.elapsed.as_secs_f64(),
             self.rate,
             self.max_latency.as_millis(),
             self.bodies,
-            self.errors
+            &self.errors[..self.errors.len().min(3)],
+            if self.errors.len() > 3 { " …" } else { "" }
         )
     }
 }
