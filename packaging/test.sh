@@ -83,13 +83,22 @@ show_versions() {
         echo "caddy $(caddy version)"
 }
 
-# cargo test under a time limit; --foreground only on a terminal (so Ctrl-C reaches
+# The tests under a time limit; --foreground only on a terminal (so Ctrl-C reaches
 # cargo), otherwise timeout may kill the whole process group, test binaries included.
+# With cargo-nextest (every machine of this project's kind has it) the test binaries
+# run in parallel, several tests at once (.config/nextest.toml: they mostly wait on
+# Docker), then the doc tests; without it, `cargo test` runs one binary after another.
 cargo_test() {
     local fg=()
     [[ -t 0 ]] && fg=(--foreground)
-    timeout "${fg[@]}" --kill-after=30 "${SLIPWAY_TEST_TIMEOUT:-4200}" \
-        cargo test --workspace --no-fail-fast "$@"
+    local limit=(timeout "${fg[@]}" --kill-after=30 "${SLIPWAY_TEST_TIMEOUT:-4200}")
+    if cargo nextest --version >/dev/null 2>&1; then
+        "${limit[@]}" cargo nextest run --workspace --no-fail-fast "$@" &&
+            "${limit[@]}" cargo test --workspace --doc
+    else
+        warn "cargo-nextest is not installed: running the test binaries one after another (slower)"
+        "${limit[@]}" cargo test --workspace --no-fail-fast "$@"
+    fi
 }
 
 step "install test dependencies" install_test_deps

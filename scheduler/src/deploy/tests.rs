@@ -434,13 +434,16 @@ async fn renewing_the_pull_grant_restarts_no_task() {
 /// so the shell exits on TERM instead of waiting for the 10 s kill.
 const WEB_CMD: &str = r#"["sh", "-c", "trap 'exit 0' TERM; httpd -f -p $PORT -h /www & wait"]"#;
 
+/// Probes often (a deploy waits for the first healthy probe) but tolerates a loaded
+/// machine: a probe may take 5 s, and a task is unhealthy after 3 failures in a row (the
+/// suite runs tests in parallel on 2 cores; a stricter check killed healthy tasks).
 fn http_healthcheck() -> Healthcheck {
     Healthcheck {
         cmd: vec!["CMD-SHELL".into(), "wget -q -O /dev/null http://127.0.0.1:$PORT/".into()],
         interval: Duration::from_millis(500),
-        timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(5),
         start_period: Duration::ZERO,
-        retries: 2,
+        retries: 3,
     }
 }
 
