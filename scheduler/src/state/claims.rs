@@ -9,7 +9,7 @@
 //! build assignment carries the other apps' claims so the agent refuses a manifest
 //! before the image is built. The router's own name for an app, `<app>.<domain>`,
 //! depends on the scheduler's config and is checked by the leader (see
-//! `crate::router`).
+//! the router module).
 
 use std::collections::BTreeMap;
 
