@@ -84,6 +84,11 @@ addr = "127.0.0.1:$REGISTRY_PORT"
 stack = "$STACK"
 publish_mode = "host"
 
+[router]
+# The example answers at http://hello.localhost:8080/.
+domain = "localhost"
+http_port = 8080
+
 [agents]
 report_interval_secs = 2
 down_after_secs = 10
@@ -153,6 +158,7 @@ up() {
     ensure_docker
     ensure_swarm
     "$SLIPWAY_ROOT/packaging/base-image.sh"
+    "$SLIPWAY_ROOT/packaging/router-image.sh"
     info "building slipway (cargo build)"
     cargo build -q -p slipway-scheduler -p slipway-agent -p slipway-cli --bins
 

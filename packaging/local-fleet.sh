@@ -24,9 +24,9 @@
 #   the scheduler on 127.0.0.1:$SLIPWAY_FLEET_GRPC_PORT (default 7420; HTTP — the
 #     fleet page, /metrics, registry tokens — on the next port of 10.231.K.1); agent
 #     n's /metrics on 127.0.0.1, that port + 10 + n. It deploys through engine 1's
-#     socket, publishing ports in host mode:
-#     a service answers on the address of each engine running one of its tasks,
-#     e.g. http://10.231.K.12:8080/
+#     socket; the router (Caddy, on every engine) publishes port 8080 in host mode:
+#     an app answers on every engine's address with Host: <app>.localhost,
+#     e.g. curl -H 'Host: hello.localhost' http://10.231.K.12:8080/
 #   .slipway/config.toml points the slipway CLI at it
 #
 # Engines run with --bridge=none --iptables=false --ip-masq=false; services live on
@@ -239,15 +239,19 @@ form_swarm() {
     return 1
 }
 
+# Every engine gets the base image and the router's image from the host engine.
 load_base_image() {
-    local total="$1" n tar="$STATE/base-image.tar"
-    for n in $(seq 1 "$total"); do
-        dk "$n" image inspect slipway/busybox:latest >/dev/null 2>&1 && continue
-        [[ -f "$tar" ]] || docker save -o "$tar" slipway/busybox:latest
-        info "engine $n: loading slipway/busybox:latest"
-        dk "$n" load -q -i "$tar" >/dev/null
+    local total="$1" n image tar
+    for image in slipway/busybox:latest slipway.invalid/router:latest; do
+        tar="$STATE/image.tar"
+        for n in $(seq 1 "$total"); do
+            dk "$n" image inspect "$image" >/dev/null 2>&1 && continue
+            [[ -f "$tar" ]] || docker save -o "$tar" "$image"
+            info "engine $n: loading $image"
+            dk "$n" load -q -i "$tar" >/dev/null
+        done
+        rm -f "$tar"
     done
-    rm -f "$tar"
 }
 
 # Kills what is left of the engines: processes in their cgroups, processes naming
@@ -296,6 +300,12 @@ stack = "$STACK"
 docker_socket = "$(sock 1)"
 # The kernel here has no IPVS for the routing mesh: ports publish on each node.
 publish_mode = "host"
+
+[router]
+# Every engine's router answers for every app: http://<engine address>:8080/ with
+# Host: <app>.localhost (curl -H 'Host: hello.localhost' http://10.231.K.12:8080/).
+domain = "localhost"
+http_port = 8080
 
 [agents]
 report_interval_secs = 2
@@ -392,6 +402,7 @@ up() {
     ensure_rust
     ensure_docker
     "$SLIPWAY_ROOT/packaging/base-image.sh"
+    "$SLIPWAY_ROOT/packaging/router-image.sh"
     info "building slipway (cargo build)"
     cargo build -q -p slipway-scheduler -p slipway-agent -p slipway-cli --bins
 
