@@ -796,8 +796,14 @@ impl TestCluster {
 
     /// The releases of `app`.
     pub async fn releases(&self, app: &str) -> Vec<pb::Release> {
+        self.try_releases(app).await.expect("list releases")
+    }
+
+    /// The releases of `app`, or the status a member answered (a cluster that is
+    /// electing a leader answers Unavailable for a moment).
+    pub async fn try_releases(&self, app: &str) -> Result<Vec<pb::Release>, tonic::Status> {
         let req = pb::ListReleasesRequest { app: app.into() };
-        self.client().await.list_releases(req).await.expect("list releases").into_inner().releases
+        Ok(self.client().await.list_releases(req).await?.into_inner().releases)
     }
 
     /// The builds of `app`.

@@ -287,7 +287,15 @@ async fn an_in_flight_build_survives_a_leader_kill_and_is_released_once() {
     // The new leader deploys the release the old one never saw: once.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let releases = cluster.releases("hello").await;
+        // Right after the kill, a loaded machine may still be electing: retry then.
+        let releases = match cluster.try_releases("hello").await {
+            Ok(releases) => releases,
+            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(status) => panic!("list releases: {status}"),
+        };
         assert_eq!(releases.len(), 1, "exactly one release: {releases:?}");
         if releases[0].deploy_state == pb::DeployState::Deployed as i32 {
             break;
