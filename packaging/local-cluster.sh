@@ -170,8 +170,11 @@ up() {
     for n in $(seq 1 "$size"); do http_addrs+=("$(http_addr "$n")"); done
     start_bg "realm proxy" "$STATE/realm-proxy.pid" "$STATE/realm-proxy.log" \
         "$BIN/slipway-scheduler" realm-proxy --listen "$REALM_ADDR" "${http_addrs[@]}"
+    # The registry trusts the token signer every member derives from the shared CA.
+    "$BIN/slipway-scheduler" --config "$STATE/1/scheduler.toml" registry-bundle \
+        --out "$STATE/registry-signer.pem" >/dev/null
     "$SLIPWAY_ROOT/packaging/registry.sh" start "$STATE/registry" "$REGISTRY_PORT" \
-        "http://$REALM_ADDR/v2/token" "$STATE/ca/ca.pem"
+        "http://$REALM_ADDR/v2/token" "$STATE/registry-signer.pem"
     for n in $(seq 1 "$size"); do start_member "$n"; done
     wait_leader 30
     # The agent joins with the token once (in its environment, not on its command line).

@@ -127,8 +127,8 @@ remove_lab() {
 
 # --- the registry, on the bridge address ---------------------------------------
 
-# Token auth, the scheduler its token server: started after the scheduler, whose CA
-# (made on its first start) signs the certificates that sign the tokens.
+# Token auth, the scheduler its token server: started after the scheduler, which
+# writes its token signer's root (the rootcertbundle) into its data dir at start.
 start_registry() {
     local dir="$STATE/registry" bin i
     mkdir -p "$dir/data"
@@ -152,7 +152,7 @@ auth:
     realm: http://$HTTP_ADDR/v2/token
     service: slipway-registry
     issuer: slipway
-    rootcertbundle: $STATE/scheduler/data/pki/ca.pem
+    rootcertbundle: $STATE/scheduler/data/pki/registry-signer.pem
 EOF
     start_bg registry "$dir/pid" "$dir/log" "$bin" serve "$dir/config.yml"
     for i in $(seq 1 150); do

@@ -146,9 +146,10 @@ up() {
     start_bg scheduler "$STATE/scheduler.pid" "$STATE/logs/scheduler.log" \
         "$BIN/slipway-scheduler" --config "$STATE/scheduler.toml"
     wait_ready
-    # The registry trusts tokens signed by certificates of the scheduler's CA.
+    # The registry trusts tokens from the scheduler's token signer only (written into
+    # its data dir at start), not its CA.
     "$SLIPWAY_ROOT/packaging/registry.sh" start "$STATE/registry" "$REGISTRY_PORT" \
-        "http://$HTTP_ADDR/v2/token" "$STATE/scheduler/pki/ca.pem"
+        "http://$HTTP_ADDR/v2/token" "$STATE/scheduler/pki/registry-signer.pem"
     write_cli_config
     # The agent joins with the token once (in its environment, not on its command
     # line); its certificate then lives in its state dir.

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # packaging/registry.sh — a local Docker registry for development and tests.
 #
-# Usage: packaging/registry.sh start DIR PORT [REALM CA_PEM]
+# Usage: packaging/registry.sh start DIR PORT [REALM BUNDLE_PEM]
 #        packaging/registry.sh stop|status DIR PORT
 #
 # Runs Debian's `docker-registry` (Distribution 2.8) as a plain background process,
 # not through its packaged systemd/init service, listening on 127.0.0.1:PORT (Docker
 # treats 127.0.0.0/8 registries as insecure, so plain http works). With REALM and
-# CA_PEM it takes tokens from slipway (`auth: token`): REALM is a scheduler's
-# http://HOST:PORT/v2/token, CA_PEM the cluster CA's certificate, which signs the
-# schedulers' certificates that sign the tokens. Without them it takes anyone (for
-# clusters running with tls.insecure only).
+# BUNDLE_PEM it takes tokens from slipway (`auth: token`): REALM is a scheduler's
+# http://HOST:PORT/v2/token, BUNDLE_PEM the cluster's registry token signer (a
+# scheduler's <data_dir>/pki/registry-signer.pem, or `slipway-scheduler --config …
+# registry-bundle --out FILE`), which signs the certificates that sign the tokens. Not
+# the cluster CA's ca.pem: that signs every agent's and operator's certificate too.
+# Without them it takes anyone (for clusters running with tls.insecure only).
 #
 #   DIR/config.yml     written on every start
 #   DIR/data/          blob and manifest storage (deletes enabled, for slipway gc)
@@ -30,16 +32,19 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-    echo "usage: $0 start DIR PORT [REALM CA_PEM] | stop DIR PORT | status DIR PORT" >&2
+    echo "usage: $0 start DIR PORT [REALM BUNDLE_PEM] | stop DIR PORT | status DIR PORT" >&2
     exit 2
 }
 
 [[ $# -eq 3 || ($# -eq 5 && "$1" == start) ]] || usage
-cmd="$1" port="$3" realm="${4:-}" ca_pem="${5:-}"
+cmd="$1" port="$3" realm="${4:-}" bundle_pem="${5:-}"
 if [[ -n "$realm" ]]; then
     [[ "$realm" =~ ^https?://[^/]+/v2/token$ ]] || die "REALM must be http://HOST:PORT/v2/token (a scheduler's HTTP side), not '$realm'"
-    [[ -s "$ca_pem" ]] || die "CA_PEM '$ca_pem' is missing or empty. Fix: start the scheduler first (it makes the CA in <data_dir>/pki/ca.pem)"
-    ca_pem="$(cd "$(dirname "$ca_pem")" && pwd)/$(basename "$ca_pem")"
+    [[ -s "$bundle_pem" ]] || die "BUNDLE_PEM '$bundle_pem' is missing or empty. Fix: start the scheduler first (it writes <data_dir>/pki/registry-signer.pem), or run 'slipway-scheduler --config FILE registry-bundle --out $bundle_pem'"
+    if have openssl && ! openssl x509 -noout -subject -in "$bundle_pem" 2>/dev/null | grep -q "slipway registry token signer"; then
+        warn "BUNDLE_PEM '$bundle_pem' is not a slipway token signer (the cluster CA?): the registry takes tokens from any key certified by it. Use a scheduler's <data_dir>/pki/registry-signer.pem"
+    fi
+    bundle_pem="$(cd "$(dirname "$bundle_pem")" && pwd)/$(basename "$bundle_pem")"
 fi
 [[ "$port" =~ ^[0-9]+$ && "$port" -ge 1 && "$port" -le 65535 ]] || die "PORT must be a number 1-65535, not '$port'"
 mkdir -p "$2"
@@ -108,15 +113,15 @@ http:
   addr: 127.0.0.1:$port
 EOF
     if [[ -n "$realm" ]]; then
-        # The CA's digest makes a new CA at the same path a changed config (restart).
+        # The bundle's digest makes a new bundle at the same path a changed config (restart).
         cat <<EOF
-# rootcertbundle sha256: $(sha256sum "$ca_pem" | cut -d' ' -f1)
+# rootcertbundle sha256: $(sha256sum "$bundle_pem" | cut -d' ' -f1)
 auth:
   token:
     realm: $realm
     service: slipway-registry
     issuer: slipway
-    rootcertbundle: $ca_pem
+    rootcertbundle: $bundle_pem
 EOF
     fi
 }

@@ -1,10 +1,11 @@
 //! The context: what the scheduler's parts share, in one value.
 //!
 //! [`Context`] holds the [`Store`] (the replicated state and raft), the config, the
-//! leader's soft state ([`Fleet`], [`DispatchState`]), the event hub ([`Events`]), the CA
-//! and this member's certificate, and a lazily connected handle to the Swarm manager's
-//! Docker engine. The control and agent services, the enrollment service, the HTTP side
-//! and the dispatcher each hold an `Arc<Context>`; `server.rs` builds it and wires them.
+//! leader's soft state ([`Fleet`], [`DispatchState`]), the event hub ([`Events`]), the CA,
+//! this member's certificate and registry token signer ([`Security`]), and a lazily
+//! connected handle to the Swarm manager's Docker engine. The control and agent services,
+//! the enrollment service, the HTTP side and the dispatcher each hold an `Arc<Context>`;
+//! `server.rs` builds it and wires them.
 
 use std::sync::Arc;
 
@@ -19,6 +20,18 @@ use crate::events::Events;
 use crate::fleet::Fleet;
 use crate::raft::Store;
 use crate::security::pki::Ca;
+use crate::security::registry_signer::RegistrySigner;
+
+/// A member's keys when it runs with TLS: what [`Context::new`] takes.
+#[derive(Clone)]
+pub struct Security {
+    /// The cluster CA.
+    pub ca: Arc<Ca>,
+    /// This scheduler's own certificate and key.
+    pub credentials: Arc<Credentials>,
+    /// What signs the registry's tokens.
+    pub registry_signer: Arc<RegistrySigner>,
+}
 
 /// What the scheduler's parts share: built once by `server::start`, held as an
 /// `Arc<Context>` by the services, the HTTP side and the dispatcher.
@@ -41,20 +54,21 @@ pub struct Context {
     pub ca: Option<Arc<Ca>>,
     /// This scheduler's own certificate and key (None when running without TLS).
     pub tls_credentials: Option<Arc<Credentials>>,
+    /// What signs the registry's tokens (None when running without TLS).
+    pub registry_signer: Option<Arc<RegistrySigner>>,
     /// The Swarm manager's engine, once connected.
     docker: Mutex<Option<Docker>>,
 }
 
 impl Context {
-    /// The context of a member whose raft is opened as `store`; `credentials` are the
-    /// cluster CA and this scheduler's certificate (None with `tls.insecure`).
-    pub fn new(
-        config: SchedulerConfig,
-        advertise: String,
-        store: Store,
-        credentials: Option<(Arc<Ca>, Arc<Credentials>)>,
-    ) -> Self {
-        let (ca, tls_credentials) = credentials.unzip();
+    /// The context of a member whose raft is opened as `store`; `security` is the
+    /// cluster CA, this scheduler's certificate and its registry token signer (None with
+    /// `tls.insecure`).
+    pub fn new(config: SchedulerConfig, advertise: String, store: Store, security: Option<Security>) -> Self {
+        let (ca, tls_credentials, registry_signer) = match security {
+            Some(s) => (Some(s.ca), Some(s.credentials), Some(s.registry_signer)),
+            None => (None, None, None),
+        };
         Self {
             events: Events::new(config.data_dir.join("logs")),
             config,
@@ -65,6 +79,7 @@ impl Context {
             wake: Notify::new(),
             ca,
             tls_credentials,
+            registry_signer,
             docker: Mutex::new(None),
         }
     }

@@ -1,7 +1,8 @@
 //! Wires the scheduler together and runs it: [`start`] binds the listeners, loads or
-//! fetches the TLS credentials, opens the raft store, bootstraps a fresh data dir as a
-//! single-member cluster, builds the [`Context`], and starts the gRPC services (control,
-//! agents, raft, enrollment), the HTTP side, the dispatcher and the leadership watch.
+//! fetches the TLS credentials and derives the registry token signer, opens the raft
+//! store, bootstraps a fresh data dir as a single-member cluster, builds the [`Context`],
+//! and starts the gRPC services (control, agents, raft, enrollment), the HTTP side, the
+//! dispatcher and the leadership watch.
 //! [`Running::stop`] stops them within a grace period.
 
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use crate::api::agents::AgentSessions;
 use crate::api::control::ControlService;
 use crate::api::enroll::EnrollmentService;
 use crate::config::SchedulerConfig;
-use crate::context::Context;
+use crate::context::{Context, Security};
 use crate::raft;
 use crate::security;
 
@@ -102,12 +103,21 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
     let advertise = config.advertised().unwrap_or_else(|| grpc_addr.to_string());
 
-    let credentials = security::credentials::at_start(&config)
-        .await
-        .map_err(StartError::Tls)?
-        .map(|(ca, creds)| (Arc::new(ca), Arc::new(creds)));
+    let credentials = match security::credentials::at_start(&config).await.map_err(StartError::Tls)? {
+        Some((ca, creds)) => {
+            // The registry's bundle is written to the data dir before anything answers.
+            let signer = security::registry_signer::at_start(&ca, &config.data_dir, config.node_id)
+                .map_err(|e| StartError::Tls(format!("the registry token signer: {e}")))?;
+            Some(Security {
+                ca: Arc::new(ca),
+                credentials: Arc::new(creds),
+                registry_signer: Arc::new(signer),
+            })
+        }
+        None => None,
+    };
     let transport = match &credentials {
-        Some((_, creds)) => tls::Transport::Tls(creds.clone()),
+        Some(security) => tls::Transport::Tls(security.credentials.clone()),
         None => tls::Transport::Insecure,
     };
     let store_err =
@@ -144,8 +154,10 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     // enrollment is open (it checks tokens and certificates itself).
     let secure = credentials.is_some();
     let mut builder = tonic::transport::Server::builder();
-    if let Some((_, creds)) = &credentials {
-        builder = builder.tls_config(creds.server_tls()).map_err(|e| StartError::Tls(e.to_string()))?;
+    if let Some(security) = &credentials {
+        builder = builder
+            .tls_config(security.credentials.server_tls())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
     }
     let grpc = builder
         .add_service(InterceptedService::new(

@@ -10,8 +10,8 @@
 //! `insecure-registries`. With a [`TokenAuth`] ([`Registry::start_with`],
 //! [`Registry::require_tokens`]) it runs `auth: token` with the realm, service, issuer
 //! and root certificate bundle the caller gives (slipway's tests give a scheduler's
-//! `/v2/token` and the cluster CA); its HTTP helpers then fetch a pull token from the
-//! realm for the repository they look at, logging in with what
+//! `/v2/token` and its token signer's root); its HTTP helpers then fetch a pull token
+//! from the realm for the repository they look at, logging in with what
 //! [`TokenAuth::pull_login`] returns. Dropping the [`Registry`] kills the process and
 //! deletes its storage.
 
@@ -50,8 +50,8 @@ pub struct TokenAuth {
     pub service: String,
     /// The `iss` of the tokens the registry accepts.
     pub issuer: String,
-    /// PEM of the certificates that sign tokens (`rootcertbundle`), written to
-    /// `ca.pem` in the registry's directory.
+    /// PEM of the certificates that token certificates must chain to
+    /// (`rootcertbundle`), written to `rootcertbundle.pem` in the registry's directory.
     pub root_cert_bundle: String,
     /// The basic-auth login (user, password) the helpers present to the realm for a
     /// pull token of a repository; `None` leaves them without tokens (they then see the
@@ -415,7 +415,7 @@ fn installed_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// The registry's configuration: the same as `packaging/registry.sh` writes. With
-/// `auth`, its root certificate bundle goes to `DIR/ca.pem`.
+/// `auth`, its root certificate bundle goes to `DIR/rootcertbundle.pem`.
 fn config(dir: &Path, ip: IpAddr, port: u16, auth: Option<&TokenAuth>) -> anyhow::Result<String> {
     let mut config = format!(
         "version: 0.1\n\
@@ -425,7 +425,7 @@ fn config(dir: &Path, ip: IpAddr, port: u16, auth: Option<&TokenAuth>) -> anyhow
         data = dir.join("data").display()
     );
     if let Some(auth) = auth {
-        let bundle = dir.join("ca.pem");
+        let bundle = dir.join("rootcertbundle.pem");
         fs::write(&bundle, &auth.root_cert_bundle)?;
         config += &format!(
             "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",

@@ -701,6 +701,14 @@ impl TestCluster {
         &self.agent(n).name
     }
 
+    /// Agent `n`'s own certificate and key, as it enrolled them (`<state_dir>/tls/`).
+    pub fn agent_credentials(&self, n: u8) -> Credentials {
+        let dir = self.agent(n).state_dir.join("tls");
+        Credentials::load_dir(&dir)
+            .unwrap_or_else(|e| panic!("agent {n}'s credentials in {}: {e}", dir.display()))
+            .unwrap_or_else(|| panic!("agent {n} has not enrolled: no certificate in {}", dir.display()))
+    }
+
     /// Member `id`'s log so far.
     pub fn scheduler_log(&self, id: u64) -> String {
         std::fs::read_to_string(self.path(&format!("scheduler-{id}.log"))).unwrap_or_default()

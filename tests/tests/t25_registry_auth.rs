@@ -1,18 +1,21 @@
 //! t25: the registry's token server. A real `docker-registry` with `auth: token`
-//! pointing at a real scheduler's `/v2/token` (its `rootcertbundle` the cluster CA),
-//! and the host's Docker engine pushing and pulling with scheduler-issued grants: a
-//! grant for app A pushes and pulls A and nothing else, a pull-only grant cannot push,
-//! an anonymous push fails, a grant from another cluster does not log in. Then the
-//! wiring: a build pushes to a registry that takes tokens only (with the grant its
-//! assignment carries), an anonymous pull of the release fails, and the pull grant
-//! stored with the app's service is renewed before it expires without restarting the
-//! task.
+//! pointing at a real scheduler's `/v2/token` (its `rootcertbundle` the token signer's
+//! root, derived from the cluster CA), and the host's Docker engine pushing and pulling
+//! with scheduler-issued grants: a grant for app A pushes and pulls A and nothing else, a
+//! pull-only grant cannot push, an anonymous push fails, a grant from another cluster
+//! does not log in; a token signed with an agent's, an operator's or a scheduler's own
+//! TLS key (the scheduler's JWT shape, that certificate in `x5c`) is refused, the
+//! scheduler's own token taken. Then the wiring: a build pushes to a registry that takes
+//! tokens only (with the grant its assignment carries), an anonymous pull of the release
+//! fails, and the pull grant stored with the app's service is renewed before it expires
+//! without restarting the task.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use slipway_proto::tls::Credentials;
 use slipway_scheduler::deploy::LABEL_PULL_GRANT_EXPIRES;
-use slipway_scheduler::security::pki::Ca;
-use slipway_scheduler::security::registry_auth::{issue_grant, GRANT_USER};
+use slipway_scheduler::security::pki::{pki_dir, Ca};
+use slipway_scheduler::security::registry_auth::{issue_grant, token, Access, GRANT_USER, SERVICE};
 use slipway_testkit::docker::docker_cli_as;
 use slipway_testkit::{GitRepo, BASE_IMAGE};
 use slipway_tests::TestCluster;
@@ -69,6 +72,48 @@ async fn grants_push_and_pull_their_own_app_only() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let late = login(&expired).expect_err("an expired grant logs in");
     assert!(late.contains("expired"), "{late}");
+
+    // Only the cluster's token signer: a token for alpha's repository (which none of them
+    // holds a grant for) signed with the agent's, the operator's or the scheduler's TLS
+    // key, its CA-issued certificate in x5c, is refused; the scheduler's token is taken.
+    let tags = format!("http://{addr}/v2/alpha/tags/list");
+    let http = reqwest::Client::new();
+    let status_with = |token: String| {
+        let request = http.get(&tags).bearer_auth(token);
+        async move { request.send().await.expect("the registry answers").status() }
+    };
+    let alpha = || {
+        vec![Access {
+            kind: "repository".into(),
+            name: "alpha".into(),
+            actions: vec!["pull".into(), "push".into()],
+        }]
+    };
+    let scheduler_tls = Credentials::load_dir(&pki_dir(&cluster.data_dir_of(1))).unwrap().unwrap();
+    let keys = [
+        ("agent", cluster.agent_credentials(1)),
+        ("operator", cluster.admin_credentials().expect("the cluster runs TLS").clone()),
+        ("scheduler TLS", scheduler_tls),
+    ];
+    for (who, creds) in keys {
+        let forged = token(&creds, "grant:alpha", alpha()).expect("a JWT signed with that key").token;
+        assert_eq!(status_with(forged).await, 401, "a token signed with the {who}'s key");
+    }
+    let answer: serde_json::Value = http
+        .get(format!(
+            "http://{}/v2/token?service={SERVICE}&scope=repository:alpha:pull",
+            cluster.http_addr(1)
+        ))
+        .basic_auth(GRANT_USER, Some(issue_grant(&ca, "alpha", &["pull"], hour)))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("the realm answers a grant")
+        .json()
+        .await
+        .unwrap();
+    let real = answer["token"].as_str().expect("a token").to_string();
+    assert_eq!(status_with(real).await, 200, "the scheduler's token");
 
     for tag in [image("alpha"), image("beta"), format!("{addr}/alpha:2")] {
         let _ = docker_cli_as(&client, &["rmi", &tag], None);

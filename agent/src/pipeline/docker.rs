@@ -408,8 +408,8 @@ fn token_hint(message: &str) -> &'static str {
          scheduler's HTTP side from this node"
     } else if message.contains("unauthorized") || message.contains("denied") {
         ". The registry refused this build's grant: it expired (grants last 6 h), or the \
-         registry does not trust this cluster (its rootcertbundle must be the cluster CA's \
-         certificate, a scheduler's <data_dir>/pki/ca.pem)"
+         registry does not trust this cluster (its rootcertbundle must be the cluster's token \
+         signer, a scheduler's <data_dir>/pki/registry-signer.pem, not the CA's ca.pem)"
     } else {
         ""
     }

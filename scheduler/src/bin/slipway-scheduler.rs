@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use slipway_proto::tls::{PeerIdentity, Role};
 use slipway_scheduler::config::SchedulerConfig;
 use slipway_scheduler::security::pki::{self, Ca};
+use slipway_scheduler::security::registry_signer;
 
 /// slipway's raft-replicated scheduler.
 #[derive(Parser)]
@@ -55,6 +56,18 @@ enum Offline {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Write the registry's `rootcertbundle` (the token signer's root, derived from this
+    /// scheduler's CA; every member gives the same) to OUT, or print it. A file that
+    /// already holds it is left as it is. A running scheduler also writes it to
+    /// <data_dir>/pki/registry-signer.pem.
+    RegistryBundle {
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The CA in this directory (ca.pem, ca.key, as `init-ca` makes it) instead of
+        /// this scheduler's.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
     /// Serve the registry's token realm for a cluster of several members: forward each
     /// connection on LISTEN to the first of the members' HTTP sides (host:port, in
     /// order) that accepts it. Point the registry's `realm` at http://LISTEN/v2/token.
@@ -85,6 +98,18 @@ fn load(args: Args) -> anyhow::Result<SchedulerConfig> {
     Ok(config)
 }
 
+/// The CA in the data dir, or (before a founding member's first start) the shared one it
+/// will install from tls.ca_dir.
+fn this_schedulers_ca(config: &SchedulerConfig) -> anyhow::Result<Ca> {
+    let dir = pki::pki_dir(&config.data_dir);
+    match Ca::load(&dir)? {
+        Some(ca) => Ok(ca),
+        None => config.tls.ca_dir.as_deref().map(Ca::load).transpose()?.flatten().ok_or_else(|| {
+            anyhow::anyhow!("no cluster CA in {}: start this scheduler once first", dir.display())
+        }),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     slipway_common::telemetry::init();
@@ -103,21 +128,29 @@ async fn main() -> anyhow::Result<()> {
             println!("cluster CA in {} (digest {}); keep ca.key secret", dir.display(), ca.digest()?);
         }
         Some(Offline::AdminCert { name, out }) => {
-            // The CA in the data dir, or (before a founding member's first start) the
-            // shared one it will install from tls.ca_dir.
-            let dir = pki::pki_dir(&config.data_dir);
-            let ca = match Ca::load(&dir)? {
-                Some(ca) => ca,
-                None => {
-                    config.tls.ca_dir.as_deref().map(Ca::load).transpose()?.flatten().ok_or_else(|| {
-                        anyhow::anyhow!("no cluster CA in {}: start this scheduler once first", dir.display())
-                    })?
-                }
-            };
+            let ca = this_schedulers_ca(&config)?;
             let validity = Duration::from_secs(config.tls.admin_cert_validity_secs);
             let creds = ca.issue(&PeerIdentity::new(Role::Admin, name.clone()), validity)?;
             creds.save_dir(&out).map_err(anyhow::Error::msg)?;
             println!("operator certificate for {name:?} in {} (ca.pem, cert.pem, key.pem)", out.display());
+        }
+        Some(Offline::RegistryBundle { out, ca_dir }) => {
+            let ca = match ca_dir {
+                Some(dir) => Ca::load(&dir)?
+                    .ok_or_else(|| anyhow::anyhow!("no CA in {}: it holds no ca.pem", dir.display()))?,
+                None => this_schedulers_ca(&config)?,
+            };
+            match out {
+                Some(path) => {
+                    let written = registry_signer::write_bundle(&ca, &path)?;
+                    let what = if written { "wrote" } else { "already holds" };
+                    println!(
+                        "{} {what} the registry's token signer bundle (its rootcertbundle)",
+                        path.display()
+                    );
+                }
+                None => print!("{}", registry_signer::bundle_pem(&ca)?),
+            }
         }
         Some(Offline::RealmProxy { listen, members }) => {
             let listener = tokio::net::TcpListener::bind(listen)

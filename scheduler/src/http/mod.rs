@@ -50,7 +50,7 @@ async fn registry_token(
             serde_json::json!({ "details": why, "errors": [{ "code": "UNAUTHORIZED", "message": why }] });
         (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
     };
-    let (Some(ca), Some(signer)) = (ctx.ca.as_deref(), ctx.tls_credentials.as_deref()) else {
+    let (Some(ca), Some(signer)) = (ctx.ca.as_deref(), ctx.registry_signer.as_deref()) else {
         return refuse(
             StatusCode::NOT_FOUND,
             "this scheduler runs without TLS: it has no CA to sign with".into(),
@@ -76,7 +76,7 @@ async fn registry_token(
         }
     }
     let subject = grant.as_ref().map_or("anonymous".to_string(), |g| format!("grant:{}", g.app));
-    match auth::token(signer, &subject, auth::allowed(grant.as_ref(), &asked)) {
+    match auth::token(signer.credentials(), &subject, auth::allowed(grant.as_ref(), &asked)) {
         Ok(answer) => axum::Json(answer).into_response(),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

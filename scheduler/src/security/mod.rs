@@ -10,6 +10,9 @@
 //! - [`registry_auth`]: the registry's token server: grants (an app, its actions, an
 //!   expiry) signed with a key derived from the CA, exchanged at `GET /v2/token` for a
 //!   short-lived JWT.
+//! - [`registry_signer`]: the only key the registry takes tokens from: a root derived
+//!   from the CA key (the registry's `rootcertbundle`, `<data_dir>/pki/registry-signer.pem`)
+//!   and each scheduler's token certificate under it.
 //! - [`realm_proxy`]: `slipway-scheduler realm-proxy`, the registry's token realm in
 //!   front of several members.
 //!
@@ -22,3 +25,4 @@ pub mod join_tokens;
 pub mod pki;
 pub mod realm_proxy;
 pub mod registry_auth;
+pub mod registry_signer;

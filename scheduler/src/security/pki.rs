@@ -4,6 +4,7 @@
 //! ```text
 //! pki/ca.pem  ca.key (0600)          the cluster CA
 //! pki/cert.pem key.pem (0600)        this scheduler's certificate (chain: leaf, CA)
+//! pki/registry-signer.pem            the registry's rootcertbundle (`registry_signer`)
 //! ```
 //!
 //! Every certificate names its holder as `slipway://<role>/<name>` (see

@@ -5,9 +5,12 @@
 //! its repository (`pull`, `push`) and an expiry, signed with a key every scheduler
 //! derives from the cluster CA's key, so any member can check it. The Docker engine
 //! presents it as the password of HTTP Basic auth to `GET /v2/token` (the registry's
-//! `realm`); the answer is a short-lived JWT (ES256, signed with this scheduler's
+//! `realm`); the answer is a short-lived JWT (ES256, signed with this scheduler's token
 //! certificate, sent in `x5c`) allowing at most what the grant allows and the engine
-//! asked for. The registry checks the JWT against the CA (`rootcertbundle`).
+//! asked for. The registry checks the JWT against the token signer's root
+//! (`rootcertbundle`, see `registry_signer`), never the cluster CA: the CA also signs
+//! every agent's and operator's certificate, and the registry would take a token from
+//! any of their keys.
 //!
 //! The JWT is made with `jsonwebtoken` (its `Header` carries the `x5c` chain); the
 //! signing underneath is ring's, through a small provider (see `ring_es256`), so the
@@ -21,7 +24,7 @@
 //!     realm: http://<scheduler http_listen>/v2/token
 //!     service: slipway-registry
 //!     issuer: slipway
-//!     rootcertbundle: <data_dir>/pki/ca.pem
+//!     rootcertbundle: <data_dir>/pki/registry-signer.pem
 //! ```
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -197,7 +200,9 @@ struct Claims<'a> {
     access: Vec<Access>,
 }
 
-/// A JWT for `access`, signed with `signer`'s key and carrying its certificate.
+/// A JWT for `access`, signed with `signer`'s key and carrying its certificate (the
+/// first of `cert_pem`) in `x5c`. The scheduler signs with its token certificate
+/// (`RegistrySigner::credentials`); the registry takes no other.
 pub fn token(signer: &Credentials, subject: &str, access: Vec<Access>) -> Result<TokenResponse, String> {
     use rustls::pki_types::pem::PemObject;
     let leaf = tls::first_cert_der(&signer.cert_pem)?;
@@ -303,7 +308,7 @@ pub fn basic_password(header: Option<&str>) -> Result<Option<String>, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slipway_proto::tls::{PeerIdentity, Role};
+    use crate::security::registry_signer::RegistrySigner;
 
     #[test]
     fn a_grant_allows_its_app_and_actions_only() {
@@ -340,16 +345,17 @@ mod tests {
     #[test]
     fn tokens_are_es256_jwts_with_the_signers_certificate() {
         let ca = Ca::create().unwrap();
-        let signer = ca.issue(&PeerIdentity::new(Role::Scheduler, "1"), Duration::from_secs(3600)).unwrap();
+        let signer = RegistrySigner::new(&ca, "1").unwrap();
         let access =
             vec![Access { kind: "repository".into(), name: "alpha".into(), actions: vec!["pull".into()] }];
-        let t = token(&signer, "grant:alpha", access).unwrap();
+        let t = token(signer.credentials(), "grant:alpha", access).unwrap();
         let parts: Vec<&str> = t.token.split('.').collect();
         assert_eq!(parts.len(), 3);
         let header: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
         assert_eq!(header["alg"], "ES256");
         let leaf = STANDARD.decode(header["x5c"][0].as_str().unwrap()).unwrap();
+        assert_eq!(leaf, tls::first_cert_der(&signer.credentials().cert_pem).unwrap(), "the signer's leaf");
         let claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert_eq!((claims["iss"].as_str(), claims["aud"].as_str()), (Some(ISSUER), Some(SERVICE)));
