@@ -104,6 +104,15 @@ impl Ca {
         &self.key_pem
     }
 
+    /// An HMAC-SHA256 key for one purpose (`label`), derived from the CA's private key:
+    /// the same on every member (each holds the same `ca.key`), unknown to anyone
+    /// without it. Registry grants and join token secrets are made with such keys.
+    pub fn derive_key(&self, label: &[u8]) -> ring::hmac::Key {
+        let derived =
+            ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key_pem.as_bytes()), label);
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
+    }
+
     /// SHA-256 of the CA certificate: what join tokens pin.
     pub fn digest(&self) -> Result<String, PkiError> {
         Ok(tls::cert_digest(&tls::first_cert_der(&self.cert_pem).map_err(PkiError)?))
