@@ -120,13 +120,14 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Reads the node id from the state dir, creating it on first start.
+/// Reads the node id from the state dir, creating it on first start. The state dir is
+/// made private (0700) first: it holds the node's key (`tls/`).
 fn node_id(state_dir: &std::path::Path) -> Result<String, std::io::Error> {
+    slipway_proto::tls::create_private_dir(state_dir)?;
     let path = state_dir.join("node-id");
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
         _ => {
-            std::fs::create_dir_all(state_dir)?;
             let id = uuid::Uuid::new_v4().to_string();
             std::fs::write(&path, format!("{id}\n"))?;
             Ok(id)
@@ -576,5 +577,25 @@ impl Agent {
             }
         }
         self.send(terminal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_state_dir_is_private_and_keeps_the_node_id() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        let id = node_id(&dir).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        // A state dir from before, open to everyone: made private, the same id kept.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(node_id(&dir).unwrap(), id);
+        assert_eq!(mode(&dir), 0o700);
     }
 }

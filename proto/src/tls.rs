@@ -316,11 +316,16 @@ impl Credentials {
     }
 }
 
-fn write_private_dir(dir: &Path) -> Result<(), String> {
+/// Creates `dir` (and missing parents) private to its owner, mode 0700, and makes it so
+/// when it exists already: for directories that hold keys or the cluster's state.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))
+}
+
+fn write_private_dir(dir: &Path) -> Result<(), String> {
+    create_private_dir(dir).map_err(|e| format!("cannot create {} (mode 0700): {e}", dir.display()))
 }
 
 /// Writes `contents` to `path` with `mode` (through a temporary file, so a crash
@@ -629,6 +634,24 @@ mod tests {
         ] {
             assert_eq!(PeerIdentity::from_uri(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn credentials_are_private_on_disk_even_where_the_dir_was_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("admin");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let creds = Credentials { ca_pem: "ca".into(), cert_pem: "cert".into(), key_pem: "key".into() };
+        creds.save_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(CERT_FILE)), 0o644);
+        let fresh = root.path().join("a/b");
+        create_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .map_err(|source| StartError::Listen { addr: config.http_listen, source })?;
     let advertise = config.advertised().unwrap_or_else(|| grpc_addr.to_string());
 
+    let store_err =
+        |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
+    // Private before anything is written into it: it holds the CA key and the raft store.
+    tls::create_private_dir(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
     let credentials = match security::credentials::at_start(&config).await.map_err(StartError::Tls)? {
         Some((ca, creds)) => {
             // The registry's bundle is written to the data dir before anything answers.
@@ -120,9 +124,6 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         Some(security) => tls::Transport::Tls(security.credentials.clone()),
         None => tls::Transport::Insecure,
     };
-    let store_err =
-        |message: String| StartError::Store { dir: config.data_dir.display().to_string(), message };
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
     let opened = raft::open(&config.data_dir, config.node_id, &config.raft.to_raft_config(), transport)
         .await
         .map_err(|e| store_err(e.to_string()))?;

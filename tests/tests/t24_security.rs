@@ -2,7 +2,8 @@
 //! ([`TestCluster`]): every gRPC service refuses a caller without a certificate, with
 //! one from another CA, with an expired one, or with the wrong role, and says so; an
 //! agent joins with a token, not with a rotated-out one nor one pinning another CA; an
-//! agent's certificate renews while its session stays open.
+//! agent's certificate renews while its session stays open; no file a scheduler keeps
+//! holds a token's secret, and the files that hold keys are private.
 
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -11,7 +12,7 @@ use slipway_proto::agent_message::Msg;
 use slipway_proto::agent_service_client::AgentServiceClient;
 use slipway_proto::control_client::ControlClient;
 use slipway_proto::raft_client::RaftClient;
-use slipway_proto::tls::{Credentials, PeerIdentity, Role, Transport, SERVER_NAME};
+use slipway_proto::tls::{Credentials, JoinToken, PeerIdentity, Role, Transport, SERVER_NAME};
 use slipway_proto::{self as pb};
 use slipway_scheduler::security::pki::Ca;
 use slipway_testkit::{free_port, KillOnDrop};
@@ -352,4 +353,72 @@ async fn a_scheduler_joins_with_a_scheduler_token_and_gets_the_cluster_ca() {
         .await
         .expect_err("a rotated-out scheduler token");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
+
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_file_a_scheduler_keeps_holds_a_token_secret_and_keys_are_private() {
+    let Some(cluster) = TestCluster::start("t24rest").await else { return };
+    let secret = |token: &str| token.trim().parse::<JoinToken>().expect("a token").secret;
+    let shown = |args: &[&str]| {
+        let out = cluster.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // The agents' first token (the agent joined with it), a scheduler token, a rotated
+    // agent token; and the current one shown again, without rotating: the same.
+    let rotated = shown(&["cluster", "token", "agent", "--rotate"]);
+    assert_eq!(shown(&["cluster", "token", "agent"]), rotated, "shown again, not made again");
+    let secrets =
+        [secret(cluster.agent_token()), secret(&shown(&["cluster", "token", "scheduler"])), secret(&rotated)];
+    // What the raft log holds is on disk (the control: an app's name is found).
+    cluster.create_app("findme-zq7", "https://example.invalid/r.git").await.expect("create an app");
+
+    let data = cluster.data_dir_of(1);
+    let files = files_under(&data);
+    let holds = |needle: &[u8]| {
+        files
+            .iter()
+            .filter(|f| std::fs::read(f).unwrap().windows(needle.len()).any(|w| w == needle))
+            .map(|f| f.strip_prefix(&data).unwrap().display().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(!holds(b"findme-zq7").is_empty(), "the raft store is searched: {files:?}");
+    for s in &secrets {
+        assert_eq!(holds(s.as_bytes()), Vec::<String>::new(), "files holding a token's secret");
+    }
+
+    // Private: the data dir, the CA and the raft store; keys 0600.
+    for dir in [data.clone(), data.join("pki"), data.join("raft")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    for key in ["pki/ca.key", "pki/key.pem"] {
+        assert_eq!(mode(&data.join(key)), 0o600, "{key}");
+    }
+    // The agent's state dir and its certificate.
+    let agent = cluster.dir.path().join("agent");
+    assert_eq!((mode(&agent), mode(&agent.join("tls"))), (0o700, 0o700));
+    assert_eq!(mode(&agent.join("tls/key.pem")), 0o600);
+    // An operator certificate the CLI stores.
+    shown(&["cluster", "admin-cert", "ops", "--out", "ops-creds"]);
+    let ops = cluster.dir.path().join("ops-creds");
+    assert_eq!((mode(&ops), mode(&ops.join("key.pem"))), (0o700, 0o600));
 }

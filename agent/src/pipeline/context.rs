@@ -11,7 +11,11 @@
 //! - the Dockerfile and `.dockerignore` are always sent, even if ignored;
 //! - symlinks are stored as symlinks and never followed; `.git` is sent unless ignored;
 //! - owners are 0:0 (as the CLI does, so COPY cache keys do not depend on which user
-//!   cloned); modes and mtimes are kept (the classic builder's cache keys ignore mtime).
+//!   cloned); mtimes are kept (the classic builder's cache keys ignore mtime); modes are
+//!   the ones git records, 0755 for directories and executables and 0644 for other
+//!   files, so neither the image nor its cache keys depend on the umask the agent runs
+//!   with (the systemd unit's `UMask=0077` checks out files 0600, which a non-root
+//!   `USER` in the image could not read).
 //!
 //! The context directory and the Dockerfile must resolve inside the clone: paths are
 //! checked lexically and again after resolving symlinks, so `context = "x"` where `x`
@@ -379,6 +383,9 @@ fn walk(dir: &Path, rel: &str, patterns: &[Pattern], tar: &mut tar::Builder<Vec<
         header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
         header.set_uid(0);
         header.set_gid(0);
+        if !kind.is_symlink() {
+            header.set_mode(git_mode(&meta));
+        }
         if kind.is_symlink() {
             let target = fs::read_link(entry.path())?;
             header.set_size(0);
@@ -394,6 +401,18 @@ fn walk(dir: &Path, rel: &str, patterns: &[Pattern], tar: &mut tar::Builder<Vec<
         // Sockets, FIFOs and devices have no place in an image build: left out.
     }
     Ok(())
+}
+
+/// The mode git would check `meta`'s file out with under the usual umask (022): git
+/// records only whether a file is executable.
+fn git_mode(meta: &fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = meta.permissions().mode() & 0o100 != 0;
+    if meta.is_dir() || executable {
+        0o755
+    } else {
+        0o644
+    }
 }
 
 /// The CLI descends into an excluded directory only if an exception pattern starts with it.
@@ -544,21 +563,28 @@ mod tests {
     }
 
     #[test]
-    fn modes_are_kept_and_owners_are_root() {
+    fn modes_are_gits_whatever_the_umask_and_owners_are_root() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), &["Dockerfile", "run.sh"]);
-        fs::set_permissions(dir.path().join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        write(dir.path(), &["Dockerfile", "run.sh", "conf/app.toml"]);
+        // As a checkout under umask 0077 leaves them.
+        for (path, mode) in
+            [("Dockerfile", 0o600), ("run.sh", 0o700), ("conf", 0o700), ("conf/app.toml", 0o600)]
+        {
+            fs::set_permissions(dir.path().join(path), fs::Permissions::from_mode(mode)).unwrap();
+        }
         let tar = pack_context(dir.path(), ".", "Dockerfile").unwrap();
         let mut archive = tar::Archive::new(tar.as_slice());
+        let mut modes = BTreeMap::new();
         for entry in archive.entries().unwrap() {
             let entry = entry.unwrap();
             let h = entry.header();
             assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
-            if entry.path().unwrap().ends_with("run.sh") {
-                assert_eq!(h.mode().unwrap() & 0o777, 0o750);
-                assert!(h.mtime().unwrap() > 0, "real mtimes are kept");
-            }
+            assert!(h.mtime().unwrap() > 0, "real mtimes are kept");
+            let path = entry.path().unwrap().to_string_lossy().trim_end_matches('/').to_string();
+            modes.insert(path, h.mode().unwrap() & 0o7777);
         }
+        let expected = [("Dockerfile", 0o644), ("run.sh", 0o755), ("conf", 0o755), ("conf/app.toml", 0o644)];
+        assert_eq!(modes, expected.into_iter().map(|(p, m)| (p.to_string(), m)).collect());
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         let role = join_tokens::token_role(&req.role)?;
         check_name(role, &req.name)?;
         let ca = ca(&self.ctx)?;
-        if !join_tokens::admits(&self.ctx.store, role, &req.secret).await? {
+        if !join_tokens::admits(&self.ctx.store, ca, role, &req.secret).await? {
             tracing::warn!(%role, name = %req.name, "join refused: wrong or rotated token");
             return Err(Status::permission_denied(format!(
                 "this {role} join token is not valid here (rotated, or from another cluster); get the current \

@@ -138,7 +138,7 @@ pub enum RaftSetupError {
     #[error("invalid raft settings: {0}")]
     Config(String),
     /// The data directory could not be created.
-    #[error("cannot create the raft data directory {path}: {source}")]
+    #[error("cannot create the raft data directory {path} (mode 0700): {source}")]
     CreateDir {
         /// The path concerned.
         path: PathBuf,
@@ -262,9 +262,10 @@ pub struct Opened {
     pub initialized: bool,
 }
 
-/// Opens (creating if needed) the raft store at `<data_dir>/raft` and starts the raft
-/// node `node_id` on it, dialling its peers with `transport` (plain text, or TLS with
-/// this scheduler's certificate).
+/// Opens (creating if needed) the raft store at `<data_dir>/raft`, private to its owner
+/// (0700; sled's files inside take the process umask), and starts the raft node
+/// `node_id` on it, dialling its peers with `transport` (plain text, or TLS with this
+/// scheduler's certificate).
 ///
 /// The last snapshot is loaded and the committed log entries after it are re-applied
 /// before this returns, so the state is current as of the last commit this node saw.
@@ -276,7 +277,7 @@ pub async fn open(
 ) -> Result<Opened, RaftSetupError> {
     let raft_config = Arc::new(config.to_openraft()?);
     let path = data_dir.join("raft");
-    std::fs::create_dir_all(&path)
+    slipway_proto::tls::create_private_dir(&path)
         .map_err(|source| RaftSetupError::CreateDir { path: path.clone(), source })?;
     let db = open_db(&path).await?;
     let data_file = std::fs::File::open(path.join("db"))
@@ -610,6 +611,8 @@ mod tests {
         let config = RaftConfig::default();
         let opened = open(dir.path(), 1, &config, Transport::Insecure).await.unwrap();
         assert!(!opened.initialized);
+        let mode = std::fs::metadata(dir.path().join("raft")).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o700);
         assert!(bootstrap(opened.store.raft(), one_member()).await.unwrap());
         opened.store.raft().wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.unwrap();
 

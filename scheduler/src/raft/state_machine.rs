@@ -381,6 +381,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn snapshots_hold_no_join_secret_an_earlier_version_kept_in_clear() {
+        let secret = "5e".repeat(32);
+        let in_clear = |data: &[u8]| String::from_utf8_lossy(data).contains(&secret);
+        // Its log entry, replayed, then snapshotted.
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachineStore::open(open_db(dir.path())).await.unwrap();
+        let logged = Command::SetJoinSecret { role: "agent".into(), secret: secret.clone() };
+        sm.apply([normal(1, logged)]).await.unwrap();
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let data = built.snapshot.into_inner();
+        assert!(!in_clear(&data), "{}", String::from_utf8_lossy(&data));
+
+        // A snapshot it wrote, installed: the state keeps the hash, and so does the next
+        // snapshot, which replaces the one received.
+        let mut old: serde_json::Value = serde_json::from_slice(&data).unwrap();
+        old["state"]["join_secrets"]["agent"] = secret.clone().into();
+        let old = serde_json::to_vec(&old).unwrap();
+        assert!(in_clear(&old));
+        let other = tempfile::tempdir().unwrap();
+        let mut follower = StateMachineStore::open(open_db(other.path())).await.unwrap();
+        follower.install_snapshot(&built.meta, Box::new(Cursor::new(old))).await.unwrap();
+        let kept = follower.state().read().unwrap().join_secrets["agent"].clone();
+        assert_eq!(kept, crate::state::JoinSecret::from_clear(&secret));
+        follower.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let current = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert!(!in_clear(&current.snapshot.into_inner()));
+    }
+
+    #[tokio::test]
     async fn installing_a_snapshot_replaces_the_state_and_an_older_build_cannot_undo_it() {
         let leader_dir = tempfile::tempdir().unwrap();
         let follower_dir = tempfile::tempdir().unwrap();

@@ -5,8 +5,9 @@
 //!   machine).
 //! - [`credentials`]: this scheduler's CA and certificate at start (loaded, made,
 //!   copied or fetched with a join token).
-//! - [`join_tokens`]: the join tokens of agents and schedulers (`slipway cluster token`),
-//!   their secrets replicated and compared in constant time.
+//! - [`join_tokens`]: the join tokens of agents and schedulers (`slipway cluster token`):
+//!   the state keeps a nonce per role, never the secret, which every member derives
+//!   from the CA key and compares in constant time.
 //! - [`registry_auth`]: the registry's token server: grants (an app, its actions, an
 //!   expiry) signed with a key derived from the CA, exchanged at `GET /v2/token` for a
 //!   short-lived JWT.

@@ -1,5 +1,5 @@
 //! The cluster CA: created by the scheduler that founds the cluster, handed to each
-//! scheduler that joins with a scheduler token, kept in `<data_dir>/pki/`:
+//! scheduler that joins with a scheduler token, kept in `<data_dir>/pki/` (both dirs 0700):
 //!
 //! ```text
 //! pki/ca.pem  ca.key (0600)          the cluster CA
@@ -93,9 +93,8 @@ impl Ca {
 
     /// Writes `ca.pem` and `ca.key` (0600) into `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| PkiError(format!("cannot create {}: {e}", dir.display())))?;
-        set_mode(dir, 0o700)?;
+        tls::create_private_dir(dir)
+            .map_err(|e| PkiError(format!("cannot create {} (mode 0700): {e}", dir.display())))?;
         tls::write_file(&dir.join("ca.key"), &self.key_pem, 0o600).map_err(PkiError)?;
         tls::write_file(&dir.join("ca.pem"), &self.cert_pem, 0o644).map_err(PkiError)
     }
@@ -103,6 +102,15 @@ impl Ca {
     /// The CA's private key, PEM (handed to schedulers that join).
     pub fn key_pem(&self) -> &str {
         &self.key_pem
+    }
+
+    /// An HMAC-SHA256 key for one purpose (`label`), derived from the CA's private key:
+    /// the same on every member (each holds the same `ca.key`), unknown to anyone
+    /// without it. Registry grants and join token secrets are made with such keys.
+    pub fn derive_key(&self, label: &[u8]) -> ring::hmac::Key {
+        let derived =
+            ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key_pem.as_bytes()), label);
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
     }
 
     /// SHA-256 of the CA certificate: what join tokens pin.
@@ -188,12 +196,6 @@ fn set_validity_between(params: &mut CertificateParams, not_before: SystemTime, 
     params.not_after = time::OffsetDateTime::from(not_after);
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), PkiError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| PkiError(format!("cannot set the mode of {}: {e}", path.display())))
-}
-
 /// This scheduler's PKI at start: the CA (made now when `found` and there is none),
 /// and its own certificate (issued again when missing or due for renewal).
 pub fn scheduler_credentials(
@@ -267,6 +269,7 @@ mod tests {
             |f: &str| std::fs::metadata(pki_dir(dir.path()).join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("ca.key"), 0o600);
         assert_eq!(mode("key.pem"), 0o600);
+        assert_eq!(mode(""), 0o700, "the pki dir");
         assert_eq!(creds.info().unwrap().identity, PeerIdentity::new(Role::Scheduler, "1"));
         // Started again: the same CA and certificate, nothing re-created.
         let (again, creds2) = scheduler_credentials(dir.path(), 1, true).unwrap();

@@ -97,11 +97,7 @@ pub fn now_secs() -> u64 {
 
 /// The grant-signing key: derived from the CA's private key, the same on every member.
 fn grant_key(ca: &Ca) -> ring::hmac::Key {
-    let derived = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ca.key_pem().as_bytes()),
-        b"slipway registry grants v1",
-    );
-    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
+    ca.derive_key(b"slipway registry grants v1")
 }
 
 /// A grant of `actions` on `app` for `ttl`, as the password to present.

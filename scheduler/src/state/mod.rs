@@ -23,8 +23,8 @@ mod records;
 
 pub use claims::Claims;
 pub use records::{
-    App, Build, BuildOutput, BuildState, DeployState, Healthcheck, NodeRecord, PhaseTimings, Release,
-    RequestOutcome, RunSpec,
+    sha256_hex, App, Build, BuildOutput, BuildState, DeployState, Healthcheck, JoinSecret, NodeRecord,
+    PhaseTimings, Release, RequestOutcome, RunSpec,
 };
 
 /// Release numbers count from 1 per app.
@@ -50,10 +50,11 @@ pub struct State {
     pub requests: BTreeMap<String, RequestOutcome>,
     /// Request ids in arrival order, oldest first, to forget the oldest.
     pub request_order: VecDeque<String>,
-    /// Join token secrets by role ("agent", "scheduler"): hex, made by the leader on
-    /// first use, replaced by a rotation.
-    #[serde(default)]
-    pub join_secrets: BTreeMap<String, String>,
+    /// How each role's join token secret is kept, by role ("agent", "scheduler"): the
+    /// nonce it is derived from, or the hash of one from an earlier version; never the
+    /// secret. Earlier versions stored clear secrets here: they are read as their hash.
+    #[serde(default, deserialize_with = "records::join_secrets_of_any_version")]
+    pub join_secrets: BTreeMap<String, JoinSecret>,
 }
 
 /// A change to the replicated state: the payload of every raft log entry.
@@ -187,12 +188,24 @@ pub enum Command {
         /// Drain (true) or activate (false).
         draining: bool,
     },
-    /// Set (first use) or replace (rotation) the join token secret of a role.
+    /// A join token secret in clear, as earlier versions wrote it: kept so their log
+    /// entries still apply, as the secret's hash. Nothing writes it any more.
     SetJoinSecret {
         /// `agent` or `scheduler`.
         role: String,
-        /// The new secret (hex).
+        /// The secret (hex).
         secret: String,
+    },
+    /// Make (first use) or rotate the join token of a role: its secret is derived from
+    /// the CA key and `nonce` (see `security::join_tokens`).
+    SetJoinNonce {
+        /// `agent` or `scheduler`.
+        role: String,
+        /// Random hex, drawn by the member that proposed it.
+        nonce: String,
+        /// Replace the current token (a rotation). False keeps a token that exists, so
+        /// two first uses racing on two members agree on the first.
+        replace: bool,
     },
 }
 
@@ -533,7 +546,13 @@ impl State {
                 Ok(Response::Node(node.clone()))
             }
             Command::SetJoinSecret { role, secret } => {
-                self.join_secrets.insert(role.clone(), secret.clone());
+                self.join_secrets.insert(role.clone(), JoinSecret::from_clear(secret));
+                Ok(Response::Done)
+            }
+            Command::SetJoinNonce { role, nonce, replace } => {
+                if *replace || !self.join_secrets.contains_key(role) {
+                    self.join_secrets.insert(role.clone(), JoinSecret::Derived { nonce: nonce.clone() });
+                }
                 Ok(Response::Done)
             }
         }
@@ -830,6 +849,47 @@ mod tests {
             }
         );
         assert_eq!(serde_json::to_string(&hc).unwrap(), old);
+    }
+
+    #[test]
+    fn join_secrets_are_never_kept_in_clear() {
+        let old = "ab".repeat(32);
+        let mut s = State::default();
+        // An entry an earlier version logged, replayed: kept as the secret's hash.
+        let logged: Command =
+            serde_json::from_str(&format!(r#"{{"SetJoinSecret":{{"role":"agent","secret":"{old}"}}}}"#))
+                .unwrap();
+        assert_eq!(s.apply(&logged), Response::Done);
+        assert_eq!(s.join_secrets["agent"], JoinSecret::Sha256 { hash: sha256_hex(old.as_bytes()) });
+        // Now: a nonce; a first use does not replace a token that exists, a rotation does.
+        let nonce =
+            |n: &str, replace| Command::SetJoinNonce { role: "scheduler".into(), nonce: n.into(), replace };
+        s.apply(&nonce("n1", false));
+        s.apply(&nonce("n2", false));
+        assert_eq!(s.join_secrets["scheduler"], JoinSecret::Derived { nonce: "n1".into() });
+        s.apply(&nonce("n3", true));
+        assert_eq!(s.join_secrets["scheduler"], JoinSecret::Derived { nonce: "n3".into() });
+        let snapshot = serde_json::to_string(&s).unwrap();
+        assert!(!snapshot.contains(&old), "{snapshot}");
+        assert_eq!(serde_json::from_str::<State>(&snapshot).unwrap(), s);
+    }
+
+    #[test]
+    fn a_state_from_before_reads_its_clear_join_secrets_as_hashes() {
+        let (agent, scheduler) = ("0a".repeat(32), "1b".repeat(32));
+        let before = format!(
+            r#"{{"apps":{{}},"builds":{{}},"releases":{{}},"nodes":{{}},"next_build":3,"requests":{{}},
+            "request_order":[],"join_secrets":{{"agent":"{agent}","scheduler":"{scheduler}"}}}}"#
+        );
+        let s: State = serde_json::from_str(&before).unwrap();
+        assert_eq!(s.next_build, 3);
+        assert_eq!(s.join_secrets["agent"], JoinSecret::from_clear(&agent));
+        assert_eq!(s.join_secrets["scheduler"], JoinSecret::from_clear(&scheduler));
+        let again = serde_json::to_string(&s).unwrap();
+        assert!(!again.contains(&agent) && !again.contains(&scheduler), "{again}");
+        // Older still: no join secrets at all.
+        let older = before.split(r#","join_secrets""#).next().unwrap().to_string() + "}";
+        assert!(serde_json::from_str::<State>(&older).unwrap().join_secrets.is_empty());
     }
 
     #[test]

@@ -265,3 +265,62 @@ pub enum RequestOutcome {
         number: ReleaseNumber,
     },
 }
+
+/// How the state keeps a role's join token secret: never the secret itself, so neither
+/// the raft log nor a snapshot holds it (see `security::join_tokens`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinSecret {
+    /// The secret is derived from the CA key and this nonce: every member holding the
+    /// CA recomputes it, nobody without the CA can.
+    Derived {
+        /// Random hex, drawn by the member that made or rotated the token.
+        nonce: String,
+    },
+    /// A secret an earlier version kept in clear, now kept as its SHA-256: it still
+    /// admits joins, but cannot be shown again.
+    Sha256 {
+        /// SHA-256 of the secret's text, hex.
+        hash: String,
+    },
+}
+
+impl JoinSecret {
+    /// A clear secret from an earlier version, kept as its hash.
+    pub fn from_clear(secret: &str) -> JoinSecret {
+        JoinSecret::Sha256 { hash: sha256_hex(secret.as_bytes()) }
+    }
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads `State::join_secrets` as any version wrote it: a clear secret (before secrets
+/// were kept at rest as nonces) becomes its hash as it is read, so a loaded snapshot
+/// never holds it again in memory, nor in the next snapshot.
+pub(super) fn join_secrets_of_any_version<'de, D>(
+    deserializer: D,
+) -> Result<BTreeMap<String, JoinSecret>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Kept(JoinSecret),
+        Clear(String),
+    }
+    let stored = BTreeMap::<String, Stored>::deserialize(deserializer)?;
+    Ok(stored
+        .into_iter()
+        .map(|(role, s)| {
+            let kept = match s {
+                Stored::Kept(kept) => kept,
+                Stored::Clear(secret) => JoinSecret::from_clear(&secret),
+            };
+            (role, kept)
+        })
+        .collect())
+}
