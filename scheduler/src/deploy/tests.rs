@@ -312,7 +312,12 @@ async fn t33_an_app_publishes_nothing_and_an_update_no_node_can_take_is_rolled_b
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("giving up on release 2")));
     let service = docker.inspect_service(&name, None).await.unwrap();
     assert_eq!(service.spec.unwrap().labels.unwrap()[LABEL_RELEASE], "1");
-    assert_eq!(running_tasks(&docker, &name, "1").await, release1_tasks, "release 1's task kept running");
+    // Release 1 runs once the deploy returns. Its task is usually the one from before the
+    // update (start-first), but on a loaded machine Swarm has been seen to replace it while
+    // release 2's task was pending (two release-2 tasks, then the rollback started a new
+    // release-1 task), so the test asks only that release 1 runs.
+    let running = running_tasks(&docker, &name, "1").await;
+    assert_eq!(running.len(), 1, "release 1 runs again: {running:?} (before: {release1_tasks:?})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
