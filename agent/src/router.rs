@@ -22,6 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use slipway_proto::router::{admin_volume, ADMIN_ORIGIN, ADMIN_SOCKET, VERSION_ID};
 use slipway_proto::{RouterConfig, RouterStatus};
 use tokio::sync::{watch, Notify};
 
@@ -29,12 +30,6 @@ use tokio::sync::{watch, Notify};
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// How long one admin call may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// The admin socket's file name in the admin volume.
-const ADMIN_SOCKET: &str = "admin.sock";
-/// `@id` of the handler that answers the routes' version.
-const VERSION_ID: &str = "slipway_routes";
-/// The Host of admin requests, which the router's `admin.origins` allows.
-const ADMIN_ORIGIN: &str = "slipway-agent";
 
 /// The routes this node's router should serve, and what it was last found serving.
 #[derive(Default)]
@@ -129,7 +124,7 @@ async fn reconcile(docker: &Docker, config: &RouterConfig) -> RouterStatus {
 
 /// The router's admin socket on this engine: `admin.sock` in the admin volume.
 async fn admin_socket(docker: &Docker, stack: &str) -> Result<PathBuf, String> {
-    let volume = format!("{stack}_router_admin");
+    let volume = admin_volume(stack);
     let service = format!("{stack}_router");
     let mountpoint = match docker.inspect_volume(&volume).await {
         Ok(v) => v.mountpoint,

@@ -30,6 +30,22 @@ mod csr;
 pub mod tls;
 pub mod validate;
 
+/// The router's contract between the scheduler (which runs Caddy and renders its config)
+/// and the agents (which load it through each node's admin socket).
+pub mod router {
+    /// The volume holding a stack's router admin socket on each node.
+    pub fn admin_volume(stack: &str) -> String {
+        format!("{stack}_router_admin")
+    }
+    /// The admin socket's file name in that volume.
+    pub const ADMIN_SOCKET: &str = "admin.sock";
+    /// `@id` of the handler that answers the routes' version.
+    pub const VERSION_ID: &str = "slipway_routes";
+    /// The Host of admin requests: Caddy 2.6 checks it, and on a UNIX socket allows
+    /// only an empty one unless the config's `admin.origins` names others.
+    pub const ADMIN_ORIGIN: &str = "slipway-agent";
+}
+
 /// gRPC metadata keys slipway puts on its errors: part of the wire contract, so they
 /// live here and nowhere else.
 pub mod metadata {

@@ -166,6 +166,15 @@ pub enum PublishMode {
     Host,
 }
 
+impl From<crate::config::PublishModeConfig> for PublishMode {
+    fn from(mode: crate::config::PublishModeConfig) -> Self {
+        match mode {
+            crate::config::PublishModeConfig::Ingress => PublishMode::Ingress,
+            crate::config::PublishModeConfig::Host => PublishMode::Host,
+        }
+    }
+}
+
 /// Where the volumes for `persist` directories come from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum PersistBackend {

@@ -111,10 +111,7 @@ pub fn service_for(ctx: &Context, release: &Release) -> ServiceDeploy {
         },
         persist: release.run.persist.clone(),
         healthcheck: release.run.healthcheck.clone(),
-        publish_mode: match deploy.publish_mode {
-            crate::config::PublishModeConfig::Ingress => PublishMode::Ingress,
-            crate::config::PublishModeConfig::Host => PublishMode::Host,
-        },
+        publish_mode: PublishMode::from(deploy.publish_mode),
         persist_backend: match &deploy.nfs {
             None => PersistBackend::Local,
             Some(nfs) => PersistBackend::Nfs { addr: nfs.addr.clone(), export_root: nfs.export_root.clone() },

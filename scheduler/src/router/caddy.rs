@@ -16,24 +16,17 @@
 //!   whether its router still serves it.
 
 use serde_json::{json, Value};
+use slipway_proto::router::{ADMIN_ORIGIN, ADMIN_SOCKET, VERSION_ID};
 use slipway_proto::validate::ROUTER_STATUS_HOST;
 
 use super::routes::Route;
 
 /// Where the admin socket lives in the router's container (the admin volume's mount).
 pub const ADMIN_DIR: &str = "/run/slipway-router";
-/// The admin socket's file name in [`ADMIN_DIR`] (and in the volume on the host).
-pub const ADMIN_SOCKET: &str = "admin.sock";
 /// The port the router listens on in its container.
 pub const CONTAINER_PORT: u16 = 80;
-/// `@id` of the handler answering the version at [`ROUTER_STATUS_HOST`].
-pub const VERSION_ID: &str = "slipway_routes";
 /// Version the start config answers: no routes loaded yet.
 pub const START_VERSION: &str = "none";
-
-/// The Host the agent's admin requests carry. Caddy 2.6 checks the Host of admin requests;
-/// on a UNIX socket it allows only an empty one unless `origins` names others.
-pub const ADMIN_ORIGIN: &str = "slipway-agent";
 
 // The proxy's settings, measured against start-first rollouts under a steady load
 // (0 failed requests in 5 rollouts of ~6,000 requests each; see the README):

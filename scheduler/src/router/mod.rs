@@ -61,13 +61,6 @@ pub fn app_urls(ctx: &Context, app: &str) -> Vec<String> {
     ctx.store.read(|s| routes::app_urls(s, app, &router.domain, router.http_port))
 }
 
-fn publish_mode(ctx: &Context) -> PublishMode {
-    match ctx.config.deploy.publish_mode {
-        crate::config::PublishModeConfig::Ingress => PublishMode::Ingress,
-        crate::config::PublishModeConfig::Host => PublishMode::Host,
-    }
-}
-
 /// The leader's router loop; does nothing while this member does not lead. Runs until
 /// shutdown.
 pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
@@ -111,7 +104,14 @@ async fn ensure_service(ctx: &Context) {
             return;
         }
     };
-    match service::ensure(&docker, stack, &ctx.config.router, publish_mode(ctx)).await {
+    match service::ensure(
+        &docker,
+        stack,
+        &ctx.config.router,
+        PublishMode::from(ctx.config.deploy.publish_mode),
+    )
+    .await
+    {
         Ok(service::Ensured::Unchanged) => {}
         Ok(done) => tracing::info!(service = %service::service_name(stack), ?done, "router service"),
         Err(err) => tracing::warn!(%err, "cannot create or update the router service"),

@@ -20,6 +20,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::UpdateServiceOptions;
 use bollard::Docker;
+use slipway_proto::router::admin_volume;
 
 use super::caddy::{start_config, ADMIN_DIR, CONTAINER_PORT};
 use crate::config::RouterSettings;
@@ -37,11 +38,6 @@ const START_CONFIG_PATH: &str = "/etc/slipway/router.json";
 /// The router's service name: `<stack>_router`.
 pub fn service_name(stack: &str) -> String {
     format!("{stack}_router")
-}
-
-/// The volume holding the router's admin socket on each node: `<stack>_router_admin`.
-pub fn admin_volume(stack: &str) -> String {
-    format!("{stack}_router_admin")
 }
 
 fn short_digest(bytes: &[u8]) -> String {
