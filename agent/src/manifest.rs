@@ -13,7 +13,7 @@
 //! context = "."               # relative to the repository root
 //! target = "runtime"
 //! args = { NODE_ENV = "production" }
-//! secret_args = ["NPM_TOKEN"]  # values live on the build nodes, not here
+//! secrets = ["NPM_TOKEN"]     # for RUN --mount=type=secret; values live on the build nodes
 //! [run]
 //! replicas = 2
 //! port = 8080                 # the container port; the router reaches the app there
@@ -42,6 +42,14 @@
 //! in every log line and failure reason, and never sent to the scheduler (the build
 //! pipeline's `secrets` module says how, and what masking cannot do). A name may be in
 //! `args` or `secret_args`, not both.
+//!
+//! **Build secrets.** `secrets = ["NPM_TOKEN"]` names files the build node holds at
+//! `<build_secrets_dir>/<app>/<NAME>`; BuildKit mounts each where the Dockerfile asks
+//! (`RUN --mount=type=secret,id=NPM_TOKEN cat /run/secrets/NPM_TOKEN`), through the
+//! agent's build session: never a build argument, never in the image's history or config,
+//! never sent to the scheduler. `secret_args` still works for this release (the build log
+//! warns and names the move to `secrets`); a name may be in only one of `args`,
+//! `secret_args` and `secrets`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -95,7 +103,11 @@ pub struct BuildSection {
     /// their values are never logged.
     pub args: BTreeMap<String, String>,
     /// Names of secret build arguments, valued on the build node (module docs).
+    /// Deprecated: the values end up in the image's history; use `secrets`.
     pub secret_args: Vec<String>,
+    /// Names of secrets served to `RUN --mount=type=secret,id=NAME`, valued on the build
+    /// node (module docs).
+    pub secrets: Vec<String>,
 }
 
 impl Default for BuildSection {
@@ -106,6 +118,7 @@ impl Default for BuildSection {
             target: None,
             args: BTreeMap::new(),
             secret_args: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -311,6 +324,33 @@ impl Manifest {
                     format!(
                         "{name:?} is also in build.args; a secret's value comes from the build node, \
                          so remove it from build.args"
+                    ),
+                );
+            }
+        }
+
+        if b.secrets.len() > MAX_SECRET_ARGS {
+            fail(
+                "build.secrets".into(),
+                format!("names {} secrets; the limit is {MAX_SECRET_ARGS}", b.secrets.len()),
+            );
+        }
+        for (i, name) in b.secrets.iter().enumerate().take(MAX_SECRET_ARGS) {
+            let field = format!("build.secrets[{i}]");
+            if !is_identifier(name) {
+                let name: String = name.chars().take(64).collect();
+                fail(
+                    field,
+                    format!("{name:?} is not a valid secret name (letters, digits, '_'; not first a digit)"),
+                );
+            } else if b.secrets[..i].contains(name) {
+                fail(field, format!("{name:?} is listed twice"));
+            } else if b.args.contains_key(name) || b.secret_args.contains(name) {
+                fail(
+                    field,
+                    format!(
+                        "{name:?} is also in build.args or build.secret_args; a secret is mounted, not \
+                         passed as a build argument, so remove it from there"
                     ),
                 );
             }

@@ -1,6 +1,7 @@
 //! Measures what the scheduler needs to place builds on this node: the build
 //! filesystem (the filesystem `build_root` is on, by `statvfs`), CPU, load, memory, the
-//! Docker engine's health, and the bytes slipway's own images hold.
+//! Docker engine's health and builder (BuildKit, or the classic fallback), and the bytes
+//! slipway's own images hold.
 
 use std::path::{Path, PathBuf};
 
@@ -81,6 +82,11 @@ impl Reporter {
                     report.docker_healthy = true;
                     report.docker_version = version.version.unwrap_or_default();
                     report.cache_bytes = slipway_image_bytes(docker).await;
+                    report.builder =
+                        crate::pipeline::buildkit::engine_builder(Path::new(&self.docker_socket))
+                            .await
+                            .map(|b| b.name().to_string())
+                            .unwrap_or_default();
                 }
                 Err(err) => {
                     report.docker_error = format!("the engine at {} fails: {err}", self.docker_socket)

@@ -520,6 +520,7 @@ impl Agent {
                         .then_some(self.config.build_memory_limit_bytes),
                     clone_timeout: Duration::from_secs(self.config.clone_timeout_secs),
                     secrets_dir: self.config.build_secrets_dir.clone(),
+                    docker_socket: self.config.docker_socket.clone().into(),
                 };
                 let job = BuildJob::from(&a);
                 // A panic in the pipeline fails this build, not the agent: the task is

@@ -6,8 +6,10 @@
 //!                                 ▼
 //!                               context (tar, .dockerignore)        in memory
 //!                                 ▼
-//!                               docker build (classic builder, layer cache,
-//!                                 │           <repository>:latest as cache source)
+//!                               docker build (BuildKit through the engine, with the
+//!                                 │           agent's session for secrets and registry
+//!                                 │           login; <repository>:latest as inline
+//!                                 │           cache source; classic builder as fallback)
 //!                                 ▼
 //!                               docker push <repository>:<build id>, then :latest
 //!                                 ▼
@@ -22,6 +24,7 @@
 //! failure reason, which are also bounded ([`MAX_LOG_LINE_BYTES`], [`MAX_FAILURE_BYTES`])
 //! because both travel to the scheduler and the reason is kept in its raft log.
 
+pub mod buildkit;
 pub mod clone;
 pub mod context;
 pub mod docker;
@@ -104,6 +107,8 @@ pub struct PipelineConfig {
     pub clone_timeout: Duration,
     /// Secret build arguments are read from `<secrets_dir>/<app>/<NAME>` ([`secrets`]).
     pub secrets_dir: PathBuf,
+    /// The engine's socket: BuildKit builds open their session on it.
+    pub docker_socket: PathBuf,
 }
 
 impl Default for PipelineConfig {
@@ -115,6 +120,7 @@ impl Default for PipelineConfig {
             memory_limit_bytes: None,
             clone_timeout: clone::DEFAULT_CLONE_TIMEOUT,
             secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
+            docker_socket: PathBuf::from(docker::DEFAULT_DOCKER_SOCKET),
         }
     }
 }
@@ -170,9 +176,9 @@ impl LogSink {
     }
 
     /// Masks `secrets`' values in every later line of this sink and its clones.
-    pub fn add_secrets(&self, secrets: &secrets::SecretArgs) {
+    pub fn add_secrets(&self, secrets: &secrets::Redactor) {
         if let Ok(mut redactor) = self.redactor.write() {
-            redactor.extend(&secrets.redactor());
+            redactor.extend(secrets);
         }
     }
 
@@ -322,7 +328,7 @@ async fn build_in(
     timings.clone_ms = ms(t);
     let b = &manifest.build;
     log.line(format!(
-        "==> manifest: app {}, context {}, dockerfile {}{}{}{}",
+        "==> manifest: app {}, context {}, dockerfile {}{}{}{}{}",
         manifest.name,
         b.context,
         b.dockerfile,
@@ -337,10 +343,46 @@ async fn build_in(
             String::new()
         } else {
             format!(", secret build args {}", b.secret_args.join(", "))
-        }
+        },
+        if b.secrets.is_empty() { String::new() } else { format!(", secrets {}", b.secrets.join(", ")) }
     ));
     let secret_args = secrets::load(&cfg.secrets_dir, &job.app, &b.secret_args)?;
-    log.add_secrets(&secret_args);
+    log.add_secrets(&secret_args.redactor());
+    let mount_secrets = secrets::load_mounts(&cfg.secrets_dir, &job.app, &b.secrets)?;
+    log.add_secrets(&mount_secrets.redactor());
+    if !b.secret_args.is_empty() {
+        log.line(format!(
+            "==> warning: build.secret_args is deprecated and goes away in the next release: its values \
+             are build arguments, which the image's history keeps. Move {} to build.secrets and read \
+             each in the Dockerfile with RUN --mount=type=secret,id=NAME (the file /run/secrets/NAME)",
+            b.secret_args.join(", ")
+        ));
+    }
+    let builder = match buildkit::engine_builder(&cfg.docker_socket).await {
+        Ok(builder) => builder,
+        Err(err) => {
+            log.line(format!(
+                "==> cannot ask the engine at unix://{} for its builder ({err}); trying BuildKit",
+                cfg.docker_socket.display()
+            ));
+            buildkit::Builder::BuildKit
+        }
+    };
+    if builder == buildkit::Builder::Classic {
+        log.line(format!(
+            "==> builder: classic (fallback: the engine at unix://{} has BuildKit turned off in its \
+             daemon.json; RUN --mount, build.secrets and parallel stages need BuildKit)",
+            cfg.docker_socket.display()
+        ));
+        if !b.secrets.is_empty() {
+            return Err(Failure::Setup(format!(
+                "build.secrets ({}) needs BuildKit, which the engine at unix://{} has turned off; \
+                 remove \"features\": {{\"buildkit\": false}} from its daemon.json, or drain this node",
+                b.secrets.join(", "),
+                cfg.docker_socket.display()
+            )));
+        }
+    }
 
     let t = Instant::now();
     let (clone_dir, context_rel, dockerfile_rel) =
@@ -365,6 +407,10 @@ async fn build_in(
         cpu_limit: cfg.cpu_limit,
         memory_limit_bytes: cfg.memory_limit_bytes,
         registry_login: job.registry_login.clone(),
+        builder,
+        mount_secrets,
+        docker_socket: cfg.docker_socket.clone(),
+        secrets_dir: cfg.secrets_dir.clone(),
     };
     let built = docker::build_image(docker, tar, &opts, log).await?;
     timings.build_ms = ms(t);
@@ -586,7 +632,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let sink = LogSink::new(tx).with_file(&dir.path().join("build.log")).unwrap();
         let earlier_clone = sink.clone();
-        sink.add_secrets(&secrets::SecretArgs::from_pairs([("TOKEN", "s3cr3t-v4lue")]));
+        sink.add_secrets(&secrets::SecretArgs::from_pairs([("TOKEN", "s3cr3t-v4lue")]).redactor());
         earlier_clone.line("token=s3cr3t-v4lue!");
         earlier_clone.line("x".repeat(MAX_LOG_LINE_BYTES + 10));
         drop((sink.clone(), earlier_clone));
@@ -815,7 +861,11 @@ mod tests {
         assert!(first.image_size_bytes > 1_000_000);
         assert_eq!(first.run.as_ref().unwrap().port, 8080);
         assert!(lines.iter().any(|l| l.starts_with("==> pushed sha256:")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l == "installed"), "RUN output is streamed: {lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with('#') && l.ends_with(" installed")),
+            "RUN output: {lines:#?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("with BuildKit")), "{lines:#?}");
         assert!(!root.join(format!("{}-1", j1.build_id)).exists());
         let image = docker.inspect_image(&format!("{}:{}", first.repository, j1.build_id)).await.unwrap();
         let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
@@ -885,7 +935,11 @@ mod tests {
         repo.commit_files(
             &[(
                 "Dockerfile",
-                &format!("FROM {base} AS build\nARG NPM_TOKEN\n{check}\nFROM {base}\nENV DONE=1\n"),
+                // BuildKit skips stages the target does not use: the last stage copies from it.
+                &format!(
+                    "FROM {base} AS build\nARG NPM_TOKEN\n{check} && touch /built\n\
+                     FROM {base}\nCOPY --from=build /built /built\n"
+                ),
             )],
             "works",
         );
@@ -893,7 +947,11 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let output = run_build(&docker, &cfg, &j, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
         let lines = collect(rx);
-        assert!(lines.iter().any(|l| l == "token is ***"), "the build saw it, the log masks it: {lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.ends_with(" token is ***")),
+            "the build saw it, the log masks it: {lines:#?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("build.secret_args is deprecated")), "{lines:#?}");
         assert!(lines.iter().any(|l| l.contains("secret build args NPM_TOKEN")), "{lines:#?}");
         for line in &lines {
             assert!(!line.contains(&secret), "{line}");
@@ -924,10 +982,9 @@ mod tests {
         let j = job(&repo.url(), "broken", &free_loopback_addr());
         let err = run_build(&docker, &config(&root), &j, LogSink::discard()).await.unwrap_err();
         assert_eq!(err.phase, "build", "{}", err.reason);
-        // One more step than the Dockerfile's: the builder appends the app label as a LABEL step.
-        assert!(err.reason.starts_with("Step 3/4 : RUN false: "), "{}", err.reason);
-        assert!(err.reason.contains("returned a non-zero code: 1"), "{}", err.reason);
-        assert!(err.reason.contains(&format!("\n{marker}\n")), "output before the failure: {}", err.reason);
+        assert!(err.reason.starts_with("[3/3] RUN false: "), "{}", err.reason);
+        assert!(err.reason.contains("exit code: 1"), "{}", err.reason);
+        assert!(err.reason.contains(&format!(" {marker}\n")), "output before the failure: {}", err.reason);
     }
 
     #[tokio::test]
@@ -948,8 +1005,8 @@ mod tests {
         assert!(err.reason.contains("connection refused"), "{}", err.reason);
         let lines = collect(rx);
         assert!(
-            lines.iter().any(|l| l.contains("cannot pull") && l.contains("connection refused")),
-            "the cache pull failure is logged: {lines:#?}"
+            lines.iter().any(|l| l.contains("ERROR") && l.contains("connection refused")),
+            "the cache import failure is logged: {lines:#?}"
         );
         remove_images(&docker, &[format!("{}:{}", j.repository, j.build_id)]).await;
     }
