@@ -795,6 +795,19 @@ retries = 3
     }
 
     #[test]
+    fn build_secrets_are_names_only_and_in_one_list() {
+        let m = Manifest::parse("name = \"a\"\n[build]\nsecrets = [\"NPM_TOKEN\", \"npmrc\"]\n").unwrap();
+        assert_eq!(m.build.secrets, ["NPM_TOKEN", "npmrc"]);
+        rejected("name = \"a\"\n[build]\nsecrets = [\"../x\"]\n", "build.secrets[0]");
+        rejected("name = \"a\"\n[build]\nsecrets = [\"T\", \"T\"]\n", "build.secrets[1]");
+        let msg =
+            rejected("name = \"a\"\n[build]\nsecret_args = [\"T\"]\nsecrets = [\"T\"]\n", "build.secrets[0]");
+        assert!(msg.contains("mounted, not passed as a build argument"), "{msg}");
+        rejected("name = \"a\"\n[build]\nargs = { T = \"x\" }\nsecrets = [\"T\"]\n", "build.secrets[0]");
+        rejected("name = \"a\"\n[build]\nsecrets = \"T\"\n", "build.secrets");
+    }
+
+    #[test]
     fn secret_values_are_not_echoed() {
         let msg =
             rejected("name = \"a\"\n[build]\nargs = { TOKEN = \"s3cr3t\\u0000\" }\n", "build.args.TOKEN");

@@ -965,6 +965,109 @@ mod tests {
         remove_images(&docker, &[image, format!("{}:latest", output.repository)]).await;
     }
 
+    /// Today's Dockerfiles: a cache mount that the next build finds again, bind mounts
+    /// from the context and from another stage, a multi-stage build, and a secret mounted
+    /// through the session that reaches `RUN`, shows as `***` in the log and is nowhere in
+    /// the pushed image (pulled back by digest, history and config inspected). A secret the
+    /// manifest does not name fails the build naming the fix.
+    #[tokio::test]
+    async fn buildkit_mounts_cache_bind_and_secret() {
+        let Some((docker, base)) = engine_with_base().await else { return };
+        let Some(registry) = require_registry().await else { return };
+        let secret = format!("k3y-{}", uuid::Uuid::new_v4().simple());
+        let (tmp, root) = build_root();
+        let secrets_dir = tmp.path().join("secrets");
+        std::fs::create_dir_all(secrets_dir.join("mounts")).unwrap();
+        std::fs::write(secrets_dir.join("mounts/API_KEY"), format!("{secret}\n")).unwrap();
+        let cfg = PipelineConfig { secrets_dir, ..config(&root) };
+        // A cache id of this run only: earlier runs' caches must not answer.
+        let cache_id = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let dockerfile = format!(
+            "FROM {base} AS deps\n\
+             COPY deps.txt /deps.txt\n\
+             RUN --mount=type=cache,id={cache_id},target=/cache \
+                 echo \"cache held: $(cat /cache/seen 2>/dev/null || echo nothing)\" && cp /deps.txt /cache/seen && cp /deps.txt /deps-done\n\
+             FROM {base}\n\
+             RUN --mount=type=bind,source=code.txt,target=/mnt/code.txt cp /mnt/code.txt /code-copy\n\
+             RUN --mount=type=bind,from=deps,source=/deps-done,target=/mnt/deps cp /mnt/deps /deps-copy\n\
+             RUN --mount=type=secret,id=API_KEY \
+                 echo \"key is $(cat /run/secrets/API_KEY)\" && test $(wc -c < /run/secrets/API_KEY) -eq {len} \
+                 && grep -q '^k3y-' /run/secrets/API_KEY && touch /used-key\n",
+            len = secret.len() + 1,
+        );
+        let repo = GitRepo::empty();
+        repo.commit_files(
+            &[
+                ("slipway.toml", "name = \"mounts\"\n[build]\nsecrets = [\"API_KEY\"]\n"),
+                ("Dockerfile", &dockerfile),
+                ("deps.txt", "deps v1\n"),
+                // Unique per run: the steps after it must run, not come from earlier runs' cache.
+                ("code.txt", &format!("code {cache_id}\n")),
+            ],
+            "first",
+        );
+        let j1 = job(&repo.url(), "mounts", &registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let first = run_build(&docker, &cfg, &j1, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert!(lines.iter().any(|l| l.ends_with(" cache held: nothing")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.ends_with(" key is ***")), "the secret reached RUN: {lines:#?}");
+        assert!(lines.iter().all(|l| !l.contains(&secret)), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.contains(", secrets API_KEY")), "{lines:#?}");
+        // Both stages start FROM the same image: BuildKit runs that vertex once.
+        assert_eq!(first.steps, 6, "{lines:#?}");
+
+        // The pushed image, pulled back by digest: no trace of the secret.
+        let pinned = format!("{}@{}", first.repository, first.digest);
+        remove_images(&docker, &[format!("{}:{}", first.repository, j1.build_id)]).await;
+        let options =
+            bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(&pinned).build();
+        let pulled: Vec<_> =
+            futures::StreamExt::collect(docker.create_image(Some(options), None, None)).await;
+        assert!(pulled.iter().all(Result::is_ok), "{pulled:?}");
+        let history = docker.image_history(&pinned).await.unwrap();
+        assert!(history.iter().all(|h| !h.created_by.contains(&secret)), "{history:#?}");
+        assert!(history.iter().any(|h| h.created_by.contains("/run/secrets/API_KEY")), "{history:#?}");
+        let inspect = docker.inspect_image(&pinned).await.unwrap();
+        let config = serde_json::to_string(&inspect).unwrap();
+        assert!(!config.contains(&secret) && !config.contains("API_KEY="), "{config}");
+
+        // The cache mount is kept: a dependency change reruns the step, which finds the
+        // file the first build left.
+        repo.commit_files(&[("deps.txt", "deps v2\n")], "deps");
+        let j2 = job(&repo.url(), "mounts", &registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let second =
+            run_build(&docker, &cfg, &j2, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert!(lines.iter().any(|l| l.ends_with(" cache held: deps v1")), "{lines:#?}");
+        assert!(second.cache_hits >= 1, "FROM and the code bind step come from the cache: {lines:#?}");
+
+        // A secret the manifest does not name: the build fails naming the fix.
+        repo.commit_files(
+            &[(
+                "Dockerfile",
+                &format!("FROM {base}\nRUN --mount=type=secret,id=OTHER cat /run/secrets/OTHER\n"),
+            )],
+            "unnamed secret",
+        );
+        let j3 = job(&repo.url(), "mounts", &registry.addr());
+        let err = run_build(&docker, &cfg, &j3, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "build", "{}", err.reason);
+        assert!(
+            err.reason.contains("secret \"OTHER\" is not in build.secrets of app mounts"),
+            "{}",
+            err.reason
+        );
+
+        let repository = &first.repository;
+        remove_images(
+            &docker,
+            &[pinned.clone(), format!("{repository}:{}", j2.build_id), format!("{repository}:latest")],
+        )
+        .await;
+    }
+
     #[tokio::test]
     async fn a_failing_step_fails_the_build_phase_naming_the_step() {
         let Some((docker, base)) = engine_with_base().await else { return };
