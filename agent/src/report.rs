@@ -21,6 +21,8 @@ pub struct Reporter {
     docker_socket: String,
     /// Every report measured is recorded here for the agent's `/metrics`.
     last: LastReport,
+    /// `builder = "classic"` in agent.toml: reported whatever the engine offers.
+    force_classic: bool,
 }
 
 /// Total and available bytes of the filesystem holding `path`.
@@ -38,7 +40,13 @@ impl Reporter {
             s.refresh_cpu_usage();
             s
         });
-        Self { sys, build_root, build_slots, docker_socket, last }
+        Self { sys, build_root, build_slots, docker_socket, last, force_classic: false }
+    }
+
+    /// Reports the classic builder whatever the engine offers (the agent forces it).
+    pub fn force_classic(mut self, force: bool) -> Self {
+        self.force_classic = force;
+        self
     }
 
     /// Measures the node now. `running` are the builds this agent runs.

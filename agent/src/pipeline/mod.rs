@@ -109,6 +109,9 @@ pub struct PipelineConfig {
     pub secrets_dir: PathBuf,
     /// The engine's socket: BuildKit builds open their session on it.
     pub docker_socket: PathBuf,
+    /// Build with the classic builder even where the engine has BuildKit
+    /// (`builder = "classic"` in `agent.toml`).
+    pub force_classic: bool,
 }
 
 impl Default for PipelineConfig {
@@ -121,6 +124,7 @@ impl Default for PipelineConfig {
             clone_timeout: clone::DEFAULT_CLONE_TIMEOUT,
             secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
             docker_socket: PathBuf::from(docker::DEFAULT_DOCKER_SOCKET),
+            force_classic: false,
         }
     }
 }
@@ -359,6 +363,18 @@ async fn build_in(
         ));
     }
     let builder = match buildkit::engine_builder(&cfg.docker_socket).await {
+        Ok(_) if cfg.force_classic => {
+            log.line("==> builder: classic (builder = \"classic\" in this agent's agent.toml)");
+            buildkit::Builder::Classic
+        }
+        Ok(buildkit::Builder::Classic) => {
+            log.line(format!(
+                "==> builder: classic (fallback: the engine at unix://{} has BuildKit turned off in \
+                 its daemon.json; RUN --mount, build.secrets and parallel stages need BuildKit)",
+                cfg.docker_socket.display()
+            ));
+            buildkit::Builder::Classic
+        }
         Ok(builder) => builder,
         Err(err) => {
             log.line(format!(
@@ -368,20 +384,14 @@ async fn build_in(
             buildkit::Builder::BuildKit
         }
     };
-    if builder == buildkit::Builder::Classic {
-        log.line(format!(
-            "==> builder: classic (fallback: the engine at unix://{} has BuildKit turned off in its \
-             daemon.json; RUN --mount, build.secrets and parallel stages need BuildKit)",
+    if builder == buildkit::Builder::Classic && !b.secrets.is_empty() {
+        return Err(Failure::Setup(format!(
+            "build.secrets ({}) needs BuildKit, and this node builds with the classic builder; \
+             remove \"features\": {{\"buildkit\": false}} from the daemon.json of the engine at \
+             unix://{} (or builder = \"classic\" from agent.toml), or drain this node",
+            b.secrets.join(", "),
             cfg.docker_socket.display()
-        ));
-        if !b.secrets.is_empty() {
-            return Err(Failure::Setup(format!(
-                "build.secrets ({}) needs BuildKit, which the engine at unix://{} has turned off; \
-                 remove \"features\": {{\"buildkit\": false}} from its daemon.json, or drain this node",
-                b.secrets.join(", "),
-                cfg.docker_socket.display()
-            )));
-        }
+        )));
     }
 
     let t = Instant::now();
@@ -1064,6 +1074,51 @@ mod tests {
         remove_images(
             &docker,
             &[pinned.clone(), format!("{repository}:{}", j2.build_id), format!("{repository}:latest")],
+        )
+        .await;
+    }
+
+    /// The fallback: the classic builder builds and pushes, the log says which builder
+    /// and why, and a manifest needing BuildKit (`build.secrets`) is refused naming the fix.
+    #[tokio::test]
+    async fn the_classic_builder_builds_when_buildkit_is_not_used() {
+        let Some((docker, base)) = engine_with_base().await else { return };
+        let Some(registry) = require_registry().await else { return };
+        let marker = format!("classic-{}", uuid::Uuid::new_v4().simple());
+        let repo = GitRepo::empty();
+        repo.commit_files(
+            &[
+                ("slipway.toml", "name = \"old\"\n"),
+                ("Dockerfile", &format!("FROM {base}\nRUN echo {marker}\n")),
+            ],
+            "classic",
+        );
+        let (_tmp, root) = build_root();
+        let cfg = PipelineConfig { force_classic: true, ..config(&root) };
+        let j = job(&repo.url(), "old", &registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let out = run_build(&docker, &cfg, &j, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert!(
+            lines.iter().any(|l| l.starts_with("==> builder: classic (builder = \"classic\"")),
+            "{lines:#?}"
+        );
+        assert!(lines.iter().any(|l| l == &format!("Step 2/3 : RUN echo {marker}")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l == &marker), "{lines:#?}");
+        assert_eq!(out.steps, 2, "{lines:#?}");
+
+        repo.commit_files(&[("slipway.toml", "name = \"old\"\n[build]\nsecrets = [\"K\"]\n")], "secrets");
+        let secrets_dir = root.join("secrets");
+        std::fs::create_dir_all(secrets_dir.join("old")).unwrap();
+        std::fs::write(secrets_dir.join("old/K"), "value").unwrap();
+        let cfg = PipelineConfig { secrets_dir, ..cfg };
+        let j2 = job(&repo.url(), "old", &registry.addr());
+        let err = run_build(&docker, &cfg, &j2, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "setup", "{}", err.reason);
+        assert!(err.reason.starts_with("build.secrets (K) needs BuildKit"), "{}", err.reason);
+        remove_images(
+            &docker,
+            &[format!("{}:{}", out.repository, j.build_id), format!("{}:latest", out.repository)],
         )
         .await;
     }
