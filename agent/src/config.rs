@@ -183,5 +183,8 @@ mod tests {
             .contains("metrics_listen"));
         assert_eq!(AgentConfig::parse("metrics_listen = \"\"").unwrap().metrics_listen, "");
         assert_eq!(AgentConfig::parse("metrics_listen = \"0.0.0.0:0\"").unwrap().metrics_listen, "0.0.0.0:0");
+        assert_eq!(AgentConfig::parse("builder = \"classic\"").unwrap().builder, BuilderChoice::Classic);
+        let err = AgentConfig::parse("builder = \"buildx\"").unwrap_err().to_string();
+        assert!(err.contains("builder") && err.contains("classic"), "{err}");
     }
 }
