@@ -19,8 +19,10 @@
 //! Every log line goes to the [`LogSink`] (streamed live to the scheduler by the session)
 //! and to `<build_root>/logs/<build id>-<attempt>.log`. The build directory is removed
 //! whatever happens: success, failure, or the future being dropped (cancellation).
-//! Build argument values are never logged. Secret build arguments ([`secrets`]) are read
-//! on the node, given to Docker only, and masked (`***`) in every log line and in the
+//! Build argument values are never logged. Build secrets (`build.secrets`, [`secrets`])
+//! are read on the node and served to BuildKit through the build's session only
+//! ([`buildkit`]); the deprecated secret build arguments are read likewise and given to
+//! Docker as build arguments. Both are masked (`***`) in every log line and in the
 //! failure reason, which are also bounded ([`MAX_LOG_LINE_BYTES`], [`MAX_FAILURE_BYTES`])
 //! because both travel to the scheduler and the reason is kept in its raft log.
 

@@ -1,4 +1,10 @@
-//! Secret build arguments: named in the repository, valued on the build node.
+//! Build secrets: named in the repository, valued on the build node.
+//!
+//! `build.secrets` ([`MountSecrets`], [`load_mounts`]) are files served byte for byte
+//! through the BuildKit session to `RUN --mount=type=secret,id=NAME`: never build
+//! arguments, so never in the image. The rest of this module's docs are about the
+//! deprecated `build.secret_args` ([`SecretArgs`], [`load`]), which still work for one
+//! release (the build log warns):
 //!
 //! A manifest lists the names (`[build] secret_args = ["NPM_TOKEN"]`); the value of each
 //! is read from `<build_secrets_dir>/<app>/<NAME>` on the node that runs the build
