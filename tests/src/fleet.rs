@@ -483,7 +483,10 @@ impl Fleet {
             "bridge": "none",
             "iptables": false,
             "ip-masq": false,
-            "insecure-registries": [self.lab.subnet()],
+            // The subnet for pulls and pushes; the registry's host:port too because the
+            // engine's BuildKit (20.10) honours only named entries, not CIDRs, when it
+            // reads a build's cache source from the registry.
+            "insecure-registries": [self.lab.subnet(), self.registry.addr()],
             "containerd-namespace": format!("slw{k}-{n}"),
             "cgroup-parent": format!("/slipway-fleet-{k}-{n}"),
             "exec-opts": ["native.cgroupdriver=cgroupfs"],

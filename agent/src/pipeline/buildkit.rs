@@ -503,6 +503,14 @@ pub async fn build(
     if let Some(target) = &opts.target {
         options = options.target(target);
     }
+    // BuildKit runs RUN steps on the engine's `bridge` network; an engine started without
+    // one (`"bridge": "none"`) fails every RUN with "network bridge not found".
+    let bridge =
+        docker.inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>).await;
+    if let Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) = bridge {
+        log.line("==> note: the engine has no bridge network; RUN steps run without a network");
+        options = options.networkmode("none");
+    }
     let names = |it: &mut dyn Iterator<Item = &str>| it.collect::<Vec<_>>().join(", ");
     log.line(format!(
         "==> building {tag} with BuildKit (dockerfile {}{}{}{}{}{})",
