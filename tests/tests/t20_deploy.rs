@@ -87,6 +87,10 @@ async fn t20_deploy_redeploy_rollback_and_restart() {
         assert!(json[0].get(key).is_some(), "nodes --json lacks {key}: {json}");
     }
     assert!(json[0]["build_fs_total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(json[0]["builder"], "buildkit", "the engine's builder is reported: {json}");
+    let out = cluster.cli(&["nodes"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("(buildkit)"), "nodes shows the builder beside the engine version:\n{table}");
 }
 
 /// The Dockerfile people write today, `docker init`-style: a dependency stage whose
