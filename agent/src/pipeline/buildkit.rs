@@ -407,6 +407,11 @@ impl Progress {
     }
 }
 
+/// `a, b, c`.
+fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
 /// Appends to a line, dropping what goes past [`MAX_OUTPUT_LINE_BYTES`].
 fn push_cut(line: &mut String, text: &str) {
     let room = MAX_OUTPUT_LINE_BYTES.saturating_sub(line.len());
@@ -511,7 +516,6 @@ pub async fn build(
         log.line("==> note: the engine has no bridge network; RUN steps run without a network");
         options = options.networkmode("none");
     }
-    let names = |it: &mut dyn Iterator<Item = &str>| it.collect::<Vec<_>>().join(", ");
     log.line(format!(
         "==> building {tag} with BuildKit (dockerfile {}{}{}{}{}{})",
         opts.dockerfile,
@@ -521,17 +525,17 @@ pub async fn build(
             String::new()
         } else {
             // Names only: build argument values may be secrets.
-            format!(", build args {}", names(&mut opts.build_args.keys().map(String::as_str)))
+            format!(", build args {}", join(opts.build_args.keys().map(String::as_str)))
         },
         if opts.secret_args.is_empty() {
             String::new()
         } else {
-            format!(", secret build args {}", names(&mut opts.secret_args.names()))
+            format!(", secret build args {}", join(opts.secret_args.names()))
         },
         if opts.mount_secrets.is_empty() {
             String::new()
         } else {
-            format!(", secrets {}", names(&mut opts.mount_secrets.names()))
+            format!(", secrets {}", join(opts.mount_secrets.names()))
         },
     ));
     if opts.cpu_limit.is_some() || opts.memory_limit_bytes.is_some() {
