@@ -151,7 +151,7 @@ mod tests {
         let b = running_build_on(&mut s, "n1");
         let Response::NodeRemoved { node, requeued } = remove(&mut s, "n1", 5_000) else { panic!() };
         assert_eq!((node.name.as_str(), requeued), ("node-1", vec![b.id.clone()]));
-        let b = &s.builds[&b.id];
+        let b = s.builds[&b.id].clone();
         assert_eq!((b.state, b.node_id.as_deref(), b.queued_at_ms), (BuildState::Queued, None, 5_000));
         assert!(b.error.as_deref().unwrap().contains("node node-1 was removed"), "{b:?}");
         // A certificate from before the removal is denied; one valid only after it is not.
