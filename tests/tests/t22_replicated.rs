@@ -246,7 +246,9 @@ async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() 
         "{refused:?}"
     );
     assert!(cluster.scheduler_log(leader).contains("refused a call from a revoked certificate"));
-    assert!(cluster.apps().await.iter().all(|a| a.name != "sneaky"), "nothing was recorded");
+    let mut client = cluster.member_client(leader).await.expect("connect to the leader");
+    let apps = client.list_apps(pb::ListAppsRequest {}).await.expect("list apps").into_inner().apps;
+    assert!(apps.iter().all(|a| a.name != "sneaky"), "nothing was recorded: {apps:?}");
 
     // The same host comes back with an empty data dir, as a new member (ids are never reused).
     let addr = cluster.grpc_addr(removed);
