@@ -235,7 +235,8 @@ async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() 
     // Its certificate is denied: a write it forwards to the leader is refused, saying why.
     let theirs = Credentials::load_dir(&cluster.data_dir_of(removed).join("pki")).unwrap().expect("its cert");
     let channel = Transport::Tls(Arc::new(theirs)).endpoint(&cluster.grpc_addr(leader)).unwrap();
-    let forwarded = Command::CreateApp { name: "sneaky".into(), repo: "r".into(), branch: "main".into(), at_ms: 1 };
+    let forwarded =
+        Command::CreateApp { name: "sneaky".into(), repo: "r".into(), branch: "main".into(), at_ms: 1 };
     let refused = RaftClient::new(channel.connect().await.expect("the leader takes the handshake"))
         .forward_write(pb::RaftPayload { json: serde_json::to_vec(&forwarded).unwrap() })
         .await

@@ -476,7 +476,11 @@ async fn a_removed_node_is_cut_off_and_its_name_is_free_again() {
 
     // Its session closes at its next report (one report interval: 1 s here).
     while !cluster.scheduler_log(1).contains("closing the session of a removed node") {
-        assert!(removed.elapsed() < Duration::from_secs(5), "the session stayed open:\n{}", cluster.scheduler_log(1));
+        assert!(
+            removed.elapsed() < Duration::from_secs(5),
+            "the session stayed open:\n{}",
+            cluster.scheduler_log(1)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("session closed {:?} after the removal", removed.elapsed());
@@ -493,7 +497,12 @@ async fn a_removed_node_is_cut_off_and_its_name_is_free_again() {
         "is revoked: node",
         "the removed node's session",
     );
-    refused(renew(&addr, creds.clone()).await, Code::PermissionDenied, "is revoked", "the removed node's renewal");
+    refused(
+        renew(&addr, creds.clone()).await,
+        Code::PermissionDenied,
+        "is revoked",
+        "the removed node's renewal",
+    );
     let nodes = cluster.client().await.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes;
     assert!(nodes.iter().all(|n| n.id != node_id), "{nodes:?}");
     assert!(cluster.scheduler_log(1).contains("refused a call from a revoked certificate"));
@@ -506,7 +515,9 @@ async fn a_removed_node_is_cut_off_and_its_name_is_free_again() {
     if let Ok(wait) = not_before.duration_since(SystemTime::now()) {
         tokio::time::sleep(wait + Duration::from_millis(100)).await;
     }
-    hello_as(channel(&addr, fresh).await.unwrap(), &node_id, &name).await.expect("the new certificate serves");
+    hello_as(channel(&addr, fresh).await.unwrap(), &node_id, &name)
+        .await
+        .expect("the new certificate serves");
     refused(
         agent_session(channel(&addr, creds).await.unwrap(), &node_id).await,
         Code::PermissionDenied,

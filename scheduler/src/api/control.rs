@@ -573,7 +573,9 @@ impl ControlService {
         bounded_id("node", node)?;
         let ids = self.ctx.store.read(|s| {
             let by_id = s.nodes.get(node).map(|n| vec![n.id.clone()]);
-            by_id.unwrap_or_else(|| s.nodes.values().filter(|n| n.name == node).map(|n| n.id.clone()).collect())
+            by_id.unwrap_or_else(|| {
+                s.nodes.values().filter(|n| n.name == node).map(|n| n.id.clone()).collect()
+            })
         });
         match &ids[..] {
             [id] => Ok(id.clone()),

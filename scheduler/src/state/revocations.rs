@@ -121,11 +121,21 @@ mod tests {
     use super::*;
 
     fn register(s: &mut State, id: &str, name: &str) -> Response {
-        s.apply(&Command::RegisterNode { id: id.into(), name: name.into(), labels: Default::default(), at_ms: 1 })
+        s.apply(&Command::RegisterNode {
+            id: id.into(),
+            name: name.into(),
+            labels: Default::default(),
+            at_ms: 1,
+        })
     }
 
     fn running_build_on(s: &mut State, node: &str) -> Build {
-        s.apply(&Command::CreateApp { name: "shop".into(), repo: "r".into(), branch: "main".into(), at_ms: 1 });
+        s.apply(&Command::CreateApp {
+            name: "shop".into(),
+            repo: "r".into(),
+            branch: "main".into(),
+            at_ms: 1,
+        });
         let Response::Build(b) = s.apply(&Command::QueueBuild {
             app: "shop".into(),
             git_ref: "main".into(),
@@ -164,7 +174,8 @@ mod tests {
         assert!(matches!(register(&mut s, "n2", "node-1"), Response::Node(_)));
         assert_eq!(remove(&mut s, "n1", 6_000), Response::Refused(ApplyError::NoSuchNode("n1".into())));
         // Nothing can be assigned to the removed node.
-        let again = s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 2 });
+        let again =
+            s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 2 });
         assert_eq!(again, Response::Refused(ApplyError::NoSuchNode("n1".into())));
     }
 
