@@ -95,8 +95,8 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         }
         let who = PeerIdentity::new(role, req.name);
         // Current, not this member's possibly lagging view: the name must be free now.
-        let state = self.ctx.store.read_current(|s| (taken(s, &who), valid_from_floor(s, &who))).await?;
-        let (taken, floor) = state;
+        let (taken, floor) =
+            self.ctx.store.read_current(|s| (taken(s, &who), valid_from_floor(s, &who))).await?;
         if let Some(taken) = taken.or_else(|| member_taken(&self.ctx, &who)) {
             tracing::warn!(%who, "join refused: the name is taken");
             return Err(Status::failed_precondition(taken));
