@@ -121,6 +121,9 @@ pub enum NodesCmd {
     Drain { node: String },
     /// Place builds on NODE again.
     Activate { node: String },
+    /// Remove NODE (name or id) from the fleet: its unfinished builds are queued again,
+    /// its certificates are denied, its agent's session closes, and its name is free.
+    Remove { node: String },
 }
 
 #[derive(Subcommand)]

@@ -151,9 +151,11 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     let mut tasks = JoinSet::new();
 
     // Who may call what (see slipway_proto::tls): operators the control API (and other
-    // schedulers, which hold the CA anyway), agents their sessions, schedulers raft;
-    // enrollment is open (it checks tokens and certificates itself).
+    // schedulers, which hold the CA anyway), agents their sessions, schedulers raft,
+    // none with a revoked certificate (the deny list); enrollment is open (it checks
+    // tokens and certificates itself).
     let secure = credentials.is_some();
+    let deny_list = security::revocation::gate(ctx.store.clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(security) = &credentials {
         builder = builder
@@ -164,16 +166,16 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .add_service(InterceptedService::new(
             slipway_proto::control_server::ControlServer::new(ControlService::new(ctx.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
-            tls::require(&[Role::Admin, Role::Scheduler], secure),
+            tls::require(&[Role::Admin, Role::Scheduler], secure, deny_list.clone()),
         ))
         .add_service(InterceptedService::new(
             slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(ctx.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_AGENT_MESSAGE_BYTES),
-            tls::require(&[Role::Agent], secure),
+            tls::require(&[Role::Agent], secure, deny_list.clone()),
         ))
         .add_service(InterceptedService::new(
             raft::RaftService::new(ctx.store.raft().clone()).into_server(),
-            tls::require(&[Role::Scheduler], secure),
+            tls::require(&[Role::Scheduler], secure, deny_list.clone()),
         ))
         .add_service(
             slipway_proto::enrollment_server::EnrollmentServer::new(EnrollmentService::new(ctx.clone()))

@@ -3,7 +3,9 @@
 //! one from another CA, with an expired one, or with the wrong role, and says so; an
 //! agent joins with a token, not with a rotated-out one nor one pinning another CA; an
 //! agent's certificate renews while its session stays open; no file a scheduler keeps
-//! holds a token's secret, and the files that hold keys are private.
+//! holds a token's secret, and the files that hold keys are private; a node's id and
+//! name are its own until `slipway nodes remove`, which closes its session and denies
+//! its certificate on every call and renewal.
 
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use slipway_proto::agent_message::Msg;
 use slipway_proto::agent_service_client::AgentServiceClient;
 use slipway_proto::control_client::ControlClient;
+use slipway_proto::enrollment_client::EnrollmentClient;
 use slipway_proto::raft_client::RaftClient;
 use slipway_proto::tls::{Credentials, JoinToken, PeerIdentity, Role, Transport, SERVER_NAME};
 use slipway_proto::{self as pb};
@@ -47,10 +50,16 @@ async fn list_apps(channel: Channel) -> Result<(), tonic::Status> {
 
 /// Opens an agent session saying Hello as `node_id`; the first answer or the refusal.
 async fn agent_session(channel: Channel, node_id: &str) -> Result<(), tonic::Status> {
+    hello_as(channel, node_id, "intruder").await
+}
+
+/// Opens an agent session saying Hello as `node_id` named `name`; the first answer or
+/// the refusal.
+async fn hello_as(channel: Channel, node_id: &str, name: &str) -> Result<(), tonic::Status> {
     let hello = pb::AgentMessage {
         msg: Some(Msg::Hello(pb::Hello {
             node_id: node_id.into(),
-            name: "intruder".into(),
+            name: name.into(),
             report: Some(pb::NodeReport::default()),
             ..Default::default()
         })),
@@ -58,6 +67,13 @@ async fn agent_session(channel: Channel, node_id: &str) -> Result<(), tonic::Sta
     let outbound = tokio_stream::iter(vec![hello]);
     let mut inbound = AgentServiceClient::new(channel).session(outbound).await?.into_inner();
     inbound.message().await.map(|_| ())
+}
+
+/// Asks the scheduler at `addr` to renew `creds`.
+async fn renew(addr: &str, creds: Credentials) -> Result<(), tonic::Status> {
+    let (_key, csr_pem) = slipway_proto::tls::new_key_and_csr().unwrap();
+    let channel = channel(addr, creds).await.unwrap();
+    EnrollmentClient::new(channel).renew(pb::RenewRequest { csr_pem }).await.map(|_| ())
 }
 
 async fn raft_vote(channel: Channel) -> Result<(), tonic::Status> {
@@ -421,4 +437,91 @@ async fn no_file_a_scheduler_keeps_holds_a_token_secret_and_keys_are_private() {
     shown(&["cluster", "admin-cert", "ops", "--out", "ops-creds"]);
     let ops = cluster.dir.path().join("ops-creds");
     assert_eq!((mode(&ops), mode(&ops.join("key.pem"))), (0o700, 0o600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_cut_off_and_its_name_is_free_again() {
+    let Some(cluster) = TestCluster::start("t24remove").await else { return };
+    let addr = cluster.grpc_addr(1);
+    let name = cluster.agent_name(1).to_string();
+    let creds = cluster.agent_credentials(1);
+    let node_id = creds.info().unwrap().identity.name;
+    let token: JoinToken = cluster.agent_token().parse().unwrap();
+    let addrs = [addr.clone()];
+
+    // While it is a member, its id and its name are its own.
+    let err = slipway_proto::tls::join(&addrs, &token, &node_id).await.err().expect("a join under its id");
+    assert!(
+        err.contains("is already a member") && err.contains(&format!("slipway nodes remove {node_id}")),
+        "{err}"
+    );
+    let other = cluster.ca().issue(&PeerIdentity::new(Role::Agent, "other-node"), HOUR).unwrap();
+    refused(
+        hello_as(channel(&addr, other).await.unwrap(), "other-node", &name).await,
+        Code::FailedPrecondition,
+        &format!("is held by node {node_id:?}"),
+        "a Hello with another node's name",
+    );
+    renew(&addr, creds.clone()).await.expect("a member renews");
+
+    // A node nobody has: a clear error, and how to see the nodes.
+    let out = cluster.cli(&["nodes", "remove", "no-such-node"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("`slipway nodes` lists them"), "{stderr}");
+
+    let out = cluster.cli(&["nodes", "remove", &name]);
+    assert!(out.status.success(), "nodes remove: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed from the fleet"));
+    let removed = Instant::now();
+
+    // Its session closes at its next report (one report interval: 1 s here).
+    while !cluster.scheduler_log(1).contains("closing the session of a removed node") {
+        assert!(
+            removed.elapsed() < Duration::from_secs(5),
+            "the session stayed open:\n{}",
+            cluster.scheduler_log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("session closed {:?} after the removal", removed.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.agent_log(1).contains("was removed from the fleet") {
+        assert!(Instant::now() < deadline, "the agent was not told why:\n{}", cluster.agent_log(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Any call with its certificate, and its renewal, are refused, saying why.
+    refused(
+        agent_session(channel(&addr, creds.clone()).await.unwrap(), &node_id).await,
+        Code::PermissionDenied,
+        "is revoked: node",
+        "the removed node's session",
+    );
+    refused(
+        renew(&addr, creds.clone()).await,
+        Code::PermissionDenied,
+        "is revoked",
+        "the removed node's renewal",
+    );
+    let nodes = cluster.client().await.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    assert!(nodes.iter().all(|n| n.id != node_id), "{nodes:?}");
+    assert!(cluster.scheduler_log(1).contains("refused a call from a revoked certificate"));
+
+    // Removed, its id and name are free: a join under the id works, and the new
+    // certificate (valid only after the removal) holds a session under the old name.
+    let joined = slipway_proto::tls::join(&addrs, &token, &node_id).await.expect("a join after removal");
+    let fresh = joined.credentials;
+    let not_before = fresh.info().unwrap().not_before;
+    if let Ok(wait) = not_before.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    }
+    hello_as(channel(&addr, fresh).await.unwrap(), &node_id, &name)
+        .await
+        .expect("the new certificate serves");
+    refused(
+        agent_session(channel(&addr, creds).await.unwrap(), &node_id).await,
+        Code::PermissionDenied,
+        "is revoked",
+        "the old certificate, after the node joined again",
+    );
 }

@@ -1,7 +1,7 @@
 //! The dispatcher: the leader's work loop. Each tick it places queued builds and takes
 //! builds back from lost nodes (`builds.rs`), deploys every release that is not
 //! deployed yet (`deploys.rs`), and keeps the registry grants stored with the apps'
-//! services from expiring (`grants.rs`). [`watch_leadership`] hands the fleet over when
+//! services from expiring (`grants.rs`), and drops expired entries from the deny list. [`watch_leadership`] hands the fleet over when
 //! leadership changes (`leadership.rs`).
 //!
 //! The loop is driven by the replicated state, not by in-memory queues: whatever the
@@ -56,6 +56,20 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
         builds::requeue_lost(&ctx).await;
         deploys::start_pending_deploys(&ctx).await;
         grants::renew_pull_grants(&ctx);
+        prune_revocations(&ctx).await;
+    }
+}
+
+/// Drops the deny list entries whose certificates have all expired (one write, only
+/// when there is one to drop), so the list stays bounded.
+async fn prune_revocations(ctx: &Context) {
+    let now_ms = slipway_common::now_ms();
+    if !ctx.store.read(|s| s.has_expired_revocations(now_ms)) {
+        return;
+    }
+    match ctx.store.write(crate::state::Command::PruneRevocations { now_ms }).await {
+        Ok(_) => tracing::info!("expired entries left the deny list"),
+        Err(err) => tracing::warn!(%err, "cannot prune the deny list; retrying next tick"),
     }
 }
 

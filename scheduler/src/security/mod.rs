@@ -16,9 +16,12 @@
 //!   and each scheduler's token certificate under it.
 //! - [`realm_proxy`]: `slipway-scheduler realm-proxy`, the registry's token realm in
 //!   front of several members.
+//! - [`revocation`]: every call's check against the replicated deny list (removed
+//!   nodes' and schedulers' certificates).
 //!
 //! Who may call which gRPC service is decided by the roles certificates carry
-//! (`slipway_proto::tls::require`, wired in `server.rs`); enrollment (`api/enroll.rs`)
+//! and the deny list (`slipway_proto::tls::require` with [`revocation::gate`], wired in
+//! `server.rs`); enrollment (`api/enroll.rs`)
 //! is open and checks tokens and certificates itself.
 
 pub mod credentials;
@@ -27,3 +30,4 @@ pub mod pki;
 pub mod realm_proxy;
 pub mod registry_auth;
 pub mod registry_signer;
+pub mod revocation;
