@@ -734,6 +734,30 @@ impl TestCluster {
         self.member(id).http_addr.clone()
     }
 
+    /// Member `id`'s HTTP bearer token (`<data_dir>/http-token`), which the fleet page
+    /// and `/metrics` ask for.
+    pub fn http_token(&self, id: u64) -> String {
+        let path = self.data_dir_of(id).join("http-token");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+    }
+
+    /// `GET http://<member id's HTTP side><path>` with its bearer token.
+    pub async fn http_get(&self, id: u64, path: &str) -> reqwest::Response {
+        let url = format!("http://{}{path}", self.http_addr(id));
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(self.http_token(id))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// The URL a browser opens member `id`'s fleet page at, with its token as the Basic
+    /// password (`http://slipway:TOKEN@host:port/`).
+    pub fn fleet_page_url(&self, id: u64) -> String {
+        format!("http://slipway:{}@{}/", self.http_token(id), self.http_addr(id))
+    }
+
     /// A control-API client for member `id`.
     pub async fn member_client(&self, id: u64) -> Result<ControlClient<Channel>, tonic::transport::Error> {
         let endpoint = self
