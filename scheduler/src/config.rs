@@ -594,7 +594,8 @@ mod tests {
         assert!(e.to_string().contains("http.tls needs the cluster CA"), "{e}");
         let e = SchedulerConfig::parse("[http]\ntls_names = [\"bad name\"]\n").unwrap_err();
         assert!(e.to_string().contains("http.tls_names"), "{e}");
-        SchedulerConfig::parse("[http]\ntls = true\ntls_names = [\"sched-1\", \"10.0.0.11\", \"::1\"]\n").unwrap();
+        SchedulerConfig::parse("[http]\ntls = true\ntls_names = [\"sched-1\", \"10.0.0.11\", \"::1\"]\n")
+            .unwrap();
     }
 
     #[test]

@@ -236,7 +236,9 @@ fn http_side(
     };
     let tls = match (config.http.tls, security) {
         (false, _) => None,
-        (true, None) => return Err(StartError::Http("http.tls needs the cluster CA (tls.insecure is on)".into())),
+        (true, None) => {
+            return Err(StartError::Http("http.tls needs the cluster CA (tls.insecure is on)".into()))
+        }
         (true, Some(security)) => {
             let mut names = config.http.tls_names.clone();
             if !http_addr.ip().is_unspecified() {

@@ -738,7 +738,10 @@ impl TestCluster {
     /// and `/metrics` ask for.
     pub fn http_token(&self, id: u64) -> String {
         let path = self.data_dir_of(id).join("http-token");
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
     }
 
     /// `GET http://<member id's HTTP side><path>` with its bearer token.

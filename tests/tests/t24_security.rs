@@ -464,7 +464,8 @@ impl Lone {
             .spawn()
             .unwrap();
         let tls = http_section.contains("tls = true");
-        let lone = Lone { http, tls, grpc, ca, data_dir: data_dir.to_path_buf(), log, _child: KillOnDrop(child) };
+        let lone =
+            Lone { http, tls, grpc, ca, data_dir: data_dir.to_path_buf(), log, _child: KillOnDrop(child) };
         let client = lone.client(None);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !client.get(lone.url("/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
@@ -568,7 +569,10 @@ struct Tmpfs(std::path::PathBuf);
 impl Tmpfs {
     fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
         match out {
             Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
             other => {

@@ -78,7 +78,10 @@ fn challenge(why: &str) -> Response {
     let mut response = (StatusCode::UNAUTHORIZED, body).into_response();
     let headers = response.headers_mut();
     headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"slipway\""));
-    headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"slipway\", charset=\"UTF-8\""));
+    headers.append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"slipway\", charset=\"UTF-8\""),
+    );
     response
 }
 

@@ -105,8 +105,7 @@ impl HttpCertificate {
 
     /// A new key and certificate, and when to renew them.
     fn make(ca: &Ca, node_id: u64, names: &[String]) -> Result<(Arc<CertifiedKey>, SystemTime), String> {
-        let (chain, key) =
-            pki::issue_http_server(ca, node_id, names, HTTP_CERT_VALIDITY).map_err(|e| e.0)?;
+        let (chain, key) = pki::issue_http_server(ca, node_id, names, HTTP_CERT_VALIDITY).map_err(|e| e.0)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
         let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| e.to_string())?;
         let chain = chain.into_iter().map(CertificateDer::from).collect();
@@ -124,7 +123,9 @@ impl ResolvesServerCert for HttpCertificate {
                     *current = fresh;
                     tracing::info!("issued the HTTP side's certificate again");
                 }
-                Err(e) => tracing::error!(error = %e, "cannot renew the HTTP side's certificate; serving the old one"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot renew the HTTP side's certificate; serving the old one")
+                }
             }
         }
         Some(current.0.clone())
@@ -181,7 +182,10 @@ mod tests {
         let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap().value.general_names.clone();
         let text = format!("{san:?}");
-        assert!(text.contains("scheduler.slipway.internal") && text.contains("sched-1.example.net"), "{text}");
+        assert!(
+            text.contains("scheduler.slipway.internal") && text.contains("sched-1.example.net"),
+            "{text}"
+        );
         assert!(!text.contains("slipway://"), "no identity a service would admit: {text}");
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && !eku.client_auth);
