@@ -141,5 +141,6 @@ async fn fleet_page(AxState(ctx): AxState<Arc<Context>>, headers: HeaderMap) -> 
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.rsplit_once(':'))
         .and_then(|(_, port)| port.parse::<u16>().ok());
-    Html(fleet_page::render(&overview, port))
+    let scheme = if ctx.config.http.tls { "https" } else { "http" };
+    Html(fleet_page::render(&overview, scheme, port))
 }
