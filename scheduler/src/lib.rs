@@ -22,7 +22,8 @@
 //!    - [`fleet`]: agent sessions' reports and node liveness.
 //!    - [`dispatch_state`]: why builds wait, deploys in flight, placement counters.
 //!    - [`security`]: the CA ([`security::pki`]), join tokens, the registry token signer
-//!      ([`security::registry_auth`]) and its realm proxy.
+//!      ([`security::registry_auth`]) and its realm proxy, the HTTP side's token and
+//!      certificate ([`security::http_access`]).
 //!    - [`events`]: live build logs and deploy progress, by topic.
 //! 4. **The context**: [`context::Context`], what the parts below share.
 //! 5. **The leader's work**: [`dispatch`] (place builds, deploy releases, renew
@@ -32,8 +33,9 @@
 //!    its node's router).
 //! 6. **The API**: [`api`]: the gRPC services: operator control, agent sessions,
 //!    enrollment.
-//! 7. **The HTTP side**: [`http`]: the fleet page, `/metrics`, `/healthz`, `/readyz`,
-//!    the registry's `/v2/token`.
+//! 7. **The HTTP side**: [`http`]: the fleet page and `/metrics` (behind
+//!    `http.require_auth`), `/healthz`, `/readyz`, the registry's `/v2/token`, served
+//!    with optional TLS, timeouts and size limits ([`http::serve`]).
 //! 8. **Wiring**: [`server`]: [`server::start`] builds the context and starts every
 //!    part; its handle stops them ([`server::Running::stop`]). The `slipway-scheduler`
 //!    binary parses flags and calls [`server::run`].

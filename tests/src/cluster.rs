@@ -194,6 +194,9 @@ pub struct TestCluster {
     tls_settings: String,
     /// Extra `[registry]` settings written into every member's config.
     registry_settings: String,
+    /// Extra `[http]` settings written into every member's config (`tls = true` makes
+    /// the HTTP side, and so the registry's realm, https).
+    http_settings: String,
     /// Agent `n` is `agents[n - 1]`.
     agents: Vec<Agent>,
     /// The cluster CA, made before any member starts so the registry can trust it;
@@ -227,21 +230,28 @@ impl TestCluster {
     /// [`start`](Self::start) with extra settings for the scheduler's `[tls]` section
     /// (e.g. `agent_cert_validity_secs = 30`).
     pub async fn start_with_tls(stack: &str, tls: &str) -> Option<TestCluster> {
-        Self::start_single(stack, tls, "").await
+        Self::start_single(stack, tls, "", "").await
     }
 
     /// [`start`](Self::start) with extra settings for the scheduler's `[registry]`
     /// section (e.g. `pull_grant_validity_secs = 30`).
     pub async fn start_with_registry(stack: &str, registry: &str) -> Option<TestCluster> {
-        Self::start_single(stack, "", registry).await
+        Self::start_single(stack, "", registry, "").await
     }
 
-    async fn start_single(stack: &str, tls: &str, registry: &str) -> Option<TestCluster> {
+    /// [`start`](Self::start) with extra settings for the scheduler's `[registry]` and
+    /// `[http]` sections (`http = "tls = true"`: the registry's realm is then https).
+    pub async fn start_with_http(stack: &str, registry: &str, http: &str) -> Option<TestCluster> {
+        Self::start_single(stack, "", registry, http).await
+    }
+
+    async fn start_single(stack: &str, tls: &str, registry: &str, http: &str) -> Option<TestCluster> {
         let mut cluster = Self::prepare(stack).await?;
         cluster.tls_settings = tls.to_string();
         cluster.registry_settings = registry.to_string();
+        cluster.http_settings = http.to_string();
         cluster.members.push(Member::on_loopback(1));
-        let realm = format!("http://{}/v2/token", cluster.member(1).http_addr);
+        let realm = format!("{}://{}/v2/token", cluster.http_scheme(), cluster.member(1).http_addr);
         cluster.start_registry(&realm).await;
         cluster.add_local_agent();
         cluster.write_configs();
@@ -371,6 +381,7 @@ impl TestCluster {
             raft_settings: String::new(),
             tls_settings: String::new(),
             registry_settings: String::new(),
+            http_settings: String::new(),
             agents: Vec::new(),
             ca,
             agent_token: None,
@@ -519,7 +530,7 @@ impl TestCluster {
              [deploy]\nstack = \"{}\"\ndocker_socket = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
              [router]\ndomain = \"localhost\"\nhttp_port = {}\nimage = \"{ROUTER_IMAGE}\"\n\n\
              [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n\
-             [placement]\nmin_free_bytes = {MIN_FREE_BYTES}\nqueue_timeout_secs = 20\n\n[tls]\n{}",
+             [placement]\nmin_free_bytes = {MIN_FREE_BYTES}\nqueue_timeout_secs = 20\n\n[http]\n{}\n\n[tls]\n{}",
             m.id,
             m.grpc_addr,
             m.http_addr,
@@ -530,6 +541,7 @@ impl TestCluster {
             self.stack,
             self.scheduler_docker_socket,
             self.router_port,
+            self.http_settings,
             format!("ca_dir = \"{}\"\n", self.path("ca").display())
                 + &self.tls_settings,
         );
@@ -566,10 +578,11 @@ impl TestCluster {
             *child =
                 Some(self.spawn(command, &format!("scheduler-{id}.toml"), &format!("scheduler-{id}.log")));
         }
-        let url = format!("http://{}/healthz", m.http_addr);
+        let url = format!("{}://{}/healthz", self.http_scheme(), m.http_addr);
+        let client = self.http_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
             assert!(
@@ -732,6 +745,48 @@ impl TestCluster {
     /// Member `id`'s HTTP address (health, `/metrics`, the fleet page).
     pub fn http_addr(&self, id: u64) -> String {
         self.member(id).http_addr.clone()
+    }
+
+    /// Member `id`'s HTTP bearer token (`<data_dir>/http-token`), which the fleet page
+    /// and `/metrics` ask for.
+    pub fn http_token(&self, id: u64) -> String {
+        let path = self.data_dir_of(id).join("http-token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
+    /// `http` or, with `http.tls`, `https`: how the members' HTTP sides are reached.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.http_settings.contains("tls = true") {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// An HTTP client for the members' HTTP sides (trusting the cluster CA).
+    pub fn http_client(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca.cert_pem.as_bytes()).expect("the CA's PEM");
+        reqwest::Client::builder().add_root_certificate(ca).build().expect("an HTTP client")
+    }
+
+    /// `GET <member id's HTTP side><path>` with its bearer token.
+    pub async fn http_get(&self, id: u64, path: &str) -> reqwest::Response {
+        let url = format!("{}://{}{path}", self.http_scheme(), self.http_addr(id));
+        self.http_client()
+            .get(&url)
+            .bearer_auth(self.http_token(id))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// The URL a browser opens member `id`'s fleet page at, with its token as the Basic
+    /// password (`http://slipway:TOKEN@host:port/`).
+    pub fn fleet_page_url(&self, id: u64) -> String {
+        format!("{}://slipway:{}@{}/", self.http_scheme(), self.http_token(id), self.http_addr(id))
     }
 
     /// A control-API client for member `id`.

@@ -5,6 +5,8 @@
 //!   machine).
 //! - [`credentials`]: this scheduler's CA and certificate at start (loaded, made,
 //!   copied or fetched with a join token).
+//! - [`http_access`]: who may read the HTTP side (its bearer token) and its TLS
+//!   certificate from the CA.
 //! - [`join_tokens`]: the join tokens of agents and schedulers (`slipway cluster token`):
 //!   the state keeps a nonce per role, never the secret, which every member derives
 //!   from the CA key and compares in constant time.
@@ -25,6 +27,7 @@
 //! is open and checks tokens and certificates itself.
 
 pub mod credentials;
+pub mod http_access;
 pub mod join_tokens;
 pub mod pki;
 pub mod realm_proxy;

@@ -177,6 +177,41 @@ impl Ca {
     }
 }
 
+/// A server-only certificate for scheduler `node_id`'s HTTP side (`http.tls`), valid for
+/// `validity`, naming `names` (DNS names or IP addresses) besides [`tls::SERVER_NAME`]:
+/// DER of the chain (leaf, CA) and of the new key (PKCS#8). It carries no slipway
+/// identity and no client use, so its key cannot call any service.
+pub fn issue_http_server(
+    ca: &Ca,
+    node_id: u64,
+    names: &[String],
+    validity: Duration,
+) -> Result<(Vec<Vec<u8>>, Vec<u8>), PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "slipway");
+    dn.push(DnType::OrganizationalUnitName, "http");
+    dn.push(DnType::CommonName, format!("scheduler {node_id} HTTP side"));
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::DnsName(tls::SERVER_NAME.try_into().map_err(err)?)];
+    for name in names {
+        params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                name.as_str().try_into().map_err(|e| PkiError(format!("{name:?} in http.tls_names: {e}")))?,
+            ),
+        });
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, validity);
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = params.signed_by(&key, &ca.issuer()?).map_err(err)?;
+    let ca_der = tls::first_cert_der(&ca.cert_pem).map_err(PkiError)?;
+    Ok((vec![cert.der().to_vec(), ca_der], key.serialize_der()))
+}
+
 fn leaf_params(who: &PeerIdentity, validity: Duration) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     let mut dn = DistinguishedName::new();
