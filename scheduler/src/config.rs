@@ -263,6 +263,14 @@ impl RaftSettings {
     }
 }
 
+impl RegistryConfig {
+    /// `<addr>/<app>`: the only repository a build of `app` pushes to, and the one its
+    /// releases run from.
+    pub fn repository(&self, app: &str) -> String {
+        format!("{}/{app}", self.addr)
+    }
+}
+
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self { addr: "127.0.0.1:5000".into(), pull_grant_validity_secs: 30 * 24 * 3600 }
