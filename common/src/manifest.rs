@@ -654,6 +654,15 @@ retries = 3
     }
 
     #[test]
+    fn the_example_apps_manifest_parses() {
+        let m = Manifest::parse(include_str!("../../examples/hello/slipway.toml")).unwrap();
+        assert_eq!(m.name, "hello");
+        let run = m.run_spec();
+        assert_eq!((run.replicas, run.port), (1, 8080));
+        assert_eq!(run.healthcheck.unwrap().interval_ms, 2000);
+    }
+
+    #[test]
     fn only_the_name_is_required() {
         let m = Manifest::parse("name = \"web\"\n").unwrap();
         assert_eq!(m.build, BuildSection::default());
