@@ -7,7 +7,9 @@
 //! build fails with the reason, no release is recorded, and the service keeps running
 //! release 1 untouched (same image, same Swarm version). Last, a report whose run spec
 //! lies (a port, replicas, an injected variable): the release is recorded, with the run
-//! spec of the manifest text the scheduler parsed itself, and goes live.
+//! spec of the manifest text the scheduler parsed itself, and goes live. And with the
+//! registry down when a result arrives, the build fails naming the registry after a few
+//! seconds of retries: nothing is recorded unchecked.
 
 use std::time::Duration;
 
@@ -67,7 +69,7 @@ async fn refused(cluster: &TestCluster, run: &DeployRun, reason: &str, service_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_agent_cannot_point_a_release_anywhere_else() {
-    let Some(cluster) = TestCluster::start("t27lie").await else { return };
+    let Some(mut cluster) = TestCluster::start("t27lie").await else { return };
     let repo = GitRepo::from_example("hello");
     cluster.create_app("hello", &repo.url()).await.expect("create hello");
     cluster.create_app("other", &repo.url()).await.expect("create other");
@@ -166,4 +168,17 @@ async fn a_lying_agent_cannot_point_a_release_anywhere_else() {
     let log = cluster.scheduler_log(1);
     assert!(log.contains("the agent reported a run spec other than its manifest's"), "{log}");
     assert!(log.contains("refusing the agent's build result"), "{log}");
+
+    // (g) The registry is down when the result arrives: the leader retries for a few
+    // seconds, then fails the build naming the registry rather than record it unchecked.
+    let service_before = service_state(&cluster);
+    cluster.registry_mut().stop();
+    let started = std::time::Instant::now();
+    let run = deploy_with(&cluster, &mut fake, |a| report(a.repository.clone(), &first.digest)).await;
+    let reason = format!("the fleet registry at {registry} did not confirm hello@{}", first.digest);
+    let error = run.error();
+    assert!(error.contains(&reason) && error.contains("(5 tries)"), "{error}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "retried before failing: {:?}", started.elapsed());
+    assert_eq!(cluster.releases("hello").await.len(), 2, "no release 3");
+    assert_eq!(service_state(&cluster), service_before, "the service is untouched");
 }
