@@ -33,7 +33,7 @@ pub use builds::{assignment, finish_build};
 pub use deploys::service_for;
 pub use grants::pull_auth;
 pub use leadership::watch_leadership;
-pub use verify::{check_report, verify_success};
+pub use verify::verify_success;
 
 use crate::context::Context;
 

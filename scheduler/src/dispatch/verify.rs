@@ -73,7 +73,7 @@ pub async fn verify_success(
 /// The checks that need no IO: the repository is `repository` (the assignment's), the
 /// digest and commit are well-formed, the manifest text is valid and names `app`. The
 /// output to record carries `repository` and the manifest's run spec.
-pub fn check_report(
+pub(super) fn check_report(
     app: &str,
     node: &str,
     repository: &str,
