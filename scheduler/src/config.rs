@@ -168,7 +168,8 @@ pub const MAX_PULL_GRANT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// `host:port` every engine of the fleet can push to and pull from.
+    /// `host:port` every engine of the fleet can push to and pull from, and the leader
+    /// reads (plain HTTP) to check each build's image before recording its release.
     pub addr: String,
     /// How long the pull-only registry grant stored with each Swarm service stays
     /// valid (with TLS on); the leader renews it when a third is left, without
@@ -296,6 +297,14 @@ impl RaftSettings {
             keep_logs: self.keep_logs,
             ..RaftConfig::default()
         }
+    }
+}
+
+impl RegistryConfig {
+    /// `<addr>/<app>`: the only repository a build of `app` pushes to, and the one its
+    /// releases run from.
+    pub fn repository(&self, app: &str) -> String {
+        format!("{}/{app}", self.addr)
     }
 }
 

@@ -183,6 +183,10 @@ pub struct TestCluster {
     /// The registry's token realm in front of a replicated cluster's members
     /// (`slipway-scheduler realm-proxy`'s code, in this process); aborted on drop.
     realm_proxy: Option<tokio::task::JoinHandle<()>>,
+    /// In a replicated cluster, what makes the registry's loopback port reach the host's
+    /// registry from inside each member's namespace (the leader checks each build's
+    /// image there); aborted on drop.
+    registry_forwards: Vec<tokio::task::JoinHandle<()>>,
     /// The Swarm stack the cluster deploys into.
     pub stack: String,
     /// Host port the stack's router publishes (host mode) on every engine.
@@ -305,7 +309,9 @@ impl TestCluster {
     }
 
     /// `n` schedulers founding one raft cluster (static members), each in its own
-    /// network namespace, plus an agent and a registry; returns once a leader is
+    /// network namespace, plus an agent and a registry (on the host's loopback, which
+    /// each member reaches on its own loopback through
+    /// [`NetLab::forward_to_host`]); returns once a leader is
     /// elected and the agent reports. `raft` is extra TOML for the `[raft]` section
     /// (e.g. `snapshot_every = 50`). None after a loud skip where Docker or root is
     /// missing.
@@ -330,6 +336,8 @@ impl TestCluster {
         let members = cluster.members.iter().map(|m| m.http_addr.clone()).collect();
         cluster.realm_proxy = Some(tokio::spawn(realm_proxy::serve(listener, members)));
         cluster.start_registry(&realm).await;
+        let port = cluster.registry().port();
+        cluster.registry_forwards = (1..=n).map(|i| cluster.lab_mut().forward_to_host(i, port)).collect();
         cluster.add_local_agent();
         cluster.write_configs();
         for id in 1..=u64::from(n) {
@@ -375,6 +383,7 @@ impl TestCluster {
             registry: None,
             registry_addr,
             realm_proxy: None,
+            registry_forwards: Vec::new(),
             stack: stack.to_string(),
             router_port: free_port(),
             members: Vec::new(),
@@ -958,6 +967,9 @@ impl Drop for TestCluster {
             self.kill_member(id);
         }
         self.remove_stack();
+        for forward in self.registry_forwards.drain(..) {
+            forward.abort();
+        }
         if let Some(proxy) = self.realm_proxy.take() {
             proxy.abort();
         }

@@ -264,11 +264,21 @@ async fn handle_build_event(ctx: &Arc<Context>, node_id: &str, event: BuildEvent
             ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Log(line));
         }
         Some(BuildEv::Succeeded(output)) => {
-            let result = crate::convert::build_output_from(&output);
-            if result.is_ok() {
-                ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(output));
-            }
-            crate::dispatch::finish_build(ctx, &build_id, attempt, result).await;
+            // Checking the report asks the registry (retrying for a few seconds while it
+            // does not answer): off this session's loop, so its reports keep flowing.
+            let (ctx, node_id) = (ctx.clone(), node_id.to_string());
+            let span = tracing::info_span!("build_result", build = %build_id, attempt);
+            tokio::spawn(
+                async move {
+                    let result = crate::dispatch::verify_success(&ctx, &build_id, &node_id, &output).await;
+                    if let Ok(verified) = &result {
+                        let built = crate::convert::build_output(verified);
+                        ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(built));
+                    }
+                    crate::dispatch::finish_build(&ctx, &build_id, attempt, result).await;
+                }
+                .instrument(span),
+            );
         }
         Some(BuildEv::Refused(refusal)) => {
             let node =

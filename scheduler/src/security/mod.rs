@@ -16,6 +16,9 @@
 //! - [`registry_signer`]: the only key the registry takes tokens from: a root derived
 //!   from the CA key (the registry's `rootcertbundle`, `<data_dir>/pki/registry-signer.pem`)
 //!   and each scheduler's token certificate under it.
+//! - [`registry_client`]: the scheduler reading the registry with its own token: is the
+//!   digest an agent reported in the app's repository (checked before a release is
+//!   recorded)?
 //! - [`realm_proxy`]: `slipway-scheduler realm-proxy`, the registry's token realm in
 //!   front of several members.
 //! - [`revocation`]: every call's check against the replicated deny list (removed
@@ -32,5 +35,6 @@ pub mod join_tokens;
 pub mod pki;
 pub mod realm_proxy;
 pub mod registry_auth;
+pub mod registry_client;
 pub mod registry_signer;
 pub mod revocation;
