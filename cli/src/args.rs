@@ -158,4 +158,7 @@ pub enum ClusterCmd {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Deny every operator certificate issued to NAME so far, on every call and renewal
+    /// (a certificate issued to NAME afterwards works).
+    AdminRevoke { name: String },
 }

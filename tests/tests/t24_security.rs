@@ -443,6 +443,33 @@ async fn no_file_a_scheduler_keeps_holds_a_token_secret_and_keys_are_private() {
     shown(&["cluster", "admin-cert", "ops", "--out", "ops-creds"]);
     let ops = cluster.dir.path().join("ops-creds");
     assert_eq!((mode(&ops), mode(&ops.join("key.pem"))), (0o700, 0o600));
+
+    // A lost operator certificate is revoked: every call with it is refused, the
+    // caller's own certificate cannot revoke itself, and one issued to the name
+    // afterwards works.
+    let addr = cluster.grpc_addrs()[0].clone();
+    let ops_creds = || Credentials::load_dir(&ops).unwrap().expect("the operator's certificate");
+    list_apps(channel(&addr, ops_creds()).await.unwrap()).await.expect("a fresh operator certificate calls");
+    shown(&["cluster", "admin-revoke", "ops"]);
+    refused(
+        list_apps(channel(&addr, ops_creds()).await.unwrap()).await,
+        Code::PermissionDenied,
+        "is revoked",
+        "a revoked operator certificate",
+    );
+    let own = cluster.cli(&["cluster", "admin-revoke", "tests"]);
+    let said = String::from_utf8_lossy(&own.stderr);
+    assert!(!own.status.success() && said.contains("another operator"), "revoking oneself: {said}");
+    shown(&["cluster", "admin-cert", "ops", "--out", "ops-creds-2"]);
+    // It starts just after the revocation (up to about 2 s ahead), so that the entry
+    // does not deny it.
+    let again = Credentials::load_dir(&cluster.dir.path().join("ops-creds-2")).unwrap().unwrap();
+    let starts = again.info().unwrap().not_before;
+    if let Ok(ahead) = starts.duration_since(SystemTime::now()) {
+        assert!(ahead < Duration::from_secs(5), "starts {ahead:?} ahead");
+        tokio::time::sleep(ahead + Duration::from_millis(100)).await;
+    }
+    list_apps(channel(&addr, again).await.unwrap()).await.expect("a certificate issued after the revocation");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -454,6 +454,34 @@ impl pb::control_server::Control for ControlService {
         super::enroll::issue_admin_cert(&self.ctx, &req.name, &req.csr_pem).map(Response::new)
     }
 
+    async fn revoke_admin(
+        &self,
+        req: Request<pb::RevokeAdminRequest>,
+    ) -> Result<Response<pb::RevokeAdminResponse>, Status> {
+        let caller = super::enroll::caller(&req);
+        let name = req.into_inner().name;
+        super::enroll::check_name(Role::Admin, &name)?;
+        if let slipway_proto::tls::Caller::Verified(who) = &caller {
+            if who.role == Role::Admin && who.name == name {
+                return Err(Status::failed_precondition(format!(
+                    "this would deny the certificate making the call ({who}); revoke {name:?} with another \
+                     operator's certificate (`slipway cluster admin-cert OTHER`)"
+                )));
+            }
+        }
+        let at_ms = slipway_common::now_ms();
+        let revoke = Command::RevokeCertificates {
+            role: Role::Admin.to_string(),
+            name: name.clone(),
+            reason: format!("the operator certificates of {name:?} were revoked"),
+            at_ms,
+            certs_expire_by_ms: certs_expire_by_ms(&self.ctx, Role::Admin, at_ms),
+        };
+        self.ctx.store.write(revoke).await?;
+        tracing::info!(operator = %name, "operator certificates revoked");
+        Ok(Response::new(pb::RevokeAdminResponse {}))
+    }
+
     async fn set_node_drain(
         &self,
         req: Request<pb::SetNodeDrainRequest>,

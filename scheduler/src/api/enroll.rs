@@ -54,7 +54,7 @@ pub(crate) fn validity(ctx: &Context, role: Role) -> Duration {
 
 /// Names a certificate may carry: an agent's node id, a scheduler's raft id, an
 /// operator's name.
-fn check_name(role: Role, name: &str) -> Result<(), Status> {
+pub(crate) fn check_name(role: Role, name: &str) -> Result<(), Status> {
     let ok = PeerIdentity::from_uri(&PeerIdentity::new(role, name).uri()).is_some()
         && (role != Role::Scheduler || name.parse::<u64>().is_ok_and(|id| id > 0));
     if ok {
