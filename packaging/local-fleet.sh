@@ -443,7 +443,7 @@ A $total-engine fleet is up ($((SECONDS - started)) s):
   scheduler   $GRPC_ADDR (HTTP $HTTP_ADDR), deploying through engine 1
   agents      node-1 … node-$total, one per engine, in the host's network namespace;
               agent N serves /metrics on 127.0.0.1:$((GRPC_PORT + 10))+N
-  fleet page  http://$HTTP_ADDR/
+  fleet page  http://$HTTP_ADDR/ (any user; password: the token in $STATE/scheduler/data/http-token)
 .slipway/config.toml points the CLI at the scheduler. From the repo root:
 
     $BIN/slipway deploy $APP        # built by some agent; answers on :8080 of the engine running it

@@ -187,6 +187,8 @@ Try:
     $BIN/slipway nodes
     $BIN/slipway builds
     docker stack services $STACK
+The fleet page: http://$HTTP_ADDR/ (any user name; the password is the token in
+$STATE/scheduler/http-token; \`curl -H "Authorization: Bearer \$(cat …)" http://$HTTP_ADDR/metrics\`).
 Stop everything with: ./packaging/quickstart.sh down
 EOF
 }

@@ -9,7 +9,8 @@
 //!
 //! - [`config`]: `agent.toml` and its defaults (the binary applies flags and
 //!   `SLIPWAY_*` overrides). [`error`]: [`error::Failure`], why a build failed, by phase.
-//!   [`manifest`]: parses and validates the app's `slipway.toml`.
+//!   The app's `slipway.toml` is parsed by `slipway_common::manifest`, the parser the
+//!   scheduler checks each build's manifest with too.
 //! - [`pipeline`]: one build: clone → context → docker build → push, each step in a
 //!   file of its own, secret build arguments in `pipeline::secrets`.
 //! - [`metrics`]: the agent's own `/metrics` (last report, process RSS and CPU).
@@ -26,7 +27,6 @@
 pub mod config;
 pub mod enroll;
 pub mod error;
-pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
 pub mod reclaim;

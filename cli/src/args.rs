@@ -121,6 +121,9 @@ pub enum NodesCmd {
     Drain { node: String },
     /// Place builds on NODE again.
     Activate { node: String },
+    /// Remove NODE (name or id) from the fleet: its unfinished builds are queued again,
+    /// its certificates are denied, its agent's session closes, and its name is free.
+    Remove { node: String },
 }
 
 #[derive(Subcommand)]
@@ -155,4 +158,7 @@ pub enum ClusterCmd {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Deny every operator certificate issued to NAME so far, on every call and renewal
+    /// (a certificate issued to NAME afterwards works).
+    AdminRevoke { name: String },
 }

@@ -5,11 +5,15 @@
 //! - [`telemetry`]: logging to stderr (journald under systemd), filtered by `RUST_LOG`;
 //! - [`shutdown`]: the signal that starts a daemon's two-phase shutdown;
 //! - [`config`]: TOML files read into typed configs, errors naming the file and the field;
+//! - [`manifest`]: the app's `slipway.toml`, parsed and validated: the agent reads it to
+//!   build, and the scheduler parses the same text again to derive the release's run
+//!   spec itself rather than take the agent's word for it;
 //! - [`backoff`]: exponential backoff with jitter for every retry loop;
 //! - [`now_ms`]: the wall clock as carried in records and on the wire.
 
 pub mod backoff;
 pub mod config;
+pub mod manifest;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -400,14 +400,7 @@ fn strip_scheme(addr: &str) -> &str {
 /// CA by the TLS handshake).
 #[cfg(feature = "server")]
 pub fn peer_identity<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
-    let certs = request.peer_certs().ok_or_else(|| {
-        Status::unauthenticated(
-            "no client certificate: this scheduler serves members of its cluster only; an agent joins with \
-             `slipway-agent --join TOKEN`, an operator uses a certificate from `slipway cluster admin-cert`",
-        )
-    })?;
-    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("an empty client certificate chain"))?;
-    cert_info(leaf).map(|i| i.identity).map_err(Status::unauthenticated)
+    peer_cert(request).map(|i| i.identity)
 }
 
 /// Who called, as a handler sees it (in the request's extensions, put there by
@@ -436,15 +429,42 @@ pub fn authorize<T>(request: &Request<T>, allowed: &[Role]) -> Result<PeerIdenti
     }
 }
 
-/// A tonic interceptor admitting only `allowed` roles (everyone when `secure` is false:
-/// a server without TLS), leaving the [`Caller`] in the request's extensions.
+/// The caller's certificate, as [`cert_info`] reads it (its leaf, verified against the
+/// cluster CA by the TLS handshake).
+#[cfg(feature = "server")]
+pub fn peer_cert<T>(request: &Request<T>) -> Result<CertInfo, Status> {
+    let certs = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated(
+            "no client certificate: this scheduler serves members of its cluster only; an agent joins with \
+             `slipway-agent --join TOKEN`, an operator uses a certificate from `slipway cluster admin-cert`",
+        )
+    })?;
+    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("an empty client certificate chain"))?;
+    cert_info(leaf).map_err(Status::unauthenticated)
+}
+
+/// What a server checks about a caller's certificate beyond its role, on every call (a
+/// deny list of revoked certificates): Err refuses the call with that status.
+#[cfg(feature = "server")]
+pub type Gate = Arc<dyn Fn(&CertInfo) -> Result<(), Status> + Send + Sync>;
+
+/// A tonic interceptor admitting only `allowed` roles whose certificate `gate` lets
+/// through (everyone when `secure` is false: a server without TLS), leaving the
+/// [`Caller`] in the request's extensions.
 #[cfg(feature = "server")]
 pub fn require(
     allowed: &'static [Role],
     secure: bool,
+    gate: Gate,
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut request: Request<()>| {
-        let caller = if secure { Caller::Verified(authorize(&request, allowed)?) } else { Caller::Unchecked };
+        let caller = if secure {
+            let who = authorize(&request, allowed)?;
+            gate(&peer_cert(&request)?)?;
+            Caller::Verified(who)
+        } else {
+            Caller::Unchecked
+        };
         request.extensions_mut().insert(caller);
         Ok(request)
     }

@@ -22,7 +22,8 @@ pub struct SchedulerConfig {
     /// Address other schedulers, agents and clients use to reach `listen`
     /// (default: `listen`, or the bound address when the port is 0).
     pub advertise: Option<String>,
-    /// HTTP listener: `/healthz`, `/readyz`, `/metrics`.
+    /// HTTP listener: the fleet page, `/metrics`, `/healthz`, `/readyz` and the
+    /// registry's token realm `/v2/token` (see [`HttpSettings`]).
     pub http_listen: SocketAddr,
     /// Raft log, vote, snapshots and build logs live here.
     pub data_dir: PathBuf,
@@ -42,6 +43,40 @@ pub struct SchedulerConfig {
     pub raft: RaftSettings,
     /// Certificates, join tokens and their lifetimes.
     pub tls: TlsSettings,
+    /// Who may read the HTTP side, and whether it speaks TLS.
+    pub http: HttpSettings,
+}
+
+/// The HTTP side on `http_listen` (`http/`): TLS and who may read the fleet page and
+/// `/metrics`. `/healthz`, `/readyz` and `/v2/token` stay open to anyone who reaches the
+/// port (the token realm checks grants itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Serve HTTPS with a certificate from the cluster CA (needs TLS on gRPC, i.e. not
+    /// `tls.insecure`). Off by default: the registry's token realm is on this listener,
+    /// and an engine reaches an `https://` realm only if it trusts the cluster CA
+    /// (README, "The HTTP side").
+    pub tls: bool,
+    /// Names and addresses clients use to reach `http_listen`, put in its certificate
+    /// besides `scheduler.slipway.internal` and `http_listen`'s own IP address
+    /// (e.g. `["sched-1.example.net", "10.0.0.11"]`).
+    pub tls_names: Vec<String>,
+    /// The fleet page and `/metrics` answer only a caller with the bearer token (as
+    /// `Authorization: Bearer TOKEN`, or as the password of HTTP Basic auth, for
+    /// browsers) or, with `tls`, a client certificate of an operator or a scheduler.
+    /// `false` is allowed only when `http_listen` is a loopback address.
+    pub require_auth: bool,
+    /// The bearer token's file (default `<data_dir>/http-token`, made with a random
+    /// token at first start, mode 0600). Give every member the same file to scrape
+    /// them all with one token.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { tls: false, tls_names: Vec::new(), require_auth: true, token_file: None }
+    }
 }
 
 /// Mutual TLS on the gRPC listener (control API, agent sessions, raft), with the
@@ -133,7 +168,8 @@ pub const MAX_PULL_GRANT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// `host:port` every engine of the fleet can push to and pull from.
+    /// `host:port` every engine of the fleet can push to and pull from, and the leader
+    /// reads (plain HTTP) to check each build's image before recording its release.
     pub addr: String,
     /// How long the pull-only registry grant stored with each Swarm service stays
     /// valid (with TLS on); the leader renews it when a third is left, without
@@ -232,6 +268,7 @@ impl Default for SchedulerConfig {
             cluster: ClusterConfig::default(),
             raft: RaftSettings::default(),
             tls: TlsSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -260,6 +297,14 @@ impl RaftSettings {
             keep_logs: self.keep_logs,
             ..RaftConfig::default()
         }
+    }
+}
+
+impl RegistryConfig {
+    /// `<addr>/<app>`: the only repository a build of `app` pushes to, and the one its
+    /// releases run from.
+    pub fn repository(&self, app: &str) -> String {
+        format!("{}/{app}", self.addr)
     }
 }
 
@@ -397,6 +442,44 @@ impl SchedulerConfig {
             .or_else(|| self.cluster.members.iter().find(|m| m.id == self.node_id).map(|m| m.addr.clone()))
     }
 
+    /// The HTTP bearer token's file: `http.token_file`, or `<data_dir>/http-token`.
+    pub fn http_token_file(&self) -> PathBuf {
+        self.http.token_file.clone().unwrap_or_else(|| self.data_dir.join("http-token"))
+    }
+
+    fn validate_http(&self) -> Result<(), CommonError> {
+        if !self.http.require_auth && !self.http_listen.ip().is_loopback() {
+            return Err(CommonError::invalid(format!(
+                "http.require_auth = false is allowed only on a loopback http_listen, and {} is not: anyone \
+                 who reaches it would read the fleet's nodes, addresses and build errors; keep require_auth \
+                 (callers present the token in {}) or listen on 127.0.0.1",
+                self.http_listen,
+                self.http_token_file().display()
+            )));
+        }
+        if self.http.tls && self.tls.insecure {
+            return Err(CommonError::invalid(
+                "http.tls needs the cluster CA, and tls.insecure = true runs without one: turn one of them off",
+            ));
+        }
+        for name in &self.http.tls_names {
+            let dns_label = |l: &str| {
+                (1..=63).contains(&l.len())
+                    && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            let dns_name = name.len() <= 253 && name.split('.').all(dns_label);
+            if name.parse::<std::net::IpAddr>().is_err() && !dns_name {
+                return Err(CommonError::invalid(format!(
+                    "http.tls_names: {name:?} is neither an IP address nor a lowercase DNS name such as \
+                     sched-1.example.net"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// How long a node may stay silent before it is Down.
     pub fn down_after(&self) -> Duration {
         Duration::from_secs(self.agents.down_after_secs)
@@ -447,6 +530,7 @@ impl Check for SchedulerConfig {
             )));
         }
         self.validate_cluster()?;
+        self.validate_http()?;
         self.raft.to_raft_config().to_openraft().map_err(|e| CommonError::invalid(format!("[raft]: {e}")))?;
         if self.agents.down_after_secs < u64::from(self.agents.report_interval_secs) * 2 {
             return Err(CommonError::invalid(
@@ -504,6 +588,23 @@ mod tests {
         let c = SchedulerConfig::parse(text).unwrap();
         let d = SchedulerConfig::default();
         assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
+    }
+
+    #[test]
+    fn the_http_side_is_open_only_on_loopback() {
+        let c = SchedulerConfig::parse("").unwrap();
+        assert!(c.http.require_auth && !c.http.tls);
+        assert_eq!(c.http_token_file(), PathBuf::from("/var/lib/slipway/scheduler/http-token"));
+        SchedulerConfig::parse("[http]\nrequire_auth = false\n").unwrap();
+        let e = SchedulerConfig::parse("http_listen = \"10.0.0.1:7401\"\n[http]\nrequire_auth = false\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("only on a loopback http_listen"), "{e}");
+        let e = SchedulerConfig::parse("[http]\ntls = true\n[tls]\ninsecure = true\n").unwrap_err();
+        assert!(e.to_string().contains("http.tls needs the cluster CA"), "{e}");
+        let e = SchedulerConfig::parse("[http]\ntls_names = [\"bad name\"]\n").unwrap_err();
+        assert!(e.to_string().contains("http.tls_names"), "{e}");
+        SchedulerConfig::parse("[http]\ntls = true\ntls_names = [\"sched-1\", \"10.0.0.11\", \"::1\"]\n")
+            .unwrap();
     }
 
     #[test]

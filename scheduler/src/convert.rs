@@ -85,21 +85,26 @@ pub fn build_output(o: &state::BuildOutput) -> pb::BuildOutput {
         steps: o.steps,
         timings: Some(timings(&o.timings)),
         run: Some(run_spec(&o.run)),
+        manifest: String::new(),
     }
 }
 
-/// Validates what an agent reported before it enters the replicated state.
-pub fn build_output_from(o: &pb::BuildOutput) -> Result<state::BuildOutput, String> {
+/// What an agent reported, as the record to replicate, with the repository and run spec
+/// the scheduler determined itself (`dispatch::verify`): the report's own `repository`
+/// and `run` are not taken. The digest's format is checked here.
+pub fn build_output_from(
+    o: &pb::BuildOutput,
+    repository: String,
+    run: state::RunSpec,
+) -> Result<state::BuildOutput, String> {
     if !slipway_proto::validate::is_digest(&o.digest) {
-        return Err(format!("agent reported an invalid image digest {:?}", o.digest));
-    }
-    if o.repository.is_empty() {
-        return Err("agent reported no repository".into());
+        let digest: String = o.digest.chars().take(100).collect();
+        return Err(format!("agent reported an invalid image digest {digest:?}"));
     }
     Ok(state::BuildOutput {
         git_sha: o.git_sha.clone(),
         digest: o.digest.clone(),
-        repository: o.repository.clone(),
+        repository,
         image_size_bytes: o.image_size_bytes,
         layers_pushed: o.layers_pushed,
         layers_reused: o.layers_reused,
@@ -107,11 +112,7 @@ pub fn build_output_from(o: &pb::BuildOutput) -> Result<state::BuildOutput, Stri
         cache_hits: o.cache_hits,
         steps: o.steps,
         timings: timings_from(o.timings.as_ref()),
-        run: o
-            .run
-            .as_ref()
-            .map(run_spec_from)
-            .unwrap_or_else(|| state::RunSpec { replicas: 1, ..Default::default() }),
+        run,
     })
 }
 

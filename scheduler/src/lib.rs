@@ -22,18 +22,22 @@
 //!    - [`fleet`]: agent sessions' reports and node liveness.
 //!    - [`dispatch_state`]: why builds wait, deploys in flight, placement counters.
 //!    - [`security`]: the CA ([`security::pki`]), join tokens, the registry token signer
-//!      ([`security::registry_auth`]) and its realm proxy.
+//!      ([`security::registry_auth`]) and its realm proxy, the HTTP side's token and
+//!      certificate ([`security::http_access`]), and the scheduler's own reads of the
+//!      registry ([`security::registry_client`]).
 //!    - [`events`]: live build logs and deploy progress, by topic.
 //! 4. **The context**: [`context::Context`], what the parts below share.
-//! 5. **The leader's work**: [`dispatch`] (place builds, deploy releases, renew
+//! 5. **The leader's work**: [`dispatch`] (place builds, check what agents report
+//!    before a release is recorded, deploy releases, renew
 //!    registry grants, follow leadership) and [`deploy`] (the Swarm side of a deploy:
 //!    the service spec, engine calls, convergence) and [`router`] (the Caddy service
 //!    every app is reached through by host name, and the routes each agent loads into
 //!    its node's router).
 //! 6. **The API**: [`api`]: the gRPC services: operator control, agent sessions,
 //!    enrollment.
-//! 7. **The HTTP side**: [`http`]: the fleet page, `/metrics`, `/healthz`, `/readyz`,
-//!    the registry's `/v2/token`.
+//! 7. **The HTTP side**: [`http`]: the fleet page and `/metrics` (behind
+//!    `http.require_auth`), `/healthz`, `/readyz`, the registry's `/v2/token`, served
+//!    with optional TLS, timeouts and size limits ([`http::serve`]).
 //! 8. **Wiring**: [`server`]: [`server::start`] builds the context and starts every
 //!    part; its handle stops them ([`server::Running::stop`]). The `slipway-scheduler`
 //!    binary parses flags and calls [`server::run`].

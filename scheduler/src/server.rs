@@ -49,6 +49,9 @@ pub enum StartError {
     #[error("TLS: {0}")]
     /// The CA or this member's certificate could not be loaded or fetched.
     Tls(String),
+    #[error("the HTTP side: {0}")]
+    /// The HTTP side's token or certificate could not be made.
+    Http(String),
 }
 
 /// A started scheduler: its addresses and the means to stop it.
@@ -145,14 +148,19 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         raft::bootstrap(opened.store.raft(), members).await.map_err(|e| store_err(e.to_string()))?;
     }
 
+    let (token, http_tls) = http_side(&config, http_addr, credentials.as_ref())?;
     let ctx = Arc::new(Context::new(config, advertise, opened.store, credentials.clone()));
+    let deny_list = security::revocation::gate(ctx.store.clone());
+    let access = crate::http::auth::Access { token, deny_list: deny_list.clone() };
+    let http_app = crate::http::router(ctx.clone(), access);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
     // Who may call what (see slipway_proto::tls): operators the control API (and other
-    // schedulers, which hold the CA anyway), agents their sessions, schedulers raft;
-    // enrollment is open (it checks tokens and certificates itself).
+    // schedulers, which hold the CA anyway), agents their sessions, schedulers raft,
+    // none with a revoked certificate (the deny list); enrollment is open (it checks
+    // tokens and certificates itself).
     let secure = credentials.is_some();
     let mut builder = tonic::transport::Server::builder();
     if let Some(security) = &credentials {
@@ -164,16 +172,16 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .add_service(InterceptedService::new(
             slipway_proto::control_server::ControlServer::new(ControlService::new(ctx.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_CONTROL_REQUEST_BYTES),
-            tls::require(&[Role::Admin, Role::Scheduler], secure),
+            tls::require(&[Role::Admin, Role::Scheduler], secure, deny_list.clone()),
         ))
         .add_service(InterceptedService::new(
             slipway_proto::agent_service_server::AgentServiceServer::new(AgentSessions::new(ctx.clone()))
                 .max_decoding_message_size(slipway_proto::validate::MAX_AGENT_MESSAGE_BYTES),
-            tls::require(&[Role::Agent], secure),
+            tls::require(&[Role::Agent], secure, deny_list.clone()),
         ))
         .add_service(InterceptedService::new(
             raft::RaftService::new(ctx.store.raft().clone()).into_server(),
-            tls::require(&[Role::Scheduler], secure),
+            tls::require(&[Role::Scheduler], secure, deny_list.clone()),
         ))
         .add_service(
             slipway_proto::enrollment_server::EnrollmentServer::new(EnrollmentService::new(ctx.clone()))
@@ -196,18 +204,9 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         .instrument(tracing::info_span!("grpc")),
     );
 
-    let app = crate::http::router(ctx.clone());
-    let mut stop = shutdown_rx.clone();
     tasks.spawn(
-        async move {
-            let signal = async move {
-                let _ = stop.changed().await;
-            };
-            if let Err(err) = axum::serve(http_listener, app).with_graceful_shutdown(signal).await {
-                tracing::error!(%err, "HTTP server failed");
-            }
-        }
-        .instrument(tracing::info_span!("http")),
+        crate::http::serve::serve(http_listener, http_app, http_tls, shutdown_rx.clone())
+            .instrument(tracing::info_span!("http")),
     );
 
     tasks.spawn(
@@ -222,4 +221,37 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     );
 
     Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })
+}
+
+/// The token the HTTP side's fleet page and `/metrics` want, and its TLS settings
+/// (`[http]`), for the listener bound at `http_addr`.
+fn http_side(
+    config: &SchedulerConfig,
+    http_addr: SocketAddr,
+    security: Option<&Security>,
+) -> Result<(Option<crate::security::http_access::BearerToken>, Option<Arc<rustls::ServerConfig>>), StartError>
+{
+    use crate::security::http_access::{self, BearerToken, HttpCertificate};
+    let token = if config.http.require_auth {
+        Some(BearerToken::load_or_create(&config.http_token_file()).map_err(StartError::Http)?)
+    } else {
+        tracing::warn!(http = %http_addr, "http.require_auth = false: anyone on this host reads the fleet page and /metrics");
+        None
+    };
+    let tls = match (config.http.tls, security) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(StartError::Http("http.tls needs the cluster CA (tls.insecure is on)".into()))
+        }
+        (true, Some(security)) => {
+            let mut names = config.http.tls_names.clone();
+            if !http_addr.ip().is_unspecified() {
+                names.push(http_addr.ip().to_string());
+            }
+            let certificate = HttpCertificate::issue(security.ca.clone(), config.node_id, names)
+                .map_err(StartError::Http)?;
+            Some(Arc::new(http_access::server_config(&security.ca, certificate).map_err(StartError::Http)?))
+        }
+    };
+    Ok((token, tls))
 }

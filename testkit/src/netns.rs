@@ -20,6 +20,9 @@
 //! `dockerd` and `runc` need. Only the network namespace changes: nodes share the
 //! host's filesystem, processes and cgroups.
 //!
+//! [`NetLab::forward_to_host`] makes a port on a node's loopback reach the same port on
+//! the host's loopback (for services the host runs on loopback only).
+//!
 //! [`NetLab::isolate`] cuts a node off from every other node of the lab (both ways)
 //! with iptables rules inside that node's namespace, leaving its link to the host up:
 //! the test can still watch and reach a partitioned node. [`NetLab::heal`] undoes it.
@@ -189,6 +192,41 @@ impl NetLab {
         let mut command = Command::new("nsenter");
         command.arg(net).arg("--").arg(program);
         command
+    }
+
+    /// Makes `127.0.0.1:port` inside node `n` reach `127.0.0.1:port` on the host (a
+    /// service the host runs on loopback only, such as a test registry the host's engine
+    /// pushes to): the test process listens in the node's namespace (a socket stays in
+    /// the namespace it was made in, so only a short-lived thread enters it) and copies
+    /// each connection to the host's port. Runs until the returned task is aborted.
+    /// Loopback stays reachable when the node is [isolated](Self::isolate). Panics if
+    /// the port cannot be bound in the node.
+    pub fn forward_to_host(&self, n: u8, port: u16) -> tokio::task::JoinHandle<()> {
+        self.assert_node(n);
+        let path = self.netns_path(n);
+        let bound = std::thread::spawn(move || -> std::io::Result<std::net::TcpListener> {
+            let netns = File::open(&path)?;
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .join()
+        .expect("the thread binding in the node's namespace");
+        let listener = bound
+            .and_then(tokio::net::TcpListener::from_std)
+            .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port} in node {n}: {e}"));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        })
     }
 
     /// Cuts node `n` off from every other node of the lab, both directions, with a

@@ -57,6 +57,9 @@ pub struct TokenAuth {
     /// pull token of a repository; `None` leaves them without tokens (they then see the
     /// registry's 401).
     pub pull_login: Option<PullLogin>,
+    /// PEM of a CA the helpers trust for an `https://` realm (a scheduler's HTTP side
+    /// with `http.tls`: the cluster CA).
+    pub realm_ca_pem: Option<String>,
 }
 
 /// For a repository name, the (user, password) that the realm grants a pull token for it.
@@ -76,6 +79,7 @@ impl TokenAuth {
             issuer: issuer.into(),
             root_cert_bundle: root_cert_bundle.into(),
             pull_login: None,
+            realm_ca_pem: None,
         }
     }
 
@@ -85,6 +89,11 @@ impl TokenAuth {
         login: impl Fn(&str) -> (String, String) + Send + Sync + 'static,
     ) -> TokenAuth {
         TokenAuth { pull_login: Some(Arc::new(login)), ..self }
+    }
+
+    /// The same, the helpers trusting `ca_pem` for an `https://` realm.
+    pub fn with_realm_ca(self, ca_pem: impl Into<String>) -> TokenAuth {
+        TokenAuth { realm_ca_pem: Some(ca_pem.into()), ..self }
     }
 }
 
@@ -177,7 +186,11 @@ impl Registry {
     ) -> anyhow::Result<Registry> {
         let ip = ip.into();
         let binary = installed_binary()?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(pem) = auth.as_ref().and_then(|a| a.realm_ca_pem.as_ref()) {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+        }
+        let http = http.build()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::Builder::new().prefix("slipway-registry-").tempdir_in(parent)?;

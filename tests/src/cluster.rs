@@ -183,6 +183,10 @@ pub struct TestCluster {
     /// The registry's token realm in front of a replicated cluster's members
     /// (`slipway-scheduler realm-proxy`'s code, in this process); aborted on drop.
     realm_proxy: Option<tokio::task::JoinHandle<()>>,
+    /// In a replicated cluster, what makes the registry's loopback port reach the host's
+    /// registry from inside each member's namespace (the leader checks each build's
+    /// image there); aborted on drop.
+    registry_forwards: Vec<tokio::task::JoinHandle<()>>,
     /// The Swarm stack the cluster deploys into.
     pub stack: String,
     /// Host port the stack's router publishes (host mode) on every engine.
@@ -194,6 +198,9 @@ pub struct TestCluster {
     tls_settings: String,
     /// Extra `[registry]` settings written into every member's config.
     registry_settings: String,
+    /// Extra `[http]` settings written into every member's config (`tls = true` makes
+    /// the HTTP side, and so the registry's realm, https).
+    http_settings: String,
     /// Agent `n` is `agents[n - 1]`.
     agents: Vec<Agent>,
     /// The cluster CA, made before any member starts so the registry can trust it;
@@ -227,21 +234,28 @@ impl TestCluster {
     /// [`start`](Self::start) with extra settings for the scheduler's `[tls]` section
     /// (e.g. `agent_cert_validity_secs = 30`).
     pub async fn start_with_tls(stack: &str, tls: &str) -> Option<TestCluster> {
-        Self::start_single(stack, tls, "").await
+        Self::start_single(stack, tls, "", "").await
     }
 
     /// [`start`](Self::start) with extra settings for the scheduler's `[registry]`
     /// section (e.g. `pull_grant_validity_secs = 30`).
     pub async fn start_with_registry(stack: &str, registry: &str) -> Option<TestCluster> {
-        Self::start_single(stack, "", registry).await
+        Self::start_single(stack, "", registry, "").await
     }
 
-    async fn start_single(stack: &str, tls: &str, registry: &str) -> Option<TestCluster> {
+    /// [`start`](Self::start) with extra settings for the scheduler's `[registry]` and
+    /// `[http]` sections (`http = "tls = true"`: the registry's realm is then https).
+    pub async fn start_with_http(stack: &str, registry: &str, http: &str) -> Option<TestCluster> {
+        Self::start_single(stack, "", registry, http).await
+    }
+
+    async fn start_single(stack: &str, tls: &str, registry: &str, http: &str) -> Option<TestCluster> {
         let mut cluster = Self::prepare(stack).await?;
         cluster.tls_settings = tls.to_string();
         cluster.registry_settings = registry.to_string();
+        cluster.http_settings = http.to_string();
         cluster.members.push(Member::on_loopback(1));
-        let realm = format!("http://{}/v2/token", cluster.member(1).http_addr);
+        let realm = format!("{}://{}/v2/token", cluster.http_scheme(), cluster.member(1).http_addr);
         cluster.start_registry(&realm).await;
         cluster.add_local_agent();
         cluster.write_configs();
@@ -295,7 +309,9 @@ impl TestCluster {
     }
 
     /// `n` schedulers founding one raft cluster (static members), each in its own
-    /// network namespace, plus an agent and a registry; returns once a leader is
+    /// network namespace, plus an agent and a registry (on the host's loopback, which
+    /// each member reaches on its own loopback through
+    /// [`NetLab::forward_to_host`]); returns once a leader is
     /// elected and the agent reports. `raft` is extra TOML for the `[raft]` section
     /// (e.g. `snapshot_every = 50`). None after a loud skip where Docker or root is
     /// missing.
@@ -320,6 +336,8 @@ impl TestCluster {
         let members = cluster.members.iter().map(|m| m.http_addr.clone()).collect();
         cluster.realm_proxy = Some(tokio::spawn(realm_proxy::serve(listener, members)));
         cluster.start_registry(&realm).await;
+        let port = cluster.registry().port();
+        cluster.registry_forwards = (1..=n).map(|i| cluster.lab_mut().forward_to_host(i, port)).collect();
         cluster.add_local_agent();
         cluster.write_configs();
         for id in 1..=u64::from(n) {
@@ -365,12 +383,14 @@ impl TestCluster {
             registry: None,
             registry_addr,
             realm_proxy: None,
+            registry_forwards: Vec::new(),
             stack: stack.to_string(),
             router_port: free_port(),
             members: Vec::new(),
             raft_settings: String::new(),
             tls_settings: String::new(),
             registry_settings: String::new(),
+            http_settings: String::new(),
             agents: Vec::new(),
             ca,
             agent_token: None,
@@ -533,7 +553,7 @@ impl TestCluster {
              [deploy]\nstack = \"{}\"\ndocker_socket = \"{}\"\npublish_mode = \"host\"\nconverge_timeout_secs = 120\n\n\
              [router]\ndomain = \"localhost\"\nhttp_port = {}\nimage = \"{ROUTER_IMAGE}\"\n\n\
              [agents]\nreport_interval_secs = 1\ndown_after_secs = 5\n\n\
-             [placement]\nmin_free_bytes = {MIN_FREE_BYTES}\nqueue_timeout_secs = 20\n\n[tls]\n{}",
+             [placement]\nmin_free_bytes = {MIN_FREE_BYTES}\nqueue_timeout_secs = 20\n\n[http]\n{}\n\n[tls]\n{}",
             m.id,
             m.grpc_addr,
             m.http_addr,
@@ -544,6 +564,7 @@ impl TestCluster {
             self.stack,
             self.scheduler_docker_socket,
             self.router_port,
+            self.http_settings,
             format!("ca_dir = \"{}\"\n", self.path("ca").display())
                 + &self.tls_settings,
         );
@@ -580,10 +601,11 @@ impl TestCluster {
             *child =
                 Some(self.spawn(command, &format!("scheduler-{id}.toml"), &format!("scheduler-{id}.log")));
         }
-        let url = format!("http://{}/healthz", m.http_addr);
+        let url = format!("{}://{}/healthz", self.http_scheme(), m.http_addr);
+        let client = self.http_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
             assert!(
@@ -746,6 +768,48 @@ impl TestCluster {
     /// Member `id`'s HTTP address (health, `/metrics`, the fleet page).
     pub fn http_addr(&self, id: u64) -> String {
         self.member(id).http_addr.clone()
+    }
+
+    /// Member `id`'s HTTP bearer token (`<data_dir>/http-token`), which the fleet page
+    /// and `/metrics` ask for.
+    pub fn http_token(&self, id: u64) -> String {
+        let path = self.data_dir_of(id).join("http-token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
+    /// `http` or, with `http.tls`, `https`: how the members' HTTP sides are reached.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.http_settings.contains("tls = true") {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// An HTTP client for the members' HTTP sides (trusting the cluster CA).
+    pub fn http_client(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca.cert_pem.as_bytes()).expect("the CA's PEM");
+        reqwest::Client::builder().add_root_certificate(ca).build().expect("an HTTP client")
+    }
+
+    /// `GET <member id's HTTP side><path>` with its bearer token.
+    pub async fn http_get(&self, id: u64, path: &str) -> reqwest::Response {
+        let url = format!("{}://{}{path}", self.http_scheme(), self.http_addr(id));
+        self.http_client()
+            .get(&url)
+            .bearer_auth(self.http_token(id))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// The URL a browser opens member `id`'s fleet page at, with its token as the Basic
+    /// password (`http://slipway:TOKEN@host:port/`).
+    pub fn fleet_page_url(&self, id: u64) -> String {
+        format!("{}://slipway:{}@{}/", self.http_scheme(), self.http_token(id), self.http_addr(id))
     }
 
     /// A control-API client for member `id`.
@@ -917,6 +981,9 @@ impl Drop for TestCluster {
             self.kill_member(id);
         }
         self.remove_stack();
+        for forward in self.registry_forwards.drain(..) {
+            forward.abort();
+        }
         if let Some(proxy) = self.realm_proxy.take() {
             proxy.abort();
         }

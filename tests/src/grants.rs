@@ -13,11 +13,17 @@ use slipway_scheduler::security::registry_signer;
 use slipway_testkit::TokenAuth;
 
 /// Token auth against `realm` (`http://<scheduler http_listen>/v2/token`, reachable
-/// from every engine) for a cluster whose CA is `ca`.
+/// from every engine; `https://` with `http.tls`, the helpers then trusting `ca`) for a
+/// cluster whose CA is `ca`.
 pub fn cluster_token_auth(realm: &str, ca: &Ca) -> TokenAuth {
     let bundle = registry_signer::bundle_pem(ca).expect("the token signer derives from the cluster CA");
     let grants = ca.clone();
-    TokenAuth::new(realm, SERVICE, ISSUER, bundle).with_pull_login(move |repo| {
+    let auth = TokenAuth::new(realm, SERVICE, ISSUER, bundle).with_pull_login(move |repo| {
         (GRANT_USER.to_string(), issue_grant(&grants, repo, &["pull"], Duration::from_secs(60)))
-    })
+    });
+    if realm.starts_with("https://") {
+        auth.with_realm_ca(ca.cert_pem.clone())
+    } else {
+        auth
+    }
 }

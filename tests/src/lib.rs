@@ -15,6 +15,8 @@
 //!   auth, the cluster's own token server) and the local Swarm, or on a [`Fleet`] with
 //!   an agent per engine, with a control-API client; [`DeployRun`] collects a deploy
 //!   stream.
+//! - [`fake_agent`]: [`FakeAgent`], an agent session the test drives with a valid agent
+//!   certificate, reporting whatever build results the test makes up.
 //! - [`grants`]: [`cluster_token_auth`], the kit registry's token auth as a slipway
 //!   cluster runs it (its CA, its service and issuer, pull grants minted from the CA).
 //! - [`browser`]: headless Chromium, for pages an operator looks at.
@@ -29,11 +31,13 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod fake_agent;
 pub mod fleet;
 pub mod grants;
 pub mod load;
 
 pub use cluster::{DeployRun, TestCluster};
+pub use fake_agent::FakeAgent;
 pub use fleet::Fleet;
 pub use grants::cluster_token_auth;
 pub use load::{Load, LoadReport};

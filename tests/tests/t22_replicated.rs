@@ -2,6 +2,8 @@
 //! process in its own network namespace ([`TestCluster::start_replicated`]), so a test
 //! can `kill -9` one, restart it from its data dir, or cut it off from the others.
 //!
+//! A removed member's certificate is denied: the leader refuses its forwarded writes.
+//!
 //! Writes here are deploys (`Deploy` with a request id, acknowledged by the
 //! `build_queued` event): each carries a unique git ref, so the builds' refs tell
 //! which writes were applied, and how many times.
@@ -12,7 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slipway_proto::deploy_event::Event;
+use slipway_proto::raft_client::RaftClient;
+use slipway_proto::tls::{Credentials, Transport};
 use slipway_proto::{self as pb};
+use slipway_scheduler::state::Command;
 use slipway_testkit::GitRepo;
 use slipway_tests::TestCluster;
 use tokio::sync::Mutex;
@@ -226,6 +231,25 @@ async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() 
         "the removed member disturbed the cluster"
     );
     write(&cluster, leader, "after-removal", "t22j-after-removal").await.expect("the cluster takes writes");
+
+    // Its certificate is denied: a write it forwards to the leader is refused, saying why.
+    let theirs = Credentials::load_dir(&cluster.data_dir_of(removed).join("pki")).unwrap().expect("its cert");
+    let channel = Transport::Tls(Arc::new(theirs)).endpoint(&cluster.grpc_addr(leader)).unwrap();
+    let forwarded =
+        Command::CreateApp { name: "sneaky".into(), repo: "r".into(), branch: "main".into(), at_ms: 1 };
+    let refused = RaftClient::new(channel.connect().await.expect("the leader takes the handshake"))
+        .forward_write(pb::RaftPayload { json: serde_json::to_vec(&forwarded).unwrap() })
+        .await
+        .expect_err("a removed scheduler's forwarded write");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!("scheduler {removed} was removed from the cluster")),
+        "{refused:?}"
+    );
+    assert!(cluster.scheduler_log(leader).contains("refused a call from a revoked certificate"));
+    let mut client = cluster.member_client(leader).await.expect("connect to the leader");
+    let apps = client.list_apps(pb::ListAppsRequest {}).await.expect("list apps").into_inner().apps;
+    assert!(apps.iter().all(|a| a.name != "sneaky"), "nothing was recorded: {apps:?}");
 
     // The same host comes back with an empty data dir, as a new member (ids are never reused).
     let addr = cluster.grpc_addr(removed);

@@ -1,5 +1,6 @@
 //! t23: what an operator looks at. A real scheduler and agent (TestCluster); the fleet
-//! page rendered by headless Chromium shows the node with the headroom numbers its
+//! page and `/metrics` refuse a caller without the scheduler's HTTP token; the fleet
+//! page rendered by headless Chromium (the token as the Basic password) shows the node with the headroom numbers its
 //! agent reported and reloads itself; the scheduler's `/metrics` is valid exposition
 //! text carrying the node's gauges; the agent answers its own `/metrics`.
 //!
@@ -73,7 +74,10 @@ async fn fleet_page_and_metrics(chromium: &Path) {
     assert!(!failed.error().is_empty(), "the deploy of a missing ref fails");
 
     // /metrics: valid text, the node's gauges equal to what its agent reported.
-    let text = reqwest::get(format!("http://{http}/metrics")).await.expect("GET /metrics");
+    // Behind the token (http.require_auth is on by default, also on loopback).
+    let anonymous = reqwest::get(format!("http://{http}/metrics")).await.expect("GET /metrics");
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED, "an anonymous GET of /metrics");
+    let text = cluster.http_get(1, "/metrics").await;
     assert_eq!(
         text.headers().get("content-type").and_then(|v| v.to_str().ok()),
         Some("text/plain; version=0.0.4; charset=utf-8")
@@ -104,7 +108,9 @@ async fn fleet_page_and_metrics(chromium: &Path) {
 
     // The page as a browser renders it.
     let profile = tempfile::tempdir().expect("chromium profile dir");
-    let url = format!("http://{http}/");
+    let anonymous = headless(chromium, profile.path(), &["--dump-dom"], &format!("http://{http}/"));
+    assert!(!anonymous.contains("data-node-id"), "the page without the token:\n{anonymous}");
+    let url = cluster.fleet_page_url(1);
     let dom = headless(chromium, profile.path(), &["--dump-dom"], &url);
     assert!(dom.contains("<meta http-equiv=\"refresh\" content=\"3\">"), "the page reloads itself:\n{dom}");
     let row = format!("data-node-id=\"{}\"", node.id);

@@ -3,7 +3,15 @@
 //! one from another CA, with an expired one, or with the wrong role, and says so; an
 //! agent joins with a token, not with a rotated-out one nor one pinning another CA; an
 //! agent's certificate renews while its session stays open; no file a scheduler keeps
-//! holds a token's secret, and the files that hold keys are private.
+//! holds a token's secret, and the files that hold keys are private; a node's id and
+//! name are its own until `slipway nodes remove`, which closes its session and denies
+//! its certificate on every call and renewal.
+//!
+//! The HTTP side, on lone schedulers (no agent, registry or engine: none is needed):
+//! over TLS with the cluster CA, the fleet page and `/metrics` refuse an anonymous GET
+//! and admit the bearer token or an operator's certificate; an oversized body and a
+//! request trickled in are cut off; `/healthz` turns 503 when the store is taken away
+//! and when a full disk fails a raft write.
 
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -11,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use slipway_proto::agent_message::Msg;
 use slipway_proto::agent_service_client::AgentServiceClient;
 use slipway_proto::control_client::ControlClient;
+use slipway_proto::enrollment_client::EnrollmentClient;
 use slipway_proto::raft_client::RaftClient;
 use slipway_proto::tls::{Credentials, JoinToken, PeerIdentity, Role, Transport, SERVER_NAME};
 use slipway_proto::{self as pb};
@@ -47,10 +56,16 @@ async fn list_apps(channel: Channel) -> Result<(), tonic::Status> {
 
 /// Opens an agent session saying Hello as `node_id`; the first answer or the refusal.
 async fn agent_session(channel: Channel, node_id: &str) -> Result<(), tonic::Status> {
+    hello_as(channel, node_id, "intruder").await
+}
+
+/// Opens an agent session saying Hello as `node_id` named `name`; the first answer or
+/// the refusal.
+async fn hello_as(channel: Channel, node_id: &str, name: &str) -> Result<(), tonic::Status> {
     let hello = pb::AgentMessage {
         msg: Some(Msg::Hello(pb::Hello {
             node_id: node_id.into(),
-            name: "intruder".into(),
+            name: name.into(),
             report: Some(pb::NodeReport::default()),
             ..Default::default()
         })),
@@ -58,6 +73,13 @@ async fn agent_session(channel: Channel, node_id: &str) -> Result<(), tonic::Sta
     let outbound = tokio_stream::iter(vec![hello]);
     let mut inbound = AgentServiceClient::new(channel).session(outbound).await?.into_inner();
     inbound.message().await.map(|_| ())
+}
+
+/// Asks the scheduler at `addr` to renew `creds`.
+async fn renew(addr: &str, creds: Credentials) -> Result<(), tonic::Status> {
+    let (_key, csr_pem) = slipway_proto::tls::new_key_and_csr().unwrap();
+    let channel = channel(addr, creds).await.unwrap();
+    EnrollmentClient::new(channel).renew(pb::RenewRequest { csr_pem }).await.map(|_| ())
 }
 
 async fn raft_vote(channel: Channel) -> Result<(), tonic::Status> {
@@ -410,7 +432,7 @@ async fn no_file_a_scheduler_keeps_holds_a_token_secret_and_keys_are_private() {
     for dir in [data.clone(), data.join("pki"), data.join("raft")] {
         assert_eq!(mode(&dir), 0o700, "{}", dir.display());
     }
-    for key in ["pki/ca.key", "pki/key.pem"] {
+    for key in ["pki/ca.key", "pki/key.pem", "http-token"] {
         assert_eq!(mode(&data.join(key)), 0o600, "{key}");
     }
     // The agent's state dir and its certificate.
@@ -421,4 +443,360 @@ async fn no_file_a_scheduler_keeps_holds_a_token_secret_and_keys_are_private() {
     shown(&["cluster", "admin-cert", "ops", "--out", "ops-creds"]);
     let ops = cluster.dir.path().join("ops-creds");
     assert_eq!((mode(&ops), mode(&ops.join("key.pem"))), (0o700, 0o600));
+
+    // A lost operator certificate is revoked: every call with it is refused, the
+    // caller's own certificate cannot revoke itself, and one issued to the name
+    // afterwards works.
+    let addr = cluster.grpc_addrs()[0].clone();
+    let ops_creds = || Credentials::load_dir(&ops).unwrap().expect("the operator's certificate");
+    list_apps(channel(&addr, ops_creds()).await.unwrap()).await.expect("a fresh operator certificate calls");
+    shown(&["cluster", "admin-revoke", "ops"]);
+    refused(
+        list_apps(channel(&addr, ops_creds()).await.unwrap()).await,
+        Code::PermissionDenied,
+        "is revoked",
+        "a revoked operator certificate",
+    );
+    let own = cluster.cli(&["cluster", "admin-revoke", "tests"]);
+    let said = String::from_utf8_lossy(&own.stderr);
+    assert!(!own.status.success() && said.contains("another operator"), "revoking oneself: {said}");
+    shown(&["cluster", "admin-cert", "ops", "--out", "ops-creds-2"]);
+    // It starts just after the revocation (up to about 2 s ahead), so that the entry
+    // does not deny it.
+    let again = Credentials::load_dir(&cluster.dir.path().join("ops-creds-2")).unwrap().unwrap();
+    let starts = again.info().unwrap().not_before;
+    if let Ok(ahead) = starts.duration_since(SystemTime::now()) {
+        assert!(ahead < Duration::from_secs(5), "starts {ahead:?} ahead");
+        tokio::time::sleep(ahead + Duration::from_millis(100)).await;
+    }
+    list_apps(channel(&addr, again).await.unwrap()).await.expect("a certificate issued after the revocation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_cut_off_and_its_name_is_free_again() {
+    let Some(cluster) = TestCluster::start("t24remove").await else { return };
+    let addr = cluster.grpc_addr(1);
+    let name = cluster.agent_name(1).to_string();
+    let creds = cluster.agent_credentials(1);
+    let node_id = creds.info().unwrap().identity.name;
+    let token: JoinToken = cluster.agent_token().parse().unwrap();
+    let addrs = [addr.clone()];
+
+    // While it is a member, its id and its name are its own.
+    let err = slipway_proto::tls::join(&addrs, &token, &node_id).await.err().expect("a join under its id");
+    assert!(
+        err.contains("is already a member") && err.contains(&format!("slipway nodes remove {node_id}")),
+        "{err}"
+    );
+    let other = cluster.ca().issue(&PeerIdentity::new(Role::Agent, "other-node"), HOUR).unwrap();
+    refused(
+        hello_as(channel(&addr, other).await.unwrap(), "other-node", &name).await,
+        Code::FailedPrecondition,
+        &format!("is held by node {node_id:?}"),
+        "a Hello with another node's name",
+    );
+    renew(&addr, creds.clone()).await.expect("a member renews");
+
+    // A node nobody has: a clear error, and how to see the nodes.
+    let out = cluster.cli(&["nodes", "remove", "no-such-node"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("`slipway nodes` lists them"), "{stderr}");
+
+    let out = cluster.cli(&["nodes", "remove", &name]);
+    assert!(out.status.success(), "nodes remove: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed from the fleet"));
+    let removed = Instant::now();
+
+    // Its session closes at its next report (one report interval: 1 s here).
+    while !cluster.scheduler_log(1).contains("closing the session of a removed node") {
+        assert!(
+            removed.elapsed() < Duration::from_secs(5),
+            "the session stayed open:\n{}",
+            cluster.scheduler_log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("session closed {:?} after the removal", removed.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.agent_log(1).contains("was removed from the fleet") {
+        assert!(Instant::now() < deadline, "the agent was not told why:\n{}", cluster.agent_log(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Any call with its certificate, and its renewal, are refused, saying why.
+    refused(
+        agent_session(channel(&addr, creds.clone()).await.unwrap(), &node_id).await,
+        Code::PermissionDenied,
+        "is revoked: node",
+        "the removed node's session",
+    );
+    refused(
+        renew(&addr, creds.clone()).await,
+        Code::PermissionDenied,
+        "is revoked",
+        "the removed node's renewal",
+    );
+    let nodes = cluster.client().await.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    assert!(nodes.iter().all(|n| n.id != node_id), "{nodes:?}");
+    assert!(cluster.scheduler_log(1).contains("refused a call from a revoked certificate"));
+
+    // Removed, its id and name are free: a join under the id works, and the new
+    // certificate (valid only after the removal) holds a session under the old name.
+    let joined = slipway_proto::tls::join(&addrs, &token, &node_id).await.expect("a join after removal");
+    let fresh = joined.credentials;
+    let not_before = fresh.info().unwrap().not_before;
+    if let Ok(wait) = not_before.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    }
+    hello_as(channel(&addr, fresh).await.unwrap(), &node_id, &name)
+        .await
+        .expect("the new certificate serves");
+    refused(
+        agent_session(channel(&addr, creds).await.unwrap(), &node_id).await,
+        Code::PermissionDenied,
+        "is revoked",
+        "the old certificate, after the node joined again",
+    );
+}
+
+/// One `slipway-scheduler` process alone (no agent, registry or engine), for its HTTP
+/// side: `http` is its `[http]` section, `data_dir` where it keeps its state.
+struct Lone {
+    http: String,
+    tls: bool,
+    grpc: String,
+    ca: Ca,
+    data_dir: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _child: KillOnDrop,
+}
+
+impl Lone {
+    async fn start(dir: &std::path::Path, data_dir: &std::path::Path, http_section: &str) -> Lone {
+        slipway_proto::tls::install_crypto_provider();
+        let ca = Ca::create().unwrap();
+        ca.save(&dir.join("ca")).unwrap();
+        let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let config = format!(
+            "listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = \"{}\"\n\n[tls]\nca_dir = \"{}\"\n\n\
+             [http]\n{http_section}\n",
+            data_dir.display(),
+            dir.join("ca").display()
+        );
+        std::fs::write(dir.join("scheduler.toml"), config).unwrap();
+        let log = dir.join("scheduler.log");
+        let child = Command::new(binary("slipway-scheduler"))
+            .arg("--config")
+            .arg(dir.join("scheduler.toml"))
+            .env("RUST_LOG", "info,openraft=warn,sled=warn")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let tls = http_section.contains("tls = true");
+        let lone =
+            Lone { http, tls, grpc, ca, data_dir: data_dir.to_path_buf(), log, _child: KillOnDrop(child) };
+        let client = lone.client(None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !client.get(lone.url("/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "the scheduler does not serve:\n{}", lone.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        lone
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", if self.tls { "https" } else { "http" }, self.http)
+    }
+
+    /// A client trusting the cluster CA (only it), presenting `identity` if given.
+    fn client(&self, identity: Option<&Credentials>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca.cert_pem.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(10));
+        if let Some(creds) = identity {
+            let pem = format!("{}{}", creds.cert_pem, creds.key_pem);
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("http-token")).expect("the HTTP token").trim().to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn status(request: reqwest::RequestBuilder) -> (u16, String) {
+    let response = request.send().await.expect("an answer");
+    (response.status().as_u16(), response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_side_wants_the_token_or_an_operator_certificate_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let lone = Lone::start(dir.path(), &dir.path().join("data"), "tls = true").await;
+    let anonymous = lone.client(None);
+
+    // TLS with the cluster CA: a client that trusts only the usual roots refuses the
+    // certificate, and plain HTTP gets no page.
+    let stranger = reqwest::Client::builder().use_rustls_tls().build().unwrap();
+    let err = stranger.get(lone.url("/healthz")).send().await.expect_err("an untrusted certificate");
+    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+    let plain = reqwest::get(format!("http://{}/healthz", lone.http)).await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP on the TLS listener");
+
+    // Open to anyone: health and the token realm (which answers with a token for nothing).
+    assert_eq!(status(anonymous.get(lone.url("/healthz"))).await, (200, "ok\n".into()));
+    assert_eq!(status(anonymous.get(lone.url("/v2/token?service=slipway-registry"))).await.0, 200);
+
+    // Refused anonymously or with a wrong token, with both challenges.
+    for path in ["/", "/fleet", "/metrics"] {
+        let response = anonymous.get(lone.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "anonymous GET {path}");
+        let challenges: Vec<_> = response.headers().get_all("www-authenticate").iter().collect();
+        assert_eq!(challenges.len(), 2, "{challenges:?}");
+        assert!(response.text().await.unwrap().contains("http-token"), "the hint names the token file");
+    }
+    let (code, _) = status(anonymous.get(lone.url("/metrics")).bearer_auth("0".repeat(64))).await;
+    assert_eq!(code, 401, "a wrong token");
+    assert!(lone.log().contains("refused an HTTP request: wrong token"), "logged:\n{}", lone.log());
+    assert!(!lone.log().contains(&lone.token()), "the log holds no token");
+
+    // The token, as a bearer token or (browsers) a Basic password.
+    let (code, text) = status(anonymous.get(lone.url("/metrics")).bearer_auth(lone.token())).await;
+    assert_eq!(code, 200);
+    slipway_testkit::exposition::check(&text).expect("valid exposition text");
+    let (code, page) = status(anonymous.get(lone.url("/")).basic_auth("anyone", Some(lone.token()))).await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>"), "{page}");
+
+    // A client certificate from the CA: an operator's admits, an agent's does not.
+    let admin = lone.ca.issue(&PeerIdentity::new(Role::Admin, "ops"), HOUR).unwrap();
+    assert_eq!(status(lone.client(Some(&admin)).get(lone.url("/metrics"))).await.0, 200);
+    let agent = lone.ca.issue(&PeerIdentity::new(Role::Agent, "node-x"), HOUR).unwrap();
+    let (code, text) = status(lone.client(Some(&agent)).get(lone.url("/metrics"))).await;
+    assert_eq!(code, 403, "{text}");
+    // One from another CA fails the handshake.
+    let foreign = Ca::create().unwrap().issue(&PeerIdentity::new(Role::Admin, "ops"), HOUR).unwrap();
+    assert!(lone.client(Some(&foreign)).get(lone.url("/metrics")).send().await.is_err());
+
+    // A body over the limit is refused before any handler reads it.
+    let big = vec![b'x'; 1 << 20];
+    let (code, _) = status(anonymous.get(lone.url("/healthz")).body(big)).await;
+    assert_eq!(code, 413, "an oversized body");
+}
+
+/// A tmpfs of `size` mounted on `dir` (unmounted on drop), or None where this process
+/// may not mount (not root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            other => {
+                slipway_testkit::skip(&format!("this test mounts a tmpfs (needs root): {other:?}"));
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `dir` up to its last byte.
+fn fill(dir: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("ballast")).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    while file.write_all(&chunk).is_ok() {}
+    let mut byte = [0u8; 1];
+    while file.write_all(&byte).is_ok() {
+        byte[0] = 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_fails_when_the_store_is_gone_or_a_write_fails_and_slow_requests_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(_tmpfs) = Tmpfs::mount(&data, "48m") else { return };
+    let lone = Lone::start(dir.path(), &data, "").await;
+    let client = lone.client(None);
+    let health = || async { status(client.get(lone.url("/healthz"))).await };
+    assert_eq!(health().await, (200, "ok\n".into()));
+
+    // A client trickling its request's headers (one every second) is cut off once the
+    // header read deadline (10 s) passes, instead of holding the connection forever.
+    let addr = lone.http.clone();
+    let slowloris = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let started = Instant::now();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut buf = [0u8; 256];
+            let closed = match tokio::time::timeout(Duration::from_millis(10), tcp.read(&mut buf)).await {
+                Ok(Ok(n)) => n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408"),
+                Ok(Err(_)) => true,
+                Err(_) => tcp.write_all(b"X-Slow: 1\r\n").await.is_err(),
+            };
+            if closed || started.elapsed() > Duration::from_secs(30) {
+                return started.elapsed();
+            }
+        }
+    });
+
+    // The store's directory moved away: what raft commits would be lost at restart.
+    let raft = data.join("raft");
+    std::fs::rename(&raft, data.join("raft.moved")).unwrap();
+    let (code, text) = health().await;
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("is gone"), "{text}");
+    assert_eq!(status(client.get(lone.url("/readyz"))).await.0, 503);
+    std::fs::rename(data.join("raft.moved"), &raft).unwrap();
+    assert_eq!(health().await.0, 200, "the same store back in place");
+
+    // A full disk: the next raft write fails, raft stops, and health says so.
+    fill(&data);
+    let admin = lone.ca.issue(&PeerIdentity::new(Role::Admin, "ops"), HOUR).unwrap();
+    let mut control = ControlClient::new(channel(&lone.grpc, admin).await.unwrap());
+    let mut failed = None;
+    for n in 0..200 {
+        let req = pb::CreateAppRequest {
+            name: format!("full{n}"),
+            repo: "https://example.invalid/r.git".into(),
+            branch: "main".into(),
+        };
+        if let Err(status) = control.create_app(req).await {
+            failed = Some(status);
+            break;
+        }
+    }
+    let failed = failed.expect("a write to a full disk fails");
+    let (code, text) = health().await;
+    assert_eq!(code, 503, "after {failed:?}: {text}");
+    assert!(text.contains("raft has stopped"), "{text}");
+
+    let cut_after = slowloris.await.unwrap();
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(16)).contains(&cut_after),
+        "a trickled request was cut off after {cut_after:?}"
+    );
 }

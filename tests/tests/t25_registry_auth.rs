@@ -8,7 +8,8 @@
 //! scheduler's own token taken. Then the wiring: a build pushes to a registry that takes
 //! tokens only (with the grant its assignment carries), an anonymous pull of the release
 //! fails, and the pull grant stored with the app's service is renewed before it expires
-//! without restarting the task.
+//! without restarting the task — all with the scheduler's HTTP side on TLS (`http.tls`),
+//! so the engine gets every token from an https realm.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -139,11 +140,18 @@ fn running_tasks(cluster: &TestCluster, app: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_push_with_their_grant_and_services_keep_a_fresh_pull_grant() {
-    // Short-lived pull grants (the default is 30 days): renewed about every 20 s.
-    let Some(cluster) = TestCluster::start_with_registry("t25renew", "pull_grant_validity_secs = 30").await
+    // Short-lived pull grants (the default is 30 days): renewed about every 20 s. The
+    // HTTP side over TLS, so the registry's realm is https: the engine fetches every
+    // token (the build's push, the task's pull) there, trusting no slipway CA (the
+    // registry is an http one, for which Docker does not check the realm's certificate).
+    let Some(cluster) =
+        TestCluster::start_with_http("t25renew", "pull_grant_validity_secs = 30", "tls = true").await
     else {
         return;
     };
+    let challenge = reqwest::get(format!("http://{}/v2/", cluster.registry().addr())).await.unwrap();
+    let challenge = challenge.headers()["www-authenticate"].to_str().unwrap().to_string();
+    assert!(challenge.contains("realm=\"https://"), "{challenge}");
     let repo = GitRepo::from_example("hello");
     cluster.create_app("hello", &repo.url()).await.expect("create app");
 

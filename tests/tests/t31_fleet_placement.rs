@@ -359,7 +359,7 @@ async fn node_loss(cluster: &mut TestCluster) {
 /// Phase 6: the fleet page, rendered by Chromium, shows every node's headroom.
 async fn fleet_page(cluster: &TestCluster, chromium: &Path) {
     let profile = tempfile::tempdir().expect("chromium profile dir");
-    let url = format!("http://{}/", cluster.http_addr(1));
+    let url = cluster.fleet_page_url(1);
     let nodes = nodes(cluster).await;
     let dom = tokio::task::block_in_place(|| headless(chromium, profile.path(), &["--dump-dom"], &url));
     for node in &nodes {

@@ -43,7 +43,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::DEFAULT_SECRETS_DIR;
 use crate::error::Failure;
-use crate::manifest::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
+use slipway_common::manifest::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 
 /// Longest log line kept; the rest is cut (after secrets are masked).
 pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
@@ -330,7 +330,7 @@ async fn build_in(
     let t = Instant::now();
     let git_sha =
         clone::clone(&job.repo, &job.git_ref, dir, cfg.allow_file_repos, cfg.clone_timeout, log).await?;
-    let manifest = read_manifest(dir, job, &git_sha).await?;
+    let (manifest, manifest_text) = read_manifest(dir, job, &git_sha).await?;
     timings.clone_ms = ms(t);
     let b = &manifest.build;
     log.line(format!(
@@ -455,11 +455,13 @@ async fn build_in(
         steps: built.steps,
         timings: Some(timings),
         run: Some(manifest.run_spec()),
+        manifest: manifest_text,
     })
 }
 
-/// Reads and validates `slipway.toml` at the clone root.
-async fn read_manifest(dir: &Path, job: &BuildJob, git_sha: &str) -> Result<Manifest, Failure> {
+/// Reads and validates `slipway.toml` at the clone root; the manifest and its text (the
+/// scheduler parses the text again and takes the release's run spec from its own parse).
+async fn read_manifest(dir: &Path, job: &BuildJob, git_sha: &str) -> Result<(Manifest, String), Failure> {
     let path = dir.join(MANIFEST_FILE);
     let at = format!("{} at {} ({})", clone::redact_url(&job.repo), job.git_ref, short(git_sha));
     let meta = match tokio::fs::symlink_metadata(&path).await {
@@ -495,7 +497,7 @@ async fn read_manifest(dir: &Path, job: &BuildJob, git_sha: &str) -> Result<Mani
         )));
     }
     check_claims(&manifest, job)?;
-    Ok(manifest)
+    Ok((manifest, text))
 }
 
 /// Refuses a manifest that claims a host name or host port another app holds, before
@@ -872,6 +874,7 @@ mod tests {
         assert!(first.bytes_pushed > 1_000_000, "busybox itself was pushed: {}", first.bytes_pushed);
         assert!(first.image_size_bytes > 1_000_000);
         assert_eq!(first.run.as_ref().unwrap().port, 8080);
+        assert_eq!(first.manifest, "name = \"shop\"\n[run]\nport = 8080\n", "the manifest's text travels");
         assert!(lines.iter().any(|l| l.starts_with("==> pushed sha256:")), "{lines:#?}");
         assert!(
             lines.iter().any(|l| l.starts_with('#') && l.ends_with(" installed")),

@@ -1,4 +1,4 @@
-//! `slipway cluster status|join|remove|token|admin-cert`: the raft membership of the
+//! `slipway cluster status|join|remove|token|admin-cert|admin-revoke`: the raft membership of the
 //! schedulers, join tokens, and operator certificates.
 
 use std::time::Duration;
@@ -49,6 +49,13 @@ pub async fn run(call: Call<'_>, command: &ClusterCmd) -> Result<()> {
             println!(
                 "operator certificate for {name:?} in {}: point [tls] ca, cert and key of a CLI config at it",
                 out.display()
+            );
+        }
+        ClusterCmd::AdminRevoke { name } => {
+            c.revoke_admin(pb::RevokeAdminRequest { name: name.clone() }).await?;
+            println!(
+                "every operator certificate issued to {name:?} so far is denied on every member; \
+                 `slipway cluster admin-cert {name}` issues a new one"
             );
         }
     }

@@ -1,5 +1,6 @@
-//! `slipway nodes [--json]` and `nodes drain|activate NODE`: the fleet's build nodes
-//! with the headroom their agents report, and taking one out of placement.
+//! `slipway nodes [--json]` and `nodes drain|activate|remove NODE`: the fleet's build
+//! nodes with the headroom their agents report, taking one out of placement, and
+//! removing one from the fleet (revoking its certificates).
 
 use serde_json::Value;
 use slipway_proto::{self as pb, human_bytes};
@@ -11,6 +12,7 @@ use crate::output::{self, node_status, table};
 
 /// Runs `nodes` or one of its subcommands.
 pub async fn run(call: Call<'_>, args: &NodesArgs) -> Result<()> {
+    let retry = call.retry;
     let mut c = call.client;
     match args {
         NodesArgs { cmd: Some(NodesCmd::Drain { node } | NodesCmd::Activate { node }), .. } => {
@@ -21,6 +23,26 @@ pub async fn run(call: Call<'_>, args: &NodesArgs) -> Result<()> {
                 println!("node {} is draining: it finishes its running builds and gets no new ones", n.name);
             } else {
                 println!("node {} is active: builds may be placed on it", n.name);
+            }
+        }
+        NodesArgs { cmd: Some(NodesCmd::Remove { node }), .. } => {
+            let got = match c.remove_node(pb::RemoveNodeRequest { node: node.clone() }).await {
+                Ok(got) => got.into_inner(),
+                // A retry after a leader change: the first attempt removed it.
+                Err(s) if retry && s.code() == tonic::Code::NotFound => {
+                    println!("node {node} removed from the fleet");
+                    return Ok(());
+                }
+                Err(s) => return Err(s.into()),
+            };
+            let n = got.node.unwrap_or_default();
+            println!(
+                "node {} ({}) removed from the fleet: its certificates are denied, its agent's session closes, \
+                 and its name is free",
+                n.name, n.id
+            );
+            if !got.requeued_builds.is_empty() {
+                println!("builds queued again for another node: {}", got.requeued_builds.join(", "));
             }
         }
         NodesArgs { cmd: None, json } => {

@@ -4,7 +4,9 @@
 //! `Hello`, then sends a [`NodeReport`] every few seconds and [`BuildEvent`]s for the
 //! builds it runs; the scheduler sends [`BuildAssignment`]s down the same stream.
 //! Reports and liveness live only in the leader's memory ([`crate::fleet::Fleet`]);
-//! registration is a raft write.
+//! registration is a raft write. Node names are unique (a `Hello` with a name another
+//! node holds is refused naming the holder), and the session of a node removed from the
+//! fleet (`slipway nodes remove`) ends at its next report with the reason.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use slipway_proto::scheduler_message::Msg as SchedMsg;
 use slipway_proto::{
     AgentMessage, BuildAssignment, BuildEvent, CancelBuild, Hello, NodeReport, SchedulerMessage, Welcome,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -104,6 +106,9 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         tracing::info!(node = %name, %node_id, "agent session opened");
         ctx.dispatcher_wake();
         resend_lost_assignments(&ctx, &node_id, hello.report.as_ref());
+        // Ends the stream down to the agent with a status (the node was removed).
+        let (end_tx, end_rx) = oneshot::channel::<Status>();
+        let mut end_tx = Some(end_tx);
 
         let span = tracing::info_span!("agent_session", node = %name);
         tokio::spawn(
@@ -111,6 +116,15 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
                 while let Some(msg) = inbound.next().await {
                     match msg {
                         Ok(AgentMessage { msg: Some(AgentMsg::Report(report)) }) => {
+                            // Checked at every report: a removed node's session ends
+                            // within one report interval, whichever member removed it.
+                            if let Some(removed) = removed(&ctx, &node_id) {
+                                tracing::warn!(reason = %removed.message(), "closing the session of a removed node");
+                                if let Some(end) = end_tx.take() {
+                                    let _ = end.send(removed);
+                                }
+                                break;
+                            }
                             cancel_superseded(&ctx, &node_id, &report);
                             ctx.fleet.report(&node_id, session_id, report);
                             ctx.dispatcher_wake();
@@ -130,8 +144,29 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        let ended = futures::StreamExt::filter_map(futures::stream::once(end_rx), |end| {
+            std::future::ready(end.ok().map(Err))
+        });
+        let outbound = futures::stream::select(ReceiverStream::new(rx).map(Ok), ended);
+        Ok(Response::new(Box::pin(outbound)))
     }
+}
+
+/// Why the session of `node_id` must end, if the node was removed from the fleet.
+fn removed(ctx: &Context, node_id: &str) -> Option<Status> {
+    ctx.store.read(|s| {
+        if s.nodes.contains_key(node_id) {
+            return None;
+        }
+        let reason = s
+            .revocations
+            .get(&crate::state::holder_key("agent", node_id))
+            .map_or_else(|| format!("node {node_id:?} is not registered"), |r| r.reason.clone());
+        Some(Status::permission_denied(format!(
+            "{reason}: this agent's certificate is revoked; to bring the node back, delete the `tls` directory \
+             in the agent's state_dir and start it with a join token"
+        )))
+    })
 }
 
 /// Cancels the attempts an agent reports running that are not the current attempt of
@@ -229,11 +264,21 @@ async fn handle_build_event(ctx: &Arc<Context>, node_id: &str, event: BuildEvent
             ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Log(line));
         }
         Some(BuildEv::Succeeded(output)) => {
-            let result = crate::convert::build_output_from(&output);
-            if result.is_ok() {
-                ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(output));
-            }
-            crate::dispatch::finish_build(ctx, &build_id, attempt, result).await;
+            // Checking the report asks the registry (retrying for a few seconds while it
+            // does not answer): off this session's loop, so its reports keep flowing.
+            let (ctx, node_id) = (ctx.clone(), node_id.to_string());
+            let span = tracing::info_span!("build_result", build = %build_id, attempt);
+            tokio::spawn(
+                async move {
+                    let result = crate::dispatch::verify_success(&ctx, &build_id, &node_id, &output).await;
+                    if let Ok(verified) = &result {
+                        let built = crate::convert::build_output(verified);
+                        ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(built));
+                    }
+                    crate::dispatch::finish_build(&ctx, &build_id, attempt, result).await;
+                }
+                .instrument(span),
+            );
         }
         Some(BuildEv::Refused(refusal)) => {
             let node =

@@ -1,5 +1,5 @@
 //! The operator API (`control.proto`): apps, deploys, builds, logs, releases,
-//! rollbacks, nodes, cluster status. Input is validated here before anything is
+//! rollbacks, nodes (drain, remove), cluster status and membership. Input is validated here before anything is
 //! written; every change is one raft write, so a request either fully happens or not.
 //! Every string field is bounded (app names 63 bytes, refs 255, URLs 2048, ids 255; see
 //! [`slipway_proto::validate`]) and whole requests are bounded by the server
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use slipway_proto::deploy_event::Event;
+use slipway_proto::tls::Role;
 use slipway_proto::{self as pb, validate, DeployEvent};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
@@ -453,34 +454,40 @@ impl pb::control_server::Control for ControlService {
         super::enroll::issue_admin_cert(&self.ctx, &req.name, &req.csr_pem).map(Response::new)
     }
 
+    async fn revoke_admin(
+        &self,
+        req: Request<pb::RevokeAdminRequest>,
+    ) -> Result<Response<pb::RevokeAdminResponse>, Status> {
+        let caller = super::enroll::caller(&req);
+        let name = req.into_inner().name;
+        super::enroll::check_name(Role::Admin, &name)?;
+        if let slipway_proto::tls::Caller::Verified(who) = &caller {
+            if who.role == Role::Admin && who.name == name {
+                return Err(Status::failed_precondition(format!(
+                    "this would deny the certificate making the call ({who}); revoke {name:?} with another \
+                     operator's certificate (`slipway cluster admin-cert OTHER`)"
+                )));
+            }
+        }
+        let at_ms = slipway_common::now_ms();
+        let revoke = Command::RevokeCertificates {
+            role: Role::Admin.to_string(),
+            name: name.clone(),
+            reason: format!("the operator certificates of {name:?} were revoked"),
+            at_ms,
+            certs_expire_by_ms: certs_expire_by_ms(&self.ctx, Role::Admin, at_ms),
+        };
+        self.ctx.store.write(revoke).await?;
+        tracing::info!(operator = %name, "operator certificates revoked");
+        Ok(Response::new(pb::RevokeAdminResponse {}))
+    }
+
     async fn set_node_drain(
         &self,
         req: Request<pb::SetNodeDrainRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let req = req.into_inner();
-        bounded_id("node", &req.node)?;
-        let node_id = self.ctx.store.read(|s| {
-            let by_id = s.nodes.get(&req.node).map(|n| vec![n.id.clone()]);
-            by_id.unwrap_or_else(|| {
-                s.nodes.values().filter(|n| n.name == req.node).map(|n| n.id.clone()).collect()
-            })
-        });
-        let node_id = match &node_id[..] {
-            [id] => id.clone(),
-            [] => {
-                return Err(Error::NotFound(format!(
-                    "no node is named or has the id {:?}; `slipway nodes` lists them",
-                    req.node
-                ))
-                .into())
-            }
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "several nodes are named {:?}; give the node's id (`slipway nodes --json`)",
-                    req.node
-                )))
-            }
-        };
+        let node_id = self.resolve_node(&req.node)?;
         let node = match self.ctx.store.write(Command::SetDrain { node_id, draining: req.draining }).await? {
             Applied::Node(n) => n,
             other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
@@ -488,6 +495,32 @@ impl pb::control_server::Control for ControlService {
         tracing::info!(node = %node.name, draining = node.draining, "node drain changed");
         self.ctx.dispatcher_wake();
         Ok(Response::new(self.node(&node)))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let req = req.into_inner();
+        let node_id = self.resolve_node(&req.node)?;
+        let at_ms = slipway_common::now_ms();
+        let cmd = Command::RemoveNode {
+            node_id,
+            at_ms,
+            certs_expire_by_ms: certs_expire_by_ms(&self.ctx, Role::Agent, at_ms),
+        };
+        let (node, requeued) = match self.ctx.store.write(cmd).await? {
+            Applied::NodeRemoved { node, requeued } => (node, requeued),
+            other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
+        };
+        tracing::info!(
+            node = %node.name,
+            node_id = %node.id,
+            ?requeued,
+            "node removed from the fleet; its certificates are denied"
+        );
+        self.ctx.dispatcher_wake();
+        Ok(Response::new(pb::RemoveNodeResponse { node: Some(self.node(&node)), requeued_builds: requeued }))
     }
 
     async fn cluster_status(
@@ -521,12 +554,69 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let id = request.into_inner().node_id;
         self.ctx.store.require_leader()?;
+        let (me, member) = {
+            let metrics = self.ctx.store.raft().metrics();
+            let m = metrics.borrow();
+            (m.id, m.membership_config.membership().get_node(&id).is_some())
+        };
+        if !member {
+            return Err(membership_status(raft::MembershipError::NotFound(id)));
+        }
+        // Its certificates are denied first, so a retry after a failure half-way still
+        // denies them (removing a member that is gone is "not found"). Not so for this
+        // leader itself: the others would refuse the entries that remove it.
+        if id != me {
+            self.revoke_member(id).await?;
+        }
         raft::remove_member(self.ctx.store.raft(), id).await.map_err(membership_status)?;
+        if id == me {
+            self.revoke_member(id).await?;
+        }
+        tracing::info!(id, "scheduler removed; its certificates are denied");
         Ok(Response::new(cluster_status(&self.ctx)))
     }
 }
 
 impl ControlService {
+    /// Puts scheduler `id`'s certificates on the deny list: its raft RPCs and forwarded
+    /// writes are refused from then on.
+    async fn revoke_member(&self, id: u64) -> Result<(), Status> {
+        let at_ms = slipway_common::now_ms();
+        let revoke = Command::RevokeCertificates {
+            role: Role::Scheduler.to_string(),
+            name: id.to_string(),
+            reason: format!("scheduler {id} was removed from the cluster"),
+            at_ms,
+            certs_expire_by_ms: certs_expire_by_ms(&self.ctx, Role::Scheduler, at_ms),
+        };
+        self.ctx.store.write(revoke).await.map(|_| ()).map_err(|e| {
+            Status::unavailable(format!(
+                "cannot deny the certificates of scheduler {id} ({e}); run `slipway cluster remove {id}` again"
+            ))
+        })
+    }
+
+    /// The id of the node named or with the id `node`, or why not.
+    fn resolve_node(&self, node: &str) -> Result<String, Status> {
+        bounded_id("node", node)?;
+        let ids = self.ctx.store.read(|s| {
+            let by_id = s.nodes.get(node).map(|n| vec![n.id.clone()]);
+            by_id.unwrap_or_else(|| {
+                s.nodes.values().filter(|n| n.name == node).map(|n| n.id.clone()).collect()
+            })
+        });
+        match &ids[..] {
+            [id] => Ok(id.clone()),
+            [] => Err(Error::NotFound(format!(
+                "no node is named or has the id {node:?}; `slipway nodes` lists them (`--json` with their ids)"
+            ))
+            .into()),
+            _ => Err(Status::invalid_argument(format!(
+                "several nodes are named {node:?}; give the node's id (`slipway nodes --json`)"
+            ))),
+        }
+    }
+
     /// A node as the API shows it: the replicated record with the leader's soft state.
     fn node(&self, n: &crate::state::NodeRecord) -> pb::Node {
         let down_after = self.ctx.config.down_after();
@@ -549,6 +639,13 @@ impl ControlService {
             labels: n.labels.clone().into_iter().collect(),
         }
     }
+}
+
+/// When every certificate of `role` issued up to `at_ms` has expired (ms since the
+/// epoch): how long a deny list entry must stay. A minute more for clocks a little apart.
+fn certs_expire_by_ms(ctx: &Context, role: Role, at_ms: u64) -> u64 {
+    let lifetime = super::enroll::validity(ctx, role) + Duration::from_secs(60);
+    at_ms.saturating_add(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How long a joining scheduler may take to catch up before the join is called off.

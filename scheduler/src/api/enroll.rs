@@ -3,17 +3,24 @@
 //!
 //! Any member can issue (every scheduler holds the CA). The tokens themselves are
 //! [`crate::security::join_tokens`]; the CA is [`crate::security::pki`].
+//!
+//! Identity is never taken twice: a join under the id of a registered node, or of a
+//! current raft member, is refused until that node or member is removed. A renewal
+//! extends only an identity that is still one: a registered node, a raft member, an
+//! operator not on the deny list. A holder that was revoked gets certificates that
+//! start after its revocation ([`State::valid_from_floor_ms`]), so they are not denied.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use slipway_proto::tls::{self, Caller, PeerIdentity, Role};
 use slipway_proto::{self as pb};
 use tonic::{Request, Response, Status};
 
 use crate::context::Context;
-use crate::security::join_tokens;
 use crate::security::pki::{self, Ca};
+use crate::security::{join_tokens, revocation};
+use crate::state::State;
 
 /// The `Enrollment` gRPC service.
 pub struct EnrollmentService {
@@ -37,7 +44,7 @@ pub(crate) fn ca(ctx: &Context) -> Result<&Ca, Status> {
 }
 
 /// How long certificates of `role` are valid.
-fn validity(ctx: &Context, role: Role) -> Duration {
+pub(crate) fn validity(ctx: &Context, role: Role) -> Duration {
     match role {
         Role::Agent => Duration::from_secs(ctx.config.tls.agent_cert_validity_secs),
         Role::Admin => Duration::from_secs(ctx.config.tls.admin_cert_validity_secs),
@@ -47,7 +54,7 @@ fn validity(ctx: &Context, role: Role) -> Duration {
 
 /// Names a certificate may carry: an agent's node id, a scheduler's raft id, an
 /// operator's name.
-fn check_name(role: Role, name: &str) -> Result<(), Status> {
+pub(crate) fn check_name(role: Role, name: &str) -> Result<(), Status> {
     let ok = PeerIdentity::from_uri(&PeerIdentity::new(role, name).uri()).is_some()
         && (role != Role::Scheduler || name.parse::<u64>().is_ok_and(|id| id > 0));
     if ok {
@@ -64,8 +71,9 @@ pub fn issue_admin_cert(ctx: &Context, name: &str, csr_pem: &str) -> Result<pb::
     check_name(Role::Admin, name)?;
     let ca = ca(ctx)?;
     let who = PeerIdentity::new(Role::Admin, name);
+    let floor = ctx.store.read(|s| valid_from_floor(s, &who));
     let cert_pem = ca
-        .issue_for_csr(&who, csr_pem, validity(ctx, Role::Admin))
+        .issue_for_csr(&who, csr_pem, validity(ctx, Role::Admin), floor)
         .map_err(|e| Status::invalid_argument(e.0))?;
     tracing::info!(%who, "issued an operator certificate");
     Ok(pb::Certified { cert_pem, ca_pem: ca.cert_pem.clone(), ca_key_pem: String::new() })
@@ -86,8 +94,15 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             )));
         }
         let who = PeerIdentity::new(role, req.name);
+        // Current, not this member's possibly lagging view: the name must be free now.
+        let (taken, floor) =
+            self.ctx.store.read_current(|s| (taken(s, &who), valid_from_floor(s, &who))).await?;
+        if let Some(taken) = taken.or_else(|| member_taken(&self.ctx, &who)) {
+            tracing::warn!(%who, "join refused: the name is taken");
+            return Err(Status::failed_precondition(taken));
+        }
         let cert_pem = ca
-            .issue_for_csr(&who, &req.csr_pem, validity(&self.ctx, role))
+            .issue_for_csr(&who, &req.csr_pem, validity(&self.ctx, role), floor)
             .map_err(|e| Status::invalid_argument(e.0))?;
         // A scheduler issues certificates too: it gets the CA's key.
         let ca_key_pem = if role == Role::Scheduler { ca.key_pem().to_string() } else { String::new() };
@@ -97,12 +112,63 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::Certified>, Status> {
         let ca = ca(&self.ctx)?;
-        let who = tls::peer_identity(&req)?;
+        let cert = tls::peer_cert(&req)?;
+        let who = cert.identity.clone();
+        let checked = self.ctx.store.read(|s| {
+            revocation::check(s, &cert)?;
+            not_a_member(&self.ctx, s, &who).map_or(Ok(()), |why| Err(Status::permission_denied(why)))?;
+            Ok::<_, Status>(valid_from_floor(s, &who))
+        });
+        let floor = checked.inspect_err(|refused| {
+            tracing::warn!(%who, reason = refused.message(), "renewal refused");
+        })?;
         let cert_pem = ca
-            .issue_for_csr(&who, &req.get_ref().csr_pem, validity(&self.ctx, who.role))
+            .issue_for_csr(&who, &req.get_ref().csr_pem, validity(&self.ctx, who.role), floor)
             .map_err(|e| Status::invalid_argument(e.0))?;
         tracing::info!(%who, "renewed a certificate");
         Ok(Response::new(pb::Certified { cert_pem, ca_pem: ca.cert_pem.clone(), ca_key_pem: String::new() }))
+    }
+}
+
+/// Where a new certificate for `who` must start, if it was ever revoked.
+fn valid_from_floor(state: &State, who: &PeerIdentity) -> Option<SystemTime> {
+    state
+        .valid_from_floor_ms(who.role.as_str(), &who.name)
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// Why `who` may not join under its name: a registered node holds it.
+fn taken(state: &State, who: &PeerIdentity) -> Option<String> {
+    let node = state.nodes.get(&who.name).filter(|_| who.role == Role::Agent)?;
+    Some(format!(
+        "node {:?} (named {:?}) is already a member of the fleet; remove it first with `slipway nodes remove {}`",
+        node.id, node.name, node.id
+    ))
+}
+
+/// Why `who` may not join under its name: it is a current raft member's id.
+fn member_taken(ctx: &Context, who: &PeerIdentity) -> Option<String> {
+    let id: u64 = who.name.parse().ok().filter(|_| who.role == Role::Scheduler)?;
+    let metrics = ctx.store.raft().metrics();
+    let member = metrics.borrow().membership_config.membership().get_node(&id).is_some();
+    member.then(|| {
+        format!("scheduler {id} is already a member of the cluster; remove it first with `slipway cluster remove {id}`")
+    })
+}
+
+/// Why `who` may not renew: it is no longer what its certificate was issued for.
+fn not_a_member(ctx: &Context, state: &State, who: &PeerIdentity) -> Option<String> {
+    match who.role {
+        Role::Agent if !state.nodes.contains_key(&who.name) => Some(format!(
+            "{who} is not a registered node of this fleet (removed?), so its certificate is not renewed; \
+             to bring the node back, delete the `tls` directory in the agent's state_dir and start it with a \
+             join token"
+        )),
+        Role::Scheduler if member_taken(ctx, who).is_none() => Some(format!(
+            "{who} is not a member of this cluster (removed?), so its certificate is not renewed; empty its \
+             data_dir and join it again"
+        )),
+        _ => None,
     }
 }
 

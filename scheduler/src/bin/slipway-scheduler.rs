@@ -70,7 +70,9 @@ enum Offline {
     },
     /// Serve the registry's token realm for a cluster of several members: forward each
     /// connection on LISTEN to the first of the members' HTTP sides (host:port, in
-    /// order) that accepts it. Point the registry's `realm` at http://LISTEN/v2/token.
+    /// order) that accepts it. Point the registry's `realm` at http://LISTEN/v2/token
+    /// (https:// when the members run `http.tls`: TLS passes through untouched; put
+    /// LISTEN's address in their `http.tls_names`).
     RealmProxy {
         #[arg(long)]
         listen: SocketAddr,

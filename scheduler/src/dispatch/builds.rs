@@ -221,7 +221,7 @@ pub fn assignment(ctx: &Context, b: &Build, app: &App) -> slipway_proto::BuildAs
         repo: app.repo.clone(),
         git_ref: b.git_ref.clone(),
         no_cache: b.no_cache,
-        repository: format!("{}/{}", ctx.config.registry.addr, app.name),
+        repository: ctx.config.registry.repository(&app.name),
         registry_login: ctx.ca.as_ref().map(|ca| {
             let login =
                 registry_auth::login(ca, &app.name, &["push", "pull"], registry_auth::BUILD_GRANT_TTL);

@@ -10,6 +10,7 @@ use slipway_proto::deploy_event::Event;
 use tracing::Instrument;
 
 use super::grants::pull_auth;
+use crate::config::RegistryConfig;
 use crate::context::Context;
 use crate::convert;
 use crate::deploy::{self, PersistBackend, PublishMode, ServiceDeploy};
@@ -120,6 +121,22 @@ pub fn service_for(ctx: &Context, release: &Release) -> ServiceDeploy {
     }
 }
 
+/// Refuses to deploy a release whose image is outside its app's repository of the fleet
+/// registry. Releases recorded since builds are checked (`verify.rs`) always name it; one
+/// recorded before (from an agent's word), or before `registry.addr` changed, may not.
+fn in_fleet_registry(registry: &RegistryConfig, release: &Release) -> Result<(), String> {
+    let repository = registry.repository(&release.app);
+    if release.repository == repository {
+        return Ok(());
+    }
+    Err(format!(
+        "release {} runs {}, outside this app's repository of the fleet registry ({repository}); \
+         deploy the app again to build a release there",
+        release.number,
+        release.image()
+    ))
+}
+
 /// How long a deploy waits for every node's router to serve the current routes before
 /// it reports where they are not live yet.
 const ROUTES_WAIT: Duration = Duration::from_secs(10);
@@ -156,15 +173,19 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
             release.number, spec.image
         )),
     );
-    let outcome = match ctx.docker().await {
-        Ok(docker) => {
-            let progress_topic = topic.clone();
-            let events = ctx.events.clone();
-            let progress = move |line: String| events.publish(&progress_topic, Event::DeployProgress(line));
-            let auth = pull_auth(ctx, &release.app);
-            deploy::deploy(&docker, &spec, auth.as_ref(), &progress).await.map_err(|e| e.to_string())
-        }
-        Err(err) => Err(err.to_string()),
+    let outcome = match in_fleet_registry(&ctx.config.registry, release) {
+        Err(reason) => Err(reason),
+        Ok(()) => match ctx.docker().await {
+            Ok(docker) => {
+                let progress_topic = topic.clone();
+                let events = ctx.events.clone();
+                let progress =
+                    move |line: String| events.publish(&progress_topic, Event::DeployProgress(line));
+                let auth = pull_auth(ctx, &release.app);
+                deploy::deploy(&docker, &spec, auth.as_ref(), &progress).await.map_err(|e| e.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        },
     };
     let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
     let cmd = Command::RecordDeploy { app: release.app.clone(), release: release.number, result };
@@ -207,6 +228,42 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
                 Event::DeployProgress(format!("deploy succeeded but could not be recorded yet: {err}")),
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_releases_in_the_apps_repository_of_the_fleet_registry_deploy() {
+        let registry = RegistryConfig { addr: "10.0.0.1:5000".into(), ..RegistryConfig::default() };
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let release = |repository: &str| Release {
+            app: "shop".into(),
+            number: 3,
+            digest: digest.clone(),
+            repository: repository.into(),
+            git_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            build_id: "b-3".into(),
+            node_id: "node-a".into(),
+            created_at_ms: 0,
+            rollback_of: None,
+            deploy: DeployState::Pending,
+            deploy_error: None,
+            run: Default::default(),
+            bytes_pushed: 0,
+            timings: Default::default(),
+        };
+        assert_eq!(in_fleet_registry(&registry, &release("10.0.0.1:5000/shop")), Ok(()));
+        for elsewhere in ["10.0.0.1:5000/other", "evil.example/shop", "127.0.0.1:5000/shop"] {
+            let reason = in_fleet_registry(&registry, &release(elsewhere)).unwrap_err();
+            assert!(
+                reason.starts_with(&format!("release 3 runs {elsewhere}@{digest}, outside"))
+                    && reason.contains("(10.0.0.1:5000/shop)"),
+                "{reason}"
+            );
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The dispatcher: the leader's work loop. Each tick it places queued builds and takes
 //! builds back from lost nodes (`builds.rs`), deploys every release that is not
 //! deployed yet (`deploys.rs`), and keeps the registry grants stored with the apps'
-//! services from expiring (`grants.rs`). [`watch_leadership`] hands the fleet over when
-//! leadership changes (`leadership.rs`).
+//! services from expiring (`grants.rs`), and drops expired entries from the deny list.
+//! [`watch_leadership`] hands the fleet over when leadership changes (`leadership.rs`).
+//! What an agent reports at the end of a build is checked before it is recorded
+//! (`verify.rs`): the release's image and run spec are the scheduler's, not the agent's
+//! word.
 //!
 //! The loop is driven by the replicated state, not by in-memory queues: whatever the
 //! state says is queued gets placed, whatever release is pending gets deployed. So a new
@@ -11,15 +14,16 @@
 //! flight) is [`crate::dispatch_state`]; the Swarm side of a deploy is [`crate::deploy`].
 //!
 //! ```text
-//! Queued ──place()──► AssignBuild ──► agent ── BuildEvent ──► finish_build ──► Release N (pending)
-//!                                                                                  │
-//!                     RecordDeploy ◄── deploy::deploy (Swarm) ◄── deploy_release ◄─┘
+//! Queued ──place()──► AssignBuild ──► agent ── BuildEvent ──► verify ──► finish_build ──► Release N (pending)
+//!                                                                                              │
+//!                                 RecordDeploy ◄── deploy::deploy (Swarm) ◄── deploy_release ◄─┘
 //! ```
 
 mod builds;
 mod deploys;
 mod grants;
 mod leadership;
+mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +34,7 @@ pub use builds::{assignment, finish_build};
 pub use deploys::service_for;
 pub use grants::pull_auth;
 pub use leadership::watch_leadership;
+pub use verify::verify_success;
 
 use crate::context::Context;
 
@@ -56,6 +61,20 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
         builds::requeue_lost(&ctx).await;
         deploys::start_pending_deploys(&ctx).await;
         grants::renew_pull_grants(&ctx);
+        prune_revocations(&ctx).await;
+    }
+}
+
+/// Drops the deny list entries whose certificates have all expired (one write, only
+/// when there is one to drop), so the list stays bounded.
+async fn prune_revocations(ctx: &Context) {
+    let now_ms = slipway_common::now_ms();
+    if !ctx.store.read(|s| s.has_expired_revocations(now_ms)) {
+        return;
+    }
+    match ctx.store.write(crate::state::Command::PruneRevocations { now_ms }).await {
+        Ok(_) => tracing::info!("expired entries left the deny list"),
+        Err(err) => tracing::warn!(%err, "cannot prune the deny list; retrying next tick"),
     }
 }
 

@@ -98,8 +98,9 @@ fn badge(class: &str, text: &str) -> Markup {
 }
 
 /// The page, as this member sees the cluster. `http_port` is the port the request
-/// came in on (a guess at the leader's, when this member does not lead).
-pub fn render(o: &Overview, http_port: Option<u16>) -> String {
+/// came in on (a guess at the leader's, when this member does not lead), `scheme` this
+/// listener's (`https` with `http.tls`).
+pub fn render(o: &Overview, scheme: &str, http_port: Option<u16>) -> String {
     let r = &o.raft;
     let commit = r.commit_index.map_or("?".to_string(), |c| c.to_string());
     html! {
@@ -120,7 +121,7 @@ pub fn render(o: &Overview, http_port: Option<u16>) -> String {
                     " · committed " (commit) " · applied " (r.last_applied)
                     " · refreshes every " (REFRESH_SECS) " s"
                 }
-                (leader_note(o, http_port))
+                (leader_note(o, scheme, http_port))
                 (nodes(o))
                 (apps(o))
                 (builds(o))
@@ -138,7 +139,7 @@ pub fn render(o: &Overview, http_port: Option<u16>) -> String {
     .into_string()
 }
 
-fn leader_note(o: &Overview, http_port: Option<u16>) -> Markup {
+fn leader_note(o: &Overview, scheme: &str, http_port: Option<u16>) -> Markup {
     if o.leading {
         return html! {};
     }
@@ -155,7 +156,7 @@ fn leader_note(o: &Overview, http_port: Option<u16>) -> Markup {
                      Every member serves this page on its own http_listen, which members do not tell each other"
                     @if let Some(port) = http_port {
                         @let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
-                        @let url = format!("http://{host}:{port}/");
+                        @let url = format!("{scheme}://{host}:{port}/");
                         "; if the leader uses the same HTTP port as this one: "
                         a href=(url) { (url) }
                         "."
@@ -553,7 +554,7 @@ mod tests {
 
     #[test]
     fn the_leader_shows_headroom_and_escapes_what_users_and_agents_wrote() {
-        let page = render(&overview(true), Some(7401));
+        let page = render(&overview(true), "http", Some(7401));
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"3\">"));
         assert!(!page.contains("<script"), "nothing user-controlled is markup:\n{page}");
         assert!(page.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;'"));
@@ -577,12 +578,12 @@ mod tests {
 
     #[test]
     fn a_follower_names_the_leader_and_points_there() {
-        let page = render(&overview(false), Some(7401));
+        let page = render(&overview(false), "http", Some(7401));
         assert!(page.contains("<b>member 1</b> does, at gRPC address <span class=\"mono\">10.0.0.1:7400"));
         assert!(page.contains("<a href=\"http://10.0.0.1:7401/\">"), "{page}");
         assert!(page.contains("data-status=\"not-leader\""));
         assert!(!page.contains("data-build-fs-free-bytes"), "no headroom on a follower");
-        let no_port = render(&overview(false), None);
+        let no_port = render(&overview(false), "http", None);
         assert!(!no_port.contains("<a href=\"http://10.0.0.1"));
     }
 

@@ -4,37 +4,72 @@
 //!   refreshes itself every 3 s: nodes and their headroom, apps, recent builds and
 //!   releases, cluster members;
 //! - `/metrics`: Prometheus text format ([`metrics`]);
-//! - `/healthz`: the process runs; `/readyz`: a leader is known, so writes can be served.
+//! - `/healthz`: this member keeps what it commits (raft runs, its store is in place),
+//!   503 with the reason otherwise; `/readyz`: that, and a leader is known, so writes
+//!   can be served;
+//! - `/v2/token`: the registry's token realm (`security::registry_auth`).
+//!
+//! The fleet page and `/metrics` show the fleet's nodes, addresses and build errors, so
+//! they answer only callers [`auth`] admits (`http.require_auth`); health and the token
+//! realm (which checks grants itself) stay open. Every route answers within
+//! [`REQUEST_TIMEOUT`] and refuses bodies over [`MAX_BODY_BYTES`]; [`serve`] adds TLS
+//! and the connection-level limits.
 //!
 //! Both pages render from one [`Overview`] taken per request: what this member has
 //! applied of the replicated state, its raft metrics, and — on the leader only — the
 //! fleet's soft state (reports, liveness), which followers do not have.
 
+pub mod auth;
 pub mod fleet_page;
 pub mod metrics;
 pub mod overview;
+pub mod serve;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State as AxState;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
+use self::auth::Access;
 use self::overview::Overview;
 use crate::context::Context;
 
-/// Routes of the HTTP side.
-pub fn router(ctx: Arc<Context>) -> Router {
-    Router::new()
+/// How long any request may take to be answered (503 after that).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request body taken (413 above it): every route is a GET.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Routes of the HTTP side; the fleet page and `/metrics` behind `access`.
+pub fn router(ctx: Arc<Context>, access: Access) -> Router {
+    let protected = Router::new()
         .route("/", get(fleet_page))
         .route("/fleet", get(fleet_page))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v2/token", get(registry_token))
+        .merge(protected)
         .with_state(ctx)
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+}
+
+async fn healthz(AxState(ctx): AxState<Arc<Context>>) -> (StatusCode, String) {
+    match ctx.store.health().await {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => {
+            tracing::error!(%why, "unhealthy");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n"))
+        }
+    }
 }
 
 /// The registry's token server (see `registry_auth`): a short-lived JWT for what the
@@ -83,6 +118,9 @@ async fn registry_token(
 }
 
 async fn readyz(AxState(ctx): AxState<Arc<Context>>) -> (StatusCode, String) {
+    if let Err(why) = ctx.store.health().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"));
+    }
     match ctx.store.raft().metrics().borrow().current_leader {
         Some(leader) => (StatusCode::OK, format!("ready: leader is member {leader}\n")),
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader elected\n".into()),
@@ -103,5 +141,6 @@ async fn fleet_page(AxState(ctx): AxState<Arc<Context>>, headers: HeaderMap) -> 
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.rsplit_once(':'))
         .and_then(|(_, port)| port.parse::<u16>().ok());
-    Html(fleet_page::render(&overview, port))
+    let scheme = if ctx.config.http.tls { "https" } else { "http" };
+    Html(fleet_page::render(&overview, scheme, port))
 }

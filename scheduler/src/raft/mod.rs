@@ -282,6 +282,8 @@ pub async fn open(
     let db = open_db(&path).await?;
     let data_file = std::fs::File::open(path.join("db"))
         .map_err(|source| RaftSetupError::DataFile { path: path.join("db"), source })?;
+    let store_file = store::StoreFile::of(path.join("db"), &data_file)
+        .map_err(|source| RaftSetupError::DataFile { path: path.join("db"), source })?;
     let log_store = LogStore::open(db.clone())
         .map_err(|source| RaftSetupError::Open { path: path.clone(), source })?
         .sync_data_file(data_file);
@@ -296,7 +298,7 @@ pub async fn open(
     let raft = Raft::new(node_id, raft_config, network, log_store, state_machine).await?;
     let initialized = raft.is_initialized().await?;
     tracing::info!(node_id, path = %path.display(), initialized, applied = *applied.borrow(), "raft store opened");
-    Ok(Opened { store: Store::new(raft, state, applied, Peers::new(transport)), initialized })
+    Ok(Opened { store: Store::new(raft, state, applied, Peers::new(transport), store_file), initialized })
 }
 
 /// Opens the sled db at `path`, waiting up to [`LOCK_WAIT`] for a lock held by a raft of

@@ -9,7 +9,8 @@
 //!   follower catches up to the leader's read index first;
 //! - [`Store::write`]: a command through raft, forwarded to the leader when this member
 //!   follows, bounded by [`WRITE_TIMEOUT`];
-//! - [`Store::is_leader`], [`Store::leader_addr`], [`Store::require_leader`].
+//! - [`Store::is_leader`], [`Store::leader_addr`], [`Store::require_leader`];
+//! - [`Store::health`]: whether this member still keeps what it commits (`/healthz`).
 //!
 //! [`Store::replicate`] and [`Store::linearizable`] are the raft-level steps under
 //! `write` and `read_current`, with raft's own error ([`WriteError`]).
@@ -49,11 +50,71 @@ pub struct Store {
     applied: watch::Receiver<u64>,
     /// Clients to the leader, for forwarded writes and read indexes.
     leader: Peers,
+    /// sled's data file as opened, to notice it removed or replaced.
+    file: StoreFile,
+}
+
+/// The raft store's data file: its path and which file it was when opened (device and
+/// inode). sled keeps writing to the file it opened, so a data dir removed or unmounted
+/// under a running scheduler goes unnoticed by raft: every write still "succeeds", into
+/// a file no restart will find.
+#[derive(Debug, Clone)]
+pub struct StoreFile {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl StoreFile {
+    /// The identity of `file`, opened at `path`.
+    pub fn of(path: std::path::PathBuf, file: &std::fs::File) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        Ok(Self { path, dev: meta.dev(), ino: meta.ino() })
+    }
+
+    /// Fails when `path` is gone or is another file now.
+    async fn check(&self) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        match tokio::fs::metadata(&self.path).await {
+            Ok(meta) if (meta.dev(), meta.ino()) == (self.dev, self.ino) => Ok(()),
+            Ok(_) => Err(format!(
+                "the raft store {} is another file than the one this scheduler opened (was the data_dir \
+                 replaced or a file system mounted over it?): what it commits now is lost at restart; \
+                 restart it on its real data_dir",
+                self.path.display()
+            )),
+            Err(e) => Err(format!(
+                "the raft store {} is gone ({e}): what this scheduler commits now is lost at restart; \
+                 stop it, and restore its data_dir or rejoin it to the cluster with an empty one",
+                self.path.display()
+            )),
+        }
+    }
 }
 
 impl Store {
-    pub(super) fn new(raft: Raft, state: SharedState, applied: watch::Receiver<u64>, leader: Peers) -> Self {
-        Self { raft, state, applied, leader }
+    pub(super) fn new(
+        raft: Raft,
+        state: SharedState,
+        applied: watch::Receiver<u64>,
+        leader: Peers,
+        file: StoreFile,
+    ) -> Self {
+        Self { raft, state, applied, leader, file }
+    }
+
+    /// Whether this member still keeps what it commits: raft runs (it stops for good on
+    /// a storage error, such as a full disk or a failed write) and the store's data file
+    /// is still the one it opened. The error says what broke and what to do.
+    pub async fn health(&self) -> Result<(), String> {
+        if let Err(fatal) = &self.raft.metrics().borrow().running_state {
+            return Err(format!(
+                "raft has stopped on this scheduler: {fatal}; check its data_dir (disk full? read-only?) and \
+                 its log, then restart it"
+            ));
+        }
+        self.file.check().await
     }
 
     /// The raft node: metrics, membership changes, shutdown.

@@ -5,6 +5,8 @@
 //!   machine).
 //! - [`credentials`]: this scheduler's CA and certificate at start (loaded, made,
 //!   copied or fetched with a join token).
+//! - [`http_access`]: who may read the HTTP side (its bearer token) and its TLS
+//!   certificate from the CA.
 //! - [`join_tokens`]: the join tokens of agents and schedulers (`slipway cluster token`):
 //!   the state keeps a nonce per role, never the secret, which every member derives
 //!   from the CA key and compares in constant time.
@@ -14,16 +16,25 @@
 //! - [`registry_signer`]: the only key the registry takes tokens from: a root derived
 //!   from the CA key (the registry's `rootcertbundle`, `<data_dir>/pki/registry-signer.pem`)
 //!   and each scheduler's token certificate under it.
+//! - [`registry_client`]: the scheduler reading the registry with its own token: is the
+//!   digest an agent reported in the app's repository (checked before a release is
+//!   recorded)?
 //! - [`realm_proxy`]: `slipway-scheduler realm-proxy`, the registry's token realm in
 //!   front of several members.
+//! - [`revocation`]: every call's check against the replicated deny list (removed
+//!   nodes' and schedulers' certificates).
 //!
 //! Who may call which gRPC service is decided by the roles certificates carry
-//! (`slipway_proto::tls::require`, wired in `server.rs`); enrollment (`api/enroll.rs`)
+//! and the deny list (`slipway_proto::tls::require` with [`revocation::gate`], wired in
+//! `server.rs`); enrollment (`api/enroll.rs`)
 //! is open and checks tokens and certificates itself.
 
 pub mod credentials;
+pub mod http_access;
 pub mod join_tokens;
 pub mod pki;
 pub mod realm_proxy;
 pub mod registry_auth;
+pub mod registry_client;
 pub mod registry_signer;
+pub mod revocation;

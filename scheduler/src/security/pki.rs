@@ -125,17 +125,29 @@ impl Ca {
             .map_err(|e| PkiError(format!("the CA certificate does not parse: {e}")))
     }
 
-    /// A certificate for `who` on the public key of `csr_pem`, valid for `validity`.
-    /// Only the CSR's key is used: the CA decides the name, role and lifetime.
+    /// A certificate for `who` on the public key of `csr_pem`, valid for `validity`, and
+    /// not before `valid_from_floor` when given (a holder that was revoked: its new
+    /// certificate must start after the revocation, see `state::revocations`). Only the
+    /// CSR's key is used: the CA decides the name, role and lifetime.
     pub fn issue_for_csr(
         &self,
         who: &PeerIdentity,
         csr_pem: &str,
         validity: Duration,
+        valid_from_floor: Option<SystemTime>,
     ) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError(format!("the certificate request does not parse: {e}")))?;
-        let cert = leaf_params(who, validity)?.signed_by(&csr.public_key, &self.issuer()?).map_err(err)?;
+        let mut params = leaf_params(who, validity)?;
+        if let Some(floor) = valid_from_floor {
+            // Whole seconds up, as the certificate keeps them.
+            let secs = floor.duration_since(SystemTime::UNIX_EPOCH).map_err(err)?;
+            let floor = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.as_secs() + 1);
+            if time::OffsetDateTime::from(floor) > params.not_before {
+                params.not_before = time::OffsetDateTime::from(floor);
+            }
+        }
+        let cert = params.signed_by(&csr.public_key, &self.issuer()?).map_err(err)?;
         Ok(cert.pem())
     }
 
@@ -163,6 +175,41 @@ impl Ca {
         }
         Ok(Credentials { ca_pem: self.cert_pem.clone(), cert_pem, key_pem: key.serialize_pem() })
     }
+}
+
+/// A server-only certificate for scheduler `node_id`'s HTTP side (`http.tls`), valid for
+/// `validity`, naming `names` (DNS names or IP addresses) besides [`tls::SERVER_NAME`]:
+/// DER of the chain (leaf, CA) and of the new key (PKCS#8). It carries no slipway
+/// identity and no client use, so its key cannot call any service.
+pub fn issue_http_server(
+    ca: &Ca,
+    node_id: u64,
+    names: &[String],
+    validity: Duration,
+) -> Result<(Vec<Vec<u8>>, Vec<u8>), PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "slipway");
+    dn.push(DnType::OrganizationalUnitName, "http");
+    dn.push(DnType::CommonName, format!("scheduler {node_id} HTTP side"));
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::DnsName(tls::SERVER_NAME.try_into().map_err(err)?)];
+    for name in names {
+        params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                name.as_str().try_into().map_err(|e| PkiError(format!("{name:?} in http.tls_names: {e}")))?,
+            ),
+        });
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, validity);
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = params.signed_by(&key, &ca.issuer()?).map_err(err)?;
+    let ca_der = tls::first_cert_der(&ca.cert_pem).map_err(PkiError)?;
+    Ok((vec![cert.der().to_vec(), ca_der], key.serialize_der()))
 }
 
 fn leaf_params(who: &PeerIdentity, validity: Duration) -> Result<CertificateParams, PkiError> {
@@ -249,7 +296,7 @@ mod tests {
         let ca = Ca::create().unwrap();
         let (_key, csr) = tls::new_key_and_csr().unwrap();
         let who = PeerIdentity::new(Role::Agent, "node-7");
-        let pem = ca.issue_for_csr(&who, &csr, Duration::from_secs(3600)).unwrap();
+        let pem = ca.issue_for_csr(&who, &csr, Duration::from_secs(3600), None).unwrap();
         let info = tls::cert_info(&tls::first_cert_der(&pem).unwrap()).unwrap();
         assert_eq!(info.identity, who);
         let life = info.not_after.duration_since(info.not_before).unwrap();
@@ -258,6 +305,24 @@ mod tests {
                 && life <= Duration::from_secs(3600) + BACKDATE + Duration::from_secs(5)
         );
         assert!(!info.due_for_renewal());
+    }
+
+    #[test]
+    fn a_certificate_for_a_revoked_holder_starts_after_the_floor() {
+        let ca = Ca::create().unwrap();
+        let (_key, csr) = tls::new_key_and_csr().unwrap();
+        let who = PeerIdentity::new(Role::Agent, "node-7");
+        // Revoked a moment ago: the usual backdating would reach before the revocation.
+        let floor = SystemTime::now() - Duration::from_millis(1500);
+        let pem = ca.issue_for_csr(&who, &csr, Duration::from_secs(3600), Some(floor)).unwrap();
+        let info = tls::cert_info(&tls::first_cert_der(&pem).unwrap()).unwrap();
+        assert!(info.not_before > floor, "{:?} after {floor:?}", info.not_before);
+        assert!(info.not_before <= SystemTime::now() + Duration::from_secs(1));
+        // A floor long past changes nothing.
+        let long_ago = SystemTime::now() - Duration::from_secs(24 * 3600);
+        let pem = ca.issue_for_csr(&who, &csr, Duration::from_secs(3600), Some(long_ago)).unwrap();
+        let info = tls::cert_info(&tls::first_cert_der(&pem).unwrap()).unwrap();
+        assert!(info.not_before < SystemTime::now() - BACKDATE + Duration::from_secs(5));
     }
 
     #[test]
@@ -285,7 +350,7 @@ mod tests {
     fn a_bad_csr_is_refused_with_a_reason() {
         let ca = Ca::create().unwrap();
         let e = ca
-            .issue_for_csr(&PeerIdentity::new(Role::Agent, "x"), "junk", Duration::from_secs(60))
+            .issue_for_csr(&PeerIdentity::new(Role::Agent, "x"), "junk", Duration::from_secs(60), None)
             .unwrap_err();
         assert!(e.0.contains("certificate request"), "{e}");
     }

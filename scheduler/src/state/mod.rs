@@ -20,12 +20,14 @@ use serde::{Deserialize, Serialize};
 
 mod claims;
 mod records;
+mod revocations;
 
 pub use claims::Claims;
 pub use records::{
     sha256_hex, App, Build, BuildOutput, BuildState, DeployState, Healthcheck, JoinSecret, NodeRecord,
     PhaseTimings, Release, RequestOutcome, RunSpec,
 };
+pub use revocations::{holder_key, Revocation};
 
 /// Release numbers count from 1 per app.
 pub type ReleaseNumber = u64;
@@ -55,6 +57,10 @@ pub struct State {
     /// secret. Earlier versions stored clear secrets here: they are read as their hash.
     #[serde(default, deserialize_with = "records::join_secrets_of_any_version")]
     pub join_secrets: BTreeMap<String, JoinSecret>,
+    /// The deny list: certificates no member accepts, by holder (`role/name`; see
+    /// [`Revocation`]).
+    #[serde(default)]
+    pub revocations: BTreeMap<String, Revocation>,
 }
 
 /// A change to the replicated state: the payload of every raft log entry.
@@ -188,6 +194,36 @@ pub enum Command {
         /// Drain (true) or activate (false).
         draining: bool,
     },
+    /// Remove a node from the fleet: its record goes (its name is free again), its
+    /// unfinished builds are queued again, and its certificates are denied.
+    RemoveNode {
+        /// The node's id.
+        node_id: String,
+        /// When the leader proposed it (ms since the epoch): certificates of the node
+        /// valid from this time or earlier are denied.
+        at_ms: u64,
+        /// When every certificate the node can hold has expired (ms since the epoch):
+        /// the deny list entry may go then.
+        certs_expire_by_ms: u64,
+    },
+    /// Deny the certificates of a holder (a removed scheduler) valid from `at_ms` or earlier.
+    RevokeCertificates {
+        /// `agent`, `scheduler` or `admin`.
+        role: String,
+        /// The name its certificates carry.
+        name: String,
+        /// Why, for the refused caller and the log.
+        reason: String,
+        /// When the leader proposed it (ms since the epoch).
+        at_ms: u64,
+        /// When every certificate the holder can hold has expired (ms since the epoch).
+        certs_expire_by_ms: u64,
+    },
+    /// Drop the deny list entries whose certificates have all expired by `now_ms`.
+    PruneRevocations {
+        /// The leader's clock when it proposed it (ms since the epoch).
+        now_ms: u64,
+    },
     /// A join token secret in clear, as earlier versions wrote it: kept so their log
     /// entries still apply, as the secret's hash. Nothing writes it any more.
     SetJoinSecret {
@@ -222,6 +258,13 @@ pub enum Response {
     Release(Release),
     /// The node registered or changed.
     Node(NodeRecord),
+    /// The node removed, and the builds that ran there and were queued again.
+    NodeRemoved {
+        /// Its record as it was.
+        node: NodeRecord,
+        /// Ids of the builds queued again.
+        requeued: Vec<String>,
+    },
     /// The command referred to an attempt that is no longer current (a late result
     /// from a lost node, or a repeat): nothing changed.
     Stale,
@@ -278,6 +321,14 @@ pub enum ApplyError {
     #[error("invalid [run] table: {0}")]
     /// The release's run spec is not valid (it came from an agent).
     InvalidRun(String),
+    #[error("node name {name:?} is held by node {holder:?}; give this agent another `name` in its agent.toml, or remove the other node first with `slipway nodes remove {holder}`")]
+    /// Another node holds the name a node registers with.
+    NodeNameTaken {
+        /// The name.
+        name: String,
+        /// The id of the node that holds it.
+        holder: String,
+    },
     #[error("app {app:?} has builds in progress ({build}); wait for them or cancel them first")]
     /// The app has a build in progress.
     AppBusy {
@@ -528,6 +579,7 @@ impl State {
                 }
             }
             Command::RegisterNode { id, name, labels, at_ms } => {
+                self.check_node_name(id, name)?;
                 let node = self.nodes.entry(id.clone()).or_insert_with(|| NodeRecord {
                     id: id.clone(),
                     name: name.clone(),
@@ -545,6 +597,20 @@ impl State {
                 node.draining = *draining;
                 Ok(Response::Node(node.clone()))
             }
+            Command::RemoveNode { node_id, at_ms, certs_expire_by_ms } => {
+                self.remove_node(node_id, *at_ms, *certs_expire_by_ms)
+            }
+            Command::RevokeCertificates { role, name, reason, at_ms, certs_expire_by_ms } => {
+                self.revoke(Revocation {
+                    role: role.clone(),
+                    name: name.clone(),
+                    issued_until_ms: *at_ms,
+                    expires_at_ms: *certs_expire_by_ms,
+                    reason: reason.clone(),
+                });
+                Ok(Response::Done)
+            }
+            Command::PruneRevocations { now_ms } => Ok(self.prune_revocations(*now_ms)),
             Command::SetJoinSecret { role, secret } => {
                 self.join_secrets.insert(role.clone(), JoinSecret::from_clear(secret));
                 Ok(Response::Done)

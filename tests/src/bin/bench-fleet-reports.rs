@@ -53,7 +53,7 @@ async fn start_scheduler() -> Scheduler {
     let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let config = format!(
         "listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = \"{}\"\n\n[agents]\nreport_interval_secs = {}\ndown_after_secs = 15\n\n\
-         [tls]\ninsecure = true\n",
+         [tls]\ninsecure = true\n\n[http]\n# Loopback: /metrics without the token.\nrequire_auth = false\n",
         dir.path().join("data").display(),
         REPORT_PERIOD.as_secs()
     );

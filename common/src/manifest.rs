@@ -6,6 +6,11 @@
 //! can fix the file without reading our source. Nothing is half-applied: a manifest is
 //! either entirely valid or rejected.
 //!
+//! Two readers, one parser: the agent reads the file from the clone to build the image
+//! (the `[build]` table), and sends the text with its result; the scheduler parses that
+//! text again here and takes the release's run spec ([`Manifest::run_spec`]) from its own
+//! parse, never from the run spec the agent reports. Pure: no file or network access.
+//!
 //! ```toml
 //! name = "shop"
 //! [build]
@@ -39,8 +44,8 @@
 //! `npm install`, say) is only *named* in `secret_args`; its value is read on the build
 //! node from `<build_secrets_dir>/<app>/<NAME>` (`agent.toml`, default
 //! `/etc/slipway/build-secrets`), passed to Docker as a build argument, masked as `***`
-//! in every log line and failure reason, and never sent to the scheduler (the build
-//! pipeline's `secrets` module says how, and what masking cannot do). A name may be in
+//! in every log line and failure reason, and never sent to the scheduler (the agent's
+//! `pipeline::secrets` module says how, and what masking cannot do). A name may be in
 //! `args` or `secret_args`, not both.
 //!
 //! **Build secrets.** `secrets = ["NPM_TOKEN"]` names files the build node holds at
@@ -689,6 +694,15 @@ retries = 3
     }
 
     #[test]
+    fn the_example_apps_manifest_parses() {
+        let m = Manifest::parse(include_str!("../../examples/hello/slipway.toml")).unwrap();
+        assert_eq!(m.name, "hello");
+        let run = m.run_spec();
+        assert_eq!((run.replicas, run.port), (1, 8080));
+        assert_eq!(run.healthcheck.unwrap().interval_ms, 2000);
+    }
+
+    #[test]
     fn only_the_name_is_required() {
         let m = Manifest::parse("name = \"web\"\n").unwrap();
         assert_eq!(m.build, BuildSection::default());
@@ -897,7 +911,7 @@ retries = 3
 }
 
 /// Property tests: the parser never panics, and whatever it accepts holds its promises.
-/// `PROPTEST_CASES=200000 cargo test --release -p slipway-agent fuzz_` runs them long.
+/// `PROPTEST_CASES=200000 cargo test --release -p slipway-common fuzz_` runs them long.
 #[cfg(test)]
 mod fuzz {
     use proptest::prelude::*;
@@ -999,7 +1013,7 @@ mod fuzz {
         prop::collection::vec(line(), 0..16).prop_map(|lines| lines.join("\n"))
     }
 
-    /// What an accepted manifest promises the rest of the agent.
+    /// What an accepted manifest promises the agent and the scheduler.
     fn check_promises(m: &Manifest) -> Result<(), TestCaseError> {
         prop_assert!(validate::app_name(&m.name).is_ok(), "{m:?}");
         for path in [&m.build.dockerfile, &m.build.context] {
