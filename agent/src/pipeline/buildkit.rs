@@ -28,7 +28,8 @@
 //! shows, in the shape of `docker build --progress=plain`: `#N <step>` when a step
 //! starts, its output beneath as `#N <line>`, then `#N CACHED`, `#N DONE 1.2s` or
 //! `#N ERROR: …`. Dockerfile steps (vertices named `[stage N/M] …`) are counted as
-//! steps and, when BuildKit answered them from its cache, as cache hits; BuildKit's own
+//! steps and, when BuildKit answered them from its cache, as cache hits (a `FROM`
+//! never is: BuildKit marks it cached whenever another build resolved the image first); BuildKit's own
 //! vertices (`[internal] …`, exporting, cache import) are shown but not counted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -294,7 +295,7 @@ pub struct Progress {
     statuses_done: BTreeSet<String>,
     /// Dockerfile steps run or answered from the cache.
     pub steps: u32,
-    /// Dockerfile steps answered from the cache.
+    /// Dockerfile steps answered from the cache (never a `FROM`).
     pub cache_hits: u32,
     /// The Dockerfile step that failed, if one did.
     failed_step: Option<String>,
@@ -331,7 +332,9 @@ impl Progress {
             let step = is_step(&st.name);
             if step && v.error.is_empty() {
                 self.steps += 1;
-                if v.cached {
+                // A `FROM` is never a cache hit (as with the classic builder): BuildKit
+                // marks it CACHED whenever another build resolved the same image first.
+                if v.cached && !is_from(&st.name) {
                     self.cache_hits += 1;
                 }
                 self.last_step = Some(st.name.clone());
@@ -420,6 +423,11 @@ fn push_cut(line: &mut String, text: &str) {
         end -= 1;
     }
     line.push_str(&text[..end]);
+}
+
+/// A step that starts a stage: `[1/3] FROM …`.
+fn is_from(name: &str) -> bool {
+    name.split_once("] ").is_some_and(|(_, command)| command.starts_with("FROM "))
 }
 
 /// A Dockerfile step: `[1/3] FROM …`, `[build 2/4] RUN …` (not `[internal] …`).
@@ -658,7 +666,7 @@ mod tests {
                 "#5 DONE 1.5s",
             ]
         );
-        assert_eq!((p.steps, p.cache_hits), (3, 2));
+        assert_eq!((p.steps, p.cache_hits), (3, 1), "a cached FROM is not a cache hit");
     }
 
     #[test]
@@ -684,6 +692,7 @@ mod tests {
         assert!(!is_step("exporting to image"));
         assert!(!is_step("[a/3] x"));
         assert!(!is_step("[/3] x"));
+        assert!(is_from("[stage-1 1/4] FROM base AS deps") && !is_from("[2/4] RUN echo FROM x"));
     }
 
     #[test]
