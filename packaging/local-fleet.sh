@@ -180,7 +180,7 @@ write_daemon_json() {
   "bridge": "none",
   "iptables": false,
   "ip-masq": false,
-  "insecure-registries": ["$SUBNET"],
+  "insecure-registries": ["$SUBNET", "http://$REGISTRY_ADDR"],
   "containerd-namespace": "slw$K-$n",
   "cgroup-parent": "/slipway-fleet-$K-$n",
   "exec-opts": ["native.cgroupdriver=cgroupfs"],

@@ -53,6 +53,21 @@ pub struct AgentConfig {
     pub join_token: Option<String>,
     /// Development only: plain-text gRPC to a scheduler running with `tls.insecure`.
     pub insecure: bool,
+    /// `"auto"`: BuildKit through the engine unless the engine turned it off (then the
+    /// classic builder); `"classic"`: always the classic builder (an escape hatch for a
+    /// Dockerfile that BuildKit builds differently).
+    pub builder: BuilderChoice,
+}
+
+/// Which builder the agent asks the engine for (`builder` in `agent.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderChoice {
+    /// BuildKit, or the classic builder where the engine has BuildKit turned off.
+    #[default]
+    Auto,
+    /// Always the classic builder.
+    Classic,
 }
 
 impl Default for AgentConfig {
@@ -74,6 +89,7 @@ impl Default for AgentConfig {
             metrics_listen: "127.0.0.1:7402".into(),
             join_token: None,
             insecure: false,
+            builder: BuilderChoice::Auto,
         }
     }
 }
@@ -167,5 +183,8 @@ mod tests {
             .contains("metrics_listen"));
         assert_eq!(AgentConfig::parse("metrics_listen = \"\"").unwrap().metrics_listen, "");
         assert_eq!(AgentConfig::parse("metrics_listen = \"0.0.0.0:0\"").unwrap().metrics_listen, "0.0.0.0:0");
+        assert_eq!(AgentConfig::parse("builder = \"classic\"").unwrap().builder, BuilderChoice::Classic);
+        let err = AgentConfig::parse("builder = \"buildx\"").unwrap_err().to_string();
+        assert!(err.contains("builder") && err.contains("classic"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! Measures what the scheduler needs to place builds on this node: the build
 //! filesystem (the filesystem `build_root` is on, by `statvfs`), CPU, load, memory, the
-//! Docker engine's health, and the bytes slipway's own images hold.
+//! Docker engine's health and builder (BuildKit, or the classic fallback), and the bytes
+//! slipway's own images hold.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,8 @@ pub struct Reporter {
     docker_socket: String,
     /// Every report measured is recorded here for the agent's `/metrics`.
     last: LastReport,
+    /// `builder = "classic"` in agent.toml: reported whatever the engine offers.
+    force_classic: bool,
 }
 
 /// Total and available bytes of the filesystem holding `path`.
@@ -37,7 +40,13 @@ impl Reporter {
             s.refresh_cpu_usage();
             s
         });
-        Self { sys, build_root, build_slots, docker_socket, last }
+        Self { sys, build_root, build_slots, docker_socket, last, force_classic: false }
+    }
+
+    /// Reports the classic builder whatever the engine offers (the agent forces it).
+    pub fn force_classic(mut self, force: bool) -> Self {
+        self.force_classic = force;
+        self
     }
 
     /// Measures the node now. `running` are the builds this agent runs.
@@ -81,6 +90,11 @@ impl Reporter {
                     report.docker_healthy = true;
                     report.docker_version = version.version.unwrap_or_default();
                     report.cache_bytes = slipway_image_bytes(docker).await;
+                    report.builder =
+                        crate::pipeline::buildkit::engine_builder(Path::new(&self.docker_socket))
+                            .await
+                            .map(|b| b.name().to_string())
+                            .unwrap_or_default();
                 }
                 Err(err) => {
                     report.docker_error = format!("the engine at {} fails: {err}", self.docker_socket)

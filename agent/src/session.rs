@@ -252,7 +252,8 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
         agent.config.build_slots,
         agent.config.docker_socket.clone(),
         agent.last_report.clone(),
-    );
+    )
+    .force_classic(agent.config.builder == crate::config::BuilderChoice::Classic);
     let (running, cached) = agent.snapshot();
     let docker = agent.docker().await;
     let report = reporter.measure(docker.as_ref(), running, cached).await;
@@ -520,6 +521,8 @@ impl Agent {
                         .then_some(self.config.build_memory_limit_bytes),
                     clone_timeout: Duration::from_secs(self.config.clone_timeout_secs),
                     secrets_dir: self.config.build_secrets_dir.clone(),
+                    docker_socket: self.config.docker_socket.clone().into(),
+                    force_classic: self.config.builder == crate::config::BuilderChoice::Classic,
                 };
                 let job = BuildJob::from(&a);
                 // A panic in the pipeline fails this build, not the agent: the task is

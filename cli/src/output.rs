@@ -117,6 +117,7 @@ pub fn node_json(n: &pb::Node) -> Value {
         "running_builds": r.running_builds, "build_slots": r.build_slots,
         "cache_bytes": r.cache_bytes, "cached_apps": r.cached_apps,
         "docker_healthy": r.docker_healthy, "docker_version": r.docker_version,
+        "builder": r.builder,
         "agent_version": r.agent_version, "last_report_age_ms": n.last_report_age_ms,
     })
 }

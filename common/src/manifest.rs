@@ -18,7 +18,7 @@
 //! context = "."               # relative to the repository root
 //! target = "runtime"
 //! args = { NODE_ENV = "production" }
-//! secret_args = ["NPM_TOKEN"]  # values live on the build nodes, not here
+//! secrets = ["NPM_TOKEN"]     # for RUN --mount=type=secret; values live on the build nodes
 //! [run]
 //! replicas = 2
 //! port = 8080                 # the container port; the router reaches the app there
@@ -47,6 +47,14 @@
 //! in every log line and failure reason, and never sent to the scheduler (the agent's
 //! `pipeline::secrets` module says how, and what masking cannot do). A name may be in
 //! `args` or `secret_args`, not both.
+//!
+//! **Build secrets.** `secrets = ["NPM_TOKEN"]` names files the build node holds at
+//! `<build_secrets_dir>/<app>/<NAME>`; BuildKit mounts each where the Dockerfile asks
+//! (`RUN --mount=type=secret,id=NPM_TOKEN cat /run/secrets/NPM_TOKEN`), through the
+//! agent's build session: never a build argument, never in the image's history or config,
+//! never sent to the scheduler. `secret_args` still works for this release (the build log
+//! warns and names the move to `secrets`); a name may be in only one of `args`,
+//! `secret_args` and `secrets`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -100,7 +108,11 @@ pub struct BuildSection {
     /// their values are never logged.
     pub args: BTreeMap<String, String>,
     /// Names of secret build arguments, valued on the build node (module docs).
+    /// Deprecated: the values end up in the image's history; use `secrets`.
     pub secret_args: Vec<String>,
+    /// Names of secrets served to `RUN --mount=type=secret,id=NAME`, valued on the build
+    /// node (module docs).
+    pub secrets: Vec<String>,
 }
 
 impl Default for BuildSection {
@@ -111,6 +123,7 @@ impl Default for BuildSection {
             target: None,
             args: BTreeMap::new(),
             secret_args: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -316,6 +329,33 @@ impl Manifest {
                     format!(
                         "{name:?} is also in build.args; a secret's value comes from the build node, \
                          so remove it from build.args"
+                    ),
+                );
+            }
+        }
+
+        if b.secrets.len() > MAX_SECRET_ARGS {
+            fail(
+                "build.secrets".into(),
+                format!("names {} secrets; the limit is {MAX_SECRET_ARGS}", b.secrets.len()),
+            );
+        }
+        for (i, name) in b.secrets.iter().enumerate().take(MAX_SECRET_ARGS) {
+            let field = format!("build.secrets[{i}]");
+            if !is_identifier(name) {
+                let name: String = name.chars().take(64).collect();
+                fail(
+                    field,
+                    format!("{name:?} is not a valid secret name (letters, digits, '_'; not first a digit)"),
+                );
+            } else if b.secrets[..i].contains(name) {
+                fail(field, format!("{name:?} is listed twice"));
+            } else if b.args.contains_key(name) || b.secret_args.contains(name) {
+                fail(
+                    field,
+                    format!(
+                        "{name:?} is also in build.args or build.secret_args; a secret is mounted, not \
+                         passed as a build argument, so remove it from there"
                     ),
                 );
             }
@@ -766,6 +806,19 @@ retries = 3
         rejected("name = \"a\"\n[build]\nargs = { \"X Y\" = \"v\" }\n", "build.args");
         rejected("name = \"a\"\n[build]\ntarget = \"-x\"\n", "build.target");
         rejected("name = \"a\"\n[build]\ntarget = \"a b\"\n", "build.target");
+    }
+
+    #[test]
+    fn build_secrets_are_names_only_and_in_one_list() {
+        let m = Manifest::parse("name = \"a\"\n[build]\nsecrets = [\"NPM_TOKEN\", \"npmrc\"]\n").unwrap();
+        assert_eq!(m.build.secrets, ["NPM_TOKEN", "npmrc"]);
+        rejected("name = \"a\"\n[build]\nsecrets = [\"../x\"]\n", "build.secrets[0]");
+        rejected("name = \"a\"\n[build]\nsecrets = [\"T\", \"T\"]\n", "build.secrets[1]");
+        let msg =
+            rejected("name = \"a\"\n[build]\nsecret_args = [\"T\"]\nsecrets = [\"T\"]\n", "build.secrets[0]");
+        assert!(msg.contains("mounted, not passed as a build argument"), "{msg}");
+        rejected("name = \"a\"\n[build]\nargs = { T = \"x\" }\nsecrets = [\"T\"]\n", "build.secrets[0]");
+        rejected("name = \"a\"\n[build]\nsecrets = \"T\"\n", "build.secrets");
     }
 
     #[test]

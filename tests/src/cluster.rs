@@ -476,6 +476,18 @@ impl TestCluster {
         self.dir.path().join(rel)
     }
 
+    /// The agents' `build_secrets_dir` (shared by every agent of the cluster).
+    pub fn build_secrets_dir(&self) -> PathBuf {
+        self.path("build-secrets")
+    }
+
+    /// Puts `app`'s build secret `name` on the build nodes (`<build_secrets_dir>/<app>/<name>`).
+    pub fn put_build_secret(&self, app: &str, name: &str, value: &str) {
+        let dir = self.build_secrets_dir().join(app);
+        std::fs::create_dir_all(&dir).expect("create build secrets dir");
+        std::fs::write(dir.join(name), value).expect("write build secret");
+    }
+
     fn member(&self, id: u64) -> &Member {
         self.members.iter().find(|m| m.id == id).unwrap_or_else(|| panic!("no scheduler {id}"))
     }
@@ -519,12 +531,14 @@ impl TestCluster {
             // The disk floor is the scheduler's (below).
             let config = format!(
                 "schedulers = [{}]\nname = \"{}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\n\
-                 docker_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nmin_free_bytes = {MIN_FREE_BYTES}\n{}",
+                 docker_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nmin_free_bytes = {MIN_FREE_BYTES}\n\
+                 build_secrets_dir = \"{}\"\n{}",
                 schedulers.join(", "),
                 agent.name,
                 agent.state_dir.display(),
                 agent.build_root.display(),
                 agent.docker_socket,
+                self.build_secrets_dir().display(),
                 self.agent_token.as_ref().map(|t| format!("join_token = \"{t}\"\n")).unwrap_or_default(),
             );
             std::fs::write(self.path(&format!("agent-{}.toml", i + 1)), config).expect("write agent config");

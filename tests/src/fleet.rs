@@ -483,7 +483,11 @@ impl Fleet {
             "bridge": "none",
             "iptables": false,
             "ip-masq": false,
-            "insecure-registries": [self.lab.subnet()],
+            // The subnet for pulls and pushes; the registry as `http://host:port` too: the
+            // engine's BuildKit (20.10) reads a build's cache source from the registry
+            // over plain http only for an entry written with `http://` (the engine
+            // strips the scheme for its own pulls and pushes).
+            "insecure-registries": [self.lab.subnet(), format!("http://{}", self.registry.addr())],
             "containerd-namespace": format!("slw{k}-{n}"),
             "cgroup-parent": format!("/slipway-fleet-{k}-{n}"),
             "exec-opts": ["native.cgroupdriver=cgroupfs"],

@@ -87,4 +87,73 @@ async fn t20_deploy_redeploy_rollback_and_restart() {
         assert!(json[0].get(key).is_some(), "nodes --json lacks {key}: {json}");
     }
     assert!(json[0]["build_fs_total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(json[0]["builder"], "buildkit", "the engine's builder is reported: {json}");
+    let out = cluster.cli(&["nodes"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("(buildkit)"), "nodes shows the builder beside the engine version:\n{table}");
+}
+
+/// The Dockerfile people write today, `docker init`-style: a dependency stage whose
+/// `RUN` reads the manifest through a bind mount and keeps a cache mount, a runtime stage
+/// copying from it, a step using a secret mounted from the build node. It deploys and
+/// answers; the secret reaches the step, shows as `***` in the build log and is in
+/// neither `docker history --no-trunc` nor `docker image inspect` of the release; a
+/// dependency change reruns the step, which finds what the first build left in its
+/// cache mount.
+///
+/// `NONCE` (unique per run) keys the cache mount and the steps, so earlier runs on this
+/// engine answer neither.
+const MODERN_DOCKERFILE: &str = r#"FROM slipway/busybox:latest AS deps
+WORKDIR /app
+RUN --mount=type=bind,source=deps.txt,target=/app/deps.txt \
+    --mount=type=bind,source=install-deps.sh,target=/app/install-deps.sh \
+    --mount=type=cache,id=NONCE,target=/root/.cache/deps \
+    if [ -e /root/.cache/deps/seen ]; then echo "cache mount: kept"; else echo "cache mount: empty"; fi \
+    && cp /app/deps.txt /root/.cache/deps/seen && sh /app/install-deps.sh /app/deps.txt /app/deps
+
+FROM slipway/busybox:latest
+WORKDIR /app
+COPY --from=deps /app/deps /app/deps
+RUN --mount=type=secret,id=API_KEY echo "api key: $(cat /run/secrets/API_KEY)" && grep -q '^k3y-' /run/secrets/API_KEY && echo NONCE
+COPY www /app/www
+CMD ["sh", "-c", "trap 'kill $pid; exit 0' TERM; busybox httpd -f -p \"${PORT:-8080}\" -h /app/www & pid=$!; wait $pid"]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t20_buildkit_mounts_and_secret() {
+    let Some(cluster) = TestCluster::start("t20bk").await else { return };
+    let repo = GitRepo::from_example("hello");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nonce = format!("t20bk-{nanos}");
+    // Unrelated to the nonce, which the Dockerfile (so the history) shows.
+    let secret = format!("k3y-{:x}", (nanos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    cluster.put_build_secret("modern", "API_KEY", &format!("{secret}\n"));
+    repo.write("slipway.toml", "name = \"modern\"\n[build]\nsecrets = [\"API_KEY\"]\n[run]\nport = 8080\n");
+    repo.write("Dockerfile", MODERN_DOCKERFILE.replace("NONCE", &nonce));
+    repo.commit("BuildKit Dockerfile");
+    cluster.create_app("modern", &repo.url()).await.expect("create app");
+
+    let first = cluster.deploy("modern", None).await;
+    let r1 = first.live().clone();
+    let body = cluster.wait_for_app("modern", "/", Duration::from_secs(60)).await.expect("app answers");
+    assert!(body.contains("hello from slipway") && body.contains("deps: 5"), "{body}");
+    let log = &first.log;
+    assert!(log.iter().any(|l| l.contains("with BuildKit")), "{log:#?}");
+    assert!(log.iter().any(|l| l.ends_with(" cache mount: empty")), "{log:#?}");
+    assert!(log.iter().any(|l| l.ends_with(" api key: ***")), "the step saw the secret: {log:#?}");
+    assert!(log.iter().all(|l| !l.contains(&secret)), "{log:#?}");
+    for args in [vec!["history", "--no-trunc", &r1.image], vec!["image", "inspect", &r1.image]] {
+        let out = docker_cli(&args).unwrap();
+        assert!(!out.contains(&secret), "docker {args:?} shows the secret:\n{out}");
+    }
+
+    // A dependency change reruns the step; its cache mount still holds the first build's file.
+    let deps = std::fs::read_to_string(repo.path().join("deps.txt")).unwrap();
+    repo.write("deps.txt", format!("{deps}is-odd 3.0.1 64\n"));
+    repo.commit("one more dependency");
+    let second = cluster.deploy("modern", None).await;
+    second.live();
+    assert!(second.log.iter().any(|l| l.ends_with(" cache mount: kept")), "{:#?}", second.log);
+    let body = cluster.wait_for_app("modern", "/", Duration::from_secs(60)).await.unwrap();
+    assert!(body.contains("deps: 6"), "{body}");
 }

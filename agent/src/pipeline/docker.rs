@@ -1,6 +1,8 @@
-//! Build and push through the Engine API (bollard), with the classic builder.
+//! Build and push through the Engine API (bollard). BuildKit builds are in
+//! [`super::buildkit`]; this module holds the classic builder (the fallback where an engine
+//! turned BuildKit off) and the push, which both builders share.
 //!
-//! **Build.** Unless `no_cache`, `<repository>:latest` is pulled first: the classic builder
+//! **Classic build.** Unless `no_cache`, `<repository>:latest` is pulled first: the classic builder
 //! only uses `cachefrom` images that are present locally, and with `cachefrom` set it
 //! only trusts local cache entries that are ancestors of those images (or layers it can
 //! match against their history). So `cachefrom` names `latest` only when the pull
@@ -27,6 +29,7 @@
 //! of 120 s applies to the whole response and would cut long builds and pushes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
@@ -37,7 +40,8 @@ use bollard::Docker;
 use futures::StreamExt;
 use slipway_proto::validate::{self, registry_of};
 
-use super::secrets::SecretArgs;
+use super::buildkit::Builder;
+use super::secrets::{MountSecrets, SecretArgs};
 use super::LogSink;
 use crate::error::Failure;
 
@@ -76,7 +80,7 @@ pub async fn connect_docker(socket: Option<&str>) -> Result<Docker, bollard::err
 pub use slipway_proto::RegistryLogin;
 
 /// The engine's `X-Registry-Auth` for `repository`'s registry, if the build has a login.
-fn credentials(login: Option<&RegistryLogin>, repository: &str) -> Option<DockerCredentials> {
+pub(super) fn credentials(login: Option<&RegistryLogin>, repository: &str) -> Option<DockerCredentials> {
     login.map(|l| DockerCredentials {
         username: Some(l.username.clone()),
         password: Some(l.password.clone()),
@@ -110,6 +114,14 @@ pub struct BuildOpts {
     pub memory_limit_bytes: Option<u64>,
     /// How to pull the cache source (None: anonymously).
     pub registry_login: Option<RegistryLogin>,
+    /// Which builder runs the build ([`super::buildkit::engine_builder`]).
+    pub builder: Builder,
+    /// Files served to `RUN --mount=type=secret` (BuildKit only).
+    pub mount_secrets: MountSecrets,
+    /// The engine's socket: the BuildKit session is opened on it.
+    pub docker_socket: PathBuf,
+    /// Where the node keeps build secrets (named in errors).
+    pub secrets_dir: PathBuf,
 }
 
 /// What a successful build measured.
@@ -136,8 +148,21 @@ pub struct PushStats {
     pub bytes_pushed: u64,
 }
 
-/// Builds `tar` as `<repository>:<build_id>` with the classic builder, streaming its output.
+/// Builds `tar` as `<repository>:<build_id>` with `opts.builder`, streaming its output.
 pub async fn build_image(
+    docker: &Docker,
+    tar: Vec<u8>,
+    opts: &BuildOpts,
+    log: &LogSink,
+) -> Result<BuildStats, Failure> {
+    match opts.builder {
+        Builder::BuildKit => super::buildkit::build(docker, tar, opts, log).await,
+        Builder::Classic => build_classic(docker, tar, opts, log).await,
+    }
+}
+
+/// Builds `tar` as `<repository>:<build_id>` with the classic builder, streaming its output.
+async fn build_classic(
     docker: &Docker,
     tar: Vec<u8>,
     opts: &BuildOpts,
@@ -416,7 +441,7 @@ fn token_hint(message: &str) -> &'static str {
 }
 
 /// The daemon's own words for an error, without bollard's wrapping.
-fn daemon_message(err: &bollard::errors::Error) -> String {
+pub(super) fn daemon_message(err: &bollard::errors::Error) -> String {
     use bollard::errors::Error;
     match err {
         Error::DockerStreamError { error } => error.trim().to_string(),

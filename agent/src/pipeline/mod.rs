@@ -6,8 +6,10 @@
 //!                                 ▼
 //!                               context (tar, .dockerignore)        in memory
 //!                                 ▼
-//!                               docker build (classic builder, layer cache,
-//!                                 │           <repository>:latest as cache source)
+//!                               docker build (BuildKit through the engine, with the
+//!                                 │           agent's session for secrets and registry
+//!                                 │           login; <repository>:latest as inline
+//!                                 │           cache source; classic builder as fallback)
 //!                                 ▼
 //!                               docker push <repository>:<build id>, then :latest
 //!                                 ▼
@@ -17,11 +19,14 @@
 //! Every log line goes to the [`LogSink`] (streamed live to the scheduler by the session)
 //! and to `<build_root>/logs/<build id>-<attempt>.log`. The build directory is removed
 //! whatever happens: success, failure, or the future being dropped (cancellation).
-//! Build argument values are never logged. Secret build arguments ([`secrets`]) are read
-//! on the node, given to Docker only, and masked (`***`) in every log line and in the
+//! Build argument values are never logged. Build secrets (`build.secrets`, [`secrets`])
+//! are read on the node and served to BuildKit through the build's session only
+//! ([`buildkit`]); the deprecated secret build arguments are read likewise and given to
+//! Docker as build arguments. Both are masked (`***`) in every log line and in the
 //! failure reason, which are also bounded ([`MAX_LOG_LINE_BYTES`], [`MAX_FAILURE_BYTES`])
 //! because both travel to the scheduler and the reason is kept in its raft log.
 
+pub mod buildkit;
 pub mod clone;
 pub mod context;
 pub mod docker;
@@ -104,6 +109,11 @@ pub struct PipelineConfig {
     pub clone_timeout: Duration,
     /// Secret build arguments are read from `<secrets_dir>/<app>/<NAME>` ([`secrets`]).
     pub secrets_dir: PathBuf,
+    /// The engine's socket: BuildKit builds open their session on it.
+    pub docker_socket: PathBuf,
+    /// Build with the classic builder even where the engine has BuildKit
+    /// (`builder = "classic"` in `agent.toml`).
+    pub force_classic: bool,
 }
 
 impl Default for PipelineConfig {
@@ -115,6 +125,8 @@ impl Default for PipelineConfig {
             memory_limit_bytes: None,
             clone_timeout: clone::DEFAULT_CLONE_TIMEOUT,
             secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
+            docker_socket: PathBuf::from(docker::DEFAULT_DOCKER_SOCKET),
+            force_classic: false,
         }
     }
 }
@@ -170,9 +182,9 @@ impl LogSink {
     }
 
     /// Masks `secrets`' values in every later line of this sink and its clones.
-    pub fn add_secrets(&self, secrets: &secrets::SecretArgs) {
+    pub fn add_secrets(&self, secrets: &secrets::Redactor) {
         if let Ok(mut redactor) = self.redactor.write() {
-            redactor.extend(&secrets.redactor());
+            redactor.extend(secrets);
         }
     }
 
@@ -322,7 +334,7 @@ async fn build_in(
     timings.clone_ms = ms(t);
     let b = &manifest.build;
     log.line(format!(
-        "==> manifest: app {}, context {}, dockerfile {}{}{}{}",
+        "==> manifest: app {}, context {}, dockerfile {}{}{}{}{}",
         manifest.name,
         b.context,
         b.dockerfile,
@@ -337,10 +349,52 @@ async fn build_in(
             String::new()
         } else {
             format!(", secret build args {}", b.secret_args.join(", "))
-        }
+        },
+        if b.secrets.is_empty() { String::new() } else { format!(", secrets {}", b.secrets.join(", ")) }
     ));
     let secret_args = secrets::load(&cfg.secrets_dir, &job.app, &b.secret_args)?;
-    log.add_secrets(&secret_args);
+    log.add_secrets(&secret_args.redactor());
+    let mount_secrets = secrets::load_mounts(&cfg.secrets_dir, &job.app, &b.secrets)?;
+    log.add_secrets(&mount_secrets.redactor());
+    if !b.secret_args.is_empty() {
+        log.line(format!(
+            "==> warning: build.secret_args is deprecated and goes away in the next release: its values \
+             are build arguments, which the image's history keeps. Move {} to build.secrets and read \
+             each in the Dockerfile with RUN --mount=type=secret,id=NAME (the file /run/secrets/NAME)",
+            b.secret_args.join(", ")
+        ));
+    }
+    let builder = match buildkit::engine_builder(&cfg.docker_socket).await {
+        Ok(_) if cfg.force_classic => {
+            log.line("==> builder: classic (builder = \"classic\" in this agent's agent.toml)");
+            buildkit::Builder::Classic
+        }
+        Ok(buildkit::Builder::Classic) => {
+            log.line(format!(
+                "==> builder: classic (fallback: the engine at unix://{} has BuildKit turned off in \
+                 its daemon.json; RUN --mount, build.secrets and parallel stages need BuildKit)",
+                cfg.docker_socket.display()
+            ));
+            buildkit::Builder::Classic
+        }
+        Ok(builder) => builder,
+        Err(err) => {
+            log.line(format!(
+                "==> cannot ask the engine at unix://{} for its builder ({err}); trying BuildKit",
+                cfg.docker_socket.display()
+            ));
+            buildkit::Builder::BuildKit
+        }
+    };
+    if builder == buildkit::Builder::Classic && !b.secrets.is_empty() {
+        return Err(Failure::Setup(format!(
+            "build.secrets ({}) needs BuildKit, and this node builds with the classic builder; \
+             remove \"features\": {{\"buildkit\": false}} from the daemon.json of the engine at \
+             unix://{} (or builder = \"classic\" from agent.toml), or drain this node",
+            b.secrets.join(", "),
+            cfg.docker_socket.display()
+        )));
+    }
 
     let t = Instant::now();
     let (clone_dir, context_rel, dockerfile_rel) =
@@ -365,6 +419,10 @@ async fn build_in(
         cpu_limit: cfg.cpu_limit,
         memory_limit_bytes: cfg.memory_limit_bytes,
         registry_login: job.registry_login.clone(),
+        builder,
+        mount_secrets,
+        docker_socket: cfg.docker_socket.clone(),
+        secrets_dir: cfg.secrets_dir.clone(),
     };
     let built = docker::build_image(docker, tar, &opts, log).await?;
     timings.build_ms = ms(t);
@@ -588,7 +646,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let sink = LogSink::new(tx).with_file(&dir.path().join("build.log")).unwrap();
         let earlier_clone = sink.clone();
-        sink.add_secrets(&secrets::SecretArgs::from_pairs([("TOKEN", "s3cr3t-v4lue")]));
+        sink.add_secrets(&secrets::SecretArgs::from_pairs([("TOKEN", "s3cr3t-v4lue")]).redactor());
         earlier_clone.line("token=s3cr3t-v4lue!");
         earlier_clone.line("x".repeat(MAX_LOG_LINE_BYTES + 10));
         drop((sink.clone(), earlier_clone));
@@ -818,7 +876,11 @@ mod tests {
         assert_eq!(first.run.as_ref().unwrap().port, 8080);
         assert_eq!(first.manifest, "name = \"shop\"\n[run]\nport = 8080\n", "the manifest's text travels");
         assert!(lines.iter().any(|l| l.starts_with("==> pushed sha256:")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l == "installed"), "RUN output is streamed: {lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with('#') && l.ends_with(" installed")),
+            "RUN output: {lines:#?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("with BuildKit")), "{lines:#?}");
         assert!(!root.join(format!("{}-1", j1.build_id)).exists());
         let image = docker.inspect_image(&format!("{}:{}", first.repository, j1.build_id)).await.unwrap();
         let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
@@ -888,7 +950,11 @@ mod tests {
         repo.commit_files(
             &[(
                 "Dockerfile",
-                &format!("FROM {base} AS build\nARG NPM_TOKEN\n{check}\nFROM {base}\nENV DONE=1\n"),
+                // BuildKit skips stages the target does not use: the last stage copies from it.
+                &format!(
+                    "FROM {base} AS build\nARG NPM_TOKEN\n{check} && touch /built\n\
+                     FROM {base}\nCOPY --from=build /built /built\n"
+                ),
             )],
             "works",
         );
@@ -896,7 +962,11 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let output = run_build(&docker, &cfg, &j, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
         let lines = collect(rx);
-        assert!(lines.iter().any(|l| l == "token is ***"), "the build saw it, the log masks it: {lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.ends_with(" token is ***")),
+            "the build saw it, the log masks it: {lines:#?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("build.secret_args is deprecated")), "{lines:#?}");
         assert!(lines.iter().any(|l| l.contains("secret build args NPM_TOKEN")), "{lines:#?}");
         for line in &lines {
             assert!(!line.contains(&secret), "{line}");
@@ -908,6 +978,154 @@ mod tests {
         let history = docker.image_history(&image).await.unwrap();
         assert!(history.iter().all(|h| !h.created_by.contains(&secret)), "{history:#?}");
         remove_images(&docker, &[image, format!("{}:latest", output.repository)]).await;
+    }
+
+    /// Today's Dockerfiles: a cache mount that the next build finds again, bind mounts
+    /// from the context and from another stage, a multi-stage build, and a secret mounted
+    /// through the session that reaches `RUN`, shows as `***` in the log and is nowhere in
+    /// the pushed image (pulled back by digest, history and config inspected). A secret the
+    /// manifest does not name fails the build naming the fix.
+    #[tokio::test]
+    async fn buildkit_mounts_cache_bind_and_secret() {
+        let Some((docker, base)) = engine_with_base().await else { return };
+        let Some(registry) = require_registry().await else { return };
+        let secret = format!("k3y-{}", uuid::Uuid::new_v4().simple());
+        let (tmp, root) = build_root();
+        let secrets_dir = tmp.path().join("secrets");
+        std::fs::create_dir_all(secrets_dir.join("mounts")).unwrap();
+        std::fs::write(secrets_dir.join("mounts/API_KEY"), format!("{secret}\n")).unwrap();
+        let cfg = PipelineConfig { secrets_dir, ..config(&root) };
+        // A cache id of this run only: earlier runs' caches must not answer.
+        let cache_id = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let dockerfile = format!(
+            "FROM {base} AS deps\n\
+             COPY deps.txt /deps.txt\n\
+             RUN --mount=type=cache,id={cache_id},target=/cache \
+                 echo \"cache held: $(cat /cache/seen 2>/dev/null || echo nothing)\" && cp /deps.txt /cache/seen && cp /deps.txt /deps-done\n\
+             FROM {base}\n\
+             RUN --mount=type=bind,source=code.txt,target=/mnt/code.txt cp /mnt/code.txt /code-copy\n\
+             RUN --mount=type=bind,from=deps,source=/deps-done,target=/mnt/deps cp /mnt/deps /deps-copy\n\
+             RUN --mount=type=secret,id=API_KEY \
+                 echo \"key is $(cat /run/secrets/API_KEY)\" && test $(wc -c < /run/secrets/API_KEY) -eq {len} \
+                 && grep -q '^k3y-' /run/secrets/API_KEY && touch /used-key\n",
+            len = secret.len() + 1,
+        );
+        let repo = GitRepo::empty();
+        repo.commit_files(
+            &[
+                ("slipway.toml", "name = \"mounts\"\n[build]\nsecrets = [\"API_KEY\"]\n"),
+                ("Dockerfile", &dockerfile),
+                ("deps.txt", "deps v1\n"),
+                // Unique per run: the steps after it must run, not come from earlier runs' cache.
+                ("code.txt", &format!("code {cache_id}\n")),
+            ],
+            "first",
+        );
+        let j1 = job(&repo.url(), "mounts", &registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let first = run_build(&docker, &cfg, &j1, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert!(lines.iter().any(|l| l.ends_with(" cache held: nothing")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.ends_with(" key is ***")), "the secret reached RUN: {lines:#?}");
+        assert!(lines.iter().all(|l| !l.contains(&secret)), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.contains(", secrets API_KEY")), "{lines:#?}");
+        // Both stages start FROM the same image: BuildKit runs that vertex once.
+        assert_eq!(first.steps, 6, "{lines:#?}");
+
+        // The pushed image, pulled back by digest: no trace of the secret.
+        let pinned = format!("{}@{}", first.repository, first.digest);
+        remove_images(&docker, &[format!("{}:{}", first.repository, j1.build_id)]).await;
+        let options =
+            bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(&pinned).build();
+        let pulled: Vec<_> =
+            futures::StreamExt::collect(docker.create_image(Some(options), None, None)).await;
+        assert!(pulled.iter().all(Result::is_ok), "{pulled:?}");
+        let history = docker.image_history(&pinned).await.unwrap();
+        assert!(history.iter().all(|h| !h.created_by.contains(&secret)), "{history:#?}");
+        assert!(history.iter().any(|h| h.created_by.contains("/run/secrets/API_KEY")), "{history:#?}");
+        let inspect = docker.inspect_image(&pinned).await.unwrap();
+        let config = serde_json::to_string(&inspect).unwrap();
+        assert!(!config.contains(&secret) && !config.contains("API_KEY="), "{config}");
+
+        // The cache mount is kept: a dependency change reruns the step, which finds the
+        // file the first build left.
+        repo.commit_files(&[("deps.txt", "deps v2\n")], "deps");
+        let j2 = job(&repo.url(), "mounts", &registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let second =
+            run_build(&docker, &cfg, &j2, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert!(lines.iter().any(|l| l.ends_with(" cache held: deps v1")), "{lines:#?}");
+        assert!(second.cache_hits >= 1, "the code bind step comes from the cache: {lines:#?}");
+
+        // A secret the manifest does not name: the build fails naming the fix.
+        repo.commit_files(
+            &[(
+                "Dockerfile",
+                &format!("FROM {base}\nRUN --mount=type=secret,id=OTHER cat /run/secrets/OTHER\n"),
+            )],
+            "unnamed secret",
+        );
+        let j3 = job(&repo.url(), "mounts", &registry.addr());
+        let err = run_build(&docker, &cfg, &j3, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "build", "{}", err.reason);
+        assert!(
+            err.reason.contains("secret \"OTHER\" is not in build.secrets of app mounts"),
+            "{}",
+            err.reason
+        );
+
+        let repository = &first.repository;
+        remove_images(
+            &docker,
+            &[pinned.clone(), format!("{repository}:{}", j2.build_id), format!("{repository}:latest")],
+        )
+        .await;
+    }
+
+    /// The fallback: the classic builder builds and pushes, the log says which builder
+    /// and why, and a manifest needing BuildKit (`build.secrets`) is refused naming the fix.
+    #[tokio::test]
+    async fn the_classic_builder_builds_when_buildkit_is_not_used() {
+        let Some((docker, base)) = engine_with_base().await else { return };
+        let Some(registry) = require_registry().await else { return };
+        let marker = format!("classic-{}", uuid::Uuid::new_v4().simple());
+        let repo = GitRepo::empty();
+        repo.commit_files(
+            &[
+                ("slipway.toml", "name = \"old\"\n"),
+                ("Dockerfile", &format!("FROM {base}\nRUN echo {marker}\n")),
+            ],
+            "classic",
+        );
+        let (_tmp, root) = build_root();
+        let cfg = PipelineConfig { force_classic: true, ..config(&root) };
+        let j = job(&repo.url(), "old", &registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let out = run_build(&docker, &cfg, &j, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert!(
+            lines.iter().any(|l| l.starts_with("==> builder: classic (builder = \"classic\"")),
+            "{lines:#?}"
+        );
+        assert!(lines.iter().any(|l| l == &format!("Step 2/3 : RUN echo {marker}")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l == &marker), "{lines:#?}");
+        assert_eq!(out.steps, 2, "{lines:#?}");
+
+        repo.commit_files(&[("slipway.toml", "name = \"old\"\n[build]\nsecrets = [\"K\"]\n")], "secrets");
+        let secrets_dir = root.join("secrets");
+        std::fs::create_dir_all(secrets_dir.join("old")).unwrap();
+        std::fs::write(secrets_dir.join("old/K"), "value").unwrap();
+        let cfg = PipelineConfig { secrets_dir, ..cfg };
+        let j2 = job(&repo.url(), "old", &registry.addr());
+        let err = run_build(&docker, &cfg, &j2, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "setup", "{}", err.reason);
+        assert!(err.reason.starts_with("build.secrets (K) needs BuildKit"), "{}", err.reason);
+        remove_images(
+            &docker,
+            &[format!("{}:{}", out.repository, j.build_id), format!("{}:latest", out.repository)],
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -927,10 +1145,9 @@ mod tests {
         let j = job(&repo.url(), "broken", &free_loopback_addr());
         let err = run_build(&docker, &config(&root), &j, LogSink::discard()).await.unwrap_err();
         assert_eq!(err.phase, "build", "{}", err.reason);
-        // One more step than the Dockerfile's: the builder appends the app label as a LABEL step.
-        assert!(err.reason.starts_with("Step 3/4 : RUN false: "), "{}", err.reason);
-        assert!(err.reason.contains("returned a non-zero code: 1"), "{}", err.reason);
-        assert!(err.reason.contains(&format!("\n{marker}\n")), "output before the failure: {}", err.reason);
+        assert!(err.reason.starts_with("[3/3] RUN false: "), "{}", err.reason);
+        assert!(err.reason.contains("exit code: 1"), "{}", err.reason);
+        assert!(err.reason.contains(&format!(" {marker}\n")), "output before the failure: {}", err.reason);
     }
 
     #[tokio::test]
@@ -951,8 +1168,8 @@ mod tests {
         assert!(err.reason.contains("connection refused"), "{}", err.reason);
         let lines = collect(rx);
         assert!(
-            lines.iter().any(|l| l.contains("cannot pull") && l.contains("connection refused")),
-            "the cache pull failure is logged: {lines:#?}"
+            lines.iter().any(|l| l.contains("ERROR") && l.contains("connection refused")),
+            "the cache import failure is logged: {lines:#?}"
         );
         remove_images(&docker, &[format!("{}:{}", j.repository, j.build_id)]).await;
     }

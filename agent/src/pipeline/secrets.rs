@@ -1,4 +1,10 @@
-//! Secret build arguments: named in the repository, valued on the build node.
+//! Build secrets: named in the repository, valued on the build node.
+//!
+//! `build.secrets` ([`MountSecrets`], [`load_mounts`]) are files served byte for byte
+//! through the BuildKit session to `RUN --mount=type=secret,id=NAME`: never build
+//! arguments, so never in the image. The rest of this module's docs are about the
+//! deprecated `build.secret_args` ([`SecretArgs`], [`load`]), which still work for one
+//! release (the build log warns):
 //!
 //! A manifest lists the names (`[build] secret_args = ["NPM_TOKEN"]`); the value of each
 //! is read from `<build_secrets_dir>/<app>/<NAME>` on the node that runs the build
@@ -83,25 +89,108 @@ pub fn load(dir: &Path, app: &str, names: &[String]) -> Result<SecretArgs, Failu
                 path.display()
             ))
         };
-        // Checked before opening: opening a FIFO would block the build.
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => return Err(fail(format!("{} is not a regular file", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(fail("it is not on this node".into()))
-            }
-            Err(e) => return Err(fail(format!("cannot read {}: {e}", path.display()))),
-        }
-        let file =
-            std::fs::File::open(&path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-        let mut bytes = Vec::new();
-        file.take(MAX_SECRET_BYTES + 3)
-            .read_to_end(&mut bytes)
-            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = read_secret_file(&path, MAX_SECRET_BYTES + 3).map_err(fail)?;
         let value = value_of(bytes).map_err(|why| fail(why.to_string()))?;
         values.insert(name.clone(), value);
     }
     Ok(SecretArgs { values })
+}
+
+/// Up to `limit` bytes of the regular file at `path`; the reason never quotes content.
+fn read_secret_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    // Checked before opening: opening a FIFO would block the build.
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Err(format!("{} is not a regular file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("it is not on this node".into()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Longest secret file served to `RUN --mount=type=secret` (`build.secrets`), in bytes.
+pub const MAX_MOUNT_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Lines of a mounted secret shorter than this are not masked in the log (a `}` or an
+/// empty line of a config file would mask half the log).
+pub const MIN_MASKED_LINE_CHARS: usize = 6;
+
+/// Secret files by name, served through the BuildKit session to
+/// `RUN --mount=type=secret,id=NAME` (`build.secrets`). Unlike [`SecretArgs`], a value is
+/// a file, served byte for byte (an `.npmrc` of several lines, say). `Debug` shows names
+/// only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct MountSecrets {
+    values: BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for MountSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.values.keys().map(|k| (k, MASK))).finish()
+    }
+}
+
+impl MountSecrets {
+    /// The names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
+    /// True without any secret.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The content of `name`, for the build session only.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.values.get(name).map(Vec::as_slice)
+    }
+
+    /// A [`Redactor`] masking each line of every value (lines of at least
+    /// [`MIN_MASKED_LINE_CHARS`] characters, trimmed).
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.values.values().flat_map(|v| {
+            String::from_utf8_lossy(v)
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.chars().count() >= MIN_MASKED_LINE_CHARS)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        }))
+    }
+
+    /// From name and content pairs (tests and tools; builds use [`load_mounts`]).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        MountSecrets { values: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect() }
+    }
+}
+
+/// Reads the files of `names` (`build.secrets`) for `app` from `<dir>/<app>/<NAME>`; the
+/// same path rules as [`load`].
+pub fn load_mounts(dir: &Path, app: &str, names: &[String]) -> Result<MountSecrets, Failure> {
+    let mut values = BTreeMap::new();
+    for name in names {
+        let path = dir.join(app).join(name);
+        let fail = |why: String| {
+            Failure::Setup(format!(
+                "secret {name} (build.secrets) of app {app}: {why}; put it in {} on every build node \
+                 (readable by the agent only), or remove {name} from build.secrets",
+                path.display()
+            ))
+        };
+        let bytes = read_secret_file(&path, MAX_MOUNT_SECRET_BYTES + 1).map_err(fail)?;
+        if bytes.len() as u64 > MAX_MOUNT_SECRET_BYTES {
+            return Err(fail("the file is larger than 64 KiB".into()));
+        }
+        if bytes.is_empty() {
+            return Err(fail("the file is empty".into()));
+        }
+        values.insert(name.clone(), bytes);
+    }
+    Ok(MountSecrets { values })
 }
 
 /// The value a secret file holds: its text without one trailing newline. The reasons
@@ -226,6 +315,32 @@ mod tests {
             assert!(reason.contains(&format!("or remove {name} from build.secret_args")), "{reason}");
             assert!(!reason.contains("5ecr3t") && !reason.contains("xxxx"), "{reason}");
         }
+    }
+
+    #[test]
+    fn mounted_secrets_are_files_served_whole_and_masked_by_line() {
+        let npmrc = b"//registry.example/:_authToken=tok-5ecr3t-value\n}\nalways-auth=true\n";
+        let dir = dir_with("shop", &[("NPMRC", npmrc), ("EMPTY", b"")]);
+        let secrets = load_mounts(dir.path(), "shop", &["NPMRC".to_string()]).unwrap();
+        assert_eq!(secrets.get("NPMRC"), Some(&npmrc[..]), "served byte for byte");
+        assert_eq!(secrets.get("OTHER"), None);
+        assert_eq!(format!("{secrets:?}"), r#"{"NPMRC": "***"}"#);
+        let r = secrets.redactor();
+        assert_eq!(r.redact("x //registry.example/:_authToken=tok-5ecr3t-value }"), "x *** }");
+        assert_eq!(r.redact("always-auth=true"), "***");
+        for (name, why) in [("MISSING", "it is not on this node"), ("EMPTY", "the file is empty")] {
+            let reason =
+                load_mounts(dir.path(), "shop", &[name.to_string()]).unwrap_err().reason().to_string();
+            assert!(
+                reason.starts_with(&format!("secret {name} (build.secrets) of app shop: {why}")),
+                "{reason}"
+            );
+            assert!(reason.contains(&format!("or remove {name} from build.secrets")), "{reason}");
+        }
+        let big = vec![b'x'; 70 * 1024];
+        let dir = dir_with("shop", &[("BIG", &big)]);
+        let reason = load_mounts(dir.path(), "shop", &["BIG".to_string()]).unwrap_err().reason().to_string();
+        assert!(reason.contains("larger than 64 KiB") && !reason.contains("xxxx"), "{reason}");
     }
 
     #[test]

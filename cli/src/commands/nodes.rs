@@ -75,7 +75,11 @@ pub async fn run(call: Call<'_>, args: &NodesArgs) -> Result<()> {
                             ),
                             format!("{}/{}", r.running_builds, r.build_slots),
                             human_bytes(r.cache_bytes),
-                            r.docker_version.clone(),
+                            if r.builder.is_empty() {
+                                r.docker_version.clone()
+                            } else {
+                                format!("{} ({})", r.docker_version, r.builder)
+                            },
                             if n.last_report_age_ms == 0 {
                                 "-".into()
                             } else {

@@ -10,9 +10,9 @@
 //! - warm: on engine 1 (engine 2 drained), which holds the app's layers: the
 //!   dependency step comes from the local cache;
 //! - cold: on engine 2 (engine 1 drained), from which the app's images and build
-//!   cache are removed first: it has only the base image, and the agent pulls the
-//!   app's last image from the registry as its cache source (`cachefrom`), so the
-//!   dependency layer travels instead of being rebuilt;
+//!   cache are removed first: it has only the base image, and the engine's BuildKit
+//!   reads the inline cache metadata of the app's last image in the registry (its
+//!   `cache-from`), so the dependency layer travels instead of being rebuilt;
 //!
 //! and, once, a `--no-cache` rebuild (the dependency step re-run: what a cold engine
 //! would pay without the registry as cache source). Prints the build phase (clone,
