@@ -499,7 +499,7 @@ pub async fn build(
     })?;
 
     let labels = HashMap::from([(APP_LABEL.to_string(), opts.app.clone())]);
-    let args = build_args(&opts.build_args, &opts.secret_args);
+    let args = build_args(&opts.app, &opts.build_args, &opts.secret_args);
     let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(&opts.dockerfile)
         .t(&tag)
@@ -587,18 +587,27 @@ pub async fn build(
     Ok(super::docker::BuildStats { image_id, cache_hits: progress.cache_hits, steps: progress.steps })
 }
 
-/// Build arguments for a BuildKit build: the manifest's, the deprecated secret build
-/// arguments', and `BUILDKIT_INLINE_CACHE=1` so the pushed image carries the cache
-/// metadata a cold node's build reads through `cache-from`.
+/// Build arguments for a BuildKit build of `app`: the manifest's, the deprecated secret
+/// build arguments', `BUILDKIT_INLINE_CACHE=1` so the pushed image carries the cache
+/// metadata a cold node's build reads through `cache-from`, and
+/// `BUILDKIT_CACHE_MOUNT_NS` naming the app, so that its `RUN --mount=type=cache` mounts
+/// are its own on a node that builds many apps (BuildKit keys a cache mount by its id,
+/// by default its target path: without it, every app mounting `/root/.cache/pip` would
+/// read and write one cache). Both are set last: a manifest cannot override them.
 pub fn build_args(
+    app: &str,
     args: &BTreeMap<String, String>,
     secret_args: &super::secrets::SecretArgs,
 ) -> HashMap<String, String> {
     let mut all: HashMap<String, String> = args.clone().into_iter().collect();
     all.extend(secret_args.expose().map(|(k, v)| (k.to_string(), v.to_string())));
     all.insert("BUILDKIT_INLINE_CACHE".into(), "1".into());
+    all.insert(CACHE_MOUNT_NS.into(), format!("slipway-app-{app}"));
     all
 }
+
+/// The Dockerfile frontend's build argument that prefixes every cache mount's id.
+const CACHE_MOUNT_NS: &str = "BUILDKIT_CACHE_MOUNT_NS";
 
 #[cfg(test)]
 mod tests {
@@ -698,8 +707,11 @@ mod tests {
     #[test]
     fn inline_cache_is_always_asked_for() {
         let args = BTreeMap::from([("MODE".to_string(), "prod".to_string())]);
-        let all = build_args(&args, &super::super::secrets::SecretArgs::default());
+        let all = build_args("shop", &args, &super::super::secrets::SecretArgs::default());
         assert_eq!(all.get("BUILDKIT_INLINE_CACHE").map(String::as_str), Some("1"));
         assert_eq!(all.get("MODE").map(String::as_str), Some("prod"));
+        let overridden = BTreeMap::from([(CACHE_MOUNT_NS.to_string(), "slipway-app-other".to_string())]);
+        let all = build_args("shop", &overridden, &super::super::secrets::SecretArgs::default());
+        assert_eq!(all.get(CACHE_MOUNT_NS).map(String::as_str), Some("slipway-app-shop"), "the app's own");
     }
 }

@@ -1058,6 +1058,28 @@ mod tests {
         assert!(lines.iter().any(|l| l.ends_with(" cache held: deps v1")), "{lines:#?}");
         assert!(second.cache_hits >= 1, "the code bind step comes from the cache: {lines:#?}");
 
+        // Another app on the same node mounting the same cache id gets a cache of its own.
+        let intruder = GitRepo::empty();
+        intruder.commit_files(
+            &[
+                ("slipway.toml", "name = \"intruder\"\n"),
+                (
+                    "Dockerfile",
+                    &format!(
+                        "FROM {base}\nRUN --mount=type=cache,id={cache_id},target=/cache \
+                         echo \"intruder sees: $(cat /cache/seen 2>/dev/null || echo nothing)\"\n"
+                    ),
+                ),
+            ],
+            "first",
+        );
+        let j_other = job(&intruder.url(), "intruder", &registry.addr());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let other =
+            run_build(&docker, &cfg, &j_other, LogSink::new(tx)).await.unwrap_or_else(|f| panic!("{f:?}"));
+        let lines = collect(rx);
+        assert!(lines.iter().any(|l| l.ends_with(" intruder sees: nothing")), "{lines:#?}");
+
         // A secret the manifest does not name: the build fails naming the fix.
         repo.commit_files(
             &[(
@@ -1079,6 +1101,12 @@ mod tests {
         remove_images(
             &docker,
             &[pinned.clone(), format!("{repository}:{}", j2.build_id), format!("{repository}:latest")],
+        )
+        .await;
+        let other_repo = &other.repository;
+        remove_images(
+            &docker,
+            &[format!("{other_repo}:{}", j_other.build_id), format!("{other_repo}:latest")],
         )
         .await;
     }
