@@ -105,9 +105,8 @@ pub enum AppsCmd {
 
 /// `--since`: a span of time back from now, as humantime reads it (`10m`, `1h30m`).
 pub fn parse_since(value: &str) -> Result<std::time::Duration, String> {
-    let span = humantime::parse_duration(value).map_err(|e| {
-        format!("{value:?} is not a span of time ({e}); write it like 30s, 10m, 2h or 1h30m")
-    })?;
+    let span = humantime::parse_duration(value)
+        .map_err(|e| format!("{value:?} is not a span of time ({e}); write it like 30s, 10m, 2h or 1h30m"))?;
     if span.is_zero() {
         return Err(format!("{value:?} is zero; write a span like 30s, 10m, 2h or 1h30m"));
     }

@@ -104,7 +104,8 @@ fn print_status(s: &pb::AppStatusResponse) {
     match &s.current {
         None => println!("release:  none yet: never deployed (`slipway deploy {}` starts it)", app.name),
         Some(r) => {
-            let rollback = if r.rollback_of != 0 { format!(", rollback of v{}", r.rollback_of) } else { String::new() };
+            let rollback =
+                if r.rollback_of != 0 { format!(", rollback of v{}", r.rollback_of) } else { String::new() };
             let sha: String = r.git_sha.chars().take(8).collect();
             println!(
                 "release:  v{} ({}, git {sha}{rollback}), {} {}",
@@ -122,7 +123,10 @@ fn print_status(s: &pb::AppStatusResponse) {
     if s.deployed {
         println!("replicas: {} running of {}", s.running_replicas, s.desired_replicas);
     } else if s.current.is_some() {
-        println!("replicas: no Swarm service (removed outside slipway?); `slipway deploy {}` recreates it", app.name);
+        println!(
+            "replicas: no Swarm service (removed outside slipway?); `slipway deploy {}` recreates it",
+            app.name
+        );
     }
     match app.urls.split_first() {
         None => println!("urls:     none yet (no release with a [run] port)"),

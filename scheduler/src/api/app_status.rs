@@ -63,7 +63,8 @@ pub async fn app_logs(ctx: Arc<Context>, req: pb::AppLogsRequest) -> Result<AppL
     }
     let docker = ctx.docker().await?;
     let stack = ctx.config.deploy.stack.clone();
-    let view = observe::service_view(&docker, &stack, &req.app).await.map_err(|e| swarm_error(&req.app, e))?;
+    let view =
+        observe::service_view(&docker, &stack, &req.app).await.map_err(|e| swarm_error(&req.app, e))?;
     let Some(view) = view else {
         return Err(Status::failed_precondition(format!(
             "app {} has no service yet (never deployed, or its service was removed): \

@@ -153,7 +153,11 @@ async fn node_names(docker: &Docker) -> Result<HashMap<String, String>, DeployEr
 }
 
 /// The app's service and its tasks; `None` when Swarm has no service for it.
-pub async fn service_view(docker: &Docker, stack: &str, app: &str) -> Result<Option<ServiceView>, DeployError> {
+pub async fn service_view(
+    docker: &Docker,
+    stack: &str,
+    app: &str,
+) -> Result<Option<ServiceView>, DeployError> {
     let name = service_name(stack, app);
     let service = match docker.inspect_service(&name, None).await {
         Ok(service) => service,
@@ -256,7 +260,10 @@ fn note(task: &TaskView, line: String) -> TaskLine {
 }
 
 /// The stream's next item, or `None` when `limit` passed first.
-async fn next_within<S: futures::Stream + Unpin>(stream: &mut S, limit: Option<Duration>) -> Option<Option<S::Item>> {
+async fn next_within<S: futures::Stream + Unpin>(
+    stream: &mut S,
+    limit: Option<Duration>,
+) -> Option<Option<S::Item>> {
     match limit {
         Some(limit) => tokio::time::timeout(limit, stream.next()).await.ok(),
         None => Some(stream.next().await),
@@ -295,7 +302,9 @@ async fn read_task_log(docker: Docker, task: TaskView, query: LogQuery, tx: mpsc
         };
         let (source, message) = match next {
             None => return,
-            Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => (LogSource::Stdout, message),
+            Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                (LogSource::Stdout, message)
+            }
             Some(Ok(LogOutput::StdErr { message })) => (LogSource::Stderr, message),
             Some(Ok(LogOutput::StdIn { .. })) => continue,
             Some(Err(e)) => {
@@ -394,7 +403,10 @@ mod tests {
                 state: Some(state),
                 err: Some("task: non-zero exit (1)".into()),
                 message: Some("started".into()),
-                container_status: Some(ContainerStatus { container_id: Some("c1".into()), ..Default::default() }),
+                container_status: Some(ContainerStatus {
+                    container_id: Some("c1".into()),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
