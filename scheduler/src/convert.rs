@@ -203,30 +203,6 @@ pub fn rejections(rs: &[crate::placement::Rejection]) -> Vec<pb::NodeRejection> 
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_healthcheck_survives_the_wire_and_an_empty_one_is_none() {
-        let hc = state::Healthcheck {
-            cmd: vec!["CMD".into(), "/bin/check".into()],
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_millis(1500),
-            retries: 3,
-            start_period: Duration::ZERO,
-        };
-        let wire = healthcheck(&hc);
-        assert_eq!(
-            (wire.interval_ms, wire.timeout_ms, wire.retries, wire.start_period_ms),
-            (5000, 1500, 3, 0)
-        );
-        assert_eq!(healthcheck_from(&wire), hc);
-        let run = pb::RunSpec { healthcheck: Some(pb::Healthcheck::default()), ..Default::default() };
-        assert_eq!(run_spec_from(&run).healthcheck, None);
-    }
-}
-
 /// `apps show`: the app, its current release and what Swarm runs (`view`: `None` when
 /// Swarm has no service for it).
 pub fn app_status(
@@ -270,5 +246,29 @@ pub fn app_log_line(l: crate::deploy::observe::TaskLine) -> pb::AppLogLine {
         release: l.release,
         stream: l.source.as_str().to_owned(),
         line: l.line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_healthcheck_survives_the_wire_and_an_empty_one_is_none() {
+        let hc = state::Healthcheck {
+            cmd: vec!["CMD".into(), "/bin/check".into()],
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_millis(1500),
+            retries: 3,
+            start_period: Duration::ZERO,
+        };
+        let wire = healthcheck(&hc);
+        assert_eq!(
+            (wire.interval_ms, wire.timeout_ms, wire.retries, wire.start_period_ms),
+            (5000, 1500, 3, 0)
+        );
+        assert_eq!(healthcheck_from(&wire), hc);
+        let run = pb::RunSpec { healthcheck: Some(pb::Healthcheck::default()), ..Default::default() };
+        assert_eq!(run_spec_from(&run).healthcheck, None);
     }
 }
