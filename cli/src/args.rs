@@ -21,7 +21,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Create, list, show and delete apps.
+    /// Create, list, show and delete apps; their tasks' logs.
     #[command(subcommand)]
     Apps(AppsCmd),
     /// Build APP from git and deploy it; streams the build log and the deploy.
@@ -78,6 +78,8 @@ pub enum AppsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The app, its current release and replicas, URLs, and its Swarm tasks (node,
+    /// state, release, since, last error).
     Show {
         name: String,
         #[arg(long)]
@@ -85,6 +87,30 @@ pub enum AppsCmd {
     },
     /// Remove the app, its Swarm service and its records.
     Delete { name: String },
+    /// Print what the app's tasks write (stdout and stderr), each line prefixed with
+    /// `<app>.<slot>.<task>@<node>`.
+    Logs {
+        name: String,
+        /// Keep printing new lines (and tasks started later) until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        /// Lines from the end of each task's log (default: all; at most 10000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(slipway_proto::validate::MAX_LOG_TAIL)))]
+        tail: Option<u32>,
+        /// Only lines written in this last span of time, e.g. 30s, 10m, 2h, 1h30m.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<std::time::Duration>,
+    },
+}
+
+/// `--since`: a span of time back from now, as humantime reads it (`10m`, `1h30m`).
+pub fn parse_since(value: &str) -> Result<std::time::Duration, String> {
+    let span = humantime::parse_duration(value)
+        .map_err(|e| format!("{value:?} is not a span of time ({e}); write it like 30s, 10m, 2h or 1h30m"))?;
+    if span.is_zero() {
+        return Err(format!("{value:?} is zero; write a span like 30s, 10m, 2h or 1h30m"));
+    }
+    Ok(span)
 }
 
 #[derive(Args)]
@@ -161,4 +187,22 @@ pub enum ClusterCmd {
     /// Deny every operator certificate issued to NAME so far, on every call and renewal
     /// (a certificate issued to NAME afterwards works).
     AdminRevoke { name: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_since;
+
+    #[test]
+    fn since_reads_spans_and_names_the_format() {
+        assert_eq!(parse_since("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_since("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_since("45s"), Ok(Duration::from_secs(45)));
+        for bad in ["10", "ten minutes", "-5m", "", "0s"] {
+            let err = parse_since(bad).unwrap_err();
+            assert!(err.contains("10m") && err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
 }

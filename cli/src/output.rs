@@ -127,3 +127,104 @@ pub fn short_digest(d: &str) -> String {
         .map(|h| format!("sha256:{}", &h[..h.len().min(12)]))
         .unwrap_or_else(|| d.to_string())
 }
+
+/// What `apps logs` puts before each line: `<app>.<slot>.<task id, 12>@<node>`, as `docker
+/// service logs` names a task.
+pub fn log_prefix(app: &str, l: &pb::AppLogLine) -> String {
+    let task: String = l.task_id.chars().take(12).collect();
+    let node = if l.node.is_empty() { "?" } else { l.node.as_str() };
+    format!("{app}.{}.{task}@{node}", l.slot)
+}
+
+/// How a release runs, in one line: replicas, port, published port, domains, constraints,
+/// volumes and the names (not values) of its environment.
+pub fn run_summary(r: &pb::RunSpec) -> String {
+    let mut parts = vec![format!("{} replica{}", r.replicas, if r.replicas == 1 { "" } else { "s" })];
+    if r.port != 0 {
+        parts.push(format!("port {}", r.port));
+    }
+    if r.publish != 0 {
+        parts.push(format!("published on {}", r.publish));
+    }
+    if !r.domains.is_empty() {
+        parts.push(format!("domains {}", r.domains.join(", ")));
+    }
+    if !r.constraints.is_empty() {
+        parts.push(format!("constraints {}", r.constraints.join(", ")));
+    }
+    if !r.persist.is_empty() {
+        parts.push(format!("persist {}", r.persist.join(", ")));
+    }
+    if !r.env.is_empty() {
+        let mut names: Vec<&str> = r.env.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        parts.push(format!("env {}", names.join(", ")));
+    }
+    parts.join("; ")
+}
+
+fn run_json(r: &pb::RunSpec) -> Value {
+    let mut env: Vec<&String> = r.env.keys().collect();
+    env.sort_unstable();
+    json!({
+        "replicas": r.replicas, "port": r.port, "publish": r.publish, "domains": r.domains,
+        "constraints": r.constraints, "persist": r.persist, "env_names": env,
+        "healthcheck": r.healthcheck.as_ref().is_some_and(|h| !h.cmd.is_empty()),
+    })
+}
+
+pub fn task_json(t: &pb::AppTask) -> Value {
+    json!({
+        "id": t.id, "slot": t.slot, "node": t.node, "node_id": t.node_id, "state": t.state,
+        "desired_state": t.desired_state, "release": t.release, "since_ms": t.since_ms,
+        "error": t.error, "message": t.message, "image": t.image,
+    })
+}
+
+/// `apps show --json`: the app's fields (as `apps list --json`), its current release with
+/// how it runs, replicas, and its tasks.
+pub fn app_status_json(s: &pb::AppStatusResponse) -> Value {
+    let mut v = s.app.as_ref().map(app_json).unwrap_or_else(|| json!({}));
+    let current = s.current.as_ref().map(|r| {
+        let mut rj = release_json(r);
+        rj["run"] = r.run.as_ref().map(run_json).unwrap_or(Value::Null);
+        rj
+    });
+    v["release"] = current.unwrap_or(Value::Null);
+    v["deployed"] = json!(s.deployed);
+    v["replicas"] = json!({ "desired": s.desired_replicas, "running": s.running_replicas });
+    v["tasks"] = Value::Array(s.tasks.iter().map(task_json).collect());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_line_is_prefixed_with_its_task_and_node() {
+        let line = pb::AppLogLine {
+            task_id: "x3k9a8b1c2d4e5f6g7h8".into(),
+            slot: 2,
+            node: "worker-1".into(),
+            line: "hello".into(),
+            ..Default::default()
+        };
+        assert_eq!(log_prefix("shop", &line), "shop.2.x3k9a8b1c2d4@worker-1");
+        let unplaced = pb::AppLogLine { task_id: "short".into(), slot: 1, ..Default::default() };
+        assert_eq!(log_prefix("shop", &unplaced), "shop.1.short@?");
+    }
+
+    #[test]
+    fn run_summary_names_env_keys_not_values() {
+        let run = pb::RunSpec {
+            replicas: 2,
+            port: 8080,
+            env: [("GREETING".to_owned(), "hi".to_owned()), ("A".to_owned(), "secret".to_owned())].into(),
+            ..Default::default()
+        };
+        let s = run_summary(&run);
+        assert_eq!(s, "2 replicas; port 8080; env A, GREETING");
+        assert_eq!(run_json(&run)["env_names"], json!(["A", "GREETING"]));
+    }
+}

@@ -42,6 +42,20 @@ pub const MAX_CONTROL_REQUEST_BYTES: usize = 1024 * 1024;
 /// (reports, build events of one log line each, assignments).
 pub const MAX_AGENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most lines `apps logs --tail` asks of each task of an app.
+pub const MAX_LOG_TAIL: u32 = 10_000;
+
+/// `apps logs --tail N`: at most [`MAX_LOG_TAIL`] lines per task.
+pub fn log_tail(tail: u32) -> Result<(), Invalid> {
+    if tail > MAX_LOG_TAIL {
+        return Err(invalid(
+            "log tail",
+            format!("{tail} lines asked; the limit is {MAX_LOG_TAIL} lines per task (use --since for older lines)"),
+        ));
+    }
+    Ok(())
+}
+
 /// `value` of the request field `what` is at most `max` bytes long.
 pub fn bounded(what: &'static str, value: &str, max: usize) -> Result<(), Invalid> {
     if value.len() > max {

@@ -203,6 +203,52 @@ pub fn rejections(rs: &[crate::placement::Rejection]) -> Vec<pb::NodeRejection> 
         .collect()
 }
 
+/// `apps show`: the app, its current release and what Swarm runs (`view`: `None` when
+/// Swarm has no service for it).
+pub fn app_status(
+    app: pb::App,
+    current: Option<pb::Release>,
+    view: Option<&crate::deploy::observe::ServiceView>,
+) -> pb::AppStatusResponse {
+    pb::AppStatusResponse {
+        app: Some(app),
+        current,
+        deployed: view.is_some(),
+        desired_replicas: view.map_or(0, |v| v.desired_replicas),
+        running_replicas: view.map_or(0, |v| v.running()),
+        tasks: view.map(|v| v.tasks.iter().map(app_task).collect()).unwrap_or_default(),
+    }
+}
+
+fn app_task(t: &crate::deploy::observe::TaskView) -> pb::AppTask {
+    pb::AppTask {
+        id: t.id.clone(),
+        slot: t.slot,
+        node: t.node.clone(),
+        node_id: t.node_id.clone(),
+        state: t.state.clone(),
+        desired_state: t.desired_state.clone(),
+        release: t.release,
+        since_ms: t.since_ms,
+        error: t.error.clone(),
+        message: t.message.clone(),
+        image: t.image.clone(),
+    }
+}
+
+/// One line an app's task wrote.
+pub fn app_log_line(l: crate::deploy::observe::TaskLine) -> pb::AppLogLine {
+    pb::AppLogLine {
+        at_ms: l.at_ms,
+        task_id: l.task_id,
+        slot: l.slot,
+        node: l.node,
+        release: l.release,
+        stream: l.source.as_str().to_owned(),
+        line: l.line,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -944,6 +944,19 @@ impl TestCluster {
             .expect("run slipway")
     }
 
+    /// `slipway ARGS` started in the background with its output piped, for commands
+    /// that stream (`apps logs --follow`); the caller kills it.
+    pub fn cli_spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(binary("slipway"))
+            .args(["--scheduler", &self.grpc_addrs().join(",")])
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start slipway")
+    }
+
     /// `docker ARGS` against the Swarm manager the stack lives on.
     pub fn swarm_cli(&self, args: &[&str]) -> Result<String, String> {
         let host = format!("unix://{}", self.swarm_socket);

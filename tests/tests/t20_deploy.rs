@@ -91,6 +91,83 @@ async fn t20_deploy_redeploy_rollback_and_restart() {
     let out = cluster.cli(&["nodes"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("(buildkit)"), "nodes shows the builder beside the engine version:\n{table}");
+
+    apps_show_and_logs(&cluster, r3.number).await;
+}
+
+/// `apps show` lists the task Swarm runs (node, state `running`, the current release);
+/// `apps logs` prints what it wrote, prefixed with its task and node, and `--follow`
+/// prints a line written after it started (httpd -v logs a request for a static file);
+/// an app never deployed and an unknown app say so.
+async fn apps_show_and_logs(cluster: &TestCluster, current: u64) {
+    let out = cluster.cli(&["apps", "show", "hello", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("apps show --json is JSON");
+    assert_eq!(json["release"]["number"], current, "{json}");
+    assert_eq!(json["deployed"], true, "{json}");
+    assert_eq!(json["replicas"]["desired"], 1, "{json}");
+    let tasks = json["tasks"].as_array().expect("tasks is a list");
+    let running: Vec<&serde_json::Value> = tasks.iter().filter(|t| t["state"] == "running").collect();
+    assert_eq!(running.len(), 1, "one running task: {json}");
+    let task = running[0];
+    assert_eq!(task["release"], current, "the running task runs the current release: {json}");
+    let node = task["node"].as_str().expect("node");
+    assert!(!node.is_empty(), "{json}");
+    let id: String = task["id"].as_str().unwrap().chars().take(12).collect();
+    let prefix = format!("hello.{}.{id}@{node} | ", task["slot"]);
+    let table = String::from_utf8_lossy(&cluster.cli(&["apps", "show", "hello"]).stdout).into_owned();
+    assert!(table.contains("running") && table.contains(&format!("v{current}")), "{table}");
+
+    let out = cluster.cli(&["apps", "logs", "hello", "--tail", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().count() <= 5 * tasks.len(), "--tail 5 per task:\n{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == format!("{prefix}hello: listening on port 8080")),
+        "the start line, with its task and node:\n{stdout}"
+    );
+    assert!(!stderr.contains("note:"), "every task's log answered:\n{stderr}");
+    let mut follow = cluster.cli_spawn(&["apps", "logs", "hello", "--follow", "--tail", "0"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = follow.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // A static file: httpd -v logs its answer (CGI answers, like the healthcheck's, it does not).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.wait_for_app("hello", "/version.txt", Duration::from_secs(20)).await.expect("static file");
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    let line = line.expect("--follow prints a request line written after it started");
+    assert!(line.starts_with(&prefix) && line.contains("response:200"), "{line}");
+
+    cluster.create_app("idle", "https://example.com/idle.git").await.expect("create app");
+    let out = cluster.cli(&["apps", "show", "idle", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("apps show --json is JSON");
+    assert_eq!(
+        (&json["deployed"], &json["release"], &json["tasks"]),
+        (&false.into(), &serde_json::Value::Null, &serde_json::json!([]))
+    );
+    let out = cluster.cli(&["apps", "logs", "idle"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no service yet"), "{stderr}");
+    for cmd in [&["apps", "show", "nope"][..], &["apps", "logs", "nope"]] {
+        let out = cluster.cli(cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("\"nope\" not found") && stderr.contains("slipway apps"),
+            "{stderr}"
+        );
+    }
+    let out = cluster.cli(&["apps", "logs", "hello", "--since", "ten minutes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("10m"), "{stderr}");
+    let out = cluster.cli(&["apps", "logs", "hello", "--tail", "10001"]);
+    assert!(!out.status.success(), "--tail over the limit is refused");
 }
 
 /// The Dockerfile people write today, `docker init`-style: a dependency stage whose

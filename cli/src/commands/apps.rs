@@ -1,13 +1,15 @@
-//! `slipway apps create|list|show|delete`: the apps the cluster knows.
+//! `slipway apps create|list|show|delete|logs`: the apps the cluster knows, what Swarm
+//! runs of each, and what its tasks print.
 
 use serde_json::Value;
 use slipway_proto as pb;
+use tokio_stream::StreamExt;
 use tonic::Code;
 
 use super::print_json;
 use crate::args::AppsCmd;
 use crate::client::{Call, Result};
-use crate::output::{self, age, table};
+use crate::output::{self, age, short_digest, table};
 
 /// Runs an `apps` subcommand.
 pub async fn run(call: Call<'_>, command: &AppsCmd) -> Result<()> {
@@ -51,27 +53,28 @@ pub async fn run(call: Call<'_>, command: &AppsCmd) -> Result<()> {
             }
         }
         AppsCmd::Show { name, json } => {
-            let app = c.get_app(pb::GetAppRequest { name: name.clone() }).await?.into_inner();
+            let status = c.app_status(pb::AppStatusRequest { app: name.clone() }).await?.into_inner();
             if *json {
-                print_json(&output::app_json(&app));
+                print_json(&output::app_status_json(&status));
             } else {
-                println!(
-                    "app:      {}\nrepo:     {}\nbranch:   {}\nservice:  {}\nrelease:  {}\ncreated:  {}",
-                    app.name,
-                    app.repo,
-                    app.branch,
-                    app.service,
-                    app.current_release,
-                    age(app.created_at_ms)
-                );
-                match app.urls.split_first() {
-                    None => println!("urls:     none yet (no release with a [run] port)"),
-                    Some((first, rest)) => {
-                        println!("urls:     {first}");
-                        for url in rest {
-                            println!("          {url}");
-                        }
-                    }
+                print_status(&status);
+            }
+        }
+        AppsCmd::Logs { name, follow, tail, since } => {
+            let req = pb::AppLogsRequest {
+                app: name.clone(),
+                follow: *follow,
+                tail: *tail,
+                since_seconds: since.map_or(0, |s| s.as_secs().max(1)),
+            };
+            let mut lines = c.app_logs(req).await?.into_inner();
+            while let Some(line) = lines.next().await {
+                let line = line?;
+                let prefix = output::log_prefix(name, &line);
+                match line.stream.as_str() {
+                    "stderr" => eprintln!("{prefix} | {}", line.line),
+                    "slipway" => eprintln!("note: {prefix}: {}", line.line),
+                    _ => println!("{prefix} | {}", line.line),
                 }
             }
         }
@@ -85,4 +88,74 @@ pub async fn run(call: Call<'_>, command: &AppsCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `apps show APP`: the app, its current release, replicas, URLs and tasks.
+fn print_status(s: &pb::AppStatusResponse) {
+    let app = s.app.clone().unwrap_or_default();
+    println!(
+        "app:      {}\nrepo:     {}\nbranch:   {}\nservice:  {}\ncreated:  {}",
+        app.name,
+        app.repo,
+        app.branch,
+        app.service,
+        age(app.created_at_ms)
+    );
+    match &s.current {
+        None => println!("release:  none yet: never deployed (`slipway deploy {}` starts it)", app.name),
+        Some(r) => {
+            let rollback =
+                if r.rollback_of != 0 { format!(", rollback of v{}", r.rollback_of) } else { String::new() };
+            let sha: String = r.git_sha.chars().take(8).collect();
+            println!(
+                "release:  v{} ({}, git {sha}{rollback}), {} {}",
+                r.number,
+                output::deploy_state(r.deploy_state),
+                short_digest(&r.digest),
+                age(r.created_at_ms)
+            );
+            println!("image:    {}", r.image);
+            if let Some(run) = &r.run {
+                println!("run:      {}", output::run_summary(run));
+            }
+        }
+    }
+    if s.deployed {
+        println!("replicas: {} running of {}", s.running_replicas, s.desired_replicas);
+    } else if s.current.is_some() {
+        println!(
+            "replicas: no Swarm service (removed outside slipway?); `slipway deploy {}` recreates it",
+            app.name
+        );
+    }
+    match app.urls.split_first() {
+        None => println!("urls:     none yet (no release with a [run] port)"),
+        Some((first, rest)) => {
+            println!("urls:     {first}");
+            for url in rest {
+                println!("          {url}");
+            }
+        }
+    }
+    if s.tasks.is_empty() {
+        return;
+    }
+    println!();
+    let rows = s
+        .tasks
+        .iter()
+        .map(|t| {
+            let id: String = t.id.chars().take(12).collect();
+            vec![
+                format!("{}.{}.{id}", app.name, t.slot),
+                if t.node.is_empty() { "-".into() } else { t.node.clone() },
+                t.state.clone(),
+                t.desired_state.clone(),
+                if t.release == 0 { "-".into() } else { format!("v{}", t.release) },
+                age(t.since_ms),
+                t.error.lines().next().unwrap_or("").chars().take(60).collect(),
+            ]
+        })
+        .collect();
+    table(&["TASK", "NODE", "STATE", "DESIRED", "RELEASE", "SINCE", "ERROR"], rows);
 }

@@ -575,6 +575,22 @@ impl pb::control_server::Control for ControlService {
         tracing::info!(id, "scheduler removed; its certificates are denied");
         Ok(Response::new(cluster_status(&self.ctx)))
     }
+
+    async fn app_status(
+        &self,
+        req: Request<pb::AppStatusRequest>,
+    ) -> Result<Response<pb::AppStatusResponse>, Status> {
+        Ok(Response::new(super::app_status::app_status(&self.ctx, req.into_inner()).await?))
+    }
+
+    type AppLogsStream = super::app_status::AppLogStream;
+
+    async fn app_logs(
+        &self,
+        req: Request<pb::AppLogsRequest>,
+    ) -> Result<Response<Self::AppLogsStream>, Status> {
+        Ok(Response::new(super::app_status::app_logs(self.ctx.clone(), req.into_inner()).await?))
+    }
 }
 
 impl ControlService {

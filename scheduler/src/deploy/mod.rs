@@ -38,6 +38,8 @@
 //! - `converge.rs`: observe and judge the service until it settles, and what Swarm was seen
 //!   doing on the way (healthchecks, rollbacks, host-mode ports, tasks it cannot place).
 //! - `grants.rs`: [`renew_pull_grant`], keeping a running service's registry credentials valid.
+//! - `observe.rs`: reads for operators, not deploys: an app's tasks (`apps show`) and what
+//!   they print (`apps logs`).
 //! - Tests: `spec_tests.rs`, `engine_tests.rs` and `converge_tests.rs` beside their part, pure;
 //!   `tests.rs` deploys on the local Docker engine.
 
@@ -54,6 +56,7 @@ use crate::state::Healthcheck;
 mod converge;
 mod engine;
 mod grants;
+pub mod observe;
 mod spec;
 
 pub use grants::{renew_pull_grant, Renewal};
