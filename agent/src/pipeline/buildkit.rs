@@ -410,6 +410,22 @@ impl Progress {
     }
 }
 
+/// The engine's message, with what to do where BuildKit's own words do not say it.
+fn with_hint(message: String) -> String {
+    // `gateway.v0` is the frontend a `# syntax=<image>` line (or a BUILDKIT_SYNTAX build
+    // argument) selects: the engine must pull that image, and failing that, fails here.
+    if message.contains("frontend gateway.v0") {
+        format!(
+            "{message}\nhint: the Dockerfile's `# syntax=` line asks the engine to pull that frontend \
+             image, which it cannot; remove the `# syntax=` line (the engine's built-in Dockerfile \
+             frontend runs RUN --mount=type=cache, bind and secret) or make the image pullable from \
+             every build node"
+        )
+    } else {
+        message
+    }
+}
+
 /// `a, b, c`.
 fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
@@ -573,7 +589,7 @@ pub async fn build(
                     log.line(text.to_string());
                 }
             }
-            Err(err) => return Err(progress.failure(&daemon_message(&err))),
+            Err(err) => return Err(progress.failure(&with_hint(daemon_message(&err)))),
         }
     }
     drop(session);
