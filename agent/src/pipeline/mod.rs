@@ -456,6 +456,7 @@ async fn build_in(
         timings: Some(timings),
         run: Some(manifest.run_spec()),
         manifest: manifest_text,
+        build_steps: built.build_steps,
     })
 }
 
@@ -1211,11 +1212,7 @@ mod tests {
         let err = run_build(&docker, &config(&root), &j, LogSink::discard()).await.unwrap_err();
         assert_eq!(err.phase, "build", "{}", err.reason);
         assert!(err.reason.contains("docker/dockerfile"), "names the frontend: {}", err.reason);
-        assert!(
-            err.reason.contains("remove the `# syntax=` line"),
-            "says what to do: {}",
-            err.reason
-        );
+        assert!(err.reason.contains("remove the `# syntax=` line"), "says what to do: {}", err.reason);
     }
 
     #[tokio::test]
