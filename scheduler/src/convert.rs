@@ -246,7 +246,7 @@ mod tests {
     fn reported_build_steps_are_bounded_before_they_are_recorded() {
         let step = |i: usize| pb::BuildStep {
             name: format!("[{i}/300] RUN make"),
-            cached: i % 2 == 0,
+            cached: i.is_multiple_of(2),
             duration_ms: i as u64,
         };
         let mut steps: Vec<pb::BuildStep> = (1..=300).map(step).collect();
