@@ -80,6 +80,9 @@ fn output_json(o: &pb::BuildOutput) -> Value {
         "image_size_bytes": o.image_size_bytes, "layers_pushed": o.layers_pushed,
         "layers_reused": o.layers_reused, "bytes_pushed": o.bytes_pushed,
         "cache_hits": o.cache_hits, "steps": o.steps,
+        "build_steps": o.build_steps.iter().map(|s| json!({
+            "name": s.name, "cached": s.cached, "duration_ms": s.duration_ms,
+        })).collect::<Vec<_>>(),
         "timings_ms": { "clone": t.clone_ms, "context": t.context_ms, "build": t.build_ms, "push": t.push_ms },
     })
 }

@@ -86,7 +86,41 @@ pub fn build_output(o: &state::BuildOutput) -> pb::BuildOutput {
         timings: Some(timings(&o.timings)),
         run: Some(run_spec(&o.run)),
         manifest: String::new(),
+        build_steps: o
+            .build_steps
+            .iter()
+            .map(|st| pb::BuildStep { name: st.name.clone(), cached: st.cached, duration_ms: st.duration_ms })
+            .collect(),
     }
+}
+
+/// Most build steps recorded with a build; an agent reporting more has the rest dropped.
+pub const MAX_BUILD_STEPS: usize = 200;
+
+/// Longest step name recorded, in characters; a longer one is cut, ending in `…`.
+pub const MAX_STEP_NAME_CHARS: usize = 200;
+
+/// The steps an agent reported, bounded for the raft log ([`MAX_BUILD_STEPS`],
+/// [`MAX_STEP_NAME_CHARS`]) with control characters shown as spaces (names are printed
+/// on operators' terminals).
+fn build_steps_from(steps: &[pb::BuildStep]) -> Vec<state::BuildStep> {
+    steps
+        .iter()
+        .take(MAX_BUILD_STEPS)
+        .map(|st| {
+            let mut name: String = st
+                .name
+                .chars()
+                .take(MAX_STEP_NAME_CHARS)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            if st.name.chars().nth(MAX_STEP_NAME_CHARS).is_some() {
+                name.pop();
+                name.push('…');
+            }
+            state::BuildStep { name, cached: st.cached, duration_ms: st.duration_ms }
+        })
+        .collect()
 }
 
 /// What an agent reported, as the record to replicate, with the repository and run spec
@@ -113,6 +147,7 @@ pub fn build_output_from(
         steps: o.steps,
         timings: timings_from(o.timings.as_ref()),
         run,
+        build_steps: build_steps_from(&o.build_steps),
     })
 }
 
@@ -252,6 +287,46 @@ pub fn app_log_line(l: crate::deploy::observe::TaskLine) -> pb::AppLogLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_build_steps_are_bounded_before_they_are_recorded() {
+        let step = |i: usize| pb::BuildStep {
+            name: format!("[{i}/300] RUN make"),
+            cached: i.is_multiple_of(2),
+            duration_ms: i as u64,
+        };
+        let mut steps: Vec<pb::BuildStep> = (1..=300).map(step).collect();
+        steps[0].name = format!("[1/300] RUN {}\x1b[2J", "é".repeat(400));
+        steps[1].name = format!("[2/300] RUN a\nb{}", "x".repeat(MAX_STEP_NAME_CHARS - 15));
+        let reported = pb::BuildOutput {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            build_steps: steps,
+            ..Default::default()
+        };
+        let out = build_output_from(&reported, "r/shop".into(), state::RunSpec::default()).unwrap();
+        assert_eq!(out.build_steps.len(), MAX_BUILD_STEPS, "the rest dropped");
+        let long = &out.build_steps[0].name;
+        assert_eq!(long.chars().count(), MAX_STEP_NAME_CHARS);
+        assert!(long.starts_with("[1/300] RUN éé") && long.ends_with("é…"), "{long}");
+        let exact = &out.build_steps[1].name;
+        assert_eq!(exact.chars().count(), MAX_STEP_NAME_CHARS, "{exact}");
+        assert!(exact.starts_with("[2/300] RUN a b") && exact.ends_with('x'), "not cut: {exact}");
+        let last = &out.build_steps[MAX_BUILD_STEPS - 1];
+        assert_eq!((last.name.as_str(), last.cached, last.duration_ms), ("[200/300] RUN make", true, 200));
+        // Back on the wire as recorded.
+        let wire = build_output(&out);
+        assert_eq!(wire.build_steps.len(), MAX_BUILD_STEPS);
+        assert_eq!(wire.build_steps[199].name, "[200/300] RUN make");
+    }
+
+    #[test]
+    fn a_build_recorded_before_build_steps_reads_with_none() {
+        // No steps are written, as a record of an older scheduler has none.
+        let old = serde_json::to_string(&state::BuildOutput::default()).unwrap();
+        assert!(!old.contains("build_steps"), "{old}");
+        let out: Result<state::BuildOutput, _> = serde_json::from_str(&old);
+        assert!(out.as_ref().is_ok_and(|o| o.build_steps.is_empty()), "{out:?}");
+    }
 
     #[test]
     fn a_healthcheck_survives_the_wire_and_an_empty_one_is_none() {

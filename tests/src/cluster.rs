@@ -148,6 +148,8 @@ struct Agent {
     docker_socket: String,
     build_root: PathBuf,
     state_dir: PathBuf,
+    /// More of its `agent.toml` (e.g. `builder = "classic"`).
+    extra: String,
     child: Option<Child>,
 }
 
@@ -295,6 +297,7 @@ impl TestCluster {
                 docker_socket: fleet.engine_socket(n).display().to_string(),
                 build_root: fleet.build_root(n),
                 state_dir: fleet.agent_state_dir(n),
+                extra: String::new(),
                 child: None,
             });
         }
@@ -454,6 +457,7 @@ impl TestCluster {
             docker_socket: LOCAL_ENGINE.into(),
             build_root: self.path("builds"),
             state_dir: self.path("agent"),
+            extra: String::new(),
             child: None,
         });
     }
@@ -532,7 +536,7 @@ impl TestCluster {
             let config = format!(
                 "schedulers = [{}]\nname = \"{}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\n\
                  docker_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nmin_free_bytes = {MIN_FREE_BYTES}\n\
-                 build_secrets_dir = \"{}\"\n{}",
+                 build_secrets_dir = \"{}\"\n{}{}",
                 schedulers.join(", "),
                 agent.name,
                 agent.state_dir.display(),
@@ -540,6 +544,7 @@ impl TestCluster {
                 agent.docker_socket,
                 self.build_secrets_dir().display(),
                 self.agent_token.as_ref().map(|t| format!("join_token = \"{t}\"\n")).unwrap_or_default(),
+                agent.extra,
             );
             std::fs::write(self.path(&format!("agent-{}.toml", i + 1)), config).expect("write agent config");
         }
@@ -691,6 +696,13 @@ impl TestCluster {
             assert!(Instant::now() < deadline, "no agreed leader after 30 s: {views:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Adds `toml` to agent `n`'s `agent.toml`, replacing what an earlier call added
+    /// (takes effect at its next start), e.g. `builder = "classic"`.
+    pub fn set_agent_extra(&mut self, n: u8, toml: &str) {
+        self.agent_mut(n).extra = toml.to_string();
+        self.write_configs();
     }
 
     /// Points agent `n` at another engine socket (takes effect at its next start).

@@ -68,6 +68,8 @@ pub struct Fleet {
     dir: PathBuf,
     /// The engines' storage driver.
     storage_driver: String,
+    /// Engines whose `daemon.json` turns BuildKit off (`"features": {"buildkit": false}`).
+    classic: Vec<u8>,
     /// API version the engines speak (their `/_ping` says), for [`Fleet::docker`].
     api_version: ClientVersion,
     /// On the lab's host address, its files under `dir`; dropped after the engines
@@ -93,6 +95,13 @@ impl Fleet {
     /// cannot run a fleet (not root, no Docker engine, no `docker-registry`, no
     /// `dockerd`); panics (tearing down what it started) if starting fails.
     pub async fn start(n_engines: u8) -> Option<Fleet> {
+        Fleet::start_with_classic(n_engines, &[]).await
+    }
+
+    /// [`Fleet::start`], with BuildKit turned off in the `daemon.json` of the engines
+    /// numbered in `classic` (`"features": {"buildkit": false}`: they build with the
+    /// classic builder only, and their `/_ping` says `Builder-Version: 1`).
+    pub async fn start_with_classic(n_engines: u8, classic: &[u8]) -> Option<Fleet> {
         assert!((1..=20).contains(&n_engines), "a fleet has 1 to 20 engines, not {n_engines}");
         let host = require_docker().await?;
         if Registry::binary().is_none() {
@@ -125,6 +134,7 @@ impl Fleet {
             engines: Vec::new(),
             dir,
             storage_driver,
+            classic: classic.to_vec(),
             api_version: ClientVersion { major_version: 1, minor_version: 41 },
             registry,
             lab,
@@ -494,6 +504,10 @@ impl Fleet {
             "log-driver": "json-file",
             "log-opts": { "max-size": "10m", "max-file": "2" },
         });
+        let mut config = config;
+        if self.classic.contains(&n) {
+            config["features"] = serde_json::json!({ "buildkit": false });
+        }
         let text = serde_json::to_string_pretty(&config).expect("daemon.json serialises");
         fs::write(dir.join("daemon.json"), text).expect("write daemon.json");
     }

@@ -231,6 +231,20 @@ async fn t20_buildkit_mounts_and_secret() {
     let second = cluster.deploy("modern", None).await;
     second.live();
     assert!(second.log.iter().any(|l| l.ends_with(" cache mount: kept")), "{:#?}", second.log);
+    // The steps are kept with the build: `builds show` lists each, cached or not, with its time.
+    let out = cluster.cli(&["builds", "show", &second.build_id, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("builds show --json");
+    let steps = json["output"]["build_steps"].as_array().cloned().unwrap_or_default();
+    let named = |part: &str| steps.iter().find(|s| s["name"].as_str().is_some_and(|n| n.contains(part)));
+    let deps_step = named("--mount=type=cache").unwrap_or_else(|| panic!("the deps RUN step: {json}"));
+    assert_eq!(deps_step["cached"], false, "the dependency change reran it: {json}");
+    assert!(deps_step["duration_ms"].is_u64(), "{json}");
+    assert!(steps.iter().any(|s| s["cached"] == true), "a step from the cache: {json}");
+    assert_eq!(steps.len() as u64, json["output"]["steps"].as_u64().unwrap(), "{json}");
+    let out = cluster.cli(&["builds", "show", &second.build_id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CACHED  TIME") && text.contains("RUN --mount=type=bind"), "{text}");
     let body = cluster.wait_for_app("modern", "/", Duration::from_secs(60)).await.unwrap();
     assert!(body.contains("deps: 6"), "{body}");
 }

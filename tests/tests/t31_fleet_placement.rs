@@ -50,7 +50,8 @@ fn t31_fleet_placement() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     runtime.block_on(async {
         let started = Instant::now();
-        let Some(mut fleet) = Fleet::start(3).await else { return };
+        // Engine 3 has BuildKit turned off: its builds take the classic fallback.
+        let Some(mut fleet) = Fleet::start_with_classic(3, &[3]).await else { return };
         for n in fleet.engine_numbers() {
             mount_tmpfs(&fleet.build_root(n), BUILD_FS);
         }
@@ -186,9 +187,20 @@ async fn spread(cluster: &TestCluster) -> Vec<App> {
     assert_ne!(on[0], "node-1", "engine 1 has the least disk headroom: not the first choice");
     assert_eq!(on[2], "node-1", "engines 2 and 3 each run a build: engine 1 takes the third");
     for p in placed {
+        let node = p.node.clone();
         let run = finish(p).await;
         eprintln!("deployed in {:?}", run.elapsed);
+        let fallback = run.log.iter().any(|l| l.starts_with("==> builder: classic (fallback: the engine"));
+        assert_eq!(fallback, node == "node-3", "only engine 3 (BuildKit off) falls back: {:#?}", run.log);
     }
+    let builders: Vec<String> =
+        nodes(cluster).await.iter().map(|n| n.report.clone().unwrap_or_default().builder).collect();
+    assert_eq!(builders, ["buildkit", "buildkit", "classic"], "each engine's builder is reported");
+    let table = cli_ok(cluster, &["nodes"]);
+    assert!(
+        table.contains("(classic)") && table.contains("(buildkit)"),
+        "nodes shows each builder:\n{table}"
+    );
     apps
 }
 

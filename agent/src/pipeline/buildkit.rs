@@ -82,6 +82,12 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Lines of output quoted when a build fails.
 const FAILURE_CONTEXT_LINES: usize = 20;
 
+/// Most steps recorded for the build report (the scheduler keeps no more).
+const MAX_STEP_RECORDS: usize = 200;
+
+/// Longest step name recorded for the build report, in characters.
+const MAX_STEP_NAME_CHARS: usize = 200;
+
 /// Longest line of step output kept whole; see `docker::MAX_OUTPUT_LINE_BYTES`.
 const MAX_OUTPUT_LINE_BYTES: usize = 256 * 1024;
 
@@ -299,6 +305,8 @@ pub struct Progress {
     pub cache_hits: u32,
     /// The Dockerfile step that failed, if one did.
     failed_step: Option<String>,
+    /// Each Dockerfile step completed, by its `#N` (at most [`MAX_STEP_RECORDS`]).
+    records: BTreeMap<u32, slipway_proto::BuildStep>,
     /// The step seen last (for a failure without a failed vertex).
     last_step: Option<String>,
     tail: VecDeque<String>,
@@ -330,14 +338,31 @@ impl Progress {
                 lines.push(format!("#{i} {}", std::mem::take(&mut st.partial)));
             }
             let step = is_step(&st.name);
+            let seconds = match (&v.started, &v.completed) {
+                (Some(s), Some(c)) => {
+                    ((c.seconds - s.seconds) as f64 + f64::from(c.nanos - s.nanos) / 1e9).max(0.0)
+                }
+                _ => 0.0,
+            };
             if step && v.error.is_empty() {
                 self.steps += 1;
                 // A `FROM` is never a cache hit (as with the classic builder): BuildKit
                 // marks it CACHED whenever another build resolved the same image first.
-                if v.cached && !is_from(&st.name) {
+                let cached = v.cached && !is_from(&st.name);
+                if cached {
                     self.cache_hits += 1;
                 }
                 self.last_step = Some(st.name.clone());
+                if self.records.len() < MAX_STEP_RECORDS {
+                    self.records.insert(
+                        i,
+                        slipway_proto::BuildStep {
+                            name: st.name.chars().take(MAX_STEP_NAME_CHARS).collect(),
+                            cached,
+                            duration_ms: if v.cached { 0 } else { (seconds * 1000.0).round() as u64 },
+                        },
+                    );
+                }
             }
             if !v.error.is_empty() {
                 // A cache source that is missing (first build) or unreachable only makes
@@ -354,12 +379,6 @@ impl Progress {
             } else if v.cached {
                 lines.push(format!("#{i} CACHED"));
             } else {
-                let seconds = match (&v.started, &v.completed) {
-                    (Some(s), Some(c)) => {
-                        ((c.seconds - s.seconds) as f64 + f64::from(c.nanos - s.nanos) / 1e9).max(0.0)
-                    }
-                    _ => 0.0,
-                };
                 lines.push(format!("#{i} DONE {seconds:.1}s"));
             }
         }
@@ -396,6 +415,11 @@ impl Progress {
         lines
     }
 
+    /// The steps completed, in the order the log numbers them (for the build report).
+    pub fn build_steps(&self) -> Vec<slipway_proto::BuildStep> {
+        self.records.values().cloned().collect()
+    }
+
     /// The failure report: failing step, the engine's message, last lines of output.
     pub fn failure(&self, message: &str) -> super::Failure {
         let head = match self.failed_step.as_ref().or(self.last_step.as_ref()) {
@@ -407,6 +431,22 @@ impl Progress {
         }
         let tail: Vec<&str> = self.tail.iter().map(String::as_str).collect();
         super::Failure::Build(format!("{head}\nlast {} lines of output:\n{}", tail.len(), tail.join("\n")))
+    }
+}
+
+/// The engine's message, with what to do where BuildKit's own words do not say it.
+fn with_hint(message: String) -> String {
+    // `gateway.v0` is the frontend a `# syntax=<image>` line (or a BUILDKIT_SYNTAX build
+    // argument) selects: the engine must pull that image, and failing that, fails here.
+    if message.contains("frontend gateway.v0") {
+        format!(
+            "{message}\nhint: the Dockerfile's `# syntax=` line asks the engine to pull that frontend \
+             image, which it cannot; remove the `# syntax=` line (the engine's built-in Dockerfile \
+             frontend runs RUN --mount=type=cache, bind and secret) or make the image pullable from \
+             every build node"
+        )
+    } else {
+        message
     }
 }
 
@@ -573,7 +613,7 @@ pub async fn build(
                     log.line(text.to_string());
                 }
             }
-            Err(err) => return Err(progress.failure(&daemon_message(&err))),
+            Err(err) => return Err(progress.failure(&with_hint(daemon_message(&err)))),
         }
     }
     drop(session);
@@ -584,7 +624,13 @@ pub async fn build(
         })?,
     };
     log.line(format!("==> built {tag}: {} steps, {} from the cache", progress.steps, progress.cache_hits));
-    Ok(super::docker::BuildStats { image_id, cache_hits: progress.cache_hits, steps: progress.steps })
+    let build_steps = progress.build_steps();
+    Ok(super::docker::BuildStats {
+        image_id,
+        cache_hits: progress.cache_hits,
+        steps: progress.steps,
+        build_steps,
+    })
 }
 
 /// Build arguments for a BuildKit build of `app`: the manifest's, the deprecated secret
@@ -676,6 +722,17 @@ mod tests {
             ]
         );
         assert_eq!((p.steps, p.cache_hits), (3, 1), "a cached FROM is not a cache hit");
+        let records: Vec<_> =
+            p.build_steps().into_iter().map(|s| (s.name, s.cached, s.duration_ms)).collect();
+        assert_eq!(
+            records,
+            [
+                ("[1/3] FROM slipway-base".to_string(), false, 0),
+                ("[2/3] RUN --mount=type=cache,target=/c make".to_string(), false, 1500),
+                ("[3/3] COPY . /app".to_string(), true, 0),
+            ],
+            "steps only, in log order"
+        );
     }
 
     #[test]
@@ -690,6 +747,21 @@ mod tests {
         assert!(reason.starts_with("[build 2/4] RUN false: executor failed running"), "{reason}");
         assert!(reason.contains("last 2 lines of output:\n#1 [build 2/4] RUN false\n#1 ERROR: process"));
         assert_eq!((p.steps, p.cache_hits), (0, 0), "a failed step is not counted as run");
+    }
+
+    #[test]
+    fn step_records_are_bounded() {
+        let mut p = Progress::default();
+        let long = format!("[1/250] RUN {}", "x".repeat(500));
+        let mut vertexes = vec![vertex("d1", &long, true, true, false)];
+        vertexes.extend(
+            (2..=250).map(|n| vertex(&format!("d{n}"), &format!("[{n}/250] RUN n"), true, true, true)),
+        );
+        p.feed(&StatusResponse { vertexes, ..Default::default() });
+        let records = p.build_steps();
+        assert_eq!((p.steps, records.len()), (250, MAX_STEP_RECORDS), "counted all, recorded 200");
+        assert_eq!(records[0].name.chars().count(), MAX_STEP_NAME_CHARS);
+        assert_eq!(records[199].name, "[200/250] RUN n");
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub struct BuildStats {
     pub cache_hits: u32,
     /// Dockerfile steps run (including `FROM`).
     pub steps: u32,
+    /// Each step, cached or not, and its time (BuildKit only; empty from the classic builder).
+    pub build_steps: Vec<slipway_proto::BuildStep>,
 }
 
 /// What a push measured.
@@ -281,6 +283,7 @@ async fn build_classic(
         image_id: image.id.unwrap_or_default(),
         cache_hits: progress.cache_hits,
         steps: progress.steps,
+        build_steps: Vec::new(),
     })
 }
 

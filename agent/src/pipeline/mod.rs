@@ -456,6 +456,7 @@ async fn build_in(
         timings: Some(timings),
         run: Some(manifest.run_spec()),
         manifest: manifest_text,
+        build_steps: built.build_steps,
     })
 }
 
@@ -1176,6 +1177,42 @@ mod tests {
         assert!(err.reason.starts_with("[3/3] RUN false: "), "{}", err.reason);
         assert!(err.reason.contains("exit code: 1"), "{}", err.reason);
         assert!(err.reason.contains(&format!(" {marker}\n")), "output before the failure: {}", err.reason);
+    }
+
+    /// What BuildKit refuses fails the build phase with its message: a Dockerfile syntax
+    /// error names the line; a `# syntax=` frontend the engine cannot pull names the image
+    /// and how to build without it.
+    #[tokio::test]
+    async fn buildkit_refusals_fail_the_build_with_its_message() {
+        let Some((docker, base)) = engine_with_base().await else { return };
+        let (_tmp, root) = build_root();
+        let repo = GitRepo::empty();
+        repo.commit_files(
+            &[
+                ("slipway.toml", "name = \"refused\"\n"),
+                ("Dockerfile", &format!("FROM {base}\nRUNN echo hi\n")),
+            ],
+            "typo",
+        );
+        // Nothing listens there: neither build may get as far as a push.
+        let j = job(&repo.url(), "refused", &free_loopback_addr());
+        let err = run_build(&docker, &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "build", "{}", err.reason);
+        assert!(
+            err.reason.contains("dockerfile parse error line 2: unknown instruction: RUNN"),
+            "{}",
+            err.reason
+        );
+
+        repo.commit_files(
+            &[("Dockerfile", &format!("# syntax=docker/dockerfile:1\nFROM {base}\nRUN echo hi\n"))],
+            "frontend",
+        );
+        let j = job(&repo.url(), "refused", &free_loopback_addr());
+        let err = run_build(&docker, &config(&root), &j, LogSink::discard()).await.unwrap_err();
+        assert_eq!(err.phase, "build", "{}", err.reason);
+        assert!(err.reason.contains("docker/dockerfile"), "names the frontend: {}", err.reason);
+        assert!(err.reason.contains("remove the `# syntax=` line"), "says what to do: {}", err.reason);
     }
 
     #[tokio::test]

@@ -88,6 +88,24 @@ fn print_build(b: &pb::Build) {
             o.cache_hits,
             o.steps
         );
+        if !o.build_steps.is_empty() {
+            println!();
+            let rows = o
+                .build_steps
+                .iter()
+                .map(|s| {
+                    let time = if s.cached {
+                        "-".to_string()
+                    } else {
+                        format!("{:.1}s", s.duration_ms as f64 / 1000.0)
+                    };
+                    // The name last: a long one does not push the other columns away.
+                    vec![if s.cached { "yes" } else { "no" }.to_string(), time, s.name.clone()]
+                })
+                .collect();
+            table(&["CACHED", "TIME", "STEP"], rows);
+            println!();
+        }
     }
     if !b.error.is_empty() {
         println!("error:    {}", b.error);

@@ -301,6 +301,13 @@ impl pb::control_server::Control for ControlService {
                         .values()
                         .filter(|b| app.is_empty() || b.app == app)
                         .map(|b| convert::build(b, convert::rejections(&self.ctx.dispatch.waiting_on(&b.id))))
+                        .map(|mut b| {
+                            // Per-step records are for `builds show`: a list stays small.
+                            if let Some(o) = &mut b.output {
+                                o.build_steps.clear();
+                            }
+                            b
+                        })
                         .collect(),
                 )
             })

@@ -24,8 +24,8 @@ mod revocations;
 
 pub use claims::Claims;
 pub use records::{
-    sha256_hex, App, Build, BuildOutput, BuildState, DeployState, Healthcheck, JoinSecret, NodeRecord,
-    PhaseTimings, Release, RequestOutcome, RunSpec,
+    sha256_hex, App, Build, BuildOutput, BuildState, BuildStep, DeployState, Healthcheck, JoinSecret,
+    NodeRecord, PhaseTimings, Release, RequestOutcome, RunSpec,
 };
 pub use revocations::{holder_key, Revocation};
 

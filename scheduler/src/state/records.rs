@@ -106,6 +106,21 @@ pub struct BuildOutput {
     pub timings: PhaseTimings,
     /// How the image runs (replicas, port, env, persist, healthcheck), from the manifest.
     pub run: RunSpec,
+    /// The Dockerfile steps BuildKit ran or took from its cache (bounded by
+    /// `convert::build_output_from`; none from the classic builder or older agents).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build_steps: Vec<BuildStep>,
+}
+
+/// One Dockerfile step of a build (see `BuildStep` in types.proto).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildStep {
+    /// As the build log shows it: `[deps 2/3] RUN pip install …`.
+    pub name: String,
+    /// Answered from the build cache.
+    pub cached: bool,
+    /// From start to completion.
+    pub duration_ms: u64,
 }
 
 /// How long each phase of a build took, in milliseconds.

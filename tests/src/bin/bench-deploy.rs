@@ -57,7 +57,7 @@ fn median(mut xs: Vec<Duration>) -> Duration {
 #[tokio::main]
 async fn main() {
     let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let Some(cluster) = TestCluster::start("bench").await else {
+    let Some(mut cluster) = TestCluster::start("bench").await else {
         eprintln!("bench-deploy needs a Docker engine");
         std::process::exit(1);
     };
@@ -127,6 +127,23 @@ async fn main() {
     }
     let _ = docker_cli(&["service", "rm", &manual_service]);
 
+    // The same code-only redeploy with the agent on the classic builder
+    // (`builder = "classic"` in its agent.toml), after one untimed warm-up build.
+    cluster.kill_agent(1);
+    cluster.set_agent_extra(1, "builder = \"classic\"\n");
+    cluster.start_agent(1);
+    let mut classic = Vec::new();
+    for round in 0..=rounds {
+        repo.write("www/version.txt", format!("classic round {round}\n"));
+        repo.commit("code-only change");
+        let run = cluster.deploy("hello", None).await;
+        run.live();
+        assert!(run.log.iter().any(|l| l.starts_with("==> builder: classic")), "{:#?}", run.log);
+        if round > 0 {
+            classic.push((run.elapsed, run.built.clone().unwrap()));
+        }
+    }
+
     let warm_bytes: Vec<u64> = pushed.iter().map(|o| o.bytes_pushed).collect();
     let (s, h) = (median(slipway_times.clone()), median(hand_times.clone()));
     println!("bench-deploy: example app, {rounds} code-only rounds");
@@ -164,6 +181,22 @@ async fn main() {
             (slipway_times[i].as_millis() as u64).saturating_sub(build_side)
         );
     }
+    let build_ms = |outs: &mut dyn Iterator<Item = &slipway_proto::BuildOutput>| {
+        let mut ms: Vec<u64> = outs.map(|o| o.timings.unwrap_or_default().build_ms).collect();
+        ms.sort();
+        (ms[ms.len() / 2], ms)
+    };
+    let (bk_build, bk_all) = build_ms(&mut pushed.iter());
+    let (cl_build, cl_all) = build_ms(&mut classic.iter().map(|(_, o)| o));
+    let cl_total = median(classic.iter().map(|(d, _)| *d).collect());
+    println!("  build phase, BuildKit            {:>8.2} s  median of {bk_all:?} ms", bk_build as f64 / 1e3);
+    println!(
+        "  build phase, classic builder     {:>8.2} s  median of {cl_all:?} ms (cached steps {:?})",
+        cl_build as f64 / 1e3,
+        classic.iter().map(|(_, o)| format!("{}/{}", o.cache_hits, o.steps)).collect::<Vec<_>>()
+    );
+    println!("  ratio BuildKit / classic (build) {:>8.2}", bk_build as f64 / (cl_build.max(1)) as f64);
+    println!("  code-only redeploy, classic      {:>8.2} s  (whole deploy, median)", cl_total.as_secs_f64());
     println!(
         "  cold / code-only bytes pushed    {:>8.0}x",
         cold_out.bytes_pushed as f64 / (*warm_bytes.iter().max().unwrap_or(&1)).max(1) as f64
