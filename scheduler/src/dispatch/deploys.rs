@@ -255,6 +255,9 @@ mod tests {
             run: Default::default(),
             bytes_pushed: 0,
             timings: Default::default(),
+            config: Default::default(),
+            replicas: None,
+            change: None,
         };
         assert_eq!(in_fleet_registry(&registry, &release("10.0.0.1:5000/shop")), Ok(()));
         for elsewhere in ["10.0.0.1:5000/other", "evil.example/shop", "127.0.0.1:5000/shop"] {
