@@ -1,7 +1,8 @@
 //! The scheduler's gRPC API, as the services `server.rs` mounts on its listener:
 //!
 //! - [`control`]: the operator API (`control.proto`, what `slipway` calls): apps,
-//!   deploys, builds, logs, releases, rollbacks, nodes, cluster membership, join tokens.
+//!   deploys, builds, logs, releases, rollbacks, nodes, cluster membership, join tokens,
+//!   app config and scale (`app_config`).
 //!   Input is validated here, before anything is written.
 //! - [`agents`]: the agent sessions (`agent.proto`): one stream per agent carrying its
 //!   reports and build events up and build assignments down.
@@ -13,5 +14,6 @@
 //! [`crate::error`].
 
 pub mod agents;
+mod app_config;
 pub mod control;
 pub mod enroll;

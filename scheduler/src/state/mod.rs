@@ -24,6 +24,7 @@ mod claims;
 mod records;
 mod revocations;
 
+pub use app_config::{check_replicas, config_bytes};
 pub use claims::Claims;
 pub use records::{
     sha256_hex, App, Build, BuildOutput, BuildState, DeployState, Healthcheck, JoinSecret, NodeRecord,
