@@ -421,7 +421,10 @@ pub fn env_name(key: &str) -> Result<(), Invalid> {
 pub fn env_value(key: &str, value: &str) -> Result<(), Invalid> {
     const WHAT: &str = "config value";
     if value.contains('\0') {
-        return Err(invalid(WHAT, format!("the value of {key} holds a NUL character, which no environment can carry")));
+        return Err(invalid(
+            WHAT,
+            format!("the value of {key} holds a NUL character, which no environment can carry"),
+        ));
     }
     if value.len() > MAX_CONFIG_BYTES {
         return Err(invalid(

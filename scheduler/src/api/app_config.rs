@@ -56,7 +56,15 @@ pub(super) fn app_config(app: &state::App, base: Option<&state::Release>) -> pb:
     let mut entries: BTreeMap<&String, pb::ConfigEntry> = manifest
         .iter()
         .map(|(k, v)| {
-            (k, pb::ConfigEntry { key: k.clone(), value: v.clone(), source: "manifest".into(), ..Default::default() })
+            (
+                k,
+                pb::ConfigEntry {
+                    key: k.clone(),
+                    value: v.clone(),
+                    source: "manifest".into(),
+                    ..Default::default()
+                },
+            )
         })
         .collect();
     for (k, v) in &app.config {
@@ -113,15 +121,23 @@ pub(super) async fn scale(ctx: &Arc<Context>, req: pb::ScaleRequest) -> Result<E
         Some(state::check_replicas(u64::from(req.replicas)).map_err(Error::from)?)
     };
     let request_id = ready_to_change(ctx, &req.app, req.request_id).await?;
-    let cmd = Command::Scale { app: req.app, replicas, request_id: Some(request_id), at_ms: slipway_common::now_ms() };
+    let cmd = Command::Scale {
+        app: req.app,
+        replicas,
+        request_id: Some(request_id),
+        at_ms: slipway_common::now_ms(),
+    };
     roll_out(ctx, cmd).await
 }
 
 /// Checks the app exists and, if a change would roll out, that the Swarm manager answers
 /// (fail fast, before anything is recorded). Returns the request id to record.
 async fn ready_to_change(ctx: &Context, app: &str, request_id: String) -> Result<String, Status> {
-    let has_image =
-        ctx.store.read_current(|s| s.app(app).map(|_| s.change_base(app).is_some())).await?.map_err(Error::from)?;
+    let has_image = ctx
+        .store
+        .read_current(|s| s.app(app).map(|_| s.change_base(app).is_some()))
+        .await?
+        .map_err(Error::from)?;
     if has_image {
         ctx.docker().await?;
     }
@@ -173,7 +189,10 @@ mod tests {
         for (r, why) in [
             (pb::SetConfigRequest { app: "Shop".into(), ..req(&[("A", "1")], &[]) }, "invalid app name"),
             (req(&[], &[]), "invalid config change: nothing to change"),
-            (req(&[("9LIVES", "1")], &[]), "invalid config key: \"9LIVES\" is not an environment variable name"),
+            (
+                req(&[("9LIVES", "1")], &[]),
+                "invalid config key: \"9LIVES\" is not an environment variable name",
+            ),
             (req(&[], &["BAD-KEY"]), "invalid config key: \"BAD-KEY\""),
             (req(&[("A", "x\0")], &[]), "invalid config value: the value of A holds a NUL"),
             (req(&[("A", &big)], &[]), "invalid config change: the keys and values set are 65537 bytes"),
@@ -187,7 +206,12 @@ mod tests {
     #[test]
     fn config_shows_where_each_value_comes_from() {
         let mut s = state::State::default();
-        s.apply(&Command::CreateApp { name: "shop".into(), repo: "r".into(), branch: "main".into(), at_ms: 1 });
+        s.apply(&Command::CreateApp {
+            name: "shop".into(),
+            repo: "r".into(),
+            branch: "main".into(),
+            at_ms: 1,
+        });
         let app = s.apps.get_mut("shop").unwrap();
         app.config = [("GREETING".to_string(), "config".to_string()), ("DB".into(), "x".into())].into();
         app.replicas = Some(3);
@@ -222,7 +246,11 @@ mod tests {
             .collect();
         assert_eq!(
             shown,
-            [("DB", "x", "config", false), ("GREETING", "config", "config", true), ("LOG", "info", "manifest", false)]
+            [
+                ("DB", "x", "config", false),
+                ("GREETING", "config", "config", true),
+                ("LOG", "info", "manifest", false)
+            ]
         );
         assert_eq!((c.release, c.scaled_replicas, c.manifest_replicas, c.config_bytes), (4, 3, 2, 17));
     }

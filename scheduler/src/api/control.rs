@@ -114,7 +114,12 @@ pub(super) enum Topic {
 }
 
 /// Streams a deploy topic: history, then live events, until a terminal event.
-pub(super) fn watch_deploy(ctx: Arc<Context>, first: Option<Event>, topic_name: String, topic: Topic) -> EventStream {
+pub(super) fn watch_deploy(
+    ctx: Arc<Context>,
+    first: Option<Event>,
+    topic_name: String,
+    topic: Topic,
+) -> EventStream {
     Box::pin(async_stream::stream! {
         if let Some(first) = first {
             yield Ok(DeployEvent { event: Some(first) });
@@ -576,7 +581,10 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(cluster_status(&self.ctx)))
     }
 
-    async fn get_config(&self, req: Request<pb::GetConfigRequest>) -> Result<Response<pb::AppConfig>, Status> {
+    async fn get_config(
+        &self,
+        req: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::AppConfig>, Status> {
         super::app_config::get_config(&self.ctx, &req.into_inner().app).await.map(Response::new)
     }
 

@@ -14,9 +14,7 @@ use std::collections::BTreeMap;
 use slipway_common::manifest::MAX_REPLICAS;
 use slipway_proto::validate;
 
-use super::{
-    ApplyError, DeployState, PhaseTimings, Release, ReleaseChange, RequestOutcome, Response, State,
-};
+use super::{ApplyError, DeployState, PhaseTimings, Release, ReleaseChange, RequestOutcome, Response, State};
 
 /// Bytes an app's config takes, as [`validate::MAX_CONFIG_BYTES`] counts them: every key
 /// and value.
@@ -134,7 +132,9 @@ impl State {
         if self.app(app)?.replicas == replicas {
             return Ok(Response::Configured { app: self.app(app)?.clone(), release: None, changed: false });
         }
-        self.record_change(app, request_id, at_ms, ReleaseChange::Scale { replicas }, |a| a.replicas = replicas)
+        self.record_change(app, request_id, at_ms, ReleaseChange::Scale { replicas }, |a| {
+            a.replicas = replicas
+        })
     }
 
     /// Changes the app record with `edit` and, if it has an image, records the release
@@ -192,8 +192,18 @@ mod tests {
 
     fn app_with_release(deployed: bool) -> State {
         let mut s = State::default();
-        s.apply(&Command::CreateApp { name: "shop".into(), repo: "r".into(), branch: "main".into(), at_ms: 1 });
-        s.apply(&Command::RegisterNode { id: "n1".into(), name: "n1".into(), labels: Default::default(), at_ms: 1 });
+        s.apply(&Command::CreateApp {
+            name: "shop".into(),
+            repo: "r".into(),
+            branch: "main".into(),
+            at_ms: 1,
+        });
+        s.apply(&Command::RegisterNode {
+            id: "n1".into(),
+            name: "n1".into(),
+            labels: Default::default(),
+            at_ms: 1,
+        });
         s.apply(&Command::QueueBuild {
             app: "shop".into(),
             git_ref: "main".into(),
@@ -205,7 +215,11 @@ mod tests {
         let output = BuildOutput {
             digest: format!("sha256:{}", "a".repeat(64)),
             repository: "reg/shop".into(),
-            run: RunSpec { replicas: 1, env: kv(&[("LOG_LEVEL", "info"), ("GREETING", "manifest")]), ..Default::default() },
+            run: RunSpec {
+                replicas: 1,
+                env: kv(&[("LOG_LEVEL", "info"), ("GREETING", "manifest")]),
+                ..Default::default()
+            },
             ..Default::default()
         };
         s.apply(&Command::FinishBuild { build_id: "b-1".into(), attempt: 1, result: Ok(output), at_ms: 3 });
@@ -233,7 +247,8 @@ mod tests {
     #[test]
     fn a_config_change_is_a_release_of_the_same_image_that_wins_over_the_manifest() {
         let mut s = app_with_release(true);
-        let Response::Configured { release: Some(r2), changed: true, .. } = set(&mut s, &[("GREETING", "config")], &[])
+        let Response::Configured { release: Some(r2), changed: true, .. } =
+            set(&mut s, &[("GREETING", "config")], &[])
         else {
             panic!()
         };
@@ -245,9 +260,14 @@ mod tests {
         assert_eq!(s.apps["shop"].config, kv(&[("GREETING", "config")]));
         // Setting what is there records nothing; unset removes the key in a new release.
         let before = s.clone();
-        assert!(matches!(set(&mut s, &[("GREETING", "config")], &[]), Response::Configured { changed: false, release: None, .. }));
+        assert!(matches!(
+            set(&mut s, &[("GREETING", "config")], &[]),
+            Response::Configured { changed: false, release: None, .. }
+        ));
         assert_eq!(s, before);
-        let Response::Configured { release: Some(r3), .. } = set(&mut s, &[], &["GREETING"]) else { panic!() };
+        let Response::Configured { release: Some(r3), .. } = set(&mut s, &[], &["GREETING"]) else {
+            panic!()
+        };
         assert_eq!(r3.env()["GREETING"], "manifest");
         assert!(s.apps["shop"].config.is_empty());
     }
@@ -258,7 +278,11 @@ mod tests {
         set(&mut s, &[("KEEP", "1")], &[]);
         let before = s.clone();
         for (pairs, unset, says) in [
-            (vec![("OK", "1"), ("1BAD", "x")], vec![], "invalid config key: \"1BAD\" is not an environment variable name"),
+            (
+                vec![("OK", "1"), ("1BAD", "x")],
+                vec![],
+                "invalid config key: \"1BAD\" is not an environment variable name",
+            ),
             (vec![("A-B", "x")], vec![], "\"A-B\" is not an environment variable name; use letters"),
             (vec![("NUL", "a\0b")], vec![], "the value of NUL holds a NUL"),
             (vec![], vec!["MISSING"], "app \"shop\" has no config key MISSING; `slipway config shop` lists"),
@@ -282,7 +306,12 @@ mod tests {
     #[test]
     fn an_app_without_an_image_keeps_its_config_for_the_first_build() {
         let mut s = State::default();
-        s.apply(&Command::CreateApp { name: "shop".into(), repo: "r".into(), branch: "main".into(), at_ms: 1 });
+        s.apply(&Command::CreateApp {
+            name: "shop".into(),
+            repo: "r".into(),
+            branch: "main".into(),
+            at_ms: 1,
+        });
         let resp = set(&mut s, &[("DATABASE_URL", "postgres://db")], &[]);
         assert!(matches!(resp, Response::Configured { release: None, changed: true, .. }), "{resp:?}");
         s.apply(&Command::Scale { app: "shop".into(), replicas: Some(3), request_id: None, at_ms: 2 });
@@ -294,10 +323,28 @@ mod tests {
         built.releases.clear();
         built.builds.clear();
         built.next_build = 0;
-        built.apply(&Command::QueueBuild { app: "shop".into(), git_ref: "main".into(), no_cache: false, request_id: None, at_ms: 2 });
+        built.apply(&Command::QueueBuild {
+            app: "shop".into(),
+            git_ref: "main".into(),
+            no_cache: false,
+            request_id: None,
+            at_ms: 2,
+        });
         built.apply(&Command::AssignBuild { build_id: "b-1".into(), node_id: "n1".into(), attempt: 1 });
-        let out = BuildOutput { digest: format!("sha256:{}", "b".repeat(64)), repository: "reg/shop".into(), run: RunSpec { replicas: 1, ..Default::default() }, ..Default::default() };
-        let Response::Release(r) = built.apply(&Command::FinishBuild { build_id: "b-1".into(), attempt: 1, result: Ok(out), at_ms: 3 }) else { panic!() };
+        let out = BuildOutput {
+            digest: format!("sha256:{}", "b".repeat(64)),
+            repository: "reg/shop".into(),
+            run: RunSpec { replicas: 1, ..Default::default() },
+            ..Default::default()
+        };
+        let Response::Release(r) = built.apply(&Command::FinishBuild {
+            build_id: "b-1".into(),
+            attempt: 1,
+            result: Ok(out),
+            at_ms: 3,
+        }) else {
+            panic!()
+        };
         assert_eq!((r.env()["DATABASE_URL"].as_str(), r.effective_replicas()), ("postgres://db", 3));
     }
 
@@ -313,7 +360,11 @@ mod tests {
         for bad in [0, MAX_REPLICAS + 1] {
             let before = s.clone();
             let Response::Refused(err) = scale(&mut s, Some(bad)) else { panic!() };
-            assert!(err.to_string().starts_with(&format!("replicas must be 1 to 1000 (the manifest's bounds), got {bad}")), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("replicas must be 1 to 1000 (the manifest's bounds), got {bad}")),
+                "{err}"
+            );
             assert_eq!(s, before);
         }
         s.apply(&Command::RecordDeploy { app: "shop".into(), release: 2, result: Ok(()) });
@@ -321,7 +372,11 @@ mod tests {
         s.apply(&Command::RecordDeploy { app: "shop".into(), release: 3, result: Ok(()) });
         assert_eq!(s.releases["shop"][2].effective_replicas(), 4, "a config release keeps the scale");
         // Rollback to v1: its config (none) comes back, the scale stays.
-        let Response::Release(rb) = s.apply(&Command::Rollback { app: "shop".into(), to: Some(1), request_id: None, at_ms: 6 }) else { panic!() };
+        let Response::Release(rb) =
+            s.apply(&Command::Rollback { app: "shop".into(), to: Some(1), request_id: None, at_ms: 6 })
+        else {
+            panic!()
+        };
         assert_eq!((rb.effective_replicas(), rb.config.len()), (4, 0));
         assert!(s.apps["shop"].config.is_empty());
         let Response::Configured { release: Some(r), .. } = scale(&mut s, None) else { panic!() };
