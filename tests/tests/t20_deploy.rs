@@ -117,16 +117,19 @@ async fn config_and_scale(cluster: &TestCluster, repo: &GitRepo) {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     };
+    let whole = std::time::Instant::now();
     let builds_before = cluster.builds("hello").await.len();
     let current = cluster.releases("hello").await.last().cloned().expect("a release");
 
     // config set: a release of the same image, no build; the manifest's GREETING is overridden.
+    let started = std::time::Instant::now();
     let (ok, out, err) =
         cli(&["config", "set", "hello", "GREETING=from config", "DATABASE_URL=postgres://db/x=1"]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("config: set DATABASE_URL, GREETING, no build") && out.contains("is live"), "{out}");
     let body = answers("greeting: from config").await;
     assert!(body.contains("greeting: from config"), "the app sees the config value: {body}");
+    eprintln!("measured: config set to the new value served: {:?}", started.elapsed());
     let releases = cluster.releases("hello").await;
     let config_release = releases.last().unwrap().clone();
     assert_eq!(config_release.digest, current.digest, "same image");
@@ -176,22 +179,25 @@ async fn config_and_scale(cluster: &TestCluster, repo: &GitRepo) {
     // A code deploy keeps the config and the scale.
     repo.write("www/version.txt", "v4-after-config\n");
     repo.commit("code after config");
+    let started = std::time::Instant::now();
     let deployed = cluster.deploy("hello", None).await;
     let r = deployed.live().clone();
     assert_eq!((r.replicas, r.change.as_str()), (2, ""), "{r:?}");
     assert_eq!(r.config_keys, ["DATABASE_URL", "GREETING"]);
     let body = answers("v4-after-config").await;
     assert!(body.contains("v4-after-config") && body.contains("greeting: from config"), "{body}");
+    eprintln!("measured: code-only deploy to the new code served: {:?}", started.elapsed());
     assert_eq!(running_tasks(cluster), 2, "the scaled replicas survive the deploy");
 
-    // unset: back to the manifest's value; scale --reset: back to the manifest's replicas.
+    // scale --reset: back to the manifest's replicas; unset: back to the manifest's value.
+    let (ok, out, err) = cli(&["scale", "hello", "--reset"]);
+    assert!(ok && out.contains("runs 1 task(s)"), "{out}{err}");
+    assert_eq!(running_tasks(cluster), 1);
     let (ok, out, err) = cli(&["config", "unset", "hello", "GREETING"]);
     assert!(ok, "{out}{err}");
     let body = answers("greeting: hello, operator").await;
     assert!(body.contains("greeting: hello, operator"), "the manifest's value again: {body}");
-    let (ok, out, err) = cli(&["scale", "hello", "--reset"]);
-    assert!(ok && out.contains("runs 1 task(s)"), "{out}{err}");
-    assert_eq!(running_tasks(cluster), 1);
+    eprintln!("measured: config and scale steps in all: {:?}", whole.elapsed());
 }
 
 /// Tasks of the hello service Swarm reports running.
