@@ -61,6 +61,50 @@ pub enum Command {
     /// Raft cluster membership and state.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Show APP's environment (its config over the manifest's `[run] env`, each value with
+    /// where it comes from), or change it with `config set` / `config unset`.
+    Config(ConfigArgs),
+    /// Run N tasks of APP without a build (a release of the running image); the scaled
+    /// value wins over the manifest's `replicas`, also for later deploys, until `--reset`.
+    Scale {
+        app: String,
+        /// Tasks to run, 1 to 1000 (the manifest's bounds).
+        #[arg(allow_negative_numbers = true, required_unless_present = "reset", conflicts_with = "reset")]
+        replicas: Option<i64>,
+        /// Go back to the manifest's `replicas`.
+        #[arg(long)]
+        reset: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub cmd: Option<ConfigCmd>,
+    /// The app whose config to show.
+    pub app: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Set keys of APP's config (one change, one release, no build); a key set here wins
+    /// over the same key in the manifest's `[run] env`. An app not deployed yet keeps it
+    /// for its first deploy.
+    Set {
+        app: String,
+        /// KEY=VALUE pairs; KEY is an environment variable name ([A-Za-z_][A-Za-z0-9_]*).
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Remove keys from APP's config (one change, one release, no build); a key the
+    /// manifest also sets goes back to the manifest's value.
+    Unset {
+        app: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -106,6 +106,8 @@ pub fn release_json(r: &pb::Release) -> Value {
         "rollback_of": (r.rollback_of != 0).then_some(r.rollback_of),
         "deploy_state": deploy_state(r.deploy_state), "deploy_error": r.deploy_error,
         "bytes_pushed": r.bytes_pushed,
+        "change": (!r.change.is_empty()).then_some(&r.change),
+        "replicas": r.replicas, "config_keys": r.config_keys,
     })
 }
 

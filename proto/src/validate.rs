@@ -405,6 +405,54 @@ pub fn placement_constraint(constraint: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Most bytes of config one app holds: the keys and values set with `slipway config set`,
+/// counted together (the manifest's `[run] env` is not counted: the manifest has its own limit).
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+/// Longest environment variable name accepted as a config key.
+pub const MAX_ENV_NAME_BYTES: usize = 255;
+
+/// Config keys are POSIX environment variable names: `[A-Za-z_][A-Za-z0-9_]*`, at most
+/// [`MAX_ENV_NAME_BYTES`] bytes.
+pub fn env_name(key: &str) -> Result<(), Invalid> {
+    const WHAT: &str = "config key";
+    const RULE: &str = "use letters, digits and '_', not starting with a digit (e.g. DATABASE_URL)";
+    if key.len() > MAX_ENV_NAME_BYTES {
+        return Err(invalid(
+            WHAT,
+            format!("it is {} bytes long; the limit is {MAX_ENV_NAME_BYTES} bytes", key.len()),
+        ));
+    }
+    let ok = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(invalid(WHAT, format!("{key:?} is not an environment variable name; {RULE}")));
+    }
+    Ok(())
+}
+
+/// A config value for `key`: any text without a NUL (the engine cannot pass one), at most
+/// [`MAX_CONFIG_BYTES`] long.
+pub fn env_value(key: &str, value: &str) -> Result<(), Invalid> {
+    const WHAT: &str = "config value";
+    if value.contains('\0') {
+        return Err(invalid(
+            WHAT,
+            format!("the value of {key} holds a NUL character, which no environment can carry"),
+        ));
+    }
+    if value.len() > MAX_CONFIG_BYTES {
+        return Err(invalid(
+            WHAT,
+            format!(
+                "the value of {key} is {} bytes long; an app's config is at most {MAX_CONFIG_BYTES} bytes \
+                 (keep large data in a file or a secret)",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,5 +814,23 @@ mod tests {
             let err = placement_constraint(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn config_keys_are_posix_variable_names_and_values_are_bounded() {
+        for ok in ["A", "_", "DATABASE_URL", "a1_b2", "_9"] {
+            assert_eq!(env_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "1X", "A-B", "A B", "A=B", "É", "a.b"] {
+            let msg = refused(env_name(bad), bad);
+            assert!(msg.contains("not an environment variable name; use letters"), "{msg}");
+        }
+        let msg = env_name(&"A".repeat(256)).unwrap_err().to_string();
+        assert!(msg.contains("256 bytes long; the limit is 255"), "{msg}");
+        assert_eq!(env_value("K", "any = text, even\nnewlines"), Ok(()));
+        let msg = env_value("K", "a\0b").unwrap_err().to_string();
+        assert!(msg.contains("the value of K holds a NUL"), "{msg}");
+        let msg = env_value("BIG", &"x".repeat(MAX_CONFIG_BYTES + 1)).unwrap_err().to_string();
+        assert!(msg.contains("the value of BIG is 65537 bytes long"), "{msg}");
     }
 }

@@ -224,6 +224,9 @@ pub fn release(r: &state::Release) -> pb::Release {
         run: Some(run_spec(&r.run)),
         bytes_pushed: r.bytes_pushed,
         timings: Some(timings(&r.timings)),
+        change: r.change.as_ref().map(ToString::to_string).unwrap_or_default(),
+        replicas: r.effective_replicas(),
+        config_keys: r.config.keys().cloned().collect(),
     }
 }
 

@@ -38,7 +38,10 @@ impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let msg = err.to_string();
         match err {
-            Error::Invalid(_) => Status::invalid_argument(msg),
+            Error::Invalid(_)
+            | Error::Refused(ApplyError::InvalidConfig(_) | ApplyError::InvalidReplicas { .. }) => {
+                Status::invalid_argument(msg)
+            }
             Error::Refused(
                 ApplyError::NoSuchApp(_) | ApplyError::NoSuchBuild(_) | ApplyError::NoSuchNode(_),
             )

@@ -30,11 +30,13 @@ pub fn is_terminal(event: &DeployEvent) -> bool {
     matches!(event.event, Some(Event::Done(_) | Event::Failed(_)))
 }
 
-/// Topic of a release's deploy events: its build for built releases, its own for rollbacks.
+/// Topic of a release's deploy events: its build for built releases, its own for rollbacks
+/// and for config or scale releases (which share their image's build id).
 pub fn release_topic(r: &Release) -> String {
-    match r.rollback_of {
-        None => r.build_id.clone(),
-        Some(_) => format!("rollback-{}-{}", r.app, r.number),
+    match (r.rollback_of, &r.change) {
+        (Some(_), _) => format!("rollback-{}-{}", r.app, r.number),
+        (None, Some(_)) => format!("change-{}-{}", r.app, r.number),
+        (None, None) => r.build_id.clone(),
     }
 }
 
@@ -166,5 +168,33 @@ mod tests {
         assert!(events.subscribe("b-1").finished);
         let file = std::fs::read_to_string(events.log_path("b-1")).unwrap();
         assert_eq!(file, "step 1\nstep 2\n");
+    }
+
+    #[test]
+    fn releases_without_a_build_have_topics_of_their_own() {
+        let built = Release {
+            app: "shop".into(),
+            number: 2,
+            digest: String::new(),
+            repository: String::new(),
+            git_sha: String::new(),
+            build_id: "b-7".into(),
+            node_id: String::new(),
+            created_at_ms: 0,
+            rollback_of: None,
+            deploy: crate::state::DeployState::Pending,
+            deploy_error: None,
+            run: Default::default(),
+            bytes_pushed: 0,
+            timings: Default::default(),
+            config: Default::default(),
+            replicas: None,
+            change: None,
+        };
+        let change = crate::state::ReleaseChange::Scale { replicas: Some(2) };
+        let scaled = Release { number: 3, change: Some(change), ..built.clone() };
+        let rollback = Release { number: 4, rollback_of: Some(2), ..built.clone() };
+        let topics = [&built, &scaled, &rollback].map(release_topic);
+        assert_eq!(topics, ["b-7", "change-shop-3", "rollback-shop-4"]);
     }
 }

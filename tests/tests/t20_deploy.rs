@@ -93,6 +93,7 @@ async fn t20_deploy_redeploy_rollback_and_restart() {
     assert!(table.contains("(buildkit)"), "nodes shows the builder beside the engine version:\n{table}");
 
     apps_show_and_logs(&cluster, r3.number).await;
+    config_and_scale(&cluster, &repo).await;
 }
 
 /// `apps show` lists the task Swarm runs (node, state `running`, the current release);
@@ -168,6 +169,128 @@ async fn apps_show_and_logs(cluster: &TestCluster, current: u64) {
     assert!(!out.status.success() && stderr.contains("10m"), "{stderr}");
     let out = cluster.cli(&["apps", "logs", "hello", "--tail", "10001"]);
     assert!(!out.status.success(), "--tail over the limit is refused");
+}
+
+/// `slipway config set|unset` and `scale` through the real CLI: each change is a release
+/// of the running image (no build) that the app sees, a code deploy keeps both, and bad
+/// input is refused with nothing changed.
+async fn config_and_scale(cluster: &TestCluster, repo: &GitRepo) {
+    let cli = |args: &[&str]| {
+        let out = cluster.cli(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        (out.status.success(), stdout, stderr)
+    };
+    let answers = |expected: &'static str| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = cluster.wait_for_app("hello", "/", Duration::from_secs(30)).await.unwrap_or_default();
+            if body.contains(expected) || std::time::Instant::now() > deadline {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let whole = std::time::Instant::now();
+    let builds_before = cluster.builds("hello").await.len();
+    let current = cluster.releases("hello").await.last().cloned().expect("a release");
+
+    // config set: a release of the same image, no build; the manifest's GREETING is overridden.
+    let started = std::time::Instant::now();
+    let (ok, out, err) =
+        cli(&["config", "set", "hello", "GREETING=from config", "DATABASE_URL=postgres://db/x=1"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("config: set DATABASE_URL, GREETING, no build") && out.contains("is live"), "{out}");
+    let body = answers("greeting: from config").await;
+    assert!(body.contains("greeting: from config"), "the app sees the config value: {body}");
+    eprintln!("measured: config set to the new value served: {:?}", started.elapsed());
+    let releases = cluster.releases("hello").await;
+    let config_release = releases.last().unwrap().clone();
+    assert_eq!(config_release.digest, current.digest, "same image");
+    assert_eq!(config_release.change, "config: set DATABASE_URL, GREETING");
+    assert_eq!(cluster.builds("hello").await.len(), builds_before, "no build");
+    let (_, table, _) = cli(&["releases", "hello"]);
+    assert!(table.contains("config: set DATABASE_URL, GREETING"), "{table}");
+    assert!(!table.contains("postgres://"), "releases show keys, never values:\n{table}");
+    let (ok, json, err) = cli(&["config", "hello", "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("config --json is JSON");
+    let source = |key: &str| {
+        json["entries"].as_array().unwrap().iter().find(|e| e["key"] == key).map(|e| e["source"].clone())
+    };
+    assert_eq!(source("GREETING"), Some("config".into()), "{json}");
+    assert_eq!(
+        json["entries"].as_array().unwrap().iter().find(|e| e["key"] == "GREETING").unwrap()
+            ["overrides_manifest"],
+        true
+    );
+    assert_eq!(source("DATABASE_URL"), Some("config".into()), "{json}");
+
+    // Bad input: refused naming the key or the limit, nothing recorded, nothing rolled out.
+    let releases_before = cluster.releases("hello").await;
+    let big = format!("BIG={}", "x".repeat(65 * 1024));
+    for (args, says) in [
+        (vec!["config", "set", "hello", "OK=1", "1BAD=x"], "\"1BAD\" is not an environment variable name"),
+        (vec!["config", "set", "hello", "NOEQUALS"], "\"NOEQUALS\" is not KEY=VALUE"),
+        (vec!["config", "set", "hello", &big], "the value of BIG is 66560 bytes long"),
+        (vec!["config", "unset", "hello", "NEVER_SET"], "has no config key NEVER_SET"),
+        (vec!["config", "set", "nope", "A=1"], "app \"nope\" not found"),
+        (vec!["scale", "hello", "-1"], "replicas must be 1 to 1000"),
+        (vec!["scale", "hello", "5000"], "replicas must be 1 to 1000"),
+    ] {
+        let (ok, out, err) = cli(&args);
+        assert!(!ok && err.contains(says), "{args:?}: expected {says:?}\n{out}{err}");
+    }
+    assert_eq!(cluster.releases("hello").await, releases_before, "nothing half-applied");
+    assert!(!cli(&["config", "hello"]).1.contains("OK"), "the good key of a refused change was not kept");
+
+    // scale 2: two tasks run, without a build.
+    let (ok, out, err) = cli(&["scale", "hello", "2"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("scale to 2") && out.contains("runs 2 task(s)"), "{out}");
+    assert_eq!(running_tasks(cluster), 2);
+
+    // A code deploy keeps the config and the scale.
+    repo.write("www/version.txt", "v4-after-config\n");
+    repo.commit("code after config");
+    let started = std::time::Instant::now();
+    let deployed = cluster.deploy("hello", None).await;
+    let r = deployed.live().clone();
+    assert_eq!((r.replicas, r.change.as_str()), (2, ""), "{r:?}");
+    assert_eq!(r.config_keys, ["DATABASE_URL", "GREETING"]);
+    let body = answers("v4-after-config").await;
+    assert!(body.contains("v4-after-config") && body.contains("greeting: from config"), "{body}");
+    eprintln!("measured: code-only deploy to the new code served: {:?}", started.elapsed());
+    assert_eq!(running_tasks(cluster), 2, "the scaled replicas survive the deploy");
+
+    // scale --reset: back to the manifest's replicas; unset: back to the manifest's value.
+    let (ok, out, err) = cli(&["scale", "hello", "--reset"]);
+    assert!(ok && out.contains("runs 1 task(s)"), "{out}{err}");
+    assert_eq!(running_tasks(cluster), 1);
+    let (ok, out, err) = cli(&["config", "unset", "hello", "GREETING"]);
+    assert!(ok, "{out}{err}");
+    let body = answers("greeting: hello, operator").await;
+    assert!(body.contains("greeting: hello, operator"), "the manifest's value again: {body}");
+    eprintln!("measured: config and scale steps in all: {:?}", whole.elapsed());
+}
+
+/// Tasks of the hello service Swarm reports running.
+fn running_tasks(cluster: &TestCluster) -> usize {
+    let service = cluster.service("hello");
+    let states = cluster
+        .swarm_cli(&[
+            "service",
+            "ps",
+            &service,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.CurrentState}}",
+        ])
+        .unwrap();
+    states.lines().filter(|l| l.starts_with("Running")).count()
 }
 
 /// The Dockerfile people write today, `docker init`-style: a dependency stage whose

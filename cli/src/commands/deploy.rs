@@ -38,6 +38,8 @@ pub async fn releases(call: Call<'_>, app: &str, json: bool) -> Result<()> {
             .map(|r| {
                 let what = if r.rollback_of != 0 {
                     format!("rollback to v{}", r.rollback_of)
+                } else if !r.change.is_empty() {
+                    r.change.clone()
                 } else {
                     format!("build {}", r.build_id)
                 };
@@ -67,7 +69,9 @@ pub async fn rollback(call: Call<'_>, app: &str, to: Option<u64>) -> Result<()> 
 }
 
 /// Prints a deploy's events until it ends; an error if it failed.
-async fn follow_deploy(mut stream: tonic::Streaming<DeployEvent>) -> Result<()> {
+pub(super) async fn follow_deploy(
+    mut stream: impl tokio_stream::Stream<Item = std::result::Result<DeployEvent, tonic::Status>> + Unpin,
+) -> Result<()> {
     let mut build_id = String::new();
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -106,6 +110,8 @@ async fn follow_deploy(mut stream: tonic::Streaming<DeployEvent>) -> Result<()> 
             Some(Event::Release(r)) => {
                 let from = if r.rollback_of != 0 {
                     format!(" (image of v{})", r.rollback_of)
+                } else if !r.change.is_empty() {
+                    format!(" ({}, no build)", r.change)
                 } else {
                     String::new()
                 };

@@ -4,6 +4,7 @@
 mod apps;
 mod builds;
 mod cluster;
+mod config;
 mod deploy;
 mod nodes;
 
@@ -25,6 +26,8 @@ pub async fn execute(call: Call<'_>, command: &Command) -> Result<()> {
         Command::Logs { build, follow } => builds::logs(call, build, *follow).await,
         Command::Nodes(args) => nodes::run(call, args).await,
         Command::Cluster(cmd) => cluster::run(call, cmd).await,
+        Command::Config(args) => config::run(call, args).await,
+        Command::Scale { app, replicas, reset } => config::scale(call, app, *replicas, *reset).await,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The operator API (`control.proto`): apps, deploys, builds, logs, releases,
-//! rollbacks, nodes (drain, remove), cluster status and membership. Input is validated here before anything is
+//! rollbacks, nodes (drain, remove), cluster status and membership, app config and scale (`app_config.rs`). Input is validated here before anything is
 //! written; every change is one raft write, so a request either fully happens or not.
 //! Every string field is bounded (app names 63 bytes, refs 255, URLs 2048, ids 255; see
 //! [`slipway_proto::validate`]) and whole requests are bounded by the server
@@ -37,12 +37,12 @@ impl ControlService {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<DeployEvent, Status>> + Send>>;
+pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<DeployEvent, Status>> + Send>>;
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 
 /// Refuses an identifier field (request id, build id, node, address) longer than
 /// [`validate::MAX_ID_BYTES`], before anything else reads it.
-fn bounded_id(what: &'static str, value: &str) -> Result<(), Error> {
+pub(super) fn bounded_id(what: &'static str, value: &str) -> Result<(), Error> {
     validate::bounded(what, value, validate::MAX_ID_BYTES).map_err(Error::from)
 }
 
@@ -101,20 +101,25 @@ fn terminal_from_state(s: &State, topic: &Topic, config: &crate::config::Schedul
         DeployState::Deployed => Some(Event::Done(pb::DeployDone {
             release: Some(convert::release(r)),
             service: format!("{}_{app}", config.deploy.stack),
-            running: r.run.replicas,
+            running: r.effective_replicas(),
             published_port: r.run.publish.map(u32::from).unwrap_or_default(),
             urls: crate::router::routes::app_urls(s, &app, &config.router.domain, config.router.http_port),
         })),
     }
 }
 
-enum Topic {
+pub(super) enum Topic {
     Build(String),
     Release { app: String, number: u64 },
 }
 
 /// Streams a deploy topic: history, then live events, until a terminal event.
-fn watch_deploy(ctx: Arc<Context>, first: Option<Event>, topic_name: String, topic: Topic) -> EventStream {
+pub(super) fn watch_deploy(
+    ctx: Arc<Context>,
+    first: Option<Event>,
+    topic_name: String,
+    topic: Topic,
+) -> EventStream {
     Box::pin(async_stream::stream! {
         if let Some(first) = first {
             yield Ok(DeployEvent { event: Some(first) });
@@ -597,6 +602,25 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::AppLogsRequest>,
     ) -> Result<Response<Self::AppLogsStream>, Status> {
         Ok(Response::new(super::app_status::app_logs(self.ctx.clone(), req.into_inner()).await?))
+    }
+
+    async fn get_config(
+        &self,
+        req: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::AppConfig>, Status> {
+        super::app_config::get_config(&self.ctx, &req.into_inner().app).await.map(Response::new)
+    }
+
+    type SetConfigStream = EventStream;
+
+    async fn set_config(&self, req: Request<pb::SetConfigRequest>) -> Result<Response<EventStream>, Status> {
+        super::app_config::set_config(&self.ctx, req.into_inner()).await.map(Response::new)
+    }
+
+    type ScaleStream = EventStream;
+
+    async fn scale(&self, req: Request<pb::ScaleRequest>) -> Result<Response<EventStream>, Status> {
+        super::app_config::scale(&self.ctx, req.into_inner()).await.map(Response::new)
     }
 }
 

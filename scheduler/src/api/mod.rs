@@ -1,9 +1,10 @@
 //! The scheduler's gRPC API, as the services `server.rs` mounts on its listener:
 //!
 //! - [`control`]: the operator API (`control.proto`, what `slipway` calls): apps,
-//!   deploys, builds, logs, releases, rollbacks, nodes, cluster membership, join tokens.
-//!   Input is validated here, before anything is written. [`app_status`] answers its
-//!   `AppStatus` and `AppLogs` (an app's tasks and their output, read from Swarm).
+//!   deploys, builds, logs, releases, rollbacks, nodes, cluster membership, join tokens,
+//!   app config and scale (`app_config`). Input is validated here, before anything is
+//!   written. [`app_status`] answers its `AppStatus` and `AppLogs` (an app's tasks and
+//!   their output, read from Swarm).
 //! - [`agents`]: the agent sessions (`agent.proto`): one stream per agent carrying its
 //!   reports and build events up and build assignments down.
 //! - [`enroll`]: enrollment (`enroll.proto`): joining with a join token, renewing a
@@ -14,6 +15,7 @@
 //! [`crate::error`].
 
 pub mod agents;
+mod app_config;
 pub mod app_status;
 pub mod control;
 pub mod enroll;

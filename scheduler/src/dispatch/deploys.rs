@@ -98,13 +98,15 @@ pub fn service_for(ctx: &Context, release: &Release) -> ServiceDeploy {
         app: release.app.clone(),
         image: release.image(),
         release: release.number,
-        replicas: release.run.replicas.max(1),
+        // `slipway scale` wins over the manifest's replicas.
+        replicas: release.effective_replicas(),
         port: release.run.port,
         publish: release.run.publish,
         constraints: release.run.constraints.clone(),
         env: {
-            // Heroku's convention: the app learns its port from $PORT.
-            let mut env = release.run.env.clone();
+            // The manifest's env, the app's config over it; Heroku's convention: the app
+            // learns its port from $PORT.
+            let mut env = release.env();
             if let Some(port) = release.run.port {
                 env.entry("PORT".into()).or_insert_with(|| port.to_string());
             }
@@ -162,8 +164,9 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
     let topic = release_topic(release);
     let spec = service_for(ctx, release);
     let service = format!("{}_{}", spec.stack, spec.app);
-    if release.rollback_of.is_none() {
-        // Rollbacks announced their release when they were recorded (api/control.rs).
+    if release.rollback_of.is_none() && release.change.is_none() {
+        // Rollbacks, config changes and scales announced their release when they were
+        // recorded (api/control.rs, api/app_config.rs).
         ctx.events.publish(&topic, Event::Release(convert::release(release)));
     }
     ctx.events.publish(
@@ -255,6 +258,9 @@ mod tests {
             run: Default::default(),
             bytes_pushed: 0,
             timings: Default::default(),
+            config: Default::default(),
+            replicas: None,
+            change: None,
         };
         assert_eq!(in_fleet_registry(&registry, &release("10.0.0.1:5000/shop")), Ok(()));
         for elsewhere in ["10.0.0.1:5000/other", "evil.example/shop", "127.0.0.1:5000/shop"] {

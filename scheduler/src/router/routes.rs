@@ -100,6 +100,9 @@ mod tests {
             run,
             bytes_pushed: 0,
             timings: Default::default(),
+            config: Default::default(),
+            replicas: None,
+            change: None,
         }
     }
 
@@ -114,6 +117,8 @@ mod tests {
                     branch: "main".into(),
                     created_at_ms: 0,
                     current_release: *current,
+                    config: Default::default(),
+                    replicas: None,
                 },
             );
             s.releases.insert(name.to_string(), releases.clone());

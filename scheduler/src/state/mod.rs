@@ -12,20 +12,23 @@
 //!                 ▲                      │                      │    └FinishBuild(err)─► Failed
 //!                 └──────── RequeueBuild (node lost: next attempt) ◄┘
 //! Rollback ─► Release N+1 (an earlier release's image)      RecordDeploy ─► release deployed / failed
+//! SetConfig / Scale ─► App record changed + Release N+1 (the serving image, new config or replicas)
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+mod app_config;
 mod claims;
 mod records;
 mod revocations;
 
+pub use app_config::{check_replicas, config_bytes};
 pub use claims::Claims;
 pub use records::{
     sha256_hex, App, Build, BuildOutput, BuildState, BuildStep, DeployState, Healthcheck, JoinSecret,
-    NodeRecord, PhaseTimings, Release, RequestOutcome, RunSpec,
+    NodeRecord, PhaseTimings, Release, ReleaseChange, RequestOutcome, RunSpec,
 };
 pub use revocations::{holder_key, Revocation};
 
@@ -243,6 +246,32 @@ pub enum Command {
         /// two first uses racing on two members agree on the first.
         replace: bool,
     },
+    /// Set and remove config keys of an app, all or nothing (see `app_config.rs`); if the
+    /// app has an image, records the release that runs it with the new config.
+    SetConfig {
+        /// The app.
+        app: String,
+        /// Keys to set, with their values.
+        set: BTreeMap<String, String>,
+        /// Keys to remove.
+        unset: Vec<String>,
+        /// The client's request id: a retry with the same id gets the first outcome.
+        request_id: Option<String>,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
+        at_ms: u64,
+    },
+    /// Scale an app (`None`: back to the manifest's replicas); if the app has an image,
+    /// records the release that runs it with the new replicas.
+    Scale {
+        /// The app.
+        app: String,
+        /// The scaled replicas, or `None` to reset.
+        replicas: Option<u32>,
+        /// The client's request id: a retry with the same id gets the first outcome.
+        request_id: Option<String>,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
+        at_ms: u64,
+    },
 }
 
 /// What applying a command returned.
@@ -270,6 +299,16 @@ pub enum Response {
     Stale,
     /// The command was refused; nothing changed.
     Refused(ApplyError),
+    /// A config change or scale applied: the app as it is now, and the release that rolls
+    /// it out (`None`: the app has no image yet, or nothing changed).
+    Configured {
+        /// The app record after the change.
+        app: App,
+        /// The release made, if any.
+        release: Option<Release>,
+        /// False when the change set what was already there: nothing was recorded.
+        changed: bool,
+    },
 }
 
 /// Why a command was refused. Deterministic: every member refuses it the same way.
@@ -329,6 +368,27 @@ pub enum ApplyError {
         /// The id of the node that holds it.
         holder: String,
     },
+    #[error("{0}")]
+    /// A config change is not valid (the message names the key and the fix).
+    InvalidConfig(String),
+    #[error("app {app:?} has no config key {key}; {hint}")]
+    /// `config unset` of a key the app's config does not hold.
+    NotConfigured {
+        /// The app.
+        app: String,
+        /// The key.
+        key: String,
+        /// Where the key comes from instead, and what to do.
+        hint: String,
+    },
+    #[error("replicas must be 1 to {max} (the manifest's bounds), got {got}; use `slipway scale APP --reset` for the manifest's value")]
+    /// A scale out of bounds.
+    InvalidReplicas {
+        /// What was asked for.
+        got: u64,
+        /// The most allowed.
+        max: u32,
+    },
     #[error("app {app:?} has builds in progress ({build}); wait for them or cancel them first")]
     /// The app has a build in progress.
     AppBusy {
@@ -360,6 +420,8 @@ impl State {
                     branch: branch.clone(),
                     created_at_ms: *at_ms,
                     current_release: 0,
+                    config: BTreeMap::new(),
+                    replicas: None,
                 };
                 self.apps.insert(name.clone(), app.clone());
                 Ok(Response::App(app))
@@ -457,6 +519,8 @@ impl State {
                     build.finished_at_ms = Some(*at_ms);
                     return Ok(Response::Build(build.clone()));
                 }
+                let (config, replicas) =
+                    self.apps.get(&app).map(|a| (a.config.clone(), a.replicas)).unwrap_or_default();
                 let releases = self.releases.entry(app.clone()).or_default();
                 let number = releases.last().map_or(1, |r| r.number + 1);
                 let release = Release {
@@ -474,6 +538,9 @@ impl State {
                     run: output.run.clone(),
                     bytes_pushed: output.bytes_pushed,
                     timings: output.timings,
+                    config,
+                    replicas,
+                    change: None,
                 };
                 releases.push(release.clone());
                 let build = self.builds.get_mut(build_id).expect("checked above");
@@ -542,9 +609,16 @@ impl State {
                     deploy_error: None,
                     bytes_pushed: 0,
                     timings: PhaseTimings::default(),
+                    // The app's scale is not rolled back (it is not the code's); its
+                    // config is, as Heroku does: the app's config becomes the target's.
+                    replicas: self.app(app)?.replicas,
+                    change: None,
                     ..target.clone()
                 };
                 self.check_claims(app, &release.run)?;
+                if let Some(a) = self.apps.get_mut(app) {
+                    a.config = release.config.clone();
+                }
                 self.releases.entry(app.clone()).or_default().push(release.clone());
                 self.remember(request_id, RequestOutcome::Release { app: app.clone(), number });
                 Ok(Response::Release(release))
@@ -620,6 +694,12 @@ impl State {
                     self.join_secrets.insert(role.clone(), JoinSecret::Derived { nonce: nonce.clone() });
                 }
                 Ok(Response::Done)
+            }
+            Command::SetConfig { app, set, unset, request_id, at_ms } => {
+                self.set_config(app, set, unset, request_id, *at_ms)
+            }
+            Command::Scale { app, replicas, request_id, at_ms } => {
+                self.scale(app, *replicas, request_id, *at_ms)
             }
         }
     }

@@ -22,6 +22,13 @@ pub struct App {
     pub created_at_ms: u64,
     /// Release the service runs now (0: never deployed successfully).
     pub current_release: ReleaseNumber,
+    /// Environment set with `slipway config set`: wins over the manifest's `[run] env` for
+    /// the same key. Every release made from now on runs with it.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Replicas set with `slipway scale`: wins over the manifest's `replicas` until reset.
+    #[serde(default)]
+    pub replicas: Option<u32>,
 }
 
 /// Where a build is in its life.
@@ -243,12 +250,71 @@ pub struct Release {
     pub bytes_pushed: u64,
     /// How long each phase took.
     pub timings: PhaseTimings,
+    /// The app's config when the release was made (see [`App::config`]).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// The app's scaled replicas when the release was made (see [`App::replicas`]).
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// For a release made by a config change or a scale, not a build: what changed.
+    #[serde(default)]
+    pub change: Option<ReleaseChange>,
 }
 
 impl Release {
     /// `repository@digest`: what the Swarm service runs.
     pub fn image(&self) -> String {
         format!("{}@{}", self.repository, self.digest)
+    }
+
+    /// The environment its tasks get: the manifest's `[run] env`, then the app's config
+    /// over it (config wins for the same key).
+    pub fn env(&self) -> BTreeMap<String, String> {
+        let mut env = self.run.env.clone();
+        env.extend(self.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// How many tasks it runs: the scaled value if the app was scaled, else the manifest's.
+    pub fn effective_replicas(&self) -> u32 {
+        self.replicas.unwrap_or(self.run.replicas).max(1)
+    }
+}
+
+/// What a release made without a build changed (the keys, never the values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseChange {
+    /// `slipway config set` / `unset`.
+    Config {
+        /// Keys set (new or changed).
+        set: Vec<String>,
+        /// Keys removed.
+        unset: Vec<String>,
+    },
+    /// `slipway scale`: the scaled replicas, or `None` for a reset to the manifest's.
+    Scale {
+        /// The new scaled value.
+        replicas: Option<u32>,
+    },
+}
+
+impl std::fmt::Display for ReleaseChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReleaseChange::Config { set, unset } => {
+                let mut parts = Vec::new();
+                if !set.is_empty() {
+                    parts.push(format!("set {}", set.join(", ")));
+                }
+                if !unset.is_empty() {
+                    parts.push(format!("unset {}", unset.join(", ")));
+                }
+                write!(f, "config: {}", parts.join("; "))
+            }
+            ReleaseChange::Scale { replicas: Some(n) } => write!(f, "scale to {n}"),
+            ReleaseChange::Scale { replicas: None } => write!(f, "scale reset to the manifest's replicas"),
+        }
     }
 }
 
@@ -278,6 +344,11 @@ pub enum RequestOutcome {
         app: String,
         /// The release number.
         number: ReleaseNumber,
+    },
+    /// A config change or scale that made no release (nothing to roll out).
+    Configured {
+        /// The app.
+        app: String,
     },
 }
 
