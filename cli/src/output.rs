@@ -199,6 +199,8 @@ pub fn app_status_json(s: &pb::AppStatusResponse) -> Value {
     v["deployed"] = json!(s.deployed);
     v["replicas"] = json!({ "desired": s.desired_replicas, "running": s.running_replicas });
     v["tasks"] = Value::Array(s.tasks.iter().map(task_json).collect());
+    v["config_keys"] = json!(s.config_keys);
+    v["scaled_replicas"] = if s.scaled_replicas == 0 { Value::Null } else { json!(s.scaled_replicas) };
     v
 }
 

@@ -255,6 +255,8 @@ pub fn app_status(
         desired_replicas: view.map_or(0, |v| v.desired_replicas),
         running_replicas: view.map_or(0, |v| v.running()),
         tasks: view.map(|v| v.tasks.iter().map(app_task).collect()).unwrap_or_default(),
+        config_keys: Vec::new(),
+        scaled_replicas: 0,
     }
 }
 

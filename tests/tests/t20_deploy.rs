@@ -264,6 +264,13 @@ async fn config_and_scale(cluster: &TestCluster, repo: &GitRepo) {
     assert!(body.contains("v4-after-config") && body.contains("greeting: from config"), "{body}");
     eprintln!("measured: code-only deploy to the new code served: {:?}", started.elapsed());
     assert_eq!(running_tasks(cluster), 2, "the scaled replicas survive the deploy");
+    // `apps show` names the config keys (never the values) and the scale.
+    let (ok, out, err) = cli(&["apps", "show", "hello", "--json"]);
+    assert!(ok, "{out}{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("apps show --json is JSON");
+    assert_eq!(shown["config_keys"], serde_json::json!(["DATABASE_URL", "GREETING"]), "{shown}");
+    assert_eq!(shown["scaled_replicas"], 2, "{shown}");
+    assert!(!out.contains("from config"), "no config value in apps show: {out}");
 
     // scale --reset: back to the manifest's replicas; unset: back to the manifest's value.
     let (ok, out, err) = cli(&["scale", "hello", "--reset"]);

@@ -120,8 +120,13 @@ fn print_status(s: &pb::AppStatusResponse) {
             }
         }
     }
+    if !s.config_keys.is_empty() {
+        println!("config:   {} (`slipway config {}` shows the values)", s.config_keys.join(", "), app.name);
+    }
+    let scaled =
+        if s.scaled_replicas != 0 { format!(" (scaled to {})", s.scaled_replicas) } else { String::new() };
     if s.deployed {
-        println!("replicas: {} running of {}", s.running_replicas, s.desired_replicas);
+        println!("replicas: {} running of {}{scaled}", s.running_replicas, s.desired_replicas);
     } else if s.current.is_some() {
         println!(
             "replicas: no Swarm service (removed outside slipway?); `slipway deploy {}` recreates it",

@@ -21,7 +21,8 @@ use crate::error::Error;
 pub type AppLogStream = Pin<Box<dyn Stream<Item = Result<pb::AppLogLine, Status>> + Send>>;
 
 /// The app's record, its current release (if any) and its URLs, or NotFound.
-async fn app_record(ctx: &Context, name: &str) -> Result<(pb::App, Option<pb::Release>), Status> {
+/// The app as the API shows it, its current release, and its config keys and scale.
+async fn app_record(ctx: &Context, name: &str) -> Result<(pb::App, Option<pb::Release>, Settings), Status> {
     validate::app_name(name).map_err(Error::from)?;
     let (stack, router) = (&ctx.config.deploy.stack, &ctx.config.router);
     let found = ctx
@@ -34,11 +35,21 @@ async fn app_record(ctx: &Context, name: &str) -> Result<(pb::App, Option<pb::Re
                 .get(name)
                 .and_then(|rs| rs.iter().find(|r| r.number == app.current_release))
                 .map(convert::release);
-            Ok::<_, crate::state::ApplyError>((convert::app(app, stack, urls), current))
+            let settings = Settings {
+                config_keys: app.config.keys().cloned().collect(),
+                scaled_replicas: app.replicas.unwrap_or(0),
+            };
+            Ok::<_, crate::state::ApplyError>((convert::app(app, stack, urls), current, settings))
         })
         .await?
         .map_err(Error::from)?;
     Ok(found)
+}
+
+/// What an operator set on the app beside its releases: config key names and scale.
+struct Settings {
+    config_keys: Vec<String>,
+    scaled_replicas: u32,
 }
 
 fn swarm_error(app: &str, e: crate::deploy::DeployError) -> Status {
@@ -47,17 +58,20 @@ fn swarm_error(app: &str, e: crate::deploy::DeployError) -> Status {
 
 /// `AppStatus`: the app's tasks beside its current release and replicas.
 pub async fn app_status(ctx: &Context, req: pb::AppStatusRequest) -> Result<pb::AppStatusResponse, Status> {
-    let (app, current) = app_record(ctx, &req.app).await?;
+    let (app, current, settings) = app_record(ctx, &req.app).await?;
     let docker = ctx.docker().await?;
     let view = observe::service_view(&docker, &ctx.config.deploy.stack, &req.app)
         .await
         .map_err(|e| swarm_error(&req.app, e))?;
-    Ok(convert::app_status(app, current, view.as_ref()))
+    let mut status = convert::app_status(app, current, view.as_ref());
+    status.config_keys = settings.config_keys;
+    status.scaled_replicas = settings.scaled_replicas;
+    Ok(status)
 }
 
 /// `AppLogs`: what the app's tasks print, as they print it with `follow`.
 pub async fn app_logs(ctx: Arc<Context>, req: pb::AppLogsRequest) -> Result<AppLogStream, Status> {
-    let (app, _) = app_record(&ctx, &req.app).await?;
+    let (app, _, _) = app_record(&ctx, &req.app).await?;
     if let Some(tail) = req.tail {
         validate::log_tail(tail).map_err(Error::from)?;
     }
