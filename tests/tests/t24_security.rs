@@ -632,8 +632,24 @@ impl Lone {
     }
 }
 
+/// The status and body `request` gets. A request the connection broke before it was
+/// sent (`BrokenPipe` writing it, seen once in four suite runs on a loaded machine, right
+/// after the handshake; not understood yet) is sent again, at most twice, saying so: what
+/// these tests assert is the answer, not the transport.
 async fn status(request: reqwest::RequestBuilder) -> (u16, String) {
-    let response = request.send().await.expect("an answer");
+    let mut tries = 0;
+    let response = loop {
+        let attempt = request.try_clone().expect("a request without a streamed body").send().await;
+        match attempt {
+            Ok(response) => break response,
+            Err(err) if tries < 2 && err.is_request() && !err.is_timeout() => {
+                eprintln!("sending again after a broken connection: {err:?}");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("an answer: {err:?}"),
+        }
+    };
     (response.status().as_u16(), response.text().await.unwrap_or_default())
 }
 
