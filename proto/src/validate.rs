@@ -35,6 +35,13 @@ pub const MAX_REPO_URL_BYTES: usize = 2048;
 /// member addresses.
 pub const MAX_ID_BYTES: usize = 255;
 
+/// Most Dockerfile steps recorded with a build (`BuildOutput.build_steps`): the agent
+/// records no more, and the scheduler drops any beyond it before the raft write.
+pub const MAX_BUILD_STEPS: usize = 200;
+
+/// Longest build step name recorded, in characters.
+pub const MAX_STEP_NAME_CHARS: usize = 200;
+
 /// Largest control-API request a scheduler decodes (requests carry a few names; the
 /// CLI's answers may be larger, so only decoding is bounded).
 pub const MAX_CONTROL_REQUEST_BYTES: usize = 1024 * 1024;

@@ -94,11 +94,7 @@ pub fn build_output(o: &state::BuildOutput) -> pb::BuildOutput {
     }
 }
 
-/// Most build steps recorded with a build; an agent reporting more has the rest dropped.
-pub const MAX_BUILD_STEPS: usize = 200;
-
-/// Longest step name recorded, in characters; a longer one is cut, ending in `…`.
-pub const MAX_STEP_NAME_CHARS: usize = 200;
+pub use slipway_proto::validate::{MAX_BUILD_STEPS, MAX_STEP_NAME_CHARS};
 
 /// The steps an agent reported, bounded for the raft log ([`MAX_BUILD_STEPS`],
 /// [`MAX_STEP_NAME_CHARS`]) with control characters shown as spaces (names are printed

@@ -32,6 +32,7 @@
 //! never is: BuildKit marks it cached whenever another build resolved the image first); BuildKit's own
 //! vertices (`[internal] …`, exporting, cache import) are shown but not counted.
 
+use slipway_proto::validate::{MAX_BUILD_STEPS, MAX_STEP_NAME_CHARS};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
@@ -81,12 +82,6 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Lines of output quoted when a build fails.
 const FAILURE_CONTEXT_LINES: usize = 20;
-
-/// Most steps recorded for the build report (the scheduler keeps no more).
-const MAX_STEP_RECORDS: usize = 200;
-
-/// Longest step name recorded for the build report, in characters.
-const MAX_STEP_NAME_CHARS: usize = 200;
 
 /// Longest line of step output kept whole; see `docker::MAX_OUTPUT_LINE_BYTES`.
 const MAX_OUTPUT_LINE_BYTES: usize = 256 * 1024;
@@ -305,7 +300,7 @@ pub struct Progress {
     pub cache_hits: u32,
     /// The Dockerfile step that failed, if one did.
     failed_step: Option<String>,
-    /// Each Dockerfile step completed, by its `#N` (at most [`MAX_STEP_RECORDS`]).
+    /// Each Dockerfile step completed, by its `#N` (at most [`MAX_BUILD_STEPS`]).
     records: BTreeMap<u32, slipway_proto::BuildStep>,
     /// The step seen last (for a failure without a failed vertex).
     last_step: Option<String>,
@@ -353,7 +348,7 @@ impl Progress {
                     self.cache_hits += 1;
                 }
                 self.last_step = Some(st.name.clone());
-                if self.records.len() < MAX_STEP_RECORDS {
+                if self.records.len() < MAX_BUILD_STEPS {
                     self.records.insert(
                         i,
                         slipway_proto::BuildStep {
@@ -759,7 +754,7 @@ mod tests {
         );
         p.feed(&StatusResponse { vertexes, ..Default::default() });
         let records = p.build_steps();
-        assert_eq!((p.steps, records.len()), (250, MAX_STEP_RECORDS), "counted all, recorded 200");
+        assert_eq!((p.steps, records.len()), (250, MAX_BUILD_STEPS), "counted all, recorded 200");
         assert_eq!(records[0].name.chars().count(), MAX_STEP_NAME_CHARS);
         assert_eq!(records[199].name, "[200/250] RUN n");
     }
