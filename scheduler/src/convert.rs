@@ -242,6 +242,7 @@ pub fn rejections(rs: &[crate::placement::Rejection]) -> Vec<pb::NodeRejection> 
 pub fn app_status(
     app: pb::App,
     current: Option<pb::Release>,
+    (config_keys, scaled_replicas): (Vec<String>, u32),
     view: Option<&crate::deploy::observe::ServiceView>,
 ) -> pb::AppStatusResponse {
     pb::AppStatusResponse {
@@ -251,8 +252,8 @@ pub fn app_status(
         desired_replicas: view.map_or(0, |v| v.desired_replicas),
         running_replicas: view.map_or(0, |v| v.running()),
         tasks: view.map(|v| v.tasks.iter().map(app_task).collect()).unwrap_or_default(),
-        config_keys: Vec::new(),
-        scaled_replicas: 0,
+        config_keys,
+        scaled_replicas,
     }
 }
 

@@ -21,8 +21,12 @@ use crate::error::Error;
 pub type AppLogStream = Pin<Box<dyn Stream<Item = Result<pb::AppLogLine, Status>> + Send>>;
 
 /// The app's record, its current release (if any) and its URLs, or NotFound.
-/// The app as the API shows it, its current release, and its config keys and scale.
-async fn app_record(ctx: &Context, name: &str) -> Result<(pb::App, Option<pb::Release>, Settings), Status> {
+/// The app as the API shows it, its current release, and the names of its config keys
+/// (never values) with its scale (0: not scaled).
+async fn app_record(
+    ctx: &Context,
+    name: &str,
+) -> Result<(pb::App, Option<pb::Release>, (Vec<String>, u32)), Status> {
     validate::app_name(name).map_err(Error::from)?;
     let (stack, router) = (&ctx.config.deploy.stack, &ctx.config.router);
     let found = ctx
@@ -35,21 +39,12 @@ async fn app_record(ctx: &Context, name: &str) -> Result<(pb::App, Option<pb::Re
                 .get(name)
                 .and_then(|rs| rs.iter().find(|r| r.number == app.current_release))
                 .map(convert::release);
-            let settings = Settings {
-                config_keys: app.config.keys().cloned().collect(),
-                scaled_replicas: app.replicas.unwrap_or(0),
-            };
+            let settings = (app.config.keys().cloned().collect(), app.replicas.unwrap_or(0));
             Ok::<_, crate::state::ApplyError>((convert::app(app, stack, urls), current, settings))
         })
         .await?
         .map_err(Error::from)?;
     Ok(found)
-}
-
-/// What an operator set on the app beside its releases: config key names and scale.
-struct Settings {
-    config_keys: Vec<String>,
-    scaled_replicas: u32,
 }
 
 fn swarm_error(app: &str, e: crate::deploy::DeployError) -> Status {
@@ -63,10 +58,7 @@ pub async fn app_status(ctx: &Context, req: pb::AppStatusRequest) -> Result<pb::
     let view = observe::service_view(&docker, &ctx.config.deploy.stack, &req.app)
         .await
         .map_err(|e| swarm_error(&req.app, e))?;
-    let mut status = convert::app_status(app, current, view.as_ref());
-    status.config_keys = settings.config_keys;
-    status.scaled_replicas = settings.scaled_replicas;
-    Ok(status)
+    Ok(convert::app_status(app, current, settings, view.as_ref()))
 }
 
 /// `AppLogs`: what the app's tasks print, as they print it with `follow`.
