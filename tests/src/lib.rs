@@ -34,6 +34,7 @@ pub mod cluster;
 pub mod fake_agent;
 pub mod fleet;
 pub mod grants;
+pub mod linearizability;
 pub mod load;
 
 pub use cluster::{DeployRun, TestCluster};
