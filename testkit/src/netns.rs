@@ -306,7 +306,10 @@ impl NetLab {
     pub fn throttle(&self, n: u8, kbit_per_s: u32, latency: std::time::Duration) {
         self.assert_node(n);
         let (rate, latency) = (format!("{kbit_per_s}kbit"), format!("{}ms", latency.as_millis()));
-        let args = ["qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "1600", "latency", &latency];
+        let args = [
+            "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "1600", "latency",
+            &latency,
+        ];
         run_or_panic(self.node_tc(n, &args));
     }
 

@@ -40,7 +40,12 @@ pub trait Model {
     /// The states `input` can lead to from `state` when it answered `output` (or, for
     /// `None`, with whatever answer); empty when that answer is impossible there. For
     /// `None` the result must not be empty.
-    fn step(&self, state: &Self::State, input: &Self::Input, output: Option<&Self::Output>) -> Vec<Self::State>;
+    fn step(
+        &self,
+        state: &Self::State,
+        input: &Self::Input,
+        output: Option<&Self::Output>,
+    ) -> Vec<Self::State>;
 }
 
 /// One operation of a history.
@@ -132,8 +137,12 @@ pub fn check<M: Model>(
     for op in history {
         by_key.entry(&op.key).or_default().push(op.clone());
     }
-    let mut report =
-        Report { linearizable_keys: 0, operations: history.len(), violations: Vec::new(), inconclusive: Vec::new() };
+    let mut report = Report {
+        linearizable_keys: 0,
+        operations: history.len(),
+        violations: Vec::new(),
+        inconclusive: Vec::new(),
+    };
     for (key, ops) in by_key {
         match check_key(model, key, &ops, step_budget) {
             KeyResult::Linearizable => report.linearizable_keys += 1,
@@ -346,7 +355,8 @@ mod tests {
     fn an_unknown_write_may_take_effect_late_or_never() {
         // The write's outcome is unknown: a read long after may see it or not.
         for seen in [0, 1] {
-            let h = vec![op(1, RegIn::Write(1), None, 0, None), op(2, RegIn::Read, Some(seen), 100, Some(101))];
+            let h =
+                vec![op(1, RegIn::Write(1), None, 0, None), op(2, RegIn::Read, Some(seen), 100, Some(101))];
             assert!(check(&Register, &h, DEFAULT_STEP_BUDGET).ok());
         }
         // But once seen, it cannot be unseen.

@@ -112,7 +112,9 @@ impl Store {
     ) -> Self {
         let unsafe_local_reads = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
         if unsafe_local_reads {
-            tracing::warn!("{UNSAFE_LOCAL_READS_ENV}=1: reads may be stale; a test-only switch, never use it");
+            tracing::warn!(
+                "{UNSAFE_LOCAL_READS_ENV}=1: reads may be stale; a test-only switch, never use it"
+            );
         }
         Self { raft, state, applied, leader, file, unsafe_local_reads }
     }

@@ -26,11 +26,17 @@ fn parse() -> Result<ChaosConfig> {
             "--faults" => {
                 config.faults = value("--faults")?
                     .split(',')
-                    .map(|f| Fault::parse(f).with_context(|| format!("unknown fault {f:?}: use {:?}", Fault::ALL.map(Fault::name))))
+                    .map(|f| {
+                        Fault::parse(f).with_context(|| {
+                            format!("unknown fault {f:?}: use {:?}", Fault::ALL.map(Fault::name))
+                        })
+                    })
                     .collect::<Result<_>>()?;
             }
             "--unsafe-local-reads" => {
-                config.member_env.push((slipway_scheduler::raft::store::UNSAFE_LOCAL_READS_ENV.into(), "1".into()));
+                config
+                    .member_env
+                    .push((slipway_scheduler::raft::store::UNSAFE_LOCAL_READS_ENV.into(), "1".into()));
             }
             other => bail!("unknown argument {other:?}; see the doc at the top of tests/src/bin/chaos.rs"),
         }

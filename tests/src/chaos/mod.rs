@@ -164,8 +164,16 @@ impl std::fmt::Display for ChaosReport {
             writeln!(f, "    {kind:<11} {}", line.join(", "))?;
         }
         writeln!(f, "  operations checked for linearizability: {}", self.checked)?;
-        writeln!(f, "  failover under chaos (fault on the leader → others agree on a new one): {}", median_max(&self.failovers))?;
-        writeln!(f, "  recovery (fault undone → every member agrees on a leader): {}", median_max(&self.recoveries))?;
+        writeln!(
+            f,
+            "  failover under chaos (fault on the leader → others agree on a new one): {}",
+            median_max(&self.failovers)
+        )?;
+        writeln!(
+            f,
+            "  recovery (fault undone → every member agrees on a leader): {}",
+            median_max(&self.recoveries)
+        )?;
         writeln!(f, "  violations: {}", self.violations.len())?;
         for v in &self.violations {
             writeln!(f, "  - {}", v.trim_end().replace('\n', "\n    "))?;
@@ -308,7 +316,13 @@ async fn ask_leader(cluster: &TestCluster, rng: &mut StdRng) -> Option<u64> {
 }
 
 /// `DeleteApp` (served by the leader only), once, sent where a member says the leader is.
-async fn delete(cluster: &TestCluster, rec: &Recorder, client: usize, key: &str, rng: &mut StdRng) -> Option<u64> {
+async fn delete(
+    cluster: &TestCluster,
+    rec: &Recorder,
+    client: usize,
+    key: &str,
+    rng: &mut StdRng,
+) -> Option<u64> {
     let members = cluster.member_ids();
     let target = match ask_leader(cluster, rng).await {
         Some(leader) => leader,
@@ -374,7 +388,9 @@ async fn deploy(
             Heard::Answer(Some(pb::DeployEvent { event: Some(Event::BuildQueued(_)) })) => {
                 break Some(Output::Queued)
             }
-            Heard::Refused(s) if s.code() == Code::NotFound && !maybe_applied => break Some(Output::NotFound),
+            Heard::Refused(s) if s.code() == Code::NotFound && !maybe_applied => {
+                break Some(Output::NotFound)
+            }
             Heard::Refused(s) if s.code() == Code::NotFound => break None,
             Heard::Refused(s) => {
                 maybe_applied = true;
@@ -439,7 +455,14 @@ fn app_output(app: &pb::App) -> Output {
     Output::App { create: model::create_of(&app.repo).unwrap_or(u64::MAX) }
 }
 
-async fn get(cluster: &TestCluster, rec: &Recorder, client: usize, key: &str, target: u64, rng: &mut StdRng) -> Option<u64> {
+async fn get(
+    cluster: &TestCluster,
+    rec: &Recorder,
+    client: usize,
+    key: &str,
+    target: u64,
+    rng: &mut StdRng,
+) -> Option<u64> {
     let (id, call_at) = (rec.id(), rec.now());
     let name = key.to_string();
     let answer = read(cluster, target, rng, |mut c| {
@@ -481,7 +504,9 @@ async fn list_builds(
                 builds.iter().map(|b| model::deploy_of(&b.git_ref).unwrap_or(u64::MAX)).collect();
             let twice = model::duplicates(&deploys);
             if !twice.is_empty() {
-                rec.violation(format!("applied twice: app {key} lists the builds of deploys {twice:?} more than once"));
+                rec.violation(format!(
+                    "applied twice: app {key} lists the builds of deploys {twice:?} more than once"
+                ));
             }
             Output::Builds(deploys.into_iter().collect())
         }
@@ -519,7 +544,15 @@ async fn list_apps(
     let ret = rec.now();
     for key in apps {
         let output = listed.iter().find(|a| &a.name == key).map_or(Output::NotFound, app_output);
-        let op = Operation { id: rec.id(), client, key: key.clone(), input: Input::Get, output: Some(output), call: call_at, ret: Some(ret) };
+        let op = Operation {
+            id: rec.id(),
+            client,
+            key: key.clone(),
+            input: Input::Get,
+            output: Some(output),
+            call: call_at,
+            ret: Some(ret),
+        };
         rec.ops.lock().expect("history").push(op);
     }
     None
@@ -546,7 +579,10 @@ async fn agreed_leader(cluster: &TestCluster, members: &[u64]) -> Option<u64> {
 }
 
 /// The state member `id` answers with: every app's repo, every build's (app, ref).
-async fn view_of(cluster: &TestCluster, id: u64) -> Result<(BTreeMap<String, String>, Vec<(String, String)>), String> {
+async fn view_of(
+    cluster: &TestCluster,
+    id: u64,
+) -> Result<(BTreeMap<String, String>, Vec<(String, String)>), String> {
     let mut client = tokio::time::timeout(PROBE_TIMEOUT, cluster.member_client(id))
         .await
         .map_err(|_| "no connection in time".to_string())?
@@ -557,12 +593,13 @@ async fn view_of(cluster: &TestCluster, id: u64) -> Result<(BTreeMap<String, Str
         .map_err(|s| s.message().to_string())?
         .into_inner()
         .apps;
-    let builds = tokio::time::timeout(OP_TIMEOUT, client.list_builds(pb::ListBuildsRequest { app: String::new() }))
-        .await
-        .map_err(|_| "list builds timed out".to_string())?
-        .map_err(|s| s.message().to_string())?
-        .into_inner()
-        .builds;
+    let builds =
+        tokio::time::timeout(OP_TIMEOUT, client.list_builds(pb::ListBuildsRequest { app: String::new() }))
+            .await
+            .map_err(|_| "list builds timed out".to_string())?
+            .map_err(|s| s.message().to_string())?
+            .into_inner()
+            .builds;
     let apps = apps.into_iter().map(|a| (a.name, a.repo)).collect();
     let mut builds: Vec<(String, String)> = builds.into_iter().map(|b| (b.app, b.git_ref)).collect();
     builds.sort();
@@ -594,7 +631,14 @@ pub async fn run(config: &ChaosConfig) -> Option<ChaosReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..config.clients)
         .map(|i| {
-            tokio::spawn(client_loop(cluster.clone(), rec.clone(), i, config.seed, apps.clone(), stop.clone()))
+            tokio::spawn(client_loop(
+                cluster.clone(),
+                rec.clone(),
+                i,
+                config.seed,
+                apps.clone(),
+                stop.clone(),
+            ))
         })
         .collect();
 
@@ -672,7 +716,9 @@ pub async fn run(config: &ChaosConfig) -> Option<ChaosReport> {
         report.violations.push(format!("not linearizable: {v}"));
     }
     for key in &checked.inconclusive {
-        report.violations.push(format!("linearizability of app {key} inconclusive: the search ran out of steps"));
+        report
+            .violations
+            .push(format!("linearizability of app {key} inconclusive: the search ran out of steps"));
     }
     report.violations.extend(lost_creates(&history));
     report.duration = started.elapsed();
@@ -682,7 +728,13 @@ pub async fn run(config: &ChaosConfig) -> Option<ChaosReport> {
 
 /// After the nemesis: a leader, final reads of every app (recorded), every member
 /// answering with the same state.
-async fn final_checks(cluster: &TestCluster, rec: &Recorder, apps: &[String], reader: usize, report: &mut ChaosReport) {
+async fn final_checks(
+    cluster: &TestCluster,
+    rec: &Recorder,
+    apps: &[String],
+    reader: usize,
+    report: &mut ChaosReport,
+) {
     let members = cluster.member_ids();
     let deadline = Instant::now() + RECOVERY_DEADLINE;
     let leader = loop {
@@ -709,10 +761,13 @@ async fn final_checks(cluster: &TestCluster, rec: &Recorder, apps: &[String], re
         let first = &views[0].1;
         if first.is_ok() && views.iter().all(|(_, v)| v == first) {
             if let Ok((_, builds)) = first {
-                let refs: Vec<u64> = builds.iter().map(|(_, r)| model::deploy_of(r).unwrap_or(u64::MAX)).collect();
+                let refs: Vec<u64> =
+                    builds.iter().map(|(_, r)| model::deploy_of(r).unwrap_or(u64::MAX)).collect();
                 let twice = model::duplicates(&refs);
                 if !twice.is_empty() {
-                    report.violations.push(format!("applied twice: builds of deploys {twice:?} listed more than once"));
+                    report
+                        .violations
+                        .push(format!("applied twice: builds of deploys {twice:?} listed more than once"));
                 }
             }
             return;
@@ -721,7 +776,9 @@ async fn final_checks(cluster: &TestCluster, rec: &Recorder, apps: &[String], re
             let summary: Vec<String> = views
                 .iter()
                 .map(|(id, v)| match v {
-                    Ok((apps, builds)) => format!("member {id}: {} apps, {} builds", apps.len(), builds.len()),
+                    Ok((apps, builds)) => {
+                        format!("member {id}: {} apps, {} builds", apps.len(), builds.len())
+                    }
                     Err(e) => format!("member {id}: no answer ({e})"),
                 })
                 .collect();
@@ -749,14 +806,17 @@ fn lost_creates(history: &[Operation<Input, Output>]) -> Vec<String> {
     }
     for create in history.iter().filter(|o| o.output == Some(Output::Created)) {
         let Input::Create { id } = create.input else { continue };
-        let deleted_maybe = history
-            .iter()
-            .any(|o| o.key == create.key
+        let deleted_maybe = history.iter().any(|o| {
+            o.key == create.key
                 && o.input == Input::Delete
                 && matches!(o.output, None | Some(Output::Deleted))
-                && o.ret.is_none_or(|r| r > create.call));
+                && o.ret.is_none_or(|r| r > create.call)
+        });
         let Some(last) = last_read.get(create.key.as_str()) else { continue };
-        if !deleted_maybe && last.call > create.ret.unwrap_or(u64::MAX) && last.output != Some(Output::App { create: id }) {
+        if !deleted_maybe
+            && last.call > create.ret.unwrap_or(u64::MAX)
+            && last.output != Some(Output::App { create: id })
+        {
             lost.push(format!(
                 "lost write: create {id} of app {} was acknowledged and never deleted, but the last read (op {}) shows {:?}",
                 create.key, last.id, last.output
