@@ -133,7 +133,7 @@ pub fn check<M: Model>(
     history: &[Operation<M::Input, M::Output>],
     step_budget: u64,
 ) -> Report<M::Input, M::Output, M::State> {
-    let mut by_key: BTreeMap<&str, Vec<Operation<M::Input, M::Output>>> = BTreeMap::new();
+    let mut by_key: BTreeMap<&str, Vec<Operation<_, _>>> = BTreeMap::new();
     for op in history {
         by_key.entry(&op.key).or_default().push(op.clone());
     }
@@ -158,6 +158,10 @@ enum KeyResult<I, O, S> {
     Violation(Box<Violation<I, O, S>>),
     Inconclusive,
 }
+
+/// The deepest point a search reached: the operations linearized, the states after
+/// them, and the operations whose return was reached there while still pending.
+type Deepest<S> = (Vec<usize>, Vec<S>, BTreeSet<usize>);
 
 /// A call or return event in the search's linked list.
 #[derive(Clone, Copy)]
@@ -232,7 +236,8 @@ fn check_key<M: Model>(
     let mut cache: HashSet<(Bits, Vec<M::State>)> = HashSet::new();
     // (op, its call event, the states before it)
     let mut stack: Vec<(usize, usize, Vec<M::State>)> = Vec::new();
-    let mut best: Option<(Vec<usize>, Vec<M::State>, BTreeSet<usize>)> = None;
+    // The deepest point the search reached: (prefix, states after it, blocked ops).
+    let mut best: Option<Deepest<M::State>> = None;
     let mut steps = 0u64;
     let mut entry = next[head];
     loop {
