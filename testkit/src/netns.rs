@@ -27,6 +27,15 @@
 //! with iptables rules inside that node's namespace, leaving its link to the host up:
 //! the test can still watch and reach a partitioned node. [`NetLab::heal`] undoes it.
 //!
+//! Finer faults, for chaos runs (all undone by [`NetLab::heal`] too):
+//! [`NetLab::cut_between`] drops traffic between two nodes only (a non-transitive
+//! partition: both still reach the third); [`NetLab::block_inbound`] drops what other
+//! nodes send to one TCP port of a node, while the node's own connections out still
+//! work (a one-way partition at the RPC level: it can call its peers, they cannot
+//! call it); [`NetLab::throttle`] rate-limits a node's outgoing traffic with a `tbf`
+//! qdisc, which queues packets (slow links; kernels without `netem`, like this
+//! project's CI machine, cannot add a fixed delay).
+//!
 //! Dropping the lab deletes the namespaces, veths, bridge and host rules. It kills
 //! nothing: callers kill their processes first (a namespace with processes in it
 //! lives on, unnamed, until they exit).
@@ -55,6 +64,8 @@ const NODE_IP_OFFSET: u8 = 10;
 pub const MAX_NODE: u8 = 240;
 /// The chain [`NetLab::isolate`] creates in a node's namespace.
 const ISOLATE_CHAIN: &str = "SLW-ISOLATE";
+/// The chain the finer faults ([`NetLab::cut_between`], [`NetLab::block_inbound`]) use.
+const FAULT_CHAIN: &str = "SLW-FAULT";
 
 /// One bridge, one /24 subnet and its nodes, owned by this lab alone; see the module docs.
 pub struct NetLab {
@@ -254,11 +265,77 @@ impl NetLab {
         run_or_panic(self.node_iptables(n, &["-I", "OUTPUT", "1", "-j", ISOLATE_CHAIN]));
     }
 
-    /// Undoes [`isolate`](Self::isolate): node `n` reaches the other nodes again.
-    /// Harmless on a node that is not isolated.
+    /// Undoes [`isolate`](Self::isolate) and the finer faults on node `n`
+    /// ([`cut_between`](Self::cut_between) rules made in its namespace,
+    /// [`block_inbound`](Self::block_inbound), [`throttle`](Self::throttle)): node `n`
+    /// reaches the other nodes again. Harmless on a node with no fault.
     pub fn heal(&self, n: u8) {
         self.assert_node(n);
         self.remove_isolation(n);
+        self.remove_chain(n, FAULT_CHAIN);
+        let _ = run(self.node_tc(n, &["qdisc", "del", "dev", "eth0", "root"]));
+    }
+
+    /// Drops every packet between nodes `n` and `m` (both ways), with rules in `n`'s
+    /// namespace: both still reach the other nodes and the host, so the partition is
+    /// not transitive. [`heal`](Self::heal)`(n)` undoes it.
+    pub fn cut_between(&self, n: u8, m: u8) {
+        self.assert_node(n);
+        self.assert_node(m);
+        let peer = self.ip(m).to_string();
+        self.ensure_fault_chain(n);
+        run_or_panic(self.node_iptables(n, &["-A", FAULT_CHAIN, "-s", &peer, "-j", "DROP"]));
+        run_or_panic(self.node_iptables(n, &["-A", FAULT_CHAIN, "-d", &peer, "-j", "DROP"]));
+    }
+
+    /// Drops what the other nodes send to TCP `port` of node `n` (requests and the
+    /// rest of their connections), while connections node `n` opens to them keep
+    /// working both ways: `n` can call its peers, they cannot call it. The host still
+    /// reaches the port. [`heal`](Self::heal)`(n)` undoes it.
+    pub fn block_inbound(&self, n: u8, port: u16) {
+        self.assert_node(n);
+        let (subnet, port) = (self.subnet(), port.to_string());
+        self.ensure_fault_chain(n);
+        let rule = ["-A", FAULT_CHAIN, "-s", &subnet, "-p", "tcp", "--dport", &port, "-j", "DROP"];
+        run_or_panic(self.node_iptables(n, &rule));
+    }
+
+    /// Limits node `n`'s outgoing traffic to `kbit_per_s`, queueing up to `latency`
+    /// worth of packets (a `tbf` qdisc on its `eth0`): a slow, delaying link.
+    /// [`heal`](Self::heal)`(n)` undoes it. Panics if the kernel lacks `tbf`.
+    pub fn throttle(&self, n: u8, kbit_per_s: u32, latency: std::time::Duration) {
+        self.assert_node(n);
+        let (rate, latency) = (format!("{kbit_per_s}kbit"), format!("{}ms", latency.as_millis()));
+        let args = [
+            "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "1600", "latency",
+            &latency,
+        ];
+        run_or_panic(self.node_tc(n, &args));
+    }
+
+    /// Creates the fault chain in node `n`'s namespace (traffic with the host passes
+    /// first), jumped to from `INPUT` and `OUTPUT`, unless it exists.
+    fn ensure_fault_chain(&self, n: u8) {
+        if run(self.node_iptables(n, &["-S", FAULT_CHAIN])).is_ok() {
+            return;
+        }
+        let host = self.host_ip().to_string();
+        let rules: [&[&str]; 5] = [
+            &["-N", FAULT_CHAIN],
+            &["-A", FAULT_CHAIN, "-s", &host, "-j", "RETURN"],
+            &["-A", FAULT_CHAIN, "-d", &host, "-j", "RETURN"],
+            &["-I", "INPUT", "1", "-j", FAULT_CHAIN],
+            &["-I", "OUTPUT", "1", "-j", FAULT_CHAIN],
+        ];
+        for rule in rules {
+            run_or_panic(self.node_iptables(n, rule));
+        }
+    }
+
+    fn node_tc(&self, n: u8, args: &[&str]) -> Command {
+        let mut command = self.command(n, "tc");
+        command.args(args);
+        command
     }
 
     /// Is node `n` isolated now (does its `SLW-ISOLATE` chain exist)?
@@ -268,12 +345,17 @@ impl NetLab {
     }
 
     fn remove_isolation(&self, n: u8) {
+        self.remove_chain(n, ISOLATE_CHAIN);
+    }
+
+    /// Removes `chain` and every jump to it from node `n`'s namespace.
+    fn remove_chain(&self, n: u8, name: &str) {
         for chain in ["INPUT", "OUTPUT"] {
             // Delete every jump, in case of duplicates.
-            while run(self.node_iptables(n, &["-D", chain, "-j", ISOLATE_CHAIN])).is_ok() {}
+            while run(self.node_iptables(n, &["-D", chain, "-j", name])).is_ok() {}
         }
-        let _ = run(self.node_iptables(n, &["-F", ISOLATE_CHAIN]));
-        let _ = run(self.node_iptables(n, &["-X", ISOLATE_CHAIN]));
+        let _ = run(self.node_iptables(n, &["-F", name]));
+        let _ = run(self.node_iptables(n, &["-X", name]));
     }
 
     fn node_iptables(&self, n: u8, args: &[&str]) -> Command {

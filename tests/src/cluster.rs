@@ -212,6 +212,8 @@ pub struct TestCluster {
     agent_token: Option<String>,
     /// How the test reaches the schedulers: an operator certificate from the cluster CA.
     transport: Transport,
+    /// Environment every member process starts with (test-only switches).
+    member_env: Vec<(String, String)>,
     /// Dropped last: the namespaces outlive the processes in them.
     lab: Option<NetLab>,
 }
@@ -319,9 +321,21 @@ impl TestCluster {
     /// (e.g. `snapshot_every = 50`). None after a loud skip where Docker or root is
     /// missing.
     pub async fn start_replicated(stack: &str, n: u8, raft: &str) -> Option<TestCluster> {
+        Self::start_replicated_with_env(stack, n, raft, &[]).await
+    }
+
+    /// [`start_replicated`](Self::start_replicated) with `env` set for every member
+    /// process (e.g. a scheduler's test-only switch).
+    pub async fn start_replicated_with_env(
+        stack: &str,
+        n: u8,
+        raft: &str,
+        env: &[(&str, &str)],
+    ) -> Option<TestCluster> {
         let lab = NetLab::try_new(stack)?;
         let mut cluster = Self::prepare(stack).await?;
         cluster.raft_settings = raft.to_string();
+        cluster.member_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         cluster.lab = Some(lab);
         for i in 1..=n {
             let ip = cluster.lab_mut().add_node(i);
@@ -398,6 +412,7 @@ impl TestCluster {
             ca,
             agent_token: None,
             transport: Transport::Insecure,
+            member_env: Vec::new(),
             lab: None,
         };
         cluster.remove_stack();
@@ -599,10 +614,11 @@ impl TestCluster {
         {
             let mut child = m.child.lock().expect("member lock");
             assert!(child.is_none(), "scheduler {id} already running");
-            let command = match (m.netns, &self.lab) {
+            let mut command = match (m.netns, &self.lab) {
                 (Some(node), Some(lab)) => lab.command(node, binary("slipway-scheduler")),
                 _ => Command::new(binary("slipway-scheduler")),
             };
+            command.envs(self.member_env.iter().map(|(k, v)| (k, v)));
             *child =
                 Some(self.spawn(command, &format!("scheduler-{id}.toml"), &format!("scheduler-{id}.log")));
         }
@@ -647,7 +663,46 @@ impl TestCluster {
         self.lab.as_ref().expect("lab").isolate(node);
     }
 
-    /// Undoes [`isolate`](Self::isolate).
+    /// `kill -STOP` member `id` (a paused process: its sockets stay open, nothing
+    /// answers); [`resume_member`](Self::resume_member) continues it.
+    pub fn pause_member(&self, id: u64) {
+        self.signal_member(id, "-STOP");
+    }
+
+    /// `kill -CONT` member `id`.
+    pub fn resume_member(&self, id: u64) {
+        self.signal_member(id, "-CONT");
+    }
+
+    fn signal_member(&self, id: u64, signal: &str) {
+        if let Some(pid) = self.member_pid(id) {
+            let status = Command::new("kill").args([signal, &pid.to_string()]).status();
+            assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pid} (scheduler {id}) failed");
+        }
+    }
+
+    /// The network lab a replicated cluster's members run in (for finer faults than
+    /// [`isolate`](Self::isolate)).
+    pub fn lab(&self) -> Option<&NetLab> {
+        self.lab.as_ref()
+    }
+
+    /// The lab node member `id` runs in, in a replicated cluster.
+    pub fn member_node(&self, id: u64) -> Option<u8> {
+        self.member(id).netns
+    }
+
+    /// The gRPC port every member of a replicated cluster listens on.
+    pub fn member_grpc_port(&self) -> u16 {
+        MEMBER_GRPC_PORT
+    }
+
+    /// Ids of every member, running or not.
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    /// Undoes [`isolate`](Self::isolate) and the lab's finer faults on member `id`.
     pub fn heal(&self, id: u64) {
         let node = self.member(id).netns.expect("only members of a replicated cluster can be cut off");
         self.lab.as_ref().expect("lab").heal(node);

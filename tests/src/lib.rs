@@ -21,6 +21,8 @@
 //!   cluster runs it (its CA, its service and issuer, pull grants minted from the CA).
 //! - [`browser`]: headless Chromium, for pages an operator looks at.
 //! - [`load`]: [`Load`], a steady stream of requests during a redeploy, counting failures.
+//! - [`chaos`]: the chaos run (a replicated cluster, clients, a nemesis of kills,
+//!   pauses and partitions) and [`linearizability`], the checker of its history.
 //! - [`exposition`]: [`exposition::check`], which reads `/metrics` text as a scraper does.
 //!
 //! Fixtures panic with a message naming the fix when the machine lacks something:
@@ -30,10 +32,12 @@
 #![forbid(unsafe_code)]
 
 pub mod browser;
+pub mod chaos;
 pub mod cluster;
 pub mod fake_agent;
 pub mod fleet;
 pub mod grants;
+pub mod linearizability;
 pub mod load;
 
 pub use cluster::{DeployRun, TestCluster};

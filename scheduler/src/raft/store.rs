@@ -52,7 +52,16 @@ pub struct Store {
     leader: Peers,
     /// sled's data file as opened, to notice it removed or replaced.
     file: StoreFile,
+    /// TEST ONLY ([`UNSAFE_LOCAL_READS_ENV`]): `read_current` skips the leader check.
+    unsafe_local_reads: bool,
 }
+
+/// TEST ONLY, never in production: with `SLIPWAY_TEST_UNSAFE_LOCAL_READS=1` in its
+/// environment at start, a member answers "current" reads from its own applied state
+/// without confirming leadership or catching up ([`Store::read_current`] becomes
+/// [`Store::read`]): a cut-off or lagging member serves stale data. It exists so the
+/// chaos run (`tests/src/chaos`) can show its linearizability checker catches that.
+pub const UNSAFE_LOCAL_READS_ENV: &str = "SLIPWAY_TEST_UNSAFE_LOCAL_READS";
 
 /// The raft store's data file: its path and which file it was when opened (device and
 /// inode). sled keeps writing to the file it opened, so a data dir removed or unmounted
@@ -101,7 +110,13 @@ impl Store {
         leader: Peers,
         file: StoreFile,
     ) -> Self {
-        Self { raft, state, applied, leader, file }
+        let unsafe_local_reads = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
+        if unsafe_local_reads {
+            tracing::warn!(
+                "{UNSAFE_LOCAL_READS_ENV}=1: reads may be stale; a test-only switch, never use it"
+            );
+        }
+        Self { raft, state, applied, leader, file, unsafe_local_reads }
     }
 
     /// Whether this member still keeps what it commits: raft runs (it stops for good on
@@ -142,6 +157,9 @@ impl Store {
     /// catches up to the leader's read index. A member cut off from the majority
     /// answers "unavailable" instead of stale data.
     pub async fn read_current<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, Error> {
+        if self.unsafe_local_reads {
+            return Ok(self.read(f));
+        }
         match tokio::time::timeout(WRITE_TIMEOUT, self.linearizable()).await {
             Ok(Ok(())) => Ok(self.read(f)),
             Ok(Err(WriteError::NotLeader { leader_addr })) => Err(Error::NotLeader { leader: leader_addr }),
