@@ -74,7 +74,8 @@ pub enum Command {
         /// Go back to the manifest's `replicas`.
         #[arg(long)]
         reset: bool,
-    },    /// APP's secrets, delivered to its tasks as files under /run/secrets (never as env):
+    },
+    /// APP's secrets, delivered to its tasks as files under /run/secrets (never as env):
     /// set one (value from stdin), list them (names and versions, never values), unset one.
     #[command(subcommand)]
     Secrets(SecretsCmd),

@@ -60,8 +60,13 @@ async fn run_with_retries(cli: Cli) -> Result<()> {
     loop {
         let result = match cluster.leader().await {
             Ok(client) => {
-                let call =
-                    Call { client, cluster: &cluster, request_id: &request_id, retry, input: input.as_deref() };
+                let call = Call {
+                    client,
+                    cluster: &cluster,
+                    request_id: &request_id,
+                    retry,
+                    input: input.as_deref(),
+                };
                 commands::execute(call, &cli.command).await
             }
             Err(f) => Err(f),

@@ -915,7 +915,10 @@ mod tests {
         assert!(secret_value("K", b"v").is_ok());
         assert!(secret_value("K", &vec![0; MAX_SECRET_BYTES]).is_ok());
         let msg = refused(secret_value("K", &vec![0; MAX_SECRET_BYTES + 1]), "big");
-        assert!(msg.contains("the value of K is 512001 bytes long; a secret is at most 512000 bytes"), "{msg}");
+        assert!(
+            msg.contains("the value of K is 512001 bytes long; a secret is at most 512000 bytes"),
+            "{msg}"
+        );
         assert!(refused(secret_value("K", b""), "empty").contains("empty"));
         assert_eq!(swarm_secret_name("sl", "shop", "DB", 3).unwrap(), "sl_shop_DB_v3");
         let msg = refused(swarm_secret_name("stack", "shop", &"x".repeat(60), 1).map(drop), "long");

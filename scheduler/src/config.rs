@@ -671,7 +671,8 @@ mod tests {
         assert!(err.starts_with("replicas 101 is over this fleet's bound of 100 replicas per app"), "{err}");
         assert_eq!(SchedulerConfig::parse("[apps]\nmax_replicas = 500\n").unwrap().apps.max_replicas, 500);
         for bad in ["0", "1001"] {
-            let err = SchedulerConfig::parse(&format!("[apps]\nmax_replicas = {bad}\n")).unwrap_err().to_string();
+            let err =
+                SchedulerConfig::parse(&format!("[apps]\nmax_replicas = {bad}\n")).unwrap_err().to_string();
             assert!(err.contains(&format!("apps.max_replicas = {bad} is out of range: 1 to 1000")), "{err}");
         }
     }

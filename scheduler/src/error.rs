@@ -40,10 +40,10 @@ impl From<Error> for Status {
         match err {
             Error::Invalid(_)
             | Error::Refused(
-                ApplyError::InvalidConfig(_) | ApplyError::InvalidReplicas { .. } | ApplyError::InvalidSecret(_),
-            ) => {
-                Status::invalid_argument(msg)
-            }
+                ApplyError::InvalidConfig(_)
+                | ApplyError::InvalidReplicas { .. }
+                | ApplyError::InvalidSecret(_),
+            ) => Status::invalid_argument(msg),
             Error::Refused(
                 ApplyError::NoSuchApp(_) | ApplyError::NoSuchBuild(_) | ApplyError::NoSuchNode(_),
             )

@@ -117,14 +117,19 @@ async fn t28_secrets_are_versioned_swarm_secrets_never_stored_by_slipway() {
     // secrets set: v1, a release of the same image that mounts /run/secrets/DB_PASSWORD.
     let releases_before = cluster.releases("hello").await;
     let started = Instant::now();
-    let (ok, out, err) = run(&cluster, &["secrets", "set", "hello", "DB_PASSWORD"], Some(format!("{first}\n").as_bytes()));
+    let (ok, out, err) =
+        run(&cluster, &["secrets", "set", "hello", "DB_PASSWORD"], Some(format!("{first}\n").as_bytes()));
     assert!(ok, "{out}{err}");
     assert!(out.contains("secret: set DB_PASSWORD (v1)") && out.contains("is live"), "{out}");
     let shown = format!("secret DB_PASSWORD: sha256:{}", sha256_hex(first.as_bytes()));
     let body = answers(&cluster, &shown, timeout).await;
     assert!(body.contains(&shown), "the task reads v1 (one trailing newline stripped): {body}");
     eprintln!("measured: secrets set to the new value served: {:?}", started.elapsed());
-    assert_eq!(secret_in_container(&cluster, "DB_PASSWORD"), first, "docker exec cat /run/secrets/DB_PASSWORD");
+    assert_eq!(
+        secret_in_container(&cluster, "DB_PASSWORD"),
+        first,
+        "docker exec cat /run/secrets/DB_PASSWORD"
+    );
     let releases = cluster.releases("hello").await;
     let r_v1 = releases.last().unwrap().clone();
     assert_eq!(r_v1.digest, releases_before.last().unwrap().digest, "same image, no build");
@@ -166,9 +171,17 @@ async fn t28_secrets_are_versioned_swarm_secrets_never_stored_by_slipway() {
     let long_name = "N".repeat(60);
     let oversized = vec![b'x'; 500 * 1024 + 1];
     for (args, input, says) in [
-        (vec!["secrets", "set", "hello", "../etc/passwd"], b"v".to_vec(), "invalid secret name: \"../etc/passwd\" is not allowed; secret names are 1 to 64"),
+        (
+            vec!["secrets", "set", "hello", "../etc/passwd"],
+            b"v".to_vec(),
+            "invalid secret name: \"../etc/passwd\" is not allowed; secret names are 1 to 64",
+        ),
         (vec!["secrets", "set", "hello", ".hidden"], b"v".to_vec(), "invalid secret name"),
-        (vec!["secrets", "set", "hello", &long_name], b"v".to_vec(), "Swarm allows 64: use a shorter secret name"),
+        (
+            vec!["secrets", "set", "hello", &long_name],
+            b"v".to_vec(),
+            "Swarm allows 64: use a shorter secret name",
+        ),
         (vec!["secrets", "set", "hello", "BIG"], oversized.clone(), "500 KiB, Swarm's limit"),
         (vec!["secrets", "set", "hello", "EMPTY"], b"\n".to_vec(), "the secret's value is empty"),
         (vec!["secrets", "set", "nope", "A"], b"v".to_vec(), "app \"nope\" not found"),
@@ -181,11 +194,19 @@ async fn t28_secrets_are_versioned_swarm_secrets_never_stored_by_slipway() {
     let refused = cluster
         .client()
         .await
-        .set_secret(pb::SetSecretRequest { app: "hello".into(), name: "BIG".into(), value: oversized, request_id: String::new() })
+        .set_secret(pb::SetSecretRequest {
+            app: "hello".into(),
+            name: "BIG".into(),
+            value: oversized,
+            request_id: String::new(),
+        })
         .await
         .expect_err("an oversized value is refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(refused.message().contains("is 512001 bytes long; a secret is at most 512000 bytes"), "{refused:?}");
+    assert!(
+        refused.message().contains("is 512001 bytes long; a secret is at most 512000 bytes"),
+        "{refused:?}"
+    );
     assert_eq!(cluster.releases("hello").await, releases_before, "nothing recorded");
     assert_eq!(swarm_secrets(&cluster, "hello").await, v2_only, "no Swarm secret left behind");
 
@@ -208,7 +229,13 @@ async fn t28_secrets_are_versioned_swarm_secrets_never_stored_by_slipway() {
     let body = answers(&cluster, &shown2, timeout).await;
     assert!(body.contains(&shown2), "the previous release still answers through the router: {body}");
     let label = cluster
-        .swarm_cli(&["service", "inspect", "--format", "{{index .Spec.Labels \"io.slipway.release\"}}", &cluster.service("hello")])
+        .swarm_cli(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{index .Spec.Labels \"io.slipway.release\"}}",
+            &cluster.service("hello"),
+        ])
         .unwrap();
     assert_eq!(label.trim(), serving.number.to_string(), "Swarm rolled back to the serving release");
     assert_eq!(swarm_secrets(&cluster, "hello").await, v2_only, "the serving release's secret stays");
@@ -239,5 +266,8 @@ async fn t28_secrets_are_versioned_swarm_secrets_never_stored_by_slipway() {
         assert!(!cluster.scheduler_log(1).contains(value.as_str()), "the scheduler logged a secret value");
         assert!(!cluster.agent_log(1).contains(value.as_str()), "the agent logged a secret value");
     }
-    assert!(cluster.scheduler_log(1).contains("secret version recorded"), "the scheduler log is the one written");
+    assert!(
+        cluster.scheduler_log(1).contains("secret version recorded"),
+        "the scheduler log is the one written"
+    );
 }

@@ -19,14 +19,22 @@ pub async fn run(call: Call<'_>, cmd: &SecretsCmd) -> Result<()> {
         SecretsCmd::Set { app, name, .. } => {
             let value = call.input.unwrap_or_default().to_vec();
             let Call { client: mut c, request_id, .. } = call;
-            let req =
-                pb::SetSecretRequest { app: app.clone(), name: name.clone(), value, request_id: request_id.to_string() };
+            let req = pb::SetSecretRequest {
+                app: app.clone(),
+                name: name.clone(),
+                value,
+                request_id: request_id.to_string(),
+            };
             let stream = c.set_secret(req).await?.into_inner();
             follow_change(stream).await
         }
         SecretsCmd::Unset { app, name } => {
             let Call { client: mut c, request_id, .. } = call;
-            let req = pb::UnsetSecretRequest { app: app.clone(), name: name.clone(), request_id: request_id.to_string() };
+            let req = pb::UnsetSecretRequest {
+                app: app.clone(),
+                name: name.clone(),
+                request_id: request_id.to_string(),
+            };
             let stream = c.unset_secret(req).await?.into_inner();
             follow_change(stream).await
         }

@@ -119,9 +119,10 @@ pub(super) async fn scale(ctx: &Arc<Context>, req: pb::ScaleRequest) -> Result<E
         None
     } else {
         let n = state::check_replicas(u64::from(req.replicas)).map_err(Error::from)?;
-        ctx.config.apps.check_replicas("replicas", u64::from(n)).map_err(|reason| {
-            Error::Invalid(validate::Invalid { what: "scale", reason })
-        })?;
+        ctx.config
+            .apps
+            .check_replicas("replicas", u64::from(n))
+            .map_err(|reason| Error::Invalid(validate::Invalid { what: "scale", reason }))?;
         Some(n)
     };
     let request_id = ready_to_change(ctx, &req.app, req.request_id).await?;

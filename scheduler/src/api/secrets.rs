@@ -54,17 +54,24 @@ pub(super) async fn set_secret(ctx: &Arc<Context>, req: pb::SetSecretRequest) ->
         .map_err(Error::from)?;
     if seen {
         // A retry of a set that went through: its first outcome, no second Swarm secret.
-        let secret = SecretRecord { version: 0, swarm_name: String::new(), swarm_id: String::new(), set_at_ms: 0 };
+        let secret =
+            SecretRecord { version: 0, swarm_name: String::new(), swarm_id: String::new(), set_at_ms: 0 };
         let cmd = Command::SetSecret { app: req.app, name: req.name, secret, request_id: Some(request_id) };
         return announce(ctx, ctx.store.write(cmd).await?);
     }
-    let swarm_name = validate::swarm_secret_name(&stack, &req.app, &req.name, version).map_err(Error::from)?;
+    let swarm_name =
+        validate::swarm_secret_name(&stack, &req.app, &req.name, version).map_err(Error::from)?;
     let docker = ctx.docker().await?;
     let swarm_id = secrets::create(&docker, &stack, &req.app, &req.name, version, &swarm_name, &req.value)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot store secret {} of {}: {e}", req.name, req.app)))?;
     drop(req.value);
-    let secret = SecretRecord { version, swarm_name: swarm_name.clone(), swarm_id: swarm_id.clone(), set_at_ms: slipway_common::now_ms() };
+    let secret = SecretRecord {
+        version,
+        swarm_name: swarm_name.clone(),
+        swarm_id: swarm_id.clone(),
+        set_at_ms: slipway_common::now_ms(),
+    };
     let (app, name) = (req.app.clone(), req.name.clone());
     let cmd = Command::SetSecret { app: req.app, name: req.name, secret, request_id: Some(request_id) };
     match ctx.store.write(cmd).await {
@@ -82,7 +89,10 @@ pub(super) async fn set_secret(ctx: &Arc<Context>, req: pb::SetSecretRequest) ->
     }
 }
 
-pub(super) async fn unset_secret(ctx: &Arc<Context>, req: pb::UnsetSecretRequest) -> Result<EventStream, Status> {
+pub(super) async fn unset_secret(
+    ctx: &Arc<Context>,
+    req: pb::UnsetSecretRequest,
+) -> Result<EventStream, Status> {
     validate::app_name(&req.app).map_err(Error::from)?;
     validate::secret_name(&req.name).map_err(Error::from)?;
     bounded_id("request id", &req.request_id)?;
@@ -143,8 +153,14 @@ mod tests {
         let big = vec![b's'; validate::MAX_SECRET_BYTES + 1];
         for (r, why) in [
             (req("Shop", "A", b"v".to_vec()), "invalid app name"),
-            (req("shop", "../etc/passwd", b"v".to_vec()), "invalid secret name: \"../etc/passwd\" is not allowed"),
-            (req("shop", "A", big), "invalid secret value: the value of A is 512001 bytes long; a secret is at most 512000"),
+            (
+                req("shop", "../etc/passwd", b"v".to_vec()),
+                "invalid secret name: \"../etc/passwd\" is not allowed",
+            ),
+            (
+                req("shop", "A", big),
+                "invalid secret value: the value of A is 512001 bytes long; a secret is at most 512000",
+            ),
             (req("shop", "A", vec![]), "invalid secret value: the value of A is empty"),
         ] {
             let status = Status::from(check_set_secret(&r).unwrap_err());

@@ -218,7 +218,15 @@ mod tests {
     fn the_manifests_replicas_are_bounded_by_the_fleets_max_replicas() {
         let manifest = |n: u32| format!("name = \"shop\"\n[run]\nreplicas = {n}\n");
         let bounds = crate::config::AppsConfig { max_replicas: 5 };
-        let at = |n| check_report("shop", "node-a", REPOSITORY, &bounds, &pb::BuildOutput { manifest: manifest(n), ..honest() });
+        let at = |n| {
+            check_report(
+                "shop",
+                "node-a",
+                REPOSITORY,
+                &bounds,
+                &pb::BuildOutput { manifest: manifest(n), ..honest() },
+            )
+        };
         assert_eq!(at(5).unwrap().run.replicas, 5);
         let err = at(6).unwrap_err();
         assert!(
@@ -227,6 +235,8 @@ mod tests {
             "{err}"
         );
         // The default bound is 100.
-        assert!(check(&pb::BuildOutput { manifest: manifest(101), ..honest() }).unwrap_err().contains("bound of 100"));
+        assert!(check(&pb::BuildOutput { manifest: manifest(101), ..honest() })
+            .unwrap_err()
+            .contains("bound of 100"));
     }
 }

@@ -423,7 +423,9 @@ pub enum ApplyError {
         /// The name.
         name: String,
     },
-    #[error("secret {name} of app {app:?} is at version {current} already (set again meanwhile?); try again")]
+    #[error(
+        "secret {name} of app {app:?} is at version {current} already (set again meanwhile?); try again"
+    )]
     /// A secret version not newer than the one recorded (two sets raced).
     StaleSecretVersion {
         /// The app.

@@ -135,9 +135,12 @@ mod tests {
         };
         assert!(err.to_string().starts_with("app \"shop\" has no secret OTHER; `slipway secrets list shop`"));
         assert_eq!(s, before);
-        let Response::Configured { release: Some(r), .. } =
-            s.apply(&Command::UnsetSecret { app: "shop".into(), name: "TOKEN".into(), request_id: None, at_ms: 5 })
-        else {
+        let Response::Configured { release: Some(r), .. } = s.apply(&Command::UnsetSecret {
+            app: "shop".into(),
+            name: "TOKEN".into(),
+            request_id: None,
+            at_ms: 5,
+        }) else {
             panic!()
         };
         assert!(r.secrets.is_empty() && s.apps["shop"].secrets.is_empty());
