@@ -63,7 +63,8 @@ pub(super) async fn start_pending_deploys(ctx: &Arc<Context>) {
         let span = tracing::info_span!("deploy", app = %release.app, release = release.number);
         let task_ctx = ctx.clone();
         let app = release.app.clone();
-        hold_app(ctx, &app, span, async move { deploy_release(&task_ctx, &release).await });
+        // Boxed: a deploy's future (the service spec, the converge loop) is large.
+        hold_app(ctx, &app, span, async move { Box::pin(deploy_release(&task_ctx, &release)).await });
     }
 }
 
@@ -206,7 +207,8 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
     match (outcome, recorded) {
         (Ok(done), Ok(Response::Release(r))) => {
             tracing::info!(service = %service, running = done.running, "release deployed");
-            prune_secrets(ctx, &topic, &release.app).await;
+            // Boxed: its engine calls would make every deploy task's future larger.
+            Box::pin(prune_secrets(ctx, &topic, &release.app)).await;
             let urls = announce_routes(ctx, &topic, &release.app).await;
             ctx.events.publish(
                 &topic,
