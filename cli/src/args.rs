@@ -75,6 +75,34 @@ pub enum Command {
         #[arg(long)]
         reset: bool,
     },
+    /// APP's secrets, delivered to its tasks as files under /run/secrets (never as env):
+    /// set one (value from stdin), list them (names and versions, never values), unset one.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCmd {
+    /// Set secret NAME of APP, reading its value from stdin (never from an argument, which
+    /// `ps` and shell history would show). One trailing newline is stripped, so
+    /// `echo s3cret | slipway secrets set shop DB_PASSWORD` stores `s3cret`; `--keep-newline`
+    /// stores the bytes exactly. Each set is a new version and a release (no build) that
+    /// mounts it at /run/secrets/NAME.
+    Set {
+        app: String,
+        name: String,
+        /// Store stdin as it is, trailing newline included.
+        #[arg(long)]
+        keep_newline: bool,
+    },
+    /// List APP's secrets: names, versions, when set, the Swarm secret; never values.
+    List {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove secret NAME of APP: a release without its file, then its Swarm secret.
+    Unset { app: String, name: String },
 }
 
 #[derive(Args)]

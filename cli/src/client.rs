@@ -138,4 +138,7 @@ pub struct Call<'a> {
     /// An earlier attempt may have gone through, so "already exists" / "not found"
     /// from a create or delete count as done.
     pub retry: bool,
+    /// What the command read from stdin before the first attempt (`secrets set`), so a
+    /// retry sends the same bytes.
+    pub input: Option<&'a [u8]>,
 }

@@ -56,10 +56,17 @@ async fn run_with_retries(cli: Cli) -> Result<()> {
     let deadline = Instant::now() + RETRY_FOR;
     let mut backoff = Backoff::new(Duration::from_millis(300), Duration::from_secs(2));
     let mut retry = false;
+    let input = commands::read_input(&cli.command)?;
     loop {
         let result = match cluster.leader().await {
             Ok(client) => {
-                let call = Call { client, cluster: &cluster, request_id: &request_id, retry };
+                let call = Call {
+                    client,
+                    cluster: &cluster,
+                    request_id: &request_id,
+                    retry,
+                    input: input.as_deref(),
+                };
                 commands::execute(call, &cli.command).await
             }
             Err(f) => Err(f),

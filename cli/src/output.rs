@@ -108,6 +108,7 @@ pub fn release_json(r: &pb::Release) -> Value {
         "bytes_pushed": r.bytes_pushed,
         "change": (!r.change.is_empty()).then_some(&r.change),
         "replicas": r.replicas, "config_keys": r.config_keys,
+        "secrets": r.secrets.iter().map(|s| json!({"name": s.name, "version": s.version})).collect::<Vec<_>>(),
     })
 }
 
@@ -200,6 +201,7 @@ pub fn app_status_json(s: &pb::AppStatusResponse) -> Value {
     v["replicas"] = json!({ "desired": s.desired_replicas, "running": s.running_replicas });
     v["tasks"] = Value::Array(s.tasks.iter().map(task_json).collect());
     v["config_keys"] = json!(s.config_keys);
+    v["secret_names"] = json!(s.secret_names);
     v["scaled_replicas"] = if s.scaled_replicas == 0 { Value::Null } else { json!(s.scaled_replicas) };
     v
 }

@@ -460,6 +460,68 @@ pub fn env_value(key: &str, value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Largest secret value: Swarm's own limit for a secret's data (500 KiB).
+pub const MAX_SECRET_BYTES: usize = 500 * 1024;
+/// Longest secret name: Swarm's limit for any secret name. The Swarm secret slipway
+/// makes (`<stack>_<app>_<NAME>_v<N>`, see [`swarm_secret_name`]) must fit it too.
+pub const MAX_SECRET_NAME_BYTES: usize = 64;
+
+/// The rule secret names follow, quoted in every refusal.
+pub const SECRET_NAME_RULE: &str = "secret names are 1 to 64 of letters, digits, '-', '_' and '.', starting \
+     and ending with a letter or digit (valid as a Swarm secret name and as a file name under /run/secrets)";
+
+/// A secret's name: a valid Swarm secret name (`[a-zA-Z0-9]+([a-zA-Z0-9-_.]*[a-zA-Z0-9])?`,
+/// at most [`MAX_SECRET_NAME_BYTES`]) and therefore a plain file name under `/run/secrets`
+/// (no `/`, never `.` or `..`, no leading dot or dash).
+pub fn secret_name(name: &str) -> Result<(), Invalid> {
+    const WHAT: &str = "secret name";
+    let edge = |c: char| c.is_ascii_alphanumeric();
+    let ok = (1..=MAX_SECRET_NAME_BYTES).contains(&name.len())
+        && name.starts_with(edge)
+        && name.ends_with(edge)
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(invalid(WHAT, format!("{name:?} is not allowed; {SECRET_NAME_RULE}")));
+    }
+    Ok(())
+}
+
+/// A secret's value: 1 byte to [`MAX_SECRET_BYTES`] (Swarm's limit); any bytes.
+pub fn secret_value(name: &str, value: &[u8]) -> Result<(), Invalid> {
+    const WHAT: &str = "secret value";
+    if value.is_empty() {
+        return Err(invalid(WHAT, format!("the value of {name} is empty; Swarm keeps no empty secret")));
+    }
+    if value.len() > MAX_SECRET_BYTES {
+        return Err(invalid(
+            WHAT,
+            format!(
+                "the value of {name} is {} bytes long; a secret is at most {MAX_SECRET_BYTES} bytes \
+                 (500 KiB, Swarm's limit)",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The Swarm secret that holds version `version` of an app's secret: `<stack>_<app>_<name>_v<version>`,
+/// refused when it would be longer than Swarm allows (the message names the limit).
+pub fn swarm_secret_name(stack: &str, app: &str, name: &str, version: u32) -> Result<String, Invalid> {
+    let swarm = format!("{stack}_{app}_{name}_v{version}");
+    if swarm.len() > MAX_SECRET_NAME_BYTES {
+        return Err(invalid(
+            "secret name",
+            format!(
+                "{name:?} makes the Swarm secret name {swarm:?}, {} bytes long; Swarm allows \
+                 {MAX_SECRET_NAME_BYTES}: use a shorter secret name",
+                swarm.len()
+            ),
+        ));
+    }
+    Ok(swarm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -839,5 +901,27 @@ mod tests {
         assert!(msg.contains("the value of K holds a NUL"), "{msg}");
         let msg = env_value("BIG", &"x".repeat(MAX_CONFIG_BYTES + 1)).unwrap_err().to_string();
         assert!(msg.contains("the value of BIG is 65537 bytes long"), "{msg}");
+    }
+
+    #[test]
+    fn secret_names_are_swarm_names_and_plain_file_names() {
+        for good in ["DB_PASSWORD", "tls.key", "a", "api-token-2", &"x".repeat(64)] {
+            assert!(secret_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "../etc", "a/b", "-x", "x-", ".hidden", "a b", "é", &"x".repeat(65)] {
+            let msg = refused(secret_name(bad), bad);
+            assert!(msg.starts_with("invalid secret name: ") && msg.contains(SECRET_NAME_RULE), "{msg}");
+        }
+        assert!(secret_value("K", b"v").is_ok());
+        assert!(secret_value("K", &vec![0; MAX_SECRET_BYTES]).is_ok());
+        let msg = refused(secret_value("K", &vec![0; MAX_SECRET_BYTES + 1]), "big");
+        assert!(
+            msg.contains("the value of K is 512001 bytes long; a secret is at most 512000 bytes"),
+            "{msg}"
+        );
+        assert!(refused(secret_value("K", b""), "empty").contains("empty"));
+        assert_eq!(swarm_secret_name("sl", "shop", "DB", 3).unwrap(), "sl_shop_DB_v3");
+        let msg = refused(swarm_secret_name("stack", "shop", &"x".repeat(60), 1).map(drop), "long");
+        assert!(msg.contains("Swarm allows 64: use a shorter secret name"), "{msg}");
     }
 }

@@ -45,6 +45,44 @@ pub struct SchedulerConfig {
     pub tls: TlsSettings,
     /// Who may read the HTTP side, and whether it speaks TLS.
     pub http: HttpSettings,
+    /// Bounds on what apps may ask for.
+    pub apps: AppsConfig,
+}
+
+/// Bounds on what apps may ask for (`[apps]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppsConfig {
+    /// Most tasks one app may run: bounds `slipway scale` and the manifest's `[run]
+    /// replicas`. 1 to the manifest format's ceiling (1000).
+    pub max_replicas: u32,
+}
+
+/// `[apps] max_replicas` when unset: a fleet of tens of nodes runs no app at 100 tasks,
+/// so a typo (`scale shop 1000` for 10) is refused instead of flooding Swarm; a fleet
+/// that needs more raises it, up to the manifest format's ceiling.
+pub const DEFAULT_MAX_REPLICAS: u32 = 100;
+
+impl Default for AppsConfig {
+    fn default() -> Self {
+        Self { max_replicas: DEFAULT_MAX_REPLICAS }
+    }
+}
+
+impl AppsConfig {
+    /// Refuses `replicas` (of the manifest's `field`, or a scale) over this fleet's bound,
+    /// naming the bound and the key that raises it.
+    pub fn check_replicas(&self, what: &str, replicas: u64) -> Result<(), String> {
+        let max = self.max_replicas;
+        if replicas > u64::from(max) {
+            let ceiling = slipway_common::manifest::MAX_REPLICAS;
+            return Err(format!(
+                "{what} {replicas} is over this fleet's bound of {max} replicas per app; an operator \
+                 raises it with `max_replicas` under [apps] in scheduler.toml (at most {ceiling})"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The HTTP side on `http_listen` (`http/`): TLS and who may read the fleet page and
@@ -269,6 +307,7 @@ impl Default for SchedulerConfig {
             raft: RaftSettings::default(),
             tls: TlsSettings::default(),
             http: HttpSettings::default(),
+            apps: AppsConfig::default(),
         }
     }
 }
@@ -494,6 +533,14 @@ pub struct ConfigError(#[from] slipway_common::config::ConfigError);
 impl Check for SchedulerConfig {
     /// Checks the values TOML types alone cannot.
     fn check(&self) -> Result<(), CommonError> {
+        let ceiling = slipway_common::manifest::MAX_REPLICAS;
+        if !(1..=ceiling).contains(&self.apps.max_replicas) {
+            return Err(CommonError::invalid(format!(
+                "apps.max_replicas = {} is out of range: 1 to {ceiling} (the manifest format's ceiling; \
+                 the default is {DEFAULT_MAX_REPLICAS})",
+                self.apps.max_replicas
+            )));
+        }
         if self.registry.addr.is_empty() || self.registry.addr.contains('/') {
             return Err(CommonError::invalid(format!(
                 "registry.addr {:?} must be host:port, e.g. \"127.0.0.1:5000\"",
@@ -613,5 +660,20 @@ mod tests {
         assert_eq!(c.raft.to_raft_config().heartbeat_interval, Duration::from_millis(120));
         let e = SchedulerConfig::parse("[raft]\nheartbeat_ms = 2000\n").unwrap_err();
         assert!(e.to_string().contains("[raft]"), "{e}");
+    }
+
+    #[test]
+    fn max_replicas_defaults_to_100_and_is_checked() {
+        let c = SchedulerConfig::parse("").unwrap();
+        assert_eq!(c.apps.max_replicas, DEFAULT_MAX_REPLICAS);
+        assert!(c.apps.check_replicas("replicas", 100).is_ok());
+        let err = c.apps.check_replicas("replicas", 101).unwrap_err();
+        assert!(err.starts_with("replicas 101 is over this fleet's bound of 100 replicas per app"), "{err}");
+        assert_eq!(SchedulerConfig::parse("[apps]\nmax_replicas = 500\n").unwrap().apps.max_replicas, 500);
+        for bad in ["0", "1001"] {
+            let err =
+                SchedulerConfig::parse(&format!("[apps]\nmax_replicas = {bad}\n")).unwrap_err().to_string();
+            assert!(err.contains(&format!("apps.max_replicas = {bad} is out of range: 1 to 1000")), "{err}");
+        }
     }
 }

@@ -223,6 +223,11 @@ pub fn release(r: &state::Release) -> pb::Release {
         change: r.change.as_ref().map(ToString::to_string).unwrap_or_default(),
         replicas: r.effective_replicas(),
         config_keys: r.config.keys().cloned().collect(),
+        secrets: r
+            .secrets
+            .iter()
+            .map(|(name, s)| pb::SecretVersion { name: name.clone(), version: s.version })
+            .collect(),
     }
 }
 
@@ -237,12 +242,23 @@ pub fn rejections(rs: &[crate::placement::Rejection]) -> Vec<pb::NodeRejection> 
         .collect()
 }
 
+/// What `apps show` tells of an app's settings: names only, never values.
+#[derive(Debug, Clone, Default)]
+pub struct AppSettings {
+    /// Its config keys, sorted.
+    pub config_keys: Vec<String>,
+    /// Its scale (0: not scaled).
+    pub scaled_replicas: u32,
+    /// Its secrets' names, sorted.
+    pub secret_names: Vec<String>,
+}
+
 /// `apps show`: the app, its current release and what Swarm runs (`view`: `None` when
 /// Swarm has no service for it).
 pub fn app_status(
     app: pb::App,
     current: Option<pb::Release>,
-    (config_keys, scaled_replicas): (Vec<String>, u32),
+    AppSettings { config_keys, scaled_replicas, secret_names }: AppSettings,
     view: Option<&crate::deploy::observe::ServiceView>,
 ) -> pb::AppStatusResponse {
     pb::AppStatusResponse {
@@ -254,6 +270,7 @@ pub fn app_status(
         tasks: view.map(|v| v.tasks.iter().map(app_task).collect()).unwrap_or_default(),
         config_keys,
         scaled_replicas,
+        secret_names,
     }
 }
 

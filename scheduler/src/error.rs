@@ -39,13 +39,15 @@ impl From<Error> for Status {
         let msg = err.to_string();
         match err {
             Error::Invalid(_)
-            | Error::Refused(ApplyError::InvalidConfig(_) | ApplyError::InvalidReplicas { .. }) => {
-                Status::invalid_argument(msg)
-            }
+            | Error::Refused(
+                ApplyError::InvalidConfig(_)
+                | ApplyError::InvalidReplicas { .. }
+                | ApplyError::InvalidSecret(_),
+            ) => Status::invalid_argument(msg),
             Error::Refused(
                 ApplyError::NoSuchApp(_) | ApplyError::NoSuchBuild(_) | ApplyError::NoSuchNode(_),
             )
-            | Error::Refused(ApplyError::NoSuchRelease { .. })
+            | Error::Refused(ApplyError::NoSuchRelease { .. } | ApplyError::NoSuchSecret { .. })
             | Error::NotFound(_) => Status::not_found(msg),
             Error::Refused(ApplyError::AppExists(_)) => Status::already_exists(msg),
             Error::Refused(_) => Status::failed_precondition(msg),

@@ -173,6 +173,7 @@ mod tests {
     #[test]
     fn releases_without_a_build_have_topics_of_their_own() {
         let built = Release {
+            secrets: Default::default(),
             app: "shop".into(),
             number: 2,
             digest: String::new(),

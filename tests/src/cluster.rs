@@ -1011,6 +1011,25 @@ impl TestCluster {
             .expect("run slipway")
     }
 
+    /// `slipway ARGS` with `input` on its stdin (`secrets set` reads the value there).
+    pub fn cli_with_input(&self, args: &[&str], input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(binary("slipway"))
+            .args(["--scheduler", &self.grpc_addrs().join(",")])
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start slipway");
+        let mut stdin = child.stdin.take().expect("stdin");
+        // The CLI may refuse before reading it all (a value over the limit): ignore EPIPE.
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        child.wait_with_output().expect("run slipway")
+    }
+
     /// `slipway ARGS` started in the background with its output piped, for commands
     /// that stream (`apps logs --follow`); the caller kills it.
     pub fn cli_spawn(&self, args: &[&str]) -> std::process::Child {
@@ -1038,6 +1057,12 @@ impl TestCluster {
             }
         }
         let _ = self.swarm_cli(&["network", "rm", &format!("{}_default", self.stack)]);
+        // App secrets (`slipway secrets set`), once the services that mount them are gone.
+        if let Ok(ids) = self.swarm_cli(&["secret", "ls", "-q", "--filter", &filter]) {
+            for id in ids.split_whitespace() {
+                let _ = self.swarm_cli(&["secret", "rm", id]);
+            }
+        }
     }
 
     /// The build root of agent `n` (build dirs and logs).

@@ -123,6 +123,13 @@ fn print_status(s: &pb::AppStatusResponse) {
     if !s.config_keys.is_empty() {
         println!("config:   {} (`slipway config {}` shows the values)", s.config_keys.join(", "), app.name);
     }
+    if !s.secret_names.is_empty() {
+        println!(
+            "secrets:  {} (files under /run/secrets; `slipway secrets list {}` shows versions)",
+            s.secret_names.join(", "),
+            app.name
+        );
+    }
     let scaled =
         if s.scaled_replicas != 0 { format!(" (scaled to {})", s.scaled_replicas) } else { String::new() };
     if s.deployed {

@@ -120,7 +120,7 @@ async fn change(call: Call<'_>, mut req: pb::SetConfigRequest) -> Result<()> {
 }
 
 /// A change's stream: a release to follow to its end, or one line saying why none was made.
-async fn follow_change(mut stream: tonic::Streaming<DeployEvent>) -> Result<()> {
+pub(super) async fn follow_change(mut stream: tonic::Streaming<DeployEvent>) -> Result<()> {
     let first = stream.next().await.transpose()?;
     match first.and_then(|e| e.event) {
         Some(Event::DeployProgress(note)) => {

@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod deploy;
 mod nodes;
+mod secrets;
 
 use serde_json::Value;
 
@@ -28,6 +29,18 @@ pub async fn execute(call: Call<'_>, command: &Command) -> Result<()> {
         Command::Cluster(cmd) => cluster::run(call, cmd).await,
         Command::Config(args) => config::run(call, args).await,
         Command::Scale { app, replicas, reset } => config::scale(call, app, *replicas, *reset).await,
+        Command::Secrets(cmd) => secrets::run(call, cmd).await,
+    }
+}
+
+/// What `command` reads from stdin, read once before the first attempt (a retry sends
+/// the same bytes): a secret's value for `secrets set`, nothing for the others.
+pub fn read_input(command: &Command) -> Result<Option<Vec<u8>>> {
+    match command {
+        Command::Secrets(crate::args::SecretsCmd::Set { keep_newline, .. }) => {
+            secrets::read_value(std::io::stdin().lock(), *keep_newline).map(Some)
+        }
+        _ => Ok(None),
     }
 }
 

@@ -118,7 +118,12 @@ pub(super) async fn scale(ctx: &Arc<Context>, req: pb::ScaleRequest) -> Result<E
     let replicas = if req.reset {
         None
     } else {
-        Some(state::check_replicas(u64::from(req.replicas)).map_err(Error::from)?)
+        let n = state::check_replicas(u64::from(req.replicas)).map_err(Error::from)?;
+        ctx.config
+            .apps
+            .check_replicas("replicas", u64::from(n))
+            .map_err(|reason| Error::Invalid(validate::Invalid { what: "scale", reason }))?;
+        Some(n)
     };
     let request_id = ready_to_change(ctx, &req.app, req.request_id).await?;
     let cmd = Command::Scale {
@@ -132,7 +137,7 @@ pub(super) async fn scale(ctx: &Arc<Context>, req: pb::ScaleRequest) -> Result<E
 
 /// Checks the app exists and, if a change would roll out, that the Swarm manager answers
 /// (fail fast, before anything is recorded). Returns the request id to record.
-async fn ready_to_change(ctx: &Context, app: &str, request_id: String) -> Result<String, Status> {
+pub(super) async fn ready_to_change(ctx: &Context, app: &str, request_id: String) -> Result<String, Status> {
     let has_image = ctx
         .store
         .read_current(|s| s.app(app).map(|_| s.change_base(app).is_some()))
@@ -146,7 +151,13 @@ async fn ready_to_change(ctx: &Context, app: &str, request_id: String) -> Result
 
 /// Writes the change and streams its release's rollout, or says why there is none.
 async fn roll_out(ctx: &Arc<Context>, cmd: Command) -> Result<EventStream, Status> {
-    let (app, release, changed) = match ctx.store.write(cmd).await? {
+    let applied = ctx.store.write(cmd).await?;
+    announce(ctx, applied)
+}
+
+/// Streams the rollout of the release a written change made, or says why there is none.
+pub(super) fn announce(ctx: &Arc<Context>, applied: Applied) -> Result<EventStream, Status> {
+    let (app, release, changed) = match applied {
         Applied::Configured { app, release, changed } => (app, release, changed),
         other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
     };
@@ -216,6 +227,7 @@ mod tests {
         app.config = [("GREETING".to_string(), "config".to_string()), ("DB".into(), "x".into())].into();
         app.replicas = Some(3);
         let release = state::Release {
+            secrets: Default::default(),
             app: "shop".into(),
             number: 4,
             digest: String::new(),

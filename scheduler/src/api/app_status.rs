@@ -26,7 +26,7 @@ pub type AppLogStream = Pin<Box<dyn Stream<Item = Result<pb::AppLogLine, Status>
 async fn app_record(
     ctx: &Context,
     name: &str,
-) -> Result<(pb::App, Option<pb::Release>, (Vec<String>, u32)), Status> {
+) -> Result<(pb::App, Option<pb::Release>, convert::AppSettings), Status> {
     validate::app_name(name).map_err(Error::from)?;
     let (stack, router) = (&ctx.config.deploy.stack, &ctx.config.router);
     let found = ctx
@@ -39,7 +39,11 @@ async fn app_record(
                 .get(name)
                 .and_then(|rs| rs.iter().find(|r| r.number == app.current_release))
                 .map(convert::release);
-            let settings = (app.config.keys().cloned().collect(), app.replicas.unwrap_or(0));
+            let settings = convert::AppSettings {
+                config_keys: app.config.keys().cloned().collect(),
+                scaled_replicas: app.replicas.unwrap_or(0),
+                secret_names: app.secrets.keys().cloned().collect(),
+            };
             Ok::<_, crate::state::ApplyError>((convert::app(app, stack, urls), current, settings))
         })
         .await?

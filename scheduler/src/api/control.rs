@@ -243,6 +243,12 @@ impl pb::control_server::Control for ControlService {
         crate::deploy::remove_app(&docker, &self.ctx.config.deploy.stack, &name)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot remove the service of {name}: {e}")))?;
+        // Its Swarm secrets go too (best effort: one Swarm still holds for the service's
+        // last tasks stays; `docker secret ls --filter label=io.slipway.app=<app>` shows it).
+        let stack = &self.ctx.config.deploy.stack;
+        if let Err(err) = crate::deploy::secrets::prune(&docker, stack, &name, &Default::default()).await {
+            tracing::warn!(app = %name, %err, "cannot remove the app's Swarm secrets");
+        }
         self.ctx.store.write(Command::DeleteApp { name }).await?;
         Ok(Response::new(pb::DeleteAppResponse {}))
     }
@@ -621,6 +627,28 @@ impl pb::control_server::Control for ControlService {
 
     async fn scale(&self, req: Request<pb::ScaleRequest>) -> Result<Response<EventStream>, Status> {
         super::app_config::scale(&self.ctx, req.into_inner()).await.map(Response::new)
+    }
+
+    type SetSecretStream = EventStream;
+
+    async fn set_secret(&self, req: Request<pb::SetSecretRequest>) -> Result<Response<EventStream>, Status> {
+        super::secrets::set_secret(&self.ctx, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_secrets(
+        &self,
+        req: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        Ok(Response::new(super::secrets::list_secrets(&self.ctx, &req.into_inner().app).await?))
+    }
+
+    type UnsetSecretStream = EventStream;
+
+    async fn unset_secret(
+        &self,
+        req: Request<pb::UnsetSecretRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        super::secrets::unset_secret(&self.ctx, req.into_inner()).await.map(Response::new)
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`control`]: the operator API (`control.proto`, what `slipway` calls): apps,
 //!   deploys, builds, logs, releases, rollbacks, nodes, cluster membership, join tokens,
-//!   app config and scale (`app_config`). Input is validated here, before anything is
+//!   app config and scale (`app_config`), app secrets (`secrets`: leader only, the value
+//!   goes to a Swarm secret and never into raft or a log). Input is validated here, before anything is
 //!   written. [`app_status`] answers its `AppStatus` and `AppLogs` (an app's tasks and
 //!   their output, read from Swarm).
 //! - [`agents`]: the agent sessions (`agent.proto`): one stream per agent carrying its
@@ -19,3 +20,4 @@ mod app_config;
 pub mod app_status;
 pub mod control;
 pub mod enroll;
+mod secrets;

@@ -38,6 +38,7 @@
 //! - `converge.rs`: observe and judge the service until it settles, and what Swarm was seen
 //!   doing on the way (healthchecks, rollbacks, host-mode ports, tasks it cannot place).
 //! - `grants.rs`: [`renew_pull_grant`], keeping a running service's registry credentials valid.
+//! - `secrets.rs`: the Swarm secrets holding app secrets, their mounts, and pruning them.
 //! - `observe.rs`: reads for operators, not deploys: an app's tasks (`apps show`) and what
 //!   they print (`apps logs`).
 //! - Tests: `spec_tests.rs`, `engine_tests.rs` and `converge_tests.rs` beside their part, pure;
@@ -57,6 +58,7 @@ mod converge;
 mod engine;
 mod grants;
 pub mod observe;
+pub mod secrets;
 mod spec;
 
 pub use grants::{renew_pull_grant, Renewal};
@@ -147,6 +149,8 @@ pub struct ServiceDeploy {
     pub env: BTreeMap<String, String>,
     /// Absolute container paths that become volume mounts (see [`PersistBackend`]).
     pub persist: Vec<String>,
+    /// Swarm secrets mounted at `/run/secrets/<name>`.
+    pub secrets: Vec<secrets::SecretMount>,
     /// Container healthcheck; overrides the image's `HEALTHCHECK`.
     pub healthcheck: Option<Healthcheck>,
     /// How `publish` is published.

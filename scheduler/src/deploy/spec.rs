@@ -204,6 +204,9 @@ pub fn validate(spec: &ServiceDeploy) -> Result<(), Invalid> {
         }
     }
     validate_persist(spec)?;
+    for secret in &spec.secrets {
+        validate::secret_name(&secret.name)?;
+    }
     if let Some(hc) = &spec.healthcheck {
         validate_healthcheck(hc)?;
     }
@@ -306,6 +309,7 @@ pub fn service_spec(spec: &ServiceDeploy) -> Result<ServiceSpec, DeployError> {
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         mounts: Some(spec.persist.iter().map(|path| mount(spec, path)).collect()),
         health_check: spec.healthcheck.as_ref().map(health_config),
+        secrets: (!spec.secrets.is_empty()).then(|| super::secrets::secret_refs(&spec.secrets)),
         ..Default::default()
     };
     // Two tasks cannot hold one host port on one node: the old one must go first.

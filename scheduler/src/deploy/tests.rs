@@ -24,6 +24,7 @@ pub(super) const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef01234567
 
 pub(super) fn shop() -> ServiceDeploy {
     ServiceDeploy {
+        secrets: Default::default(),
         stack: "slipway".into(),
         app: "shop".into(),
         image: format!("registry.local:5000/shop@{DIGEST}"),
@@ -88,6 +89,7 @@ async fn t30_deploy_update_and_automatic_rollback_on_a_real_swarm() {
     let port = free_port();
     let progress = |line: String| eprintln!("t30 progress: {line}");
     let web = |image: &str, release: u64, healthcheck: Healthcheck| ServiceDeploy {
+        secrets: Default::default(),
         stack: stack.clone(),
         app: "web".into(),
         image: image.to_owned(),
@@ -200,6 +202,7 @@ async fn t31_a_first_deploy_of_a_missing_image_fails_with_the_task_error() {
     let stack = unique_name("swt31");
     let _cleanup = StackCleanup::new(&stack);
     let spec = ServiceDeploy {
+        secrets: Default::default(),
         stack: stack.clone(),
         app: "ghost".into(),
         // Nothing listens on port 9: the pull fails and the image is not here.
@@ -248,6 +251,7 @@ async fn t33_an_app_publishes_nothing_and_an_update_no_node_can_take_is_rolled_b
         lines.lock().unwrap().push(line);
     };
     let web = |release: u64, constraints: Vec<String>| ServiceDeploy {
+        secrets: Default::default(),
         stack: stack.clone(),
         app: "web".into(),
         image: image.clone(),
@@ -335,6 +339,7 @@ async fn t34_a_host_port_another_app_holds_fails_the_first_deploy_fast() {
     let port = free_port();
     let progress = |line: String| eprintln!("t34 progress: {line}");
     let app = |app: &str| ServiceDeploy {
+        secrets: Default::default(),
         stack: stack.clone(),
         app: app.into(),
         image: image.clone(),
@@ -384,6 +389,7 @@ async fn renewing_the_pull_grant_restarts_no_task() {
     let _cleanup = StackCleanup::new(&stack);
     let port = free_port();
     let spec = ServiceDeploy {
+        secrets: Default::default(),
         stack: stack.clone(),
         app: "web".into(),
         image,

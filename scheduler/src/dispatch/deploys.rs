@@ -13,6 +13,7 @@ use super::grants::pull_auth;
 use crate::config::RegistryConfig;
 use crate::context::Context;
 use crate::convert;
+use crate::deploy::secrets::SecretMount;
 use crate::deploy::{self, PersistBackend, PublishMode, ServiceDeploy};
 use crate::events::release_topic;
 use crate::router;
@@ -62,7 +63,8 @@ pub(super) async fn start_pending_deploys(ctx: &Arc<Context>) {
         let span = tracing::info_span!("deploy", app = %release.app, release = release.number);
         let task_ctx = ctx.clone();
         let app = release.app.clone();
-        hold_app(ctx, &app, span, async move { deploy_release(&task_ctx, &release).await });
+        // Boxed: a deploy's future (the service spec, the converge loop) is large.
+        hold_app(ctx, &app, span, async move { Box::pin(deploy_release(&task_ctx, &release)).await });
     }
 }
 
@@ -113,6 +115,15 @@ pub fn service_for(ctx: &Context, release: &Release) -> ServiceDeploy {
             env
         },
         persist: release.run.persist.clone(),
+        secrets: release
+            .secrets
+            .iter()
+            .map(|(name, s)| SecretMount {
+                name: name.clone(),
+                swarm_id: s.swarm_id.clone(),
+                swarm_name: s.swarm_name.clone(),
+            })
+            .collect(),
         healthcheck: release.run.healthcheck.clone(),
         publish_mode: PublishMode::from(deploy.publish_mode),
         persist_backend: match &deploy.nfs {
@@ -196,6 +207,8 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
     match (outcome, recorded) {
         (Ok(done), Ok(Response::Release(r))) => {
             tracing::info!(service = %service, running = done.running, "release deployed");
+            // Boxed: its engine calls would make every deploy task's future larger.
+            Box::pin(prune_secrets(ctx, &topic, &release.app)).await;
             let urls = announce_routes(ctx, &topic, &release.app).await;
             ctx.events.publish(
                 &topic,
@@ -235,6 +248,32 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
     }
 }
 
+/// Once a release is live: removes the app's Swarm secrets that neither its records nor
+/// its releases still pending or running mount (the versions a `secrets set` or `unset`
+/// replaced). Best effort: what cannot go now goes after the next deploy.
+async fn prune_secrets(ctx: &Context, topic: &str, app: &str) {
+    let keep: std::collections::HashSet<String> = ctx.store.read(|s| {
+        let Some(a) = s.apps.get(app) else { return Default::default() };
+        let live = s
+            .releases
+            .get(app)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.deploy == DeployState::Pending || r.number == a.current_release);
+        a.secrets.values().chain(live.flat_map(|r| r.secrets.values())).map(|s| s.swarm_id.clone()).collect()
+    });
+    let Ok(docker) = ctx.docker().await else { return };
+    match deploy::secrets::prune(&docker, &ctx.config.deploy.stack, app, &keep).await {
+        Ok(removed) if !removed.is_empty() => {
+            let line = format!("removed the Swarm secrets no release uses any more: {}", removed.join(", "));
+            tracing::info!(app, removed = ?removed, "unused Swarm secrets removed");
+            ctx.events.publish(topic, Event::DeployProgress(line));
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(app, %err, "cannot list the app's Swarm secrets to prune them"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +283,7 @@ mod tests {
         let registry = RegistryConfig { addr: "10.0.0.1:5000".into(), ..RegistryConfig::default() };
         let digest = format!("sha256:{}", "a".repeat(64));
         let release = |repository: &str| Release {
+            secrets: Default::default(),
             app: "shop".into(),
             number: 3,
             digest: digest.clone(),

@@ -42,7 +42,8 @@ pub async fn verify_success(
     });
     let app = app.ok_or_else(|| format!("build {build_id} is not in the state any more"))?;
     let repository = ctx.config.registry.repository(&app);
-    let output = check_report(&app, &node, &repository, reported).inspect_err(|reason| {
+    let max = &ctx.config.apps;
+    let output = check_report(&app, &node, &repository, max, reported).inspect_err(|reason| {
         tracing::warn!(build = %build_id, %node, %reason, "refusing the agent's build result");
     })?;
     if let Some(run) = &reported.run {
@@ -77,6 +78,7 @@ pub(super) fn check_report(
     app: &str,
     node: &str,
     repository: &str,
+    bounds: &crate::config::AppsConfig,
     reported: &pb::BuildOutput,
 ) -> Result<BuildOutput, String> {
     if reported.repository != repository {
@@ -108,7 +110,11 @@ pub(super) fn check_report(
             manifest.name
         ));
     }
-    convert::build_output_from(reported, repository.to_string(), convert::run_spec_from(&manifest.run_spec()))
+    let run = convert::run_spec_from(&manifest.run_spec());
+    bounds
+        .check_replicas("run.replicas", u64::from(run.replicas))
+        .map_err(|e| format!("{MANIFEST_FILE} at {short}: {e}"))?;
+    convert::build_output_from(reported, repository.to_string(), run)
 }
 
 /// At most 200 characters of what an agent sent, for a reason.
@@ -138,7 +144,7 @@ mod tests {
     }
 
     fn check(o: &pb::BuildOutput) -> Result<BuildOutput, String> {
-        check_report("shop", "node-a", REPOSITORY, o)
+        check_report("shop", "node-a", REPOSITORY, &Default::default(), o)
     }
 
     #[test]
@@ -206,5 +212,31 @@ mod tests {
         let big = format!("name = \"shop\"\n# {}\n", "x".repeat(70_000));
         let err = check(&pb::BuildOutput { manifest: big, ..honest() }).unwrap_err();
         assert!(err.contains("the limit is 65536 bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_manifests_replicas_are_bounded_by_the_fleets_max_replicas() {
+        let manifest = |n: u32| format!("name = \"shop\"\n[run]\nreplicas = {n}\n");
+        let bounds = crate::config::AppsConfig { max_replicas: 5 };
+        let at = |n| {
+            check_report(
+                "shop",
+                "node-a",
+                REPOSITORY,
+                &bounds,
+                &pb::BuildOutput { manifest: manifest(n), ..honest() },
+            )
+        };
+        assert_eq!(at(5).unwrap().run.replicas, 5);
+        let err = at(6).unwrap_err();
+        assert!(
+            err.starts_with("slipway.toml at 0123456789ab: run.replicas 6 is over this fleet's bound of 5 replicas per app")
+                && err.contains("`max_replicas` under [apps] in scheduler.toml (at most 1000)"),
+            "{err}"
+        );
+        // The default bound is 100.
+        assert!(check(&pb::BuildOutput { manifest: manifest(101), ..honest() })
+            .unwrap_err()
+            .contains("bound of 100"));
     }
 }

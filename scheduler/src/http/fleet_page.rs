@@ -532,6 +532,7 @@ mod tests {
             }],
             recent_builds: vec![build],
             recent_releases: vec![Release {
+                secrets: Default::default(),
                 app: "shop".into(),
                 number: 3,
                 digest: format!("sha256:{}", "ab".repeat(32)),

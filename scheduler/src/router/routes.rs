@@ -86,6 +86,7 @@ mod tests {
 
     fn release(app: &str, number: u64, deploy: DeployState, run: RunSpec) -> Release {
         Release {
+            secrets: Default::default(),
             app: app.into(),
             number,
             digest: format!("sha256:{}", "a".repeat(64)),
@@ -112,6 +113,7 @@ mod tests {
             s.apps.insert(
                 name.to_string(),
                 App {
+                    secrets: Default::default(),
                     name: name.to_string(),
                     repo: String::new(),
                     branch: "main".into(),

@@ -84,7 +84,7 @@ impl State {
     }
 
     /// What a retried request got the first time, if it was remembered.
-    fn configured_before(&self, request_id: &Option<String>) -> Option<Response> {
+    pub(super) fn configured_before(&self, request_id: &Option<String>) -> Option<Response> {
         let (app, release) = match request_id.as_ref().and_then(|r| self.requests.get(r))? {
             RequestOutcome::Release { app, number } => (app, self.release(app, *number).cloned()),
             RequestOutcome::Configured { app } => (app, None),
@@ -139,7 +139,7 @@ impl State {
 
     /// Changes the app record with `edit` and, if it has an image, records the release
     /// that rolls the change out. Everything is checked before anything changes.
-    fn record_change(
+    pub(super) fn record_change(
         &mut self,
         app: &str,
         request_id: &Option<String>,
@@ -165,6 +165,7 @@ impl State {
                     config: record.config.clone(),
                     replicas: record.replicas,
                     change: Some(change),
+                    secrets: record.secrets.clone(),
                     ..base.clone()
                 })
             }
@@ -182,7 +183,7 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::{BuildOutput, Command, RunSpec};
     use super::*;
 
@@ -190,7 +191,7 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn app_with_release(deployed: bool) -> State {
+    pub(in crate::state) fn app_with_release(deployed: bool) -> State {
         let mut s = State::default();
         s.apply(&Command::CreateApp {
             name: "shop".into(),

@@ -23,12 +23,13 @@ mod app_config;
 mod claims;
 mod records;
 mod revocations;
+mod secrets;
 
 pub use app_config::{check_replicas, config_bytes};
 pub use claims::Claims;
 pub use records::{
     sha256_hex, App, Build, BuildOutput, BuildState, BuildStep, DeployState, Healthcheck, JoinSecret,
-    NodeRecord, PhaseTimings, Release, ReleaseChange, RequestOutcome, RunSpec,
+    NodeRecord, PhaseTimings, Release, ReleaseChange, RequestOutcome, RunSpec, SecretRecord,
 };
 pub use revocations::{holder_key, Revocation};
 
@@ -272,6 +273,31 @@ pub enum Command {
         /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
+    /// Record a new version of an app secret the leader has stored as a Swarm secret (the
+    /// command carries its name, version and Swarm id, never the value); if the app has an
+    /// image, records the release that mounts it (see `secrets.rs`).
+    SetSecret {
+        /// The app.
+        app: String,
+        /// The secret's name (the file under /run/secrets).
+        name: String,
+        /// The version, which must be newer than any the app has recorded for the name;
+        /// `set_at_ms` is when the leader proposed it.
+        secret: SecretRecord,
+        /// The client's request id: a retry with the same id gets the first outcome.
+        request_id: Option<String>,
+    },
+    /// Remove an app secret; if the app has an image, records the release without it.
+    UnsetSecret {
+        /// The app.
+        app: String,
+        /// The secret's name.
+        name: String,
+        /// The client's request id: a retry with the same id gets the first outcome.
+        request_id: Option<String>,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
+        at_ms: u64,
+    },
 }
 
 /// What applying a command returned.
@@ -389,6 +415,29 @@ pub enum ApplyError {
         /// The most allowed.
         max: u32,
     },
+    #[error("app {app:?} has no secret {name}; `slipway secrets list {app}` lists its secrets")]
+    /// `secrets unset` of a name the app does not have.
+    NoSuchSecret {
+        /// The app.
+        app: String,
+        /// The name.
+        name: String,
+    },
+    #[error(
+        "secret {name} of app {app:?} is at version {current} already (set again meanwhile?); try again"
+    )]
+    /// A secret version not newer than the one recorded (two sets raced).
+    StaleSecretVersion {
+        /// The app.
+        app: String,
+        /// The name.
+        name: String,
+        /// The version recorded.
+        current: u32,
+    },
+    #[error("invalid secret: {0}")]
+    /// A secret command that is not valid (bad name).
+    InvalidSecret(String),
     #[error("app {app:?} has builds in progress ({build}); wait for them or cancel them first")]
     /// The app has a build in progress.
     AppBusy {
@@ -422,6 +471,7 @@ impl State {
                     current_release: 0,
                     config: BTreeMap::new(),
                     replicas: None,
+                    secrets: BTreeMap::new(),
                 };
                 self.apps.insert(name.clone(), app.clone());
                 Ok(Response::App(app))
@@ -519,8 +569,11 @@ impl State {
                     build.finished_at_ms = Some(*at_ms);
                     return Ok(Response::Build(build.clone()));
                 }
-                let (config, replicas) =
-                    self.apps.get(&app).map(|a| (a.config.clone(), a.replicas)).unwrap_or_default();
+                let (config, replicas, secrets) = self
+                    .apps
+                    .get(&app)
+                    .map(|a| (a.config.clone(), a.replicas, a.secrets.clone()))
+                    .unwrap_or_default();
                 let releases = self.releases.entry(app.clone()).or_default();
                 let number = releases.last().map_or(1, |r| r.number + 1);
                 let release = Release {
@@ -541,6 +594,7 @@ impl State {
                     config,
                     replicas,
                     change: None,
+                    secrets,
                 };
                 releases.push(release.clone());
                 let build = self.builds.get_mut(build_id).expect("checked above");
@@ -613,6 +667,9 @@ impl State {
                     // config is, as Heroku does: the app's config becomes the target's.
                     replicas: self.app(app)?.replicas,
                     change: None,
+                    // Nor are its secrets: the versions set now stay mounted (the
+                    // earlier ones may be gone from Swarm).
+                    secrets: self.app(app)?.secrets.clone(),
                     ..target.clone()
                 };
                 self.check_claims(app, &release.run)?;
@@ -700,6 +757,12 @@ impl State {
             }
             Command::Scale { app, replicas, request_id, at_ms } => {
                 self.scale(app, *replicas, request_id, *at_ms)
+            }
+            Command::SetSecret { app, name, secret, request_id } => {
+                self.set_secret(app, name, secret, request_id)
+            }
+            Command::UnsetSecret { app, name, request_id, at_ms } => {
+                self.unset_secret(app, name, request_id, *at_ms)
             }
         }
     }

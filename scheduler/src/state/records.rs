@@ -29,6 +29,24 @@ pub struct App {
     /// Replicas set with `slipway scale`: wins over the manifest's `replicas` until reset.
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// Secrets set with `slipway secrets set`, by name: which version of each, kept in
+    /// which Swarm secret. Never the value (Swarm keeps it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRecord>,
+}
+
+/// One version of an app secret, as slipway records it: the value lives only in Swarm's
+/// own encrypted store, in the Swarm secret named here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// Counts from 1 per name; each `secrets set` makes the next.
+    pub version: u32,
+    /// The Swarm secret's name, `<stack>_<app>_<name>_v<version>`.
+    pub swarm_name: String,
+    /// The Swarm secret's id.
+    pub swarm_id: String,
+    /// When it was set (ms since the epoch).
+    pub set_at_ms: u64,
 }
 
 /// Where a build is in its life.
@@ -259,6 +277,10 @@ pub struct Release {
     /// For a release made by a config change or a scale, not a build: what changed.
     #[serde(default)]
     pub change: Option<ReleaseChange>,
+    /// The secrets it mounts under `/run/secrets/<name>`: the app's secrets when it was
+    /// made (see [`App::secrets`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRecord>,
 }
 
 impl Release {
@@ -297,6 +319,13 @@ pub enum ReleaseChange {
         /// The new scaled value.
         replicas: Option<u32>,
     },
+    /// `slipway secrets set` (`version` of `name`) or `secrets unset` (`version: None`).
+    Secret {
+        /// The secret's name.
+        name: String,
+        /// The version set, or `None` for an unset.
+        version: Option<u32>,
+    },
 }
 
 impl std::fmt::Display for ReleaseChange {
@@ -314,6 +343,8 @@ impl std::fmt::Display for ReleaseChange {
             }
             ReleaseChange::Scale { replicas: Some(n) } => write!(f, "scale to {n}"),
             ReleaseChange::Scale { replicas: None } => write!(f, "scale reset to the manifest's replicas"),
+            ReleaseChange::Secret { name, version: Some(v) } => write!(f, "secret: set {name} (v{v})"),
+            ReleaseChange::Secret { name, version: None } => write!(f, "secret: unset {name}"),
         }
     }
 }
