@@ -622,6 +622,13 @@ impl pb::control_server::Control for ControlService {
     async fn scale(&self, req: Request<pb::ScaleRequest>) -> Result<Response<EventStream>, Status> {
         super::app_config::scale(&self.ctx, req.into_inner()).await.map(Response::new)
     }
+
+    async fn app_webhook(
+        &self,
+        req: Request<pb::AppWebhookRequest>,
+    ) -> Result<Response<pb::AppWebhookResponse>, Status> {
+        super::app_webhook::app_webhook(&self.ctx, req.into_inner()).await.map(Response::new)
+    }
 }
 
 impl ControlService {
