@@ -103,8 +103,9 @@ impl Hooks<'_> {
             });
             let app = self.cluster.apps().await.into_iter().find(|a| a.name == APP).expect("the app");
             let current = releases.iter().find(|r| r.number == app.current_release);
-            if let Some(r) = current.filter(|r| r.git_sha == sha && !busy) {
-                assert_eq!(r.deploy_state, pb::DeployState::Deployed as i32);
+            // (Read one after the other: a release read pending may be current by now.)
+            let live = |r: &&pb::Release| r.deploy_state == pb::DeployState::Deployed as i32;
+            if let Some(r) = current.filter(|r| r.git_sha == sha && !busy).filter(live) {
                 return r.clone();
             }
             let failed: Vec<_> = builds.iter().filter(|b| b.state == pb::BuildState::Failed as i32).collect();
@@ -150,6 +151,8 @@ fn webhook(cluster: &TestCluster, rotate: bool) -> (String, String) {
 async fn t29_deploy_on_push() {
     let Some(cluster) = TestCluster::start("hook29").await else { return };
     let repo = GitRepo::from_example("hello");
+    let manifest = std::fs::read_to_string(repo.path().join("slipway.toml")).expect("the example's manifest");
+    repo.commit_files(&[("slipway.toml", &manifest.replace("name = \"hello\"", &format!("name = \"{APP}\"")))], "rename");
     cluster.create_app(APP, &repo.url()).await.expect("create the app");
     let (url, secret) = webhook(&cluster, false);
     assert_eq!(url, format!("http://{}/hooks/{APP}", cluster.http_addr(1)));
