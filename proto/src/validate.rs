@@ -144,7 +144,10 @@ pub fn commit_sha(sha: &str) -> Result<(), Invalid> {
     const WHAT: &str = "commit id";
     if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         let shown: String = sha.chars().take(64).collect();
-        return Err(invalid(WHAT, format!("{shown:?} is not 40 lowercase hex digits (a full SHA-1 commit id)")));
+        return Err(invalid(
+            WHAT,
+            format!("{shown:?} is not 40 lowercase hex digits (a full SHA-1 commit id)"),
+        ));
     }
     Ok(())
 }
@@ -492,7 +495,14 @@ mod tests {
     #[test]
     fn commit_ids_are_full_and_lowercase() {
         commit_sha(&"0123456789abcdef".repeat(3)[..40]).unwrap();
-        for bad in ["", "abc1234", &"A".repeat(40), &"g".repeat(40), &"a".repeat(41), "-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"] {
+        for bad in [
+            "",
+            "abc1234",
+            &"A".repeat(40),
+            &"g".repeat(40),
+            &"a".repeat(41),
+            "-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ] {
             let e = commit_sha(bad).unwrap_err();
             assert!(e.to_string().contains("40 lowercase hex"), "{e}");
         }

@@ -66,7 +66,8 @@ impl Hooks<'_> {
         let resp = req.send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("the answer's body");
-        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer {status} {text:?} is not JSON: {e}"));
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("answer {status} {text:?} is not JSON: {e}"));
         (status, json)
     }
 
@@ -80,7 +81,8 @@ impl Hooks<'_> {
         let deadline = Instant::now() + DEPLOY_DEADLINE;
         loop {
             let builds = self.builds().await;
-            let build = builds.iter().find(|b| b.id == id).unwrap_or_else(|| panic!("build {id}: {builds:?}"));
+            let build =
+                builds.iter().find(|b| b.id == id).unwrap_or_else(|| panic!("build {id}: {builds:?}"));
             if build.state != pb::BuildState::Queued as i32 {
                 return since.elapsed();
             }
@@ -152,7 +154,10 @@ async fn t29_deploy_on_push() {
     let Some(cluster) = TestCluster::start("hook29").await else { return };
     let repo = GitRepo::from_example("hello");
     let manifest = std::fs::read_to_string(repo.path().join("slipway.toml")).expect("the example's manifest");
-    repo.commit_files(&[("slipway.toml", &manifest.replace("name = \"hello\"", &format!("name = \"{APP}\"")))], "rename");
+    repo.commit_files(
+        &[("slipway.toml", &manifest.replace("name = \"hello\"", &format!("name = \"{APP}\"")))],
+        "rename",
+    );
     cluster.create_app(APP, &repo.url()).await.expect("create the app");
     let (url, secret) = webhook(&cluster, false);
     assert_eq!(url, format!("http://{}/hooks/{APP}", cluster.http_addr(1)));
@@ -167,12 +172,17 @@ async fn t29_deploy_on_push() {
     assert_eq!(hooks.post(APP, &forged, body.clone()).await.0, 401, "a bad signature");
     let unsigned = &github(&secret, "push", "r-2", &body)[..2];
     assert_eq!(hooks.post(APP, unsigned, body.clone()).await.0, 401, "no signature");
-    let (status, answer) = hooks.post("nosuchapp", &github(&secret, "push", "r-3", &body), body.clone()).await;
+    let (status, answer) =
+        hooks.post("nosuchapp", &github(&secret, "push", "r-3", &body), body.clone()).await;
     assert_eq!(status, 404, "an unknown app: {answer}");
     let junk = b"{\"ref\": \"refs/heads/main\", ".to_vec();
     assert_eq!(hooks.post(APP, &github(&secret, "push", "r-4", &junk), junk).await.0, 400, "malformed JSON");
     let no_sha = push_body("main", "abc123");
-    assert_eq!(hooks.post(APP, &github(&secret, "push", "r-5", &no_sha), no_sha).await.0, 400, "not a full sha");
+    assert_eq!(
+        hooks.post(APP, &github(&secret, "push", "r-5", &no_sha), no_sha).await.0,
+        400,
+        "not a full sha"
+    );
     let answer = post_declaring(&cluster.http_addr(1), APP, (1 << 20) + 1);
     assert!(answer.starts_with("HTTP/1.1 413"), "a body over 1 MiB: {answer}");
     let other = push_body("feature", &sha1);
@@ -207,7 +217,8 @@ async fn t29_deploy_on_push() {
     for i in 1..=5 {
         let sha = repo.commit_files(&[("www/version.txt", &format!("burst-{i}\n"))], &format!("burst {i}"));
         let body = push_body("main", &sha);
-        let (status, answer) = hooks.post(APP, &github(&secret, "push", &format!("burst-{i}"), &body), body).await;
+        let (status, answer) =
+            hooks.post(APP, &github(&secret, "push", &format!("burst-{i}"), &body), body).await;
         assert_eq!(status, 202, "{answer}");
         accepted.push(answer["status"].as_str().unwrap().to_string());
         shas.push(sha);
@@ -254,7 +265,11 @@ async fn t29_deploy_on_push() {
             ("X-Gitea-Signature", sig),
         ]
     };
-    assert_eq!(hooks.post(APP, &gitea(mac("wrong", &body)), body.clone()).await.0, 401, "a wrong Gitea signature");
+    assert_eq!(
+        hooks.post(APP, &gitea(mac("wrong", &body)), body.clone()).await.0,
+        401,
+        "a wrong Gitea signature"
+    );
     let (status, answer) = hooks.post(APP, &gitea(mac(&secret, &body)), body).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(hooks.deployed(&sha_gt).await.git_sha, sha_gt);

@@ -15,7 +15,10 @@ use crate::security::webhooks;
 use crate::state::{Command, Response as Applied};
 
 /// The app's webhook URL and secret, after a rotation if asked.
-pub(super) async fn app_webhook(ctx: &Arc<Context>, req: pb::AppWebhookRequest) -> Result<pb::AppWebhookResponse, Status> {
+pub(super) async fn app_webhook(
+    ctx: &Arc<Context>,
+    req: pb::AppWebhookRequest,
+) -> Result<pb::AppWebhookResponse, Status> {
     validate::app_name(&req.app).map_err(Error::from)?;
     let Some(ca) = ctx.ca.as_deref() else {
         return Err(Status::failed_precondition(

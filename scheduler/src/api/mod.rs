@@ -17,7 +17,7 @@
 
 pub mod agents;
 mod app_config;
-mod app_webhook;
 pub mod app_status;
+mod app_webhook;
 pub mod control;
 pub mod enroll;

@@ -110,7 +110,8 @@ pub async fn receive(
     let Some(ca) = ctx.ca.clone() else {
         return refuse(
             StatusCode::NOT_FOUND,
-            "this scheduler runs without TLS (tls.insecure): webhook secrets derive from the cluster CA".into(),
+            "this scheduler runs without TLS (tls.insecure): webhook secrets derive from the cluster CA"
+                .into(),
         );
     };
     let not_found = || format!("no app {app:?} takes pushes here; `slipway apps webhook APP` prints the URL");
@@ -130,12 +131,10 @@ pub async fn receive(
                 .into(),
         );
     };
-    let body = match Limited::new(body, MAX_HOOK_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large(MAX_HOOK_BODY_BYTES as u64 + 1))
-        }
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}")),
+    let body = match read_limited(body, MAX_HOOK_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(None) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large(MAX_HOOK_BODY_BYTES as u64 + 1)),
+        Err(Some(e)) => return refuse(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}")),
     };
     if !webhooks::verifies(&presented, &webhooks::secret(&ca, &record), &body) {
         return refuse(
@@ -153,12 +152,20 @@ pub async fn receive(
         }
         Some(e) if is_push(&presented, &e) => {}
         Some(e) => return refuse(StatusCode::OK, format!("{e:?} events are ignored: only pushes deploy")),
-        None => return refuse(StatusCode::BAD_REQUEST, "no event header (X-GitHub-Event, X-Gitlab-Event or X-Gitea-Event)".into()),
+        None => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "no event header (X-GitHub-Event, X-Gitlab-Event or X-Gitea-Event)".into(),
+            )
+        }
     }
     let push: Push = match serde_json::from_slice(&body) {
         Ok(push) => push,
         Err(e) => {
-            return refuse(StatusCode::BAD_REQUEST, format!("not a push notification (JSON with ref and after): {e}"))
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("not a push notification (JSON with ref and after): {e}"),
+            )
         }
     };
     let commit = match decide(&push, &record.branch) {
@@ -211,8 +218,20 @@ pub async fn receive(
     }
 }
 
+/// The body, read frame by frame and given up as soon as it passes `limit` bytes
+/// (`Err(None)`: nothing more is buffered); `Err(Some(why))` if reading failed.
+async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, Option<String>> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(None),
+        Err(e) => Err(Some(e.to_string())),
+    }
+}
+
 fn too_large(bytes: u64) -> String {
-    format!("the body is {bytes} bytes or more; push notifications are taken up to {MAX_HOOK_BODY_BYTES} bytes")
+    format!(
+        "the body is {bytes} bytes or more; push notifications are taken up to {MAX_HOOK_BODY_BYTES} bytes"
+    )
 }
 
 /// The signature a request presents, by header: Gitea's first (Gitea also sends
@@ -263,7 +282,10 @@ fn valid_delivery_id(id: &str) -> bool {
 /// malformed notification (400).
 fn decide(push: &Push, branch: &str) -> Result<Decision, String> {
     let Some(pushed) = push.git_ref.strip_prefix("refs/heads/") else {
-        return Ok(Decision::Ignore(format!("{:?} is not a branch: only pushes to {branch:?} deploy", push.git_ref)));
+        return Ok(Decision::Ignore(format!(
+            "{:?} is not a branch: only pushes to {branch:?} deploy",
+            push.git_ref
+        )));
     };
     validate::git_ref(pushed).map_err(|e| format!("ref: {e}"))?;
     if pushed != branch {
@@ -281,6 +303,7 @@ fn decide(push: &Push, branch: &str) -> Result<Decision, String> {
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
+    use futures::StreamExt;
 
     use super::*;
 
@@ -314,6 +337,22 @@ mod tests {
         ] {
             assert!(decide(&bad, "main").is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_given_up_once_it_passes_the_limit_while_streaming() {
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = reads.clone();
+        // 64 chunks of 1 KiB, no length declared: over a 16 KiB limit after 17 chunks.
+        let chunks = futures::stream::iter(0..64).map(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 1024]))
+        });
+        assert_eq!(read_limited(Body::from_stream(chunks), 16 * 1024).await, Err(None));
+        let read = reads.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(read <= 17, "{read} chunks read: reading stops at the limit");
+        let exact = read_limited(Body::from(vec![b'x'; 16 * 1024]), 16 * 1024).await.unwrap();
+        assert_eq!(exact.len(), 16 * 1024, "the limit itself is taken");
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Bytes of a hex string (either case), or None if it is not one.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 128 {
+    if !s.len().is_multiple_of(2) || s.len() > 128 {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -113,7 +113,11 @@ mod tests {
         let secret = "s3cret";
         let good = format!("sha256={}", mac(secret, BODY));
         assert!(verifies(&Presented::GitHub(good.clone()), secret, BODY));
-        assert!(verifies(&Presented::GitHub(good.to_uppercase().replace("SHA256=", "sha256=")), secret, BODY));
+        assert!(verifies(
+            &Presented::GitHub(good.to_uppercase().replace("SHA256=", "sha256=")),
+            secret,
+            BODY
+        ));
         assert!(!verifies(&Presented::GitHub(good.clone()), "other", BODY), "wrong secret");
         assert!(!verifies(&Presented::GitHub(good.clone()), secret, b"{}"), "another body");
         assert!(!verifies(&Presented::GitHub(mac(secret, BODY)), secret, BODY), "no sha256= prefix");

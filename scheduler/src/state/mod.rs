@@ -1150,7 +1150,10 @@ mod tests {
         assert_eq!((first.id.as_str(), first.pushes, first.git_ref.as_str()), ("b-1", 1, &*"a".repeat(40)));
         // Not placed yet: the next push joins it.
         let joined = push(&mut s, 'b', "d2");
-        assert_eq!((joined.id.as_str(), joined.pushes, joined.git_ref.as_str()), ("b-1", 2, &*"b".repeat(40)));
+        assert_eq!(
+            (joined.id.as_str(), joined.pushes, joined.git_ref.as_str()),
+            ("b-1", 2, &*"b".repeat(40))
+        );
         s.apply(&Command::AssignBuild { build_id: "b-1".into(), node_id: "n1".into(), attempt: 1 });
         // Placed: the next push queues a second build, which waits for the first.
         let second = push(&mut s, 'c', "d3");
@@ -1182,7 +1185,12 @@ mod tests {
         assert!(!s.push_build_waits(&s.builds[&deploy.id]), "only builds from pushes wait");
         // Placed, then its node lost: queued again, but no longer joined by pushes.
         s.apply(&Command::AssignBuild { build_id: pushed.id.clone(), node_id: "n1".into(), attempt: 1 });
-        s.apply(&Command::RequeueBuild { build_id: pushed.id.clone(), attempt: 1, reason: "x".into(), at_ms: 6 });
+        s.apply(&Command::RequeueBuild {
+            build_id: pushed.id.clone(),
+            attempt: 1,
+            reason: "x".into(),
+            at_ms: 6,
+        });
         let next = push(&mut s, 'b', "d2");
         assert_ne!(next.id, pushed.id);
         assert_eq!(s.builds[&pushed.id].git_ref, "a".repeat(40));
