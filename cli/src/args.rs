@@ -173,6 +173,17 @@ pub enum AppsCmd {
         #[arg(long, value_parser = parse_since)]
         since: Option<std::time::Duration>,
     },
+    /// Print the URL git hosts post pushes to (deploy on push) and the app's webhook
+    /// secret; give both to GitHub, GitLab or Gitea (README, "Deploy on git push").
+    Webhook {
+        name: String,
+        /// Replace the secret: the old one is refused from now on.
+        #[arg(long)]
+        rotate: bool,
+        /// `{"url": …, "secret": …}`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--since`: a span of time back from now, as humantime reads it (`10m`, `1h30m`).

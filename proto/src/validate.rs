@@ -137,6 +137,26 @@ pub fn git_ref(r: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A full commit id as git push notifications carry it: 40 lowercase hex digits (a
+/// SHA-1 repository; SHA-256 repositories are not supported yet). An abbreviated id
+/// cannot be fetched (see the agent's clone), so it is refused here.
+pub fn commit_sha(sha: &str) -> Result<(), Invalid> {
+    const WHAT: &str = "commit id";
+    if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let shown: String = sha.chars().take(64).collect();
+        return Err(invalid(
+            WHAT,
+            format!("{shown:?} is not 40 lowercase hex digits (a full SHA-1 commit id)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The all-zero commit id a push notification carries as `after` when a branch was deleted.
+pub fn is_null_commit(sha: &str) -> bool {
+    !sha.is_empty() && sha.bytes().all(|b| b == b'0')
+}
+
 /// Schemes a repository URL may name.
 const URL_SCHEMES: [&str; 5] = ["https", "http", "ssh", "git", "file"];
 
@@ -532,6 +552,23 @@ mod tests {
             Ok(()) => panic!("{input:?} should be refused"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn commit_ids_are_full_and_lowercase() {
+        commit_sha(&"0123456789abcdef".repeat(3)[..40]).unwrap();
+        for bad in [
+            "",
+            "abc1234",
+            &"A".repeat(40),
+            &"g".repeat(40),
+            &"a".repeat(41),
+            "-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ] {
+            let e = commit_sha(bad).unwrap_err();
+            assert!(e.to_string().contains("40 lowercase hex"), "{e}");
+        }
+        assert!(is_null_commit(&"0".repeat(40)) && !is_null_commit("") && !is_null_commit(&"a".repeat(40)));
     }
 
     #[test]

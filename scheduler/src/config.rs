@@ -109,11 +109,16 @@ pub struct HttpSettings {
     /// token at first start, mode 0600). Give every member the same file to scrape
     /// them all with one token.
     pub token_file: Option<PathBuf>,
+    /// The URL git hosts reach this HTTP side at (e.g. `https://deploy.example.com`,
+    /// a proxy in front of the members): `slipway apps webhook` prints
+    /// `<public_url>/hooks/APP`. Unset: built from `http_listen` (and `tls`), which a
+    /// git host outside the fleet's network rarely reaches.
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { tls: false, tls_names: Vec::new(), require_auth: true, token_file: None }
+        Self { tls: false, tls_names: Vec::new(), require_auth: true, token_file: None, public_url: None }
     }
 }
 
@@ -486,7 +491,30 @@ impl SchedulerConfig {
         self.http.token_file.clone().unwrap_or_else(|| self.data_dir.join("http-token"))
     }
 
+    /// Where a git host posts pushes for `app` (`http.public_url`, else `http_listen`).
+    pub fn webhook_url(&self, app: &str) -> String {
+        let base = match &self.http.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("{}://{}", if self.http.tls { "https" } else { "http" }, self.http_listen),
+        };
+        format!("{base}/hooks/{app}")
+    }
+
     fn validate_http(&self) -> Result<(), CommonError> {
+        if let Some(url) = &self.http.public_url {
+            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+            let fine = rest.is_some_and(|r| {
+                !r.is_empty()
+                    && !r.starts_with('/')
+                    && !r.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#'))
+            }) && url.len() <= slipway_proto::validate::MAX_REPO_URL_BYTES;
+            if !fine {
+                return Err(CommonError::invalid(format!(
+                    "http.public_url {url:?} must be an http:// or https:// URL without query or fragment, \
+                     such as \"https://deploy.example.com\" (git hosts post to <public_url>/hooks/APP)"
+                )));
+            }
+        }
         if !self.http.require_auth && !self.http_listen.ip().is_loopback() {
             return Err(CommonError::invalid(format!(
                 "http.require_auth = false is allowed only on a loopback http_listen, and {} is not: anyone \
@@ -650,6 +678,11 @@ mod tests {
         assert!(e.to_string().contains("http.tls needs the cluster CA"), "{e}");
         let e = SchedulerConfig::parse("[http]\ntls_names = [\"bad name\"]\n").unwrap_err();
         assert!(e.to_string().contains("http.tls_names"), "{e}");
+        let c = SchedulerConfig::parse("[http]\npublic_url = \"https://deploy.example.com/\"\n").unwrap();
+        assert_eq!(c.webhook_url("shop"), "https://deploy.example.com/hooks/shop");
+        assert_eq!(SchedulerConfig::default().webhook_url("shop"), "http://127.0.0.1:7401/hooks/shop");
+        let e = SchedulerConfig::parse("[http]\npublic_url = \"ftp://x\"\n").unwrap_err();
+        assert!(e.to_string().contains("http.public_url"), "{e}");
         SchedulerConfig::parse("[http]\ntls = true\ntls_names = [\"sched-1\", \"10.0.0.11\", \"::1\"]\n")
             .unwrap();
     }

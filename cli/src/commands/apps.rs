@@ -1,5 +1,5 @@
-//! `slipway apps create|list|show|delete|logs`: the apps the cluster knows, what Swarm
-//! runs of each, and what its tasks print.
+//! `slipway apps create|list|show|delete|logs|webhook`: the apps the cluster knows, what
+//! Swarm runs of each, what its tasks print, and the webhook that deploys it on push.
 
 use serde_json::Value;
 use slipway_proto as pb;
@@ -58,6 +58,23 @@ pub async fn run(call: Call<'_>, command: &AppsCmd) -> Result<()> {
                 print_json(&output::app_status_json(&status));
             } else {
                 print_status(&status);
+            }
+        }
+        AppsCmd::Webhook { name, rotate, json } => {
+            let req = pb::AppWebhookRequest { app: name.clone(), rotate: *rotate };
+            let hook = c.app_webhook(req).await?.into_inner();
+            if *json {
+                print_json(&serde_json::json!({ "url": hook.url, "secret": hook.secret }));
+            } else {
+                println!("URL:    {}", hook.url);
+                println!("Secret: {}", hook.secret);
+                println!(
+                    "Content type application/json, push events only. GitHub and Gitea sign with the \
+                     secret; GitLab sends it as its secret token. The git host must reach the URL."
+                );
+                if *rotate {
+                    println!("The previous secret is refused from now on: update the git host's hook.");
+                }
             }
         }
         AppsCmd::Logs { name, follow, tail, since } => {

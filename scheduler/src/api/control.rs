@@ -650,6 +650,13 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<EventStream>, Status> {
         super::secrets::unset_secret(&self.ctx, req.into_inner()).await.map(Response::new)
     }
+
+    async fn app_webhook(
+        &self,
+        req: Request<pb::AppWebhookRequest>,
+    ) -> Result<Response<pb::AppWebhookResponse>, Status> {
+        super::app_webhook::app_webhook(&self.ctx, req.into_inner()).await.map(Response::new)
+    }
 }
 
 impl ControlService {

@@ -5,7 +5,8 @@
 //!   app config and scale (`app_config`), app secrets (`secrets`: leader only, the value
 //!   goes to a Swarm secret and never into raft or a log). Input is validated here, before anything is
 //!   written. [`app_status`] answers its `AppStatus` and `AppLogs` (an app's tasks and
-//!   their output, read from Swarm).
+//!   their output, read from Swarm); `app_webhook` its `AppWebhook` (the URL and
+//!   secret of an app's deploy-on-push hook, served by `http::hooks`).
 //! - [`agents`]: the agent sessions (`agent.proto`): one stream per agent carrying its
 //!   reports and build events up and build assignments down.
 //! - [`enroll`]: enrollment (`enroll.proto`): joining with a join token, renewing a
@@ -18,6 +19,7 @@
 pub mod agents;
 mod app_config;
 pub mod app_status;
+mod app_webhook;
 pub mod control;
 pub mod enroll;
 mod secrets;

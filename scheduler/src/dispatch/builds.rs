@@ -64,6 +64,9 @@ fn node_snapshots(ctx: &Context) -> Vec<NodeSnapshot> {
 pub(super) async fn place_queued(ctx: &Arc<Context>) {
     let queued: Vec<_> = ctx.store.read(|s| {
         s.queued_builds()
+            // A push's build waits for the app's build in progress (coalescing, see
+            // `State::push_build_waits`).
+            .filter(|b| !s.push_build_waits(b))
             .map(|b| {
                 let last_image = s
                     .releases
@@ -71,7 +74,21 @@ pub(super) async fn place_queued(ctx: &Arc<Context>) {
                     .and_then(|rs| rs.iter().rev().find_map(|r| s.builds.get(&r.build_id)))
                     .and_then(|b| b.output.as_ref())
                     .map_or(0, |o| o.image_size_bytes);
-                (b.clone(), s.last_build_node(&b.app).map(str::to_string), last_image)
+                let mut b = b.clone();
+                if b.pushes > 0 {
+                    // Its queue timeout counts from when it stopped waiting: the end of
+                    // the app's build it waited for.
+                    let waited_until = s
+                        .builds
+                        .values()
+                        .filter(|other| other.app == b.app && other.id != b.id)
+                        .filter_map(|other| other.finished_at_ms)
+                        .max()
+                        .unwrap_or_default();
+                    b.queued_at_ms = b.queued_at_ms.max(waited_until);
+                }
+                let last_node = s.last_build_node(&b.app).map(str::to_string);
+                (b, last_node, last_image)
             })
             .collect()
     });

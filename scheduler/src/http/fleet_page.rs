@@ -500,6 +500,7 @@ mod tests {
             error: Some(format!("clone failed: {EVIL}\nsecond line")),
             output: None,
             release: None,
+            pushes: 0,
         };
         Overview {
             now_ms: 61_000,

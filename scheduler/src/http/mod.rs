@@ -7,7 +7,9 @@
 //! - `/healthz`: this member keeps what it commits (raft runs, its store is in place),
 //!   503 with the reason otherwise; `/readyz`: that, and a leader is known, so writes
 //!   can be served;
-//! - `/v2/token`: the registry's token realm (`security::registry_auth`).
+//! - `/v2/token`: the registry's token realm (`security::registry_auth`);
+//! - `POST /hooks/APP`: deploy on git push ([`hooks`]), authenticated by the push's
+//!   signature with the app's webhook secret, not by the HTTP token.
 //!
 //! The fleet page and `/metrics` show the fleet's nodes, addresses and build errors, so
 //! they answer only callers [`auth`] admits (`http.require_auth`); health and the token
@@ -21,6 +23,7 @@
 
 pub mod auth;
 pub mod fleet_page;
+pub mod hooks;
 pub mod metrics;
 pub mod overview;
 pub mod serve;
@@ -31,7 +34,7 @@ use std::time::Duration;
 use axum::extract::State as AxState;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -42,7 +45,8 @@ use crate::context::Context;
 
 /// How long any request may take to be answered (503 after that).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request body taken (413 above it): every route is a GET.
+/// Largest request body taken (413 above it) on every route but `/hooks/` (which takes
+/// up to [`hooks::MAX_HOOK_BODY_BYTES`]): the others are GETs.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Routes of the HTTP side; the fleet page and `/metrics` behind `access`.
@@ -52,14 +56,18 @@ pub fn router(ctx: Arc<Context>, access: Access) -> Router {
         .route("/fleet", get(fleet_page))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require));
+    // Push notifications are larger than anything else: their own limit, enforced by
+    // the handler (declared length first, then while reading), which logs a refusal.
+    let hooks = Router::new().route("/hooks/{app}", post(hooks::receive));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v2/token", get(registry_token))
         .merge(protected)
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .merge(hooks)
         .with_state(ctx)
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
 }
 
 async fn healthz(AxState(ctx): AxState<Arc<Context>>) -> (StatusCode, String) {

@@ -121,6 +121,7 @@ mod tests {
                     current_release: *current,
                     config: Default::default(),
                     replicas: None,
+                    webhook_generation: 0,
                 },
             );
             s.releases.insert(name.to_string(), releases.clone());

@@ -21,6 +21,8 @@
 //!   recorded)?
 //! - [`realm_proxy`]: `slipway-scheduler realm-proxy`, the registry's token realm in
 //!   front of several members.
+//! - [`webhooks`]: the per-app webhook secrets (derived from the CA key and a generation
+//!   in the app record, never stored) and the GitHub / GitLab / Gitea signature checks.
 //! - [`revocation`]: every call's check against the replicated deny list (removed
 //!   nodes' and schedulers' certificates).
 //!
@@ -38,3 +40,4 @@ pub mod registry_auth;
 pub mod registry_client;
 pub mod registry_signer;
 pub mod revocation;
+pub mod webhooks;

@@ -298,6 +298,27 @@ pub enum Command {
         /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
+    /// A push to the app's branch (`POST /hooks/APP`) asks for a build of `commit`.
+    /// Coalesced: if the app has a build from a push still queued and never placed, its
+    /// commit becomes this one (a burst builds its newest commit once, not each in
+    /// turn); otherwise a build is queued. A repeated `delivery` (the provider's
+    /// delivery id, as a request id) returns the build it made or joined.
+    QueuePushBuild {
+        /// The app.
+        app: String,
+        /// The full commit id pushed (40 hex digits, checked before the write).
+        commit: String,
+        /// `hook:<provider>:<delivery id>`: a redelivery changes nothing.
+        delivery: String,
+        /// When the leader proposed it (ms since the epoch): every member applies the same time.
+        at_ms: u64,
+    },
+    /// Replace the app's webhook secret (`slipway apps webhook APP --rotate`): its
+    /// generation goes up by one, so the secret derived from it is new everywhere.
+    RotateWebhook {
+        /// The app.
+        app: String,
+    },
 }
 
 /// What applying a command returned.
@@ -472,6 +493,7 @@ impl State {
                     config: BTreeMap::new(),
                     replicas: None,
                     secrets: BTreeMap::new(),
+                    webhook_generation: 0,
                 };
                 self.apps.insert(name.clone(), app.clone());
                 Ok(Response::App(app))
@@ -507,6 +529,7 @@ impl State {
                     error: None,
                     output: None,
                     release: None,
+                    pushes: 0,
                 };
                 self.builds.insert(build.id.clone(), build.clone());
                 self.remember(request_id, RequestOutcome::Build(build.id.clone()));
@@ -764,7 +787,76 @@ impl State {
             Command::UnsetSecret { app, name, request_id, at_ms } => {
                 self.unset_secret(app, name, request_id, *at_ms)
             }
+            Command::QueuePushBuild { app, commit, delivery, at_ms } => {
+                self.queue_push_build(app, commit, delivery, *at_ms)
+            }
+            Command::RotateWebhook { app } => {
+                let record = self.apps.get_mut(app).ok_or_else(|| ApplyError::NoSuchApp(app.clone()))?;
+                record.webhook_generation += 1;
+                Ok(Response::App(record.clone()))
+            }
         }
+    }
+
+    /// [`Command::QueuePushBuild`]: join the app's queued, never placed build from a push
+    /// (its commit becomes this one), or queue one.
+    fn queue_push_build(
+        &mut self,
+        app: &str,
+        commit: &str,
+        delivery: &str,
+        at_ms: u64,
+    ) -> Result<Response, ApplyError> {
+        if let Some(RequestOutcome::Build(id)) = self.requests.get(delivery) {
+            if let Some(build) = self.builds.get(id) {
+                return Ok(Response::Build(build.clone()));
+            }
+        }
+        self.app(app)?;
+        let request_id = Some(delivery.to_string());
+        let waiting = self
+            .builds
+            .values_mut()
+            .find(|b| b.app == app && b.pushes > 0 && b.state == BuildState::Queued && b.attempt == 0);
+        if let Some(build) = waiting {
+            build.git_ref = commit.to_string();
+            build.pushes += 1;
+            let build = build.clone();
+            self.remember(&request_id, RequestOutcome::Build(build.id.clone()));
+            return Ok(Response::Build(build));
+        }
+        self.next_build += 1;
+        let build = Build {
+            id: format!("b-{}", self.next_build),
+            app: app.to_string(),
+            git_ref: commit.to_string(),
+            no_cache: false,
+            state: BuildState::Queued,
+            node_id: None,
+            attempt: 0,
+            created_at_ms: at_ms,
+            queued_at_ms: at_ms,
+            finished_at_ms: None,
+            error: None,
+            output: None,
+            release: None,
+            pushes: 1,
+        };
+        self.builds.insert(build.id.clone(), build.clone());
+        self.remember(&request_id, RequestOutcome::Build(build.id.clone()));
+        Ok(Response::Build(build))
+    }
+
+    /// A queued build from a push waits while an earlier build of its app is placed or
+    /// running, so a burst of pushes gives one build running and at most one queued
+    /// (whose commit later pushes replace), never several built side by side.
+    pub fn push_build_waits(&self, build: &Build) -> bool {
+        build.pushes > 0
+            && self.builds.values().any(|b| {
+                b.app == build.app
+                    && b.id != build.id
+                    && matches!(b.state, BuildState::Assigned | BuildState::Running)
+            })
     }
 
     /// The app `name`, or why not.
@@ -1099,6 +1191,97 @@ mod tests {
         // Older still: no join secrets at all.
         let older = before.split(r#","join_secrets""#).next().unwrap().to_string() + "}";
         assert!(serde_json::from_str::<State>(&older).unwrap().join_secrets.is_empty());
+    }
+
+    fn push(s: &mut State, commit: char, delivery: &str) -> Build {
+        let cmd = Command::QueuePushBuild {
+            app: "shop".into(),
+            commit: commit.to_string().repeat(40),
+            delivery: format!("hook:github:{delivery}"),
+            at_ms: 5,
+        };
+        match s.apply(&cmd) {
+            Response::Build(b) => b,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_burst_of_pushes_builds_one_running_and_one_queued_with_the_newest_commit() {
+        let mut s = state_with_app();
+        let first = push(&mut s, 'a', "d1");
+        assert_eq!((first.id.as_str(), first.pushes, first.git_ref.as_str()), ("b-1", 1, &*"a".repeat(40)));
+        // Not placed yet: the next push joins it.
+        let joined = push(&mut s, 'b', "d2");
+        assert_eq!(
+            (joined.id.as_str(), joined.pushes, joined.git_ref.as_str()),
+            ("b-1", 2, &*"b".repeat(40))
+        );
+        s.apply(&Command::AssignBuild { build_id: "b-1".into(), node_id: "n1".into(), attempt: 1 });
+        // Placed: the next push queues a second build, which waits for the first.
+        let second = push(&mut s, 'c', "d3");
+        assert_eq!(second.id, "b-2");
+        assert!(s.push_build_waits(&s.builds["b-2"]));
+        for (c, d) in [('d', "d4"), ('e', "d5")] {
+            assert_eq!(push(&mut s, c, d).id, "b-2");
+        }
+        assert_eq!(s.builds.len(), 2);
+        assert_eq!(s.builds["b-2"].git_ref, "e".repeat(40));
+        assert_eq!(s.builds["b-2"].pushes, 3);
+        // A redelivery of any of them changes nothing and names the build it made or joined.
+        let before = s.clone();
+        assert_eq!(push(&mut s, 'a', "d1").id, "b-1");
+        assert_eq!(push(&mut s, 'c', "d3").id, "b-2");
+        assert_eq!(s, before);
+        // Once the first ends, the second may be placed.
+        finish(&mut s, "b-1", 1, 'a');
+        assert!(!s.push_build_waits(&s.builds["b-2"]));
+    }
+
+    #[test]
+    fn a_push_never_joins_an_operators_build_or_one_placed_before() {
+        let mut s = state_with_app();
+        let deploy = queue(&mut s, None);
+        let pushed = push(&mut s, 'a', "d1");
+        assert_ne!(pushed.id, deploy.id, "an operator's deploy keeps its ref");
+        assert_eq!(s.builds[&deploy.id].git_ref, "main");
+        assert!(!s.push_build_waits(&s.builds[&deploy.id]), "only builds from pushes wait");
+        // Placed, then its node lost: queued again, but no longer joined by pushes.
+        s.apply(&Command::AssignBuild { build_id: pushed.id.clone(), node_id: "n1".into(), attempt: 1 });
+        s.apply(&Command::RequeueBuild {
+            build_id: pushed.id.clone(),
+            attempt: 1,
+            reason: "x".into(),
+            at_ms: 6,
+        });
+        let next = push(&mut s, 'b', "d2");
+        assert_ne!(next.id, pushed.id);
+        assert_eq!(s.builds[&pushed.id].git_ref, "a".repeat(40));
+        // An unknown app is refused, changing nothing.
+        let before = s.clone();
+        let cmd = Command::QueuePushBuild {
+            app: "nope".into(),
+            commit: "a".repeat(40),
+            delivery: "hook:gitlab:x".into(),
+            at_ms: 7,
+        };
+        assert_eq!(s.apply(&cmd), Response::Refused(ApplyError::NoSuchApp("nope".into())));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn rotating_the_webhook_bumps_its_generation() {
+        let mut s = state_with_app();
+        assert_eq!(s.apps["shop"].webhook_generation, 0);
+        let Response::App(app) = s.apply(&Command::RotateWebhook { app: "shop".into() }) else { panic!() };
+        assert_eq!(app.webhook_generation, 1);
+        assert_eq!(
+            s.apply(&Command::RotateWebhook { app: "nope".into() }),
+            Response::Refused(ApplyError::NoSuchApp("nope".into()))
+        );
+        // A record from before the field reads as generation 0.
+        let old = r#"{"name":"a","repo":"r","branch":"main","created_at_ms":1,"current_release":0}"#;
+        assert_eq!(serde_json::from_str::<App>(old).unwrap().webhook_generation, 0);
     }
 
     #[test]

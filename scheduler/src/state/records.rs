@@ -29,6 +29,11 @@ pub struct App {
     /// Replicas set with `slipway scale`: wins over the manifest's `replicas` until reset.
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// Generation of the app's webhook secret, bumped by `slipway apps webhook --rotate`:
+    /// the secret is derived from the CA key, the app and this (see
+    /// `security::webhooks`), never stored.
+    #[serde(default)]
+    pub webhook_generation: u64,
     /// Secrets set with `slipway secrets set`, by name: which version of each, kept in
     /// which Swarm secret. Never the value (Swarm keeps it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -104,6 +109,14 @@ pub struct Build {
     pub output: Option<BuildOutput>,
     /// The release it made.
     pub release: Option<ReleaseNumber>,
+    /// Pushes (`POST /hooks/APP`) behind it: 0 for a build an operator asked for, 1 for
+    /// one push, more when later pushes replaced its commit while it was queued.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pushes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a successful build produced (see `BuildOutput` in types.proto).
