@@ -111,7 +111,9 @@ fn exit_for(task: &str, cause: &str) -> ! {
 mod tests {
     use super::*;
 
-    async fn join(task: impl Future<Output = Result<(), String>> + Send + 'static) -> Result<Result<(), String>, tokio::task::JoinError> {
+    async fn join(
+        task: impl Future<Output = Result<(), String>> + Send + 'static,
+    ) -> Result<Result<(), String>, tokio::task::JoinError> {
         tokio::spawn(task).await
     }
 

@@ -186,7 +186,8 @@ pub(super) async fn apply(
         // The fence: checked against the spec this update replaces, and the update names
         // that spec's version index, so a newer release written meanwhile makes Swarm
         // answer "out of sequence" and this check runs again.
-        let running = current.spec.as_ref().and_then(|s| s.labels.as_ref()).and_then(|l| l.get(LABEL_RELEASE));
+        let running =
+            current.spec.as_ref().and_then(|s| s.labels.as_ref()).and_then(|l| l.get(LABEL_RELEASE));
         let applying = spec.labels.as_ref().and_then(|l| l.get(LABEL_RELEASE)).and_then(|r| r.parse().ok());
         if let Some(release) = applying {
             if let Err(running) = super::fence(running.map(String::as_str), release) {
@@ -236,7 +237,12 @@ pub(super) async fn apply(
 /// out of sequence" (its updater writes the update status meanwhile). Swarm then reports
 /// `rollback_started` with the message "manually requested rollback". Nothing is asked when
 /// Swarm is rolling back already: asked again, it would swap the new spec back in.
-pub(super) async fn roll_back(docker: &Docker, id: &str, name: &str, release: u64) -> Result<(), DeployError> {
+pub(super) async fn roll_back(
+    docker: &Docker,
+    id: &str,
+    name: &str,
+    release: u64,
+) -> Result<(), DeployError> {
     let action = || format!("roll back service {name}");
     let mut last_error = String::new();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
@@ -254,7 +260,8 @@ pub(super) async fn roll_back(docker: &Docker, id: &str, name: &str, release: u6
         }
         // Only the release this deploy applied is rolled back: once a newer one replaced
         // it (a newer leader's deploy), the previous spec is not ours to go back to.
-        let running = current.spec.as_ref().and_then(|s| s.labels.as_ref()).and_then(|l| l.get(LABEL_RELEASE));
+        let running =
+            current.spec.as_ref().and_then(|s| s.labels.as_ref()).and_then(|l| l.get(LABEL_RELEASE));
         if let Err(running) = super::fence(running.map(String::as_str), release) {
             return Err(DeployError::Fenced { service: name.to_owned(), running, release });
         }

@@ -167,15 +167,17 @@ impl SnapshotStore {
                     )
                 })?
             }
-            None => self.tree.get(KEY_LEGACY_DATA).map_err(|e| read_err(&e))?.map(|d| d.to_vec()).ok_or_else(
-                || {
-                    snapshot_err(
-                        &meta,
-                        ErrorVerb::Read,
-                        &AnyError::error("snapshot meta without data: the raft store is corrupt"),
-                    )
-                },
-            )?,
+            None => {
+                self.tree.get(KEY_LEGACY_DATA).map_err(|e| read_err(&e))?.map(|d| d.to_vec()).ok_or_else(
+                    || {
+                        snapshot_err(
+                            &meta,
+                            ErrorVerb::Read,
+                            &AnyError::error("snapshot meta without data: the raft store is corrupt"),
+                        )
+                    },
+                )?
+            }
         };
         Ok(Some((meta, data)))
     }

@@ -95,7 +95,8 @@ impl FileLayer for PowerCut {
         let mut fs = self.op()?;
         let Fs { names, synced_names, .. } = &mut *fs;
         synced_names.retain(|p, _| p.parent() != Some(dir));
-        synced_names.extend(names.iter().filter(|(p, _)| p.parent() == Some(dir)).map(|(p, i)| (p.clone(), *i)));
+        synced_names
+            .extend(names.iter().filter(|(p, _)| p.parent() == Some(dir)).map(|(p, i)| (p.clone(), *i)));
         Ok(())
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {

@@ -268,7 +268,8 @@ mod tests {
     #[tokio::test]
     async fn applies_commands_and_publishes_the_applied_index() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
+        let mut sm =
+            StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
         let mut applied = sm.subscribe_applied();
         let members = RaftMembership::new(vec![[1u64].into()], None);
         let entries = vec![
@@ -292,7 +293,8 @@ mod tests {
     async fn a_built_snapshot_is_what_a_reopened_store_starts_from() {
         let dir = tempfile::tempdir().unwrap();
         let expected = {
-            let mut sm = StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
+            let mut sm =
+                StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
             sm.apply((1..=20).map(|i| normal(i, create_app(&format!("app-{i}"))))).await.unwrap();
             let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
             assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 20)));
@@ -300,7 +302,8 @@ mod tests {
             sm.apply([normal(21, create_app("late"))]).await.unwrap();
             sm.state().read().unwrap().clone()
         };
-        let mut sm = StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
+        let mut sm =
+            StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
         assert_eq!(sm.last_applied_log(), Some(log_id(1, 1, 20)));
         assert_eq!(*sm.subscribe_applied().borrow(), 20);
         assert_eq!(sm.state().read().unwrap().apps.len(), 20);
@@ -316,7 +319,8 @@ mod tests {
         let in_clear = |data: &[u8]| String::from_utf8_lossy(data).contains(&secret);
         // Its log entry, replayed, then snapshotted.
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
+        let mut sm =
+            StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
         let logged = Command::SetJoinSecret { role: "agent".into(), secret: secret.clone() };
         sm.apply([normal(1, logged)]).await.unwrap();
         let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
@@ -330,7 +334,8 @@ mod tests {
         let old = serde_json::to_vec(&old).unwrap();
         assert!(in_clear(&old));
         let other = tempfile::tempdir().unwrap();
-        let mut follower = StateMachineStore::open(open_db(other.path()), other.path().join("snapshots")).await.unwrap();
+        let mut follower =
+            StateMachineStore::open(open_db(other.path()), other.path().join("snapshots")).await.unwrap();
         follower.install_snapshot(&built.meta, Box::new(Cursor::new(old))).await.unwrap();
         let kept = follower.state().read().unwrap().join_secrets["agent"].clone();
         assert_eq!(kept, crate::state::JoinSecret::from_clear(&secret));
@@ -343,8 +348,14 @@ mod tests {
     async fn installing_a_snapshot_replaces_the_state_and_an_older_build_cannot_undo_it() {
         let leader_dir = tempfile::tempdir().unwrap();
         let follower_dir = tempfile::tempdir().unwrap();
-        let mut leader = StateMachineStore::open(open_db(leader_dir.path()), leader_dir.path().join("snapshots")).await.unwrap();
-        let mut follower = StateMachineStore::open(open_db(follower_dir.path()), follower_dir.path().join("snapshots")).await.unwrap();
+        let mut leader =
+            StateMachineStore::open(open_db(leader_dir.path()), leader_dir.path().join("snapshots"))
+                .await
+                .unwrap();
+        let mut follower =
+            StateMachineStore::open(open_db(follower_dir.path()), follower_dir.path().join("snapshots"))
+                .await
+                .unwrap();
 
         follower.apply([normal(1, create_app("stale"))]).await.unwrap();
         let mut old_builder = follower.get_snapshot_builder().await;
