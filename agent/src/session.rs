@@ -155,7 +155,10 @@ pub async fn run(
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let mut supervised = slipway_common::supervise::Supervised::new(stopping_rx);
     let renewal = crate::enroll::renew_loop(config.clone(), transport.clone());
-    supervised.spawn("certificate renewal", async move { Ok(renewal.await) });
+    supervised.spawn("certificate renewal", async move {
+        renewal.await;
+        Ok(())
+    });
     let agent = Arc::new(Agent {
         config,
         node_id,
@@ -175,7 +178,10 @@ pub async fn run(
             async move { agent.docker().await }
         })
         .instrument(tracing::info_span!("router"));
-    supervised.spawn("router", async move { Ok(router.await) });
+    supervised.spawn("router", async move {
+        router.await;
+        Ok(())
+    });
     tokio::select! {
         _ = connect_loop(agent.clone()) => {}
         _ = shutdown => tracing::info!("shutting down"),

@@ -205,7 +205,14 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     );
 
     let http = crate::http::serve::serve(http_listener, http_app, http_tls, shutdown_rx.clone());
-    tasks.spawn("http", async move { Ok(http.await) }.instrument(tracing::info_span!("http")));
+    tasks.spawn(
+        "http",
+        async move {
+            http.await;
+            Ok(())
+        }
+        .instrument(tracing::info_span!("http")),
+    );
     tasks.spawn(
         "leadership",
         crate::dispatch::watch_leadership(ctx.clone(), shutdown_rx.clone())
@@ -216,7 +223,14 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         crate::dispatch::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("dispatcher")),
     );
     let router = crate::router::run(ctx.clone(), shutdown_rx.clone());
-    tasks.spawn("router", async move { Ok(router.await) }.instrument(tracing::info_span!("router")));
+    tasks.spawn(
+        "router",
+        async move {
+            router.await;
+            Ok(())
+        }
+        .instrument(tracing::info_span!("router")),
+    );
 
     Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })
 }
