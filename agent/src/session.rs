@@ -149,7 +149,16 @@ pub async fn run(
         .map_err(|source| AgentError::BuildRoot { dir: config.build_root.clone(), source })?;
     tracing::info!(%node_id, name = %config.node_name(), "agent starting");
     let transport = Arc::new(std::sync::RwLock::new(crate::enroll::transport(&config, &node_id).await?));
-    let _renewal = AbortOnDrop(tokio::spawn(crate::enroll::renew_loop(config.clone(), transport.clone())));
+    // The certificate renewal and the router run supervised: a panic in either ends the
+    // process (one line naming it; systemd restarts the agent) instead of leaving an agent
+    // whose certificate silently expires or whose router stops following the routes.
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let mut supervised = slipway_common::supervise::Supervised::new(stopping_rx);
+    let renewal = crate::enroll::renew_loop(config.clone(), transport.clone());
+    supervised.spawn("certificate renewal", async move {
+        renewal.await;
+        Ok(())
+    });
     let agent = Arc::new(Agent {
         config,
         node_id,
@@ -161,20 +170,24 @@ pub async fn run(
         router: Arc::new(Router::default()),
     });
     let router_agent = agent.clone();
-    let _router = AbortOnDrop(tokio::spawn(
-        agent
-            .router
-            .clone()
-            .run(move || {
-                let agent = router_agent.clone();
-                async move { agent.docker().await }
-            })
-            .instrument(tracing::info_span!("router")),
-    ));
+    let router = agent
+        .router
+        .clone()
+        .run(move || {
+            let agent = router_agent.clone();
+            async move { agent.docker().await }
+        })
+        .instrument(tracing::info_span!("router"));
+    supervised.spawn("router", async move {
+        router.await;
+        Ok(())
+    });
     tokio::select! {
         _ = connect_loop(agent.clone()) => {}
         _ = shutdown => tracing::info!("shutting down"),
     }
+    let _ = stopping.send(true);
+    supervised.abort_all();
     let builds = agent.builds.lock().expect("builds lock poisoned");
     for handle in builds.running.values() {
         handle.abort();

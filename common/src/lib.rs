@@ -9,12 +9,14 @@
 //!   build, and the scheduler parses the same text again to derive the release's run
 //!   spec itself rather than take the agent's word for it;
 //! - [`backoff`]: exponential backoff with jitter for every retry loop;
+//! - [`supervise`]: long-lived tasks whose death takes the daemon down, to be restarted;
 //! - [`now_ms`]: the wall clock as carried in records and on the wire.
 
 pub mod backoff;
 pub mod config;
 pub mod manifest;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 
 pub use backoff::Backoff;

@@ -27,6 +27,8 @@ pub struct DispatchState {
     pub placements: PlacementCounters,
     /// When the dispatcher looks at the services' pull grants next.
     next_renewal: Mutex<Option<Instant>>,
+    /// When the dispatcher last finished a pass as leader (`/readyz`).
+    last_pass: Mutex<Option<Instant>>,
 }
 
 impl DispatchState {
@@ -69,6 +71,16 @@ impl DispatchState {
         true
     }
 
+    /// Notes that the dispatcher finished a pass as leader.
+    pub fn passed(&self) {
+        *self.last_pass.lock().expect("dispatch lock poisoned") = Some(Instant::now());
+    }
+
+    /// How long ago the dispatcher last finished a pass as leader (None: never).
+    pub fn last_pass_age(&self) -> Option<Duration> {
+        self.last_pass.lock().expect("dispatch lock poisoned").map(|at| at.elapsed())
+    }
+
     /// This member stopped leading: its deploys stop (the next leader redeploys whatever
     /// is still pending), and its placement notes are stale.
     pub fn stand_down(&self) {
@@ -76,6 +88,7 @@ impl DispatchState {
             task.abort();
         }
         self.waiting.lock().expect("dispatch lock poisoned").clear();
+        *self.last_pass.lock().expect("dispatch lock poisoned") = None;
     }
 }
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use slipway_common::supervise::Supervised;
 use slipway_proto::tls::{self, Role};
 use tonic::service::interceptor::InterceptedService;
 
@@ -63,15 +63,14 @@ pub struct Running {
     /// What the running parts share (tests look inside).
     pub context: Arc<Context>,
     shutdown: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    tasks: Supervised,
 }
 
 impl Running {
     /// Stops accepting work and waits up to `grace` for the parts to finish.
     pub async fn stop(mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace, drain).await.is_err() {
+        if tokio::time::timeout(grace, self.tasks.drain()).await.is_err() {
             tracing::warn!("shutdown grace period over; aborting what is left");
             self.tasks.abort_all();
         }
@@ -155,7 +154,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     let http_app = crate::http::router(ctx.clone(), access);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let mut tasks = Supervised::new(shutdown_rx.clone());
 
     // Who may call what (see slipway_proto::tls): operators the control API (and other
     // schedulers, which hold the CA anyway), agents their sessions, schedulers raft,
@@ -189,6 +188,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         );
     let mut stop = shutdown_rx.clone();
     tasks.spawn(
+        "grpc",
         async move {
             // No Nagle: a raft append or a small control call is one short write, and
             // waiting for the peer's delayed ACK costs 40 ms a round trip.
@@ -197,27 +197,39 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
             let signal = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(err) = grpc.serve_with_incoming_shutdown(incoming, signal).await {
-                tracing::error!(%err, "gRPC server failed");
-            }
+            grpc.serve_with_incoming_shutdown(incoming, signal)
+                .await
+                .map_err(|err| format!("the gRPC server failed: {err}"))
         }
         .instrument(tracing::info_span!("grpc")),
     );
 
+    let http = crate::http::serve::serve(http_listener, http_app, http_tls, shutdown_rx.clone());
     tasks.spawn(
-        crate::http::serve::serve(http_listener, http_app, http_tls, shutdown_rx.clone())
-            .instrument(tracing::info_span!("http")),
+        "http",
+        async move {
+            http.await;
+            Ok(())
+        }
+        .instrument(tracing::info_span!("http")),
     );
-
     tasks.spawn(
+        "leadership",
         crate::dispatch::watch_leadership(ctx.clone(), shutdown_rx.clone())
             .instrument(tracing::info_span!("leadership")),
     );
     tasks.spawn(
+        "dispatcher",
         crate::dispatch::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("dispatcher")),
     );
+    let router = crate::router::run(ctx.clone(), shutdown_rx.clone());
     tasks.spawn(
-        crate::router::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("router")),
+        "router",
+        async move {
+            router.await;
+            Ok(())
+        }
+        .instrument(tracing::info_span!("router")),
     );
 
     Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })

@@ -652,6 +652,15 @@ impl TestCluster {
         }
     }
 
+    /// How member `id`'s process ended, once it has ended on its own (it then no longer
+    /// counts as running); None while it runs (or was never started).
+    pub fn member_exited(&self, id: u64) -> Option<std::process::ExitStatus> {
+        let mut child = self.member(id).child.lock().expect("member lock");
+        let status = child.as_mut()?.try_wait().expect("wait for the member")?;
+        *child = None;
+        Some(status)
+    }
+
     /// `kill -9` the single scheduler.
     pub fn kill_scheduler(&self) {
         self.kill_member(1);

@@ -224,7 +224,8 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::DeleteAppResponse>, Status> {
         let name = req.into_inner().name;
         validate::app_name(&name).map_err(Error::from)?;
-        self.ctx.store.require_leader()?;
+        // Fenced: a quorum confirms this member leads before it removes a service.
+        self.ctx.store.confirm_leading().await?;
         // Refuse before touching Swarm, so a refused delete changes nothing.
         self.ctx
             .store

@@ -141,7 +141,7 @@ pub(super) async fn converge(
                              {reason}; asking Swarm to roll back to release {to_release}",
                             spec.release
                         ));
-                        if let Err(err) = roll_back(docker, &applied.id, name).await {
+                        if let Err(err) = roll_back(docker, &applied.id, name, spec.release).await {
                             return Err(DeployError::TasksFailed {
                                 reason: format!("{reason}; and the rollback failed: {err}"),
                             });

@@ -183,6 +183,17 @@ pub(super) async fn apply(
             }
             Err(e) => return Err(engine_error(docker, format!("inspect service {name}"), e)),
         };
+        // The fence: checked against the spec this update replaces, and the update names
+        // that spec's version index, so a newer release written meanwhile makes Swarm
+        // answer "out of sequence" and this check runs again.
+        let running =
+            current.spec.as_ref().and_then(|s| s.labels.as_ref()).and_then(|l| l.get(LABEL_RELEASE));
+        let applying = spec.labels.as_ref().and_then(|l| l.get(LABEL_RELEASE)).and_then(|r| r.parse().ok());
+        if let Some(release) = applying {
+            if let Err(running) = super::fence(running.map(String::as_str), release) {
+                return Err(DeployError::Fenced { service: name.to_owned(), running, release });
+            }
+        }
         let id = current.id.clone().unwrap_or_else(|| name.to_owned());
         let earlier_tasks = task_ids(docker, &id).await?;
         let index = current.version.as_ref().and_then(|v| v.index).unwrap_or_default();
@@ -226,7 +237,12 @@ pub(super) async fn apply(
 /// out of sequence" (its updater writes the update status meanwhile). Swarm then reports
 /// `rollback_started` with the message "manually requested rollback". Nothing is asked when
 /// Swarm is rolling back already: asked again, it would swap the new spec back in.
-pub(super) async fn roll_back(docker: &Docker, id: &str, name: &str) -> Result<(), DeployError> {
+pub(super) async fn roll_back(
+    docker: &Docker,
+    id: &str,
+    name: &str,
+    release: u64,
+) -> Result<(), DeployError> {
     let action = || format!("roll back service {name}");
     let mut last_error = String::new();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
@@ -241,6 +257,13 @@ pub(super) async fn roll_back(docker: &Docker, id: &str, name: &str) -> Result<(
         ) = state
         {
             return Ok(());
+        }
+        // Only the release this deploy applied is rolled back: once a newer one replaced
+        // it (a newer leader's deploy), the previous spec is not ours to go back to.
+        let running =
+            current.spec.as_ref().and_then(|s| s.labels.as_ref()).and_then(|l| l.get(LABEL_RELEASE));
+        if let Err(running) = super::fence(running.map(String::as_str), release) {
+            return Err(DeployError::Fenced { service: name.to_owned(), running, release });
         }
         let index = current.version.as_ref().and_then(|v| v.index).unwrap_or_default();
         let version = i32::try_from(index).map_err(|_| DeployError::Api {

@@ -24,3 +24,19 @@ fn engine_errors_are_sorted_for_the_caller() {
     assert!(matches!(err, DeployError::Engine { .. }));
     assert!(err.to_string().contains("check that dockerd is running"), "{err}");
 }
+
+#[test]
+fn the_fence_refuses_only_an_update_below_the_release_the_service_runs() {
+    use super::super::fence;
+    // A first deploy, a service slipway did not label, or one with a label not its own.
+    assert_eq!(fence(None, 1), Ok(()));
+    assert_eq!(fence(Some("not-a-number"), 1), Ok(()));
+    // The same release again (a retried deploy, a grant renewal) and newer ones pass.
+    assert_eq!(fence(Some("7"), 7), Ok(()));
+    assert_eq!(fence(Some("7"), 8), Ok(()));
+    // An older one, from a deposed leader's stale state, is refused with what runs.
+    assert_eq!(fence(Some("8"), 7), Err(8));
+    assert_eq!(fence(Some("12"), 9), Err(12));
+    let err = DeployError::Fenced { service: "s_shop".into(), running: 8, release: 7 };
+    assert!(err.to_string().starts_with("service s_shop runs release 8, newer than release 7"), "{err}");
+}

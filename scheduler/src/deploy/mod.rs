@@ -19,7 +19,8 @@
 //! mod.rs         ensure_swarm_manager
 //! engine.rs      ensure network <stack>_default (overlay, attachable)
 //!                inspect <stack>_<app> ─► create, or update with its version index
-//!                (whole spec replaced; retried on "update out of sequence")
+//!                (whole spec replaced; retried on "update out of sequence"), unless the
+//!                service's io.slipway.release is newer (the fence: DeployError::Fenced)
 //! converge.rs    every 500 ms: service UpdateStatus + tasks ─► observe + judge (pure) ─► progress
 //!                a task Swarm cannot place for PLACEMENT_PATIENCE ─► roll back (engine.rs) or fail
 //!              ─► Ok(DeployOutcome) | RolledBack | TasksFailed | Timeout
@@ -259,6 +260,21 @@ pub enum DeployError {
         /// release that caused the rollback.
         reason: String,
     },
+    /// The service already runs a newer release than the one being applied: a newer
+    /// leader deployed it, and this update would move the service backwards. Nothing
+    /// was changed (the fence, see [`fence`]).
+    #[error(
+        "service {service} runs release {running}, newer than release {release}: not moving it \
+         backwards (a newer leader deployed it; this member may have lost its leadership)"
+    )]
+    Fenced {
+        /// The service.
+        service: String,
+        /// The release its label names.
+        running: u64,
+        /// The release this update would have applied.
+        release: u64,
+    },
     /// Swarm did not converge within `converge_timeout`.
     #[error(
         "the service did not converge within {waited:?}: {running}/{desired} tasks of the release running"
@@ -271,6 +287,19 @@ pub enum DeployError {
         /// Replicas asked for.
         desired: u32,
     },
+}
+
+/// The fence on a service: an update applying `release` may proceed unless the service's
+/// [`LABEL_RELEASE`] (`running`, as the engine has it) names a newer release, which is
+/// returned. Release numbers only grow (a rollback is a new release), so a deposed
+/// leader acting on its stale state can never move a service to an older release than a
+/// newer leader deployed. A label that is not a number (a service slipway did not make)
+/// does not fence. Pure.
+pub fn fence(running: Option<&str>, release: u64) -> Result<(), u64> {
+    match running.and_then(|label| label.parse::<u64>().ok()) {
+        Some(running) if running > release => Err(running),
+        _ => Ok(()),
+    }
 }
 
 /// Fails with [`DeployError::NotAManager`] unless the engine manages an active Swarm.

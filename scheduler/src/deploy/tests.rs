@@ -234,6 +234,50 @@ async fn t31_a_first_deploy_of_a_missing_image_fails_with_the_task_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t35_an_update_below_the_release_the_service_runs_is_fenced_and_changes_nothing() {
+    let Some(docker) = require_docker().await else {
+        return;
+    };
+    ensure_swarm().await;
+    let stack = unique_name("fen35");
+    let _cleanup = StackCleanup::new(&stack);
+    let release = |number: u64| ServiceDeploy {
+        stack: stack.clone(),
+        app: "ledger".into(),
+        // Never pulled: the fence refuses before any task of it is asked for.
+        image: format!("127.0.0.1:9/slipway-test/ledger@sha256:{}", "0".repeat(64)),
+        release: number,
+        replicas: 1,
+        port: None,
+        publish: None,
+        constraints: vec![],
+        env: BTreeMap::new(),
+        persist: vec![],
+        healthcheck: None,
+        publish_mode: PublishMode::Host,
+        persist_backend: PersistBackend::Local,
+        converge_timeout: Duration::from_secs(30),
+        secrets: Default::default(),
+    };
+    let name = service_name(&stack, "ledger");
+    // What a newer leader left: the service at release 5.
+    ensure_network(&docker, &stack).await.unwrap();
+    super::engine::apply(&docker, &service_spec(&release(5)).unwrap(), None, &name, &|_| {}).await.unwrap();
+    let before = docker.inspect_service(&name, None).await.unwrap();
+
+    // A deposed leader deploying its stale release 3.
+    match deploy(&docker, &release(3), None, &|_| {}).await {
+        Err(DeployError::Fenced { service, running: 5, release: 3 }) => assert_eq!(service, name),
+        other => panic!("expected the fence to refuse, got {other:?}"),
+    }
+    let after = docker.inspect_service(&name, None).await.unwrap();
+    assert_eq!(after.version, before.version, "the refused update changed the service");
+    let label = after.spec.and_then(|s| s.labels).and_then(|l| l.get(LABEL_RELEASE).cloned());
+    assert_eq!(label.as_deref(), Some("5"));
+    remove_app(&docker, &stack, "ledger").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t33_an_app_publishes_nothing_and_an_update_no_node_can_take_is_rolled_back_fast() {
     let Some(docker) = require_docker().await else {
         return;

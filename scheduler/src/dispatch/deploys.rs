@@ -2,6 +2,12 @@
 //! older pending ones are marked superseded, and the outcome is recorded and announced
 //! on the release's topic. One deploy (or grant renewal) per app at a time: the app's
 //! deploy slot ([`crate::dispatch_state::DispatchState::hold`]).
+//!
+//! Fenced: a deploy starts only once a quorum confirmed this member leads
+//! ([`crate::raft::Store::confirm_leading`]), and Swarm refuses nothing on its own, so
+//! the update itself refuses to move a service below the release its label names
+//! ([`crate::deploy::fence`]); such a deploy is recorded as failed (when this member
+//! can still write), never as deployed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,7 +177,18 @@ async fn announce_routes(ctx: &Context, topic: &str, app: &str) -> Vec<String> {
     urls
 }
 
+/// How long a member that could not confirm its leadership keeps an app's deploy slot
+/// before its dispatcher may try that app again (no retry loop on a deposed leader).
+const UNCONFIRMED_BACKOFF: Duration = Duration::from_secs(5);
+
 async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
+    // Fenced side effect, first half: a quorum confirms this member still leads right
+    // before it touches Swarm (the second half is the release label, `deploy::fence`).
+    if let Err(err) = ctx.store.confirm_leading().await {
+        tracing::warn!(%err, "not deploying: this member cannot prove it still leads");
+        tokio::time::sleep(UNCONFIRMED_BACKOFF).await;
+        return;
+    }
     let topic = release_topic(release);
     let spec = service_for(ctx, release);
     let service = format!("{}_{}", spec.stack, spec.app);

@@ -59,6 +59,10 @@ pub(super) fn renew_pull_grants(ctx: &Arc<Context>) {
         hold_app(ctx, &app, span, async move {
             let (ctx, app) = (&task_ctx, &task_app);
             let Some(auth) = pull_auth(ctx, app) else { return };
+            // Fenced: only a member a quorum confirms as leader touches the service.
+            if let Err(err) = ctx.store.confirm_leading().await {
+                return tracing::warn!(%err, "not renewing the service's registry grant: this member cannot prove it still leads");
+            }
             let docker = match ctx.docker().await {
                 Ok(docker) => docker,
                 Err(err) => return tracing::warn!(%err, "cannot renew the service's registry grant"),

@@ -10,12 +10,17 @@ use tokio::sync::watch;
 
 use crate::context::Context;
 
-/// Follows raft's metrics and hands the fleet over when leadership changes.
-pub async fn watch_leadership(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+/// Follows raft's metrics and hands the fleet over when leadership changes. Fails when
+/// raft stops (a fatal storage error, such as a failed write or fsync): the supervisor
+/// then ends the process rather than leave a member that can neither lead nor follow.
+pub async fn watch_leadership(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
     let mut metrics = ctx.store.raft().metrics();
     let mut leading = false;
     let mut member = false;
     loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return Err(format!("raft stopped: {fatal}; check the data_dir (disk full? read-only?)"));
+        }
         let now_member = {
             let m = metrics.borrow();
             m.membership_config.membership().get_node(&m.id).is_some()
@@ -40,8 +45,10 @@ pub async fn watch_leadership(ctx: Arc<Context>, mut shutdown: watch::Receiver<b
             ctx.dispatcher_wake();
         }
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = shutdown.changed() => return,
+            changed = metrics.changed() => if changed.is_err() {
+                return Err("raft stopped (its core task ended); see the lines before this one".into());
+            },
+            _ = shutdown.changed() => return Ok(()),
         }
     }
 }

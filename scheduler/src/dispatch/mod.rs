@@ -38,8 +38,10 @@ pub use verify::verify_success;
 
 use crate::context::Context;
 
-/// Runs until shutdown. Does nothing while this member is not the leader.
-pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+/// Runs until shutdown. Does nothing while this member is not the leader. Runs under
+/// the server's supervisor: a panic here ends the process (`slipway_common::supervise`),
+/// so a member never keeps leading with a dead dispatcher.
+pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
     let mut applied = ctx.store.applied();
     let mut last_tick = tokio::time::Instant::now();
     loop {
@@ -47,7 +49,7 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
             _ = ctx.wake.notified() => {}
             _ = applied.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return Ok(()),
         }
         // A burst of writes applies thousands of entries a second: one tick covers
         // all that arrived within MIN_TICK, instead of a queue scan per entry.
@@ -57,11 +59,31 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
         if !ctx.fleet.is_leading() || !ctx.store.is_leader() {
             continue;
         }
+        #[cfg(debug_assertions)]
+        test_hooks::panic_if_asked(ctx.config.node_id);
         builds::place_queued(&ctx).await;
         builds::requeue_lost(&ctx).await;
         deploys::start_pending_deploys(&ctx).await;
         grants::renew_pull_grants(&ctx);
         prune_revocations(&ctx).await;
+        ctx.dispatch.passed();
+    }
+}
+
+/// Fault injection for the integration tests, compiled into debug builds only.
+#[cfg(debug_assertions)]
+mod test_hooks {
+    /// Names a file; while it holds this member's node id, the leader's dispatcher
+    /// panics at its next pass (t33 checks that the process exits and another member
+    /// leads). Absent in release builds.
+    pub const PANIC_DISPATCHER: &str = "SLIPWAY_TEST_PANIC_DISPATCHER";
+
+    pub fn panic_if_asked(node_id: u64) {
+        let Some(path) = std::env::var_os(PANIC_DISPATCHER) else { return };
+        let asked = std::fs::read_to_string(path).unwrap_or_default();
+        if asked.trim() == node_id.to_string() {
+            panic!("{PANIC_DISPATCHER} asked member {node_id}'s dispatcher to panic");
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! - `/metrics`: Prometheus text format ([`metrics`]);
 //! - `/healthz`: this member keeps what it commits (raft runs, its store is in place),
 //!   503 with the reason otherwise; `/readyz`: that, and a leader is known, so writes
-//!   can be served;
+//!   can be served, and on the leader its dispatcher's last pass (503 when it has not
+//!   finished one for [`DISPATCHER_STALL`]);
 //! - `/v2/token`: the registry's token realm (`security::registry_auth`);
 //! - `POST /hooks/APP`: deploy on git push ([`hooks`]), authenticated by the push's
 //!   signature with the app's webhook secret, not by the HTTP token.
@@ -129,11 +130,42 @@ async fn readyz(AxState(ctx): AxState<Arc<Context>>) -> (StatusCode, String) {
     if let Err(why) = ctx.store.health().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"));
     }
-    match ctx.store.raft().metrics().borrow().current_leader {
-        Some(leader) => (StatusCode::OK, format!("ready: leader is member {leader}\n")),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader elected\n".into()),
+    let leader = ctx.store.raft().metrics().borrow().current_leader;
+    let Some(leader) = leader else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader elected\n".into());
+    };
+    if !ctx.store.is_leader() {
+        return (StatusCode::OK, format!("ready: leader is member {leader}; store ok\n"));
+    }
+    // The leader's dispatcher: its task is supervised (a dead one ends the process), so
+    // here it is alive; a pass that has not finished for long means it is stuck.
+    match ctx.dispatch.last_pass_age() {
+        Some(age) if age > DISPATCHER_STALL => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: this member leads but its dispatcher's last pass ended {:.1} s ago (stuck for \
+                 more than {} s); see its log\n",
+                age.as_secs_f64(),
+                DISPATCHER_STALL.as_secs()
+            ),
+        ),
+        Some(age) => (
+            StatusCode::OK,
+            format!(
+                "ready: leader is member {leader} (this one); dispatcher alive, last pass {:.1} s ago; store ok\n",
+                age.as_secs_f64()
+            ),
+        ),
+        None => (
+            StatusCode::OK,
+            format!("ready: leader is member {leader} (this one); dispatcher alive, first pass pending; store ok\n"),
+        ),
     }
 }
+
+/// A leader whose dispatcher has not finished a pass for this long is not ready: a pass
+/// waits at most for a few raft writes (each bounded by `raft::store::WRITE_TIMEOUT`).
+const DISPATCHER_STALL: Duration = Duration::from_secs(30);
 
 async fn metrics(AxState(ctx): AxState<Arc<Context>>) -> impl IntoResponse {
     let overview = Overview::gather(&ctx).await;

@@ -367,7 +367,7 @@ mod tests {
                 .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
             let log =
                 LogStore::open(db.clone()).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
-            let sm = StateMachineStore::open(db).await?;
+            let sm = StateMachineStore::open(db, dir.path().join("snapshots")).await?;
             Ok((dir, log, sm))
         }
     }

@@ -5,14 +5,14 @@
 //!                                               │ commit
 //!                                               ▼
 //!                                       state_machine: State::apply ──► SharedState (readers)
-//!                                               │ every N entries: snapshot ──► sled "snapshot", purge log
+//!                                               │ every N entries: snapshot ──► file + sled record, purge log
 //!  other schedulers ◄── network (raft.proto: vote, append, snapshot, forward) ──►
 //! ```
 //!
 //! - [`log_store`]: the raft log and vote in sled trees; an append is acknowledged to
 //!   openraft only after `flush_async` returns.
 //! - [`state_machine`]: applies committed [`Command`]s to the in-memory [`crate::state::State`],
-//!   builds and installs snapshots (persisted in sled).
+//!   builds and installs snapshots (persisted as files: [`snapshot_files`]).
 //! - [`network`]: openraft's RPCs over tonic, client and server, dialled with the
 //!   transport given to [`open`].
 //! - [`store`]: [`Store`], the surface the rest of the scheduler uses: read, read
@@ -21,6 +21,7 @@
 pub mod log_store;
 pub mod membership;
 pub mod network;
+pub mod snapshot_files;
 pub mod state_machine;
 pub mod store;
 
@@ -287,7 +288,8 @@ pub async fn open(
     let log_store = LogStore::open(db.clone())
         .map_err(|source| RaftSetupError::Open { path: path.clone(), source })?
         .sync_data_file(data_file);
-    let state_machine = StateMachineStore::open(db)
+    // Beside sled's directory, not in it: sled owns the files there.
+    let state_machine = StateMachineStore::open(db, data_dir.join("raft-snapshots"))
         .await
         .map_err(|e| RaftSetupError::Load { path: path.clone(), source: Box::new(e) })?;
     let state = state_machine.state();

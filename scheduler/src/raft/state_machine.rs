@@ -1,5 +1,5 @@
 //! The state machine: committed [`Command`]s applied to the in-memory [`State`], and its
-//! snapshots, persisted in the sled tree `snapshot`.
+//! snapshots, persisted as files ([`super::snapshot_files`]).
 //!
 //! The [`State`] lives in memory behind a [`SharedState`] lock that the rest of the
 //! scheduler reads. `apply` takes the write lock once per entry and never across an
@@ -9,8 +9,8 @@
 //!
 //! Persistence is by snapshot only: applying an entry writes nothing to disk, since the
 //! entry is already durable in the raft log. A snapshot (`{state, last_applied,
-//! membership}` as JSON) is written to the `snapshot` tree and flushed when openraft
-//! builds one (every `snapshot_every` entries) or installs one from the leader. On start
+//! membership}` as JSON) is written durably to a file, with its record in the sled tree
+//! `snapshot` ([`super::snapshot_files`]), when openraft builds one (every `snapshot_every` entries) or installs one from the leader. On start
 //! the last snapshot is loaded, and openraft re-applies the log entries after it up to
 //! the persisted committed index (see [`super::log_store`]) before the node serves.
 
@@ -27,9 +27,9 @@ use openraft::{
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 
-use super::log_store::io_err;
+use super::snapshot_files::{snapshot_err, Disk, FileLayer, SnapshotStore};
 use super::{NodeId, TypeConfig};
 use crate::state::{Command, Response, State};
 
@@ -39,17 +39,8 @@ use crate::state::{Command, Response, State};
 /// write lock for every applied entry.
 pub type SharedState = Arc<RwLock<State>>;
 
-/// Name of the sled tree holding the current snapshot.
-const SNAPSHOT_TREE: &str = "snapshot";
-/// Key of the current snapshot's [`SnapshotMeta`] (JSON).
-const KEY_META: &[u8] = b"meta";
-/// Key of the current snapshot's data (the JSON of a [`SnapshotPayload`]).
-const KEY_DATA: &[u8] = b"data";
-
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, BasicNode>;
-/// A stored snapshot: its meta and its data.
-type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
 
 /// What a snapshot holds: everything needed to rebuild the state machine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,9 +63,19 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Opens the snapshot tree of `db` and loads the last snapshot, if any, as the state.
-    pub async fn open(db: sled::Db) -> StorageResult<Self> {
-        let snapshots = SnapshotStore::open(db)?;
+    /// Opens the snapshot record of `db` and the snapshot files in `snapshot_dir`
+    /// ([`super::snapshot_files`]), and loads the last snapshot, if any, as the state.
+    pub async fn open(db: sled::Db, snapshot_dir: std::path::PathBuf) -> StorageResult<Self> {
+        Self::open_with(db, snapshot_dir, Arc::new(Disk)).await
+    }
+
+    /// [`Self::open`] with the snapshot files going through `files` (tests cut the power).
+    pub async fn open_with(
+        db: sled::Db,
+        snapshot_dir: std::path::PathBuf,
+        files: Arc<dyn FileLayer>,
+    ) -> StorageResult<Self> {
+        let snapshots = SnapshotStore::open(db, snapshot_dir, files)?;
         let (state, last_applied_log, last_membership) = match snapshots.load()? {
             Some((meta, data)) => {
                 let payload = decode_payload(&meta, &data)?;
@@ -229,79 +230,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// The sled tree holding the one current snapshot.
-#[derive(Clone)]
-struct SnapshotStore {
-    db: sled::Db,
-    tree: sled::Tree,
-    /// Serializes saves, so a slow build cannot overwrite a newer installed snapshot.
-    save_lock: Arc<Mutex<()>>,
-}
-
-impl SnapshotStore {
-    fn open(db: sled::Db) -> StorageResult<Self> {
-        let tree = db
-            .open_tree(SNAPSHOT_TREE)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
-        Ok(Self { db, tree, save_lock: Arc::new(Mutex::new(())) })
-    }
-
-    fn load(&self) -> StorageResult<Option<StoredSnapshot>> {
-        let read_err = |e: &dyn std::error::Error| {
-            StorageError::from(StorageIOError::new(
-                ErrorSubject::Snapshot(None),
-                ErrorVerb::Read,
-                AnyError::error(e),
-            ))
-        };
-        let Some(meta) = self.tree.get(KEY_META).map_err(|e| read_err(&e))? else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta<NodeId, BasicNode> =
-            serde_json::from_slice(&meta).map_err(|e| read_err(&e))?;
-        let data = self.tree.get(KEY_DATA).map_err(|e| read_err(&e))?.ok_or_else(|| {
-            snapshot_err(
-                &meta,
-                ErrorVerb::Read,
-                &AnyError::error("snapshot meta without data: store is corrupt"),
-            )
-        })?;
-        Ok(Some((meta, data.to_vec())))
-    }
-
-    /// Replaces the current snapshot with `meta`/`data` (atomically, flushed), unless the
-    /// stored one is newer.
-    async fn save(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> StorageResult<()> {
-        let _guard = self.save_lock.lock().await;
-        if let Some((current, _)) = self.load()? {
-            if current.last_log_id > meta.last_log_id {
-                tracing::info!(kept = %current, dropped = %meta, "kept the newer stored snapshot");
-                return Ok(());
-            }
-        }
-        let meta_bytes = serde_json::to_vec(meta).map_err(|e| snapshot_err(meta, ErrorVerb::Write, &e))?;
-        let mut batch = sled::Batch::default();
-        batch.insert(KEY_META, meta_bytes);
-        batch.insert(KEY_DATA, data);
-        self.tree.apply_batch(batch).map_err(|e| snapshot_err(meta, ErrorVerb::Write, &e))?;
-        self.db.flush_async().await.map_err(|e| snapshot_err(meta, ErrorVerb::Write, &e))?;
-        Ok(())
-    }
-}
-
 fn decode_payload(meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> StorageResult<SnapshotPayload> {
     serde_json::from_slice(data).map_err(|e| snapshot_err(meta, ErrorVerb::Read, &e))
-}
-
-fn snapshot_err<E>(
-    meta: &SnapshotMeta<NodeId, BasicNode>,
-    verb: ErrorVerb,
-    source: &E,
-) -> StorageError<NodeId>
-where
-    E: std::error::Error + 'static,
-{
-    io_err(ErrorSubject::Snapshot(Some(meta.signature())), verb, source)
 }
 
 fn poisoned(log_id: LogId<NodeId>) -> StorageError<NodeId> {
@@ -338,7 +268,8 @@ mod tests {
     #[tokio::test]
     async fn applies_commands_and_publishes_the_applied_index() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::open(open_db(dir.path())).await.unwrap();
+        let mut sm =
+            StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
         let mut applied = sm.subscribe_applied();
         let members = RaftMembership::new(vec![[1u64].into()], None);
         let entries = vec![
@@ -362,7 +293,8 @@ mod tests {
     async fn a_built_snapshot_is_what_a_reopened_store_starts_from() {
         let dir = tempfile::tempdir().unwrap();
         let expected = {
-            let mut sm = StateMachineStore::open(open_db(dir.path())).await.unwrap();
+            let mut sm =
+                StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
             sm.apply((1..=20).map(|i| normal(i, create_app(&format!("app-{i}"))))).await.unwrap();
             let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
             assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 20)));
@@ -370,7 +302,8 @@ mod tests {
             sm.apply([normal(21, create_app("late"))]).await.unwrap();
             sm.state().read().unwrap().clone()
         };
-        let mut sm = StateMachineStore::open(open_db(dir.path())).await.unwrap();
+        let mut sm =
+            StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
         assert_eq!(sm.last_applied_log(), Some(log_id(1, 1, 20)));
         assert_eq!(*sm.subscribe_applied().borrow(), 20);
         assert_eq!(sm.state().read().unwrap().apps.len(), 20);
@@ -386,7 +319,8 @@ mod tests {
         let in_clear = |data: &[u8]| String::from_utf8_lossy(data).contains(&secret);
         // Its log entry, replayed, then snapshotted.
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::open(open_db(dir.path())).await.unwrap();
+        let mut sm =
+            StateMachineStore::open(open_db(dir.path()), dir.path().join("snapshots")).await.unwrap();
         let logged = Command::SetJoinSecret { role: "agent".into(), secret: secret.clone() };
         sm.apply([normal(1, logged)]).await.unwrap();
         let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
@@ -400,7 +334,8 @@ mod tests {
         let old = serde_json::to_vec(&old).unwrap();
         assert!(in_clear(&old));
         let other = tempfile::tempdir().unwrap();
-        let mut follower = StateMachineStore::open(open_db(other.path())).await.unwrap();
+        let mut follower =
+            StateMachineStore::open(open_db(other.path()), other.path().join("snapshots")).await.unwrap();
         follower.install_snapshot(&built.meta, Box::new(Cursor::new(old))).await.unwrap();
         let kept = follower.state().read().unwrap().join_secrets["agent"].clone();
         assert_eq!(kept, crate::state::JoinSecret::from_clear(&secret));
@@ -413,8 +348,14 @@ mod tests {
     async fn installing_a_snapshot_replaces_the_state_and_an_older_build_cannot_undo_it() {
         let leader_dir = tempfile::tempdir().unwrap();
         let follower_dir = tempfile::tempdir().unwrap();
-        let mut leader = StateMachineStore::open(open_db(leader_dir.path())).await.unwrap();
-        let mut follower = StateMachineStore::open(open_db(follower_dir.path())).await.unwrap();
+        let mut leader =
+            StateMachineStore::open(open_db(leader_dir.path()), leader_dir.path().join("snapshots"))
+                .await
+                .unwrap();
+        let mut follower =
+            StateMachineStore::open(open_db(follower_dir.path()), follower_dir.path().join("snapshots"))
+                .await
+                .unwrap();
 
         follower.apply([normal(1, create_app("stale"))]).await.unwrap();
         let mut old_builder = follower.get_snapshot_builder().await;

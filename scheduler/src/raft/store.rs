@@ -10,6 +10,8 @@
 //! - [`Store::write`]: a command through raft, forwarded to the leader when this member
 //!   follows, bounded by [`WRITE_TIMEOUT`];
 //! - [`Store::is_leader`], [`Store::leader_addr`], [`Store::require_leader`];
+//! - [`Store::confirm_leading`]: a quorum confirms this member leads, right before a
+//!   side effect outside raft (the fence against a deposed leader);
 //! - [`Store::health`]: whether this member still keeps what it commits (`/healthz`).
 //!
 //! [`Store::replicate`] and [`Store::linearizable`] are the raft-level steps under
@@ -191,6 +193,26 @@ impl Store {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(m.id)
+    }
+
+    /// Proves, right before a side effect outside raft (a Swarm update, a grant
+    /// renewal, a service removal), that this member still leads: a quorum confirms it
+    /// (openraft's `ensure_linearizable`), within [`WRITE_TIMEOUT`]. openraft 0.9 does not
+    /// make a leader cut off from its quorum step down, so [`Self::is_leader`] alone can
+    /// be a deposed leader's stale belief.
+    pub async fn confirm_leading(&self) -> Result<(), Error> {
+        self.require_leader()?;
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(Error::NotLeader { leader: self.leader_addr() })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(Error::Unavailable(format!("a quorum did not confirm this member's leadership: {e}")))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(Error::Storage(e.to_string())),
+            Err(_) => Err(Error::Unavailable(no_quorum_message("confirm it still leads"))),
+        }
     }
 
     /// The address of the leader this node knows, from its metrics and membership.
