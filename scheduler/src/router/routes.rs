@@ -103,6 +103,7 @@ mod tests {
             config: Default::default(),
             replicas: None,
             change: None,
+            collected: false,
         }
     }
 

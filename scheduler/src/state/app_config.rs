@@ -165,6 +165,7 @@ impl State {
                     config: record.config.clone(),
                     replicas: record.replicas,
                     change: Some(change),
+                    collected: false,
                     ..base.clone()
                 })
             }

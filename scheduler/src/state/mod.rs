@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 mod app_config;
 mod claims;
 mod records;
+pub mod retention;
 mod revocations;
 
 pub use app_config::{check_replicas, config_bytes};
@@ -272,6 +273,15 @@ pub enum Command {
         /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
+    /// The registry garbage collector deleted these images of an app: every release
+    /// running one of them is marked collected (history, no longer a rollback target).
+    /// A digest the app's current release or a pending release runs is refused.
+    MarkCollected {
+        /// The app.
+        app: String,
+        /// The manifest digests deleted from its repository.
+        digests: Vec<String>,
+    },
 }
 
 /// What applying a command returned.
@@ -388,6 +398,24 @@ pub enum ApplyError {
         got: u64,
         /// The most allowed.
         max: u32,
+    },
+    #[error("release {number} of {app:?} was garbage-collected from the registry; `slipway releases {app}` marks the releases that can still be rolled back to")]
+    /// The release's image left the registry (retention policy).
+    ReleaseCollected {
+        /// The app.
+        app: String,
+        /// The release asked for.
+        number: ReleaseNumber,
+    },
+    #[error("release {number} of {app:?} is current or waits for its deploy: its image {digest} cannot be collected")]
+    /// A GC tried to mark an image still in use as collected.
+    ImageInUse {
+        /// The app.
+        app: String,
+        /// The release that runs it.
+        number: ReleaseNumber,
+        /// The digest.
+        digest: String,
     },
     #[error("app {app:?} has builds in progress ({build}); wait for them or cancel them first")]
     /// The app has a build in progress.
@@ -541,6 +569,7 @@ impl State {
                     config,
                     replicas,
                     change: None,
+                    collected: false,
                 };
                 releases.push(release.clone());
                 let build = self.builds.get_mut(build_id).expect("checked above");
@@ -600,6 +629,9 @@ impl State {
                         })
                         .ok_or_else(|| ApplyError::NothingToRollBack(app.clone()))?,
                 };
+                if target.collected {
+                    return Err(ApplyError::ReleaseCollected { app: app.clone(), number: target.number });
+                }
                 let number = releases.last().map_or(1, |r| r.number + 1);
                 let release = Release {
                     number,
@@ -613,6 +645,7 @@ impl State {
                     // config is, as Heroku does: the app's config becomes the target's.
                     replicas: self.app(app)?.replicas,
                     change: None,
+                    collected: false,
                     ..target.clone()
                 };
                 self.check_claims(app, &release.run)?;
@@ -622,6 +655,23 @@ impl State {
                 self.releases.entry(app.clone()).or_default().push(release.clone());
                 self.remember(request_id, RequestOutcome::Release { app: app.clone(), number });
                 Ok(Response::Release(release))
+            }
+            Command::MarkCollected { app, digests } => {
+                let current = self.app(app)?.current_release;
+                let releases = self.releases.get_mut(app).map(Vec::as_mut_slice).unwrap_or_default();
+                if let Some(r) = releases.iter().find(|r| {
+                    digests.contains(&r.digest) && (r.number == current || r.deploy == DeployState::Pending)
+                }) {
+                    return Err(ApplyError::ImageInUse {
+                        app: app.clone(),
+                        number: r.number,
+                        digest: r.digest.clone(),
+                    });
+                }
+                for r in releases.iter_mut().filter(|r| digests.contains(&r.digest)) {
+                    r.collected = true;
+                }
+                Ok(Response::Done)
             }
             Command::RecordDeploy { app, release, result } => {
                 let number = *release;

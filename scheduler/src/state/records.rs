@@ -259,6 +259,10 @@ pub struct Release {
     /// For a release made by a config change or a scale, not a build: what changed.
     #[serde(default)]
     pub change: Option<ReleaseChange>,
+    /// Its image left the registry under the retention policy (`slipway gc`): the
+    /// record stays as history, but it cannot be rolled back to.
+    #[serde(default)]
+    pub collected: bool,
 }
 
 impl Release {
