@@ -187,7 +187,7 @@ mod tests {
     fn keep_days_keeps_what_was_deployed_recently_and_is_off_at_zero() {
         let mut rs = history(10);
         rs[7].deploy = DeployState::Failed; // release 8 never ran
-        let now = 10 * DAY_MS + 1;
+        let now = 10 * DAY_MS;
         let pinned = Pinned { current: 10, service_digest: None };
         let p = plan(&rs, Policy { keep_last: 1, keep_days: 3 }, &pinned, now);
         // Made at day 7 or later: 7, 9, 10 (8 failed, so only the policy's N could keep it).
