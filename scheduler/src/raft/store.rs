@@ -151,6 +151,21 @@ impl Store {
         }
     }
 
+    /// Confirms with a quorum that this member leads now (openraft's
+    /// `ensure_linearizable`), unlike [`Store::read_current`] never through another
+    /// member: the fence a leader passes right before a side effect only the leader may
+    /// take (registry deletes). Its state then holds every committed write.
+    pub async fn confirm_leadership(&self) -> Result<(), Error> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)))) => {
+                Err(Error::NotLeader { leader: to.leader_node.map(|n| n.addr).or_else(|| self.leader_addr()) })
+            }
+            Ok(Err(e)) => Err(Error::Unavailable(format!("this member cannot confirm it leads: {e}"))),
+            Err(_) => Err(Error::Unavailable(no_quorum_message("confirm it leads"))),
+        }
+    }
+
     /// Proposes a command through raft (forwarded to the leader if need be) and waits
     /// until it is committed and applied. A refusal by the state machine is an error.
     /// A write not committed within [`WRITE_TIMEOUT`] (no quorum) fails as unavailable;
