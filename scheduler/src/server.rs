@@ -214,6 +214,10 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
             .instrument(tracing::info_span!("leadership")),
     );
     tasks.spawn(
+        crate::dispatch::gc::run_scheduled(ctx.clone(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("registry_gc")),
+    );
+    tasks.spawn(
         crate::dispatch::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("dispatcher")),
     );
     tasks.spawn(

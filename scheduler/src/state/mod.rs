@@ -612,23 +612,8 @@ impl State {
                         return Ok(Response::Release(release.clone()));
                     }
                 }
-                let current = self.app(app)?.current_release;
+                let target = self.rollback_target(app, *to)?;
                 let releases = self.releases.get(app).map(Vec::as_slice).unwrap_or_default();
-                let target = match to {
-                    Some(n) => releases
-                        .iter()
-                        .find(|r| r.number == *n)
-                        .ok_or_else(|| ApplyError::NoSuchRelease { app: app.clone(), number: *n })?,
-                    None => releases
-                        .iter()
-                        .rev()
-                        .find(|r| {
-                            r.number < current
-                                && r.deploy == DeployState::Deployed
-                                && r.digest != self.current_digest(app)
-                        })
-                        .ok_or_else(|| ApplyError::NothingToRollBack(app.clone()))?,
-                };
                 if target.collected {
                     return Err(ApplyError::ReleaseCollected { app: app.clone(), number: target.number });
                 }
@@ -780,6 +765,26 @@ impl State {
     /// Release `number` of `app`, if it exists.
     pub fn release(&self, app: &str, number: ReleaseNumber) -> Option<&Release> {
         self.releases.get(app)?.iter().find(|r| r.number == number)
+    }
+
+    /// The release a rollback of `app` runs again: `to`, or (None) the release deployed
+    /// before the current one with another image.
+    pub fn rollback_target(&self, app: &str, to: Option<ReleaseNumber>) -> Result<&Release, ApplyError> {
+        let current = self.app(app)?.current_release;
+        let releases = self.releases.get(app).map(Vec::as_slice).unwrap_or_default();
+        match to {
+            Some(n) => releases
+                .iter()
+                .find(|r| r.number == n)
+                .ok_or_else(|| ApplyError::NoSuchRelease { app: app.to_string(), number: n }),
+            None => releases
+                .iter()
+                .rev()
+                .find(|r| {
+                    r.number < current && r.deploy == DeployState::Deployed && r.digest != self.current_digest(app)
+                })
+                .ok_or_else(|| ApplyError::NothingToRollBack(app.to_string())),
+        }
     }
 
     /// Digest the app's service runs now ("" if never deployed).
