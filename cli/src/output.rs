@@ -108,6 +108,7 @@ pub fn release_json(r: &pb::Release) -> Value {
         "bytes_pushed": r.bytes_pushed,
         "change": (!r.change.is_empty()).then_some(&r.change),
         "replicas": r.replicas, "config_keys": r.config_keys,
+        "collected": r.collected, "rollbackable": r.rollbackable,
     })
 }
 

@@ -458,7 +458,11 @@ impl pb::control_server::Control for ControlService {
         if !self.ctx.store.is_leader() {
             return Err(Error::NotLeader { leader: self.ctx.store.leader_addr() }.into());
         }
-        let report = crate::dispatch::gc::run_gc(&self.ctx, dry_run).await?;
+        // A skipped round (builds did not get quiet) is an answer, not a fault to retry.
+        let report = crate::dispatch::gc::run_gc(&self.ctx, dry_run).await.map_err(|e| match e {
+            Error::Unavailable(m) => Status::aborted(m),
+            other => Status::from(other),
+        })?;
         Ok(Response::new(convert::gc_report(&report)))
     }
 
