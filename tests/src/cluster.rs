@@ -259,6 +259,10 @@ impl TestCluster {
         cluster.members.push(Member::on_loopback(1));
         let realm = format!("{}://{}/v2/token", cluster.http_scheme(), cluster.member(1).http_addr);
         cluster.start_registry(&realm).await;
+        // `{registry_config}` in the settings: the registry's config file (registry.gc.command).
+        cluster.registry_settings = cluster
+            .registry_settings
+            .replace("{registry_config}", &cluster.registry().config_path().display().to_string());
         cluster.add_local_agent();
         cluster.write_configs();
         cluster.start_member(1).await;

@@ -103,6 +103,7 @@ pub async fn run_gc(ctx: &Arc<Context>, dry_run: bool) -> Result<GcReport, Error
     }
     let started = Instant::now();
     ctx.dispatch.pause_builds(true);
+    tracing::info!("registry GC: builds held in the queue");
     let result = collect(ctx, started).await;
     ctx.dispatch.pause_builds(false);
     ctx.dispatcher_wake();
