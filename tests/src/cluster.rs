@@ -240,7 +240,8 @@ impl TestCluster {
     }
 
     /// [`start`](Self::start) with extra settings for the scheduler's `[registry]`
-    /// section (e.g. `pull_grant_validity_secs = 30`).
+    /// section (e.g. `pull_grant_validity_secs = 30`); `{registry_config}` in them becomes
+    /// the path of the cluster registry's `config.yml` (for `gc.command`).
     pub async fn start_with_registry(stack: &str, registry: &str) -> Option<TestCluster> {
         Self::start_single(stack, "", registry, "").await
     }

@@ -152,6 +152,13 @@ async fn keep_last_five_of_fifteen() {
     assert!(reclaimed >= 10 * MIB, "10 random MiB layers: {reclaimed}");
     assert!((shrink - reclaimed as i64).abs() <= tolerance, "shrink {shrink} vs reported {reclaimed}");
 
+    // Deleting a manifest by digest removed the tags pointing at it (Distribution 2.8).
+    let tags = registry.tags(APP).await;
+    for r in cluster.releases(APP).await.iter().filter(|r| r.number <= 10) {
+        assert!(!tags.contains(&r.build_id), "tag {} of collected release {} is gone: {tags:?}", r.build_id, r.number);
+    }
+    assert!(tags.contains(&"latest".to_string()), "{tags:?}");
+
     // Rollbacks: to a kept release works; to a collected one is refused, naming why.
     let rolled = cluster.rollback(APP, Some(13)).await.live().clone();
     assert_eq!(rolled.digest, digests[12]);
