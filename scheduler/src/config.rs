@@ -650,6 +650,25 @@ mod tests {
     }
 
     #[test]
+    fn retention_has_defaults_and_per_app_overrides() {
+        let c = SchedulerConfig::parse("").unwrap();
+        assert_eq!(c.registry.retention.policy("shop").to_string(), "keep_last = 10");
+        assert_eq!(c.registry.gc.interval_secs, 86400);
+        assert!(c.registry.gc.command.is_empty());
+        let c = SchedulerConfig::parse(
+            "[registry.retention]\nkeep_last = 5\n[registry.retention.apps.shop]\nkeep_days = 7\n\
+             [registry.gc]\ncommand = [\"docker-registry\", \"garbage-collect\", \"/c.yml\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.registry.retention.policy("shop").to_string(), "keep_last = 5, keep_days = 7");
+        assert_eq!(c.registry.retention.policy("blog").to_string(), "keep_last = 5");
+        let zero = SchedulerConfig::parse("[registry.retention.apps.shop]\nkeep_last = 0\n").unwrap_err();
+        assert!(zero.to_string().contains("registry.retention.apps.shop.keep_last = 0"), "{zero}");
+        let typo = SchedulerConfig::parse("[registry.retention]\nkeep = 5\n").unwrap_err();
+        assert!(typo.to_string().contains("keep"), "{typo}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let e = SchedulerConfig::parse("[deploy]\nstak = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("stak"), "{e}");

@@ -950,6 +950,29 @@ mod tests {
     }
 
     #[test]
+    fn collected_images_are_history_and_no_rollback_target() {
+        let mut s = state_with_app();
+        for (attempt, c) in [(1, 'a'), (1, 'b')] {
+            let b = queue(&mut s, None);
+            s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt });
+            let Response::Release(r) = finish(&mut s, &b.id, attempt, c) else { panic!() };
+            deploy_ok(&mut s, r.number);
+        }
+        let (old, current) = (s.releases["shop"][0].digest.clone(), s.releases["shop"][1].digest.clone());
+        // The current release's image is never collected.
+        let in_use = s.apply(&Command::MarkCollected { app: "shop".into(), digests: vec![current.clone()] });
+        assert!(matches!(in_use, Response::Refused(ApplyError::ImageInUse { number: 2, .. })), "{in_use:?}");
+        assert!(!s.releases["shop"][1].collected);
+        assert_eq!(s.apply(&Command::MarkCollected { app: "shop".into(), digests: vec![old] }), Response::Done);
+        assert!(s.releases["shop"][0].collected && !s.releases["shop"][1].collected);
+        for to in [Some(1), None] {
+            let refused = s.apply(&Command::Rollback { app: "shop".into(), to, request_id: None, at_ms: 9 });
+            assert_eq!(refused, Response::Refused(ApplyError::ReleaseCollected { app: "shop".into(), number: 1 }));
+        }
+        assert_eq!(s.releases["shop"].len(), 2, "nothing recorded");
+    }
+
+    #[test]
     fn rollback_records_a_new_release_with_an_earlier_digest() {
         let mut s = state_with_app();
         for (attempt, c) in [(1, 'a'), (1, 'b')] {
