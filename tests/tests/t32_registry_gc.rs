@@ -197,7 +197,7 @@ async fn keep_last_five_of_fifteen() {
     std::process::Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
     let out = tokio::task::spawn_blocking(move || gc.wait_with_output().unwrap()).await.unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && said.contains("garbage-collect failed"), "a killed garbage-collect is reported: {said}");
+    assert!(!out.status.success() && said.contains("garbage-collect failed"), "a killed garbage-collect is reported: {said} {}", String::from_utf8_lossy(&out.stdout));
     let kept = cli_json(&cluster, &["releases", APP, "--json"]);
     let mut checked = 0;
     for r in kept.as_array().unwrap().iter().filter(|r| r["rollbackable"] == true) {

@@ -30,7 +30,7 @@ pub async fn run(call: Call<'_>, dry_run: bool, json: bool) -> Result<()> {
             "dry_run": r.dry_run, "apps": apps, "bytes_reclaimed": r.bytes_reclaimed,
             "pause_ms": r.pause_ms, "blob_gc": r.blob_gc, "blob_gc_ok": r.blob_gc_ok,
         }));
-        return Ok(());
+        return blob_gc_result(&r);
     }
     let verb = if r.dry_run { "would delete" } else { "deleted" };
     for a in &r.apps {
@@ -54,7 +54,12 @@ pub async fn run(call: Call<'_>, dry_run: bool, json: bool) -> Result<()> {
     println!("bytes reclaimed: {} ({} bytes)", human_bytes(r.bytes_reclaimed), r.bytes_reclaimed);
     println!("registry pause (builds held): {} ms", r.pause_ms);
     println!("garbage-collect: {}", r.blob_gc);
-    if !r.blob_gc.starts_with("registry.gc.command is not set") && !r.blob_gc_ok {
+    blob_gc_result(&r)
+}
+
+/// A configured garbage-collect that failed fails the command (after its report).
+fn blob_gc_result(r: &pb::GcResponse) -> Result<()> {
+    if !r.dry_run && !r.blob_gc.starts_with("registry.gc.command is not set") && !r.blob_gc_ok {
         return Err(Failure::fatal(format!("manifests deleted, but garbage-collect failed: {}", r.blob_gc)));
     }
     Ok(())
