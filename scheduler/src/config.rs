@@ -242,7 +242,12 @@ impl Default for RetentionConfig {
 
 impl Default for GcConfig {
     fn default() -> Self {
-        Self { interval_secs: 24 * 3600, command: Vec::new(), command_timeout_secs: 3600, quiet_timeout_secs: 600 }
+        Self {
+            interval_secs: 24 * 3600,
+            command: Vec::new(),
+            command_timeout_secs: 3600,
+            quiet_timeout_secs: 600,
+        }
     }
 }
 

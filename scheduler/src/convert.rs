@@ -243,7 +243,11 @@ pub fn gc_report(r: &crate::dispatch::gc::GcReport) -> pb::GcResponse {
                 deleted: a
                     .deleted
                     .iter()
-                    .map(|d| pb::GcImage { digest: d.digest.clone(), releases: d.releases.clone(), deleted: d.deleted })
+                    .map(|d| pb::GcImage {
+                        digest: d.digest.clone(),
+                        releases: d.releases.clone(),
+                        deleted: d.deleted,
+                    })
                     .collect(),
             })
             .collect(),

@@ -308,10 +308,15 @@ impl Registry {
     /// blob it references (config and layers); Err names what is missing.
     pub async fn pullable(&self, repo: &str, digest: &str) -> Result<(), String> {
         let url = format!("{}/{repo}/manifests/{digest}", self.base_url());
-        let manifest = self.get_json(&url, Some(repo)).await.ok_or_else(|| format!("no manifest {repo}@{digest}"))?;
+        let manifest =
+            self.get_json(&url, Some(repo)).await.ok_or_else(|| format!("no manifest {repo}@{digest}"))?;
         let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap_or_default().to_string()];
         blobs.extend(
-            manifest["layers"].as_array().into_iter().flatten().filter_map(|l| l["digest"].as_str().map(str::to_string)),
+            manifest["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["digest"].as_str().map(str::to_string)),
         );
         for blob in blobs {
             let url = format!("{}/{repo}/blobs/{blob}", self.base_url());

@@ -68,10 +68,26 @@ fn restart_from_registry(cluster: &TestCluster) {
     let image = cluster.service_image(APP);
     let _ = docker_cli(&["rmi", "-f", &image]);
     cluster
-        .swarm_cli(&["service", "update", "--force", "--with-registry-auth", "--detach=false", "-q", &cluster.service(APP)])
+        .swarm_cli(&[
+            "service",
+            "update",
+            "--force",
+            "--with-registry-auth",
+            "--detach=false",
+            "-q",
+            &cluster.service(APP),
+        ])
         .unwrap_or_else(|e| panic!("the service restarts from the registry: {e}"));
     let tasks = cluster
-        .swarm_cli(&["service", "ps", "--filter", "desired-state=running", "--format", "{{.CurrentState}}", &cluster.service(APP)])
+        .swarm_cli(&[
+            "service",
+            "ps",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.CurrentState}}",
+            &cluster.service(APP),
+        ])
         .unwrap();
     assert!(tasks.contains("Running"), "task runs after pulling {image}: {tasks}");
 }
@@ -101,7 +117,8 @@ async fn keep_last_five_of_fifteen() {
     // Dry run: exactly the 10 oldest, nothing changes.
     let dry = cli_json(&cluster, &["gc", "--dry-run", "--json"]);
     let app = dry["apps"].as_array().unwrap().iter().find(|a| a["app"] == APP).unwrap().clone();
-    let listed: Vec<&str> = app["deleted"].as_array().unwrap().iter().map(|d| d["digest"].as_str().unwrap()).collect();
+    let listed: Vec<&str> =
+        app["deleted"].as_array().unwrap().iter().map(|d| d["digest"].as_str().unwrap()).collect();
     let mut expected: Vec<&str> = digests[..10].iter().map(String::as_str).collect();
     expected.sort();
     let mut sorted = listed.clone();
@@ -138,7 +155,12 @@ async fn keep_last_five_of_fifteen() {
     let pause_ms = report["pause_ms"].as_u64().unwrap();
     println!("FIGURE gc: bytes reclaimed {reclaimed} ({} MiB) for 10 images; registry pause {pause_ms} ms; gc call {gc_took:?}", reclaimed / MIB);
     for (i, d) in digests[..15].iter().enumerate() {
-        assert_eq!(registry.has_manifest(APP, d).await, i >= 10, "release {}: kept iff among the last 5", i + 1);
+        assert_eq!(
+            registry.has_manifest(APP, d).await,
+            i >= 10,
+            "release {}: kept iff among the last 5",
+            i + 1
+        );
     }
     let after = du_bytes(&registry.data_dir());
     // The new build (16) pushed about 1 MiB + its small layers meanwhile; count it back.
@@ -155,7 +177,12 @@ async fn keep_last_five_of_fifteen() {
     // Deleting a manifest by digest removed the tags pointing at it (Distribution 2.8).
     let tags = registry.tags(APP).await;
     for r in cluster.releases(APP).await.iter().filter(|r| r.number <= 10) {
-        assert!(!tags.contains(&r.build_id), "tag {} of collected release {} is gone: {tags:?}", r.build_id, r.number);
+        assert!(
+            !tags.contains(&r.build_id),
+            "tag {} of collected release {} is gone: {tags:?}",
+            r.build_id,
+            r.number
+        );
     }
     assert!(tags.contains(&"latest".to_string()), "{tags:?}");
 
@@ -197,11 +224,18 @@ async fn keep_last_five_of_fifteen() {
     std::process::Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
     let out = tokio::task::spawn_blocking(move || gc.wait_with_output().unwrap()).await.unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && said.contains("garbage-collect failed"), "a killed garbage-collect is reported: {said} {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success() && said.contains("garbage-collect failed"),
+        "a killed garbage-collect is reported: {said} {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let kept = cli_json(&cluster, &["releases", APP, "--json"]);
     let mut checked = 0;
     for r in kept.as_array().unwrap().iter().filter(|r| r["rollbackable"] == true) {
-        registry.pullable(APP, r["digest"].as_str().unwrap()).await.expect("kept release pullable after a killed GC");
+        registry
+            .pullable(APP, r["digest"].as_str().unwrap())
+            .await
+            .expect("kept release pullable after a killed GC");
         checked += 1;
     }
     assert!(checked >= 5, "{checked}");
@@ -209,7 +243,10 @@ async fn keep_last_five_of_fifteen() {
     let again = cli_json(&cluster, &["gc", "--json"]);
     assert!(again["blob_gc_ok"].as_bool().unwrap(), "{again}");
     for r in kept.as_array().unwrap().iter().filter(|r| r["rollbackable"] == true) {
-        registry.pullable(APP, r["digest"].as_str().unwrap()).await.expect("kept release pullable after the next GC");
+        registry
+            .pullable(APP, r["digest"].as_str().unwrap())
+            .await
+            .expect("kept release pullable after the next GC");
     }
     restart_from_registry(&cluster);
 }
@@ -220,7 +257,11 @@ fn child_running(parent: u32, needle: &str) -> Option<u32> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
         if ppid != Some(parent) {
             continue;
         }

@@ -432,7 +432,8 @@ impl pb::control_server::Control for ControlService {
             .await?
             .map_err(Error::from)?;
         // Refused before anything changes: the image is gone, or goes at the next GC.
-        crate::dispatch::gc::check_rollback(&self.ctx, &req.app, &target).map_err(Status::failed_precondition)?;
+        crate::dispatch::gc::check_rollback(&self.ctx, &req.app, &target)
+            .map_err(Status::failed_precondition)?;
         self.ctx.docker().await?;
         let request_id =
             if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };

@@ -95,7 +95,9 @@ pub struct GcReport {
 /// Runs a GC now (see the module doc). Only the leader; one at a time.
 pub async fn run_gc(ctx: &Arc<Context>, dry_run: bool) -> Result<GcReport, Error> {
     let _one = ctx.dispatch.gc_running.try_lock().map_err(|_| {
-        Error::Unavailable("a registry GC is already running on this scheduler; try again when it ends".into())
+        Error::Unavailable(
+            "a registry GC is already running on this scheduler; try again when it ends".into(),
+        )
     })?;
     if dry_run {
         let plans = plans(ctx).await?;
@@ -202,10 +204,13 @@ async fn blob_gc(ctx: &Context) -> (bool, String) {
     };
     let timeout = Duration::from_secs(gc.command_timeout_secs);
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => (false, format!("registry.gc.command ran longer than {} s and was killed", timeout.as_secs())),
+        Err(_) => {
+            (false, format!("registry.gc.command ran longer than {} s and was killed", timeout.as_secs()))
+        }
         Ok(Err(e)) => (false, format!("registry.gc.command: {e}")),
         Ok(Ok(out)) => {
-            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            let text =
+                String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(3)..].join("\n");
             (out.status.success(), format!("{:?} {}: {tail}", gc.command, out.status))
@@ -218,7 +223,9 @@ async fn plans(ctx: &Context) -> Result<Vec<(String, Plan, Policy)>, Error> {
     let apps: Vec<(String, Vec<Release>, ReleaseNumber)> = ctx.store.read(|s| {
         s.apps
             .values()
-            .map(|a| (a.name.clone(), s.releases.get(&a.name).cloned().unwrap_or_default(), a.current_release))
+            .map(|a| {
+                (a.name.clone(), s.releases.get(&a.name).cloned().unwrap_or_default(), a.current_release)
+            })
             .collect()
     });
     let now_ms = slipway_common::now_ms();
@@ -301,7 +308,12 @@ pub fn check_rollback(ctx: &Context, app: &str, to: &Release) -> Result<(), Stri
     let (releases, current) = ctx.store.read(|s| {
         (s.releases.get(app).cloned().unwrap_or_default(), s.apps.get(app).map_or(0, |a| a.current_release))
     });
-    let plan = retention::plan(&releases, policy, &Pinned { current, service_digest: None }, slipway_common::now_ms());
+    let plan = retention::plan(
+        &releases,
+        policy,
+        &Pinned { current, service_digest: None },
+        slipway_common::now_ms(),
+    );
     if to.collected || !plan.keeps(to) {
         return Err(format!(
             "release {} of {app:?} is outside the registry retention policy ({policy}; \

@@ -158,9 +158,9 @@ impl Store {
     pub async fn confirm_leadership(&self) -> Result<(), Error> {
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)))) => {
-                Err(Error::NotLeader { leader: to.leader_node.map(|n| n.addr).or_else(|| self.leader_addr()) })
-            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)))) => Err(Error::NotLeader {
+                leader: to.leader_node.map(|n| n.addr).or_else(|| self.leader_addr()),
+            }),
             Ok(Err(e)) => Err(Error::Unavailable(format!("this member cannot confirm it leads: {e}"))),
             Err(_) => Err(Error::Unavailable(no_quorum_message("confirm it leads"))),
         }

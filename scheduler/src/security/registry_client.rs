@@ -224,7 +224,11 @@ impl<'a> RegistryAdmin<'a> {
         Ok(Self { registry, signer, http })
     }
 
-    fn authorize(&self, request: reqwest::RequestBuilder, app: &str) -> Result<reqwest::RequestBuilder, String> {
+    fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+        app: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
         let Some(signer) = self.signer else { return Ok(request) };
         let access = vec![Access {
             kind: "repository".into(),
@@ -239,7 +243,8 @@ impl<'a> RegistryAdmin<'a> {
     /// manifests' entries as listed), or `None` if the registry has no such manifest.
     pub async fn manifest_blobs(&self, app: &str, digest: &str) -> Result<Option<Vec<BlobRef>>, String> {
         let url = format!("http://{}/v2/{app}/manifests/{digest}", self.registry);
-        let request = self.authorize(self.http.get(&url).header(header::ACCEPT, MANIFEST_TYPES.join(", ")), app)?;
+        let request =
+            self.authorize(self.http.get(&url).header(header::ACCEPT, MANIFEST_TYPES.join(", ")), app)?;
         let response = request.send().await.map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
         match response.status() {
             StatusCode::OK => {}

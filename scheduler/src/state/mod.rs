@@ -781,7 +781,9 @@ impl State {
                 .iter()
                 .rev()
                 .find(|r| {
-                    r.number < current && r.deploy == DeployState::Deployed && r.digest != self.current_digest(app)
+                    r.number < current
+                        && r.deploy == DeployState::Deployed
+                        && r.digest != self.current_digest(app)
                 })
                 .ok_or_else(|| ApplyError::NothingToRollBack(app.to_string())),
         }
@@ -963,11 +965,17 @@ mod tests {
         let in_use = s.apply(&Command::MarkCollected { app: "shop".into(), digests: vec![current.clone()] });
         assert!(matches!(in_use, Response::Refused(ApplyError::ImageInUse { number: 2, .. })), "{in_use:?}");
         assert!(!s.releases["shop"][1].collected);
-        assert_eq!(s.apply(&Command::MarkCollected { app: "shop".into(), digests: vec![old] }), Response::Done);
+        assert_eq!(
+            s.apply(&Command::MarkCollected { app: "shop".into(), digests: vec![old] }),
+            Response::Done
+        );
         assert!(s.releases["shop"][0].collected && !s.releases["shop"][1].collected);
         for to in [Some(1), None] {
             let refused = s.apply(&Command::Rollback { app: "shop".into(), to, request_id: None, at_ms: 9 });
-            assert_eq!(refused, Response::Refused(ApplyError::ReleaseCollected { app: "shop".into(), number: 1 }));
+            assert_eq!(
+                refused,
+                Response::Refused(ApplyError::ReleaseCollected { app: "shop".into(), number: 1 })
+            );
         }
         assert_eq!(s.releases["shop"].len(), 2, "nothing recorded");
     }

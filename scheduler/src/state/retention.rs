@@ -79,7 +79,7 @@ const DAY_MS: u64 = 24 * 3600 * 1000;
 /// `releases` are the app's releases in any order.
 pub fn plan(releases: &[Release], policy: Policy, pinned: &Pinned, now_ms: u64) -> Plan {
     let mut newest_first: Vec<&Release> = releases.iter().collect();
-    newest_first.sort_by(|a, b| b.number.cmp(&a.number));
+    newest_first.sort_by_key(|r| std::cmp::Reverse(r.number));
     let mut keep = BTreeSet::new();
     for r in &newest_first {
         if keep.len() >= policy.keep_last.max(1) as usize {
@@ -105,8 +105,7 @@ pub fn plan(releases: &[Release], policy: Policy, pinned: &Pinned, now_ms: u64) 
             delete.entry(r.digest.clone()).or_default().push(r.number);
         }
     }
-    let oldest_kept =
-        newest_first.iter().rev().find(|r| keep.contains(&r.digest)).map_or(0, |r| r.number);
+    let oldest_kept = newest_first.iter().rev().find(|r| keep.contains(&r.digest)).map_or(0, |r| r.number);
     Plan { keep, delete, oldest_kept }
 }
 
@@ -152,7 +151,12 @@ mod tests {
     #[test]
     fn keep_last_keeps_the_newest_images_and_deletes_the_rest() {
         let rs = history(15);
-        let p = plan(&rs, Policy { keep_last: 5, keep_days: 0 }, &Pinned { current: 15, service_digest: None }, 0);
+        let p = plan(
+            &rs,
+            Policy { keep_last: 5, keep_days: 0 },
+            &Pinned { current: 15, service_digest: None },
+            0,
+        );
         assert_eq!(digests(&p.keep), ["d11", "d12", "d13", "d14", "d15"]);
         assert_eq!(p.delete.len(), 10);
         assert_eq!(p.delete["d1"], [1]);
@@ -166,7 +170,8 @@ mod tests {
         rs.push(release(4, "d3", 4, DeployState::Deployed));
         rs.push(release(5, "d3", 5, DeployState::Deployed));
         rs.push(release(6, "d1", 6, DeployState::Deployed));
-        let p = plan(&rs, Policy { keep_last: 2, keep_days: 0 }, &Pinned { current: 6, service_digest: None }, 0);
+        let p =
+            plan(&rs, Policy { keep_last: 2, keep_days: 0 }, &Pinned { current: 6, service_digest: None }, 0);
         assert_eq!(digests(&p.keep), ["d1", "d3"]);
         assert_eq!(p.delete.keys().collect::<Vec<_>>(), ["d2"]);
         assert_eq!(p.oldest_kept, 1, "release 1 runs d1, which is kept");
