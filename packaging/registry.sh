@@ -109,6 +109,8 @@ storage:
     rootdirectory: $dir/data
   delete:
     enabled: true
+  # No storage.cache: an in-memory blob descriptor cache would answer for blobs
+  # garbage-collect swept (slipway gc), and pushes would skip uploading them.
 http:
   addr: 127.0.0.1:$port
 EOF

@@ -56,6 +56,15 @@ pub enum Command {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Registry retention now: delete the images outside each app's policy
+    /// (`[registry.retention]`) and reclaim their blobs; prints what went and the bytes.
+    Gc {
+        /// Only print what would be deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the fleet's nodes with their headroom, or drain / activate one.
     Nodes(NodesArgs),
     /// Raft cluster membership and state.

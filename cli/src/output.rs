@@ -109,6 +109,7 @@ pub fn release_json(r: &pb::Release) -> Value {
         "change": (!r.change.is_empty()).then_some(&r.change),
         "replicas": r.replicas, "config_keys": r.config_keys,
         "secrets": r.secrets.iter().map(|s| json!({"name": s.name, "version": s.version})).collect::<Vec<_>>(),
+        "collected": r.collected, "rollbackable": r.rollbackable,
     })
 }
 

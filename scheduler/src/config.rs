@@ -218,6 +218,80 @@ pub struct RegistryConfig {
     /// valid (with TLS on); the leader renews it when a third is left, without
     /// restarting tasks (see `security/registry_auth.rs`).
     pub pull_grant_validity_secs: u64,
+    /// Which images each app's repository keeps (`[registry.retention]`).
+    pub retention: RetentionConfig,
+    /// When and how the leader collects what retention lets go (`[registry.gc]`).
+    pub gc: GcConfig,
+}
+
+/// `[registry.retention]`: the policy of every app, and per-app overrides in
+/// `[registry.retention.apps.NAME]` (see `state::retention`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Keep the images of the last N releases (distinct images; at least 1).
+    pub keep_last: u32,
+    /// Also keep every image deployed within this many days (0: off).
+    pub keep_days: u32,
+    /// Per-app overrides; a key left out takes the value above.
+    pub apps: std::collections::BTreeMap<String, AppRetention>,
+}
+
+/// `[registry.retention.apps.NAME]`: one app's overrides.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRetention {
+    /// Overrides `keep_last`.
+    pub keep_last: Option<u32>,
+    /// Overrides `keep_days`.
+    pub keep_days: Option<u32>,
+}
+
+/// `[registry.gc]`: the leader's registry garbage collection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Run a GC this often (0: only `slipway gc`).
+    pub interval_secs: u64,
+    /// The registry's own garbage collector, as argv, run on the leader's host after the
+    /// manifest deletes, e.g. `["docker-registry", "garbage-collect",
+    /// "/etc/docker/registry/config.yml"]`. Empty: manifests only; blob space comes back
+    /// when the operator runs it.
+    pub command: Vec<String>,
+    /// How long garbage-collect may run before it is killed (what it deleted stays
+    /// deleted; unreferenced blobs left over go at the next run).
+    pub command_timeout_secs: u64,
+    /// How long a GC waits for running builds to finish (pushes must not run during
+    /// garbage-collect) before it skips this round.
+    pub quiet_timeout_secs: u64,
+}
+
+impl RetentionConfig {
+    /// The policy of `app`.
+    pub fn policy(&self, app: &str) -> crate::state::retention::Policy {
+        let o = self.apps.get(app).cloned().unwrap_or_default();
+        crate::state::retention::Policy {
+            keep_last: o.keep_last.unwrap_or(self.keep_last).max(1),
+            keep_days: o.keep_days.unwrap_or(self.keep_days),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { keep_last: crate::state::retention::DEFAULT_KEEP_LAST, keep_days: 0, apps: Default::default() }
+    }
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 24 * 3600,
+            command: Vec::new(),
+            command_timeout_secs: 3600,
+            quiet_timeout_secs: 600,
+        }
+    }
 }
 
 /// How releases become Swarm services.
@@ -354,7 +428,12 @@ impl RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { addr: "127.0.0.1:5000".into(), pull_grant_validity_secs: 30 * 24 * 3600 }
+        Self {
+            addr: "127.0.0.1:5000".into(),
+            pull_grant_validity_secs: 30 * 24 * 3600,
+            retention: RetentionConfig::default(),
+            gc: GcConfig::default(),
+        }
     }
 }
 
@@ -583,6 +662,29 @@ impl Check for SchedulerConfig {
                 RegistryConfig::default().pull_grant_validity_secs
             )));
         }
+        let retention = &self.registry.retention;
+        if retention.keep_last == 0 {
+            return Err(CommonError::invalid(
+                "registry.retention.keep_last = 0: at least 1 (the current release is always kept; the default is 10)",
+            ));
+        }
+        for (app, o) in &retention.apps {
+            if slipway_proto::validate::app_name(app).is_err() {
+                return Err(CommonError::invalid(format!(
+                    "registry.retention.apps.{app}: {app:?} is not an app name (a DNS label)"
+                )));
+            }
+            if o.keep_last == Some(0) {
+                return Err(CommonError::invalid(format!(
+                    "registry.retention.apps.{app}.keep_last = 0: at least 1"
+                )));
+            }
+        }
+        if self.registry.gc.command.first().is_some_and(|c| c.trim().is_empty()) {
+            return Err(CommonError::invalid(
+                "registry.gc.command: the first element must be the program, e.g. \"docker-registry\"",
+            ));
+        }
         if slipway_proto::validate::app_name(&self.deploy.stack).is_err() {
             return Err(CommonError::invalid(format!(
                 "deploy.stack {:?} must be a DNS label (lowercase letters, digits, '-')",
@@ -625,6 +727,25 @@ mod tests {
         let c = SchedulerConfig::parse("").unwrap();
         assert_eq!(c.node_id, 1);
         assert_eq!(c.deploy.stack, "slipway");
+    }
+
+    #[test]
+    fn retention_has_defaults_and_per_app_overrides() {
+        let c = SchedulerConfig::parse("").unwrap();
+        assert_eq!(c.registry.retention.policy("shop").to_string(), "keep_last = 10");
+        assert_eq!(c.registry.gc.interval_secs, 86400);
+        assert!(c.registry.gc.command.is_empty());
+        let c = SchedulerConfig::parse(
+            "[registry.retention]\nkeep_last = 5\n[registry.retention.apps.shop]\nkeep_days = 7\n\
+             [registry.gc]\ncommand = [\"docker-registry\", \"garbage-collect\", \"/c.yml\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.registry.retention.policy("shop").to_string(), "keep_last = 5, keep_days = 7");
+        assert_eq!(c.registry.retention.policy("blog").to_string(), "keep_last = 5");
+        let zero = SchedulerConfig::parse("[registry.retention.apps.shop]\nkeep_last = 0\n").unwrap_err();
+        assert!(zero.to_string().contains("registry.retention.apps.shop.keep_last = 0"), "{zero}");
+        let typo = SchedulerConfig::parse("[registry.retention]\nkeep = 5\n").unwrap_err();
+        assert!(typo.to_string().contains("keep"), "{typo}");
     }
 
     #[test]

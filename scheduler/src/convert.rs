@@ -228,6 +228,38 @@ pub fn release(r: &state::Release) -> pb::Release {
             .iter()
             .map(|(name, s)| pb::SecretVersion { name: name.clone(), version: s.version })
             .collect(),
+        collected: r.collected,
+        rollbackable: false,
+    }
+}
+
+/// A registry GC's report, on the wire.
+pub fn gc_report(r: &crate::dispatch::gc::GcReport) -> pb::GcResponse {
+    pb::GcResponse {
+        dry_run: r.dry_run,
+        apps: r
+            .apps
+            .iter()
+            .map(|a| pb::GcApp {
+                app: a.app.clone(),
+                policy: a.policy.clone(),
+                oldest_kept: a.oldest_kept,
+                kept: a.kept.clone(),
+                deleted: a
+                    .deleted
+                    .iter()
+                    .map(|d| pb::GcImage {
+                        digest: d.digest.clone(),
+                        releases: d.releases.clone(),
+                        deleted: d.deleted,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        bytes_reclaimed: r.bytes_reclaimed,
+        pause_ms: r.pause.as_millis() as u64,
+        blob_gc: r.blob_gc.clone(),
+        blob_gc_ok: r.blob_gc_ok,
     }
 }
 

@@ -6,7 +6,7 @@
 //! it keeps between ticks, which the API and the HTTP side read too.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -29,6 +29,11 @@ pub struct DispatchState {
     next_renewal: Mutex<Option<Instant>>,
     /// When the dispatcher last finished a pass as leader (`/readyz`).
     last_pass: Mutex<Option<Instant>>,
+    /// Set while a registry GC runs: queued builds wait in the queue (no pushes may
+    /// run during the registry's garbage-collect).
+    builds_paused: AtomicBool,
+    /// One registry GC at a time on this member.
+    pub gc_running: tokio::sync::Mutex<()>,
 }
 
 impl DispatchState {
@@ -79,6 +84,16 @@ impl DispatchState {
     /// How long ago the dispatcher last finished a pass as leader (None: never).
     pub fn last_pass_age(&self) -> Option<Duration> {
         self.last_pass.lock().expect("dispatch lock poisoned").map(|at| at.elapsed())
+    }
+
+    /// Holds queued builds in the queue (true) or lets them be placed again (false).
+    pub fn pause_builds(&self, paused: bool) {
+        self.builds_paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Whether queued builds are held (a registry GC runs).
+    pub fn builds_paused(&self) -> bool {
+        self.builds_paused.load(Ordering::SeqCst)
     }
 
     /// This member stopped leading: its deploys stop (the next leader redeploys whatever

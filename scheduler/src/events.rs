@@ -191,6 +191,7 @@ mod tests {
             config: Default::default(),
             replicas: None,
             change: None,
+            collected: false,
         };
         let change = crate::state::ReleaseChange::Scale { replicas: Some(2) };
         let scaled = Release { number: 3, change: Some(change), ..built.clone() };

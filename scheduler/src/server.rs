@@ -219,6 +219,11 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
             .instrument(tracing::info_span!("leadership")),
     );
     tasks.spawn(
+        "registry_gc",
+        crate::dispatch::gc::run_scheduled(ctx.clone(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("registry_gc")),
+    );
+    tasks.spawn(
         "dispatcher",
         crate::dispatch::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("dispatcher")),
     );

@@ -304,6 +304,35 @@ impl Registry {
         }
     }
 
+    /// Whether `repo@digest` can be pulled whole: its manifest answers and so does every
+    /// blob it references (config and layers); Err names what is missing.
+    pub async fn pullable(&self, repo: &str, digest: &str) -> Result<(), String> {
+        let url = format!("{}/{repo}/manifests/{digest}", self.base_url());
+        let manifest =
+            self.get_json(&url, Some(repo)).await.ok_or_else(|| format!("no manifest {repo}@{digest}"))?;
+        let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap_or_default().to_string()];
+        blobs.extend(
+            manifest["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["digest"].as_str().map(str::to_string)),
+        );
+        for blob in blobs {
+            let url = format!("{}/{repo}/blobs/{blob}", self.base_url());
+            let status = self.get(&url, Some(repo)).await.status();
+            if status != StatusCode::OK {
+                return Err(format!("{repo}@{digest}: blob {blob} answered {status}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Its config file (what `docker-registry garbage-collect` takes).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yml")
+    }
+
     /// The digest of the manifest `reference` (a tag or digest) of `repo` points to
     /// (its `Docker-Content-Digest`), or `None` if there is none.
     pub async fn manifest_digest(&self, repo: &str, reference: &str) -> Option<String> {

@@ -242,7 +242,8 @@ impl TestCluster {
     }
 
     /// [`start`](Self::start) with extra settings for the scheduler's `[registry]`
-    /// section (e.g. `pull_grant_validity_secs = 30`).
+    /// section (e.g. `pull_grant_validity_secs = 30`); `{registry_config}` in them becomes
+    /// the path of the cluster registry's `config.yml` (for `gc.command`).
     pub async fn start_with_registry(stack: &str, registry: &str) -> Option<TestCluster> {
         Self::start_single(stack, "", registry, "").await
     }
@@ -261,6 +262,10 @@ impl TestCluster {
         cluster.members.push(Member::on_loopback(1));
         let realm = format!("{}://{}/v2/token", cluster.http_scheme(), cluster.member(1).http_addr);
         cluster.start_registry(&realm).await;
+        // `{registry_config}` in the settings: the registry's config file (registry.gc.command).
+        cluster.registry_settings = cluster
+            .registry_settings
+            .replace("{registry_config}", &cluster.registry().config_path().display().to_string());
         cluster.add_local_agent();
         cluster.write_configs();
         cluster.start_member(1).await;

@@ -49,11 +49,19 @@ pub async fn releases(call: Call<'_>, app: &str, json: bool) -> Result<()> {
                     r.git_sha.chars().take(10).collect(),
                     what,
                     deploy_state(r.deploy_state).into(),
+                    if r.collected {
+                        "collected"
+                    } else if r.rollbackable {
+                        "kept"
+                    } else {
+                        "outside policy"
+                    }
+                    .into(),
                     age(r.created_at_ms),
                 ]
             })
             .collect();
-        table(&["RELEASE", "DIGEST", "GIT SHA", "FROM", "DEPLOY", "CREATED"], rows);
+        table(&["RELEASE", "DIGEST", "GIT SHA", "FROM", "DEPLOY", "IMAGE", "CREATED"], rows);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod builds;
 mod cluster;
 mod config;
 mod deploy;
+mod gc;
 mod nodes;
 mod secrets;
 
@@ -23,6 +24,7 @@ pub async fn execute(call: Call<'_>, command: &Command) -> Result<()> {
         }
         Command::Rollback { app, to } => deploy::rollback(call, app, *to).await,
         Command::Releases { app, json } => deploy::releases(call, app, *json).await,
+        Command::Gc { dry_run, json } => gc::run(call, *dry_run, *json).await,
         Command::Builds(args) => builds::run(call, args).await,
         Command::Logs { build, follow } => builds::logs(call, build, *follow).await,
         Command::Nodes(args) => nodes::run(call, args).await,

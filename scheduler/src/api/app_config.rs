@@ -249,6 +249,7 @@ mod tests {
             config: Default::default(),
             replicas: None,
             change: None,
+            collected: false,
         };
         let c = app_config(&s.apps["shop"], Some(&release));
         let shown: Vec<(&str, &str, &str, bool)> = c

@@ -402,16 +402,23 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
         let app = req.into_inner().app;
         validate::app_name(&app).map_err(Error::from)?;
+        let policy = self.ctx.config.registry.retention.policy(&app);
+        let now_ms = slipway_common::now_ms();
         let releases = self
             .ctx
             .store
             .read_current(|s| {
-                s.app(&app)?;
+                let current = s.app(&app)?.current_release;
+                let rs = s.releases.get(&app).map(Vec::as_slice).unwrap_or_default();
+                let pinned = crate::state::retention::Pinned { current, service_digest: None };
+                let plan = crate::state::retention::plan(rs, policy, &pinned, now_ms);
                 Ok::<_, crate::state::ApplyError>(
-                    s.releases
-                        .get(&app)
-                        .map(|rs| rs.iter().map(convert::release).collect())
-                        .unwrap_or_default(),
+                    rs.iter()
+                        .map(|r| pb::Release {
+                            rollbackable: !r.collected && plan.keeps(r),
+                            ..convert::release(r)
+                        })
+                        .collect(),
                 )
             })
             .await?
@@ -425,7 +432,15 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         validate::app_name(&req.app).map_err(Error::from)?;
         bounded_id("request id", &req.request_id)?;
-        self.ctx.store.read_current(|s| s.app(&req.app).map(|_| ())).await?.map_err(Error::from)?;
+        let target = self
+            .ctx
+            .store
+            .read_current(|s| s.rollback_target(&req.app, (req.to != 0).then_some(req.to)).cloned())
+            .await?
+            .map_err(Error::from)?;
+        // Refused before anything changes: the image is gone, or goes at the next GC.
+        crate::dispatch::gc::check_rollback(&self.ctx, &req.app, &target)
+            .map_err(Status::failed_precondition)?;
         self.ctx.docker().await?;
         let request_id =
             if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
@@ -444,6 +459,19 @@ impl pb::control_server::Control for ControlService {
         let topic = Topic::Release { app: release.app.clone(), number: release.number };
         let first = Event::Release(convert::release(&release));
         Ok(Response::new(watch_deploy(self.ctx.clone(), Some(first), release_topic(&release), topic)))
+    }
+
+    async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
+        let dry_run = req.into_inner().dry_run;
+        if !self.ctx.store.is_leader() {
+            return Err(Error::NotLeader { leader: self.ctx.store.leader_addr() }.into());
+        }
+        // A skipped round (builds did not get quiet) is an answer, not a fault to retry.
+        let report = crate::dispatch::gc::run_gc(&self.ctx, dry_run).await.map_err(|e| match e {
+            Error::Unavailable(m) => Status::aborted(m),
+            other => Status::from(other),
+        })?;
+        Ok(Response::new(convert::gc_report(&report)))
     }
 
     async fn list_nodes(

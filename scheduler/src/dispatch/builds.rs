@@ -62,6 +62,10 @@ fn node_snapshots(ctx: &Context) -> Vec<NodeSnapshot> {
 }
 
 pub(super) async fn place_queued(ctx: &Arc<Context>) {
+    // A registry GC runs: builds wait in the queue (they neither start nor expire).
+    if ctx.dispatch.builds_paused() {
+        return;
+    }
     let queued: Vec<_> = ctx.store.read(|s| {
         s.queued_builds()
             // A push's build waits for the app's build in progress (coalescing, see

@@ -318,6 +318,7 @@ mod tests {
             config: Default::default(),
             replicas: None,
             change: None,
+            collected: false,
         };
         assert_eq!(in_fleet_registry(&registry, &release("10.0.0.1:5000/shop")), Ok(()));
         for elsewhere in ["10.0.0.1:5000/other", "evil.example/shop", "127.0.0.1:5000/shop"] {

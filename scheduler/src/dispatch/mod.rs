@@ -21,6 +21,7 @@
 
 mod builds;
 mod deploys;
+pub mod gc;
 mod grants;
 mod leadership;
 mod verify;

@@ -551,6 +551,7 @@ mod tests {
                 config: Default::default(),
                 replicas: None,
                 change: None,
+                collected: false,
             }],
             placements: (0, 0),
             report_delays: ReportDelays::default(),

@@ -196,7 +196,7 @@ impl Store {
     }
 
     /// Proves, right before a side effect outside raft (a Swarm update, a grant
-    /// renewal, a service removal), that this member still leads: a quorum confirms it
+    /// renewal, a service removal, a registry delete), that this member still leads: a quorum confirms it
     /// (openraft's `ensure_linearizable`), within [`WRITE_TIMEOUT`]. openraft 0.9 does not
     /// make a leader cut off from its quorum step down, so [`Self::is_leader`] alone can
     /// be a deposed leader's stale belief.

@@ -104,6 +104,7 @@ mod tests {
             config: Default::default(),
             replicas: None,
             change: None,
+            collected: false,
         }
     }
 

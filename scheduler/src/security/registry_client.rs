@@ -195,6 +195,99 @@ pub async fn manifest_exists(
     Err(unavailable(format!("{last} ({} tries)", retry.attempts.max(1))))
 }
 
+/// One blob a manifest references: its digest and size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    /// `sha256:…`.
+    pub digest: String,
+    /// Its size, as the manifest says.
+    pub size: u64,
+}
+
+/// What the garbage collector asks of the registry: a manifest's blobs (config and
+/// layers) and deleting a manifest by digest, with a token allowing `pull` and `delete`
+/// on the app's repository only (anonymous without a signer). One request each, no
+/// retries: a GC that fails halfway is run again, and what it did is idempotent.
+pub struct RegistryAdmin<'a> {
+    registry: &'a str,
+    signer: Option<&'a RegistrySigner>,
+    http: reqwest::Client,
+}
+
+impl<'a> RegistryAdmin<'a> {
+    /// A client of the registry at `registry` (`host:port`, plain HTTP).
+    pub fn new(registry: &'a str, signer: Option<&'a RegistrySigner>) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        Ok(Self { registry, signer, http })
+    }
+
+    fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+        app: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let Some(signer) = self.signer else { return Ok(request) };
+        let access = vec![Access {
+            kind: "repository".into(),
+            name: app.into(),
+            actions: vec!["pull".into(), "delete".into()],
+        }];
+        let token = registry_auth::token(signer.credentials(), SUBJECT, access)?;
+        Ok(request.bearer_auth(token.token))
+    }
+
+    /// The blobs `app@digest` references (its config and layers; for an index, its
+    /// manifests' entries as listed), or `None` if the registry has no such manifest.
+    pub async fn manifest_blobs(&self, app: &str, digest: &str) -> Result<Option<Vec<BlobRef>>, String> {
+        let url = format!("http://{}/v2/{app}/manifests/{digest}", self.registry);
+        let request =
+            self.authorize(self.http.get(&url).header(header::ACCEPT, MANIFEST_TYPES.join(", ")), app)?;
+        let response = request.send().await.map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            status => return Err(format!("GET {url} answered {status}")),
+        }
+        let body: serde_json::Value =
+            response.json().await.map_err(|e| format!("GET {url}: not a JSON manifest: {e}"))?;
+        let blob = |v: &serde_json::Value| {
+            Some(BlobRef { digest: v.get("digest")?.as_str()?.to_string(), size: v.get("size")?.as_u64()? })
+        };
+        let mut blobs: Vec<BlobRef> = body.get("config").and_then(blob).into_iter().collect();
+        for key in ["layers", "manifests"] {
+            if let Some(list) = body.get(key).and_then(|l| l.as_array()) {
+                blobs.extend(list.iter().filter_map(blob));
+            }
+        }
+        Ok(Some(blobs))
+    }
+
+    /// Deletes `app@digest` (`DELETE /v2/<app>/manifests/<digest>`); a manifest already
+    /// gone counts as deleted (`Ok(false)`).
+    pub async fn delete_manifest(&self, app: &str, digest: &str) -> Result<bool, String> {
+        let url = format!("http://{}/v2/{app}/manifests/{digest}", self.registry);
+        let response = self
+            .authorize(self.http.delete(&url), app)?
+            .send()
+            .await
+            .map_err(|e| format!("DELETE {url}: {}", error_chain(&e)))?;
+        match response.status() {
+            StatusCode::ACCEPTED | StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            StatusCode::METHOD_NOT_ALLOWED => Err(format!(
+                "DELETE {url} answered 405: the registry has deletes off; set storage.delete.enabled: true in its config"
+            )),
+            status => {
+                let text = response.text().await.unwrap_or_default();
+                Err(format!("DELETE {url} answered {status}: {}", text.trim()))
+            }
+        }
+    }
+}
+
 /// An error with its sources (reqwest's own message is only "error sending request").
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

@@ -166,6 +166,7 @@ impl State {
                     replicas: record.replicas,
                     change: Some(change),
                     secrets: record.secrets.clone(),
+                    collected: false,
                     ..base.clone()
                 })
             }

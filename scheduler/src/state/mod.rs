@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 mod app_config;
 mod claims;
 mod records;
+pub mod retention;
 mod revocations;
 mod secrets;
 
@@ -319,6 +320,15 @@ pub enum Command {
         /// The app.
         app: String,
     },
+    /// The registry garbage collector deleted these images of an app: every release
+    /// running one of them is marked collected (history, no longer a rollback target).
+    /// A digest the app's current release or a pending release runs is refused.
+    MarkCollected {
+        /// The app.
+        app: String,
+        /// The manifest digests deleted from its repository.
+        digests: Vec<String>,
+    },
 }
 
 /// What applying a command returned.
@@ -459,6 +469,24 @@ pub enum ApplyError {
     #[error("invalid secret: {0}")]
     /// A secret command that is not valid (bad name).
     InvalidSecret(String),
+    #[error("release {number} of {app:?} was garbage-collected from the registry; `slipway releases {app}` marks the releases that can still be rolled back to")]
+    /// The release's image left the registry (retention policy).
+    ReleaseCollected {
+        /// The app.
+        app: String,
+        /// The release asked for.
+        number: ReleaseNumber,
+    },
+    #[error("release {number} of {app:?} is current or waits for its deploy: its image {digest} cannot be collected")]
+    /// A GC tried to mark an image still in use as collected.
+    ImageInUse {
+        /// The app.
+        app: String,
+        /// The release that runs it.
+        number: ReleaseNumber,
+        /// The digest.
+        digest: String,
+    },
     #[error("app {app:?} has builds in progress ({build}); wait for them or cancel them first")]
     /// The app has a build in progress.
     AppBusy {
@@ -618,6 +646,7 @@ impl State {
                     replicas,
                     change: None,
                     secrets,
+                    collected: false,
                 };
                 releases.push(release.clone());
                 let build = self.builds.get_mut(build_id).expect("checked above");
@@ -660,23 +689,11 @@ impl State {
                         return Ok(Response::Release(release.clone()));
                     }
                 }
-                let current = self.app(app)?.current_release;
+                let target = self.rollback_target(app, *to)?;
                 let releases = self.releases.get(app).map(Vec::as_slice).unwrap_or_default();
-                let target = match to {
-                    Some(n) => releases
-                        .iter()
-                        .find(|r| r.number == *n)
-                        .ok_or_else(|| ApplyError::NoSuchRelease { app: app.clone(), number: *n })?,
-                    None => releases
-                        .iter()
-                        .rev()
-                        .find(|r| {
-                            r.number < current
-                                && r.deploy == DeployState::Deployed
-                                && r.digest != self.current_digest(app)
-                        })
-                        .ok_or_else(|| ApplyError::NothingToRollBack(app.clone()))?,
-                };
+                if target.collected {
+                    return Err(ApplyError::ReleaseCollected { app: app.clone(), number: target.number });
+                }
                 let number = releases.last().map_or(1, |r| r.number + 1);
                 let release = Release {
                     number,
@@ -693,6 +710,7 @@ impl State {
                     // Nor are its secrets: the versions set now stay mounted (the
                     // earlier ones may be gone from Swarm).
                     secrets: self.app(app)?.secrets.clone(),
+                    collected: false,
                     ..target.clone()
                 };
                 self.check_claims(app, &release.run)?;
@@ -702,6 +720,23 @@ impl State {
                 self.releases.entry(app.clone()).or_default().push(release.clone());
                 self.remember(request_id, RequestOutcome::Release { app: app.clone(), number });
                 Ok(Response::Release(release))
+            }
+            Command::MarkCollected { app, digests } => {
+                let current = self.app(app)?.current_release;
+                let releases = self.releases.get_mut(app).map(Vec::as_mut_slice).unwrap_or_default();
+                if let Some(r) = releases.iter().find(|r| {
+                    digests.contains(&r.digest) && (r.number == current || r.deploy == DeployState::Pending)
+                }) {
+                    return Err(ApplyError::ImageInUse {
+                        app: app.clone(),
+                        number: r.number,
+                        digest: r.digest.clone(),
+                    });
+                }
+                for r in releases.iter_mut().filter(|r| digests.contains(&r.digest)) {
+                    r.collected = true;
+                }
+                Ok(Response::Done)
             }
             Command::RecordDeploy { app, release, result } => {
                 let number = *release;
@@ -887,6 +922,28 @@ impl State {
         self.releases.get(app)?.iter().find(|r| r.number == number)
     }
 
+    /// The release a rollback of `app` runs again: `to`, or (None) the release deployed
+    /// before the current one with another image.
+    pub fn rollback_target(&self, app: &str, to: Option<ReleaseNumber>) -> Result<&Release, ApplyError> {
+        let current = self.app(app)?.current_release;
+        let releases = self.releases.get(app).map(Vec::as_slice).unwrap_or_default();
+        match to {
+            Some(n) => releases
+                .iter()
+                .find(|r| r.number == n)
+                .ok_or_else(|| ApplyError::NoSuchRelease { app: app.to_string(), number: n }),
+            None => releases
+                .iter()
+                .rev()
+                .find(|r| {
+                    r.number < current
+                        && r.deploy == DeployState::Deployed
+                        && r.digest != self.current_digest(app)
+                })
+                .ok_or_else(|| ApplyError::NothingToRollBack(app.to_string())),
+        }
+    }
+
     /// Digest the app's service runs now ("" if never deployed).
     pub fn current_digest(&self, app: &str) -> String {
         let current = self.apps.get(app).map_or(0, |a| a.current_release);
@@ -1047,6 +1104,35 @@ mod tests {
         assert_eq!(b.state, BuildState::Failed);
         assert!(b.error.unwrap().contains("RUN false"));
         assert!(!s.releases.contains_key("shop"));
+    }
+
+    #[test]
+    fn collected_images_are_history_and_no_rollback_target() {
+        let mut s = state_with_app();
+        for (attempt, c) in [(1, 'a'), (1, 'b')] {
+            let b = queue(&mut s, None);
+            s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt });
+            let Response::Release(r) = finish(&mut s, &b.id, attempt, c) else { panic!() };
+            deploy_ok(&mut s, r.number);
+        }
+        let (old, current) = (s.releases["shop"][0].digest.clone(), s.releases["shop"][1].digest.clone());
+        // The current release's image is never collected.
+        let in_use = s.apply(&Command::MarkCollected { app: "shop".into(), digests: vec![current.clone()] });
+        assert!(matches!(in_use, Response::Refused(ApplyError::ImageInUse { number: 2, .. })), "{in_use:?}");
+        assert!(!s.releases["shop"][1].collected);
+        assert_eq!(
+            s.apply(&Command::MarkCollected { app: "shop".into(), digests: vec![old] }),
+            Response::Done
+        );
+        assert!(s.releases["shop"][0].collected && !s.releases["shop"][1].collected);
+        for to in [Some(1), None] {
+            let refused = s.apply(&Command::Rollback { app: "shop".into(), to, request_id: None, at_ms: 9 });
+            assert_eq!(
+                refused,
+                Response::Refused(ApplyError::ReleaseCollected { app: "shop".into(), number: 1 })
+            );
+        }
+        assert_eq!(s.releases["shop"].len(), 2, "nothing recorded");
     }
 
     #[test]

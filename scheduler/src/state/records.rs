@@ -294,6 +294,10 @@ pub struct Release {
     /// made (see [`App::secrets`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, SecretRecord>,
+    /// Its image left the registry under the retention policy (`slipway gc`): the
+    /// record stays as history, but it cannot be rolled back to.
+    #[serde(default)]
+    pub collected: bool,
 }
 
 impl Release {
