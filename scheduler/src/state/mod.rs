@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 mod app_config;
 mod claims;
 mod records;
+mod retention;
 mod revocations;
 
 pub use app_config::{check_replicas, config_bytes};
@@ -30,6 +31,7 @@ pub use records::{
     sha256_hex, App, Build, BuildOutput, BuildState, BuildStep, DeployState, Healthcheck, JoinSecret,
     NodeRecord, PhaseTimings, Release, ReleaseChange, RequestOutcome, RunSpec,
 };
+pub use retention::DEFAULT_KEEP_FINISHED_BUILDS;
 pub use revocations::{holder_key, Revocation};
 
 /// Release numbers count from 1 per app.
@@ -64,6 +66,13 @@ pub struct State {
     /// [`Revocation`]).
     #[serde(default)]
     pub revocations: BTreeMap<String, Revocation>,
+    /// Finished builds kept per app (`retention.rs`; 0: the default, in a state from an
+    /// earlier version). Replicated, so every member prunes the same builds.
+    #[serde(default)]
+    pub keep_finished_builds: u64,
+    /// Finished builds the retention removed so far, all apps.
+    #[serde(default)]
+    pub pruned_builds: u64,
 }
 
 /// A change to the replicated state: the payload of every raft log entry.
@@ -272,6 +281,12 @@ pub enum Command {
         /// When the leader proposed it (ms since the epoch): every member applies the same time.
         at_ms: u64,
     },
+    /// Keep this many finished builds per app (the leader's `retention` config); older
+    /// ones leave the state now and whenever a build finishes (`retention.rs`).
+    SetBuildRetention {
+        /// At least 1.
+        keep_finished_builds_per_app: u64,
+    },
 }
 
 /// What applying a command returned.
@@ -403,7 +418,18 @@ impl State {
     /// Applies one command. Refusals change nothing.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match self.try_apply(cmd) {
-            Ok(resp) => resp,
+            Ok(resp) => {
+                if let (
+                    Command::FinishBuild { .. } | Command::CancelBuild { .. } | Command::ExpireBuild { .. },
+                    Response::Build(Build { app, .. }) | Response::Release(Release { app, .. }),
+                ) = (cmd, &resp)
+                {
+                    // Finished builds beyond the retention leave the state (`retention.rs`).
+                    let app = app.clone();
+                    self.prune_finished_builds(&app);
+                }
+                resp
+            }
             Err(err) => Response::Refused(err),
         }
     }
@@ -700,6 +726,11 @@ impl State {
             }
             Command::Scale { app, replicas, request_id, at_ms } => {
                 self.scale(app, *replicas, request_id, *at_ms)
+            }
+            Command::SetBuildRetention { keep_finished_builds_per_app } => {
+                self.keep_finished_builds = (*keep_finished_builds_per_app).max(1);
+                self.prune_all_finished_builds();
+                Ok(Response::Done)
             }
         }
     }
