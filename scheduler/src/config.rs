@@ -45,6 +45,27 @@ pub struct SchedulerConfig {
     pub tls: TlsSettings,
     /// Who may read the HTTP side, and whether it speaks TLS.
     pub http: HttpSettings,
+    /// How many finished builds the replicated state keeps.
+    pub build_retention: BuildRetentionConfig,
+    /// Build logs in `<data_dir>/logs`: kept by age and bytes, not written below a
+    /// free-space floor (the raft store shares that disk).
+    pub build_logs: slipway_common::build_logs::BuildLogSettings,
+}
+
+/// `[build_retention]`: finished builds beyond the last N per app leave the replicated
+/// state (their releases stay). The leader replicates its value; keep it equal on every
+/// member, or the value of whichever member leads wins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildRetentionConfig {
+    /// Finished (pushed, failed, cancelled) builds kept per app, at least 1.
+    pub finished_builds_per_app: u64,
+}
+
+impl Default for BuildRetentionConfig {
+    fn default() -> Self {
+        Self { finished_builds_per_app: crate::state::DEFAULT_KEEP_FINISHED_BUILDS }
+    }
 }
 
 /// The HTTP side on `http_listen` (`http/`): TLS and who may read the fleet page and
@@ -269,6 +290,8 @@ impl Default for SchedulerConfig {
             raft: RaftSettings::default(),
             tls: TlsSettings::default(),
             http: HttpSettings::default(),
+            build_retention: BuildRetentionConfig::default(),
+            build_logs: Default::default(),
         }
     }
 }
@@ -494,6 +517,13 @@ pub struct ConfigError(#[from] slipway_common::config::ConfigError);
 impl Check for SchedulerConfig {
     /// Checks the values TOML types alone cannot.
     fn check(&self) -> Result<(), CommonError> {
+        if self.build_retention.finished_builds_per_app == 0 {
+            return Err(CommonError::invalid(format!(
+                "build_retention.finished_builds_per_app must be at least 1 (the default is {})",
+                crate::state::DEFAULT_KEEP_FINISHED_BUILDS
+            )));
+        }
+        self.build_logs.check("build_logs").map_err(CommonError::invalid)?;
         if self.registry.addr.is_empty() || self.registry.addr.contains('/') {
             return Err(CommonError::invalid(format!(
                 "registry.addr {:?} must be host:port, e.g. \"127.0.0.1:5000\"",

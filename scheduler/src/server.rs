@@ -219,6 +219,10 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     tasks.spawn(
         crate::router::run(ctx.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("router")),
     );
+    tasks.spawn(
+        crate::events::sweep_logs(ctx.events.clone(), ctx.config.build_logs.clone(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("build_logs")),
+    );
 
     Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })
 }
