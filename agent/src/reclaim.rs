@@ -3,8 +3,8 @@
 //!
 //! - build directories under `build_root` (`<build>-<attempt>`) of builds this agent
 //!   is not running (left by a crash or a kill);
-//! - images carrying the [`APP_LABEL`] label that are not their app's newest image on
-//!   this engine (superseded releases; the newest stays, so the app's layers stay
+//! - images carrying the [`APP_LABEL`] label that are not their app's newest image in
+//!   their repository on this engine (superseded releases; the newest stays, so the app's layers stay
 //!   cached here and repeat builds keep their affinity). Images are untagged tag by
 //!   tag and never forced, so an image a container still uses stays;
 //! - dangling images carrying the [`APP_LABEL`] label (a build's image once its per-build
@@ -174,6 +174,19 @@ async fn prune_dangling_images(docker: &Docker) -> (usize, u64) {
     }
 }
 
+/// The repository of an image reference: `reg:5000/app:tag` and `reg:5000/app@sha256:…`
+/// are `reg:5000/app`. Pure.
+fn repository_of(reference: &str) -> &str {
+    if let Some((repository, _)) = reference.split_once('@') {
+        return repository;
+    }
+    match reference.rsplit_once(':') {
+        // A colon after the last slash separates the tag; before it, a registry port.
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => reference,
+    }
+}
+
 /// Is `name` a build directory name, `<build id>-<attempt>`?
 fn is_build_dir_name(name: &str) -> bool {
     let Some((build, attempt)) = name.rsplit_once('-') else { return false };
@@ -218,19 +231,32 @@ async fn remove_superseded_images(docker: &Docker) -> usize {
             return 0;
         }
     };
-    // Newest image per app stays.
-    let mut newest: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    // The newest image per app and repository stays: an engine shared by two fleets (or
+    // two test clusters) holds two repositories of an app, each with its own newest.
+    let key = |image: &bollard::models::ImageSummary| -> Option<(String, String)> {
+        let app = image.labels.get(APP_LABEL)?.clone();
+        let repository = image
+            .repo_tags
+            .iter()
+            .chain(image.repo_digests.iter())
+            .filter(|r| !r.starts_with("<none>"))
+            .map(|r| repository_of(r).to_string())
+            .min()
+            .unwrap_or_default();
+        Some((app, repository))
+    };
+    let mut newest: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
     for image in &images {
-        let Some(app) = image.labels.get(APP_LABEL) else { continue };
-        let entry = newest.entry(app.clone()).or_insert((image.created, image.id.clone()));
+        let Some(k) = key(image) else { continue };
+        let entry = newest.entry(k).or_insert((image.created, image.id.clone()));
         if image.created > entry.0 {
             *entry = (image.created, image.id.clone());
         }
     }
     let mut removed = 0;
     for image in images {
-        let Some(app) = image.labels.get(APP_LABEL) else { continue };
-        if newest.get(app).is_some_and(|(_, id)| *id == image.id) {
+        let Some(k) = key(&image) else { continue };
+        if newest.get(&k).is_some_and(|(_, id)| *id == image.id) {
             continue;
         }
         // Untag each tag (an image in several repositories cannot be removed by id
@@ -268,6 +294,14 @@ mod tests {
         assert!(over_high_watermark(101, &settings));
         let never = ReclaimSettings { build_cache_high_watermark_bytes: 0, ..settings };
         assert!(!over_high_watermark(u64::MAX, &never));
+    }
+
+    #[test]
+    fn the_repository_of_a_reference_drops_its_tag_or_digest() {
+        assert_eq!(repository_of("127.0.0.1:5000/shop:b-7"), "127.0.0.1:5000/shop");
+        assert_eq!(repository_of("127.0.0.1:5000/shop@sha256:abc"), "127.0.0.1:5000/shop");
+        assert_eq!(repository_of("127.0.0.1:5000/shop"), "127.0.0.1:5000/shop");
+        assert_eq!(repository_of("shop:latest"), "shop");
     }
 
     #[test]
