@@ -55,7 +55,8 @@ struct PruneAnswer {
 
 /// Sums the records of a `/system/df` answer. Pure.
 fn usage_of(answer: &[u8]) -> Result<CacheUsage, String> {
-    let du: DiskUsage = serde_json::from_slice(answer).map_err(|e| format!("unexpected /system/df answer: {e}"))?;
+    let du: DiskUsage =
+        serde_json::from_slice(answer).map_err(|e| format!("unexpected /system/df answer: {e}"))?;
     let mut usage = CacheUsage::default();
     for r in du.build_cache.unwrap_or_default() {
         let size = r.size.max(0) as u64;
@@ -69,8 +70,19 @@ fn usage_of(answer: &[u8]) -> Result<CacheUsage, String> {
 
 /// The size of the engine's build cache now.
 pub async fn usage(socket: &Path) -> Result<CacheUsage, String> {
-    let body = engine_json(socket, "GET", "/v1.41/system/df").await?;
-    usage_of(&body)
+    // The engine runs one disk usage operation at a time and refuses others ("a disk
+    // usage operation is already running"): ask a few times.
+    let mut tries = 0;
+    loop {
+        match engine_json(socket, "GET", "/v1.41/system/df").await {
+            Ok(body) => return usage_of(&body),
+            Err(err) if err.contains("already running") && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Prunes the build cache down to `keep_bytes` (least recently used first, reclaimable
@@ -96,7 +108,8 @@ async fn engine_json(socket: &Path, method: &str, path: &str) -> Result<Vec<u8>,
     if answer.len() > MAX_ANSWER_BYTES {
         return Err(format!("{at}: the answer is larger than {MAX_ANSWER_BYTES} bytes"));
     }
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("{at}: no HTTP answer"))?;
+    let split =
+        answer.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("{at}: no HTTP answer"))?;
     let head = String::from_utf8_lossy(&answer[..split]).into_owned();
     let body = answer[split + 4..].to_vec();
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);

@@ -191,7 +191,9 @@ impl Check for AgentConfig {
             )));
         }
         if r.interval_secs == 0 {
-            return Err(CommonError::invalid("reclaim.interval_secs must be at least 1 (the default is 300)"));
+            return Err(CommonError::invalid(
+                "reclaim.interval_secs must be at least 1 (the default is 300)",
+            ));
         }
         self.build_logs.check("build_logs").map_err(CommonError::invalid)?;
         if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
@@ -238,7 +240,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("build_cache_low_watermark_bytes (20) must not exceed"), "{err}");
-        assert!(AgentConfig::parse("[build_logs]\ninterval_secs = 0\n").unwrap_err().to_string().contains("build_logs.interval_secs"));
+        assert!(AgentConfig::parse("[build_logs]\ninterval_secs = 0\n")
+            .unwrap_err()
+            .to_string()
+            .contains("build_logs.interval_secs"));
         let err = AgentConfig::parse("builder = \"buildx\"").unwrap_err().to_string();
         assert!(err.contains("builder") && err.contains("classic"), "{err}");
     }

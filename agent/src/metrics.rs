@@ -107,7 +107,12 @@ fn registry(last: Option<&(NodeReport, Instant)>, process: Option<&ProcessStats>
         gauge(g, "slipway_agent_running_builds", "Builds this agent runs", r.running_builds);
         gauge(g, "slipway_agent_build_slots", "Builds this agent runs at once, at most", r.build_slots);
         let cache = r.cache_bytes;
-        gauge(g, "slipway_agent_cache_bytes", "Bytes held by slipway's images and the engine's build cache", cache);
+        gauge(
+            g,
+            "slipway_agent_cache_bytes",
+            "Bytes held by slipway's images and the engine's build cache",
+            cache,
+        );
         let build_cache = r.build_cache_bytes;
         gauge(
             g,
@@ -127,7 +132,12 @@ fn registry(last: Option<&(NodeReport, Instant)>, process: Option<&ProcessStats>
             ConstCounter::new(r.reclaim_passes_total),
         );
         let stopped = u32::from(r.build_logs_stopped);
-        gauge(g, "slipway_agent_build_logs_stopped", "1 while no build log file is written (build filesystem below build_logs.min_free_bytes)", stopped);
+        gauge(
+            g,
+            "slipway_agent_build_logs_stopped",
+            "1 while no build log file is written (build filesystem below build_logs.min_free_bytes)",
+            stopped,
+        );
         let healthy = u32::from(r.docker_healthy);
         gauge(g, "slipway_agent_engine_healthy", "1 if the node's Docker engine answers", healthy);
     }

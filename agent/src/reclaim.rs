@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bollard::query_parameters::{ListImagesOptionsBuilder, PruneImagesOptionsBuilder, RemoveImageOptionsBuilder};
+use bollard::query_parameters::{
+    ListImagesOptionsBuilder, PruneImagesOptionsBuilder, RemoveImageOptionsBuilder,
+};
 use bollard::Docker;
 
 use crate::config::ReclaimSettings;
@@ -135,7 +137,8 @@ pub async fn reclaim(
     keep_cache_bytes: u64,
     stats: &ReclaimStats,
 ) -> Reclaimed {
-    let mut done = Reclaimed { build_dirs: remove_stale_build_dirs(build_root, running).await, ..Default::default() };
+    let mut done =
+        Reclaimed { build_dirs: remove_stale_build_dirs(build_root, running).await, ..Default::default() };
     if let Some(docker) = docker {
         done.images = remove_superseded_images(docker).await;
         (done.dangling_images, done.image_bytes) = prune_dangling_images(docker).await;

@@ -10,10 +10,10 @@ use slipway_proto::NodeReport;
 use sysinfo::System;
 
 use crate::metrics::LastReport;
+use crate::pipeline::docker::APP_LABEL;
 use crate::reclaim::ReclaimStats;
 use slipway_common::build_logs::DiskGuard;
 use std::sync::Arc;
-use crate::pipeline::docker::APP_LABEL;
 
 /// Takes [`NodeReport`]s; keeps the CPU sampler between calls so usage is a rate.
 pub struct Reporter {
@@ -47,7 +47,16 @@ impl Reporter {
             s.refresh_cpu_usage();
             s
         });
-        Self { sys, build_root, build_slots, docker_socket, last, force_classic: false, reclaim: None, log_guard: None }
+        Self {
+            sys,
+            build_root,
+            build_slots,
+            docker_socket,
+            last,
+            force_classic: false,
+            reclaim: None,
+            log_guard: None,
+        }
     }
 
     /// Reports what reclaiming freed, the build cache's size, and whether build logs are

@@ -253,13 +253,16 @@ mod tests {
         let settings = BuildLogSettings { max_age_days: 14, max_bytes: 1300, ..Default::default() };
         let swept = sweep(dir.path(), &settings, SystemTime::now()).unwrap();
         assert_eq!((swept.files, swept.bytes, swept.kept_files, swept.kept_bytes), (1, 600, 2, 1200));
-        let mut left: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         left.sort();
         assert_eq!(left, ["b-2.log", "b-3.log", "notes.txt", "sub.log"]);
         // Two days later, with a one-day limit, both remaining logs are too old.
         let later = SystemTime::now() + DAY * 2;
-        let swept = sweep(dir.path(), &BuildLogSettings { max_age_days: 1, max_bytes: 0, ..settings }, later).unwrap();
+        let swept = sweep(dir.path(), &BuildLogSettings { max_age_days: 1, max_bytes: 0, ..settings }, later)
+            .unwrap();
         assert_eq!(swept.files, 2);
         assert_eq!(sweep(&dir.path().join("none"), &settings, later).unwrap(), Swept::default());
     }

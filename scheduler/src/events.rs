@@ -191,7 +191,11 @@ impl Events {
 }
 
 /// Sweeps the build logs at start and every `interval_secs` until `stop` changes.
-pub async fn sweep_logs(events: Events, settings: BuildLogSettings, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn sweep_logs(
+    events: Events,
+    settings: BuildLogSettings,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let every = Duration::from_secs(settings.interval_secs.max(1));
     loop {
         let (e, s) = (events.clone(), settings.clone());
@@ -204,7 +208,9 @@ pub async fn sweep_logs(events: Events, settings: BuildLogSettings, mut stop: to
                 "old build logs removed"
             ),
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::warn!(dir = %events.log_dir.display(), %err, "cannot sweep the build logs"),
+            Ok(Err(err)) => {
+                tracing::warn!(dir = %events.log_dir.display(), %err, "cannot sweep the build logs")
+            }
             Err(err) => tracing::warn!(%err, "the build log sweep stopped"),
         }
         tokio::select! {

@@ -43,8 +43,8 @@ use slipway_proto::{BuildAssignment, BuildFailure, BuildOutput, PhaseTimings};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::DEFAULT_SECRETS_DIR;
-use slipway_common::build_logs::DiskGuard;
 use crate::error::Failure;
+use slipway_common::build_logs::DiskGuard;
 use slipway_common::manifest::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 
 /// Longest log line kept; the rest is cut (after secrets are masked).

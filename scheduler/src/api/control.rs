@@ -80,7 +80,9 @@ fn terminal_from_state(s: &State, topic: &Topic, config: &crate::config::Schedul
     let (app, number) = match topic {
         Topic::Build(id) => {
             let Some(b) = s.builds.get(id) else {
-                return Some(Event::Failed(s.missing_build_reason(id).unwrap_or_else(|| format!("build {id} no longer exists"))));
+                return Some(Event::Failed(
+                    s.missing_build_reason(id).unwrap_or_else(|| format!("build {id} no longer exists")),
+                ));
             };
             match b.state {
                 BuildState::Failed | BuildState::Cancelled => {
@@ -338,7 +340,9 @@ impl pb::control_server::Control for ControlService {
         let build = self
             .ctx
             .store
-            .read_current(|s| s.builds.get(&id).map(|b| convert::build(b, waiting)).ok_or_else(|| missing_build(s, &id)))
+            .read_current(|s| {
+                s.builds.get(&id).map(|b| convert::build(b, waiting)).ok_or_else(|| missing_build(s, &id))
+            })
             .await??;
         Ok(Response::new(build))
     }
@@ -349,8 +353,10 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         let id = req.build_id;
         bounded_id("build id", &id)?;
-        let state =
-            self.ctx.store.read(|s| s.builds.get(&id).map(|b| b.state).ok_or_else(|| missing_build(s, &id)))?;
+        let state = self
+            .ctx
+            .store
+            .read(|s| s.builds.get(&id).map(|b| b.state).ok_or_else(|| missing_build(s, &id)))?;
         let ctx = self.ctx.clone();
         if ctx.events.has_topic(&id) {
             let sub = ctx.events.subscribe(&id);

@@ -75,7 +75,9 @@ async fn replicate_build_retention(ctx: &Context) {
     }
     let cmd = crate::state::Command::SetBuildRetention { keep_finished_builds_per_app: keep };
     match ctx.store.write(cmd).await {
-        Ok(_) => tracing::info!(keep, "build retention set: finished builds beyond the last {keep} per app go"),
+        Ok(_) => {
+            tracing::info!(keep, "build retention set: finished builds beyond the last {keep} per app go")
+        }
         Err(err) => tracing::warn!(%err, "cannot set the build retention; retrying next tick"),
     }
 }

@@ -201,7 +201,12 @@ mod tests {
             panic!()
         };
         s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 1 });
-        s.apply(&Command::FinishBuild { build_id: b.id.clone(), attempt: 1, result: Ok(output(2)), at_ms: 3 });
+        s.apply(&Command::FinishBuild {
+            build_id: b.id.clone(),
+            attempt: 1,
+            result: Ok(output(2)),
+            at_ms: 3,
+        });
         // An unfinished build.
         let Response::Build(running) = s.apply(&Command::QueueBuild {
             app: "shop".into(),
@@ -254,7 +259,11 @@ mod tests {
         let after_1000 = size(&s);
         println!("snapshot of the state after 100 failed builds: {after_100} bytes; after 1,000: {after_1000} bytes");
         assert_eq!(s.builds.len() as u64, DEFAULT_KEEP_FINISHED_BUILDS);
-        assert_eq!(s.requests.len() as u64, DEFAULT_KEEP_FINISHED_BUILDS, "request ids of pruned builds go too");
+        assert_eq!(
+            s.requests.len() as u64,
+            DEFAULT_KEEP_FINISHED_BUILDS,
+            "request ids of pruned builds go too"
+        );
         // Slack: ids grow by a digit (b-99 → b-999, req-99 → req-999).
         assert!(after_1000 <= after_100 + 1_024, "{after_100} → {after_1000}");
 
