@@ -57,6 +57,39 @@ pub struct AgentConfig {
     /// classic builder); `"classic"`: always the classic builder (an escape hatch for a
     /// Dockerfile that BuildKit builds differently).
     pub builder: BuilderChoice,
+    /// When the engine's build cache is pruned (`reclaim.rs`).
+    pub reclaim: ReclaimSettings,
+    /// Build logs in `<build_root>/logs`: kept by age and bytes, not written below a
+    /// free-space floor.
+    pub build_logs: slipway_common::build_logs::BuildLogSettings,
+}
+
+/// `[reclaim]`: the build cache watermarks. After every build and every `interval_secs`,
+/// the agent measures the engine's BuildKit build cache (cache mounts included); above
+/// the high watermark it removes slipway's leftovers (stale build dirs, superseded and
+/// dangling slipway images) and prunes the build cache, least recently used first and
+/// only what BuildKit calls reclaimable, down to the low watermark. The engine's build
+/// cache is shared with whoever else builds on it: slipway prunes it only above the high
+/// watermark (or below `min_free_bytes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReclaimSettings {
+    /// Above this many bytes of build cache, a pass runs (0: never by size).
+    pub build_cache_high_watermark_bytes: u64,
+    /// A pass prunes the build cache down to this many bytes.
+    pub build_cache_low_watermark_bytes: u64,
+    /// How often the cache is measured besides after each build.
+    pub interval_secs: u64,
+}
+
+impl Default for ReclaimSettings {
+    fn default() -> Self {
+        Self {
+            build_cache_high_watermark_bytes: 20 << 30,
+            build_cache_low_watermark_bytes: 10 << 30,
+            interval_secs: 300,
+        }
+    }
 }
 
 /// Which builder the agent asks the engine for (`builder` in `agent.toml`).
@@ -90,6 +123,8 @@ impl Default for AgentConfig {
             join_token: None,
             insecure: false,
             builder: BuilderChoice::Auto,
+            reclaim: ReclaimSettings::default(),
+            build_logs: Default::default(),
         }
     }
 }
@@ -146,6 +181,21 @@ impl Check for AgentConfig {
                 "build_cpu_limit must be 0 (no cap) or a positive number of cores",
             ));
         }
+        let r = &self.reclaim;
+        if r.build_cache_high_watermark_bytes > 0
+            && r.build_cache_low_watermark_bytes > r.build_cache_high_watermark_bytes
+        {
+            return Err(CommonError::invalid(format!(
+                "reclaim.build_cache_low_watermark_bytes ({}) must not exceed reclaim.build_cache_high_watermark_bytes ({})",
+                r.build_cache_low_watermark_bytes, r.build_cache_high_watermark_bytes
+            )));
+        }
+        if r.interval_secs == 0 {
+            return Err(CommonError::invalid(
+                "reclaim.interval_secs must be at least 1 (the default is 300)",
+            ));
+        }
+        self.build_logs.check("build_logs").map_err(CommonError::invalid)?;
         if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(CommonError::invalid(format!(
                 "metrics_listen {:?} must be an ip:port such as \"127.0.0.1:7402\" (or \"\" for no listener)",
@@ -184,6 +234,16 @@ mod tests {
         assert_eq!(AgentConfig::parse("metrics_listen = \"\"").unwrap().metrics_listen, "");
         assert_eq!(AgentConfig::parse("metrics_listen = \"0.0.0.0:0\"").unwrap().metrics_listen, "0.0.0.0:0");
         assert_eq!(AgentConfig::parse("builder = \"classic\"").unwrap().builder, BuilderChoice::Classic);
+        let err = AgentConfig::parse(
+            "[reclaim]\nbuild_cache_high_watermark_bytes = 10\nbuild_cache_low_watermark_bytes = 20\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("build_cache_low_watermark_bytes (20) must not exceed"), "{err}");
+        assert!(AgentConfig::parse("[build_logs]\ninterval_secs = 0\n")
+            .unwrap_err()
+            .to_string()
+            .contains("build_logs.interval_secs"));
         let err = AgentConfig::parse("builder = \"buildx\"").unwrap_err().to_string();
         assert!(err.contains("builder") && err.contains("classic"), "{err}");
     }

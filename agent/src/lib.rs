@@ -15,8 +15,9 @@
 //!   file of its own, secret build arguments in `pipeline::secrets`.
 //! - [`metrics`]: the agent's own `/metrics` (last report, process RSS and CPU).
 //!   [`report`]: measures build filesystem, CPU, memory and engine health, and records
-//!   each report for `/metrics`. [`reclaim`]: frees build disk by removing only
-//!   slipway's own leftovers. [`enroll`]: joins with a token, keeps and renews the
+//!   each report for `/metrics`. [`reclaim`]: frees build disk by removing
+//!   slipway's own leftovers and pruning the engine's build cache ([`build_cache`]) above
+//!   its high watermark. [`enroll`]: joins with a token, keeps and renews the
 //!   agent's certificate. [`router`]: keeps this node's router (the Caddy task of
 //!   `<stack>_router`) serving the routes the leader sent, through its admin socket.
 //! - [`session`]: the long-lived gRPC session with the scheduler (hello, reports,
@@ -24,6 +25,7 @@
 //! - [`run`] (here): wires the `/metrics` listener and the session together.
 #![forbid(unsafe_code)]
 
+pub mod build_cache;
 pub mod config;
 pub mod enroll;
 pub mod error;

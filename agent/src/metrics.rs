@@ -8,7 +8,9 @@
 //! slipway_agent_build_fs_{total,available}_bytes, slipway_agent_cpus,
 //! slipway_agent_cpu_usage_percent, slipway_agent_load1,
 //! slipway_agent_memory_{total,available}_bytes, slipway_agent_running_builds,
-//! slipway_agent_build_slots, slipway_agent_cache_bytes, slipway_agent_engine_healthy
+//! slipway_agent_build_slots, slipway_agent_cache_bytes, slipway_agent_engine_healthy,
+//! slipway_agent_build_cache_bytes, slipway_agent_reclaimed_bytes_total,
+//! slipway_agent_reclaim_passes_total, slipway_agent_build_logs_stopped
 //! process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds,
 //! process_start_time_seconds                (the standard process metrics)
 //! ```
@@ -104,7 +106,38 @@ fn registry(last: Option<&(NodeReport, Instant)>, process: Option<&ProcessStats>
         gauge(g, "slipway_agent_memory_available_bytes", "Memory available on the node", memory);
         gauge(g, "slipway_agent_running_builds", "Builds this agent runs", r.running_builds);
         gauge(g, "slipway_agent_build_slots", "Builds this agent runs at once, at most", r.build_slots);
-        gauge(g, "slipway_agent_cache_bytes", "Bytes held by slipway's images on this engine", r.cache_bytes);
+        let cache = r.cache_bytes;
+        gauge(
+            g,
+            "slipway_agent_cache_bytes",
+            "Bytes held by slipway's images and the engine's build cache",
+            cache,
+        );
+        let build_cache = r.build_cache_bytes;
+        gauge(
+            g,
+            "slipway_agent_build_cache_bytes",
+            "The engine's BuildKit build cache, cache mounts included, at the last reclaim measurement",
+            build_cache,
+        );
+        // Counters: the registry appends `_total` to the name.
+        g.register(
+            "slipway_agent_reclaimed_bytes",
+            "Bytes the reclaim passes freed (build cache and dangling slipway images) since the agent started",
+            ConstCounter::new(r.reclaimed_bytes_total),
+        );
+        g.register(
+            "slipway_agent_reclaim_passes",
+            "Reclaim passes run since the agent started (high watermark or free-space floor)",
+            ConstCounter::new(r.reclaim_passes_total),
+        );
+        let stopped = u32::from(r.build_logs_stopped);
+        gauge(
+            g,
+            "slipway_agent_build_logs_stopped",
+            "1 while no build log file is written (build filesystem below build_logs.min_free_bytes)",
+            stopped,
+        );
         let healthy = u32::from(r.docker_healthy);
         gauge(g, "slipway_agent_engine_healthy", "1 if the node's Docker engine answers", healthy);
     }

@@ -1,7 +1,7 @@
 //! Measures what the scheduler needs to place builds on this node: the build
 //! filesystem (the filesystem `build_root` is on, by `statvfs`), CPU, load, memory, the
-//! Docker engine's health and builder (BuildKit, or the classic fallback), and the bytes
-//! slipway's own images hold.
+//! Docker engine's health and builder (BuildKit, or the classic fallback), the bytes
+//! slipway's own images and the engine's build cache hold, and what reclaiming freed.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,9 @@ use sysinfo::System;
 
 use crate::metrics::LastReport;
 use crate::pipeline::docker::APP_LABEL;
+use crate::reclaim::ReclaimStats;
+use slipway_common::build_logs::DiskGuard;
+use std::sync::Arc;
 
 /// Takes [`NodeReport`]s; keeps the CPU sampler between calls so usage is a rate.
 pub struct Reporter {
@@ -23,6 +26,10 @@ pub struct Reporter {
     last: LastReport,
     /// `builder = "classic"` in agent.toml: reported whatever the engine offers.
     force_classic: bool,
+    /// What reclaiming freed and the build cache's last size.
+    reclaim: Option<ReclaimStats>,
+    /// Whether build log files are written.
+    log_guard: Option<Arc<DiskGuard>>,
 }
 
 /// Total and available bytes of the filesystem holding `path`.
@@ -40,7 +47,24 @@ impl Reporter {
             s.refresh_cpu_usage();
             s
         });
-        Self { sys, build_root, build_slots, docker_socket, last, force_classic: false }
+        Self {
+            sys,
+            build_root,
+            build_slots,
+            docker_socket,
+            last,
+            force_classic: false,
+            reclaim: None,
+            log_guard: None,
+        }
+    }
+
+    /// Reports what reclaiming freed, the build cache's size, and whether build logs are
+    /// written.
+    pub fn with_upkeep(mut self, reclaim: ReclaimStats, log_guard: Arc<DiskGuard>) -> Self {
+        self.reclaim = Some(reclaim);
+        self.log_guard = Some(log_guard);
+        self
     }
 
     /// Reports the classic builder whatever the engine offers (the agent forces it).
@@ -84,12 +108,20 @@ impl Reporter {
         if let Ok(load) = System::load_average() {
             report.load_1m = load.one;
         }
+        if let Some(totals) = self.reclaim.as_ref().map(ReclaimStats::totals) {
+            report.build_cache_bytes = totals.build_cache_bytes;
+            report.reclaimed_bytes_total = totals.bytes;
+            report.reclaim_passes_total = totals.passes;
+        }
+        report.build_logs_stopped = self.log_guard.as_ref().is_some_and(|g| g.stopped());
         match docker {
             Some(docker) => match docker.version().await {
                 Ok(version) => {
                     report.docker_healthy = true;
                     report.docker_version = version.version.unwrap_or_default();
-                    report.cache_bytes = slipway_image_bytes(docker).await;
+                    // The build cache (measured by the reclaim passes, `/system/df` being
+                    // too slow for every report) holds layers and cache mounts.
+                    report.cache_bytes = slipway_image_bytes(docker).await + report.build_cache_bytes;
                     report.builder =
                         crate::pipeline::buildkit::engine_builder(Path::new(&self.docker_socket))
                             .await

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,6 +109,12 @@ struct Agent {
     last_report: LastReport,
     /// The routes this node's router should serve, and what it serves.
     router: Arc<Router>,
+    /// What reclaiming freed since start, and the build cache's last size.
+    reclaim_stats: crate::reclaim::ReclaimStats,
+    /// One reclaim pass at a time.
+    reclaiming: tokio::sync::Mutex<()>,
+    /// Stops build log files below the build filesystem's floor.
+    log_guard: pipeline::LogGuard,
 }
 
 /// A task aborted when its handle is dropped.
@@ -159,6 +165,10 @@ pub async fn run(
         renewal.await;
         Ok(())
     });
+    let log_guard = pipeline::LogGuard(Arc::new(slipway_common::build_logs::DiskGuard::new(
+        config.build_root.join("logs"),
+        config.build_logs.min_free_bytes,
+    )));
     let agent = Arc::new(Agent {
         config,
         node_id,
@@ -166,8 +176,16 @@ pub async fn run(
         builds: Mutex::new(Builds::default()),
         outbound: Mutex::new(None),
         transport,
+        log_guard,
         last_report,
         router: Arc::new(Router::default()),
+        reclaim_stats: Default::default(),
+        reclaiming: tokio::sync::Mutex::new(()),
+    });
+    let upkeep = upkeep(agent.clone()).instrument(tracing::info_span!("upkeep"));
+    supervised.spawn("upkeep", async move {
+        upkeep.await;
+        Ok(())
     });
     let router_agent = agent.clone();
     let router = agent
@@ -266,7 +284,8 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
         agent.config.docker_socket.clone(),
         agent.last_report.clone(),
     )
-    .force_classic(agent.config.builder == crate::config::BuilderChoice::Classic);
+    .force_classic(agent.config.builder == crate::config::BuilderChoice::Classic)
+    .with_upkeep(agent.reclaim_stats.clone(), agent.log_guard.0.clone());
     let (running, cached) = agent.snapshot();
     let docker = agent.docker().await;
     let report = reporter.measure(docker.as_ref(), running, cached).await;
@@ -469,18 +488,30 @@ impl Agent {
             builds.running.keys().map(|(id, attempt)| format!("{id}-{attempt}")).collect()
         };
         let docker = self.docker().await;
-        let reclaimed = crate::reclaim::reclaim(docker.as_ref(), root, &running).await;
+        let reclaimed = {
+            let _one = self.reclaiming.lock().await;
+            crate::reclaim::reclaim(
+                docker.as_ref(),
+                Path::new(&self.config.docker_socket),
+                root,
+                &running,
+                self.config.reclaim.build_cache_low_watermark_bytes,
+                &self.reclaim_stats,
+            )
+            .await
+        };
         let available = free();
         (available < floor).then(|| {
             format!(
                 "the build filesystem of {} has {} free, below this agent's floor of {} (min_free_bytes); \
-                 removing slipway's own leftovers ({} build dirs, {} old images) was not enough: free space \
-                 on this node or lower the floor",
+                 removing slipway's own leftovers ({} build dirs, {} old images, {} of images and build \
+                 cache) was not enough: free space on this node or lower the floor",
                 root.display(),
                 slipway_proto::human_bytes(available),
                 slipway_proto::human_bytes(floor),
                 reclaimed.build_dirs,
-                reclaimed.images
+                reclaimed.images,
+                slipway_proto::human_bytes(reclaimed.bytes())
             )
         })
     }
@@ -536,6 +567,7 @@ impl Agent {
                     secrets_dir: self.config.build_secrets_dir.clone(),
                     docker_socket: self.config.docker_socket.clone().into(),
                     force_classic: self.config.builder == crate::config::BuilderChoice::Classic,
+                    log_guard: Some(self.log_guard.clone()),
                 };
                 let job = BuildJob::from(&a);
                 // A panic in the pipeline fails this build, not the agent: the task is
@@ -593,6 +625,57 @@ impl Agent {
             }
         }
         self.send(terminal);
+        // Every build adds to the engine's build cache: measure it now.
+        self.watermark_pass().await;
+    }
+
+    /// Measures the build cache and prunes it above its high watermark (`reclaim.rs`);
+    /// skipped while another pass runs.
+    async fn watermark_pass(&self) {
+        let Ok(_one) = self.reclaiming.try_lock() else { return };
+        let running: Vec<String> = {
+            let builds = self.builds.lock().expect("builds lock poisoned");
+            builds.running.keys().map(|(id, attempt)| format!("{id}-{attempt}")).collect()
+        };
+        let docker = self.docker().await;
+        crate::reclaim::watermark_pass(
+            docker.as_ref(),
+            Path::new(&self.config.docker_socket),
+            &self.config.build_root,
+            &running,
+            &self.config.reclaim,
+            &self.reclaim_stats,
+        )
+        .await;
+    }
+}
+
+/// The agent's housekeeping: the build cache watermark every `reclaim.interval_secs` and
+/// the build log retention every `build_logs.interval_secs`, both also at start.
+async fn upkeep(agent: Arc<Agent>) {
+    let mut cache = tokio::time::interval(Duration::from_secs(agent.config.reclaim.interval_secs.max(1)));
+    let mut logs = tokio::time::interval(Duration::from_secs(agent.config.build_logs.interval_secs.max(1)));
+    loop {
+        tokio::select! {
+            _ = cache.tick() => agent.watermark_pass().await,
+            _ = logs.tick() => {
+                let dir = agent.config.build_root.join("logs");
+                let settings = agent.config.build_logs.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    slipway_common::build_logs::sweep(&dir, &settings, std::time::SystemTime::now())
+                })
+                .await;
+                match swept {
+                    Ok(Ok(s)) if s.files > 0 => tracing::info!(
+                        files = s.files, bytes = s.bytes, kept_files = s.kept_files, kept_bytes = s.kept_bytes,
+                        "old build logs removed"
+                    ),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => tracing::warn!(%err, "cannot sweep the build logs"),
+                    Err(err) => tracing::warn!(%err, "the build log sweep stopped"),
+                }
+            }
+        }
     }
 }
 

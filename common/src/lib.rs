@@ -8,11 +8,14 @@
 //! - [`manifest`]: the app's `slipway.toml`, parsed and validated: the agent reads it to
 //!   build, and the scheduler parses the same text again to derive the release's run
 //!   spec itself rather than take the agent's word for it;
+//! - [`build_logs`]: build logs on local disk bounded by age and bytes, and never
+//!   written into a filesystem below its floor (scheduler and agent);
 //! - [`backoff`]: exponential backoff with jitter for every retry loop;
 //! - [`supervise`]: long-lived tasks whose death takes the daemon down, to be restarted;
 //! - [`now_ms`]: the wall clock as carried in records and on the wire.
 
 pub mod backoff;
+pub mod build_logs;
 pub mod config;
 pub mod manifest;
 pub mod shutdown;

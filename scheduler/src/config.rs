@@ -47,6 +47,11 @@ pub struct SchedulerConfig {
     pub http: HttpSettings,
     /// Bounds on what apps may ask for.
     pub apps: AppsConfig,
+    /// How many finished builds the replicated state keeps.
+    pub build_retention: BuildRetentionConfig,
+    /// Build logs in `<data_dir>/logs`: kept by age and bytes, not written below a
+    /// free-space floor (the raft store shares that disk).
+    pub build_logs: slipway_common::build_logs::BuildLogSettings,
 }
 
 /// Bounds on what apps may ask for (`[apps]`).
@@ -82,6 +87,22 @@ impl AppsConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// `[build_retention]`: finished builds beyond the last N per app leave the replicated
+/// state (their releases stay). The leader replicates its value; keep it equal on every
+/// member, or the value of whichever member leads wins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildRetentionConfig {
+    /// Finished (pushed, failed, cancelled) builds kept per app, at least 1.
+    pub finished_builds_per_app: u64,
+}
+
+impl Default for BuildRetentionConfig {
+    fn default() -> Self {
+        Self { finished_builds_per_app: crate::state::DEFAULT_KEEP_FINISHED_BUILDS }
     }
 }
 
@@ -387,6 +408,8 @@ impl Default for SchedulerConfig {
             tls: TlsSettings::default(),
             http: HttpSettings::default(),
             apps: AppsConfig::default(),
+            build_retention: BuildRetentionConfig::default(),
+            build_logs: Default::default(),
         }
     }
 }
@@ -648,6 +671,13 @@ impl Check for SchedulerConfig {
                 self.apps.max_replicas
             )));
         }
+        if self.build_retention.finished_builds_per_app == 0 {
+            return Err(CommonError::invalid(format!(
+                "build_retention.finished_builds_per_app must be at least 1 (the default is {})",
+                crate::state::DEFAULT_KEEP_FINISHED_BUILDS
+            )));
+        }
+        self.build_logs.check("build_logs").map_err(CommonError::invalid)?;
         if self.registry.addr.is_empty() || self.registry.addr.contains('/') {
             return Err(CommonError::invalid(format!(
                 "registry.addr {:?} must be host:port, e.g. \"127.0.0.1:5000\"",

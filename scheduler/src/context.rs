@@ -70,7 +70,7 @@ impl Context {
             None => (None, None, None),
         };
         Self {
-            events: Events::new(config.data_dir.join("logs")),
+            events: Events::with_floor(config.data_dir.join("logs"), config.build_logs.min_free_bytes),
             config,
             advertise,
             store,

@@ -7,13 +7,19 @@
 //! so joining late never loses a line. Build log lines are also appended to
 //! `<data_dir>/logs/<build_id>.log` so `slipway logs` works after the build and after a
 //! restart of this scheduler. Events are leader memory, not raft writes: the raft log
-//! stays small.
+//! stays small. The log directory shares its disk with the raft store, so it is bounded
+//! (`[build_logs]`, `slipway_common::build_logs`): [`sweep_logs`] removes logs by age and
+//! bytes at start and every `interval_secs`, and no line is written while that disk has
+//! less than `min_free_bytes` free.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use slipway_common::build_logs::{BuildLogSettings, DiskGuard, Swept};
 
 use slipway_proto::{deploy_event::Event, DeployEvent, LogLine};
 use tokio::sync::broadcast;
@@ -45,6 +51,23 @@ pub fn release_topic(r: &Release) -> String {
 pub struct Events {
     inner: Arc<Mutex<HashMap<String, Topic>>>,
     log_dir: PathBuf,
+    /// Stops log writes below the log disk's free-space floor.
+    guard: Arc<DiskGuard>,
+    /// Log files and bytes the sweeps removed since start.
+    swept: Arc<(AtomicU64, AtomicU64)>,
+}
+
+/// What the build log directory looks like now, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogDirStatus {
+    /// Log lines are not written (the disk is below its floor).
+    pub stopped: bool,
+    /// Lines not written for that reason since start.
+    pub skipped_lines: u64,
+    /// Log files the sweeps removed since start.
+    pub swept_files: u64,
+    /// Their bytes.
+    pub swept_bytes: u64,
 }
 
 struct Topic {
@@ -64,12 +87,38 @@ pub struct Subscription {
 }
 
 impl Events {
-    /// Keeps build logs under `log_dir`.
+    /// Keeps build logs under `log_dir`, always writing them (tests).
     pub fn new(log_dir: PathBuf) -> Self {
+        Self::with_floor(log_dir, 0)
+    }
+
+    /// Keeps build logs under `log_dir`, writing none while its filesystem has less
+    /// than `min_free_bytes` free.
+    pub fn with_floor(log_dir: PathBuf, min_free_bytes: u64) -> Self {
         if let Err(err) = std::fs::create_dir_all(&log_dir) {
             tracing::warn!(dir = %log_dir.display(), %err, "cannot create the build log directory");
         }
-        Self { inner: Arc::default(), log_dir }
+        let guard = Arc::new(DiskGuard::new(log_dir.clone(), min_free_bytes));
+        Self { inner: Arc::default(), log_dir, guard, swept: Arc::default() }
+    }
+
+    /// Removes build logs by age and bytes now (blocking file IO: call it off the async
+    /// workers).
+    pub fn sweep(&self, settings: &BuildLogSettings) -> std::io::Result<Swept> {
+        let swept = slipway_common::build_logs::sweep(&self.log_dir, settings, std::time::SystemTime::now())?;
+        self.swept.0.fetch_add(swept.files as u64, Ordering::Relaxed);
+        self.swept.1.fetch_add(swept.bytes, Ordering::Relaxed);
+        Ok(swept)
+    }
+
+    /// The log directory's state, for `/metrics`.
+    pub fn log_dir_status(&self) -> LogDirStatus {
+        LogDirStatus {
+            stopped: self.guard.stopped(),
+            skipped_lines: self.guard.skipped_lines(),
+            swept_files: self.swept.0.load(Ordering::Relaxed),
+            swept_bytes: self.swept.1.load(Ordering::Relaxed),
+        }
     }
 
     /// Publishes one event; a terminal event (`done`/`failed`) ends the topic.
@@ -126,6 +175,9 @@ impl Events {
         if !topic.starts_with("b-") {
             return;
         }
+        if !self.guard.may_write() {
+            return;
+        }
         let path = self.log_path(topic);
         let result = std::fs::OpenOptions::new()
             .create(true)
@@ -134,6 +186,36 @@ impl Events {
             .and_then(|mut f| writeln!(f, "{}", line.line));
         if let Err(err) = result {
             tracing::warn!(path = %path.display(), %err, "cannot append to build log");
+        }
+    }
+}
+
+/// Sweeps the build logs at start and every `interval_secs` until `stop` changes.
+pub async fn sweep_logs(
+    events: Events,
+    settings: BuildLogSettings,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(settings.interval_secs.max(1));
+    loop {
+        let (e, s) = (events.clone(), settings.clone());
+        match tokio::task::spawn_blocking(move || e.sweep(&s)).await {
+            Ok(Ok(swept)) if swept.files > 0 => tracing::info!(
+                files = swept.files,
+                bytes = swept.bytes,
+                kept_files = swept.kept_files,
+                kept_bytes = swept.kept_bytes,
+                "old build logs removed"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(dir = %events.log_dir.display(), %err, "cannot sweep the build logs")
+            }
+            Err(err) => tracing::warn!(%err, "the build log sweep stopped"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
         }
     }
 }
@@ -168,6 +250,17 @@ mod tests {
         assert!(events.subscribe("b-1").finished);
         let file = std::fs::read_to_string(events.log_path("b-1")).unwrap();
         assert_eq!(file, "step 1\nstep 2\n");
+    }
+
+    #[test]
+    fn below_the_floor_no_log_is_written_and_watchers_still_get_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Events::with_floor(dir.path().to_path_buf(), u64::MAX);
+        events.log("b-1", "step 1");
+        assert!(!events.log_path("b-1").exists());
+        assert_eq!(events.subscribe("b-1").history.len(), 1);
+        let status = events.log_dir_status();
+        assert!(status.stopped && status.skipped_lines == 1, "{status:?}");
     }
 
     #[test]

@@ -271,6 +271,18 @@ mod tests {
     }
 
     #[test]
+    fn cache_affinity_never_places_on_a_node_below_its_floor() {
+        // The node holding the app's layers is below the floor (its prune was not enough):
+        // the build goes elsewhere, and the explanation names the floor.
+        let (full, idle) = (report(5.0, 1, 0), report(70.0, 20, 0));
+        let mut n = needs("shop");
+        n.last_built_on = Some("a");
+        let d = place(&n, &[view("a", &full), view("b", &idle)]);
+        assert_eq!(d.chosen.as_deref(), Some("b"));
+        assert!(d.rejected[0].reason.contains("needs at least 2.0 GiB"), "{d:?}");
+    }
+
+    #[test]
     fn cache_affinity_wins_over_headroom() {
         let (busy, idle) = (report(70.0, 20, 0), report(5.0, 90, 0));
         let mut n = needs("shop");

@@ -236,6 +236,16 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
         }
         .instrument(tracing::info_span!("router")),
     );
+    let sweep =
+        crate::events::sweep_logs(ctx.events.clone(), ctx.config.build_logs.clone(), shutdown_rx.clone());
+    tasks.spawn(
+        "build log sweep",
+        async move {
+            sweep.await;
+            Ok(())
+        }
+        .instrument(tracing::info_span!("build_logs")),
+    );
 
     Ok(Running { grpc_addr, http_addr, context: ctx, shutdown, tasks })
 }

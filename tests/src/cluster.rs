@@ -254,6 +254,13 @@ impl TestCluster {
         Self::start_single(stack, "", registry, http).await
     }
 
+    /// [`start`](Self::start) with whole TOML tables appended to the scheduler's config
+    /// (e.g. `"[build_retention]\nfinished_builds_per_app = 4\n"`).
+    pub async fn start_with_tables(stack: &str, tables: &str) -> Option<TestCluster> {
+        // `[tls]` is the last table of the config written: tables after its keys stand alone.
+        Self::start_single(stack, &format!("\n{tables}"), "", "").await
+    }
+
     async fn start_single(stack: &str, tls: &str, registry: &str, http: &str) -> Option<TestCluster> {
         let mut cluster = Self::prepare(stack).await?;
         cluster.tls_settings = tls.to_string();
@@ -811,6 +818,11 @@ impl TestCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Agent `n`'s `build_root`.
+    pub fn agent_build_root(&self, n: u8) -> &std::path::Path {
+        &self.agent(n).build_root
     }
 
     /// Node name agent `n` registers as.

@@ -23,7 +23,9 @@
 //! (constant for one layer; two layers of exactly equal size pushed in the same run
 //! would be counted once). Those byte counts are what the daemon read from the layer
 //! before compression. Then the image is tagged and pushed as `<repository>:latest`
-//! (manifest only: every layer exists by then) to seed the next build's cache.
+//! (manifest only: every layer exists by then) to seed the next build's cache, and the
+//! per-build tag is removed ([`untag_build`]): a node keeps one tag per app, not one per
+//! build.
 //!
 //! The engine connection uses a one-hour timeout ([`DOCKER_TIMEOUT`]): bollard's default
 //! of 120 s applies to the whole response and would cut long builds and pushes.
@@ -34,7 +36,8 @@ use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, PushImageOptionsBuilder, RemoveImageOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -318,6 +321,26 @@ async fn pull_cache_source(
     }
     log.line(format!("==> cache source {latest}: {}", last_status.unwrap_or_else(|| "pulled".into())));
     true
+}
+
+/// Removes the per-build tag `<repository>:<tag>` once pushed, if `<repository>:latest`
+/// names the same image (else the image would be left untagged, and the next build
+/// without its cache source). Never removes the image itself: `latest` holds it.
+pub async fn untag_build(docker: &Docker, repository: &str, tag: &str, log: &LogSink) {
+    let built = format!("{repository}:{tag}");
+    let (Ok(image), Ok(latest)) =
+        (docker.inspect_image(&built).await, docker.inspect_image(&format!("{repository}:latest")).await)
+    else {
+        return;
+    };
+    if image.id.is_none() || image.id != latest.id {
+        log.line(format!("==> kept the tag {built}: {repository}:latest is another image"));
+        return;
+    }
+    let options = RemoveImageOptionsBuilder::default().force(false).noprune(true).build();
+    if let Err(e) = docker.remove_image(&built, Some(options), None).await {
+        tracing::warn!(tag = %built, error = %daemon_message(&e), "cannot remove the per-build tag");
+    }
 }
 
 /// Pushes `<repository>:<tag>` and measures what travelled.

@@ -11,7 +11,8 @@
 //!                                 │           login; <repository>:latest as inline
 //!                                 │           cache source; classic builder as fallback)
 //!                                 ▼
-//!                               docker push <repository>:<build id>, then :latest
+//!                               docker push <repository>:<build id>, then :latest;
+//!                                 │           the per-build tag is removed once pushed
 //!                                 ▼
 //!                               BuildOutput (digest, sizes, cache hits, timings, RunSpec)
 //! ```
@@ -43,6 +44,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::DEFAULT_SECRETS_DIR;
 use crate::error::Failure;
+use slipway_common::build_logs::DiskGuard;
 use slipway_common::manifest::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 
 /// Longest log line kept; the rest is cut (after secrets are masked).
@@ -114,6 +116,19 @@ pub struct PipelineConfig {
     /// Build with the classic builder even where the engine has BuildKit
     /// (`builder = "classic"` in `agent.toml`).
     pub force_classic: bool,
+    /// Stops log files being written below the build filesystem's floor
+    /// (`build_logs.min_free_bytes`); none: always written.
+    pub log_guard: Option<LogGuard>,
+}
+
+/// The agent's one [`DiskGuard`] for `<build_root>/logs`, shared by every build.
+#[derive(Debug, Clone)]
+pub struct LogGuard(pub Arc<DiskGuard>);
+
+impl PartialEq for LogGuard {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Default for PipelineConfig {
@@ -127,6 +142,7 @@ impl Default for PipelineConfig {
             secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
             docker_socket: PathBuf::from(docker::DEFAULT_DOCKER_SOCKET),
             force_classic: false,
+            log_guard: None,
         }
     }
 }
@@ -151,6 +167,7 @@ struct LogFile {
     path: PathBuf,
     file: std::io::LineWriter<std::fs::File>,
     failed: bool,
+    guard: Option<LogGuard>,
 }
 
 impl From<UnboundedSender<String>> for LogSink {
@@ -170,10 +187,11 @@ impl LogSink {
         LogSink::default()
     }
 
-    /// A sink that also appends to `path` (created or truncated).
-    pub fn with_file(&self, path: &Path) -> std::io::Result<LogSink> {
+    /// A sink that also appends to `path` (created or truncated), while `guard` allows.
+    pub fn with_file(&self, path: &Path, guard: Option<LogGuard>) -> std::io::Result<LogSink> {
         let file = std::fs::File::create(path)?;
-        let file = LogFile { path: path.to_path_buf(), file: std::io::LineWriter::new(file), failed: false };
+        let file =
+            LogFile { path: path.to_path_buf(), file: std::io::LineWriter::new(file), failed: false, guard };
         Ok(LogSink {
             tx: self.tx.clone(),
             file: Some(Arc::new(Mutex::new(file))),
@@ -210,7 +228,8 @@ impl LogSink {
         let line = cut(&self.redact(&line.into()), MAX_LOG_LINE_BYTES);
         if let Some(file) = &self.file {
             if let Ok(mut f) = file.lock() {
-                if !f.failed {
+                let allowed = f.guard.as_ref().is_none_or(|g| g.0.may_write());
+                if !f.failed && allowed {
                     if let Err(err) = writeln!(f.file, "{line}") {
                         f.failed = true;
                         tracing::warn!(path = %f.path.display(), %err, "cannot write build log file");
@@ -284,8 +303,16 @@ fn open_log(cfg: &PipelineConfig, job: &BuildJob, log: &LogSink) -> Result<LogSi
     let dir = cfg.build_root.join("logs");
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::Setup(format!("cannot create the log directory {}: {e}", dir.display())))?;
+    if cfg.log_guard.as_ref().is_some_and(|g| !g.0.may_write()) {
+        log.line(format!(
+            "==> this node keeps no log file of this build: the filesystem of {} is below build_logs.min_free_bytes",
+            dir.display()
+        ));
+        return Ok(log.clone());
+    }
     let path = dir.join(format!("{}-{}.log", job.build_id, job.attempt));
-    log.with_file(&path).map_err(|e| Failure::Setup(format!("cannot create {}: {e}", path.display())))
+    log.with_file(&path, cfg.log_guard.clone())
+        .map_err(|e| Failure::Setup(format!("cannot create {}: {e}", path.display())))
 }
 
 /// Build ids become directory names and image tags: refuse anything else.
@@ -441,6 +468,9 @@ async fn build_in(
         log.line(format!("==> warning: {failure}; the next build may not find a cache source"));
     }
     let image_size_bytes = docker::image_size(docker, &format!("{}:{}", job.repository, job.build_id)).await;
+    // The per-build tag has done its job (the registry holds the image by digest): only
+    // `latest` stays on this node, as the next build's cache source.
+    docker::untag_build(docker, &job.repository, &job.build_id, log).await;
     timings.push_ms = ms(t);
 
     Ok(BuildOutput {
@@ -645,7 +675,7 @@ mod tests {
     fn log_lines_and_failure_reasons_mask_secrets_and_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let sink = LogSink::new(tx).with_file(&dir.path().join("build.log")).unwrap();
+        let sink = LogSink::new(tx).with_file(&dir.path().join("build.log"), None).unwrap();
         let earlier_clone = sink.clone();
         sink.add_secrets(&secrets::SecretArgs::from_pairs([("TOKEN", "s3cr3t-v4lue")]).redactor());
         earlier_clone.line("token=s3cr3t-v4lue!");

@@ -57,6 +57,15 @@ fn check_create_app(req: &pb::CreateAppRequest) -> Result<(), Error> {
 }
 
 /// Every string of a `Deploy` request, checked before the app is even looked up.
+/// Why build `id` is not in the state: removed by the build retention (or with its
+/// app), or never issued.
+fn missing_build(s: &State, id: &str) -> Error {
+    Error::NotFound(
+        s.missing_build_reason(id)
+            .unwrap_or_else(|| format!("build {id:?} not found; `slipway builds` lists them")),
+    )
+}
+
 fn check_deploy(req: &pb::DeployRequest) -> Result<(), Error> {
     validate::app_name(&req.app)?;
     if !req.git_ref.is_empty() {
@@ -71,7 +80,9 @@ fn terminal_from_state(s: &State, topic: &Topic, config: &crate::config::Schedul
     let (app, number) = match topic {
         Topic::Build(id) => {
             let Some(b) = s.builds.get(id) else {
-                return Some(Event::Failed(format!("build {id} no longer exists (its app was deleted)")));
+                return Some(Event::Failed(
+                    s.missing_build_reason(id).unwrap_or_else(|| format!("build {id} no longer exists")),
+                ));
             };
             match b.state {
                 BuildState::Failed | BuildState::Cancelled => {
@@ -336,9 +347,10 @@ impl pb::control_server::Control for ControlService {
         let build = self
             .ctx
             .store
-            .read_current(|s| s.builds.get(&id).map(|b| convert::build(b, waiting)))
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them")))?;
+            .read_current(|s| {
+                s.builds.get(&id).map(|b| convert::build(b, waiting)).ok_or_else(|| missing_build(s, &id))
+            })
+            .await??;
         Ok(Response::new(build))
     }
 
@@ -348,10 +360,10 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         let id = req.build_id;
         bounded_id("build id", &id)?;
-        let state =
-            self.ctx.store.read(|s| s.builds.get(&id).map(|b| b.state)).ok_or_else(|| {
-                Error::NotFound(format!("build {id:?} not found; `slipway builds` lists them"))
-            })?;
+        let state = self
+            .ctx
+            .store
+            .read(|s| s.builds.get(&id).map(|b| b.state).ok_or_else(|| missing_build(s, &id)))?;
         let ctx = self.ctx.clone();
         if ctx.events.has_topic(&id) {
             let sub = ctx.events.subscribe(&id);

@@ -67,7 +67,24 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) -> Resu
         deploys::start_pending_deploys(&ctx).await;
         grants::renew_pull_grants(&ctx);
         prune_revocations(&ctx).await;
+        replicate_build_retention(&ctx).await;
         ctx.dispatch.passed();
+    }
+}
+
+/// Replicates this leader's `build_retention.finished_builds_per_app` when the state
+/// holds another value (one write; the apply prunes at once, `state/build_retention.rs`).
+async fn replicate_build_retention(ctx: &Context) {
+    let keep = ctx.config.build_retention.finished_builds_per_app.max(1);
+    if ctx.store.read(|s| s.keep_finished_builds()) == keep {
+        return;
+    }
+    let cmd = crate::state::Command::SetBuildRetention { keep_finished_builds_per_app: keep };
+    match ctx.store.write(cmd).await {
+        Ok(_) => {
+            tracing::info!(keep, "build retention set: finished builds beyond the last {keep} per app go")
+        }
+        Err(err) => tracing::warn!(%err, "cannot set the build retention; retrying next tick"),
     }
 }
 

@@ -555,6 +555,8 @@ mod tests {
             }],
             placements: (0, 0),
             report_delays: ReportDelays::default(),
+            builds_pruned: 0,
+            build_logs: Default::default(),
         }
     }
 

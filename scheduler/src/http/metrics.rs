@@ -11,6 +11,8 @@
 //! slipway_raft_member_matched_index{member_id}           (leader only)
 //! slipway_apps, slipway_nodes, slipway_builds{state}, slipway_build_queue_length,
 //! slipway_build_queue_oldest_seconds, slipway_placement_decisions_total{outcome}
+//! slipway_builds_pruned_total, slipway_build_logs_stopped, slipway_build_log_lines_skipped_total,
+//! slipway_build_logs_removed_total, slipway_build_logs_removed_bytes_total
 //! slipway_node_info{node,node_id}, slipway_node_draining{node,node_id}       (every member)
 //! slipway_node_status{node,node_id,status}, slipway_node_build_fs_*_bytes, slipway_node_cpus,
 //! slipway_node_cpu_usage_percent, slipway_node_load1, slipway_node_memory_*_bytes,
@@ -207,6 +209,33 @@ fn register_builds(g: &mut Registry, o: &Overview) {
         .map(|(outcome, n)| (vec![("outcome", outcome.to_string())], ConstCounter::new(n)));
     // Counters: the registry appends `_total` to the name.
     g.register(
+        "slipway_builds_pruned",
+        "Finished builds the build retention removed from the replicated state (build_retention.finished_builds_per_app)",
+        ConstCounter::new(o.builds_pruned),
+    );
+    let logs = o.build_logs;
+    gauge(
+        g,
+        "slipway_build_logs_stopped",
+        "1 while this member writes no build log: its log directory's filesystem is below build_logs.min_free_bytes",
+        u64::from(logs.stopped),
+    );
+    g.register(
+        "slipway_build_log_lines_skipped",
+        "Build log lines this member did not write to disk because its log filesystem was below its floor",
+        ConstCounter::new(logs.skipped_lines),
+    );
+    g.register(
+        "slipway_build_logs_removed",
+        "Build log files the retention (build_logs.max_age_days, max_bytes) removed since this member started",
+        ConstCounter::new(logs.swept_files),
+    );
+    g.register(
+        "slipway_build_logs_removed_bytes",
+        "Bytes of the build log files the retention removed since this member started",
+        ConstCounter::new(logs.swept_bytes),
+    );
+    g.register(
         "slipway_placement_decisions",
         "Placement decisions this member took as leader since it started: placed (a node took the build) \
          or no_node (no node could take it; the build waits and is tried again about every second)",
@@ -389,6 +418,8 @@ mod tests {
             recent_releases: Vec::new(),
             placements: (7, 11),
             report_delays: delays,
+            builds_pruned: 0,
+            build_logs: Default::default(),
         }
     }
 

@@ -39,6 +39,10 @@ pub struct Overview {
     pub placements: (u64, u64),
     /// How late agents' reports arrive.
     pub report_delays: ReportDelays,
+    /// Finished builds the build retention removed (replicated count).
+    pub builds_pruned: u64,
+    /// This member's build log directory.
+    pub build_logs: crate::events::LogDirStatus,
 }
 
 /// This member's raft view.
@@ -218,6 +222,8 @@ impl Overview {
                 recent_releases: recent_releases.into_iter().take(RECENT).cloned().collect(),
                 placements: ctx.dispatch.placements.get(),
                 report_delays: ctx.fleet.report_delays(),
+                builds_pruned: s.pruned_builds,
+                build_logs: ctx.events.log_dir_status(),
             }
         });
         if leading {

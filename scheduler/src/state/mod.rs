@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 mod app_config;
+mod build_retention;
 mod claims;
 mod records;
 pub mod retention;
@@ -27,6 +28,7 @@ mod revocations;
 mod secrets;
 
 pub use app_config::{check_replicas, config_bytes};
+pub use build_retention::DEFAULT_KEEP_FINISHED_BUILDS;
 pub use claims::Claims;
 pub use records::{
     sha256_hex, App, Build, BuildOutput, BuildState, BuildStep, DeployState, Healthcheck, JoinSecret,
@@ -66,6 +68,13 @@ pub struct State {
     /// [`Revocation`]).
     #[serde(default)]
     pub revocations: BTreeMap<String, Revocation>,
+    /// Finished builds kept per app (`build_retention.rs`; 0: the default, in a state from an
+    /// earlier version). Replicated, so every member prunes the same builds.
+    #[serde(default)]
+    pub keep_finished_builds: u64,
+    /// Finished builds the retention removed so far, all apps.
+    #[serde(default)]
+    pub pruned_builds: u64,
 }
 
 /// A change to the replicated state: the payload of every raft log entry.
@@ -329,6 +338,12 @@ pub enum Command {
         /// The manifest digests deleted from its repository.
         digests: Vec<String>,
     },
+    /// Keep this many finished builds per app (the leader's `retention` config); older
+    /// ones leave the state now and whenever a build finishes (`build_retention.rs`).
+    SetBuildRetention {
+        /// At least 1.
+        keep_finished_builds_per_app: u64,
+    },
 }
 
 /// What applying a command returned.
@@ -501,7 +516,18 @@ impl State {
     /// Applies one command. Refusals change nothing.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match self.try_apply(cmd) {
-            Ok(resp) => resp,
+            Ok(resp) => {
+                if let (
+                    Command::FinishBuild { .. } | Command::CancelBuild { .. } | Command::ExpireBuild { .. },
+                    Response::Build(Build { app, .. }) | Response::Release(Release { app, .. }),
+                ) = (cmd, &resp)
+                {
+                    // Finished builds beyond the retention leave the state (`build_retention.rs`).
+                    let app = app.clone();
+                    self.prune_finished_builds(&app);
+                }
+                resp
+            }
             Err(err) => Response::Refused(err),
         }
     }
@@ -829,6 +855,11 @@ impl State {
                 let record = self.apps.get_mut(app).ok_or_else(|| ApplyError::NoSuchApp(app.clone()))?;
                 record.webhook_generation += 1;
                 Ok(Response::App(record.clone()))
+            }
+            Command::SetBuildRetention { keep_finished_builds_per_app } => {
+                self.keep_finished_builds = (*keep_finished_builds_per_app).max(1);
+                self.prune_all_finished_builds();
+                Ok(Response::Done)
             }
         }
     }
