@@ -113,9 +113,10 @@ async fn clm_deploy_streams_and_exits_by_outcome_and_an_unplaceable_build_expire
     assert!(stdout.contains("==> waiting for a node that can build:"), "it said it waits:\n{stdout}");
     assert!(stdout.contains(&format!("    {node}: node has not reported")), "and why:\n{stdout}");
     assert!(
-        stderr.contains(&format!(
-            "error: no node could take the build within 3 s: {node}: node has not reported"
-        )),
+        stderr.lines().any(|l| l.starts_with("error: build ")
+            && l.contains(&format!(
+                "failed: no node could take the build within 3 s: {node}: node has not reported"
+            ))),
         "it fails after the queue timeout with the placement reasons:\n{stderr}"
     );
     // Not before the timeout; and well before a hang (the dispatcher ticks at least every
