@@ -271,9 +271,10 @@ async fn clm_failover_and_a_cut_off_member_keep_their_bounds() {
     cluster.leader().await;
 
     // A member cut off from the majority: its reads and writes fail with the
-    // scheduler's own "unavailable" once WRITE_TIMEOUT passed, not sooner (it answers
-    // nothing stale) and not never. The client waits far longer than the bound, so a
-    // hang shows as a hang, not as this error.
+    // scheduler's own "unavailable" naming the quorum, within WRITE_TIMEOUT (a read as
+    // soon as the leader's quorum check fails, a write when the timeout runs out), and
+    // answer nothing stale. The client waits far longer than the bound, so a hang shows
+    // as a hang, not as this error.
     let leader = cluster.leader().await;
     cluster.isolate(leader);
     let client_patience = WRITE_TIMEOUT * 4;
@@ -291,11 +292,9 @@ async fn clm_failover_and_a_cut_off_member_keep_their_bounds() {
     let refused = read.expect_err("a cut-off member answers no read");
     eprintln!("read on the cut-off member: {:?} after {read_took:?}", refused.message());
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert!(refused.message().contains("cannot reach a majority"), "{refused:?}");
-    assert!(
-        read_took >= WRITE_TIMEOUT && read_took < WRITE_TIMEOUT + slack,
-        "read failed after {read_took:?}"
-    );
+    assert!(refused.message().contains("quorum"), "{refused:?}");
+    assert!(std::error::Error::source(&refused).is_none(), "the scheduler's answer, not a transport error");
+    assert!(read_took < WRITE_TIMEOUT + slack, "read failed only after {read_took:?}");
 
     let started = Instant::now();
     let wrote = tokio::time::timeout(client_patience, write(&cluster, leader, "ledger", "clm-lonely"))
@@ -305,6 +304,8 @@ async fn clm_failover_and_a_cut_off_member_keep_their_bounds() {
     let refused = wrote.expect_err("a cut-off member acknowledges no write");
     eprintln!("write on the cut-off member: {:?} after {write_took:?}", refused.message());
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(std::error::Error::source(&refused).is_none(), "the scheduler's answer, not a transport error");
+    // It could not commit: it waited the whole WRITE_TIMEOUT for a quorum, no longer.
     assert!(refused.message().contains("cannot reach a majority"), "{refused:?}");
     assert!(
         write_took >= WRITE_TIMEOUT && write_took < WRITE_TIMEOUT + slack,
