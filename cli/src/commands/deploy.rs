@@ -107,7 +107,7 @@ pub(super) async fn follow_deploy(
             Some(Event::Built(o)) => {
                 let t = o.timings.unwrap_or_default();
                 println!(
-                    "==> image {}@{}: {} layers pushed ({}), {} reused, {}/{} steps cached; clone {} ms, build {} ms, push {} ms",
+                    "==> image {}@{}: {} layers pushed ({} uncompressed), {} reused, {}/{} steps cached; clone {} ms, build {} ms, push {} ms",
                     o.repository, o.digest, o.layers_pushed, human_bytes(o.bytes_pushed), o.layers_reused, o.cache_hits, o.steps,
                     t.clone_ms, t.build_ms, t.push_ms
                 );
