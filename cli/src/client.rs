@@ -49,7 +49,7 @@ impl From<Status> for Failure {
 /// Did the call fail because the member is not (or no longer) the leader, or because
 /// the connection to it broke? Errors the scheduler itself answers carry no transport
 /// error as their source; "not the leader" carries the leader hint.
-fn leader_changing(s: &Status) -> bool {
+pub fn leader_changing(s: &Status) -> bool {
     s.metadata().contains_key(LEADER_HINT)
         || (matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
             && std::error::Error::source(s).is_some())

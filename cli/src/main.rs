@@ -27,7 +27,8 @@ use crate::args::Cli;
 use crate::client::{Call, Cluster, Failure, Result};
 
 /// How long the CLI keeps retrying a request that failed because the cluster is
-/// changing leader (or the member it talked to went away).
+/// changing leader (or the member it talked to went away), counted from the first such
+/// failure.
 const RETRY_FOR: Duration = Duration::from_secs(20);
 
 #[tokio::main]
@@ -53,7 +54,9 @@ async fn run_with_retries(cli: Cli) -> Result<()> {
         config::resolve(cli.config.as_deref(), &cli.schedulers).map_err(Failure::fatal)?;
     let cluster = Cluster::new(addrs, transport);
     let request_id = uuid::Uuid::new_v4().to_string();
-    let deadline = Instant::now() + RETRY_FOR;
+    // The 20 s run from the first failure: a deploy that streamed for minutes before
+    // its leader died still gets its retries.
+    let mut deadline = None;
     let mut backoff = Backoff::new(Duration::from_millis(300), Duration::from_secs(2));
     let mut retry = false;
     let input = commands::read_input(&cli.command)?;
@@ -72,7 +75,10 @@ async fn run_with_retries(cli: Cli) -> Result<()> {
             Err(f) => Err(f),
         };
         match result {
-            Err(f) if f.retry && Instant::now() < deadline => {
+            Err(f)
+                if f.retry
+                    && Instant::now() < *deadline.get_or_insert_with(|| Instant::now() + RETRY_FOR) =>
+            {
                 if !retry {
                     eprintln!("note: {}; retrying", f.message);
                 }

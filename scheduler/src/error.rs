@@ -29,6 +29,11 @@ pub enum Error {
     /// A dependency (engine, registry, peer) did not answer; retrying may help.
     #[error("{0}")]
     Unavailable(String),
+    /// This member follows, and the leader it knows did not take the forwarded write (it
+    /// died or moved): answered like [`Error::NotLeader`] with no leader known, so clients
+    /// retry (with the same request id) once a leader is elected.
+    #[error("{0}")]
+    LeaderUnreachable(String),
     /// Raft storage failed: this member cannot serve until an operator looks at it.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -57,6 +62,11 @@ impl From<Error> for Status {
                 let hint =
                     leader.and_then(|l| l.parse().ok()).unwrap_or_else(|| "".parse().expect("empty value"));
                 status.metadata_mut().insert(LEADER_HINT, hint);
+                status
+            }
+            Error::LeaderUnreachable(_) => {
+                let mut status = Status::new(Code::Unavailable, msg);
+                status.metadata_mut().insert(LEADER_HINT, "".parse().expect("empty value"));
                 status
             }
             Error::Unavailable(_) => Status::unavailable(msg),

@@ -149,7 +149,9 @@ pub struct PushStats {
     pub layers_pushed: u32,
     /// Layers the registry already had (or mounted from another repository).
     pub layers_reused: u32,
-    /// Bytes of the uploaded layers, as the daemon read them (before compression).
+    /// Bytes of the uploaded layers, as the daemon read them (before compression; layers
+    /// of equal size counted once, see [`PushProgress`]): not the bytes the registry
+    /// received, which is why operators see it labelled "uncompressed".
     pub bytes_pushed: u64,
 }
 

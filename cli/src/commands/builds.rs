@@ -79,7 +79,7 @@ fn print_build(b: &pb::Build) {
     }
     if let Some(o) = &b.output {
         println!(
-            "image:    {}@{}\npushed:   {} layers ({}), {} reused; {} of {} steps cached",
+            "image:    {}@{}\npushed:   {} layers ({} uncompressed), {} reused; {} of {} steps cached",
             o.repository,
             o.digest,
             o.layers_pushed,

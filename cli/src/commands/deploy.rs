@@ -8,7 +8,7 @@ use slipway_proto::{self as pb, human_bytes, DeployEvent};
 use tokio_stream::StreamExt;
 
 use super::print_json;
-use crate::client::{Call, Failure, Result};
+use crate::client::{leader_changing, Call, Failure, Result};
 use crate::output::{self, age, deploy_state, short_digest, table};
 
 /// `slipway deploy APP [--ref R] [--no-cache]`.
@@ -84,11 +84,16 @@ pub(super) async fn follow_deploy(
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(e) => e,
+            // A broken connection (the leader died or stepped down) is retried with the
+            // same request id: the next leader joins the retry to this deploy.
             Err(status) => {
-                return Err(Failure::fatal(format!(
-                    "lost the scheduler while following the deploy ({}); it goes on without you: see `slipway builds show {build_id}`",
-                    status.message()
-                )))
+                return Err(Failure {
+                    message: format!(
+                        "lost the scheduler while following the deploy ({}); it goes on without you: see `slipway builds show {build_id}`",
+                        status.message()
+                    ),
+                    retry: leader_changing(&status),
+                })
             }
         };
         match event.event {
@@ -110,7 +115,7 @@ pub(super) async fn follow_deploy(
             Some(Event::Built(o)) => {
                 let t = o.timings.unwrap_or_default();
                 println!(
-                    "==> image {}@{}: {} layers pushed ({}), {} reused, {}/{} steps cached; clone {} ms, build {} ms, push {} ms",
+                    "==> image {}@{}: {} layers pushed ({} uncompressed), {} reused, {}/{} steps cached; clone {} ms, build {} ms, push {} ms",
                     o.repository, o.digest, o.layers_pushed, human_bytes(o.bytes_pushed), o.layers_reused, o.cache_hits, o.steps,
                     t.clone_ms, t.build_ms, t.push_ms
                 );

@@ -184,6 +184,7 @@ impl Store {
             Ok(resp) => Ok(resp),
             Err(WriteError::NotLeader { leader_addr }) => Err(Error::NotLeader { leader: leader_addr }),
             Err(WriteError::Fatal(err)) => Err(Error::Storage(err.to_string())),
+            Err(err @ WriteError::Forward { .. }) => Err(Error::LeaderUnreachable(err.to_string())),
             Err(err) => Err(Error::Unavailable(err.to_string())),
         }
     }

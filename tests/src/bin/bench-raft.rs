@@ -20,7 +20,10 @@
 //! apply to the state machine, answer. etcd's clients send `KV.Put` to the leader too
 //! (found with `Maintenance.Status`), so neither system pays for forwarding. Every
 //! client has its own HTTP/2 connection. Both speak plain text: the schedulers run with
-//! `tls.insecure`, as etcd here runs on `http://` URLs, so neither pays for TLS.
+//! `tls.insecure`, as etcd here runs on `http://` URLs, so neither pays for TLS (the
+//! header says so; slipway in production speaks mutual TLS, which this bench does not
+//! measure yet). The header prints the `[raft]` timings the members load, read from
+//! their config files, not restated.
 //!
 //! **Which write.** The command is `RegisterNode` of a new node whose record is padded
 //! (one label) to the size of a queued build record, measured from a real `QueueBuild`
@@ -28,11 +31,13 @@
 //! connected every queued build waits, and a waiting build costs the leader far more
 //! than its write. The dispatcher walks the whole queue after every applied entry,
 //! holding the state's read lock that `apply` needs, and publishes a `Placement` event
-//! for each new waiting build, which opens an events topic with a 4096-slot broadcast
-//! channel (`events.rs`) kept until the build ends: about 1.3 MB each. A trial run with
-//! `QueueBuild` took the leader to 14 GB after 10,000 builds, and a new leader to 90 %
-//! CPU. `queue_timeout_secs` does not help: expiring a build is one more write, and its
-//! topic stays for 10 minutes. `RegisterNode` creates a record of the same size in the
+//! for each new waiting build, which opens an events topic (`events.rs`) kept until the
+//! build ends, its broadcast channel allocating `LIVE_CAPACITY` slots up front. When
+//! that was 4096 slots (about 1.3 MB a topic), a trial run with `QueueBuild` took the
+//! leader to 14 GB after 10,000 builds and a new leader to 90 % CPU; it is 256 now, so
+//! the memory is smaller, but the per-entry walk of the queue is not, and this bench
+//! has not been run with `QueueBuild` since. `queue_timeout_secs` does not help:
+//! expiring a build is one more write, and its topic stays for 10 minutes. `RegisterNode` creates a record of the same size in the
 //! replicated state (the state and its snapshots grow as with builds), and nothing on
 //! the leader scans nodes per entry.
 //!
@@ -52,6 +57,7 @@ use slipway_proto::control_client::ControlClient;
 use slipway_proto::metadata::RAFT_LEADER_ADDR;
 use slipway_proto::raft_client::RaftClient;
 use slipway_proto::{ClusterStatusRequest, ClusterStatusResponse, RaftPayload};
+use slipway_scheduler::config::{RaftSettings, SchedulerConfig};
 use slipway_scheduler::raft::network::{endpoint, ForwardedWrite};
 use slipway_scheduler::state::{Command, NodeRecord, Response};
 use slipway_testkit::free_port;
@@ -126,12 +132,16 @@ async fn run(measure: Duration, kills: usize) {
         "bench-raft: 3-member clusters on loopback; {cores} cores shared by both clusters and the clients"
     );
     println!("  data dirs: {} ({})", root.path().display(), filesystem_of(root.path()));
+    let raft = slipway.loaded_raft_settings();
     println!(
-        "  slipway {} (release build), default [raft]: heartbeat 150 ms, election timeout 600-1200 ms",
-        env!("CARGO_PKG_VERSION")
+        "  slipway {} (release build), [raft] as loaded: heartbeat {} ms, election timeout {}-{} ms",
+        env!("CARGO_PKG_VERSION"),
+        raft.heartbeat_ms,
+        raft.election_timeout_min_ms,
+        raft.election_timeout_max_ms
     );
     println!("  etcd {} ({}), its defaults", etcd.version, etcd_bin.display());
-    println!("  both in plain text: the schedulers with tls.insecure, etcd on http:// URLs");
+    println!("  TLS off: both in plain text, the schedulers with tls.insecure, etcd on http:// URLs");
     println!(
         "  a write: slipway ForwardWrite(RegisterNode) to the leader: a {node_bytes}-byte node record \
          ({command_bytes}-byte command),"
@@ -189,9 +199,13 @@ async fn failovers(slipway: &mut Slipway, writes: NodeWrites, kills: usize) {
         "  (openraft 0.9: a follower campaigns once it heard no leader for its leader lease, the \
          election timeout's max,"
     );
+    let raft = slipway.loaded_raft_settings();
+    let (min, max) = (raft.election_timeout_min_ms, raft.election_timeout_max_ms);
     println!(
-        "  plus a random election timeout: 1.2-1.6 s after the last heartbeat with the default \
-         [raft] settings, then an election and a commit)"
+        "  plus a random election timeout: {}-{} ms after the last heartbeat with the [raft] \
+         settings loaded, then an election and a commit)",
+        max + min,
+        max * 2
     );
     let (mut samples, mut catch_ups) = (Vec::new(), Vec::new());
     for round in 1..=kills {
@@ -350,6 +364,13 @@ struct Slipway {
 }
 
 impl Slipway {
+    /// The `[raft]` settings the members run with, read from their config files.
+    fn loaded_raft_settings(&self) -> RaftSettings {
+        let config = &self.members[0].config;
+        let text = std::fs::read_to_string(config).expect("read a member's config");
+        SchedulerConfig::parse(&text).expect("the bench's scheduler config parses").raft
+    }
+
     /// Writes the members' configs under `root`, starts them and waits for a leader.
     async fn start(binary: &Path, root: &Path) -> Slipway {
         let addrs: Vec<(u64, String, String)> =
