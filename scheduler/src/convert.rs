@@ -233,36 +233,6 @@ pub fn release(r: &state::Release) -> pb::Release {
     }
 }
 
-/// A registry GC's report, on the wire.
-pub fn gc_report(r: &crate::dispatch::gc::GcReport) -> pb::GcResponse {
-    pb::GcResponse {
-        dry_run: r.dry_run,
-        apps: r
-            .apps
-            .iter()
-            .map(|a| pb::GcApp {
-                app: a.app.clone(),
-                policy: a.policy.clone(),
-                oldest_kept: a.oldest_kept,
-                kept: a.kept.clone(),
-                deleted: a
-                    .deleted
-                    .iter()
-                    .map(|d| pb::GcImage {
-                        digest: d.digest.clone(),
-                        releases: d.releases.clone(),
-                        deleted: d.deleted,
-                    })
-                    .collect(),
-            })
-            .collect(),
-        bytes_reclaimed: r.bytes_reclaimed,
-        pause_ms: r.pause.as_millis() as u64,
-        blob_gc: r.blob_gc.clone(),
-        blob_gc_ok: r.blob_gc_ok,
-    }
-}
-
 /// Why nodes could not take a build, on the wire.
 pub fn rejections(rs: &[crate::placement::Rejection]) -> Vec<pb::NodeRejection> {
     rs.iter()
@@ -332,6 +302,36 @@ pub fn app_log_line(l: crate::deploy::observe::TaskLine) -> pb::AppLogLine {
         release: l.release,
         stream: l.source.as_str().to_owned(),
         line: l.line,
+    }
+}
+
+/// A registry GC's report, on the wire.
+pub fn gc_report(r: &crate::state::retention::GcReport) -> pb::GcResponse {
+    pb::GcResponse {
+        dry_run: r.dry_run,
+        apps: r
+            .apps
+            .iter()
+            .map(|a| pb::GcApp {
+                app: a.app.clone(),
+                policy: a.policy.clone(),
+                oldest_kept: a.oldest_kept,
+                kept: a.kept.clone(),
+                deleted: a
+                    .deleted
+                    .iter()
+                    .map(|d| pb::GcImage {
+                        digest: d.digest.clone(),
+                        releases: d.releases.clone(),
+                        deleted: d.deleted,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        bytes_reclaimed: r.bytes_reclaimed,
+        pause_ms: r.pause.as_millis() as u64,
+        blob_gc: r.blob_gc.clone(),
+        blob_gc_ok: r.blob_gc_ok,
     }
 }
 

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::context::Context;
 use crate::convert;
 use crate::error::Error;
-use crate::events::{is_terminal, release_topic};
+use crate::events::is_terminal;
 use crate::placement::Liveness;
 use crate::raft;
 use crate::security::join_tokens;
@@ -412,78 +412,17 @@ impl pb::control_server::Control for ControlService {
         &self,
         req: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
-        let app = req.into_inner().app;
-        validate::app_name(&app).map_err(Error::from)?;
-        let policy = self.ctx.config.registry.retention.policy(&app);
-        let now_ms = slipway_common::now_ms();
-        let releases = self
-            .ctx
-            .store
-            .read_current(|s| {
-                let current = s.app(&app)?.current_release;
-                let rs = s.releases.get(&app).map(Vec::as_slice).unwrap_or_default();
-                let pinned = crate::state::retention::Pinned { current, service_digest: None };
-                let plan = crate::state::retention::plan(rs, policy, &pinned, now_ms);
-                Ok::<_, crate::state::ApplyError>(
-                    rs.iter()
-                        .map(|r| pb::Release {
-                            rollbackable: !r.collected && plan.keeps(r),
-                            ..convert::release(r)
-                        })
-                        .collect(),
-                )
-            })
-            .await?
-            .map_err(Error::from)?;
-        Ok(Response::new(pb::ListReleasesResponse { releases }))
+        super::releases::list_releases(&self.ctx, req.into_inner().app).await.map(Response::new)
     }
 
     type RollbackStream = EventStream;
 
     async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<EventStream>, Status> {
-        let req = req.into_inner();
-        validate::app_name(&req.app).map_err(Error::from)?;
-        bounded_id("request id", &req.request_id)?;
-        let target = self
-            .ctx
-            .store
-            .read_current(|s| s.rollback_target(&req.app, (req.to != 0).then_some(req.to)).cloned())
-            .await?
-            .map_err(Error::from)?;
-        // Refused before anything changes: the image is gone, or goes at the next GC.
-        crate::dispatch::gc::check_rollback(&self.ctx, &req.app, &target)
-            .map_err(Status::failed_precondition)?;
-        self.ctx.docker().await?;
-        let request_id =
-            if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
-        let cmd = Command::Rollback {
-            app: req.app,
-            to: (req.to != 0).then_some(req.to),
-            request_id: Some(request_id),
-            at_ms: slipway_common::now_ms(),
-        };
-        let release = match self.ctx.store.write(cmd).await? {
-            Applied::Release(r) => r,
-            other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
-        };
-        tracing::info!(app = %release.app, release = release.number, of = ?release.rollback_of, "rollback recorded");
-        self.ctx.dispatcher_wake();
-        let topic = Topic::Release { app: release.app.clone(), number: release.number };
-        let first = Event::Release(convert::release(&release));
-        Ok(Response::new(watch_deploy(self.ctx.clone(), Some(first), release_topic(&release), topic)))
+        super::releases::rollback(&self.ctx, req.into_inner()).await.map(Response::new)
     }
 
     async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
-        let dry_run = req.into_inner().dry_run;
-        if !self.ctx.store.is_leader() {
-            return Err(Error::NotLeader { leader: self.ctx.store.leader_addr() }.into());
-        }
-        // A skipped round (builds did not get quiet) is an answer, not a fault to retry.
-        let report = crate::dispatch::gc::run_gc(&self.ctx, dry_run).await.map_err(|e| match e {
-            Error::Unavailable(m) => Status::aborted(m),
-            other => Status::from(other),
-        })?;
-        Ok(Response::new(convert::gc_report(&report)))
+        super::releases::gc(&self.ctx, req.into_inner().dry_run).await.map(Response::new)
     }
 
     async fn list_nodes(
@@ -586,7 +525,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         _: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(cluster_status(&self.ctx)))
+        Ok(Response::new(super::cluster::cluster_status(&self.ctx)))
     }
 
     async fn add_member(
@@ -602,9 +541,11 @@ impl pb::control_server::Control for ControlService {
             )));
         }
         self.ctx.store.require_leader()?;
-        let id = probe_joiner(&self.ctx, addr, req.node_id).await?;
-        raft::add_member(self.ctx.store.raft(), id, addr, JOIN_CATCH_UP).await.map_err(membership_status)?;
-        Ok(Response::new(cluster_status(&self.ctx)))
+        let id = super::cluster::probe_joiner(&self.ctx, addr, req.node_id).await?;
+        raft::add_member(self.ctx.store.raft(), id, addr, super::cluster::JOIN_CATCH_UP)
+            .await
+            .map_err(super::cluster::membership_status)?;
+        Ok(Response::new(super::cluster::cluster_status(&self.ctx)))
     }
 
     async fn remove_member(
@@ -619,7 +560,7 @@ impl pb::control_server::Control for ControlService {
             (m.id, m.membership_config.membership().get_node(&id).is_some())
         };
         if !member {
-            return Err(membership_status(raft::MembershipError::NotFound(id)));
+            return Err(super::cluster::membership_status(raft::MembershipError::NotFound(id)));
         }
         // Its certificates are denied first, so a retry after a failure half-way still
         // denies them (removing a member that is gone is "not found"). Not so for this
@@ -627,12 +568,12 @@ impl pb::control_server::Control for ControlService {
         if id != me {
             self.revoke_member(id).await?;
         }
-        raft::remove_member(self.ctx.store.raft(), id).await.map_err(membership_status)?;
+        raft::remove_member(self.ctx.store.raft(), id).await.map_err(super::cluster::membership_status)?;
         if id == me {
             self.revoke_member(id).await?;
         }
         tracing::info!(id, "scheduler removed; its certificates are denied");
-        Ok(Response::new(cluster_status(&self.ctx)))
+        Ok(Response::new(super::cluster::cluster_status(&self.ctx)))
     }
 
     async fn app_status(
@@ -769,97 +710,6 @@ impl ControlService {
 fn certs_expire_by_ms(ctx: &Context, role: Role, at_ms: u64) -> u64 {
     let lifetime = super::enroll::validity(ctx, role) + Duration::from_secs(60);
     at_ms.saturating_add(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// How long a joining scheduler may take to catch up before the join is called off.
-const JOIN_CATCH_UP: Duration = Duration::from_secs(60);
-
-/// This member's view of the cluster.
-fn cluster_status(ctx: &Context) -> pb::ClusterStatusResponse {
-    let metrics = ctx.store.raft().metrics().borrow().clone();
-    let membership = metrics.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    let matched = |id: &u64| {
-        let replication = metrics.replication.as_ref()?;
-        match replication.get(id) {
-            Some(log_id) => log_id.map(|l| l.index),
-            // The leader itself: everything it has.
-            None if *id == metrics.id => metrics.last_log_index,
-            None => None,
-        }
-    };
-    let members = membership
-        .nodes()
-        .map(|(id, node)| pb::ClusterMember {
-            id: *id,
-            addr: node.addr.clone(),
-            voter: voters.contains(id),
-            matched_index: matched(id).unwrap_or_default(),
-        })
-        .collect();
-    pb::ClusterStatusResponse {
-        node_id: metrics.id,
-        leader_id: metrics.current_leader.unwrap_or_default(),
-        term: metrics.current_term,
-        last_log_index: metrics.last_log_index.unwrap_or_default(),
-        last_applied_index: metrics.last_applied.map_or(0, |l| l.index),
-        members,
-        state: format!("{:?}", metrics.state),
-        snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
-        purged_index: metrics.purged.map_or(0, |l| l.index),
-    }
-}
-
-/// Asks the scheduler at `addr` who it is before it is added: it must answer, carry
-/// the expected id (if one was given), and not belong to another cluster. Returns its id.
-async fn probe_joiner(ctx: &Context, addr: &str, expected: u64) -> Result<u64, Status> {
-    let unreachable = |e: String| {
-        Status::unavailable(format!(
-            "cannot reach the joining scheduler at {addr} from the leader ({e}); is it running, with \
-             advertise = \"{addr}\", and is that address reachable from the other schedulers?"
-        ))
-    };
-    // As a scheduler (its certificate), which the joiner's control API admits.
-    let endpoint = ctx
-        .store
-        .peers()
-        .endpoint(addr)
-        .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
-        .timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
-    let theirs = pb::control_client::ControlClient::new(channel)
-        .cluster_status(pb::ClusterStatusRequest {})
-        .await
-        .map_err(|e| unreachable(e.message().to_string()))?
-        .into_inner();
-    if expected != 0 && theirs.node_id != expected {
-        return Err(Status::invalid_argument(format!(
-            "the scheduler at {addr} has node_id {}, not {expected}",
-            theirs.node_id
-        )));
-    }
-    let ours = ctx.store.raft().metrics().borrow().membership_config.membership().clone();
-    let same_cluster = theirs.members.iter().any(|m| ours.get_node(&m.id).is_some_and(|n| n.addr == m.addr));
-    if !theirs.members.is_empty() && !same_cluster {
-        let listed: Vec<String> = theirs.members.iter().map(|m| format!("{}@{}", m.id, m.addr)).collect();
-        return Err(Status::failed_precondition(format!(
-            "the scheduler at {addr} already belongs to another cluster (members {}); to join it here, \
-             stop it, empty its data_dir, and start it with join = true under [cluster]",
-            listed.join(", ")
-        )));
-    }
-    Ok(theirs.node_id)
-}
-
-fn membership_status(e: raft::MembershipError) -> Status {
-    use raft::MembershipError as M;
-    match e {
-        M::NotLeader { leader_addr } => Error::NotLeader { leader: leader_addr }.into(),
-        M::Conflict(_) => Status::failed_precondition(e.to_string()),
-        M::NotFound(_) => Status::not_found(e.to_string()),
-        M::CatchUp { .. } => Status::deadline_exceeded(e.to_string()),
-        M::Raft(_) => Status::unavailable(e.to_string()),
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! - [`control`]: the operator API (`control.proto`, what `slipway` calls): apps,
 //!   deploys, builds, logs, releases, rollbacks, nodes, cluster membership, join tokens,
-//!   app config and scale (`app_config`), app secrets (`secrets`: leader only, the value
+//!   app config and scale (`app_config`), releases, rollbacks and the registry GC
+//!   (`releases`), cluster membership (`cluster`), app secrets (`secrets`: leader only, the value
 //!   goes to a Swarm secret and never into raft or a log). Input is validated here, before anything is
 //!   written. [`app_status`] answers its `AppStatus` and `AppLogs` (an app's tasks and
 //!   their output, read from Swarm); `app_webhook` its `AppWebhook` (the URL and
@@ -20,6 +21,8 @@ pub mod agents;
 mod app_config;
 pub mod app_status;
 mod app_webhook;
+mod cluster;
 pub mod control;
 pub mod enroll;
+mod releases;
 mod secrets;

@@ -46,51 +46,8 @@ use crate::context::Context;
 use crate::deploy::service_name;
 use crate::error::Error;
 use crate::security::registry_client::RegistryAdmin;
-use crate::state::retention::{self, Pinned, Plan, Policy};
+use crate::state::retention::{self, AppGc, DeletedImage, GcReport, Pinned, Plan, Policy};
 use crate::state::{BuildState, Command, Release, ReleaseNumber};
-
-/// What a GC did (or, dry, would do) to one app.
-#[derive(Debug, Clone, Default)]
-pub struct AppGc {
-    /// The app.
-    pub app: String,
-    /// Its policy, as text (`keep_last = 5`).
-    pub policy: String,
-    /// The oldest release still kept (rollbacks reach this far back).
-    pub oldest_kept: ReleaseNumber,
-    /// Digests kept.
-    pub kept: Vec<String>,
-    /// Images outside the policy: digest, the releases that ran it, deleted now.
-    pub deleted: Vec<DeletedImage>,
-}
-
-/// One image outside the policy.
-#[derive(Debug, Clone, Default)]
-pub struct DeletedImage {
-    /// Its manifest digest.
-    pub digest: String,
-    /// Releases that ran it (now marked collected).
-    pub releases: Vec<ReleaseNumber>,
-    /// Whether the manifest was deleted by this run (false: dry run, or already gone).
-    pub deleted: bool,
-}
-
-/// What a GC did.
-#[derive(Debug, Clone, Default)]
-pub struct GcReport {
-    /// Nothing changed: only the plan.
-    pub dry_run: bool,
-    /// Per app (apps with nothing outside the policy included).
-    pub apps: Vec<AppGc>,
-    /// Bytes of the blobs only deleted manifests referenced (see the module doc).
-    pub bytes_reclaimed: u64,
-    /// How long queued builds were held.
-    pub pause: Duration,
-    /// What garbage-collect did: "not configured …", or its exit and output's tail.
-    pub blob_gc: String,
-    /// Whether garbage-collect ran and exited 0.
-    pub blob_gc_ok: bool,
-}
 
 /// Runs a GC now (see the module doc). Only the leader; one at a time.
 pub async fn run_gc(ctx: &Arc<Context>, dry_run: bool) -> Result<GcReport, Error> {

@@ -15,6 +15,7 @@
 //! Everything here is deterministic: the clock is an argument.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use super::{DeployState, Release, ReleaseNumber};
 
@@ -107,6 +108,49 @@ pub fn plan(releases: &[Release], policy: Policy, pinned: &Pinned, now_ms: u64) 
     }
     let oldest_kept = newest_first.iter().rev().find(|r| keep.contains(&r.digest)).map_or(0, |r| r.number);
     Plan { keep, delete, oldest_kept }
+}
+
+/// What a GC did (or, dry, would do) to one app.
+#[derive(Debug, Clone, Default)]
+pub struct AppGc {
+    /// The app.
+    pub app: String,
+    /// Its policy, as text (`keep_last = 5`).
+    pub policy: String,
+    /// The oldest release still kept (rollbacks reach this far back).
+    pub oldest_kept: ReleaseNumber,
+    /// Digests kept.
+    pub kept: Vec<String>,
+    /// Images outside the policy: digest, the releases that ran it, deleted now.
+    pub deleted: Vec<DeletedImage>,
+}
+
+/// One image outside the policy.
+#[derive(Debug, Clone, Default)]
+pub struct DeletedImage {
+    /// Its manifest digest.
+    pub digest: String,
+    /// Releases that ran it (now marked collected).
+    pub releases: Vec<ReleaseNumber>,
+    /// Whether the manifest was deleted by this run (false: dry run, or already gone).
+    pub deleted: bool,
+}
+
+/// What a GC did.
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    /// Nothing changed: only the plan.
+    pub dry_run: bool,
+    /// Per app (apps with nothing outside the policy included).
+    pub apps: Vec<AppGc>,
+    /// Bytes of the blobs only deleted manifests referenced (see the module doc).
+    pub bytes_reclaimed: u64,
+    /// How long queued builds were held.
+    pub pause: Duration,
+    /// What garbage-collect did: "not configured …", or its exit and output's tail.
+    pub blob_gc: String,
+    /// Whether garbage-collect ran and exited 0.
+    pub blob_gc_ok: bool,
 }
 
 #[cfg(test)]
