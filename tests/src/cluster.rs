@@ -604,6 +604,46 @@ impl TestCluster {
             .expect("write scheduler config");
     }
 
+    /// Starts `slipway-agent` named `name` joining with `token` through member `id` alone
+    /// and waits up to `wait` for it to exit: its exit status (None: still running, so
+    /// it joined; it is stopped) and its log. For the tests of who may join.
+    pub fn try_agent_join(
+        &self,
+        id: u64,
+        name: &str,
+        token: &str,
+        wait: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "schedulers = [\"{}\"]\nname = \"{name}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\n\
+             metrics_listen = \"\"\njoin_token = \"{token}\"\n",
+            self.grpc_addr(id),
+            dir.join("state").display(),
+            dir.join("builds").display(),
+        );
+        std::fs::write(dir.join("agent.toml"), config).unwrap();
+        let mut child = self.spawn(
+            Command::new(binary("slipway-agent")),
+            &format!("{name}/agent.toml"),
+            &format!("{name}/agent.log"),
+        );
+        let deadline = Instant::now() + wait;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        (status, std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default())
+    }
+
     /// Starts `command --config <config>`, its output appended to `<log>` (both paths
     /// relative to the cluster's directory): how every slipway process of a test runs.
     pub fn spawn(&self, mut command: Command, config: &str, log: &str) -> Child {

@@ -220,38 +220,6 @@ async fn every_service_refuses_strangers_and_wrong_roles() {
     assert!(!out.status.success() && stderr.contains("admin-cert"), "{stderr}");
 }
 
-/// Starts an agent with `token` and a fresh state dir; waits for it to exit (10 s at
-/// most) and returns its output, or None if it is still running (it joined).
-fn try_join(cluster: &TestCluster, name: &str, token: &str) -> (Option<std::process::ExitStatus>, String) {
-    let dir = cluster.dir.path().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "schedulers = [\"{}\"]\nname = \"{name}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nmetrics_listen = \"\"\njoin_token = \"{token}\"\n",
-        cluster.grpc_addr(1),
-        dir.join("state").display(),
-        dir.join("builds").display(),
-    );
-    std::fs::write(dir.join("agent.toml"), config).unwrap();
-    let mut child = cluster.spawn(
-        Command::new(binary("slipway-agent")),
-        &format!("{name}/agent.toml"),
-        &format!("{name}/agent.log"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (status, std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_join_with_the_current_token_only() {
     let Some(cluster) = TestCluster::start("t24join").await else { return };
@@ -261,17 +229,17 @@ async fn agents_join_with_the_current_token_only() {
     let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_ne!(new, old, "rotation makes a new token");
 
-    let (status, log) = try_join(&cluster, "rotated", &old);
+    let (status, log) = cluster.try_agent_join(1, "rotated", &old, Duration::from_secs(10));
     assert!(status.is_some_and(|s| !s.success()), "an agent with a rotated-out token does not join:\n{log}");
     assert!(log.contains("not valid here (rotated"), "it says why:\n{log}");
 
     let forged = new.replace(&new[15..79], &"0".repeat(64));
     assert_ne!(forged, new);
-    let (status, log) = try_join(&cluster, "forged", &forged);
+    let (status, log) = cluster.try_agent_join(1, "forged", &forged, Duration::from_secs(10));
     assert!(status.is_some_and(|s| !s.success()), "a token pinning another CA does not join:\n{log}");
     assert!(log.contains("holds no CA with digest"), "it says why:\n{log}");
 
-    let (status, log) = try_join(&cluster, "welcome", &new);
+    let (status, log) = cluster.try_agent_join(1, "welcome", &new, Duration::from_secs(10));
     assert!(status.is_none(), "an agent with the current token joins and stays:\n{log}");
     assert!(log.contains("joined the cluster"), "{log}");
     let mode = std::fs::metadata(cluster.dir.path().join("welcome/state/tls/key.pem")).unwrap();

@@ -315,43 +315,6 @@ async fn clm_failover_and_a_cut_off_member_keep_their_bounds() {
     cluster.heal(leader);
 }
 
-/// Starts `slipway-agent` joining with `token` through member `id` alone; its exit
-/// status (None: still running after 15 s, so joined) and its log.
-fn join_through(
-    cluster: &TestCluster,
-    id: u64,
-    name: &str,
-    token: &str,
-) -> (Option<std::process::ExitStatus>, String) {
-    let dir = cluster.dir.path().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "schedulers = [\"{}\"]\nname = \"{name}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nmetrics_listen = \"\"\njoin_token = \"{token}\"\n",
-        cluster.grpc_addr(id),
-        dir.join("state").display(),
-        dir.join("builds").display(),
-    );
-    std::fs::write(dir.join("agent.toml"), config).unwrap();
-    let mut child = cluster.spawn(
-        Command::new(binary("slipway-agent")),
-        &format!("{name}/agent.toml"),
-        &format!("{name}/agent.log"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (status, std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clm_a_rotated_token_fails_on_every_member() {
     let Some(cluster) = TestCluster::start_replicated("clmtoken", 3, "").await else { return };
@@ -362,7 +325,8 @@ async fn clm_a_rotated_token_fails_on_every_member() {
     assert_ne!(new, old);
 
     for id in 1..=3 {
-        let (status, log) = join_through(&cluster, id, &format!("clm-old-{id}"), &old);
+        let (status, log) =
+            cluster.try_agent_join(id, &format!("clm-old-{id}"), &old, Duration::from_secs(15));
         assert!(
             status.is_some_and(|s| !s.success()),
             "the rotated-out token joined through member {id}:\n{log}"
@@ -372,7 +336,7 @@ async fn clm_a_rotated_token_fails_on_every_member() {
     // The new token joins through a follower (the refusals above were not of everything).
     let leader = cluster.leader().await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let (status, log) = join_through(&cluster, follower, "clm-new", &new);
+    let (status, log) = cluster.try_agent_join(follower, "clm-new", &new, Duration::from_secs(15));
     assert!(status.is_none(), "the current token joins through follower {follower}:\n{log}");
     assert!(log.contains("joined the cluster"), "{log}");
 }
