@@ -260,7 +260,9 @@ pub fn remove_stack(stack: &str) {
     for id in services.split_whitespace() {
         let _ = docker_cli(&["service", "rm", id]);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: a task's container may still be starting when the service goes, and on a
+    // loaded machine stopping it and freeing its volume took more than 20 s (seen in CI).
+    let deadline = Instant::now() + Duration::from_secs(90);
     let network = format!("{stack}_default");
     loop {
         // A Swarm network removed while tasks still hold it lingers a moment after `rm`
