@@ -447,14 +447,24 @@ impl TestCluster {
             schedulers.join(", ")
         );
         std::fs::write(self.path(".slipway/config.toml"), cli).expect("write the CLI config");
-        let token = self
-            .client()
-            .await
-            .join_token(pb::JoinTokenRequest { role: "agent".into(), rotate: false })
-            .await
-            .expect("the agents' join token")
-            .into_inner()
-            .token;
+        // A leader elected a moment ago may not hear its peers yet (they are still
+        // starting on a loaded machine): its quorum check fails as unavailable. Retried.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let token = loop {
+            let answer = self
+                .client()
+                .await
+                .join_token(pb::JoinTokenRequest { role: "agent".into(), rotate: false })
+                .await;
+            match answer {
+                Ok(token) => break token.into_inner().token,
+                Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    eprintln!("the agents' join token: {}; asking again", status.message());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(status) => panic!("the agents' join token: {status:?}"),
+            }
+        };
         self.agent_token = Some(token);
         self.write_configs();
     }

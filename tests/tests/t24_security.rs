@@ -536,7 +536,8 @@ struct Lone {
     ca: Ca,
     data_dir: std::path::PathBuf,
     log: std::path::PathBuf,
-    _child: KillOnDrop,
+    config: std::path::PathBuf,
+    child: KillOnDrop,
 }
 
 impl Lone {
@@ -553,24 +554,53 @@ impl Lone {
         );
         std::fs::write(dir.join("scheduler.toml"), config).unwrap();
         let log = dir.join("scheduler.log");
-        let child = Command::new(binary("slipway-scheduler"))
-            .arg("--config")
-            .arg(dir.join("scheduler.toml"))
-            .env("RUST_LOG", "info,openraft=warn,sled=warn")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
-            .spawn()
-            .unwrap();
+        std::fs::File::create(&log).unwrap();
+        let config = dir.join("scheduler.toml");
+        let child = KillOnDrop(Self::spawn(&config, &log));
         let tls = http_section.contains("tls = true");
-        let lone =
-            Lone { http, tls, grpc, ca, data_dir: data_dir.to_path_buf(), log, _child: KillOnDrop(child) };
-        let client = lone.client(None);
+        let lone = Lone { http, tls, grpc, ca, data_dir: data_dir.to_path_buf(), log, config, child };
+        lone.wait_ready().await;
+        lone
+    }
+
+    fn spawn(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+        let append = || std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        Command::new(binary("slipway-scheduler"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info,openraft=warn,sled=warn")
+            .stdout(append())
+            .stderr(append())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts the scheduler again on its config and data dir (after it exited).
+    async fn restart(&mut self) {
+        self.child = KillOnDrop(Self::spawn(&self.config, &self.log));
+        self.wait_ready().await;
+    }
+
+    /// The process's exit status, once it exited within `wait`.
+    fn exited_within(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    async fn wait_ready(&self) {
+        let client = self.client(None);
+        let lone = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !client.get(lone.url("/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
             assert!(Instant::now() < deadline, "the scheduler does not serve:\n{}", lone.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        lone
     }
 
     fn url(&self, path: &str) -> String {
@@ -716,13 +746,14 @@ fn fill(dir: &std::path::Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_fails_when_the_store_is_gone_or_a_write_fails_and_slow_requests_are_cut_off() {
+async fn healthz_fails_when_the_store_is_gone_a_full_disk_ends_the_process_and_slow_requests_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let Some(_tmpfs) = Tmpfs::mount(&data, "48m") else { return };
-    let lone = Lone::start(dir.path(), &data, "").await;
+    let mut lone = Lone::start(dir.path(), &data, "").await;
     let client = lone.client(None);
-    let health = || async { status(client.get(lone.url("/healthz"))).await };
+    let healthz = lone.url("/healthz");
+    let health = || async { status(client.get(&healthz)).await };
     assert_eq!(health().await, (200, "ok\n".into()));
 
     // A client trickling its request's headers (one every second) is cut off once the
@@ -757,7 +788,15 @@ async fn healthz_fails_when_the_store_is_gone_or_a_write_fails_and_slow_requests
     std::fs::rename(data.join("raft.moved"), &raft).unwrap();
     assert_eq!(health().await.0, 200, "the same store back in place");
 
-    // A full disk: the next raft write fails, raft stops, and health says so.
+    let cut_after = slowloris.await.unwrap();
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(16)).contains(&cut_after),
+        "a trickled request was cut off after {cut_after:?}"
+    );
+
+    // A full disk: the next raft write fails and raft stops for good (a fatal storage
+    // error). The process exits (status 70, one line naming the task and the cause) so
+    // that systemd restarts it, rather than staying up as a member that cannot commit.
     fill(&data);
     let admin = lone.ca.issue(&PeerIdentity::new(Role::Admin, "ops"), HOUR).unwrap();
     let mut control = ControlClient::new(channel(&lone.grpc, admin).await.unwrap());
@@ -769,18 +808,32 @@ async fn healthz_fails_when_the_store_is_gone_or_a_write_fails_and_slow_requests
             branch: "main".into(),
         };
         if let Err(status) = control.create_app(req).await {
-            failed = Some(status);
+            failed = Some((n, status));
             break;
         }
     }
-    let failed = failed.expect("a write to a full disk fails");
-    let (code, text) = health().await;
-    assert_eq!(code, 503, "after {failed:?}: {text}");
-    assert!(text.contains("raft has stopped"), "{text}");
-
-    let cut_after = slowloris.await.unwrap();
+    let (first_failed, failed) = failed.expect("a write to a full disk fails");
+    // Every create before the one that failed was acknowledged.
+    let acknowledged: Vec<String> = (0..first_failed).map(|n| format!("full{n}")).collect();
+    let exit = lone.exited_within(Duration::from_secs(30));
+    let exit = exit.unwrap_or_else(|| panic!("the scheduler exits after {failed:?}:\n{}", lone.log()));
+    assert_eq!(exit.code(), Some(70), "{}", lone.log());
+    let log = lone.log();
     assert!(
-        (Duration::from_secs(9)..Duration::from_secs(16)).contains(&cut_after),
-        "a trickled request was cut off after {cut_after:?}"
+        log.contains("supervised task") && log.contains("exiting so the service manager restarts"),
+        "{log}"
     );
+
+    // Space freed and started again on the same data dir: it serves, and every
+    // acknowledged write is there.
+    std::fs::remove_file(data.join("ballast")).unwrap();
+    lone.restart().await;
+    assert_eq!(health().await, (200, "ok\n".into()));
+    let admin = lone.ca.issue(&PeerIdentity::new(Role::Admin, "ops"), HOUR).unwrap();
+    let mut control = ControlClient::new(channel(&lone.grpc, admin).await.unwrap());
+    let apps = control.list_apps(pb::ListAppsRequest {}).await.unwrap().into_inner().apps;
+    let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+    for name in &acknowledged {
+        assert!(names.contains(&name.as_str()), "acknowledged {name} is kept: {names:?}");
+    }
 }
