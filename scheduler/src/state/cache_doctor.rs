@@ -421,6 +421,53 @@ mod tests {
         assert!(d.advice.contains("`COPY . /app`"), "{}", d.advice);
     }
 
+    fn build(id: &str, app: &str, state: BuildState, steps: Vec<BuildStep>) -> Build {
+        Build {
+            id: id.to_string(),
+            app: app.to_string(),
+            git_ref: "main".to_string(),
+            no_cache: false,
+            state,
+            node_id: None,
+            attempt: 1,
+            created_at_ms: 0,
+            queued_at_ms: 0,
+            finished_at_ms: Some(1),
+            error: None,
+            output: (state == BuildState::Pushed).then(|| super::super::BuildOutput {
+                build_steps: steps,
+                bytes_pushed: 4096,
+                ..Default::default()
+            }),
+            release: None,
+            pushes: 0,
+        }
+    }
+
+    #[test]
+    fn a_build_is_compared_with_its_apps_previous_pushed_build() {
+        let mut s = State::default();
+        for b in [
+            build("b-1", "shop", BuildState::Pushed, whole_context(false)),
+            build("b-2", "shop", BuildState::Pushed, whole_context(true)),
+            build("b-3", "other", BuildState::Pushed, lockfile_first(true)),
+            build("b-4", "shop", BuildState::Failed, vec![]),
+            build("b-5", "shop", BuildState::Pushed, whole_context(false)),
+        ] {
+            s.builds.insert(b.id.clone(), b);
+        }
+        let d = for_build(&s, &s.builds["b-5"]).expect("b-5 against b-2");
+        assert_eq!(d.step, "[3/5] COPY . .");
+        assert_eq!(d.bytes_pushed, 4096);
+        assert!(!d.advice.is_empty());
+        assert_eq!(for_build(&s, &s.builds["b-1"]), None, "a first build");
+        assert_eq!(for_build(&s, &s.builds["b-2"]), None, "all cached");
+        assert_eq!(for_build(&s, &s.builds["b-4"]), None, "not pushed");
+        let mut no_cache = s.builds["b-5"].clone();
+        no_cache.no_cache = true;
+        assert_eq!(for_build(&s, &no_cache), None, "--no-cache rebuilds by request");
+    }
+
     #[test]
     fn copy_from_a_stage_is_not_a_context_copy() {
         assert_eq!(context_sources("COPY --from=build /out /app"), None);
