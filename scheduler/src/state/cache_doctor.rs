@@ -13,7 +13,7 @@
 //! Pure: no IO, no clock. [`for_build`] picks the previous build from the state; the
 //! control API calls it at read time, so nothing of this goes through raft.
 
-use super::{build_seq, Build, BuildState, BuildStep, State};
+use super::{build_seq, Build, BuildOutput, BuildState, BuildStep, State};
 
 /// What the cache doctor found about one build.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -273,12 +273,17 @@ pub fn for_build(s: &State, build: &Build) -> Option<Diagnosis> {
     if build.state != BuildState::Pushed || build.no_cache {
         return None;
     }
-    let current = build.output.as_ref()?;
-    let seq = build_seq(&build.id);
+    against_previous(s, &build.app, &build.id, build.output.as_ref()?)
+}
+
+/// [`for_build`] for a build whose output is verified but not yet recorded (the deploy
+/// stream says it as soon as the image is pushed). The caller skips `--no-cache` builds.
+pub fn against_previous(s: &State, app: &str, build_id: &str, current: &BuildOutput) -> Option<Diagnosis> {
+    let seq = build_seq(build_id);
     let previous = s
         .builds
         .values()
-        .filter(|b| b.app == build.app && b.state == BuildState::Pushed && build_seq(&b.id) < seq)
+        .filter(|b| b.app == app && b.state == BuildState::Pushed && build_seq(&b.id) < seq)
         .filter_map(|b| Some((build_seq(&b.id), b.output.as_ref()?)))
         .filter(|(_, o)| !o.build_steps.is_empty())
         .max_by_key(|(n, _)| *n)?
@@ -286,6 +291,28 @@ pub fn for_build(s: &State, build: &Build) -> Option<Diagnosis> {
     let mut d = diagnose(&previous.build_steps, &current.build_steps, &[])?;
     d.bytes_pushed = current.bytes_pushed;
     Some(d)
+}
+
+impl Diagnosis {
+    /// A short paragraph for the deploy stream.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!("cache doctor: `{}` was rebuilt ({}),", self.step, self.cause),
+            format!(
+                "  and {} step(s) from it on: {:.1}s, {} pushed",
+                self.rebuilt_steps,
+                self.rebuilt_ms as f64 / 1000.0,
+                slipway_proto::human_bytes(self.bytes_pushed)
+            ),
+        ];
+        if !self.changed_paths.is_empty() {
+            lines.push(format!("  changed files it copies: {}", self.changed_paths.join(", ")));
+        }
+        if !self.advice.is_empty() {
+            lines.push(format!("  advice: {}", self.advice));
+        }
+        lines
+    }
 }
 
 #[cfg(test)]
@@ -434,7 +461,7 @@ mod tests {
             queued_at_ms: 0,
             finished_at_ms: Some(1),
             error: None,
-            output: (state == BuildState::Pushed).then(|| super::super::BuildOutput {
+            output: (state == BuildState::Pushed).then(|| BuildOutput {
                 build_steps: steps,
                 bytes_pushed: 4096,
                 ..Default::default()
@@ -460,6 +487,13 @@ mod tests {
         assert_eq!(d.step, "[3/5] COPY . .");
         assert_eq!(d.bytes_pushed, 4096);
         assert!(!d.advice.is_empty());
+        let lines = d.lines();
+        assert_eq!(
+            lines[0],
+            "cache doctor: `[3/5] COPY . .` was rebuilt (files it copies changed since the previous build),"
+        );
+        assert_eq!(lines[1], "  and 3 step(s) from it on: 50.3s, 4.0 KiB pushed");
+        assert!(lines[2].starts_with("  advice: the dependency install step `RUN npm ci`"), "{}", lines[2]);
         assert_eq!(for_build(&s, &s.builds["b-1"]), None, "a first build");
         assert_eq!(for_build(&s, &s.builds["b-2"]), None, "all cached");
         assert_eq!(for_build(&s, &s.builds["b-4"]), None, "not pushed");
