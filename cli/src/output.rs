@@ -95,7 +95,33 @@ pub fn build_json(b: &pb::Build) -> Value {
         "error": b.error, "release": b.release,
         "output": b.output.as_ref().map(output_json),
         "waiting_on": b.waiting_on.iter().map(|r| json!({"node_id": r.node_id, "node": r.node_name, "reason": r.reason})).collect::<Vec<_>>(),
+        "cache_doctor": b.cache_doctor.as_ref().map(|d| json!({
+            "step": d.step, "cause": d.cause, "changed_paths": d.changed_paths,
+            "rebuilt_steps": d.rebuilt_steps, "seconds": d.seconds,
+            "bytes_pushed": d.bytes_pushed,
+            "advice": (!d.advice.is_empty()).then_some(&d.advice),
+        })),
     })
+}
+
+/// The cache doctor's finding as `builds show` prints it: a short paragraph.
+pub fn cache_doctor_lines(d: &pb::CacheDoctor) -> Vec<String> {
+    let mut lines = vec![
+        format!("cache doctor: `{}` was rebuilt ({}),", d.step, d.cause),
+        format!(
+            "  and {} step(s) from it on: {:.1}s, {} pushed",
+            d.rebuilt_steps,
+            d.seconds,
+            slipway_proto::human_bytes(d.bytes_pushed)
+        ),
+    ];
+    if !d.changed_paths.is_empty() {
+        lines.push(format!("  changed files it copies: {}", d.changed_paths.join(", ")));
+    }
+    if !d.advice.is_empty() {
+        lines.push(format!("  advice: {}", d.advice));
+    }
+    lines
 }
 
 pub fn release_json(r: &pb::Release) -> Value {
@@ -223,6 +249,32 @@ mod tests {
         assert_eq!(log_prefix("shop", &line), "shop.2.x3k9a8b1c2d4@worker-1");
         let unplaced = pb::AppLogLine { task_id: "short".into(), slot: 1, ..Default::default() };
         assert_eq!(log_prefix("shop", &unplaced), "shop.1.short@?");
+    }
+
+    #[test]
+    fn the_cache_doctor_is_a_paragraph_and_json() {
+        let d = pb::CacheDoctor {
+            step: "[3/5] COPY . .".into(),
+            cause: "files it copies changed since the previous build".into(),
+            rebuilt_steps: 3,
+            seconds: 50.3,
+            bytes_pushed: 2_000_000,
+            advice: "copy the lockfile first".into(),
+            ..Default::default()
+        };
+        let lines = cache_doctor_lines(&d);
+        assert_eq!(
+            lines[0],
+            "cache doctor: `[3/5] COPY . .` was rebuilt (files it copies changed since the previous build),"
+        );
+        assert!(lines[1].contains("3 step(s) from it on: 50.3s"), "{}", lines[1]);
+        assert_eq!(lines.last().map(String::as_str), Some("  advice: copy the lockfile first"));
+        assert_eq!(lines.len(), 3, "no changed paths known: no line for them");
+        let b = pb::Build { cache_doctor: Some(d), ..Default::default() };
+        let j = build_json(&b);
+        assert_eq!(j["cache_doctor"]["step"], "[3/5] COPY . .");
+        assert_eq!(j["cache_doctor"]["rebuilt_steps"], 3);
+        assert_eq!(build_json(&pb::Build::default())["cache_doctor"], Value::Null);
     }
 
     #[test]

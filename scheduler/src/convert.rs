@@ -48,6 +48,20 @@ pub fn build(b: &state::Build, waiting_on: Vec<pb::NodeRejection>) -> pb::Build 
         output: b.output.as_ref().map(build_output),
         release: b.release.unwrap_or_default(),
         waiting_on,
+        cache_doctor: None,
+    }
+}
+
+/// The cache doctor's finding on the wire.
+pub fn cache_doctor(d: &state::cache_doctor::Diagnosis) -> pb::CacheDoctor {
+    pb::CacheDoctor {
+        step: d.step.clone(),
+        cause: d.cause.clone(),
+        changed_paths: d.changed_paths.clone(),
+        rebuilt_steps: d.rebuilt_steps,
+        seconds: d.rebuilt_ms as f64 / 1000.0,
+        bytes_pushed: d.bytes_pushed,
+        advice: d.advice.clone(),
     }
 }
 

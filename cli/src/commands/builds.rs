@@ -107,6 +107,11 @@ fn print_build(b: &pb::Build) {
             println!();
         }
     }
+    if let Some(d) = &b.cache_doctor {
+        for line in output::cache_doctor_lines(d) {
+            println!("{line}");
+        }
+    }
     if !b.error.is_empty() {
         println!("error:    {}", b.error);
     }

@@ -274,6 +274,14 @@ async fn handle_build_event(ctx: &Arc<Context>, node_id: &str, event: BuildEvent
                     if let Ok(verified) = &result {
                         let built = crate::convert::build_output(verified);
                         ctx.events.publish(&build_id, slipway_proto::deploy_event::Event::Built(built));
+                        let doctor = ctx.store.read(|s| {
+                            let build = s.builds.get(&build_id).filter(|b| !b.no_cache)?;
+                            crate::state::cache_doctor::against_previous(s, &build.app, &build_id, verified)
+                        });
+                        for (i, line) in doctor.iter().flat_map(|d| d.lines()).enumerate() {
+                            let lead = if i == 0 { "==> " } else { "  " };
+                            ctx.events.log(&build_id, format!("{lead}{line}"));
+                        }
                     }
                     crate::dispatch::finish_build(&ctx, &build_id, attempt, result).await;
                 }

@@ -348,7 +348,15 @@ impl pb::control_server::Control for ControlService {
             .ctx
             .store
             .read_current(|s| {
-                s.builds.get(&id).map(|b| convert::build(b, waiting)).ok_or_else(|| missing_build(s, &id))
+                s.builds
+                    .get(&id)
+                    .map(|b| {
+                        let mut out = convert::build(b, waiting);
+                        out.cache_doctor =
+                            crate::state::cache_doctor::for_build(s, b).map(|d| convert::cache_doctor(&d));
+                        out
+                    })
+                    .ok_or_else(|| missing_build(s, &id))
             })
             .await??;
         Ok(Response::new(build))

@@ -356,6 +356,14 @@ fn builds(o: &Overview) -> Markup {
                         td { (age(o.now_ms.saturating_sub(b.created_at_ms))) }
                         td.err { (b.error.as_deref().map(first_line).unwrap_or_default()) }
                     }
+                    @if let Some(d) = o.cache_doctor.get(&b.id) {
+                        tr.doctor data-build=(b.id) {
+                            td {}
+                            td.small colspan="7" {
+                                @for line in d.lines() { div { (line) } }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -532,6 +540,15 @@ mod tests {
                 urls: vec!["http://shop.localhost/".into()],
             }],
             recent_builds: vec![build],
+            cache_doctor: [(
+                "b-7".to_string(),
+                crate::state::cache_doctor::Diagnosis {
+                    step: "[3/5] COPY . .".into(),
+                    advice: "copy the <lockfile> first".into(),
+                    ..Default::default()
+                },
+            )]
+            .into(),
             recent_releases: vec![Release {
                 secrets: Default::default(),
                 app: "shop".into(),
@@ -578,6 +595,8 @@ mod tests {
         assert!(page.contains("sha256:abababababab<"), "short digest");
         assert!(page.contains("clone failed:") && !page.contains("second line"), "error's first line only");
         assert!(page.contains("★ leader"));
+        assert!(page.contains("cache doctor: `[3/5] COPY . .` was rebuilt"), "{page}");
+        assert!(page.contains("advice: copy the &lt;lockfile&gt; first"), "{page}");
         assert!(page.contains("v3 <span class=\"small\">(rollback to v1)</span>"), "{page}");
         assert!(page.contains("<td class=\"mono\">0123456789</td><td>alpha</td>"), "{page}");
         assert!(page.contains("task failed: &lt;script&gt;") && !page.contains("more"), "{page}");

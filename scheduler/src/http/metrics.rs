@@ -415,6 +415,7 @@ mod tests {
             oldest_queued_ms: Some(4_000),
             apps: Vec::new(),
             recent_builds: Vec::new(),
+            cache_doctor: Default::default(),
             recent_releases: Vec::new(),
             placements: (7, 11),
             report_delays: delays,

@@ -33,6 +33,9 @@ pub struct Overview {
     pub apps: Vec<AppRow>,
     /// The last [`RECENT`] builds, newest first.
     pub recent_builds: Vec<Build>,
+    /// The cache doctor's finding for those of [`Self::recent_builds`] it has one for, by
+    /// build id.
+    pub cache_doctor: std::collections::BTreeMap<String, crate::state::cache_doctor::Diagnosis>,
     /// The last [`RECENT`] releases of all apps, newest first.
     pub recent_releases: Vec<Release>,
     /// Placement decisions (placed, no node) since this member started.
@@ -217,6 +220,11 @@ impl Overview {
                             ),
                         }
                     })
+                    .collect(),
+                cache_doctor: recent_builds
+                    .iter()
+                    .take(RECENT)
+                    .filter_map(|b| Some((b.id.clone(), crate::state::cache_doctor::for_build(s, b)?)))
                     .collect(),
                 recent_builds: recent_builds.into_iter().take(RECENT).cloned().collect(),
                 recent_releases: recent_releases.into_iter().take(RECENT).cloned().collect(),

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 mod app_config;
 mod build_retention;
+pub mod cache_doctor;
 mod claims;
 mod outcome;
 mod push_builds;
