@@ -166,6 +166,10 @@ impl Store {
             Ok(Ok(())) => Ok(self.read(f)),
             Ok(Err(WriteError::NotLeader { leader_addr })) => Err(Error::NotLeader { leader: leader_addr }),
             Ok(Err(WriteError::Fatal(e))) => Err(Error::Storage(e.to_string())),
+            // The leader this follower knows did not answer its read index (it died, and
+            // no election has replaced it yet): answered like "not the leader", so clients
+            // retry. A deploy reads before it writes, so this is the first step to fail.
+            Ok(Err(err @ WriteError::Forward { .. })) => Err(Error::LeaderUnreachable(err.to_string())),
             Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
             Err(_) => Err(Error::Unavailable(no_quorum_message("confirm it is up to date"))),
         }
