@@ -207,8 +207,11 @@ async fn clm_cli_deploy_retried_across_a_leader_kill_joins_the_first_build() {
         "the retried deploy went live\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     );
     // "==> build b-1 queued" (each attempt), not "==> build b-1 attempt 1 done in …".
-    let queued: Vec<&str> =
-        stdout.lines().filter_map(|l| l.strip_prefix("==> build ")).filter(|l| l.ends_with(" queued")).collect();
+    let queued: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("==> build "))
+        .filter(|l| l.ends_with(" queued"))
+        .collect();
     assert!(queued.len() >= 2, "the retry was answered with the build again: {queued:?}\n{stdout}");
     assert!(queued.iter().all(|q| *q == queued[0]), "every attempt joined one build: {queued:?}");
 
