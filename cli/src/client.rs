@@ -142,3 +142,54 @@ pub struct Call<'a> {
     /// retry sends the same bytes.
     pub input: Option<&'a [u8]>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_hint(status: Status, hint: &str) -> Status {
+        let mut status = status;
+        status.metadata_mut().insert(LEADER_HINT, hint.parse().unwrap());
+        status
+    }
+
+    #[test]
+    fn not_the_leader_is_retried_with_or_without_a_known_leader() {
+        // A follower that knows the leader; one during an election; one whose known
+        // leader did not answer its forwarded write or read index (the leader died).
+        assert!(leader_changing(&with_hint(Status::unavailable("not the leader"), "10.0.0.2:7400")));
+        assert!(leader_changing(&with_hint(Status::unavailable("no leader yet"), "")));
+        let unreachable = with_hint(
+            Status::unavailable("forwarding the request to the leader at 10.0.0.2:7400 failed"),
+            "",
+        );
+        let failure = Failure::from(unreachable);
+        assert!(failure.retry, "{failure:?}");
+        assert!(failure.message.starts_with("unavailable: forwarding"), "{failure:?}");
+    }
+
+    #[test]
+    fn a_broken_connection_is_retried() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let status = Status::from_error(Box::new(refused));
+        assert!(leader_changing(&status), "{status:?}");
+    }
+
+    #[test]
+    fn the_schedulers_own_answers_are_not_retried() {
+        // Without the leader hint and without a transport error as their source, these
+        // are the scheduler's verdict (no quorum, bad input, ...): a retry repeats it.
+        for status in [
+            Status::unavailable("this scheduler could not commit the change within 10 s"),
+            Status::not_found("no such app"),
+            Status::invalid_argument("bad name"),
+            Status::failed_precondition("refused"),
+            Status::already_exists("exists"),
+            Status::internal("storage failure"),
+            Status::unknown("odd"),
+        ] {
+            assert!(!leader_changing(&status), "{status:?}");
+            assert!(!Failure::from(status).retry);
+        }
+    }
+}

@@ -29,9 +29,10 @@ pub enum Error {
     /// A dependency (engine, registry, peer) did not answer; retrying may help.
     #[error("{0}")]
     Unavailable(String),
-    /// This member follows, and the leader it knows did not take the forwarded write (it
-    /// died or moved): answered like [`Error::NotLeader`] with no leader known, so clients
-    /// retry (with the same request id) once a leader is elected.
+    /// This member follows, and the leader it knows did not answer a forwarded write or
+    /// read index (it died or moved, and no election has replaced it yet): answered like
+    /// [`Error::NotLeader`] with no leader known, so clients retry (with the same request
+    /// id) once a leader is elected.
     #[error("{0}")]
     LeaderUnreachable(String),
     /// Raft storage failed: this member cannot serve until an operator looks at it.

@@ -222,9 +222,9 @@ pub enum WriteError {
         "the leader cannot reach a quorum of schedulers ({0}); check the other schedulers and the network"
     )]
     NoQuorum(String),
-    /// Forwarding the write to the leader failed in transport; the write may or may not
-    /// have been applied (commands carry a `request_id` to make retries safe).
-    #[error("forwarding the write to the leader at {leader_addr} failed: {source}; retry in a moment")]
+    /// Forwarding a write (or a read index request) to the leader failed in transport; a
+    /// write may or may not have been applied (commands carry a `request_id` to make retries safe).
+    #[error("forwarding the request to the leader at {leader_addr} failed: {source}; retry in a moment")]
     Forward {
         /// The leader the write was forwarded to.
         leader_addr: String,

@@ -166,6 +166,10 @@ impl Store {
             Ok(Ok(())) => Ok(self.read(f)),
             Ok(Err(WriteError::NotLeader { leader_addr })) => Err(Error::NotLeader { leader: leader_addr }),
             Ok(Err(WriteError::Fatal(e))) => Err(Error::Storage(e.to_string())),
+            // The leader this follower knows did not answer its read index (it died, and
+            // no election has replaced it yet): answered like "not the leader", so clients
+            // retry. A deploy reads before it writes, so this is the first step to fail.
+            Ok(Err(err @ WriteError::Forward { .. })) => Err(Error::LeaderUnreachable(err.to_string())),
             Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
             Err(_) => Err(Error::Unavailable(no_quorum_message("confirm it is up to date"))),
         }
@@ -281,5 +285,55 @@ impl Store {
                 WriteError::NoQuorum(format!("this member did not catch up with the leader in time: {e}"))
             })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use slipway_proto::metadata::LEADER_HINT;
+    use tonic::{Code, Status};
+
+    use crate::error::Error;
+    use crate::raft::test_cluster::{create_app, TestCluster};
+    use crate::raft::RaftConfig;
+
+    /// Until an election replaces a dead leader, its followers still name it: a deploy on
+    /// one of them (a read, then a write) must answer "not the leader, none known", which
+    /// clients retry, not a plain "unavailable" they give up on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_whose_leader_died_answers_not_the_leader_on_reads_and_writes() {
+        // Elections slow enough that the dead leader stays the followers' known leader
+        // for the checks below (6 s at least; they fail at once, on a refused connection).
+        let config = RaftConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_secs(6),
+            election_timeout_max: Duration::from_secs(7),
+            ..RaftConfig::default()
+        };
+        let mut cluster = TestCluster::new(config);
+        for id in 1..=3 {
+            cluster.start(id).await;
+        }
+        cluster.bootstrap(1).await;
+        cluster.add_voters(1, &[2, 3]).await;
+        let leader = cluster.leader().await;
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        cluster.store(follower).replicate(create_app("before")).await.unwrap();
+        let leader_addr = cluster.addr(leader);
+        cluster.stop(leader).await;
+        assert_eq!(cluster.raft(follower).metrics().borrow().current_leader, Some(leader));
+
+        let read = cluster.store(follower).read_current(|s| s.apps.len()).await.unwrap_err();
+        assert!(matches!(read, Error::LeaderUnreachable(_)), "{read:?}");
+        let write = cluster.store(follower).write(create_app("after")).await.unwrap_err();
+        assert!(matches!(write, Error::LeaderUnreachable(_)), "{write:?}");
+        for err in [read, write] {
+            let status = Status::from(err);
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert_eq!(status.metadata().get(LEADER_HINT).unwrap(), "", "{status:?}");
+            assert!(status.message().contains(&leader_addr), "{status:?}");
+        }
     }
 }
