@@ -35,6 +35,36 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Store::replicate`] waits for a forwarded write to be applied here too.
 const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a leader's quorum check that found no quorum is tried again: one round of
+/// heartbeats answered late (a follower that just started, a loaded machine) is not a
+/// lost quorum, and failing the caller at once turned it into spurious "unavailable"
+/// errors (seen in CI right after a cluster started). A leader really cut off still
+/// fails after this, well within [`WRITE_TIMEOUT`].
+const QUORUM_RETRY: Duration = Duration::from_secs(2);
+
+/// openraft's `ensure_linearizable`, tried again for up to [`QUORUM_RETRY`] while a
+/// quorum does not confirm this leader (see there).
+async fn ensure_linearizable(
+    raft: &Raft,
+) -> Result<
+    Option<openraft::LogId<super::NodeId>>,
+    RaftError<super::NodeId, CheckIsLeaderError<super::NodeId, openraft::BasicNode>>,
+> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match raft.ensure_linearizable().await {
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                if started.elapsed() < QUORUM_RETRY =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(400));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn no_quorum_message(what: &str) -> String {
     format!(
         "this scheduler could not {what} within {} s: it cannot reach a majority of the cluster \
@@ -207,7 +237,7 @@ impl Store {
     /// be a deposed leader's stale belief.
     pub async fn confirm_leading(&self) -> Result<(), Error> {
         self.require_leader()?;
-        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, ensure_linearizable(&self.raft)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
                 Err(Error::NotLeader { leader: self.leader_addr() })
@@ -265,7 +295,7 @@ impl Store {
     /// [`WriteError::NotLeader`] (no leader known, or the one asked is no longer it) or
     /// [`WriteError::NoQuorum`].
     pub async fn linearizable(&self) -> Result<(), WriteError> {
-        let to = match self.raft.ensure_linearizable().await {
+        let to = match ensure_linearizable(&self.raft).await {
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => to,
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
