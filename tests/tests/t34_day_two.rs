@@ -137,10 +137,25 @@ async fn day_two(stack: &str, builds: usize) {
     // suite's other tests build on this same engine meanwhile (in CI the cache held 795 MB
     // against a 426 MB watermark while t20 and t32 built), and BuildKit's `keep-storage`
     // prune frees less than asked (6-10 MB a pass here): an open item of issue 14.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // When the shared cache never got past the high watermark (other tests' caches went
+    // meanwhile: seen in CI, 523 MB against 535 MB after the twelve builds), no pass is
+    // due: that is said loudly and the watermark check is skipped, the rest still runs.
+    let waited = Instant::now();
+    let deadline = waited + Duration::from_secs(120);
     let r = loop {
         let r = report(&cluster).await;
         if r.reclaim_passes_total > 0 && r.reclaimed_bytes_total >= PER_BUILD_BYTES {
+            break r;
+        }
+        if r.reclaim_passes_total == 0
+            && r.build_cache_bytes <= high
+            && waited.elapsed() > Duration::from_secs(15)
+        {
+            eprintln!(
+                "WATERMARK CHECK SKIPPED: the engine's build cache ({} bytes) stayed under the high \
+                 watermark ({high}): other tests on this engine removed cache while this one grew it",
+                r.build_cache_bytes
+            );
             break r;
         }
         assert!(Instant::now() < deadline, "no reclaim pass freed a build's worth above {high}: {r:?}");
