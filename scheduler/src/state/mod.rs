@@ -914,15 +914,20 @@ mod tests {
         assert!(!s.releases.contains_key("shop"));
     }
 
+    /// Builds, records and deploys releases 1 (digest of `a`s) and 2 (of `b`s) of shop.
+    fn two_deployed_releases(s: &mut State) {
+        for c in ['a', 'b'] {
+            let b = queue(s, None);
+            s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt: 1 });
+            let Response::Release(r) = finish(s, &b.id, 1, c) else { panic!() };
+            deploy_ok(s, r.number);
+        }
+    }
+
     #[test]
     fn collected_images_are_history_and_no_rollback_target() {
         let mut s = state_with_app();
-        for (attempt, c) in [(1, 'a'), (1, 'b')] {
-            let b = queue(&mut s, None);
-            s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt });
-            let Response::Release(r) = finish(&mut s, &b.id, attempt, c) else { panic!() };
-            deploy_ok(&mut s, r.number);
-        }
+        two_deployed_releases(&mut s);
         let (old, current) = (s.releases["shop"][0].digest.clone(), s.releases["shop"][1].digest.clone());
         // The current release's image is never collected.
         let in_use = s.apply(&Command::MarkCollected { app: "shop".into(), digests: vec![current.clone()] });
@@ -946,12 +951,7 @@ mod tests {
     #[test]
     fn rollback_records_a_new_release_with_an_earlier_digest() {
         let mut s = state_with_app();
-        for (attempt, c) in [(1, 'a'), (1, 'b')] {
-            let b = queue(&mut s, None);
-            s.apply(&Command::AssignBuild { build_id: b.id.clone(), node_id: "n1".into(), attempt });
-            let Response::Release(r) = finish(&mut s, &b.id, attempt, c) else { panic!() };
-            deploy_ok(&mut s, r.number);
-        }
+        two_deployed_releases(&mut s);
         assert_eq!(s.apps["shop"].current_release, 2);
         let Response::Release(r3) = s.apply(&Command::Rollback {
             app: "shop".into(),
