@@ -43,22 +43,29 @@ pub fn binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"));
     BUILT.get_or_init(|| {
         // Cheap when up to date; makes `cargo test -p slipway-tests` self-sufficient.
-        let mut args = vec![
-            "build",
-            "-q",
-            "-p",
-            "slipway-scheduler",
-            "-p",
-            "slipway-agent",
-            "-p",
-            "slipway-cli",
-            "--bins",
-        ];
-        if release {
-            args.push("--release");
-        }
+        // Debug builds ask for exactly what `cargo nextest run --workspace` (CI) has just
+        // built: the same packages and targets resolve the same dependency features, so
+        // nothing is compiled again. (Building only the three binaries' packages resolved
+        // other features for ring, rustls and bollard and recompiled them, minutes per CI
+        // run.) Release builds are for the benches, which build only what they run.
+        let args: &[&str] = if release {
+            &[
+                "build",
+                "-q",
+                "--release",
+                "-p",
+                "slipway-scheduler",
+                "-p",
+                "slipway-agent",
+                "-p",
+                "slipway-cli",
+                "--bins",
+            ]
+        } else {
+            &["build", "-q", "--workspace", "--all-targets"]
+        };
         let status = Command::new(env!("CARGO"))
-            .args(&args)
+            .args(args)
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build for the slipway binaries");

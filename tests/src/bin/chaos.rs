@@ -1,5 +1,5 @@
 //! `chaos [--events N] [--seed S] [--clients C] [--apps A] [--faults kill,pause,…]
-//! [--unsafe-local-reads]`: the long chaos run (see `slipway_tests::chaos`): a
+//! [--unsafe-local-reads] [--stack NAME]`: the long chaos run (see `slipway_tests::chaos`): a
 //! 3-member cluster of the real schedulers, N nemesis events, the history checked for
 //! linearizability. Prints the seed first (a failure replays with `--seed`) and a report
 //! at the end; exits 1 on any violation. Run it as root with Docker, in release:
@@ -23,6 +23,8 @@ fn parse() -> Result<ChaosConfig> {
             "--seed" => config.seed = value("--seed")?.parse().context("--seed")?,
             "--clients" => config.clients = value("--clients")?.parse().context("--clients")?,
             "--apps" => config.apps = value("--apps")?.parse().context("--apps")?,
+            // Two runs at once need their own stacks (services, data dirs, registry).
+            "--stack" => config.stack = value("--stack")?,
             "--faults" => {
                 config.faults = value("--faults")?
                     .split(',')
