@@ -1,5 +1,6 @@
 //! Supervision of a daemon's long-lived tasks (the scheduler's dispatcher, leadership
-//! watch, router, servers; the agent's session, router, certificate renewal).
+//! watch, router, servers; the agent's session, router, certificate renewal), and of
+//! the short-lived ones it starts by the hundred (a deploy: [`spawn_fatal_on_panic`]).
 //!
 //! Each runs through [`Supervised::spawn`], which awaits its `JoinHandle`. A task that
 //! panics, fails (returns `Err`), or returns on its own before the daemon was asked to
@@ -63,6 +64,32 @@ impl Supervised {
     /// Aborts whatever still runs.
     pub fn abort_all(&mut self) {
         self.set.abort_all();
+    }
+}
+
+/// Runs a short-lived task the daemon starts many of (one app's deploy, one grant
+/// renewal) and returns its abort handle. Its panic is as fatal as a long-lived task's
+/// (the member's view of what it did to Swarm is then unknown: exiting hands the work to
+/// a member that works); its return or cancellation is not.
+pub fn spawn_fatal_on_panic<F>(name: &'static str, task: F) -> tokio::task::AbortHandle
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle = tokio::spawn(task);
+    let abort = handle.abort_handle();
+    tokio::spawn(async move {
+        if let Some(cause) = panicked(handle.await) {
+            exit_for(name, &cause);
+        }
+    });
+    abort
+}
+
+/// Why a short-lived task's end is fatal: only a panic.
+fn panicked(joined: Result<(), tokio::task::JoinError>) -> Option<String> {
+    match joined {
+        Err(err) if err.is_panic() => Some(format!("it panicked: {}", panic_message(err.into_panic()))),
+        Ok(()) | Err(_) => None,
     }
 }
 
@@ -138,6 +165,16 @@ mod tests {
         let handle = tokio::spawn(std::future::pending::<Result<(), String>>());
         handle.abort();
         assert_eq!(failure(handle.await, false), None);
+    }
+
+    #[tokio::test]
+    async fn a_short_lived_task_is_fatal_only_when_it_panics() {
+        let panicking = tokio::spawn(async { panic!("deploy exploded") });
+        assert_eq!(panicked(panicking.await).as_deref(), Some("it panicked: deploy exploded"));
+        assert_eq!(panicked(tokio::spawn(async {}).await), None);
+        let cancelled = tokio::spawn(std::future::pending::<()>());
+        cancelled.abort();
+        assert_eq!(panicked(cancelled.await), None);
     }
 
     #[tokio::test]

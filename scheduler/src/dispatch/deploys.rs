@@ -70,15 +70,23 @@ pub(super) async fn start_pending_deploys(ctx: &Arc<Context>) {
         let task_ctx = ctx.clone();
         let app = release.app.clone();
         // Boxed: a deploy's future (the service spec, the converge loop) is large.
-        hold_app(ctx, &app, span, async move { Box::pin(deploy_release(&task_ctx, &release)).await });
+        hold_app(
+            ctx,
+            "deploy",
+            &app,
+            span,
+            async move { Box::pin(deploy_release(&task_ctx, &release)).await },
+        );
     }
 }
 
 /// Runs `work` for `app` in a task holding the app's deploy slot (see
 /// [`crate::dispatch_state::DispatchState::hold`]), unless something else holds it; the
-/// slot is freed however the task ends, and a stand-down aborts the task.
+/// slot is freed however the task ends, a stand-down aborts the task, and a panic in it
+/// ends the process ([`slipway_common::supervise::spawn_fatal_on_panic`]).
 pub(super) fn hold_app(
     ctx: &Arc<Context>,
+    task: &'static str,
     app: &str,
     span: tracing::Span,
     work: impl std::future::Future<Output = ()> + Send + 'static,
@@ -87,14 +95,16 @@ pub(super) fn hold_app(
     ctx.dispatch.hold(app, move || {
         // Made only once the slot is taken: dropping it frees the slot.
         let guard = DeployingGuard { ctx: task_ctx, app: task_app };
-        let task = tokio::spawn(
+        // A panic here ends the process like one in the dispatcher (the slot alone
+        // would be freed, the member left leading with its Swarm side effects unknown).
+        slipway_common::supervise::spawn_fatal_on_panic(
+            task,
             async move {
                 let _guard = guard;
                 work.await;
             }
             .instrument(span),
-        );
-        task.abort_handle()
+        )
     });
 }
 

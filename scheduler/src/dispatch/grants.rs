@@ -56,7 +56,7 @@ pub(super) fn renew_pull_grants(ctx: &Arc<Context>) {
         let span = tracing::info_span!("renew_pull_grant", app = %app);
         let task_ctx = ctx.clone();
         let task_app = app.clone();
-        hold_app(ctx, &app, span, async move {
+        hold_app(ctx, "grant renewal", &app, span, async move {
             let (ctx, app) = (&task_ctx, &task_app);
             let Some(auth) = pull_auth(ctx, app) else { return };
             // Fenced: only a member a quorum confirms as leader touches the service.
