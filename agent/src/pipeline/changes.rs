@@ -178,7 +178,7 @@ mod tests {
         let out = "app.py\0README.md\0docs/x.md\0web/src/a.js\0web/.git/x\0Dockerfile\0web\0";
         assert_eq!(
             relevant(out, ".", &ignore("*.md\nDockerfile\n")),
-            vec!["docs/x.md", "web/src/a.js", "web/.git/x", "Dockerfile", "web"],
+            vec!["app.py", "docs/x.md", "web/src/a.js", "web/.git/x", "Dockerfile", "web"],
             "`*.md` only at the root; the Dockerfile is always sent"
         );
         assert_eq!(relevant(out, "web", &ignore("**/.git\n")), vec!["src/a.js"]);
