@@ -84,6 +84,9 @@ fn output_json(o: &pb::BuildOutput) -> Value {
             "name": s.name, "cached": s.cached, "duration_ms": s.duration_ms,
         })).collect::<Vec<_>>(),
         "timings_ms": { "clone": t.clone_ms, "context": t.context_ms, "build": t.build_ms, "push": t.push_ms },
+        "changed_paths": o.changed_paths.as_ref().map(|c| json!({
+            "since": c.since, "paths": c.paths, "truncated": c.truncated, "unknown": c.unknown,
+        })),
     })
 }
 
