@@ -84,6 +84,9 @@ fn output_json(o: &pb::BuildOutput) -> Value {
             "name": s.name, "cached": s.cached, "duration_ms": s.duration_ms,
         })).collect::<Vec<_>>(),
         "timings_ms": { "clone": t.clone_ms, "context": t.context_ms, "build": t.build_ms, "push": t.push_ms },
+        "changed_paths": o.changed_paths.as_ref().map(|c| json!({
+            "since": c.since, "paths": c.paths, "truncated": c.truncated, "unknown": c.unknown,
+        })),
     })
 }
 
@@ -97,6 +100,7 @@ pub fn build_json(b: &pb::Build) -> Value {
         "waiting_on": b.waiting_on.iter().map(|r| json!({"node_id": r.node_id, "node": r.node_name, "reason": r.reason})).collect::<Vec<_>>(),
         "cache_doctor": b.cache_doctor.as_ref().map(|d| json!({
             "step": d.step, "cause": d.cause, "changed_paths": d.changed_paths,
+            "changed_paths_truncated": d.changed_paths_truncated,
             "rebuilt_steps": d.rebuilt_steps, "seconds": d.seconds,
             "bytes_pushed": d.bytes_pushed,
             "advice": (!d.advice.is_empty()).then_some(&d.advice),
@@ -116,7 +120,10 @@ pub fn cache_doctor_lines(d: &pb::CacheDoctor) -> Vec<String> {
         ),
     ];
     if !d.changed_paths.is_empty() {
-        lines.push(format!("  changed files it copies: {}", d.changed_paths.join(", ")));
+        lines.push(format!(
+            "  changed files it copies: {}",
+            slipway_proto::changed_paths_text(&d.changed_paths, d.changed_paths_truncated)
+        ));
     }
     if !d.advice.is_empty() {
         lines.push(format!("  advice: {}", d.advice));
@@ -270,11 +277,20 @@ mod tests {
         assert!(lines[1].contains("3 step(s) from it on: 50.3s"), "{}", lines[1]);
         assert_eq!(lines.last().map(String::as_str), Some("  advice: copy the lockfile first"));
         assert_eq!(lines.len(), 3, "no changed paths known: no line for them");
-        let b = pb::Build { cache_doctor: Some(d), ..Default::default() };
+        let b = pb::Build { cache_doctor: Some(d.clone()), ..Default::default() };
         let j = build_json(&b);
         assert_eq!(j["cache_doctor"]["step"], "[3/5] COPY . .");
         assert_eq!(j["cache_doctor"]["rebuilt_steps"], 3);
         assert_eq!(build_json(&pb::Build::default())["cache_doctor"], Value::Null);
+        // The changed files: all of them in the JSON, the first ten in the text.
+        let paths: Vec<String> = (0..12).map(|i| format!("src/f{i}.py")).collect();
+        let d = pb::CacheDoctor { changed_paths: paths.clone(), changed_paths_truncated: true, ..d };
+        let lines = cache_doctor_lines(&d);
+        assert!(lines[2].starts_with("  changed files it copies: src/f0.py, src/f1.py,"), "{}", lines[2]);
+        assert!(lines[2].ends_with("src/f9.py, and 2+ more"), "{}", lines[2]);
+        let j = build_json(&pb::Build { cache_doctor: Some(d), ..Default::default() });
+        assert_eq!(j["cache_doctor"]["changed_paths"].as_array().map(Vec::len), Some(12));
+        assert_eq!(j["cache_doctor"]["changed_paths_truncated"], true);
     }
 
     #[test]

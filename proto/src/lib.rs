@@ -75,6 +75,22 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Most changed paths [`changed_paths_text`] names; the rest are counted.
+pub const CHANGED_PATHS_SHOWN: usize = 10;
+
+/// The cache doctor's changed paths for a line of text (deploy stream, `builds show`,
+/// fleet page): the first [`CHANGED_PATHS_SHOWN`], then `and N more` (`N+` when the
+/// agent's list was itself cut).
+pub fn changed_paths_text(paths: &[String], truncated: bool) -> String {
+    let shown = paths.iter().take(CHANGED_PATHS_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let rest = paths.len().saturating_sub(CHANGED_PATHS_SHOWN);
+    match (rest, truncated) {
+        (0, false) => shown,
+        (n, false) => format!("{shown}, and {n} more"),
+        (n, true) => format!("{shown}, and {n}+ more"),
+    }
+}
+
 /// The URI a gRPC client dials for a scheduler address: `host:port` gets `http://`;
 /// an address that already names its scheme is kept. The one place every client
 /// (agent, CLI, raft peers) turns configured addresses into endpoints.

@@ -42,6 +42,12 @@ pub const MAX_BUILD_STEPS: usize = 200;
 /// Longest build step name recorded, in characters.
 pub const MAX_STEP_NAME_CHARS: usize = 200;
 
+/// Most changed context paths recorded with a build (`BuildOutput.changed_paths`): the
+/// agent reports no more, and the scheduler cuts any beyond it before the raft write.
+pub const MAX_CHANGED_PATHS: usize = 1_000;
+/// Most bytes of changed context paths recorded with a build (their lengths summed).
+pub const MAX_CHANGED_PATHS_BYTES: usize = 64 * 1024;
+
 /// Largest control-API request a scheduler decodes (requests carry a few names; the
 /// CLI's answers may be larger, so only decoding is bounded).
 pub const MAX_CONTROL_REQUEST_BYTES: usize = 1024 * 1024;
@@ -540,6 +546,21 @@ pub fn swarm_secret_name(stack: &str, app: &str, name: &str, version: u32) -> Re
         ));
     }
     Ok(swarm)
+}
+
+/// The first of `paths` within [`MAX_CHANGED_PATHS`] and [`MAX_CHANGED_PATHS_BYTES`], and
+/// whether any were left out.
+pub fn bound_changed_paths(paths: impl IntoIterator<Item = String>) -> (Vec<String>, bool) {
+    let mut kept = Vec::new();
+    let mut bytes = 0;
+    for p in paths {
+        if kept.len() == MAX_CHANGED_PATHS || bytes + p.len() > MAX_CHANGED_PATHS_BYTES {
+            return (kept, true);
+        }
+        bytes += p.len();
+        kept.push(p);
+    }
+    (kept, false)
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ pub fn cache_doctor(d: &state::cache_doctor::Diagnosis) -> pb::CacheDoctor {
         step: d.step.clone(),
         cause: d.cause.clone(),
         changed_paths: d.changed_paths.clone(),
+        changed_paths_truncated: d.changed_paths_truncated,
         rebuilt_steps: d.rebuilt_steps,
         seconds: d.rebuilt_ms as f64 / 1000.0,
         bytes_pushed: d.bytes_pushed,
@@ -105,6 +106,12 @@ pub fn build_output(o: &state::BuildOutput) -> pb::BuildOutput {
             .iter()
             .map(|st| pb::BuildStep { name: st.name.clone(), cached: st.cached, duration_ms: st.duration_ms })
             .collect(),
+        changed_paths: o.changed_paths.as_ref().map(|c| pb::ChangedPaths {
+            since: c.since.clone(),
+            paths: c.paths.clone(),
+            truncated: c.truncated,
+            unknown: c.unknown,
+        }),
     }
 }
 
@@ -158,7 +165,26 @@ pub fn build_output_from(
         timings: timings_from(o.timings.as_ref()),
         run,
         build_steps: build_steps_from(&o.build_steps),
+        changed_paths: o.changed_paths.as_ref().map(changed_paths_from),
     })
+}
+
+/// The changed paths an agent reported, bounded for the raft log
+/// ([`slipway_proto::validate::bound_changed_paths`]) with control characters shown as
+/// spaces (paths are printed on operators' terminals) and `since` cut at 64 characters.
+fn changed_paths_from(c: &pb::ChangedPaths) -> state::ChangedPaths {
+    let printable = |p: &String| p.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>();
+    let (paths, cut) = if c.unknown {
+        (Vec::new(), false)
+    } else {
+        slipway_proto::validate::bound_changed_paths(c.paths.iter().map(printable))
+    };
+    state::ChangedPaths {
+        since: c.since.chars().take(64).filter(char::is_ascii_hexdigit).collect(),
+        paths,
+        truncated: c.truncated || cut,
+        unknown: c.unknown,
+    }
 }
 
 /// How a release runs, on the wire.
@@ -382,6 +408,40 @@ mod tests {
         let wire = build_output(&out);
         assert_eq!(wire.build_steps.len(), MAX_BUILD_STEPS);
         assert_eq!(wire.build_steps[199].name, "[200/300] RUN make");
+    }
+
+    #[test]
+    fn reported_changed_paths_are_bounded_and_printable() {
+        let reported = |paths: Vec<String>, unknown: bool| pb::BuildOutput {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            changed_paths: Some(pb::ChangedPaths {
+                since: format!("{}\x1b", "ab".repeat(40)),
+                paths,
+                truncated: false,
+                unknown,
+            }),
+            ..Default::default()
+        };
+        let many: Vec<String> = (0..1500).map(|i| format!("src/f{i}.py")).collect();
+        let out = build_output_from(&reported(many, false), "r/shop".into(), Default::default()).unwrap();
+        let c = out.changed_paths.clone().unwrap();
+        assert_eq!(
+            (c.paths.len(), c.truncated, c.unknown),
+            (slipway_proto::validate::MAX_CHANGED_PATHS, true, false)
+        );
+        assert_eq!(c.since, "ab".repeat(32), "hex only, at most 64");
+        assert_eq!(build_output(&out).changed_paths.unwrap().paths.len(), c.paths.len(), "back on the wire");
+        let odd = vec!["a\nb.py".to_string()];
+        let out = build_output_from(&reported(odd, false), "r/shop".into(), Default::default()).unwrap();
+        assert_eq!(out.changed_paths.unwrap().paths, vec!["a b.py".to_string()]);
+        let out = build_output_from(&reported(vec!["x".into()], true), "r/shop".into(), Default::default())
+            .unwrap();
+        assert_eq!(out.changed_paths.unwrap().paths, Vec::<String>::new(), "unknown lists nothing");
+        let none = pb::BuildOutput { digest: format!("sha256:{}", "a".repeat(64)), ..Default::default() };
+        assert_eq!(
+            build_output_from(&none, "r/shop".into(), Default::default()).unwrap().changed_paths,
+            None
+        );
     }
 
     #[test]

@@ -377,4 +377,93 @@ async fn t20_buildkit_mounts_and_secret() {
     assert!(text.contains("CACHED  TIME") && text.contains("RUN --mount=type=bind"), "{text}");
     let body = cluster.wait_for_app("modern", "/", Duration::from_secs(60)).await.unwrap();
     assert!(body.contains("deps: 6"), "{body}");
+
+    cache_doctor(&cluster, nanos).await;
+}
+
+/// `doctor`'s Dockerfile copies the whole context before its install step (a `RUN` given
+/// the lockfile); `LOCKFILE_FIRST` is the same app copying the lockfile first. `NONCE`
+/// keys the install step, and `app.py` holds it too, so no earlier run's cache answers.
+const WHOLE_CONTEXT_FIRST: &str = "FROM slipway/busybox:latest
+WORKDIR /app
+COPY . /app/
+RUN sh /app/install-deps.sh /app/requirements.txt /app/deps && echo NONCE
+CMD [\"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1; done\"]
+";
+const LOCKFILE_FIRST: &str = "FROM slipway/busybox:latest
+WORKDIR /app
+COPY requirements.txt install-deps.sh /app/
+RUN sh /app/install-deps.sh /app/requirements.txt /app/deps && echo NONCE
+COPY . /app/
+CMD [\"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1; done\"]
+";
+
+/// The cache doctor on a code-only change: with the whole context copied before the
+/// install, it names the `COPY` (the first rebuilt step), the one changed file it copies
+/// (`README.md` changed too, but `.dockerignore` keeps it out of the context) and advises
+/// copying the lockfile first, naming the install step; in the deploy stream, `builds
+/// show` and `--json`. With the lockfile copied first, the same change gets no advice.
+async fn cache_doctor(cluster: &TestCluster, nanos: u128) {
+    let nonce = format!("t20doc-{nanos}");
+    let repo = GitRepo::empty();
+    let install =
+        std::fs::read_to_string(slipway_testkit::workspace_root().join("examples/hello/install-deps.sh"))
+            .expect("the example's install script");
+    repo.write("install-deps.sh", install);
+    repo.write("requirements.txt", "left-pad 1.3.0 4\n");
+    repo.write(".dockerignore", ".git\n*.md\n");
+    repo.write("README.md", "doctor\n");
+    repo.write("slipway.toml", "name = \"doctor\"\n");
+    repo.write("Dockerfile", WHOLE_CONTEXT_FIRST.replace("NONCE", &nonce));
+    let code = |v: u32| format!("print('v{v} {nonce}')\n");
+    repo.write("app.py", code(1));
+    repo.commit("whole context first");
+    cluster.create_app("doctor", &repo.url()).await.expect("create app");
+    cluster.deploy("doctor", None).await.live();
+
+    repo.write("app.py", code(2));
+    repo.write("README.md", "doctor, second edition\n");
+    repo.commit("code only");
+    let run = cluster.deploy("doctor", None).await;
+    run.live();
+    let doctor = doctor_of(cluster, &run.build_id);
+    assert_eq!(doctor["step"], "[3/4] COPY . /app/", "{doctor}");
+    assert_eq!(doctor["changed_paths"], serde_json::json!(["app.py"]), "{doctor}");
+    let advice = doctor["advice"].as_str().unwrap_or_default();
+    assert!(
+        advice.contains(&format!(
+            "`RUN sh /app/install-deps.sh /app/requirements.txt /app/deps && echo {nonce}` reran"
+        )) && advice.contains("copy the lockfile"),
+        "{doctor}"
+    );
+    let stream = &run.log;
+    assert!(
+        stream.iter().any(|l| l.contains("cache doctor: `[3/4] COPY . /app/` was rebuilt")),
+        "{stream:#?}"
+    );
+    assert!(stream.iter().any(|l| l.ends_with("changed files it copies: app.py")), "{stream:#?}");
+    let out = cluster.cli(&["builds", "show", &run.build_id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("changed files it copies: app.py") && text.contains("advice: "), "{text}");
+
+    repo.write("Dockerfile", LOCKFILE_FIRST.replace("NONCE", &nonce));
+    repo.commit("lockfile first");
+    cluster.deploy("doctor", None).await.live();
+    repo.write("app.py", code(3));
+    repo.commit("code only again");
+    let run = cluster.deploy("doctor", None).await;
+    run.live();
+    let doctor = doctor_of(cluster, &run.build_id);
+    assert_eq!(doctor["step"], "[5/5] COPY . /app/", "{doctor}");
+    assert_eq!(doctor["changed_paths"], serde_json::json!(["app.py"]), "{doctor}");
+    assert_eq!(doctor["advice"], serde_json::Value::Null, "the install stayed cached: {doctor}");
+}
+
+/// `builds show ID --json`'s cache doctor finding.
+fn doctor_of(cluster: &TestCluster, build_id: &str) -> serde_json::Value {
+    let out = cluster.cli(&["builds", "show", build_id, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("builds show --json");
+    assert!(json["cache_doctor"].is_object(), "a finding: {json}");
+    json["cache_doctor"].clone()
 }

@@ -111,7 +111,7 @@ async fn fetch(
 }
 
 /// git's `protocol.*.allow` settings: every transport refused unless named here.
-fn protocol_policy(allow_file_repos: bool) -> Vec<&'static str> {
+pub(super) fn protocol_policy(allow_file_repos: bool) -> Vec<&'static str> {
     let file = if allow_file_repos { "protocol.file.allow=always" } else { "protocol.file.allow=never" };
     vec![
         "protocol.allow=never",
@@ -144,15 +144,15 @@ fn fetch_failure(shown: &str, git_ref: &str, out: &GitOutput) -> Failure {
 }
 
 /// What one git command printed.
-struct GitOutput {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(super) struct GitOutput {
+    pub(super) ok: bool,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
 impl GitOutput {
     /// git's own explanation: its `fatal:`/`error:` lines, else the end of its stderr.
-    fn message(&self) -> String {
+    pub(super) fn message(&self) -> String {
         let errors: Vec<&str> = self
             .stderr
             .lines()
@@ -168,7 +168,7 @@ impl GitOutput {
     }
 }
 
-async fn git(dir: &Path, args: &[&str]) -> Result<GitOutput, Failure> {
+pub(super) async fn git(dir: &Path, args: &[&str]) -> Result<GitOutput, Failure> {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)

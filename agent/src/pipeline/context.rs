@@ -78,19 +78,46 @@ pub fn pack_context(clone_dir: &Path, context_rel: &str, dockerfile_rel: &str) -
         return Err(fail(format!("the Dockerfile {dockerfile_rel:?} is not a regular file")));
     }
 
-    let mut patterns = read_dockerignore(&context)?;
-    // Always send the files the daemon needs, like the CLI does.
-    let dockerfile_slash = clean(dockerfile_rel);
-    for keep in [".dockerignore".to_string(), dockerfile_slash] {
-        if matches(&patterns, &keep) {
-            patterns.push(Pattern::compile(&format!("!{keep}")).map_err(fail)?);
-        }
-    }
+    let patterns = keep_needed(read_dockerignore(&context)?, dockerfile_rel).map_err(fail)?;
 
     let mut tar = tar::Builder::new(Vec::new());
     walk(&context, "", &patterns, &mut tar)
         .map_err(|e| fail(format!("cannot pack the context {context_rel:?}: {e}")))?;
     tar.into_inner().map_err(|e| fail(format!("cannot pack the context {context_rel:?}: {e}")))
+}
+
+/// Always send the files the daemon needs, like the CLI does: `.dockerignore` and the
+/// Dockerfile are re-included when a pattern excludes them.
+fn keep_needed(mut patterns: Vec<Pattern>, dockerfile_rel: &str) -> Result<Vec<Pattern>, String> {
+    for keep in [".dockerignore".to_string(), clean(dockerfile_rel)] {
+        if matches(&patterns, &keep) {
+            patterns.push(Pattern::compile(&format!("!{keep}"))?);
+        }
+    }
+    Ok(patterns)
+}
+
+/// A context's `.dockerignore` as [`pack_context`] applies it (the Dockerfile and
+/// `.dockerignore` itself always sent): which context paths the build never sees.
+#[derive(Debug, Clone)]
+pub struct Ignore(Vec<Pattern>);
+
+impl Ignore {
+    /// Reads `<context_dir>/.dockerignore` (none: nothing is excluded). Call it after
+    /// [`pack_context`] accepted the context: the directory is not checked again here.
+    pub fn read(context_dir: &Path, dockerfile_rel: &str) -> Result<Ignore, Failure> {
+        keep_needed(read_dockerignore(context_dir)?, dockerfile_rel).map(Ignore).map_err(Failure::Context)
+    }
+
+    /// From `.dockerignore` text.
+    pub fn parse(text: &str, dockerfile_rel: &str) -> Result<Ignore, String> {
+        keep_needed(parse_dockerignore(text)?, dockerfile_rel).map(Ignore)
+    }
+
+    /// Whether the build context leaves `path` (relative to the context, `/`-separated) out.
+    pub fn excludes(&self, path: &str) -> bool {
+        matches(&self.0, path)
+    }
 }
 
 /// Relative, non-empty, no `..`.
@@ -108,7 +135,7 @@ fn inside_path(p: &str) -> Result<(), &'static str> {
 }
 
 /// `./a//b/` → `a/b`, as Go's `filepath.Clean` would (no `..` reaches here).
-fn clean(p: &str) -> String {
+pub(super) fn clean(p: &str) -> String {
     let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
     if parts.is_empty() {
         ".".to_string()

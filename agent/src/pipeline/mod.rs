@@ -28,6 +28,7 @@
 //! because both travel to the scheduler and the reason is kept in its raft log.
 
 pub mod buildkit;
+pub mod changes;
 pub mod clone;
 pub mod context;
 pub mod docker;
@@ -76,6 +77,9 @@ pub struct BuildJob {
     pub held_hosts: std::collections::HashMap<String, String>,
     /// Host ports other apps publish (port → app): a manifest publishing one fails.
     pub held_ports: std::collections::HashMap<u32, String>,
+    /// The commit of the app's previous build: the context paths changed since it are
+    /// reported for the cache doctor ([`changes`]).
+    pub previous_git_sha: Option<String>,
 }
 
 impl From<&BuildAssignment> for BuildJob {
@@ -91,6 +95,7 @@ impl From<&BuildAssignment> for BuildJob {
             registry_login: a.registry_login.clone(),
             held_hosts: a.held_hosts.clone(),
             held_ports: a.held_ports.clone(),
+            previous_git_sha: Some(a.previous_git_sha.clone()).filter(|s| !s.is_empty()),
         }
     }
 }
@@ -432,6 +437,22 @@ async fn build_in(
             .map_err(|e| Failure::Context(format!("packing the context stopped: {e}")))??;
     timings.context_ms = ms(t);
     log.line(format!("==> context: {} bytes", tar.len()));
+    // For the cache doctor; a --no-cache build rebuilds every step by request.
+    let changed_paths = match job.previous_git_sha.as_deref().filter(|_| !job.no_cache) {
+        Some(previous) => {
+            let compare = changes::Compare {
+                clone_dir: dir,
+                repo: &job.repo,
+                allow_file_repos: cfg.allow_file_repos,
+                head: &git_sha,
+                previous,
+                context_rel: &b.context,
+                dockerfile_rel: &b.dockerfile,
+            };
+            Some(changes::changed_paths(&compare, log).await)
+        }
+        None => None,
+    };
 
     let t = Instant::now();
     let opts = docker::BuildOpts {
@@ -487,6 +508,7 @@ async fn build_in(
         run: Some(manifest.run_spec()),
         manifest: manifest_text,
         build_steps: built.build_steps,
+        changed_paths,
     })
 }
 
@@ -651,6 +673,7 @@ mod tests {
             registry_login: None,
             held_hosts: Default::default(),
             held_ports: Default::default(),
+            previous_git_sha: None,
         }
     }
 
@@ -711,8 +734,10 @@ mod tests {
             }),
             held_hosts: [("shop.example.com".to_owned(), "blog".to_owned())].into(),
             held_ports: [(5432, "db".to_owned())].into(),
+            previous_git_sha: String::new(),
         };
         let j = BuildJob::from(&a);
+        assert_eq!(j.previous_git_sha, None, "a first build");
         assert_eq!(j.held_hosts["shop.example.com"], "blog");
         assert_eq!(j.held_ports[&5432], "db");
         assert_eq!((j.build_id.as_str(), j.attempt, j.no_cache), ("b-1", 2, true));

@@ -222,20 +222,25 @@ pub(super) async fn requeue_lost(ctx: &Arc<Context>) {
 /// The assignment an agent gets for a build's current attempt, with (TLS on) a fresh
 /// grant to push and pull the app's repository only, and what other apps hold (their
 /// router names and `run.domains`, their published ports) so a manifest claiming one
-/// fails before the image is built.
+/// fails before the image is built, and the commit of the build the cache doctor will
+/// compare this one with (the agent reports the context paths changed since).
 pub fn assignment(ctx: &Context, b: &Build, app: &App) -> slipway_proto::BuildAssignment {
     let domain = &ctx.config.router.domain;
-    let (held_hosts, held_ports) = ctx.store.read(|s| {
+    let (held_hosts, held_ports, previous_git_sha) = ctx.store.read(|s| {
         let claims = s.claims(Some(&app.name));
         let mut hosts: std::collections::HashMap<String, String> = claims.hosts.into_iter().collect();
         for other in s.apps.keys().filter(|other| **other != app.name) {
             hosts.insert(crate::router::routes::app_host(other, domain), other.clone());
         }
-        (hosts, claims.ports.into_iter().map(|(port, holder)| (u32::from(port), holder)).collect())
+        let previous = crate::state::cache_doctor::previous_output(s, &app.name, &b.id)
+            .map(|o| o.git_sha.clone())
+            .unwrap_or_default();
+        (hosts, claims.ports.into_iter().map(|(port, holder)| (u32::from(port), holder)).collect(), previous)
     });
     slipway_proto::BuildAssignment {
         held_hosts,
         held_ports,
+        previous_git_sha,
         build_id: b.id.clone(),
         attempt: b.attempt,
         app: app.name.clone(),

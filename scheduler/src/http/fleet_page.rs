@@ -544,6 +544,7 @@ mod tests {
                 "b-7".to_string(),
                 crate::state::cache_doctor::Diagnosis {
                     step: "[3/5] COPY . .".into(),
+                    changed_paths: vec!["app.py".into()],
                     advice: "copy the <lockfile> first".into(),
                     ..Default::default()
                 },
@@ -597,6 +598,7 @@ mod tests {
         assert!(page.contains("★ leader"));
         assert!(page.contains("cache doctor: `[3/5] COPY . .` was rebuilt"), "{page}");
         assert!(page.contains("advice: copy the &lt;lockfile&gt; first"), "{page}");
+        assert!(page.contains("changed files it copies: app.py"), "{page}");
         assert!(page.contains("v3 <span class=\"small\">(rollback to v1)</span>"), "{page}");
         assert!(page.contains("<td class=\"mono\">0123456789</td><td>alpha</td>"), "{page}");
         assert!(page.contains("task failed: &lt;script&gt;") && !page.contains("more"), "{page}");

@@ -6,14 +6,19 @@
 //! misalign them). The step named is the first one, in build-log order, that is not
 //! cached now although the previous build had the same instruction in the same stage:
 //! from there on BuildKit rebuilds the stage. For a `COPY`/`ADD` from the context it
-//! lists which of the changed paths its sources match. When a dependency install step
-//! (`npm ci`, `pip install`, …) reran after a `COPY` of the whole context and no lockfile
-//! changed, it advises copying the lockfile first.
+//! lists which of the changed paths its sources match. The changed paths are the agent's
+//! (`agent/src/pipeline/changes.rs`: `git diff` from the previous build's commit, the
+//! `.dockerignore`d left out), used only when they were taken against the same previous
+//! build the steps are compared with. When a dependency install step (`npm ci`,
+//! `pip install`, …, or a `RUN` naming a lockfile) reran after a `COPY` of the whole
+//! context and no lockfile changed, it advises copying the lockfile first. The step named
+//! stays the first rebuilt one (the `COPY`: where the cache chain broke, and what the
+//! changed files invalidated); the advice names the install step.
 //!
 //! Pure: no IO, no clock. [`for_build`] picks the previous build from the state; the
 //! control API calls it at read time, so nothing of this goes through raft.
 
-use super::{build_seq, Build, BuildOutput, BuildState, BuildStep, State};
+use super::{build_seq, Build, BuildOutput, BuildState, BuildStep, ChangedPaths, State};
 
 /// What the cache doctor found about one build.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +30,8 @@ pub struct Diagnosis {
     /// Of the paths changed since the previous build, those the step copies (empty when
     /// the changed paths are not known).
     pub changed_paths: Vec<String>,
+    /// More paths changed than the agent reported: `changed_paths` is not all of them.
+    pub changed_paths_truncated: bool,
     /// Steps rebuilt from it on (itself included).
     pub rebuilt_steps: u32,
     /// Time those steps took, in milliseconds.
@@ -173,28 +180,40 @@ fn source_matches(source: &str, path: &str) -> bool {
     false
 }
 
+/// A `RUN` of a known install command, or one naming a lockfile
+/// (`RUN sh install-deps.sh requirements.txt`).
 fn is_install(instruction: &str) -> bool {
     if keyword(instruction) != "RUN" {
         return false;
     }
     let padded = format!("{instruction} ");
     INSTALLS.iter().any(|i| padded.contains(i))
+        || padded
+            .split(|c: char| {
+                c.is_whitespace() || matches!(c, '=' | '"' | '\'' | ',' | ';' | '&' | '|' | '<' | '>')
+            })
+            .any(is_lockfile)
 }
 
 fn is_lockfile(path: &str) -> bool {
     let file = path.rsplit('/').next().unwrap_or(path);
+    if file.is_empty() {
+        return false;
+    }
     LOCKFILES.contains(&file) || (file.starts_with("requirements") && file.ends_with(".txt"))
 }
 
 /// Why `current` rebuilt steps `previous` had (module doc). `None` for a first build, a
 /// build that took every step it could from the cache, or one whose first rebuilt step is
-/// new (the Dockerfile changed there). `changed_paths`: paths of the context changed since
-/// the previous build, relative to it; empty when not known.
+/// new (the Dockerfile changed there). `changed`: the paths of the context changed since
+/// the previous build, relative to it; `None` when not known.
 pub fn diagnose(
     previous: &[BuildStep],
     current: &[BuildStep],
-    changed_paths: &[String],
+    changed: Option<&ChangedPaths>,
 ) -> Option<Diagnosis> {
+    let changed = changed.filter(|c| !c.unknown);
+    let changed_paths: &[String] = changed.map_or(&[], |c| c.paths.as_slice());
     let before: std::collections::BTreeSet<(&str, &str)> =
         previous.iter().filter_map(|s| parse(&s.name)).map(|p| (p.stage, p.instruction)).collect();
     if before.is_empty() {
@@ -222,7 +241,7 @@ pub fn diagnose(
                 .filter(|path| sources.iter().any(|s| source_matches(s, path)))
                 .cloned()
                 .collect();
-            let cause = if changed_paths.is_empty() {
+            let cause = if changed.is_none() {
                 "files it copies changed since the previous build"
             } else if matched.is_empty() {
                 "none of the changed files is one it copies: the build cache did not have it (another node, or pruned)"
@@ -257,6 +276,7 @@ pub fn diagnose(
     Some(Diagnosis {
         step: first.name.clone(),
         cause: cause.to_string(),
+        changed_paths_truncated: changed.is_some_and(|c| c.truncated) && !matched.is_empty(),
         changed_paths: matched,
         rebuilt_steps: u32::try_from(rebuilt.len()).unwrap_or(u32::MAX),
         rebuilt_ms: rebuilt.iter().map(|(s, _)| s.duration_ms).sum(),
@@ -267,8 +287,7 @@ pub fn diagnose(
 
 /// The cache doctor for `build`, against its app's newest pushed build before it that
 /// has step records. `None` for a build not pushed, one built with `--no-cache`, or
-/// one with nothing to say. The changed paths are not known yet (the agent does not
-/// report them), so a `COPY` step is named without them.
+/// one with nothing to say.
 pub fn for_build(s: &State, build: &Build) -> Option<Diagnosis> {
     if build.state != BuildState::Pushed || build.no_cache {
         return None;
@@ -278,19 +297,30 @@ pub fn for_build(s: &State, build: &Build) -> Option<Diagnosis> {
 
 /// [`for_build`] for a build whose output is verified but not yet recorded (the deploy
 /// stream says it as soon as the image is pushed). The caller skips `--no-cache` builds.
+/// The changed paths are used only when the agent took them against the previous build's
+/// commit (another build may have been pushed between its assignment and its end).
 pub fn against_previous(s: &State, app: &str, build_id: &str, current: &BuildOutput) -> Option<Diagnosis> {
-    let seq = build_seq(build_id);
-    let previous = s
-        .builds
-        .values()
-        .filter(|b| b.app == app && b.state == BuildState::Pushed && build_seq(&b.id) < seq)
-        .filter_map(|b| Some((build_seq(&b.id), b.output.as_ref()?)))
-        .filter(|(_, o)| !o.build_steps.is_empty())
-        .max_by_key(|(n, _)| *n)?
-        .1;
-    let mut d = diagnose(&previous.build_steps, &current.build_steps, &[])?;
+    let previous = previous_output(s, app, build_id)?;
+    let changed = current.changed_paths.as_ref().filter(|c| c.since == previous.git_sha);
+    let mut d = diagnose(&previous.build_steps, &current.build_steps, changed)?;
     d.bytes_pushed = current.bytes_pushed;
     Some(d)
+}
+
+/// What the cache doctor compares build `build_id` of `app` with: the app's newest pushed
+/// build before it that has step records. Its commit goes to the agent with the
+/// assignment (`previous_git_sha`), for the changed paths.
+pub fn previous_output<'s>(s: &'s State, app: &str, build_id: &str) -> Option<&'s BuildOutput> {
+    let seq = build_seq(build_id);
+    Some(
+        s.builds
+            .values()
+            .filter(|b| b.app == app && b.state == BuildState::Pushed && build_seq(&b.id) < seq)
+            .filter_map(|b| Some((build_seq(&b.id), b.output.as_ref()?)))
+            .filter(|(_, o)| !o.build_steps.is_empty())
+            .max_by_key(|(n, _)| *n)?
+            .1,
+    )
 }
 
 impl Diagnosis {
@@ -306,7 +336,10 @@ impl Diagnosis {
             ),
         ];
         if !self.changed_paths.is_empty() {
-            lines.push(format!("  changed files it copies: {}", self.changed_paths.join(", ")));
+            lines.push(format!(
+                "  changed files it copies: {}",
+                slipway_proto::changed_paths_text(&self.changed_paths, self.changed_paths_truncated)
+            ));
         }
         if !self.advice.is_empty() {
             lines.push(format!("  advice: {}", self.advice));
@@ -318,6 +351,10 @@ impl Diagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn known(paths: &[String]) -> ChangedPaths {
+        ChangedPaths { since: "a".repeat(40), paths: paths.to_vec(), truncated: false, unknown: false }
+    }
 
     fn step(name: &str, cached: bool, ms: u64) -> BuildStep {
         BuildStep { name: name.to_string(), cached, duration_ms: if cached { 0 } else { ms } }
@@ -349,7 +386,8 @@ mod tests {
     #[test]
     fn a_whole_context_copy_before_the_install_is_named_with_advice() {
         let changed = vec!["src/app.js".to_string()];
-        let d = diagnose(&whole_context(true), &whole_context(false), &changed).expect("a diagnosis");
+        let d = diagnose(&whole_context(true), &whole_context(false), Some(&known(&changed)))
+            .expect("a diagnosis");
         assert_eq!(d.step, "[3/5] COPY . .");
         assert_eq!(d.changed_paths, changed);
         assert_eq!(d.rebuilt_steps, 3);
@@ -361,7 +399,7 @@ mod tests {
         );
         assert!(d.advice.contains("lockfile"), "{}", d.advice);
         // Changed paths unknown: the step and the advice all the same.
-        let d = diagnose(&whole_context(true), &whole_context(false), &[]).expect("a diagnosis");
+        let d = diagnose(&whole_context(true), &whole_context(false), None).expect("a diagnosis");
         assert_eq!(d.step, "[3/5] COPY . .");
         assert!(d.changed_paths.is_empty());
         assert!(!d.advice.is_empty());
@@ -370,14 +408,16 @@ mod tests {
     #[test]
     fn a_lockfile_change_reruns_the_install_without_advice() {
         let changed = vec!["package-lock.json".to_string()];
-        let d = diagnose(&whole_context(true), &whole_context(false), &changed).expect("a diagnosis");
+        let d = diagnose(&whole_context(true), &whole_context(false), Some(&known(&changed)))
+            .expect("a diagnosis");
         assert_eq!(d.advice, "");
     }
 
     #[test]
     fn lockfile_first_gets_no_advice() {
         let changed = vec!["src/app.js".to_string()];
-        let d = diagnose(&lockfile_first(true), &lockfile_first(false), &changed).expect("a diagnosis");
+        let d = diagnose(&lockfile_first(true), &lockfile_first(false), Some(&known(&changed)))
+            .expect("a diagnosis");
         assert_eq!(d.step, "[5/6] COPY . .");
         assert_eq!(d.rebuilt_steps, 2);
         assert_eq!(d.advice, "", "the install stayed cached");
@@ -385,20 +425,20 @@ mod tests {
 
     #[test]
     fn nothing_rebuilt_is_none() {
-        assert_eq!(diagnose(&whole_context(true), &whole_context(true), &[]), None);
-        assert_eq!(diagnose(&whole_context(false), &whole_context(true), &[]), None);
+        assert_eq!(diagnose(&whole_context(true), &whole_context(true), None), None);
+        assert_eq!(diagnose(&whole_context(false), &whole_context(true), None), None);
     }
 
     #[test]
     fn a_first_build_is_none() {
-        assert_eq!(diagnose(&[], &whole_context(false), &["a".to_string()]), None);
+        assert_eq!(diagnose(&[], &whole_context(false), Some(&known(&["a".to_string()]))), None);
     }
 
     #[test]
     fn a_new_step_is_not_blamed_on_the_cache() {
         let mut current = whole_context(false);
         current[2] = step("[3/5] COPY src/ ./src/", false, 300);
-        assert_eq!(diagnose(&whole_context(true), &current, &[]), None);
+        assert_eq!(diagnose(&whole_context(true), &current, None), None);
     }
 
     #[test]
@@ -413,7 +453,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let d = diagnose(&prev, &cur, &changed).expect("a diagnosis");
+        let d = diagnose(&prev, &cur, Some(&known(&changed))).expect("a diagnosis");
         assert_eq!(d.step, "[2/3] COPY requirements*.txt src/ /app/");
         assert_eq!(d.changed_paths, vec!["src/main.py".to_string(), "requirements-dev.txt".to_string()]);
         assert_eq!(d.advice, "", "not a whole-context copy");
@@ -424,7 +464,7 @@ mod tests {
         let prev = whole_context(true);
         let mut cur = whole_context(false);
         cur[1] = step("[2/5] WORKDIR /app", false, 50);
-        let d = diagnose(&prev, &cur, &[]).expect("a diagnosis");
+        let d = diagnose(&prev, &cur, None).expect("a diagnosis");
         assert_eq!(d.step, "[2/5] WORKDIR /app");
         assert!(d.cause.contains("cache did not have it"), "{}", d.cause);
         assert_eq!(d.rebuilt_steps, 4);
@@ -443,7 +483,7 @@ mod tests {
             step("[deps 3/4] COPY . /app", false, 200),
             step("[deps 4/4] RUN pip install -r /app/requirements.txt", false, 20_000),
         ];
-        let d = diagnose(&prev, &cur, &[]).expect("a diagnosis");
+        let d = diagnose(&prev, &cur, None).expect("a diagnosis");
         assert_eq!(d.step, "[deps 3/4] COPY . /app");
         assert!(d.advice.contains("`COPY . /app`"), "{}", d.advice);
     }
@@ -500,6 +540,79 @@ mod tests {
         let mut no_cache = s.builds["b-5"].clone();
         no_cache.no_cache = true;
         assert_eq!(for_build(&s, &no_cache), None, "--no-cache rebuilds by request");
+    }
+
+    /// The t20 `doctor` app's shape: the install is a script given the lockfile.
+    fn python_whole_context(code_cached: bool) -> Vec<BuildStep> {
+        vec![
+            step("[1/4] FROM docker.io/slipway/busybox:latest", false, 100),
+            step("[2/4] WORKDIR /app", true, 0),
+            step("[3/4] COPY . /app/", code_cached, 300),
+            step("[4/4] RUN sh /app/install-deps.sh /app/requirements.txt /app/deps", code_cached, 2_000),
+        ]
+    }
+
+    #[test]
+    fn the_agents_changed_paths_are_used_when_taken_against_the_same_previous_build() {
+        let mut s = State::default();
+        let mut b1 = build("b-1", "doctor", BuildState::Pushed, python_whole_context(false));
+        b1.output.as_mut().unwrap().git_sha = "1".repeat(40);
+        let mut b2 = build("b-2", "doctor", BuildState::Pushed, python_whole_context(false));
+        let changed = |since: &str| ChangedPaths {
+            since: since.to_string(),
+            paths: vec!["app.py".into()],
+            truncated: false,
+            unknown: false,
+        };
+        b2.output.as_mut().unwrap().changed_paths = Some(changed(&"1".repeat(40)));
+        for b in [b1, b2] {
+            s.builds.insert(b.id.clone(), b);
+        }
+        assert_eq!(previous_output(&s, "doctor", "b-2").map(|o| o.git_sha.clone()), Some("1".repeat(40)));
+        assert_eq!(previous_output(&s, "doctor", "b-1"), None);
+        let d = for_build(&s, &s.builds["b-2"]).expect("b-2 against b-1");
+        assert_eq!(d.step, "[3/4] COPY . /app/", "the first rebuilt step: where the chain broke");
+        assert_eq!(d.changed_paths, vec!["app.py".to_string()]);
+        assert!(
+            d.advice.starts_with(
+                "the dependency install step `RUN sh /app/install-deps.sh /app/requirements.txt /app/deps` reran"
+            ) && d.advice.contains("copy the lockfile"),
+            "a RUN naming a lockfile is an install step: {}",
+            d.advice
+        );
+        assert_eq!(d.lines()[2], "  changed files it copies: app.py");
+        // Taken against another commit (a build pushed meanwhile): not used.
+        s.builds.get_mut("b-2").unwrap().output.as_mut().unwrap().changed_paths =
+            Some(changed(&"2".repeat(40)));
+        let d = for_build(&s, &s.builds["b-2"]).expect("a diagnosis");
+        assert!(d.changed_paths.is_empty() && !d.advice.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn known_paths_say_whether_the_copy_was_invalidated_or_the_cache_lost() {
+        let (prev, cur) = (python_whole_context(true), python_whole_context(false));
+        let nothing = known(&[]);
+        let d = diagnose(&prev, &cur, Some(&nothing)).expect("a diagnosis");
+        assert!(d.cause.contains("cache did not have it"), "nothing changed: {}", d.cause);
+        let unknown = ChangedPaths { unknown: true, ..known(&["x".into()]) };
+        let d = diagnose(&prev, &cur, Some(&unknown)).expect("a diagnosis");
+        assert!(d.cause.contains("files it copies changed") && d.changed_paths.is_empty(), "{d:?}");
+        let many: Vec<String> = (0..12).map(|i| format!("src/m{i}.py")).collect();
+        let cut = ChangedPaths { truncated: true, ..known(&many) };
+        let d = diagnose(&prev, &cur, Some(&cut)).expect("a diagnosis");
+        assert!(d.changed_paths_truncated, "{d:?}");
+        assert!(d.lines()[2].ends_with("src/m9.py, and 2+ more"), "{}", d.lines()[2]);
+        let lock = known(&["app.py".into(), "requirements.txt".into()]);
+        assert_eq!(diagnose(&prev, &cur, Some(&lock)).unwrap().advice, "", "a lockfile changed");
+    }
+
+    #[test]
+    fn install_steps_are_known_commands_or_name_a_lockfile() {
+        assert!(is_install("RUN npm ci"));
+        assert!(is_install("RUN ./deps.sh --from=requirements-prod.txt"));
+        assert!(is_install("RUN cd /app && sh fetch.sh go.sum"));
+        assert!(!is_install("RUN sh /app/build.sh /app/src"));
+        assert!(!is_install("COPY package.json ."), "not a RUN");
     }
 
     #[test]

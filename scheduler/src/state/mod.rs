@@ -35,8 +35,8 @@ pub use build_retention::DEFAULT_KEEP_FINISHED_BUILDS;
 pub use claims::Claims;
 pub use outcome::{ApplyError, Response};
 pub use records::{
-    sha256_hex, App, Build, BuildOutput, BuildState, BuildStep, DeployState, Healthcheck, JoinSecret,
-    NodeRecord, PhaseTimings, Release, ReleaseChange, RequestOutcome, RunSpec, SecretRecord,
+    sha256_hex, App, Build, BuildOutput, BuildState, BuildStep, ChangedPaths, DeployState, Healthcheck,
+    JoinSecret, NodeRecord, PhaseTimings, Release, ReleaseChange, RequestOutcome, RunSpec, SecretRecord,
 };
 pub use revocations::{holder_key, Revocation};
 

@@ -148,6 +148,24 @@ pub struct BuildOutput {
     /// `convert::build_output_from`; none from the classic builder or older agents).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub build_steps: Vec<BuildStep>,
+    /// Context paths changed since the app's previous build, as the agent found them
+    /// (bounded by `convert::build_output_from`; none for a first or `--no-cache` build,
+    /// or from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_paths: Option<ChangedPaths>,
+}
+
+/// Which context paths changed between two commits (see `ChangedPaths` in types.proto).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedPaths {
+    /// The commit compared with.
+    pub since: String,
+    /// Relative to the context directory, in git's order.
+    pub paths: Vec<String>,
+    /// More changed than `paths` holds.
+    pub truncated: bool,
+    /// The agent could not tell: `paths` means nothing.
+    pub unknown: bool,
 }
 
 /// One Dockerfile step of a build (see `BuildStep` in types.proto).
