@@ -347,13 +347,23 @@ mod tests {
             let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
             let (docker, name) = (docker.clone(), name.clone());
             async move {
-                if first {
+                // Swarm's own task updates race this write too: it is tried until it lands.
+                for attempt in 0.. {
+                    if !first {
+                        break;
+                    }
                     let current = docker.inspect_service(&name, None).await.unwrap();
                     let mut spec = current.spec.unwrap();
                     spec.labels.get_or_insert_with(Default::default).insert("test.bump".into(), "1".into());
                     let version = i32::try_from(current.version.unwrap().index.unwrap()).unwrap();
                     let options = UpdateServiceOptions { version, ..Default::default() };
-                    docker.update_service(&name, spec, options, None).await.unwrap();
+                    match docker.update_service(&name, spec, options, None).await {
+                        Ok(_) => break,
+                        Err(e) if is_out_of_sequence(&e) && attempt < 20 => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        Err(e) => panic!("the newer change: {e}"),
+                    }
                 }
                 Ok::<(), String>(())
             }
