@@ -82,6 +82,7 @@ async fn a_cut_off_leader_aborts_its_deploy_and_the_service_never_goes_back_a_re
     cluster.create_app(APP, &repo.url()).await.expect("create the app");
     let first = cluster.deploy(APP, None).await;
     assert_eq!(first.live().number, 1);
+    eprintln!("release 1 built and deployed in {:?}", first.elapsed);
     let service = cluster.service(APP);
 
     // The release label of the service, read the whole time from here on.
