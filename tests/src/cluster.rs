@@ -1022,6 +1022,21 @@ impl TestCluster {
         collect(stream, started).await
     }
 
+    /// `slipway config set` of `set` on `app` sent to member `id` alone (not to whichever
+    /// leads: while a cut-off member still claims to lead, no leader is agreed), its
+    /// rollout followed to the end.
+    pub async fn set_config_via(&self, id: u64, app: &str, set: &[(&str, &str)]) -> DeployRun {
+        let req = pb::SetConfigRequest {
+            app: app.into(),
+            set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let mut client =
+            self.member_client(id).await.unwrap_or_else(|e| panic!("connect to member {id}: {e}"));
+        collect(client.set_config(req).await, started).await
+    }
+
     /// Rolls `app` back (to release `to`, or the one before the current).
     pub async fn rollback(&self, app: &str, to: Option<u64>) -> DeployRun {
         let req = pb::RollbackRequest { app: app.into(), to: to.unwrap_or(0), request_id: String::new() };

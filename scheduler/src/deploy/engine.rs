@@ -56,7 +56,7 @@ pub(crate) fn has_status(err: &BollardError, status: u16) -> bool {
     matches!(err, BollardError::DockerResponseServerError { status_code, .. } if *status_code == status)
 }
 
-pub(super) fn is_out_of_sequence(err: &BollardError) -> bool {
+pub(crate) fn is_out_of_sequence(err: &BollardError) -> bool {
     matches!(err, BollardError::DockerResponseServerError { message, .. } if message.contains("update out of sequence"))
 }
 

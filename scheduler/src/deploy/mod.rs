@@ -69,7 +69,7 @@ pub use spec::{
 
 use converge::converge;
 use engine::apply;
-pub(crate) use engine::{engine_error, ensure_network, has_status};
+pub(crate) use engine::{engine_error, ensure_network, has_status, is_out_of_sequence};
 use spec::validate_names;
 
 /// Label `docker stack` uses to group services, networks and volumes into a stack.
@@ -274,6 +274,16 @@ pub enum DeployError {
         running: u64,
         /// The release this update would have applied.
         release: u64,
+    },
+    /// A write to Swarm outside a deploy's own fence (the router's service) was not made:
+    /// this member could not prove, right before it, that it still leads. Nothing was
+    /// changed; whoever leads makes the change.
+    #[error("did not {action}: this member cannot prove it still leads ({reason})")]
+    Unconfirmed {
+        /// What was not done, e.g. `update service slipway_router`.
+        action: String,
+        /// Why leadership was not confirmed.
+        reason: String,
     },
     /// Swarm did not converge within `converge_timeout`.
     #[error(

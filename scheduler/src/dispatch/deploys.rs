@@ -4,10 +4,13 @@
 //! deploy slot ([`crate::dispatch_state::DispatchState::hold`]).
 //!
 //! Fenced: a deploy starts only once a quorum confirmed this member leads
-//! ([`crate::raft::Store::confirm_leading`]), and Swarm refuses nothing on its own, so
-//! the update itself refuses to move a service below the release its label names
-//! ([`crate::deploy::fence`]); such a deploy is recorded as failed (when this member
-//! can still write), never as deployed.
+//! ([`crate::raft::Store::confirm_leading`]) and confirms it again every
+//! [`LEADERSHIP_RECHECK`] while it runs: a member that cannot prove it still leads
+//! (cut off from its peers, which openraft 0.9 does not make step down) aborts the
+//! deploy, leaving the release pending for whoever leads. Swarm refuses nothing on its
+//! own, so the update itself also refuses to move a service below the release its label
+//! names ([`crate::deploy::fence`]); such a deploy is recorded as failed (when this
+//! member can still write), never as deployed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,15 +194,47 @@ async fn announce_routes(ctx: &Context, topic: &str, app: &str) -> Vec<String> {
 /// before its dispatcher may try that app again (no retry loop on a deposed leader).
 const UNCONFIRMED_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How often a running deploy has a quorum confirm that this member still leads.
+pub const LEADERSHIP_RECHECK: Duration = Duration::from_secs(1);
+
+/// What a deploy says when it stops because this member lost its proof of leadership.
+pub const ABORTED: &str = "deploy aborted: this member cannot prove it still leads";
+
 async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
     // Fenced side effect, first half: a quorum confirms this member still leads right
-    // before it touches Swarm (the second half is the release label, `deploy::fence`).
+    // before it touches Swarm, and again every LEADERSHIP_RECHECK while the deploy runs
+    // (the second half is the release label, `deploy::fence`).
     if let Err(err) = ctx.store.confirm_leading().await {
         tracing::warn!(%err, "not deploying: this member cannot prove it still leads");
         tokio::time::sleep(UNCONFIRMED_BACKOFF).await;
         return;
     }
     let topic = release_topic(release);
+    tokio::select! {
+        () = run_deploy(ctx, release, &topic) => {}
+        err = lost_leadership(ctx) => {
+            // The release stays pending: whoever leads deploys it (or a newer one).
+            tracing::warn!(%err, "{ABORTED}");
+            let line = format!("{ABORTED} ({err}); whoever leads deploys the release");
+            ctx.events.publish(&topic, Event::DeployProgress(line));
+            tokio::time::sleep(UNCONFIRMED_BACKOFF).await;
+        }
+    }
+}
+
+/// Returns the error once a quorum no longer confirms, within its bound, that this member
+/// leads; checks every [`LEADERSHIP_RECHECK`].
+async fn lost_leadership(ctx: &Context) -> crate::error::Error {
+    loop {
+        tokio::time::sleep(LEADERSHIP_RECHECK).await;
+        if let Err(err) = ctx.store.confirm_leading().await {
+            return err;
+        }
+    }
+}
+
+async fn run_deploy(ctx: &Arc<Context>, release: &Release, topic: &str) {
+    let topic = topic.to_owned();
     let spec = service_for(ctx, release);
     let service = format!("{}_{}", spec.stack, spec.app);
     if release.rollback_of.is_none() && release.change.is_none() {
@@ -223,6 +258,8 @@ async fn deploy_release(ctx: &Arc<Context>, release: &Release) {
                 let progress =
                     move |line: String| events.publish(&progress_topic, Event::DeployProgress(line));
                 let auth = pull_auth(ctx, &release.app);
+                #[cfg(debug_assertions)]
+                super::test_hooks::hold_deploy_if_asked(ctx.config.node_id).await;
                 deploy::deploy(&docker, &spec, auth.as_ref(), &progress).await.map_err(|e| e.to_string())
             }
             Err(err) => Err(err.to_string()),

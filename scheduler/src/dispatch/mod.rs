@@ -96,6 +96,24 @@ mod test_hooks {
     /// leads). Absent in release builds.
     pub const PANIC_DISPATCHER: &str = "SLIPWAY_TEST_PANIC_DISPATCHER";
 
+    /// Names a file; while it holds this member's node id, a deploy on this member waits
+    /// right before its Swarm update (t33 cuts the leader off at that moment). The deploy's
+    /// leadership re-checks go on meanwhile. Absent in release builds.
+    pub const HOLD_DEPLOY: &str = "SLIPWAY_TEST_HOLD_DEPLOY";
+
+    pub async fn hold_deploy_if_asked(node_id: u64) {
+        let Some(path) = std::env::var_os(HOLD_DEPLOY) else { return };
+        let held = || std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == node_id.to_string());
+        if !held() {
+            return;
+        }
+        tracing::warn!("{HOLD_DEPLOY} holds this deploy before its Swarm update");
+        while held() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tracing::warn!("{HOLD_DEPLOY} lets this deploy go on to its Swarm update");
+    }
+
     pub fn panic_if_asked(node_id: u64) {
         let Some(path) = std::env::var_os(PANIC_DISPATCHER) else { return };
         let asked = std::fs::read_to_string(path).unwrap_or_default();

@@ -9,7 +9,8 @@
 //!                     agent (per node) ─► its router's admin socket: POST /load ◄┘
 //!                                      ◄─ GET /id/slipway_routes: the version it serves
 //!                     NodeReport.router ─► the leader knows which node serves what
-//! leader, every round: service::ensure(<stack>_router, its start config, admin volume)
+//! leader, every round: service::ensure(<stack>_router, its start config, admin volume),
+//!                     fenced (a quorum confirms this member leads right before a write)
 //! ```
 //!
 //! Why agents and not a poll: Caddy 2.6's HTTP config loader (what a router would poll
@@ -109,6 +110,7 @@ async fn ensure_service(ctx: &Context) {
         stack,
         &ctx.config.router,
         PublishMode::from(ctx.config.deploy.publish_mode),
+        || async { ctx.store.confirm_leading().await.map_err(|e| e.to_string()) },
     )
     .await
     {

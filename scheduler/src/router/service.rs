@@ -6,9 +6,11 @@
 //!
 //! [`ensure`] creates the service when it is missing and updates it when its settings
 //! changed (a label holds their digest), so running it every round restarts nothing.
-//! Updates go stop-first: a host port cannot be held twice on one node.
+//! Updates go stop-first: a host port cannot be held twice on one node. Fenced like a
+//! deploy: only a member a quorum confirms as leader creates or updates it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bollard::models::{
@@ -20,12 +22,14 @@ use bollard::models::{
 };
 use bollard::query_parameters::UpdateServiceOptions;
 use bollard::Docker;
+use slipway_common::Backoff;
 use slipway_proto::router::admin_volume;
 
 use super::caddy::{start_config, ADMIN_DIR, CONTAINER_PORT};
 use crate::config::RouterSettings;
 use crate::deploy::{
-    engine_error, ensure_network, has_status, network_name, DeployError, PublishMode, LABEL_STACK_NAMESPACE,
+    engine_error, ensure_network, has_status, is_out_of_sequence, network_name, DeployError, PublishMode,
+    LABEL_STACK_NAMESPACE,
 };
 
 /// Label telling slipway's own services apart: `router` on the router.
@@ -177,42 +181,79 @@ pub enum Ensured {
     Unchanged,
 }
 
+/// How many times an update is tried while Swarm answers "update out of sequence".
+const UPDATE_ATTEMPTS: u32 = 5;
+
 /// Creates or updates the router service so it runs with `settings`; see the module docs.
-pub async fn ensure(
+///
+/// Fenced: `confirm` (a quorum confirming this member still leads) must succeed right
+/// before each create or update, or nothing is written ([`DeployError::Unconfirmed`]).
+/// An update names the version index it read, so a change made meanwhile (by a newer
+/// leader) makes Swarm answer "update out of sequence": the service is read again,
+/// leadership confirmed again, and the update tried again.
+pub async fn ensure<F, Fut>(
     docker: &Docker,
     stack: &str,
     settings: &RouterSettings,
     publish_mode: PublishMode,
-) -> Result<Ensured, DeployError> {
+    confirm: F,
+) -> Result<Ensured, DeployError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     ensure_network(docker, stack).await?;
     let config_id = ensure_start_config(docker, stack).await?;
     let spec = service_spec(stack, settings, publish_mode, &config_id);
     let name = service_name(stack);
-    let current = match docker.inspect_service(&name, None).await {
-        Ok(current) => current,
-        Err(e) if has_status(&e, 404) => {
-            return match docker.create_service(spec, None).await {
-                Ok(_) => Ok(Ensured::Created),
-                Err(e) => Err(engine_error(docker, format!("create service {name}"), e)),
-            };
+    let mut last_error = String::new();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+    for _ in 0..UPDATE_ATTEMPTS {
+        let current = match docker.inspect_service(&name, None).await {
+            Ok(current) => current,
+            Err(e) if has_status(&e, 404) => {
+                fenced(&confirm, format!("create service {name}")).await?;
+                return match docker.create_service(spec, None).await {
+                    Ok(_) => Ok(Ensured::Created),
+                    Err(e) => Err(engine_error(docker, format!("create service {name}"), e)),
+                };
+            }
+            Err(e) => return Err(engine_error(docker, format!("inspect service {name}"), e)),
+        };
+        let label = |s: &ServiceSpec| s.labels.as_ref().and_then(|l| l.get(LABEL_SPEC)).cloned();
+        if current.spec.as_ref().and_then(label) == label(&spec) {
+            return Ok(Ensured::Unchanged);
         }
-        Err(e) => return Err(engine_error(docker, format!("inspect service {name}"), e)),
-    };
-    let label = |s: &ServiceSpec| s.labels.as_ref().and_then(|l| l.get(LABEL_SPEC)).cloned();
-    if current.spec.as_ref().and_then(label) == label(&spec) {
-        return Ok(Ensured::Unchanged);
+        let index = current.version.and_then(|v| v.index).unwrap_or_default();
+        let version = i32::try_from(index).map_err(|_| DeployError::Api {
+            action: format!("update service {name}"),
+            message: format!("its version index {index} does not fit the API client's 32-bit field"),
+        })?;
+        let id = current.id.unwrap_or_else(|| name.clone());
+        fenced(&confirm, format!("update service {name}")).await?;
+        let options = UpdateServiceOptions { version, ..Default::default() };
+        match docker.update_service(&id, spec.clone(), options, None).await {
+            Ok(_) => return Ok(Ensured::Updated),
+            Err(e) if is_out_of_sequence(&e) => {
+                last_error = e.to_string();
+                backoff.wait().await;
+            }
+            Err(e) => return Err(engine_error(docker, format!("update service {name}"), e)),
+        }
     }
-    let index = current.version.and_then(|v| v.index).unwrap_or_default();
-    let version = i32::try_from(index).map_err(|_| DeployError::Api {
+    Err(DeployError::Api {
         action: format!("update service {name}"),
-        message: format!("its version index {index} does not fit the API client's 32-bit field"),
-    })?;
-    let id = current.id.unwrap_or_else(|| name.clone());
-    docker
-        .update_service(&id, spec, UpdateServiceOptions { version, ..Default::default() }, None)
-        .await
-        .map_err(|e| engine_error(docker, format!("update service {name}"), e))?;
-    Ok(Ensured::Updated)
+        message: format!("gave up after {UPDATE_ATTEMPTS} attempts: {last_error}"),
+    })
+}
+
+/// `confirm`'s refusal as the error of `action`.
+async fn fenced<F, Fut>(confirm: &F, action: String) -> Result<(), DeployError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    confirm().await.map_err(|reason| DeployError::Unconfirmed { action, reason })
 }
 
 #[cfg(test)]
@@ -241,5 +282,100 @@ mod tests {
         let other =
             service_spec("st", &RouterSettings { http_port: 80, ..settings }, PublishMode::Host, "cfg-id");
         assert_ne!(spec.labels.unwrap()[LABEL_SPEC], other.labels.unwrap()[LABEL_SPEC]);
+    }
+
+    /// The router's fence, against the local engine (skipped when none answers): a member
+    /// that cannot confirm its leadership creates and updates nothing, and an update that
+    /// a newer change overtook ("update out of sequence") is confirmed and tried again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_router_service_is_written_only_by_a_confirmed_leader_and_retried_out_of_sequence() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        use slipway_testkit::{ensure_swarm, free_port, require_docker, unique_name, StackCleanup};
+
+        let Some(docker) = require_docker().await else { return };
+        ensure_swarm().await;
+        let stack = unique_name("rtfence");
+        let _cleanup = StackCleanup::new(&stack);
+        let name = service_name(&stack);
+        let settings = RouterSettings { http_port: free_port(), ..Default::default() };
+        let deposed =
+            || async { Err::<(), _>("a quorum did not confirm this member's leadership".to_owned()) };
+        let leading = || async { Ok::<(), String>(()) };
+
+        // Missing, and this member cannot prove it leads: not created.
+        match ensure(&docker, &stack, &settings, PublishMode::Host, deposed).await {
+            Err(err @ DeployError::Unconfirmed { .. }) => {
+                let text = err.to_string();
+                assert!(
+                    text.starts_with(&format!("did not create service {name}: this member cannot prove")),
+                    "{text}"
+                );
+                assert!(text.contains("a quorum did not confirm"), "{text}");
+            }
+            other => panic!("expected the fence to refuse, got {other:?}"),
+        }
+        let err = docker.inspect_service(&name, None).await.expect_err("no service was created");
+        assert!(has_status(&err, 404), "{err}");
+
+        assert_eq!(
+            ensure(&docker, &stack, &settings, PublishMode::Host, leading).await.unwrap(),
+            Ensured::Created
+        );
+        let created = docker.inspect_service(&name, None).await.unwrap();
+        let spec_label = |s: &bollard::models::Service| {
+            s.spec.as_ref().and_then(|s| s.labels.as_ref()).and_then(|l| l.get(LABEL_SPEC).cloned())
+        };
+
+        // New settings, a deposed member: the service keeps its version and settings.
+        let moved = RouterSettings { http_port: free_port(), ..settings.clone() };
+        match ensure(&docker, &stack, &moved, PublishMode::Host, deposed).await {
+            Err(DeployError::Unconfirmed { action, .. }) => {
+                assert_eq!(action, format!("update service {name}"))
+            }
+            other => panic!("expected the fence to refuse, got {other:?}"),
+        }
+        let refused = docker.inspect_service(&name, None).await.unwrap();
+        assert_eq!(refused.version, created.version, "the refused update changed the service");
+        assert_eq!(spec_label(&refused), spec_label(&created));
+
+        // A newer change lands between this member's read and its update (made from inside
+        // the first confirmation): Swarm answers out of sequence, the service is read and
+        // leadership confirmed again, and the second update goes through.
+        let calls = AtomicU32::new(0);
+        let overtaken = || {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            let (docker, name) = (docker.clone(), name.clone());
+            async move {
+                // Swarm's own task updates race this write too: it is tried until it lands.
+                for attempt in 0.. {
+                    if !first {
+                        break;
+                    }
+                    let current = docker.inspect_service(&name, None).await.unwrap();
+                    let mut spec = current.spec.unwrap();
+                    spec.labels.get_or_insert_with(Default::default).insert("test.bump".into(), "1".into());
+                    let version = i32::try_from(current.version.unwrap().index.unwrap()).unwrap();
+                    let options = UpdateServiceOptions { version, ..Default::default() };
+                    match docker.update_service(&name, spec, options, None).await {
+                        Ok(_) => break,
+                        Err(e) if is_out_of_sequence(&e) && attempt < 20 => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        Err(e) => panic!("the newer change: {e}"),
+                    }
+                }
+                Ok::<(), String>(())
+            }
+        };
+        assert_eq!(
+            ensure(&docker, &stack, &moved, PublishMode::Host, overtaken).await.unwrap(),
+            Ensured::Updated
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "confirmed again after the out-of-sequence answer");
+        let updated = docker.inspect_service(&name, None).await.unwrap();
+        let expected =
+            service_spec(&stack, &moved, PublishMode::Host, "any").labels.unwrap()[LABEL_SPEC].clone();
+        assert_eq!(spec_label(&updated), Some(expected));
     }
 }
