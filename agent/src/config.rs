@@ -12,6 +12,9 @@ use slipway_common::config::{Check, ConfigError as CommonError};
 /// otherwise.
 pub const DEFAULT_SECRETS_DIR: &str = "/etc/slipway/build-secrets";
 
+/// Longest `push_retry_secs` accepted: a build does not wait on a registry for longer.
+pub const MAX_PUSH_RETRY_SECS: u64 = 3600;
+
 /// Everything `slipway-agent` needs to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,6 +42,9 @@ pub struct AgentConfig {
     pub build_memory_limit_bytes: u64,
     /// Longest a clone may take.
     pub clone_timeout_secs: u64,
+    /// How long a push keeps being retried (with backoff) while the registry is
+    /// unreachable, before the build fails naming it (0: no retry; at most 3600).
+    pub push_retry_secs: u64,
     /// Free bytes the build filesystem keeps: below it the agent reclaims slipway's own
     /// leftovers, and refuses new builds if that is not enough (the scheduler places
     /// them elsewhere). Keep it equal to the scheduler's `placement.min_free_bytes`.
@@ -117,6 +123,7 @@ impl Default for AgentConfig {
             build_cpu_limit: 0.0,
             build_memory_limit_bytes: 0,
             clone_timeout_secs: 600,
+            push_retry_secs: 120,
             min_free_bytes: 2 << 30,
             labels: BTreeMap::new(),
             metrics_listen: "127.0.0.1:7402".into(),
@@ -181,6 +188,12 @@ impl Check for AgentConfig {
                 "build_cpu_limit must be 0 (no cap) or a positive number of cores",
             ));
         }
+        if self.push_retry_secs > MAX_PUSH_RETRY_SECS {
+            return Err(CommonError::invalid(format!(
+                "push_retry_secs ({}) must be at most {MAX_PUSH_RETRY_SECS} (an hour); 0 turns push retries off",
+                self.push_retry_secs
+            )));
+        }
         let r = &self.reclaim;
         if r.build_cache_high_watermark_bytes > 0
             && r.build_cache_low_watermark_bytes > r.build_cache_high_watermark_bytes
@@ -244,6 +257,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("build_logs.interval_secs"));
+        assert_eq!(AgentConfig::parse("").unwrap().push_retry_secs, 120);
+        assert_eq!(AgentConfig::parse("push_retry_secs = 0").unwrap().push_retry_secs, 0);
+        assert_eq!(AgentConfig::parse("push_retry_secs = 3600").unwrap().push_retry_secs, 3600);
+        let err = AgentConfig::parse("push_retry_secs = 3601").unwrap_err().to_string();
+        assert!(err.contains("push_retry_secs (3601) must be at most 3600"), "{err}");
         let err = AgentConfig::parse("builder = \"buildx\"").unwrap_err().to_string();
         assert!(err.contains("builder") && err.contains("classic"), "{err}");
     }

@@ -10,7 +10,9 @@
 //! - [`config`]: `agent.toml` and its defaults (the binary applies flags and
 //!   `SLIPWAY_*` overrides). [`error`]: [`error::Failure`], why a build failed, by phase.
 //!   The app's `slipway.toml` is parsed by `slipway_common::manifest`, the parser the
-//!   scheduler checks each build's manifest with too.
+//!   scheduler checks each build's manifest with too. [`space`]: a build filesystem
+//!   that ran out of space mid-build (the failure names it; the node's floor is raised
+//!   in memory until it has room).
 //! - [`pipeline`]: one build: clone → context → docker build → push, each step in a
 //!   file of its own, secret build arguments in `pipeline::secrets`.
 //! - [`metrics`]: the agent's own `/metrics` (last report, process RSS and CPU).
@@ -35,6 +37,7 @@ pub mod reclaim;
 pub mod report;
 pub mod router;
 pub mod session;
+pub mod space;
 
 use std::future::Future;
 

@@ -30,14 +30,11 @@ pub struct Reporter {
     reclaim: Option<ReclaimStats>,
     /// Whether build log files are written.
     log_guard: Option<Arc<DiskGuard>>,
+    /// The floor raised after a build ran the build filesystem out of space.
+    space_floor: Option<crate::space::SpaceFloor>,
 }
 
-/// Total and available bytes of the filesystem holding `path`.
-pub fn filesystem_bytes(path: &Path) -> std::io::Result<(u64, u64)> {
-    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
-    let block = stat.fragment_size() as u64;
-    Ok((stat.blocks() as u64 * block, stat.blocks_available() as u64 * block))
-}
+pub use crate::space::filesystem_bytes;
 
 impl Reporter {
     /// A reporter for the node whose builds run under `build_root`; each report it
@@ -56,6 +53,7 @@ impl Reporter {
             force_classic: false,
             reclaim: None,
             log_guard: None,
+            space_floor: None,
         }
     }
 
@@ -64,6 +62,12 @@ impl Reporter {
     pub fn with_upkeep(mut self, reclaim: ReclaimStats, log_guard: Arc<DiskGuard>) -> Self {
         self.reclaim = Some(reclaim);
         self.log_guard = Some(log_guard);
+        self
+    }
+
+    /// Reports the build filesystem floor `floor` holds while it is raised.
+    pub fn with_space_floor(mut self, floor: crate::space::SpaceFloor) -> Self {
+        self.space_floor = Some(floor);
         self
     }
 
@@ -114,6 +118,10 @@ impl Reporter {
             report.reclaim_passes_total = totals.passes;
         }
         report.build_logs_stopped = self.log_guard.as_ref().is_some_and(|g| g.stopped());
+        if let Some((floor, reason)) = self.space_floor.as_ref().and_then(|f| f.current(available)) {
+            report.build_fs_floor_bytes = floor;
+            report.build_fs_floor_reason = reason;
+        }
         match docker {
             Some(docker) => match docker.version().await {
                 Ok(version) => {

@@ -115,6 +115,8 @@ struct Agent {
     reclaiming: tokio::sync::Mutex<()>,
     /// Stops build log files below the build filesystem's floor.
     log_guard: pipeline::LogGuard,
+    /// Raised above `min_free_bytes` after a build ran the build filesystem out of space.
+    space_floor: crate::space::SpaceFloor,
 }
 
 /// A task aborted when its handle is dropped.
@@ -181,6 +183,7 @@ pub async fn run(
         router: Arc::new(Router::default()),
         reclaim_stats: Default::default(),
         reclaiming: tokio::sync::Mutex::new(()),
+        space_floor: Default::default(),
     });
     let upkeep = upkeep(agent.clone()).instrument(tracing::info_span!("upkeep"));
     supervised.spawn("upkeep", async move {
@@ -285,7 +288,8 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
         agent.last_report.clone(),
     )
     .force_classic(agent.config.builder == crate::config::BuilderChoice::Classic)
-    .with_upkeep(agent.reclaim_stats.clone(), agent.log_guard.0.clone());
+    .with_upkeep(agent.reclaim_stats.clone(), agent.log_guard.0.clone())
+    .with_space_floor(agent.space_floor.clone());
     let (running, cached) = agent.snapshot();
     let docker = agent.docker().await;
     let report = reporter.measure(docker.as_ref(), running, cached).await;
@@ -477,9 +481,18 @@ impl Agent {
     /// Why this node cannot take a build now: its build filesystem is below the floor
     /// even after reclaiming slipway's own leftovers. None when it can.
     async fn disk_refusal(&self) -> Option<String> {
-        let floor = self.config.min_free_bytes;
         let root = &self.config.build_root;
         let free = || crate::report::filesystem_bytes(root).map(|(_, available)| available).unwrap_or(0);
+        // A build ran the filesystem out of space: wait for the room it needed.
+        if let Some((floor, reason)) = self.space_floor.current(free()) {
+            return Some(format!(
+                "the build filesystem of {} has {} free, below this agent's raised floor of {}: {reason}",
+                root.display(),
+                slipway_proto::human_bytes(free()),
+                slipway_proto::human_bytes(floor)
+            ));
+        }
+        let floor = self.config.min_free_bytes;
         if free() >= floor {
             return None;
         }
@@ -568,6 +581,9 @@ impl Agent {
                     docker_socket: self.config.docker_socket.clone().into(),
                     force_classic: self.config.builder == crate::config::BuilderChoice::Classic,
                     log_guard: Some(self.log_guard.clone()),
+                    push_retry: Duration::from_secs(self.config.push_retry_secs),
+                    space_floor: Some(self.space_floor.clone()),
+                    min_free_bytes: self.config.min_free_bytes,
                 };
                 let job = BuildJob::from(&a);
                 // A panic in the pipeline fails this build, not the agent: the task is

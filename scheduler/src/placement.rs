@@ -139,6 +139,19 @@ fn free_slot(node: &NodeView<'_>, _: &BuildNeeds<'_>) -> Result<(), String> {
 
 fn enough_disk(node: &NodeView<'_>, needs: &BuildNeeds<'_>) -> Result<(), String> {
     let Some(r) = node.report else { return Err("no report yet".into()) };
+    // A build ran out of space there: its agent waits for the room that build needed.
+    if r.build_fs_floor_bytes > r.build_fs_available_bytes {
+        return Err(format!(
+            "build filesystem has {} free, below the floor of {} its agent raised: {}",
+            human_bytes(r.build_fs_available_bytes),
+            human_bytes(r.build_fs_floor_bytes),
+            if r.build_fs_floor_reason.is_empty() {
+                "a build ran out of space there"
+            } else {
+                r.build_fs_floor_reason.as_str()
+            }
+        ));
+    }
     if r.build_fs_available_bytes >= needs.min_free_bytes {
         Ok(())
     } else {
@@ -280,6 +293,28 @@ mod tests {
         let d = place(&n, &[view("a", &full), view("b", &idle)]);
         assert_eq!(d.chosen.as_deref(), Some("b"));
         assert!(d.rejected[0].reason.contains("needs at least 2.0 GiB"), "{d:?}");
+    }
+
+    #[test]
+    fn a_node_whose_build_ran_out_of_space_is_avoided_until_it_has_the_room() {
+        // 50 GiB free is plenty by min_free_bytes, but a build there found 49 GiB too
+        // little: its agent raised its floor to 51 GiB.
+        let raised = NodeReport {
+            build_fs_floor_bytes: 51 * GIB,
+            build_fs_floor_reason: "a build ran out of space on /var/lib/slipway/builds".into(),
+            ..report(5.0, 50, 0)
+        };
+        let other = report(70.0, 20, 0);
+        let mut n = needs("shop");
+        n.last_built_on = Some("a");
+        let d = place(&n, &[view("a", &raised), view("b", &other)]);
+        assert_eq!(d.chosen.as_deref(), Some("b"), "affinity does not override the floor");
+        let reason = &d.rejected[0].reason;
+        assert!(reason.contains("50.0 GiB free, below the floor of 51.0 GiB its agent raised"), "{reason}");
+        assert!(reason.contains("ran out of space on /var/lib/slipway/builds"), "{reason}");
+        // Once the node has the room, it is placed on again.
+        let roomy = NodeReport { build_fs_available_bytes: 60 * GIB, ..raised };
+        assert_eq!(place(&n, &[view("a", &roomy), view("b", &other)]).chosen.as_deref(), Some("a"));
     }
 
     #[test]

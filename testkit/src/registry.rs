@@ -221,6 +221,17 @@ impl Registry {
         let _ = self.child.wait();
     }
 
+    /// Starts the registry again after [`Registry::stop`] (or restarts it): same address,
+    /// same storage, same auth; returns once `/v2/` answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let binary = installed_binary()?;
+        self.child =
+            spawn_and_wait(&binary, self.dir.path(), self.ip, self.port, self.auth.as_ref(), &self.http)
+                .await?;
+        Ok(())
+    }
+
     /// Restarts the registry (same address, same storage) with token auth: from now on
     /// it admits only what `auth`'s token server allows.
     pub async fn require_tokens(&mut self, auth: TokenAuth) -> anyhow::Result<()> {

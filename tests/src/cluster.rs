@@ -157,6 +157,8 @@ struct Agent {
     state_dir: PathBuf,
     /// More of its `agent.toml` (e.g. `builder = "classic"`).
     extra: String,
+    /// Its `push_retry_secs`, if not the default.
+    push_retry_secs: Option<u64>,
     child: Option<Child>,
 }
 
@@ -319,6 +321,7 @@ impl TestCluster {
                 build_root: fleet.build_root(n),
                 state_dir: fleet.agent_state_dir(n),
                 extra: String::new(),
+                push_retry_secs: None,
                 child: None,
             });
         }
@@ -502,6 +505,7 @@ impl TestCluster {
             build_root: self.path("builds"),
             state_dir: self.path("agent"),
             extra: String::new(),
+            push_retry_secs: None,
             child: None,
         });
     }
@@ -580,7 +584,7 @@ impl TestCluster {
             let config = format!(
                 "schedulers = [{}]\nname = \"{}\"\nstate_dir = \"{}\"\nbuild_root = \"{}\"\nbuild_slots = 2\n\
                  docker_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nmin_free_bytes = {MIN_FREE_BYTES}\n\
-                 build_secrets_dir = \"{}\"\n{}{}",
+                 build_secrets_dir = \"{}\"\n{}{}{}",
                 schedulers.join(", "),
                 agent.name,
                 agent.state_dir.display(),
@@ -588,6 +592,7 @@ impl TestCluster {
                 agent.docker_socket,
                 self.build_secrets_dir().display(),
                 self.agent_token.as_ref().map(|t| format!("join_token = \"{t}\"\n")).unwrap_or_default(),
+                agent.push_retry_secs.map(|s| format!("push_retry_secs = {s}\n")).unwrap_or_default(),
                 agent.extra,
             );
             std::fs::write(self.path(&format!("agent-{}.toml", i + 1)), config).expect("write agent config");
@@ -838,6 +843,13 @@ impl TestCluster {
         self.write_configs();
     }
 
+    /// Sets agent `n`'s `push_retry_secs`: how long its pushes wait for an unreachable
+    /// registry (takes effect at its next start).
+    pub fn set_agent_push_retry(&mut self, n: u8, secs: u64) {
+        self.agent_mut(n).push_retry_secs = Some(secs);
+        self.write_configs();
+    }
+
     /// Points agent `n` at another engine socket (takes effect at its next start).
     pub fn set_agent_docker_socket(&mut self, n: u8, socket: &str) {
         self.agent_mut(n).docker_socket = socket.to_string();
@@ -1013,6 +1025,22 @@ impl TestCluster {
             ..Default::default()
         };
         self.deploy_request(req).await
+    }
+
+    /// Starts a deploy of `app` (its branch) and returns the future following its
+    /// stream, which does not borrow the cluster: spawn it, and meanwhile stop, restart
+    /// or fill what the deploy meets.
+    pub async fn deploy_detached(
+        &self,
+        app: &str,
+    ) -> impl std::future::Future<Output = DeployRun> + Send + 'static {
+        let mut client = self.client().await;
+        let req = pb::DeployRequest { app: app.into(), ..Default::default() };
+        async move {
+            let started = Instant::now();
+            let stream = client.deploy(req).await;
+            collect(stream, started).await
+        }
     }
 
     /// Sends `req` and follows the stream to its end.

@@ -351,6 +351,7 @@ pub async fn push_image(
     repository: &str,
     tag: &str,
     login: Option<&RegistryLogin>,
+    retry: Duration,
     log: &LogSink,
 ) -> Result<PushStats, Failure> {
     validate::repository(repository).map_err(|e| Failure::Push(e.to_string()))?;
@@ -358,7 +359,7 @@ pub async fn push_image(
     let registry = registry_of(repository);
     log.line(format!("==> pushing {repository}:{tag} to {registry}"));
     let mut progress = PushProgress::default();
-    push(docker, repository, tag, login, &mut progress).await?;
+    push(docker, repository, tag, login, &mut progress, retry, log).await?;
 
     let digest = match progress.digest.take() {
         Some(digest) => digest,
@@ -401,6 +402,7 @@ pub async fn push_latest(
     repository: &str,
     tag: &str,
     login: Option<&RegistryLogin>,
+    retry: Duration,
     log: &LogSink,
 ) -> Result<(), Failure> {
     let options = TagImageOptionsBuilder::default().repo(repository).tag("latest").build();
@@ -408,18 +410,146 @@ pub async fn push_latest(
         Failure::Push(format!("cannot tag {repository}:{tag} as latest: {}", daemon_message(&e)))
     })?;
     let mut progress = PushProgress::default();
-    push(docker, repository, "latest", login, &mut progress).await?;
+    push(docker, repository, "latest", login, &mut progress, retry, log).await?;
     log.line(format!("==> tagged and pushed {repository}:latest ({} layers uploaded)", progress.pushed));
     Ok(())
 }
 
+/// Pushes `<repository>:<tag>`, retrying while the registry is unreachable
+/// ([`push_error_is_transient`]) with a backoff of [`PUSH_RETRY_FIRST`] doubling to
+/// [`PUSH_RETRY_MAX`], for at most `retry` in all (zero: one attempt). Each wait is
+/// logged; a refusal (401/403, an invalid manifest, anything not known to pass) fails at
+/// once, and the last error names the registry and how long it was tried.
 async fn push(
     docker: &Docker,
     repository: &str,
     tag: &str,
     login: Option<&RegistryLogin>,
     progress: &mut PushProgress,
+    retry: Duration,
+    log: &LogSink,
 ) -> Result<(), Failure> {
+    let registry = registry_of(repository);
+    let started = std::time::Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        *progress = PushProgress::default();
+        let message = match push_once(docker, repository, tag, login, progress).await {
+            Ok(()) => {
+                if attempts > 1 {
+                    log.line(format!(
+                        "==> registry {registry} answered again: pushed {repository}:{tag} on attempt {attempts}"
+                    ));
+                }
+                return Ok(());
+            }
+            Err(message) => message,
+        };
+        let elapsed = started.elapsed();
+        let wait = push_retry_wait(attempts, elapsed, retry).filter(|_| push_error_is_transient(&message));
+        let Some(wait) = wait else {
+            let tried = if attempts > 1 {
+                format!(
+                    " (registry unreachable: {attempts} attempts over {}s, push_retry_secs = {})",
+                    elapsed.as_secs(),
+                    retry.as_secs()
+                )
+            } else {
+                String::new()
+            };
+            return Err(Failure::Push(format!(
+                "cannot push {repository}:{tag} to registry {registry}{tried}: {message}{}",
+                token_hint(&message)
+            )));
+        };
+        log.line(format!(
+            "==> registry {registry} unreachable, retrying push in {}s ({}s/{}s): {message}",
+            wait.as_secs_f64().ceil() as u64,
+            elapsed.as_secs(),
+            retry.as_secs()
+        ));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The first pause between push attempts; it doubles up to [`PUSH_RETRY_MAX`].
+pub const PUSH_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause between push attempts.
+pub const PUSH_RETRY_MAX: Duration = Duration::from_secs(16);
+
+/// The pause before attempt `attempts + 1`, `elapsed` after the first began, retrying
+/// for at most `limit`: None when the limit is spent. The last pause is cut so the last
+/// attempt starts at the limit, not after it.
+pub fn push_retry_wait(attempts: u32, elapsed: Duration, limit: Duration) -> Option<Duration> {
+    if elapsed >= limit {
+        return None;
+    }
+    let backoff =
+        PUSH_RETRY_FIRST.saturating_mul(1u32 << attempts.saturating_sub(1).min(16)).min(PUSH_RETRY_MAX);
+    Some(backoff.min(limit - elapsed))
+}
+
+/// Whether a push error is the registry (or its token realm) being unreachable or
+/// overloaded for now: worth another attempt. Refusals are not: 401/403 (a bad or
+/// expired grant), an invalid manifest or name; and neither is anything unknown.
+pub fn push_error_is_transient(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    const REFUSED: &[&str] = &[
+        "unauthorized",
+        "denied",
+        "forbidden",
+        "http 401",
+        "http 403",
+        "401 unauthorized",
+        "403 forbidden",
+        "manifest invalid",
+        "manifest_invalid",
+        "manifest unknown",
+        "name invalid",
+        "name_invalid",
+        "tag invalid",
+        "unsupported",
+    ];
+    const UNREACHABLE: &[&str] = &[
+        "connection refused",
+        "connection reset",
+        "no route to host",
+        "network is unreachable",
+        "host is unreachable",
+        "i/o timeout",
+        "timeout exceeded",
+        "timed out",
+        "tls handshake timeout",
+        "broken pipe",
+        ": eof",
+        "unexpected eof",
+        "no such host",
+        "server misbehaving",
+        "service unavailable",
+        "bad gateway",
+        "gateway timeout",
+        "too many requests",
+        "http 502",
+        "http 503",
+        "http 504",
+        "http 429",
+        "status code 502",
+        "status code 503",
+        "status code 504",
+        "received unexpected http status: 50",
+    ];
+    !REFUSED.iter().any(|r| m.contains(r)) && UNREACHABLE.iter().any(|u| m.contains(u))
+}
+
+/// One push attempt; the daemon's message if it failed.
+async fn push_once(
+    docker: &Docker,
+    repository: &str,
+    tag: &str,
+    login: Option<&RegistryLogin>,
+    progress: &mut PushProgress,
+) -> Result<(), String> {
     let options = PushImageOptionsBuilder::default().tag(tag).build();
     let mut stream = docker.push_image(repository, Some(options), credentials(login, repository));
     while let Some(item) = stream.next().await {
@@ -429,14 +559,7 @@ async fn push(
                 info.progress_detail.as_ref().and_then(|p| p.current),
                 info.progress_detail.as_ref().and_then(|p| p.total),
             ),
-            Err(err) => {
-                let message = daemon_message(&err);
-                return Err(Failure::Push(format!(
-                    "cannot push {repository}:{tag} to registry {}: {message}{}",
-                    registry_of(repository),
-                    token_hint(&message)
-                )));
-            }
+            Err(err) => return Err(daemon_message(&err)),
         }
     }
     Ok(())
@@ -637,6 +760,52 @@ impl PushProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_registry_is_retried_and_a_refusal_is_not() {
+        for transient in [
+            "Get \"http://127.0.0.1:5000/v2/\": dial tcp 127.0.0.1:5000: connect: connection refused",
+            "Put \"http://r:5000/v2/shop/blobs/uploads/x\": read tcp 1.2.3.4:5000: connection reset by peer",
+            "Get \"https://r/v2/\": net/http: TLS handshake timeout",
+            "Get \"https://r/v2/\": dial tcp: lookup r on 127.0.0.53:53: no such host",
+            "received unexpected HTTP status: 503 Service Unavailable",
+            "Patch \"http://r/v2/shop/blobs/uploads/u\": EOF",
+            "Get \"http://127.0.0.1:7401/v2/token?scope=repository%3Ashop%3Apush\": connection refused",
+        ] {
+            assert!(push_error_is_transient(transient), "{transient}");
+        }
+        for refused in [
+            "unauthorized: authentication required",
+            "denied: requested access to the resource is denied",
+            "failed to push: 403 Forbidden",
+            "manifest invalid: manifest invalid",
+            "error parsing HTTP 401 response body: unexpected end of JSON input: \"\" (HTTP 401)",
+            "name invalid: invalid repository name",
+            // Unknown errors are not guessed at: they fail at once.
+            "something nobody has seen before",
+            "",
+        ] {
+            assert!(!push_error_is_transient(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn push_retries_back_off_within_their_limit() {
+        let s = Duration::from_secs;
+        let limit = s(20);
+        // 1, 2, 4, 8 s: attempts at 0, 1, 3, 7, 15; the last pause is cut to reach 20 s.
+        assert_eq!(push_retry_wait(1, s(0), limit), Some(s(1)));
+        assert_eq!(push_retry_wait(2, s(1), limit), Some(s(2)));
+        assert_eq!(push_retry_wait(3, s(3), limit), Some(s(4)));
+        assert_eq!(push_retry_wait(4, s(7), limit), Some(s(8)));
+        assert_eq!(push_retry_wait(5, s(15), limit), Some(s(5)));
+        assert_eq!(push_retry_wait(6, s(20), limit), None);
+        // The pause never grows past PUSH_RETRY_MAX, whatever the attempt count.
+        assert_eq!(push_retry_wait(40, s(0), s(3600)), Some(PUSH_RETRY_MAX));
+        assert_eq!(push_retry_wait(u32::MAX, s(0), s(3600)), Some(PUSH_RETRY_MAX));
+        // No retry configured: the first failure is the last.
+        assert_eq!(push_retry_wait(1, s(0), Duration::ZERO), None);
+    }
 
     #[test]
     fn token_failures_name_what_to_check() {

@@ -124,6 +124,14 @@ pub struct PipelineConfig {
     /// Stops log files being written below the build filesystem's floor
     /// (`build_logs.min_free_bytes`); none: always written.
     pub log_guard: Option<LogGuard>,
+    /// How long a push is retried while the registry is unreachable (zero: not at all).
+    pub push_retry: Duration,
+    /// Raised when a build runs the build filesystem out of space ([`crate::space`]);
+    /// none: the failure is still explained, no floor is kept.
+    pub space_floor: Option<crate::space::SpaceFloor>,
+    /// The agent's `min_free_bytes`: a raised floor is the room a failed build found
+    /// plus this.
+    pub min_free_bytes: u64,
 }
 
 /// The agent's one [`DiskGuard`] for `<build_root>/logs`, shared by every build.
@@ -148,6 +156,9 @@ impl Default for PipelineConfig {
             docker_socket: PathBuf::from(docker::DEFAULT_DOCKER_SOCKET),
             force_classic: false,
             log_guard: None,
+            push_retry: Duration::from_secs(120),
+            space_floor: None,
+            min_free_bytes: 2 << 30,
         }
     }
 }
@@ -346,8 +357,42 @@ async fn run_phases(
 ) -> Result<BuildOutput, Failure> {
     let dir = BuildDir::create(cfg.build_root.join(format!("{}-{}", job.build_id, job.attempt)))?;
     let result = build_in(docker, cfg, job, log, dir.path()).await;
+    // Measured before the build dir goes: a full build filesystem is seen full.
+    let exhausted = match &result {
+        Err(failure) => {
+            let agent_wrote = matches!(failure, Failure::Clone(_) | Failure::Context(_) | Failure::Setup(_));
+            crate::space::diagnose(&cfg.build_root, agent_wrote, failure.reason())
+        }
+        Ok(_) => None,
+    };
     dir.remove().await;
-    result
+    match (result, exhausted) {
+        (Err(failure), Some(exhausted)) => Err(out_of_space(cfg, failure, &exhausted)),
+        (result, _) => result,
+    }
+}
+
+/// A build the build filesystem failed: the failure names the build root, its mount
+/// point and the free bytes, and (with a [`PipelineConfig::space_floor`]) the node's
+/// floor is raised to what the build found plus `min_free_bytes`. Called once the build
+/// dir is removed.
+fn out_of_space(cfg: &PipelineConfig, failure: Failure, exhausted: &crate::space::Exhausted) -> Failure {
+    let free_after =
+        crate::space::filesystem_bytes(&cfg.build_root).map_or(exhausted.free_bytes, |(_, free)| free);
+    let floor = match &cfg.space_floor {
+        Some(floor) => format!(
+            "; this node takes no builds until it has {} free (the {} this build found, plus              min_free_bytes): free space under {} or build elsewhere",
+            slipway_proto::human_bytes(floor.raise(exhausted, free_after, cfg.min_free_bytes)),
+            slipway_proto::human_bytes(free_after),
+            exhausted.mount_point.display()
+        ),
+        None => String::new(),
+    };
+    Failure::Setup(format!(
+        "{exhausted}; the build dir was removed{floor}. {}: {}",
+        failure.phase(),
+        failure.reason()
+    ))
 }
 
 async fn build_in(
@@ -476,14 +521,15 @@ async fn build_in(
     timings.build_ms = ms(t);
 
     let t = Instant::now();
+    let login = job.registry_login.as_ref();
     let pushed =
-        docker::push_image(docker, &job.repository, &job.build_id, job.registry_login.as_ref(), log).await?;
+        docker::push_image(docker, &job.repository, &job.build_id, login, cfg.push_retry, log).await?;
     log.line(format!(
         "==> pushed {} ({} layers pushed, {} reused, {} bytes)",
         pushed.digest, pushed.layers_pushed, pushed.layers_reused, pushed.bytes_pushed
     ));
     if let Err(failure) =
-        docker::push_latest(docker, &job.repository, &job.build_id, job.registry_login.as_ref(), log).await
+        docker::push_latest(docker, &job.repository, &job.build_id, login, cfg.push_retry, log).await
     {
         // `latest` only seeds the next build's cache; the release itself is pushed.
         log.line(format!("==> warning: {failure}; the next build may not find a cache source"));
@@ -678,7 +724,13 @@ mod tests {
     }
 
     fn config(build_root: &Path) -> PipelineConfig {
-        PipelineConfig { build_root: build_root.to_path_buf(), allow_file_repos: true, ..Default::default() }
+        PipelineConfig {
+            build_root: build_root.to_path_buf(),
+            allow_file_repos: true,
+            // The unreachable-registry test fails after one retry.
+            push_retry: Duration::from_secs(1),
+            ..Default::default()
+        }
     }
 
     /// A Docker client that is never reached: for failures before the build phase.
@@ -1289,7 +1341,13 @@ mod tests {
         assert_eq!(err.phase, "push", "{}", err.reason);
         assert!(err.reason.contains(&format!("registry {registry}")), "{}", err.reason);
         assert!(err.reason.contains("connection refused"), "{}", err.reason);
+        assert!(err.reason.contains("2 attempts over 1s, push_retry_secs = 1"), "{}", err.reason);
         let lines = collect(rx);
+        assert!(
+            lines.iter().any(|l| l
+                .starts_with(&format!("==> registry {registry} unreachable, retrying push in 1s (0s/1s): "))),
+            "the retry is logged: {lines:#?}"
+        );
         assert!(
             lines.iter().any(|l| l.contains("ERROR") && l.contains("connection refused")),
             "the cache import failure is logged: {lines:#?}"
