@@ -22,6 +22,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod snapshot_files;
+pub mod space;
 pub mod state_machine;
 pub mod store;
 
@@ -50,6 +51,7 @@ pub type NodeId = u64;
 
 pub use membership::{add_member, remove_member, Added, MembershipError};
 pub use network::{Network, Peers, RaftService};
+pub use space::{NoSpace, SpaceGuard};
 pub use state_machine::SharedState;
 pub use store::{Store, WRITE_TIMEOUT};
 
@@ -236,6 +238,10 @@ pub enum WriteError {
     /// (a membership change in progress).
     #[error("raft refused the write: {0}")]
     Refused(String),
+    /// The leader's data dir is below its free-space floor (see [`space`]); the text is
+    /// the leader's, naming its directory and the fix.
+    #[error("{0}")]
+    NoSpace(String),
     /// raft has stopped on this scheduler: a storage failure, or shutdown.
     #[error("raft has stopped on this scheduler: {0}; check its data_dir and logs, then restart it")]
     Fatal(#[source] Box<Fatal<NodeId>>),
@@ -300,7 +306,9 @@ pub async fn open(
     let raft = Raft::new(node_id, raft_config, network, log_store, state_machine).await?;
     let initialized = raft.is_initialized().await?;
     tracing::info!(node_id, path = %path.display(), initialized, applied = *applied.borrow(), "raft store opened");
-    Ok(Opened { store: Store::new(raft, state, applied, Peers::new(transport), store_file), initialized })
+    let store =
+        Store::new(raft, state, applied, Peers::new(transport), store_file, SpaceGuard::off(data_dir));
+    Ok(Opened { store, initialized })
 }
 
 /// Opens the sled db at `path`, waiting up to [`LOCK_WAIT`] for a lock held by a raft of
@@ -427,7 +435,7 @@ pub(crate) mod test_cluster {
                     .await
                     .unwrap();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            let service = RaftService::new(opened.store.raft().clone()).into_server();
+            let service = RaftService::new(&opened.store).into_server();
             let server = tokio::spawn(async move {
                 tonic::transport::Server::builder()
                     .add_service(service)
