@@ -436,6 +436,10 @@ mod tests {
             report_delays: delays,
             builds_pruned: 0,
             build_logs: Default::default(),
+            storage: crate::raft::space::SpaceStatus {
+                free_bytes: Some(300 << 20),
+                min_free_bytes: 256 << 20,
+            },
         }
     }
 
@@ -467,6 +471,8 @@ mod tests {
         assert_eq!(value("slipway_raft_members"), Some(2.0));
         assert_eq!(value("slipway_raft_voters"), Some(1.0));
         assert_eq!(value("slipway_report_delay_seconds_count"), Some(3.0));
+        assert_eq!(value("slipway_storage_free_bytes"), Some((300u64 << 20) as f64));
+        assert_eq!(value("slipway_storage_min_free_bytes"), Some((256u64 << 20) as f64));
         let placed = samples
             .iter()
             .find(|s| s.name == "slipway_placement_decisions_total" && s.label("outcome") == Some("no_node"));

@@ -405,6 +405,8 @@ pub(crate) mod test_cluster {
         pub nodes: BTreeMap<NodeId, TestNode>,
         /// Addresses of nodes ever started, so a restarted node keeps its address.
         addrs: BTreeMap<NodeId, String>,
+        /// `[storage] min_free_bytes` of nodes started with a space guard (none: off).
+        pub space_floors: BTreeMap<NodeId, u64>,
     }
 
     /// Settings that elect a leader quickly without flapping on a loaded 2-core machine.
@@ -419,7 +421,13 @@ pub(crate) mod test_cluster {
 
     impl TestCluster {
         pub fn new(config: RaftConfig) -> Self {
-            Self { dir: tempfile::tempdir().unwrap(), config, nodes: BTreeMap::new(), addrs: BTreeMap::new() }
+            Self {
+                dir: tempfile::tempdir().unwrap(),
+                config,
+                nodes: BTreeMap::new(),
+                addrs: BTreeMap::new(),
+                space_floors: BTreeMap::new(),
+            }
         }
 
         /// Starts (or restarts, on its old address and data dir) node `id`.
@@ -430,10 +438,11 @@ pub(crate) mod test_cluster {
             };
             let addr = listener.local_addr().unwrap().to_string();
             self.addrs.insert(id, addr.clone());
-            let opened =
-                open(&self.dir.path().join(format!("node-{id}")), id, &self.config, Transport::Insecure)
-                    .await
-                    .unwrap();
+            let data_dir = self.dir.path().join(format!("node-{id}"));
+            let mut opened = open(&data_dir, id, &self.config, Transport::Insecure).await.unwrap();
+            if let Some(&floor) = self.space_floors.get(&id) {
+                opened.store = opened.store.with_space_guard(SpaceGuard::new(&data_dir, floor));
+            }
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let service = RaftService::new(&opened.store).into_server();
             let server = tokio::spawn(async move {

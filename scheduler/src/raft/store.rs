@@ -344,12 +344,46 @@ impl Store {
 mod tests {
     use std::time::Duration;
 
-    use slipway_proto::metadata::LEADER_HINT;
+    use slipway_proto::metadata::{LEADER_HINT, NO_SPACE};
     use tonic::{Code, Status};
 
     use crate::error::Error;
-    use crate::raft::test_cluster::{create_app, TestCluster};
+    use crate::raft::test_cluster::{create_app, fast_config, TestCluster};
     use crate::raft::RaftConfig;
+    use crate::state::Command;
+
+    /// A leader whose data dir is below its floor refuses new work forwarded by a
+    /// follower whose own disk is fine: the follower's client gets the leader's refusal
+    /// (its directory, free bytes and floor) as RESOURCE_EXHAUSTED with `slipway-no-space`,
+    /// and removals still go through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_answers_with_the_leaders_no_space_refusal_and_deletes_still_pass() {
+        let mut cluster = TestCluster::new(fast_config());
+        // Node 1 founds the cluster and leads; no disk has a petabyte free.
+        cluster.space_floors.insert(1, 1 << 50);
+        for id in 1..=2 {
+            cluster.start(id).await;
+        }
+        cluster.bootstrap(1).await;
+        cluster.add_voters(1, &[2]).await;
+        assert_eq!(cluster.leader().await, 1);
+        cluster.store(1).replicate(create_app("before")).await.unwrap();
+
+        let refused = cluster.store(2).write(create_app("after")).await.unwrap_err();
+        let Error::NoSpace(why) = &refused else { panic!("{refused:?}") };
+        let leader_dir = cluster.dir.path().join("node-1").display().to_string();
+        assert!(
+            why.contains(&leader_dir) && why.contains("below storage.min_free_bytes (1024.0 TiB)"),
+            "{why}"
+        );
+        let status = Status::from(refused);
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.metadata().contains_key(NO_SPACE), "{status:?}");
+        assert!(!status.metadata().contains_key(LEADER_HINT), "not retried elsewhere: {status:?}");
+
+        cluster.store(2).write(Command::DeleteApp { name: "before".into() }).await.expect("a delete");
+        assert!(cluster.state(2).apps.is_empty());
+    }
 
     /// Until an election replaces a dead leader, its followers still name it: a deploy on
     /// one of them (a read, then a write) must answer "not the leader, none known", which
