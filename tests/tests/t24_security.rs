@@ -898,11 +898,22 @@ async fn a_gone_store_fails_healthz_a_full_disk_ends_the_process_unless_the_spac
     assert!(metric("slipway_storage_free_bytes").await.is_some_and(|free| free > FLOOR));
 
     fill(&data, FLOOR / 2);
+    // The guard measures at most once a second (`raft::space::MEASURE_EVERY`): once
+    // `/readyz` says so, it refuses.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let readyz = loop {
+        let (code, text) = status(client.get(lone.url("/readyz"))).await;
+        if code == 503 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "/readyz still says {code} {text} below the floor");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(readyz.contains("below storage.min_free_bytes"), "{readyz}");
     let admin = lone.ca.issue(&PeerIdentity::new(Role::Admin, "ops"), HOUR).unwrap();
     let mut control = ControlClient::new(channel(&lone.grpc, admin).await.unwrap());
-    // The guard measures at most once a second: a create or two may still pass.
-    let (guarded, refused) = create_until_refused(&mut control, "guarded", 100).await;
-    acknowledged.extend(guarded);
+    let (guarded, refused) = create_until_refused(&mut control, "guarded", 1).await;
+    assert!(guarded.is_empty(), "created below the floor: {guarded:?}");
     let refused = refused.expect("a create below the floor is refused");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.metadata().contains_key(slipway_proto::metadata::NO_SPACE), "{refused:?}");
@@ -913,8 +924,6 @@ async fn a_gone_store_fails_healthz_a_full_disk_ends_the_process_unless_the_spac
         assert!(why.contains(needle), "the refusal says {needle:?}: {why}");
     }
     assert!(lone.child.0.try_wait().unwrap().is_none(), "the scheduler stays up:\n{}", lone.log());
-    let (code, text) = status(client.get(lone.url("/readyz"))).await;
-    assert!(code == 503 && text.contains("below storage.min_free_bytes"), "{code} {text}");
     assert_eq!(health().await, (200, "ok\n".into()), "it still keeps what it commits");
     assert!(metric("slipway_storage_free_bytes").await.is_some_and(|free| free < FLOOR));
     let names = app_names(&lone).await;
