@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use slipway_proto::control_client::ControlClient;
-use slipway_proto::metadata::LEADER_HINT;
+use slipway_proto::metadata::{LEADER_HINT, NO_SPACE};
 use slipway_proto::tls::Transport;
 use slipway_proto::{self as pb};
 use tonic::transport::Channel;
@@ -40,6 +40,7 @@ impl From<Status> for Failure {
             Code::FailedPrecondition => "refused",
             Code::Unavailable => "unavailable",
             Code::DeadlineExceeded => "timed out",
+            Code::ResourceExhausted if s.metadata().contains_key(NO_SPACE) => "out of disk",
             _ => "error",
         };
         Failure { message: format!("{what}: {}", s.message()), retry: leader_changing(&s) }

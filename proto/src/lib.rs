@@ -57,6 +57,10 @@ pub mod metadata {
     pub const RAFT_LEADER_ADDR: &str = "slipway-leader-addr";
     /// On a forwarded write the leader could not commit for lack of a quorum.
     pub const RAFT_NO_QUORUM: &str = "slipway-no-quorum";
+    /// On a write refused because a scheduler's data dir is below its free-space floor
+    /// (`RESOURCE_EXHAUSTED`): from the control API, and from the leader to a follower
+    /// that forwarded the write, which answers its client with the same refusal.
+    pub const NO_SPACE: &str = "slipway-no-space";
 }
 
 /// `12.3 GiB`-style sizes for messages (both the scheduler and the agent name sizes).

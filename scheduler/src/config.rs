@@ -52,6 +52,32 @@ pub struct SchedulerConfig {
     /// Build logs in `<data_dir>/logs`: kept by age and bytes, not written below a
     /// free-space floor (the raft store shares that disk).
     pub build_logs: slipway_common::build_logs::BuildLogSettings,
+    /// The raft store's disk: the free-space floor below which new work is refused.
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the data dir's disk (see `raft::space`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Below this many free bytes on the data dir's filesystem, writes that add work
+    /// (apps, builds, releases, config, secrets) are refused with the reason, before a
+    /// raft append hits ENOSPC and stops this member; `/readyz` answers 503. 0 turns
+    /// the guard off; otherwise at least [`MIN_STORAGE_FLOOR_BYTES`].
+    pub min_free_bytes: u64,
+}
+
+/// `[storage] min_free_bytes` when unset: room for the bookkeeping still let through
+/// (builds finishing, deploys recorded, deletes) and a snapshot or two.
+pub const DEFAULT_STORAGE_FLOOR_BYTES: u64 = 256 << 20;
+/// The smallest `[storage] min_free_bytes` other than 0: below it the guard would trip
+/// too late to matter.
+pub const MIN_STORAGE_FLOOR_BYTES: u64 = 1 << 20;
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { min_free_bytes: DEFAULT_STORAGE_FLOOR_BYTES }
+    }
 }
 
 /// Bounds on what apps may ask for (`[apps]`).
@@ -410,6 +436,7 @@ impl Default for SchedulerConfig {
             apps: AppsConfig::default(),
             build_retention: BuildRetentionConfig::default(),
             build_logs: Default::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -678,6 +705,13 @@ impl Check for SchedulerConfig {
             )));
         }
         self.build_logs.check("build_logs").map_err(CommonError::invalid)?;
+        let floor = self.storage.min_free_bytes;
+        if floor != 0 && floor < MIN_STORAGE_FLOOR_BYTES {
+            return Err(CommonError::invalid(format!(
+                "storage.min_free_bytes = {floor} is too small: 0 (off) or at least {MIN_STORAGE_FLOOR_BYTES} \
+                 (1 MiB; the default is {DEFAULT_STORAGE_FLOOR_BYTES}, 256 MiB)"
+            )));
+        }
         if self.registry.addr.is_empty() || self.registry.addr.contains('/') {
             return Err(CommonError::invalid(format!(
                 "registry.addr {:?} must be host:port, e.g. \"127.0.0.1:5000\"",
@@ -844,6 +878,20 @@ mod tests {
         assert_eq!(c.raft.to_raft_config().heartbeat_interval, Duration::from_millis(120));
         let e = SchedulerConfig::parse("[raft]\nheartbeat_ms = 2000\n").unwrap_err();
         assert!(e.to_string().contains("[raft]"), "{e}");
+    }
+
+    #[test]
+    fn the_storage_floor_defaults_to_256_mib_and_is_off_or_at_least_1_mib() {
+        assert_eq!(SchedulerConfig::parse("").unwrap().storage.min_free_bytes, 256 << 20);
+        assert_eq!(
+            SchedulerConfig::parse("[storage]\nmin_free_bytes = 0\n").unwrap().storage.min_free_bytes,
+            0
+        );
+        SchedulerConfig::parse("[storage]\nmin_free_bytes = 1048576\n").unwrap();
+        let e = SchedulerConfig::parse("[storage]\nmin_free_bytes = 4096\n").unwrap_err().to_string();
+        assert!(e.contains("storage.min_free_bytes = 4096 is too small: 0 (off) or at least 1048576"), "{e}");
+        let e = SchedulerConfig::parse("[storage]\nmin_free = 1\n").unwrap_err().to_string();
+        assert!(e.contains("min_free"), "{e}");
     }
 
     #[test]

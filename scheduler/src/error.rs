@@ -3,7 +3,7 @@
 //! What the caller can act on (bad input, not found, not leader) is kept apart from
 //! what is fatal to this member (storage broken).
 
-use slipway_proto::metadata::LEADER_HINT;
+use slipway_proto::metadata::{LEADER_HINT, NO_SPACE};
 use tonic::{Code, Status};
 
 use crate::state::ApplyError;
@@ -35,6 +35,11 @@ pub enum Error {
     /// id) once a leader is elected.
     #[error("{0}")]
     LeaderUnreachable(String),
+    /// A scheduler's data dir is below `[storage] min_free_bytes`: new work is refused
+    /// until there is room. The text names the directory, its free bytes, the floor and
+    /// the fix (the leader's own, when a follower forwarded the write).
+    #[error("{0}")]
+    NoSpace(String),
     /// Raft storage failed: this member cannot serve until an operator looks at it.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -71,6 +76,11 @@ impl From<Error> for Status {
                 status
             }
             Error::Unavailable(_) => Status::unavailable(msg),
+            Error::NoSpace(_) => {
+                let mut status = Status::resource_exhausted(msg);
+                status.metadata_mut().insert(NO_SPACE, tonic::metadata::MetadataValue::from_static("1"));
+                status
+            }
             Error::Storage(_) => Status::internal(msg),
         }
     }

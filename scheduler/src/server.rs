@@ -148,7 +148,9 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
     }
 
     let (token, http_tls) = http_side(&config, http_addr, credentials.as_ref())?;
-    let ctx = Arc::new(Context::new(config, advertise, opened.store, credentials.clone()));
+    let space = raft::SpaceGuard::new(&config.data_dir, config.storage.min_free_bytes);
+    let store = opened.store.with_space_guard(space);
+    let ctx = Arc::new(Context::new(config, advertise, store, credentials.clone()));
     let deny_list = security::revocation::gate(ctx.store.clone());
     let access = crate::http::auth::Access { token, deny_list: deny_list.clone() };
     let http_app = crate::http::router(ctx.clone(), access);
@@ -179,7 +181,7 @@ pub async fn start(config: SchedulerConfig) -> Result<Running, StartError> {
             tls::require(&[Role::Agent], secure, deny_list.clone()),
         ))
         .add_service(InterceptedService::new(
-            raft::RaftService::new(ctx.store.raft().clone()).into_server(),
+            raft::RaftService::new(&ctx.store).into_server(),
             tls::require(&[Role::Scheduler], secure, deny_list.clone()),
         ))
         .add_service(

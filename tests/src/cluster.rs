@@ -528,6 +528,11 @@ impl TestCluster {
         self.dir.path().join(rel)
     }
 
+    /// Member `id`'s `scheduler.toml`, as it starts with (for bounds derived from it).
+    pub fn member_config_path(&self, id: u64) -> PathBuf {
+        self.path(&format!("scheduler-{id}.toml"))
+    }
+
     /// The agents' `build_secrets_dir` (shared by every agent of the cluster).
     pub fn build_secrets_dir(&self) -> PathBuf {
         self.path("build-secrets")

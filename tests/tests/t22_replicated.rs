@@ -6,7 +6,8 @@
 //!
 //! Writes here are deploys (`Deploy` with a request id, acknowledged by the
 //! `build_queued` event): each carries a unique git ref, so the builds' refs tell
-//! which writes were applied, and how many times.
+//! which writes were applied, and how many times. [`Writers`] are clients writing in a
+//! loop while a test kills or pauses the leader.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use slipway_proto::deploy_event::Event;
 use slipway_proto::raft_client::RaftClient;
 use slipway_proto::tls::{Credentials, Transport};
 use slipway_proto::{self as pb};
+use slipway_scheduler::config::SchedulerConfig;
 use slipway_scheduler::state::Command;
 use slipway_testkit::GitRepo;
 use slipway_tests::TestCluster;
@@ -26,9 +28,9 @@ use tokio_stream::StreamExt;
 const APP: &str = "ledger";
 
 /// Queues a deploy of `git_ref` through member `via`; Ok(build id) once the cluster
-/// acknowledged it (the first event of the stream).
+/// acknowledged it (the first event of the stream). Connecting counts in the 15 s an
+/// attempt may take: a paused member takes the connection and never answers.
 async fn write(cluster: &TestCluster, via: u64, git_ref: &str, request_id: &str) -> Result<String, String> {
-    let mut client = cluster.member_client(via).await.map_err(|e| format!("connect: {e}"))?;
     let req = pb::DeployRequest {
         app: APP.into(),
         git_ref: git_ref.into(),
@@ -36,6 +38,7 @@ async fn write(cluster: &TestCluster, via: u64, git_ref: &str, request_id: &str)
         request_id: request_id.into(),
     };
     let call = async {
+        let mut client = cluster.member_client(via).await.map_err(|e| format!("connect: {e}"))?;
         let mut stream = client.deploy(req).await.map_err(|s| s.message().to_string())?.into_inner();
         match stream.next().await {
             Some(Ok(pb::DeployEvent { event: Some(Event::BuildQueued(id)) })) => Ok(id),
@@ -79,6 +82,96 @@ async fn converged(cluster: &TestCluster) -> BTreeMap<String, usize> {
     }
 }
 
+/// Clients writing deploys in a loop until stopped, each retrying an unacknowledged
+/// write (same request id) on the next member until it is acknowledged (60 s at most:
+/// around a paused leader one write can wait out a forward to it, 10 s, then an attempt
+/// on it, 15 s, before the next member takes it).
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeSet<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<Duration>>,
+}
+
+impl Writers {
+    /// `clients` writers on `cluster`; client `c` starts on member `c % 3 + 1`. Refs are
+    /// `{tag}c{c}w{seq}`.
+    fn start(cluster: &Arc<TestCluster>, clients: u64, tag: &str) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (cluster, stop, acked, tag) = (cluster.clone(), stop.clone(), acked.clone(), tag.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                let mut seq = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let (git_ref, request_id) = (format!("{tag}c{c}w{seq}"), format!("t22-{tag}-{c}-{seq}"));
+                    let started = Instant::now();
+                    let mut via = c % 3 + 1;
+                    loop {
+                        if cluster.running_members().contains(&via)
+                            && write(&cluster, via, &git_ref, &request_id).await.is_ok()
+                        {
+                            break;
+                        }
+                        assert!(
+                            started.elapsed() < Duration::from_secs(60),
+                            "write {git_ref} not acknowledged in 60 s"
+                        );
+                        via = via % 3 + 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    slowest = slowest.max(started.elapsed());
+                    acked.lock().await.insert(git_ref);
+                    seq += 1;
+                }
+                slowest
+            }));
+        }
+        Writers { stop, acked, tasks }
+    }
+
+    /// How many writes were acknowledged so far.
+    async fn acked(&self) -> usize {
+        self.acked.lock().await.len()
+    }
+
+    /// Waits (60 s at most) until `n` more writes than now are acknowledged.
+    async fn wait_for_more(&self, n: usize) {
+        let target = self.acked().await + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.acked().await < target {
+            assert!(
+                Instant::now() < deadline,
+                "writers acknowledged {} of {target} in 60 s",
+                self.acked().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops them once their current write is acknowledged: every acknowledged ref and
+    /// the slowest write.
+    async fn stop(self) -> (BTreeSet<String>, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut slowest = Duration::ZERO;
+        for task in self.tasks {
+            slowest = slowest.max(task.await.expect("client task"));
+        }
+        let acked = self.acked.lock().await.clone();
+        (acked, slowest)
+    }
+}
+
+/// Every acknowledged write is on every member exactly once, and no write twice.
+fn assert_exactly_once(refs: &BTreeMap<String, usize>, acked: &BTreeSet<String>) {
+    for r in acked {
+        assert_eq!(refs.get(r), Some(&1), "acknowledged write {r} is on every member exactly once");
+    }
+    let twice: Vec<_> = refs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "writes applied twice: {twice:?}");
+}
+
 /// A replicated cluster with the app registered and no agent (builds just queue).
 async fn ledger_cluster(stack: &str, raft: &str) -> Option<TestCluster> {
     let mut cluster = TestCluster::start_replicated(stack, 3, raft).await?;
@@ -91,52 +184,16 @@ async fn ledger_cluster(stack: &str, raft: &str) -> Option<TestCluster> {
 async fn acknowledged_writes_survive_a_leader_kill_mid_stream_exactly_once() {
     let Some(cluster) = ledger_cluster("t22kill", "").await else { return };
     let cluster = Arc::new(cluster);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
-
     // Four clients write in a loop, each retrying an unacknowledged write (same
     // request id) on the next member until it is acknowledged.
-    let mut clients = Vec::new();
-    for c in 0..4u64 {
-        let (cluster, stop, acked) = (cluster.clone(), stop.clone(), acked.clone());
-        clients.push(tokio::spawn(async move {
-            let mut slowest = Duration::ZERO;
-            let mut seq = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let (git_ref, request_id) = (format!("c{c}w{seq}"), format!("t22-{c}-{seq}"));
-                let started = Instant::now();
-                let mut via = c % 3 + 1;
-                loop {
-                    if cluster.running_members().contains(&via)
-                        && write(&cluster, via, &git_ref, &request_id).await.is_ok()
-                    {
-                        break;
-                    }
-                    assert!(
-                        started.elapsed() < Duration::from_secs(30),
-                        "write {git_ref} not acknowledged in 30 s"
-                    );
-                    via = via % 3 + 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                slowest = slowest.max(started.elapsed());
-                acked.lock().await.insert(git_ref);
-                seq += 1;
-            }
-            slowest
-        }));
-    }
+    let writers = Writers::start(&cluster, 4, "");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let leader = cluster.leader().await;
     let killed_at = Instant::now();
     cluster.kill_member(leader);
-    eprintln!("killed leader {leader} (kill -9) with {} writes acknowledged", acked.lock().await.len());
+    eprintln!("killed leader {leader} (kill -9) with {} writes acknowledged", writers.acked().await);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut slowest = Duration::ZERO;
-    for client in clients {
-        slowest = slowest.max(client.await.expect("client task"));
-    }
+    let (acked, slowest) = writers.stop().await;
     eprintln!(
         "slowest acknowledged write: {slowest:?} (the failover window), {:?} after the kill",
         killed_at.elapsed()
@@ -144,14 +201,79 @@ async fn acknowledged_writes_survive_a_leader_kill_mid_stream_exactly_once() {
 
     cluster.start_member(leader).await;
     let refs = converged(&cluster).await;
-    let acked = acked.lock().await.clone();
     assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
-    for r in &acked {
-        assert_eq!(refs.get(r), Some(&1), "acknowledged write {r} is on every member exactly once");
-    }
-    let twice: Vec<_> = refs.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "writes applied twice: {twice:?}");
+    assert_exactly_once(&refs, &acked);
     eprintln!("{} writes acknowledged, {} applied, all members agree", acked.len(), refs.len());
+}
+
+/// The leader `kill -STOP`ped amid writes: a paused process keeps its sockets open and
+/// answers nothing, so followers notice only the silence. The other two elect a leader
+/// that takes writes within a bound derived from the members' raft config; once
+/// continued, the old leader finds a newer term, steps down and follows; no write
+/// acknowledged meanwhile is lost or applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_steps_down_when_continued_after_a_new_one_took_the_writes() {
+    let Some(cluster) = ledger_cluster("t22pause", "").await else { return };
+    let cluster = Arc::new(cluster);
+    let raft = SchedulerConfig::load(&cluster.member_config_path(1)).expect("the member's config").raft;
+    // The followers hear nothing for one election timeout (at most the max), a split
+    // vote costs another, then a write commits; plus 5 s for a loaded 2-core machine.
+    let election = Duration::from_millis(raft.election_timeout_max_ms);
+    let bound = election * 3 + Duration::from_secs(5);
+
+    let writers = Writers::start(&cluster, 4, "p");
+    writers.wait_for_more(10).await;
+    let old = cluster.leader().await;
+    let paused_at = Instant::now();
+    cluster.pause_member(old);
+    eprintln!("paused leader {old} (kill -STOP) with {} writes acknowledged", writers.acked().await);
+
+    // A new leader, asked directly, takes a write.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let (new, failover) = 'elected: loop {
+        for &id in &others {
+            let leads = cluster.status_of(id).await.is_ok_and(|s| s.state == "Leader" && s.leader_id == id);
+            if leads && write(&cluster, id, "after-pause", "t22s-after-pause").await.is_ok() {
+                break 'elected (id, paused_at.elapsed());
+            }
+        }
+        assert!(paused_at.elapsed() < bound, "no new leader took a write within {bound:?} of the pause");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "failover: scheduler {new} took a write {failover:?} after the pause (bound {bound:?}: 3 × \
+         election_timeout_max_ms {} + 5 s)",
+        raft.election_timeout_max_ms
+    );
+    assert!(failover < bound, "failover {failover:?} over {bound:?}");
+    writers.wait_for_more(10).await;
+
+    // Continued, the old leader learns of the newer term and follows the new leader.
+    let resumed_at = Instant::now();
+    cluster.resume_member(old);
+    loop {
+        let view = cluster.status_of(old).await;
+        if view.as_ref().is_ok_and(|s| s.state == "Follower" && s.leader_id == new) {
+            break;
+        }
+        assert!(
+            resumed_at.elapsed() < bound,
+            "scheduler {old} does not follow {new} after SIGCONT: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("scheduler {old} follows {new} {:?} after SIGCONT", resumed_at.elapsed());
+    writers.wait_for_more(5).await;
+    let (mut acked, slowest) = writers.stop().await;
+    acked.insert("after-pause".into());
+
+    let refs = converged(&cluster).await;
+    assert_exactly_once(&refs, &acked);
+    eprintln!(
+        "{} writes acknowledged, {} applied, all members agree; slowest write {slowest:?}",
+        acked.len(),
+        refs.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -530,6 +530,8 @@ async fn a_removed_node_is_cut_off_and_its_name_is_free_again() {
 /// One `slipway-scheduler` process alone (no agent, registry or engine), for its HTTP
 /// side: `http` is its `[http]` section, `data_dir` where it keeps its state.
 struct Lone {
+    /// The config file's text up to its last section, which [`Lone::reconfigure`] replaces.
+    base_config: String,
     http: String,
     tls: bool,
     grpc: String,
@@ -541,24 +543,31 @@ struct Lone {
 }
 
 impl Lone {
-    async fn start(dir: &std::path::Path, data_dir: &std::path::Path, http_section: &str) -> Lone {
+    /// Starts it with `http_section` as `[http]` and `extra` (more sections) after it.
+    async fn start(
+        dir: &std::path::Path,
+        data_dir: &std::path::Path,
+        http_section: &str,
+        extra: &str,
+    ) -> Lone {
         slipway_proto::tls::install_crypto_provider();
         let ca = Ca::create().unwrap();
         ca.save(&dir.join("ca")).unwrap();
         let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-        let config = format!(
+        let base_config = format!(
             "listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = \"{}\"\n\n[tls]\nca_dir = \"{}\"\n\n\
              [http]\n{http_section}\n",
             data_dir.display(),
             dir.join("ca").display()
         );
-        std::fs::write(dir.join("scheduler.toml"), config).unwrap();
+        std::fs::write(dir.join("scheduler.toml"), format!("{base_config}\n{extra}")).unwrap();
         let log = dir.join("scheduler.log");
         std::fs::File::create(&log).unwrap();
         let config = dir.join("scheduler.toml");
         let child = KillOnDrop(Self::spawn(&config, &log));
         let tls = http_section.contains("tls = true");
-        let lone = Lone { http, tls, grpc, ca, data_dir: data_dir.to_path_buf(), log, config, child };
+        let data_dir = data_dir.to_path_buf();
+        let lone = Lone { base_config, http, tls, grpc, ca, data_dir, log, config, child };
         lone.wait_ready().await;
         lone
     }
@@ -573,6 +582,17 @@ impl Lone {
             .stderr(append())
             .spawn()
             .unwrap()
+    }
+
+    /// Replaces the sections after `[http]` with `extra` (read at the next start).
+    fn reconfigure(&self, extra: &str) {
+        std::fs::write(&self.config, format!("{}\n{extra}", self.base_config)).unwrap();
+    }
+
+    /// `kill -9`s it (no shutdown: what it acknowledged must already be on disk).
+    fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
     }
 
     /// Starts the scheduler again on its config and data dir (after it exited).
@@ -654,7 +674,7 @@ async fn status(request: reqwest::RequestBuilder) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_side_wants_the_token_or_an_operator_certificate_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let lone = Lone::start(dir.path(), &dir.path().join("data"), "tls = true").await;
+    let lone = Lone::start(dir.path(), &dir.path().join("data"), "tls = true", "").await;
     let anonymous = lone.client(None);
 
     // TLS with the cluster CA: a client that trusts only the usual roots refuses the
@@ -733,8 +753,9 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Fills the file system holding `dir` up to its last byte.
-fn fill(dir: &std::path::Path) {
+/// Fills the file system holding `dir` up to its last byte, then gives `leave` bytes
+/// back (the ballast file shrinks).
+fn fill(dir: &std::path::Path, leave: u64) {
     use std::io::Write;
     let mut file = std::fs::File::create(dir.join("ballast")).unwrap();
     let chunk = vec![0u8; 64 << 10];
@@ -743,14 +764,48 @@ fn fill(dir: &std::path::Path) {
     while file.write_all(&byte).is_ok() {
         byte[0] = 1;
     }
+    let len = file.metadata().unwrap().len();
+    file.set_len(len.saturating_sub(leave)).unwrap();
+}
+
+/// Creates apps `{prefix}{n}` through `control` until one is refused (or `limit` were
+/// acknowledged): the acknowledged names, and the refusal.
+async fn create_until_refused(
+    control: &mut ControlClient<Channel>,
+    prefix: &str,
+    limit: usize,
+) -> (Vec<String>, Option<tonic::Status>) {
+    let mut acknowledged = Vec::new();
+    for n in 0..limit {
+        let req = pb::CreateAppRequest {
+            name: format!("{prefix}{n}"),
+            repo: "https://example.invalid/r.git".into(),
+            branch: "main".into(),
+        };
+        match control.create_app(req).await {
+            Ok(_) => acknowledged.push(format!("{prefix}{n}")),
+            Err(status) => return (acknowledged, Some(status)),
+        }
+    }
+    (acknowledged, None)
+}
+
+/// The names of the apps the scheduler at `lone` holds.
+async fn app_names(lone: &Lone) -> Vec<String> {
+    let admin = lone.ca.issue(&PeerIdentity::new(Role::Admin, "ops"), HOUR).unwrap();
+    let mut control = ControlClient::new(channel(&lone.grpc, admin).await.unwrap());
+    let apps = control.list_apps(pb::ListAppsRequest {}).await.expect("reads are served").into_inner().apps;
+    apps.into_iter().map(|a| a.name).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_fails_when_the_store_is_gone_a_full_disk_ends_the_process_and_slow_requests_are_cut_off() {
+async fn a_gone_store_fails_healthz_a_full_disk_ends_the_process_unless_the_space_guard_refuses_writes_first()
+{
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let Some(_tmpfs) = Tmpfs::mount(&data, "48m") else { return };
-    let mut lone = Lone::start(dir.path(), &data, "").await;
+    // The guard off first: a full disk as raft meets it.
+    let mut lone = Lone::start(dir.path(), &data, "", "[storage]\nmin_free_bytes = 0\n").await;
     let client = lone.client(None);
     let healthz = lone.url("/healthz");
     let health = || async { status(client.get(&healthz)).await };
@@ -797,24 +852,12 @@ async fn healthz_fails_when_the_store_is_gone_a_full_disk_ends_the_process_and_s
     // A full disk: the next raft write fails and raft stops for good (a fatal storage
     // error). The process exits (status 70, one line naming the task and the cause) so
     // that systemd restarts it, rather than staying up as a member that cannot commit.
-    fill(&data);
+    fill(&data, 0);
     let admin = lone.ca.issue(&PeerIdentity::new(Role::Admin, "ops"), HOUR).unwrap();
     let mut control = ControlClient::new(channel(&lone.grpc, admin).await.unwrap());
-    let mut failed = None;
-    for n in 0..200 {
-        let req = pb::CreateAppRequest {
-            name: format!("full{n}"),
-            repo: "https://example.invalid/r.git".into(),
-            branch: "main".into(),
-        };
-        if let Err(status) = control.create_app(req).await {
-            failed = Some((n, status));
-            break;
-        }
-    }
-    let (first_failed, failed) = failed.expect("a write to a full disk fails");
     // Every create before the one that failed was acknowledged.
-    let acknowledged: Vec<String> = (0..first_failed).map(|n| format!("full{n}")).collect();
+    let (mut acknowledged, failed) = create_until_refused(&mut control, "full", 200).await;
+    let failed = failed.expect("a write to a full disk fails");
     let exit = lone.exited_within(Duration::from_secs(30));
     let exit = exit.unwrap_or_else(|| panic!("the scheduler exits after {failed:?}:\n{}", lone.log()));
     assert_eq!(exit.code(), Some(70), "{}", lone.log());
@@ -829,11 +872,85 @@ async fn healthz_fails_when_the_store_is_gone_a_full_disk_ends_the_process_and_s
     std::fs::remove_file(data.join("ballast")).unwrap();
     lone.restart().await;
     assert_eq!(health().await, (200, "ok\n".into()));
+    let names = app_names(&lone).await;
+    for name in &acknowledged {
+        assert!(names.contains(name), "acknowledged {name} is kept: {names:?}");
+    }
+
+    // The guard on (as by default, with a floor this small disk can hold): the disk
+    // filled to below the floor but not to the end. New work is refused with the
+    // reason; the process stays, serves reads, and keeps what it acknowledged.
+    const FLOOR: u64 = 16 << 20;
+    lone.kill();
+    lone.reconfigure(&format!("[storage]\nmin_free_bytes = {FLOOR}\n"));
+    lone.restart().await;
+    let (token, metrics_url) = (lone.token(), lone.url("/metrics"));
+    let metric = |name: &'static str| {
+        let (client, url, token) = (client.clone(), metrics_url.clone(), token.clone());
+        async move {
+            let (code, text) = status(client.get(url).bearer_auth(token)).await;
+            assert_eq!(code, 200, "{text}");
+            let samples = slipway_testkit::exposition::check(&text).expect("valid exposition text");
+            samples.iter().find(|s| s.name == name).map(|s| s.value as u64)
+        }
+    };
+    assert_eq!(metric("slipway_storage_min_free_bytes").await, Some(FLOOR));
+    assert!(metric("slipway_storage_free_bytes").await.is_some_and(|free| free > FLOOR));
+
+    fill(&data, FLOOR / 2);
+    // The guard measures at most once a second (`raft::space::MEASURE_EVERY`): once
+    // `/readyz` says so, it refuses.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let readyz = loop {
+        let (code, text) = status(client.get(lone.url("/readyz"))).await;
+        if code == 503 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "/readyz still says {code} {text} below the floor");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(readyz.contains("below storage.min_free_bytes"), "{readyz}");
     let admin = lone.ca.issue(&PeerIdentity::new(Role::Admin, "ops"), HOUR).unwrap();
     let mut control = ControlClient::new(channel(&lone.grpc, admin).await.unwrap());
-    let apps = control.list_apps(pb::ListAppsRequest {}).await.unwrap().into_inner().apps;
-    let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
-    for name in &acknowledged {
-        assert!(names.contains(&name.as_str()), "acknowledged {name} is kept: {names:?}");
+    let (guarded, refused) = create_until_refused(&mut control, "guarded", 1).await;
+    assert!(guarded.is_empty(), "created below the floor: {guarded:?}");
+    let refused = refused.expect("a create below the floor is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.metadata().contains_key(slipway_proto::metadata::NO_SPACE), "{refused:?}");
+    let why = refused.message();
+    for needle in
+        [&data.display().to_string(), "below storage.min_free_bytes (16.0 MiB)", "free space on that"]
+    {
+        assert!(why.contains(needle), "the refusal says {needle:?}: {why}");
     }
+    assert!(lone.child.0.try_wait().unwrap().is_none(), "the scheduler stays up:\n{}", lone.log());
+    assert_eq!(health().await, (200, "ok\n".into()), "it still keeps what it commits");
+    assert!(metric("slipway_storage_free_bytes").await.is_some_and(|free| free < FLOOR));
+    let names = app_names(&lone).await;
+    for name in &acknowledged {
+        assert!(names.contains(name), "reads go on below the floor: {name} in {names:?}");
+    }
+
+    // Space freed: writes resume once the guard measures again (at most a second).
+    std::fs::remove_file(data.join("ballast")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (made, refused) = create_until_refused(&mut control, "resumed", 1).await;
+        if let [name] = &made[..] {
+            acknowledged.push(name.clone());
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not resume after space was freed: {refused:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(client.get(lone.url("/readyz"))).await.0, 200);
+
+    // kill -9 and start again: everything acknowledged is there.
+    lone.kill();
+    lone.restart().await;
+    let names = app_names(&lone).await;
+    for name in &acknowledged {
+        assert!(names.contains(name), "acknowledged {name} survives kill -9: {names:?}");
+    }
+    eprintln!("{} apps acknowledged across the full disk, the guard and two restarts", acknowledged.len());
 }

@@ -575,6 +575,7 @@ mod tests {
             report_delays: ReportDelays::default(),
             builds_pruned: 0,
             build_logs: Default::default(),
+            storage: Default::default(),
         }
     }
 

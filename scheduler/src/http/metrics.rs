@@ -13,6 +13,7 @@
 //! slipway_build_queue_oldest_seconds, slipway_placement_decisions_total{outcome}
 //! slipway_builds_pruned_total, slipway_build_logs_stopped, slipway_build_log_lines_skipped_total,
 //! slipway_build_logs_removed_total, slipway_build_logs_removed_bytes_total
+//! slipway_storage_free_bytes, slipway_storage_min_free_bytes
 //! slipway_node_info{node,node_id}, slipway_node_draining{node,node_id}       (every member)
 //! slipway_node_status{node,node_id,status}, slipway_node_build_fs_*_bytes, slipway_node_cpus,
 //! slipway_node_cpu_usage_percent, slipway_node_load1, slipway_node_memory_*_bytes,
@@ -212,6 +213,20 @@ fn register_builds(g: &mut Registry, o: &Overview) {
         "slipway_builds_pruned",
         "Finished builds the build retention removed from the replicated state (build_retention.finished_builds_per_app)",
         ConstCounter::new(o.builds_pruned),
+    );
+    if let Some(free) = o.storage.free_bytes {
+        gauge(
+            g,
+            "slipway_storage_free_bytes",
+            "Free bytes on the filesystem of this member's data dir (the raft store), measured at most once a second",
+            free,
+        );
+    }
+    gauge(
+        g,
+        "slipway_storage_min_free_bytes",
+        "storage.min_free_bytes: below it this member refuses new apps, builds, releases, config and secrets (0: off)",
+        o.storage.min_free_bytes,
     );
     let logs = o.build_logs;
     gauge(
@@ -421,6 +436,10 @@ mod tests {
             report_delays: delays,
             builds_pruned: 0,
             build_logs: Default::default(),
+            storage: crate::raft::space::SpaceStatus {
+                free_bytes: Some(300 << 20),
+                min_free_bytes: 256 << 20,
+            },
         }
     }
 
@@ -452,6 +471,8 @@ mod tests {
         assert_eq!(value("slipway_raft_members"), Some(2.0));
         assert_eq!(value("slipway_raft_voters"), Some(1.0));
         assert_eq!(value("slipway_report_delay_seconds_count"), Some(3.0));
+        assert_eq!(value("slipway_storage_free_bytes"), Some((300u64 << 20) as f64));
+        assert_eq!(value("slipway_storage_min_free_bytes"), Some((256u64 << 20) as f64));
         let placed = samples
             .iter()
             .find(|s| s.name == "slipway_placement_decisions_total" && s.label("outcome") == Some("no_node"));

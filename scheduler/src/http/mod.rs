@@ -6,8 +6,9 @@
 //! - `/metrics`: Prometheus text format ([`metrics`]);
 //! - `/healthz`: this member keeps what it commits (raft runs, its store is in place),
 //!   503 with the reason otherwise; `/readyz`: that, and a leader is known, so writes
-//!   can be served, and on the leader its dispatcher's last pass (503 when it has not
-//!   finished one for [`DISPATCHER_STALL`]);
+//!   can be served, its data dir above `[storage] min_free_bytes` (`raft::space`), and
+//!   on the leader its dispatcher's last pass (503 when it has not finished one for
+//!   [`DISPATCHER_STALL`]);
 //! - `/v2/token`: the registry's token realm (`security::registry_auth`);
 //! - `POST /hooks/APP`: deploy on git push ([`hooks`]), authenticated by the push's
 //!   signature with the app's webhook secret, not by the HTTP token.
@@ -128,6 +129,10 @@ async fn registry_token(
 
 async fn readyz(AxState(ctx): AxState<Arc<Context>>) -> (StatusCode, String) {
     if let Err(why) = ctx.store.health().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"));
+    }
+    // Still healthy (it keeps what it commits and serves reads), but it refuses new work.
+    if let Err(why) = ctx.store.space().check() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"));
     }
     let leader = ctx.store.raft().metrics().borrow().current_leader;

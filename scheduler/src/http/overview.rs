@@ -46,6 +46,9 @@ pub struct Overview {
     pub builds_pruned: u64,
     /// This member's build log directory.
     pub build_logs: crate::events::LogDirStatus,
+    /// This member's data dir: its free space and the floor below which new work is
+    /// refused (`raft::space`).
+    pub storage: crate::raft::space::SpaceStatus,
 }
 
 /// This member's raft view.
@@ -118,6 +121,7 @@ impl Overview {
     /// Takes the overview: raft metrics, the applied state, and the fleet's soft state
     /// when this member leads.
     pub async fn gather(ctx: &Context) -> Overview {
+        let storage = ctx.store.space().status();
         let m = ctx.store.raft().metrics().borrow().clone();
         let committed = ctx.store.raft().with_raft_state(|st| st.committed.map_or(0, |l| l.index));
         let commit_index =
@@ -232,6 +236,7 @@ impl Overview {
                 report_delays: ctx.fleet.report_delays(),
                 builds_pruned: s.pruned_builds,
                 build_logs: ctx.events.log_dir_status(),
+                storage,
             }
         });
         if leading {

@@ -22,6 +22,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod snapshot_files;
+pub mod space;
 pub mod state_machine;
 pub mod store;
 
@@ -50,6 +51,7 @@ pub type NodeId = u64;
 
 pub use membership::{add_member, remove_member, Added, MembershipError};
 pub use network::{Network, Peers, RaftService};
+pub use space::{NoSpace, SpaceGuard};
 pub use state_machine::SharedState;
 pub use store::{Store, WRITE_TIMEOUT};
 
@@ -236,6 +238,10 @@ pub enum WriteError {
     /// (a membership change in progress).
     #[error("raft refused the write: {0}")]
     Refused(String),
+    /// The leader's data dir is below its free-space floor (see [`space`]); the text is
+    /// the leader's, naming its directory and the fix.
+    #[error("{0}")]
+    NoSpace(String),
     /// raft has stopped on this scheduler: a storage failure, or shutdown.
     #[error("raft has stopped on this scheduler: {0}; check its data_dir and logs, then restart it")]
     Fatal(#[source] Box<Fatal<NodeId>>),
@@ -300,7 +306,9 @@ pub async fn open(
     let raft = Raft::new(node_id, raft_config, network, log_store, state_machine).await?;
     let initialized = raft.is_initialized().await?;
     tracing::info!(node_id, path = %path.display(), initialized, applied = *applied.borrow(), "raft store opened");
-    Ok(Opened { store: Store::new(raft, state, applied, Peers::new(transport), store_file), initialized })
+    let store =
+        Store::new(raft, state, applied, Peers::new(transport), store_file, SpaceGuard::off(data_dir));
+    Ok(Opened { store, initialized })
 }
 
 /// Opens the sled db at `path`, waiting up to [`LOCK_WAIT`] for a lock held by a raft of
@@ -397,6 +405,8 @@ pub(crate) mod test_cluster {
         pub nodes: BTreeMap<NodeId, TestNode>,
         /// Addresses of nodes ever started, so a restarted node keeps its address.
         addrs: BTreeMap<NodeId, String>,
+        /// `[storage] min_free_bytes` of nodes started with a space guard (none: off).
+        pub space_floors: BTreeMap<NodeId, u64>,
     }
 
     /// Settings that elect a leader quickly without flapping on a loaded 2-core machine.
@@ -411,7 +421,13 @@ pub(crate) mod test_cluster {
 
     impl TestCluster {
         pub fn new(config: RaftConfig) -> Self {
-            Self { dir: tempfile::tempdir().unwrap(), config, nodes: BTreeMap::new(), addrs: BTreeMap::new() }
+            Self {
+                dir: tempfile::tempdir().unwrap(),
+                config,
+                nodes: BTreeMap::new(),
+                addrs: BTreeMap::new(),
+                space_floors: BTreeMap::new(),
+            }
         }
 
         /// Starts (or restarts, on its old address and data dir) node `id`.
@@ -422,12 +438,13 @@ pub(crate) mod test_cluster {
             };
             let addr = listener.local_addr().unwrap().to_string();
             self.addrs.insert(id, addr.clone());
-            let opened =
-                open(&self.dir.path().join(format!("node-{id}")), id, &self.config, Transport::Insecure)
-                    .await
-                    .unwrap();
+            let data_dir = self.dir.path().join(format!("node-{id}"));
+            let mut opened = open(&data_dir, id, &self.config, Transport::Insecure).await.unwrap();
+            if let Some(&floor) = self.space_floors.get(&id) {
+                opened.store = opened.store.with_space_guard(SpaceGuard::new(&data_dir, floor));
+            }
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            let service = RaftService::new(opened.store.raft().clone()).into_server();
+            let service = RaftService::new(&opened.store).into_server();
             let server = tokio::spawn(async move {
                 tonic::transport::Server::builder()
                     .add_service(service)

@@ -37,7 +37,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode, RPCTypes};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use slipway_proto::metadata::{RAFT_LEADER_ADDR, RAFT_NO_QUORUM};
+use slipway_proto::metadata::{NO_SPACE, RAFT_LEADER_ADDR, RAFT_NO_QUORUM};
 use slipway_proto::raft_client::RaftClient;
 use slipway_proto::raft_server::{Raft as RaftRpc, RaftServer};
 use slipway_proto::tls::Transport;
@@ -45,7 +45,7 @@ use slipway_proto::RaftPayload;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::{NodeId, Raft, TypeConfig, WriteError};
+use super::{NodeId, Raft, SpaceGuard, TypeConfig, WriteError};
 use crate::state::{Command, Response};
 
 /// How long establishing a TCP connection to a peer may take.
@@ -293,6 +293,9 @@ impl Peers {
             Ok(Err(status)) if status.metadata().contains_key(RAFT_NO_QUORUM) => {
                 return Err(WriteError::NoQuorum(status.message().to_string()))
             }
+            Ok(Err(status)) if status.metadata().contains_key(NO_SPACE) => {
+                return Err(WriteError::NoSpace(status.message().to_string()))
+            }
             Ok(Err(status)) => return Err(forward_err(status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
@@ -305,14 +308,16 @@ impl Peers {
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    /// Refuses forwarded writes that need headroom while the data dir is short of it.
+    space: Arc<SpaceGuard>,
     /// When each refused non-member was last logged (one warning per 30 s each).
     refusals_logged: Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
 }
 
 impl RaftService {
-    /// A service answering for `raft`.
-    pub fn new(raft: Raft) -> Self {
-        Self { raft, refusals_logged: Arc::default() }
+    /// A service answering for the raft of `store`, with its write guard.
+    pub fn new(store: &super::Store) -> Self {
+        Self { raft: store.raft().clone(), space: store.space().clone(), refusals_logged: Arc::default() }
     }
 
     /// The service as a tonic server, with message limits large enough for snapshot chunks.
@@ -432,6 +437,12 @@ impl RaftRpc for RaftService {
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
         let cmd: Command = decode(request)?;
+        // The leader's own disk: the write goes into its log first.
+        if let Err(refused) = self.space.admit(&cmd) {
+            let mut status = Status::resource_exhausted(refused.to_string());
+            status.metadata_mut().insert(NO_SPACE, tonic::metadata::MetadataValue::from_static("1"));
+            return Err(status);
+        }
         match self.raft.client_write(cmd).await {
             Ok(written) => {
                 encode(&ForwardedWrite { log_index: written.log_id.index, response: written.data })

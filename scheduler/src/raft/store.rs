@@ -12,7 +12,9 @@
 //! - [`Store::is_leader`], [`Store::leader_addr`], [`Store::require_leader`];
 //! - [`Store::confirm_leading`]: a quorum confirms this member leads, right before a
 //!   side effect outside raft (the fence against a deposed leader);
-//! - [`Store::health`]: whether this member still keeps what it commits (`/healthz`).
+//! - [`Store::health`]: whether this member still keeps what it commits (`/healthz`);
+//! - [`Store::space`]: the guard that refuses new work while the data dir is short of
+//!   disk ([`super::space`]).
 //!
 //! [`Store::replicate`] and [`Store::linearizable`] are the raft-level steps under
 //! `write` and `read_current`, with raft's own error ([`WriteError`]).
@@ -24,7 +26,7 @@ use openraft::ServerState;
 use tokio::sync::watch;
 
 use super::network::Peers;
-use super::{Raft, SharedState, WriteError};
+use super::{Raft, SharedState, SpaceGuard, WriteError};
 use crate::error::Error;
 use crate::state::{Command, Response, State};
 
@@ -84,6 +86,8 @@ pub struct Store {
     leader: Peers,
     /// sled's data file as opened, to notice it removed or replaced.
     file: StoreFile,
+    /// Refuses writes that need headroom while the data dir is below its floor.
+    space: std::sync::Arc<SpaceGuard>,
     /// TEST ONLY ([`UNSAFE_LOCAL_READS_ENV`]): `read_current` skips the leader check.
     unsafe_local_reads: bool,
 }
@@ -141,6 +145,7 @@ impl Store {
         applied: watch::Receiver<u64>,
         leader: Peers,
         file: StoreFile,
+        space: SpaceGuard,
     ) -> Self {
         let unsafe_local_reads = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
         if unsafe_local_reads {
@@ -148,7 +153,19 @@ impl Store {
                 "{UNSAFE_LOCAL_READS_ENV}=1: reads may be stale; a test-only switch, never use it"
             );
         }
-        Self { raft, state, applied, leader, file, unsafe_local_reads }
+        Self { raft, state, applied, leader, file, space: std::sync::Arc::new(space), unsafe_local_reads }
+    }
+
+    /// This store with `guard` refusing writes while the data dir is short of disk
+    /// (opened, it has one that never refuses). Set it before the store is shared.
+    pub fn with_space_guard(mut self, guard: SpaceGuard) -> Self {
+        self.space = std::sync::Arc::new(guard);
+        self
+    }
+
+    /// The free-space guard of this member's data dir (`/readyz`, `/metrics`).
+    pub fn space(&self) -> &std::sync::Arc<SpaceGuard> {
+        &self.space
     }
 
     /// Whether this member still keeps what it commits: raft runs (it stops for good on
@@ -209,7 +226,11 @@ impl Store {
     /// until it is committed and applied. A refusal by the state machine is an error.
     /// A write not committed within [`WRITE_TIMEOUT`] (no quorum) fails as unavailable;
     /// it may still be applied later, which is why commands carry request ids.
+    ///
+    /// New work ([`Command::needs_headroom`]) is refused first while this member's data
+    /// dir is below its floor, and by the leader when its own is ([`Error::NoSpace`]).
     pub async fn write(&self, cmd: Command) -> Result<Response, Error> {
+        self.space.admit(&cmd).map_err(|refused| Error::NoSpace(refused.to_string()))?;
         let written = tokio::time::timeout(WRITE_TIMEOUT, self.replicate(cmd))
             .await
             .map_err(|_| Error::Unavailable(no_quorum_message("commit the change")))?;
@@ -218,6 +239,7 @@ impl Store {
             Ok(resp) => Ok(resp),
             Err(WriteError::NotLeader { leader_addr }) => Err(Error::NotLeader { leader: leader_addr }),
             Err(WriteError::Fatal(err)) => Err(Error::Storage(err.to_string())),
+            Err(WriteError::NoSpace(why)) => Err(Error::NoSpace(why)),
             Err(err @ WriteError::Forward { .. }) => Err(Error::LeaderUnreachable(err.to_string())),
             Err(err) => Err(Error::Unavailable(err.to_string())),
         }
@@ -322,12 +344,46 @@ impl Store {
 mod tests {
     use std::time::Duration;
 
-    use slipway_proto::metadata::LEADER_HINT;
+    use slipway_proto::metadata::{LEADER_HINT, NO_SPACE};
     use tonic::{Code, Status};
 
     use crate::error::Error;
-    use crate::raft::test_cluster::{create_app, TestCluster};
+    use crate::raft::test_cluster::{create_app, fast_config, TestCluster};
     use crate::raft::RaftConfig;
+    use crate::state::Command;
+
+    /// A leader whose data dir is below its floor refuses new work forwarded by a
+    /// follower whose own disk is fine: the follower's client gets the leader's refusal
+    /// (its directory, free bytes and floor) as RESOURCE_EXHAUSTED with `slipway-no-space`,
+    /// and removals still go through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_answers_with_the_leaders_no_space_refusal_and_deletes_still_pass() {
+        let mut cluster = TestCluster::new(fast_config());
+        // Node 1 founds the cluster and leads; no disk has a petabyte free.
+        cluster.space_floors.insert(1, 1 << 50);
+        for id in 1..=2 {
+            cluster.start(id).await;
+        }
+        cluster.bootstrap(1).await;
+        cluster.add_voters(1, &[2]).await;
+        assert_eq!(cluster.leader().await, 1);
+        cluster.store(1).replicate(create_app("before")).await.unwrap();
+
+        let refused = cluster.store(2).write(create_app("after")).await.unwrap_err();
+        let Error::NoSpace(why) = &refused else { panic!("{refused:?}") };
+        let leader_dir = cluster.dir.path().join("node-1").display().to_string();
+        assert!(
+            why.contains(&leader_dir) && why.contains("below storage.min_free_bytes (1024.0 TiB)"),
+            "{why}"
+        );
+        let status = Status::from(refused);
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.metadata().contains_key(NO_SPACE), "{status:?}");
+        assert!(!status.metadata().contains_key(LEADER_HINT), "not retried elsewhere: {status:?}");
+
+        cluster.store(2).write(Command::DeleteApp { name: "before".into() }).await.expect("a delete");
+        assert!(cluster.state(2).apps.is_empty());
+    }
 
     /// Until an election replaces a dead leader, its followers still name it: a deploy on
     /// one of them (a read, then a write) must answer "not the leader, none known", which

@@ -350,6 +350,28 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether this is new work a client asks for (an app, a build, a release, config,
+    /// a secret): the writes a member short of disk refuses (`raft::space`). Everything
+    /// else is let through: bookkeeping of work already accepted (placing, starting,
+    /// finishing, requeueing and expiring builds, recording deploys, agents registering,
+    /// drains), security (revocations, join tokens, webhook rotation) and what frees
+    /// space (deleting apps and secrets, removing nodes, pruning, retention, GC marks).
+    /// Refusing those would strand accepted work or keep an operator from making room.
+    pub fn needs_headroom(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateApp { .. }
+                | Command::QueueBuild { .. }
+                | Command::QueuePushBuild { .. }
+                | Command::Rollback { .. }
+                | Command::SetConfig { .. }
+                | Command::Scale { .. }
+                | Command::SetSecret { .. }
+        )
+    }
+}
+
 impl State {
     /// Applies one command. Refusals change nothing.
     pub fn apply(&mut self, cmd: &Command) -> Response {
