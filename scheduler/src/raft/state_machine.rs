@@ -253,8 +253,22 @@ mod tests {
 
     use super::*;
 
+    /// Opens the store, waiting (as the scheduler does, `raft::open_db`) while a store
+    /// just dropped still holds its lock: sled's threads let go of it a little later,
+    /// later still on a loaded machine (seen: "WouldBlock" in a reopen test).
     fn open_db(dir: &std::path::Path) -> sled::Db {
-        sled::Config::new().path(dir).flush_every_ms(None).open().unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(dir).flush_every_ms(None).open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                opened => return opened.unwrap(),
+            }
+        }
     }
 
     fn create_app(name: &str) -> Command {
