@@ -116,10 +116,14 @@ pub async fn add_member(
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(refused(e)),
         Err(_elapsed) => {
-            tracing::warn!(id, addr, "learner did not catch up in time; removing it again");
+            let secs = catch_up.as_secs();
+            tracing::warn!(id, addr, secs, "learner did not catch up in time; removing it again");
             let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-            if let Err(e) = raft.change_membership(change, false).await {
-                tracing::error!(id, error = %e, "could not remove the learner that did not catch up");
+            match raft.change_membership(change, false).await {
+                Ok(_) => tracing::warn!(id, addr, secs, "took out the learner that did not catch up"),
+                Err(e) => {
+                    tracing::error!(id, error = %e, "could not remove the learner that did not catch up")
+                }
             }
             return Err(MembershipError::CatchUp { id, addr: addr.to_string(), waited: catch_up });
         }
