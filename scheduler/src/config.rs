@@ -249,7 +249,13 @@ pub struct RaftSettings {
     /// Entries kept behind the snapshot, so slightly lagging members catch up from
     /// the log rather than by snapshot.
     pub keep_logs: u64,
+    /// How long the leader waits for a joining scheduler (`slipway cluster join`) to
+    /// catch up with its log before it takes the newcomer out again and fails the join.
+    pub join_catch_up_secs: u64,
 }
+
+/// Longest `raft.join_catch_up_secs`: an hour (the `cluster join` call waits that long).
+pub const MAX_JOIN_CATCH_UP_SECS: u64 = 3600;
 
 /// Longest `registry.pull_grant_validity_secs`: a year (the leader renews grants anyway).
 pub const MAX_PULL_GRANT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
@@ -450,6 +456,7 @@ impl Default for RaftSettings {
             election_timeout_max_ms: raft.election_timeout_max.as_millis() as u64,
             snapshot_every: raft.snapshot_every,
             keep_logs: raft.keep_logs,
+            join_catch_up_secs: 60,
         }
     }
 }
@@ -773,6 +780,13 @@ impl Check for SchedulerConfig {
         self.validate_cluster()?;
         self.validate_http()?;
         self.raft.to_raft_config().to_openraft().map_err(|e| CommonError::invalid(format!("[raft]: {e}")))?;
+        if !(1..=MAX_JOIN_CATCH_UP_SECS).contains(&self.raft.join_catch_up_secs) {
+            return Err(CommonError::invalid(format!(
+                "raft.join_catch_up_secs = {} must be between 1 and {MAX_JOIN_CATCH_UP_SECS} (seconds a \
+                 joining scheduler has to catch up; the default is 60)",
+                self.raft.join_catch_up_secs
+            )));
+        }
         if self.agents.down_after_secs < u64::from(self.agents.report_interval_secs) * 2 {
             return Err(CommonError::invalid(
                 "agents.down_after_secs must be at least twice agents.report_interval_secs",
@@ -878,6 +892,15 @@ mod tests {
         assert_eq!(c.raft.to_raft_config().heartbeat_interval, Duration::from_millis(120));
         let e = SchedulerConfig::parse("[raft]\nheartbeat_ms = 2000\n").unwrap_err();
         assert!(e.to_string().contains("[raft]"), "{e}");
+        assert_eq!(SchedulerConfig::parse("").unwrap().raft.join_catch_up_secs, 60);
+        assert_eq!(
+            SchedulerConfig::parse("[raft]\njoin_catch_up_secs = 5\n").unwrap().raft.join_catch_up_secs,
+            5
+        );
+        for bad in ["0", "3601"] {
+            let e = SchedulerConfig::parse(&format!("[raft]\njoin_catch_up_secs = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("raft.join_catch_up_secs"), "{e}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! loop while a test kills or pauses the leader.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -187,12 +187,14 @@ async fn acknowledged_writes_survive_a_leader_kill_mid_stream_exactly_once() {
     // Four clients write in a loop, each retrying an unacknowledged write (same
     // request id) on the next member until it is acknowledged.
     let writers = Writers::start(&cluster, 4, "");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The kill lands mid-stream (some writes acknowledged), and the clients go on until
+    // the new leader acknowledged a dozen more.
+    writers.wait_for_more(12).await;
     let leader = cluster.leader().await;
     let killed_at = Instant::now();
     cluster.kill_member(leader);
     eprintln!("killed leader {leader} (kill -9) with {} writes acknowledged", writers.acked().await);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    writers.wait_for_more(12).await;
     let (acked, slowest) = writers.stop().await;
     eprintln!(
         "slowest acknowledged write: {slowest:?} (the failover window), {:?} after the kill",
@@ -329,9 +331,42 @@ async fn stopping_every_member_and_starting_them_again_keeps_the_state() {
     write(&cluster, leader, "after", "t22r-after").await.expect("the restarted cluster takes writes");
 }
 
+/// `raft.join_catch_up_secs` of the join test: short, yet ample for a snapshot of a
+/// few dozen entries over loopback.
+const JOIN_CATCH_UP_SECS: u64 = 8;
+
+/// A TCP proxy on `ip` (a fresh port) to `to`, which forwards only the first connection
+/// (the leader's check of a joiner) and holds every later one open without a byte
+/// through (its raft traffic). Returns its address and how many connections it held.
+async fn first_connection_only(ip: std::net::Ipv4Addr, to: &str) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address").to_string();
+    let (to, held) = (to.to_string(), Arc::new(AtomicUsize::new(0)));
+    let counter = held.clone();
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut first = true;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if std::mem::take(&mut first) {
+                let to = to.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            } else {
+                counter.fetch_add(1, Ordering::SeqCst);
+                kept.push(inbound);
+            }
+        }
+    });
+    (addr, held)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() {
-    let Some(mut cluster) = ledger_cluster("t22join", "snapshot_every = 20\nkeep_logs = 5").await else {
+    let raft = format!("snapshot_every = 20\nkeep_logs = 5\njoin_catch_up_secs = {JOIN_CATCH_UP_SECS}");
+    let Some(mut cluster) = ledger_cluster("t22join", &raft).await else {
         return;
     };
     for i in 0..60 {
@@ -343,9 +378,17 @@ async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() 
     assert!(out.status.success(), "cluster remove: {}", String::from_utf8_lossy(&out.stderr));
 
     // The removed scheduler still runs and, hearing no leader, campaigns: the members
-    // refuse its votes, so the leader and the term stay as they were.
+    // refuse its votes, so the leader and the term stay as they were. Watched until it
+    // campaigned twice (its own term went up by two), each campaign once its election
+    // timeout (the default's 800 ms at most, plus the leader lease) ran out.
     let before = cluster.status_of(leader).await.expect("leader status");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let term_of_removed = || async { cluster.status_of(removed).await.map_or(0, |s| s.term) };
+    let removed_from = term_of_removed().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while term_of_removed().await < removed_from + 2 {
+        assert!(Instant::now() < deadline, "the removed member did not campaign twice in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let after = cluster.status_of(leader).await.expect("leader status");
     assert_eq!(
         (after.leader_id, after.term),
@@ -379,6 +422,31 @@ async fn a_removed_and_wiped_member_rejoins_as_new_and_catches_up_by_snapshot() 
     for i in 60..80 {
         write(&cluster, cluster.leader().await, &format!("j{i}"), &format!("t22j-{i}")).await.expect("write");
     }
+
+    // A newcomer the leader can check but then not reach (its raft traffic goes nowhere)
+    // never catches up: after `raft.join_catch_up_secs` it is taken out again, saying why.
+    let lab = cluster.lab().expect("a replicated cluster runs in network namespaces");
+    let (proxy, held) = first_connection_only(lab.host_ip(), &addr).await;
+    let started = Instant::now();
+    let out = cluster.cli(&["cluster", "join", &proxy]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("join via {proxy} (unreachable after the check): {took:?}: {}", stderr.trim());
+    assert!(!out.status.success(), "a join that cannot catch up succeeded");
+    assert!(
+        stderr.contains(&format!("did not catch up with the leader within {JOIN_CATCH_UP_SECS} s")),
+        "{stderr}"
+    );
+    let bound = Duration::from_secs(JOIN_CATCH_UP_SECS);
+    assert!(took >= bound, "the join failed after {took:?}, before the {bound:?} it is given");
+    // Headroom for a loaded machine: the removal is one committed membership change.
+    assert!(took < bound + Duration::from_secs(20), "the join took {took:?}, given {bound:?}");
+    assert!(held.load(Ordering::SeqCst) > 0, "the leader never tried to replicate to the newcomer");
+    let logged = (1..=3).filter(|id| *id != removed).map(|id| cluster.scheduler_log(id)).collect::<String>();
+    assert!(logged.contains("took out the learner that did not catch up"), "no member logged the removal");
+    let status = cluster.status_of(cluster.leader().await).await.expect("leader status");
+    assert!(!status.members.iter().any(|m| m.id == 4 || m.addr == proxy), "still a member: {status:?}");
+
     let out = cluster.cli(&["cluster", "join", &addr]);
     assert!(out.status.success(), "cluster join: {}", String::from_utf8_lossy(&out.stderr));
     eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());

@@ -128,6 +128,15 @@ fn grant_expiry(cluster: &TestCluster, app: &str) -> Option<u64> {
     out.trim().parse().ok()
 }
 
+/// `registry.pull_grant_validity_secs` of the renewal test.
+const GRANT_VALIDITY_SECS: u64 = 30;
+
+/// The service's task template as Swarm holds it (JSON).
+fn task_template(cluster: &TestCluster, app: &str) -> String {
+    let format = "{{json .Spec.TaskTemplate}}";
+    cluster.swarm_cli(&["service", "inspect", "--format", format, &cluster.service(app)]).unwrap()
+}
+
 /// The ids of the app's running tasks, sorted.
 fn running_tasks(cluster: &TestCluster, app: &str) -> Vec<String> {
     let out = cluster
@@ -144,8 +153,12 @@ async fn builds_push_with_their_grant_and_services_keep_a_fresh_pull_grant() {
     // HTTP side over TLS, so the registry's realm is https: the engine fetches every
     // token (the build's push, the task's pull) there, trusting no slipway CA (the
     // registry is an http one, for which Docker does not check the realm's certificate).
-    let Some(cluster) =
-        TestCluster::start_with_http("t25renew", "pull_grant_validity_secs = 30", "tls = true").await
+    let Some(cluster) = TestCluster::start_with_http(
+        "t25renew",
+        &format!("pull_grant_validity_secs = {GRANT_VALIDITY_SECS}"),
+        "tls = true",
+    )
+    .await
     else {
         return;
     };
@@ -173,6 +186,7 @@ async fn builds_push_with_their_grant_and_services_keep_a_fresh_pull_grant() {
     );
     let tasks = running_tasks(&cluster, "hello");
     assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let template = task_template(&cluster, "hello");
 
     // The leader renews it with a third (10 s) left; the task keeps running.
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -185,7 +199,16 @@ async fn builds_push_with_their_grant_and_services_keep_a_fresh_pull_grant() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(renewed >= first + 10, "renewed {renewed}, first {first}");
-    assert_eq!(running_tasks(&cluster, "hello"), tasks, "renewing the grant restarted no task");
+    // Swarm replaces tasks when the task template changes (a force update included); the
+    // renewal changes the service's labels and registry auth only. The running tasks are
+    // then watched for a sixth of the grant's validity (5 s), long past the moment Swarm
+    // starts replacing tasks after a template change (within a second).
+    assert_eq!(task_template(&cluster, "hello"), template, "the renewal changed the task template");
+    let watch = Instant::now() + Duration::from_secs(GRANT_VALIDITY_SECS / 6);
+    while Instant::now() < watch {
+        assert_eq!(running_tasks(&cluster, "hello"), tasks, "renewing the grant restarted a task");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let log = cluster.scheduler_log(1);
     assert!(log.contains("renewed the service's registry grant"), "{log}");
     // A grant's payload is base64 of `{"app":…`.

@@ -43,6 +43,8 @@ const ENGINE_1_FILLER_MIB: u64 = 300;
 const SMALL_BUILD_FS: &str = "64m";
 /// TestCluster's `agents.down_after_secs`.
 const GRACE: Duration = Duration::from_secs(5);
+/// TestCluster's `agents.report_interval_secs`.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 #[test]
 fn t31_fleet_placement() {
@@ -360,9 +362,21 @@ async fn node_loss(cluster: &mut TestCluster) {
     assert_ne!(build.node_id, lost_id, "completed on another engine");
 
     // The agent comes back: whatever it remembers of the lost attempt changes nothing.
+    // Its session's first report says what it holds; the leader has acted on that once
+    // it took a report sent two report intervals after the restart.
+    let restarted_ms = slipway_common::now_ms();
     cluster.start_agent(n);
     cluster.wait_for_ready_nodes(3).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled_ms = restarted_ms + 2 * REPORT_INTERVAL.as_millis() as u64;
+    let deadline = Instant::now() + GRACE * 4;
+    loop {
+        let node = nodes(cluster).await.into_iter().find(|x| x.name == lost).expect("the lost node");
+        if node.report.as_ref().is_some_and(|r| r.sent_at_ms >= settled_ms) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{lost} reported nothing since its restart: {node:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(cluster.releases(&app.name).await.len(), 1, "one release for one deploy");
     let after = cluster.client().await.get_build(pb::GetBuildRequest { id: run.build_id }).await.unwrap();
     assert_eq!(after.into_inner(), build, "the build record is final");

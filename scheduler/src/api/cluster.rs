@@ -11,9 +11,6 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::raft;
 
-/// How long a joining scheduler may take to catch up before the join is called off.
-pub(super) const JOIN_CATCH_UP: Duration = Duration::from_secs(60);
-
 /// This member's view of the cluster.
 pub(super) fn cluster_status(ctx: &Context) -> pb::ClusterStatusResponse {
     let metrics = ctx.store.raft().metrics().borrow().clone();

@@ -550,7 +550,8 @@ impl pb::control_server::Control for ControlService {
         }
         self.ctx.store.require_leader()?;
         let id = super::cluster::probe_joiner(&self.ctx, addr, req.node_id).await?;
-        raft::add_member(self.ctx.store.raft(), id, addr, super::cluster::JOIN_CATCH_UP)
+        let catch_up = Duration::from_secs(self.ctx.config.raft.join_catch_up_secs);
+        raft::add_member(self.ctx.store.raft(), id, addr, catch_up)
             .await
             .map_err(super::cluster::membership_status)?;
         Ok(Response::new(super::cluster::cluster_status(&self.ctx)))

@@ -112,14 +112,22 @@ pub async fn add_member(
 
     let node = BasicNode { addr: addr.to_string() };
     tracing::info!(id, addr, "adding a learner; waiting for it to catch up");
-    match tokio::time::timeout(catch_up, raft.add_learner(id, node, true)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(refused(e)),
+    let added = async {
+        let added = raft.add_learner(id, node, true).await.map_err(refused)?;
+        learner_holds(raft, id, added.log_id.index).await
+    };
+    match tokio::time::timeout(catch_up, added).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
         Err(_elapsed) => {
-            tracing::warn!(id, addr, "learner did not catch up in time; removing it again");
+            let secs = catch_up.as_secs();
+            tracing::warn!(id, addr, secs, "learner did not catch up in time; removing it again");
             let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-            if let Err(e) = raft.change_membership(change, false).await {
-                tracing::error!(id, error = %e, "could not remove the learner that did not catch up");
+            match raft.change_membership(change, false).await {
+                Ok(_) => tracing::warn!(id, addr, secs, "took out the learner that did not catch up"),
+                Err(e) => {
+                    tracing::error!(id, error = %e, "could not remove the learner that did not catch up")
+                }
             }
             return Err(MembershipError::CatchUp { id, addr: addr.to_string(), waited: catch_up });
         }
@@ -128,6 +136,28 @@ pub async fn add_member(
     raft.change_membership(change, false).await.map_err(refused)?;
     tracing::info!(id, addr, "scheduler joined the cluster as a voter");
     Ok(Added::Joined)
+}
+
+/// Waits until learner `id` holds the log up to `index` (the entry that added it), as
+/// the leader's replication to it reports. openraft's blocking `add_learner` alone is
+/// not enough: it counts a learner fewer than `replication_lag_threshold` (at least
+/// 5000) entries behind as caught up, even one that never answered.
+async fn learner_holds(raft: &Raft, id: NodeId, index: u64) -> Result<(), MembershipError> {
+    let mut metrics = raft.metrics();
+    loop {
+        let holds = {
+            let m = metrics.borrow_and_update();
+            m.replication.as_ref().map(|r| r.get(&id).is_some_and(|l| l.is_some_and(|l| l.index >= index)))
+        };
+        match holds {
+            Some(true) => return Ok(()),
+            Some(false) => {}
+            None => return Err(MembershipError::NotLeader { leader_addr: leader_addr(raft) }),
+        }
+        if metrics.changed().await.is_err() {
+            return Err(MembershipError::Raft("raft stopped while the learner caught up".into()));
+        }
+    }
 }
 
 /// Removes scheduler `id` (voter or learner) from the cluster. The removed scheduler

@@ -848,6 +848,32 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_joiner_that_never_answers_is_taken_out_after_the_catch_up_time() {
+        let mut cluster = TestCluster::new(fast_config());
+        cluster.start(1).await;
+        cluster.bootstrap(1).await;
+        cluster.leader().await;
+        for i in 0..10 {
+            cluster.store(1).replicate(create_app(&format!("app-{i}"))).await.unwrap();
+        }
+        // Accepts connections and never answers: the raft RPCs to it time out.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let catch_up = Duration::from_secs(2);
+        let started = std::time::Instant::now();
+        // Bounded: a joiner wrongly made a voter leaves the promotion waiting for a quorum.
+        let added = tokio::time::timeout(catch_up * 5, add_member(cluster.raft(1), 2, &addr, catch_up))
+            .await
+            .expect("add_member returns within its catch-up time");
+        let took = started.elapsed();
+        assert!(matches!(added, Err(MembershipError::CatchUp { id: 2, .. })), "{added:?}");
+        assert!(took >= catch_up && took < catch_up + Duration::from_secs(5), "{took:?}");
+        let membership = cluster.raft(1).metrics().borrow().membership_config.membership().clone();
+        assert!(membership.get_node(&2).is_none(), "still a member: {membership:?}");
+        drop(silent);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_added_after_compaction_catches_up_from_a_snapshot() {
         let mut cluster = TestCluster::new(RaftConfig { snapshot_every: 20, keep_logs: 0, ..fast_config() });
         cluster.start(1).await;

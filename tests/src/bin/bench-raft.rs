@@ -29,17 +29,14 @@
 //! (one label) to the size of a queued build record, measured from a real `QueueBuild`
 //! at the start; etcd puts values of that size. Not `QueueBuild` itself: with no agent
 //! connected every queued build waits, and a waiting build costs the leader far more
-//! than its write. The dispatcher walks the whole queue after every applied entry,
-//! holding the state's read lock that `apply` needs, and publishes a `Placement` event
-//! for each new waiting build, which opens an events topic (`events.rs`) kept until the
-//! build ends, its broadcast channel allocating `LIVE_CAPACITY` slots up front. When
-//! that was 4096 slots (about 1.3 MB a topic), a trial run with `QueueBuild` took the
-//! leader to 14 GB after 10,000 builds and a new leader to 90 % CPU; it is 256 now, so
-//! the memory is smaller, but the per-entry walk of the queue is not, and this bench
-//! has not been run with `QueueBuild` since. `queue_timeout_secs` does not help:
-//! expiring a build is one more write, and its topic stays for 10 minutes. `RegisterNode` creates a record of the same size in the
-//! replicated state (the state and its snapshots grow as with builds), and nothing on
-//! the leader scans nodes per entry.
+//! than its write: the dispatcher walks the whole queue after every applied entry
+//! (holding the state's read lock that `apply` needs) and publishes a `Placement`
+//! event for each new waiting build, which opens an events topic (`events.rs`, a
+//! broadcast channel of `LIVE_CAPACITY` slots) kept until the build ends. A bench of
+//! `QueueBuild` would measure that dispatcher, not the replicated write, and it has not
+//! been measured. `RegisterNode` creates a record of the same size in the replicated
+//! state (the state and its snapshots grow as with builds), and nothing on the leader
+//! scans nodes per entry.
 //!
 //! Each member of either system has its own data dir under one temporary directory
 //! (one filesystem) and keeps its default durability; the output's header says what
