@@ -723,8 +723,12 @@ async fn the_http_side_wants_the_token_or_an_operator_certificate_over_tls() {
     let stranger = reqwest::Client::builder().use_rustls_tls().build().unwrap();
     let err = stranger.get(lone.url("/healthz")).send().await.expect_err("an untrusted certificate");
     assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
-    let plain = reqwest::get(format!("http://{}/healthz", lone.http)).await;
-    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP on the TLS listener");
+    let plain = plain_text_answer(&lone.http).await;
+    assert_eq!(
+        plain,
+        Ok(DECODE_ERROR_ALERT.to_vec()),
+        "plain text on the TLS listener: a decode_error alert"
+    );
 
     // Open to anyone: health and the token realm (which answers with a token for nothing).
     assert_eq!(status(anonymous.get(lone.url("/healthz"))).await, (200, "ok\n".into()));
