@@ -176,16 +176,22 @@ impl Registry<'_> {
         self.http.head(url).bearer_auth(token).send().await.expect("the registry answers").status().as_u16()
     }
 
-    /// A monolithic upload of `blob` to `repo` (a push): 201 when it is stored.
+    /// An upload of `blob` to `repo` (a push: the upload started, then its one chunk
+    /// put): 201 when it is stored, else the first refusal.
     async fn push_blob(&self, grant: &str, repo: &str, blob: &[u8]) -> u16 {
-        let url = format!(
-            "http://{}/v2/{repo}/blobs/uploads/?digest={}",
-            self.cluster.registry().addr(),
-            blob_digest(blob)
-        );
+        let addr = self.cluster.registry().addr();
         let token = self.token(grant, repo, "push,pull").await;
+        let started = self.http.post(format!("http://{addr}/v2/{repo}/blobs/uploads/")).bearer_auth(&token);
+        let started = started.send().await.expect("the registry answers");
+        if started.status() != 202 {
+            return started.status().as_u16();
+        }
+        let location = started.headers()["location"].to_str().expect("an upload location").to_string();
+        let location = if location.starts_with('/') { format!("http://{addr}{location}") } else { location };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{location}{separator}digest={}", blob_digest(blob));
         let request =
-            self.http.post(url).bearer_auth(token).header("content-type", "application/octet-stream");
+            self.http.put(url).bearer_auth(&token).header("content-type", "application/octet-stream");
         request.body(blob.to_vec()).send().await.expect("the registry answers").status().as_u16()
     }
 }
