@@ -129,13 +129,11 @@ async fn tls_alert_presenting(addr: &str, creds: &Credentials) -> Result<rustls:
     };
     let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
     let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
-            Err(_) => return Err("no answer within 10 s".into()),
-            Ok(Ok(0)) => return Err("the server closed the connection without an alert".into()),
-            Ok(Ok(n)) => return Err(format!("the server served {n} bytes")),
-            Ok(Err(err)) => return alert(&err),
-        }
+    match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+        Err(_) => Err("no answer within 10 s".into()),
+        Ok(Ok(0)) => Err("the server closed the connection without an alert".into()),
+        Ok(Ok(n)) => Err(format!("the server served {n} bytes")),
+        Ok(Err(err)) => alert(&err),
     }
 }
 
