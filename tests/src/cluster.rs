@@ -861,6 +861,11 @@ impl TestCluster {
         self.write_configs();
     }
 
+    /// The engine socket the schedulers deploy through.
+    pub fn scheduler_docker_socket(&self) -> &str {
+        &self.scheduler_docker_socket
+    }
+
     /// Points the schedulers at another engine socket (takes effect at their next start).
     pub fn set_scheduler_docker_socket(&mut self, socket: &str) {
         self.scheduler_docker_socket = socket.to_string();

@@ -17,6 +17,8 @@
 //!   stream.
 //! - [`fake_agent`]: [`FakeAgent`], an agent session the test drives with a valid agent
 //!   certificate, reporting whatever build results the test makes up.
+//! - [`engine_tap`]: [`EngineTap`], a socket in front of the engine keeping the service
+//!   specs and registry credentials the scheduler hands Swarm.
 //! - [`grants`]: [`cluster_token_auth`], the kit registry's token auth as a slipway
 //!   cluster runs it (its CA, its service and issuer, pull grants minted from the CA).
 //! - [`browser`]: headless Chromium, for pages an operator looks at.
@@ -34,6 +36,7 @@
 pub mod browser;
 pub mod chaos;
 pub mod cluster;
+pub mod engine_tap;
 pub mod fake_agent;
 pub mod fleet;
 pub mod grants;
@@ -41,6 +44,7 @@ pub mod linearizability;
 pub mod load;
 
 pub use cluster::{DeployRun, TestCluster};
+pub use engine_tap::EngineTap;
 pub use fake_agent::FakeAgent;
 pub use fleet::Fleet;
 pub use grants::cluster_token_auth;

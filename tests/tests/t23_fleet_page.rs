@@ -71,7 +71,12 @@ async fn fleet_page_and_metrics(chromium: &Path) {
     let repo = GitRepo::from_example("hello");
     cluster.create_app("t23app", &repo.url()).await.expect("create app");
     let failed = cluster.deploy("t23app", Some(EVIL_REF)).await;
-    assert!(!failed.error().is_empty(), "the deploy of a missing ref fails");
+    let reason = format!("clone failed: ref '{EVIL_REF}' not found in {}", repo.url());
+    let said = format!("build {} failed: {reason}", failed.build_id);
+    assert_eq!(failed.error(), said, "the deploy of a missing ref fails in the clone");
+    let build =
+        cluster.builds("t23app").await.into_iter().find(|b| b.id == failed.build_id).expect("the build");
+    assert_eq!((build.state(), build.error.as_str()), (pb::BuildState::Failed, reason.as_str()));
 
     // /metrics: valid text, the node's gauges equal to what its agent reported.
     // Behind the token (http.require_auth is on by default, also on loopback).

@@ -86,6 +86,73 @@ async fn raft_vote(channel: Channel) -> Result<(), tonic::Status> {
     RaftClient::new(channel).vote(pb::RaftPayload { json: b"null".to_vec() }).await.map(|_| ())
 }
 
+/// A TLS record holding a fatal (2) `decode_error` (50) alert, as rustls sends it
+/// before a version is agreed (record version TLS 1.2).
+const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
+
+/// Dials `addr` with a bare rustls client that trusts `creds`' CA and presents `creds`
+/// whatever their dates, and returns the alert the server answers with: Err when the
+/// server cannot be reached, or the connection ends or serves without an alert.
+async fn tls_alert_presenting(addr: &str, creds: &Credentials) -> Result<rustls::AlertDescription, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(creds.ca_pem.as_bytes()) {
+        roots.add(ca.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(creds.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let alert = |err: &std::io::Error| match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(alert)) => Ok(*alert),
+        _ => Err(format!("no alert, but {err:?}")),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot connect: {e}"))?;
+    let name = ServerName::try_from(SERVER_NAME).expect("a DNS name");
+    // With TLS 1.3 the client's side of the handshake ends before the server has checked
+    // its certificate: the alert then comes with the first read.
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(err) => return alert(&err),
+    };
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+        Err(_) => Err("no answer within 10 s".into()),
+        Ok(Ok(0)) => Err("the server closed the connection without an alert".into()),
+        Ok(Ok(n)) => Err(format!("the server served {n} bytes")),
+        Ok(Err(err)) => alert(&err),
+    }
+}
+
+/// Sends the HTTP/2 preface in plain text to `addr` and returns every byte the server
+/// answers until it closes the connection (Err when it cannot be reached or keeps it open).
+async fn plain_text_answer(addr: &str) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot connect: {e}"))?;
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    match read {
+        Err(_) => Err(format!("the connection stayed open; {answer:02x?} so far")),
+        // A reset after the alert is still a close.
+        Ok(_) if !answer.is_empty() => Ok(answer),
+        Ok(result) => Err(format!("closed without a byte: {result:?}")),
+    }
+}
+
 fn refused(result: Result<(), tonic::Status>, code: Code, needle: &str, what: &str) {
     let status = result.expect_err(what);
     assert_eq!(status.code(), code, "{what}: {status:?}");
@@ -171,26 +238,18 @@ async fn every_service_refuses_strangers_and_wrong_roles() {
     assert!(err.contains("certificate") || err.contains("alert"), "another CA: {err}");
     let err = channel(&addr, expired.clone()).await.expect_err("expired");
     assert!(err.contains("admin \"late\" certificate expired") && err.contains("admin-cert"), "{err}");
-    // And the server refuses it all the same, should a client not check.
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&expired.ca_pem))
-        .identity(tonic::transport::Identity::from_pem(&expired.cert_pem, &expired.key_pem))
-        .domain_name(SERVER_NAME);
-    let ch =
-        Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await;
-    let served = match ch {
-        Err(_) => false,
-        Ok(ch) => list_apps(ch).await.is_ok(),
-    };
-    assert!(!served, "the scheduler refuses an expired certificate");
-    // Plain text to a TLS listener.
-    let plain = Transport::Insecure.endpoint(&addr).unwrap().connect().await;
-    let refused_plain = match plain {
-        Err(_) => true,
-        Ok(ch) => list_apps(ch).await.is_err(),
-    };
-    assert!(refused_plain, "a plain-text client gets nothing");
-
+    // And the server refuses it all the same, should a client not check: a client that
+    // presents it anyway is told `certificate_expired` by the server's alert.
+    let alert = tls_alert_presenting(&addr, &expired).await;
+    assert_eq!(
+        alert,
+        Ok(rustls::AlertDescription::CertificateExpired),
+        "the server refuses an expired certificate"
+    );
+    // Plain text to a TLS listener: what a plain-text gRPC client sends first (the HTTP/2
+    // preface) is answered with a fatal decode_error alert, then the connection closes.
+    let answer = plain_text_answer(&addr).await;
+    assert_eq!(answer, Ok(DECODE_ERROR_ALERT.to_vec()), "plain text is refused with a decode_error alert");
     // The CLI says what is wrong and what to do.
     let cli_config = cluster.dir.path().join("agent-cli.toml");
     agent.save_dir(&cluster.dir.path().join("agent-creds")).unwrap();
@@ -682,8 +741,12 @@ async fn the_http_side_wants_the_token_or_an_operator_certificate_over_tls() {
     let stranger = reqwest::Client::builder().use_rustls_tls().build().unwrap();
     let err = stranger.get(lone.url("/healthz")).send().await.expect_err("an untrusted certificate");
     assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
-    let plain = reqwest::get(format!("http://{}/healthz", lone.http)).await;
-    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP on the TLS listener");
+    let plain = plain_text_answer(&lone.http).await;
+    assert_eq!(
+        plain,
+        Ok(DECODE_ERROR_ALERT.to_vec()),
+        "plain text on the TLS listener: a decode_error alert"
+    );
 
     // Open to anyone: health and the token realm (which answers with a token for nothing).
     assert_eq!(status(anonymous.get(lone.url("/healthz"))).await, (200, "ok\n".into()));
