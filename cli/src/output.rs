@@ -152,6 +152,9 @@ pub fn node_json(n: &pb::Node) -> Value {
         "id": n.id, "name": n.name, "status": node_status(n.status), "draining": n.draining,
         "build_fs_available_bytes": r.build_fs_available_bytes,
         "build_fs_total_bytes": r.build_fs_total_bytes,
+        // 0 unless a build ran out of space there: no builds until that much is free.
+        "build_fs_floor_bytes": r.build_fs_floor_bytes,
+        "build_fs_floor_reason": (!r.build_fs_floor_reason.is_empty()).then_some(&r.build_fs_floor_reason),
         "cpu_count": r.cpu_count, "cpu_usage_percent": r.cpu_usage_percent, "load_1m": r.load_1m,
         "memory_total_bytes": r.memory_total_bytes, "memory_available_bytes": r.memory_available_bytes,
         "running_builds": r.running_builds, "build_slots": r.build_slots,

@@ -62,11 +62,7 @@ pub async fn run(call: Call<'_>, args: &NodesArgs) -> Result<()> {
                         vec![
                             n.name.clone(),
                             status,
-                            format!(
-                                "{} / {}",
-                                human_bytes(r.build_fs_available_bytes),
-                                human_bytes(r.build_fs_total_bytes)
-                            ),
+                            build_fs_cell(&r),
                             format!("{:.0}% of {}", r.cpu_usage_percent, r.cpu_count),
                             format!(
                                 "{} / {}",
@@ -106,4 +102,34 @@ pub async fn run(call: Call<'_>, args: &NodesArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Free / total of the build filesystem, and the floor its agent raised after a build ran
+/// out of space there (no builds go to the node until that much is free).
+fn build_fs_cell(r: &pb::NodeReport) -> String {
+    let cell =
+        format!("{} / {}", human_bytes(r.build_fs_available_bytes), human_bytes(r.build_fs_total_bytes));
+    if r.build_fs_floor_bytes == 0 {
+        return cell;
+    }
+    format!("{cell} (no builds below {})", human_bytes(r.build_fs_floor_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_fs_cell_names_a_raised_floor() {
+        let mut r = pb::NodeReport {
+            build_fs_available_bytes: 100 << 20,
+            build_fs_total_bytes: 160 << 20,
+            ..Default::default()
+        };
+        let plain = build_fs_cell(&r);
+        assert!(!plain.contains("no builds"), "{plain}");
+        r.build_fs_floor_bytes = 400 << 20;
+        let floored = build_fs_cell(&r);
+        assert!(floored.starts_with(&plain) && floored.contains("(no builds below "), "{floored}");
+    }
 }

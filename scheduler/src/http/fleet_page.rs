@@ -256,6 +256,14 @@ fn node_row(o: &Overview, n: &NodeRow) -> Markup {
                             &format!("{} free", human_bytes(r.build_fs_available_bytes)),
                             &format!("of {} · {} used", human_bytes(r.build_fs_total_bytes), percent(fs_used)),
                         ))
+                        // A floor the agent raised after a build ran out of space: placement
+                        // avoids the node until the filesystem has that much free.
+                        @if r.build_fs_floor_bytes > 0 {
+                            div.small.err {
+                                "no builds below " (human_bytes(r.build_fs_floor_bytes)) " free: "
+                                (r.build_fs_floor_reason)
+                            }
+                        }
                     }
                     td.cpu {
                         (headroom(
@@ -604,6 +612,21 @@ mod tests {
         assert!(page.contains("<td class=\"mono\">0123456789</td><td>alpha</td>"), "{page}");
         assert!(page.contains("task failed: &lt;script&gt;") && !page.contains("more"), "{page}");
         assert!(!page.contains("leader-note"));
+    }
+
+    #[test]
+    fn a_floor_raised_after_a_build_ran_out_of_space_is_shown_with_its_reason() {
+        let mut o = overview(true);
+        assert!(!render(&o, "http", Some(7401)).contains("no builds below"));
+        let soft = o.nodes[0].soft.as_mut().expect("the leader knows its nodes' reports");
+        let report = soft.report.as_mut().expect("a report");
+        report.build_fs_floor_bytes = 6 << 30;
+        report.build_fs_floor_reason = format!("a build ran out of space on /srv/{EVIL}");
+        let page = render(&o, "http", Some(7401));
+        assert!(
+            page.contains("no builds below 6.0 GiB free: a build ran out of space on /srv/&lt;script&gt;"),
+            "{page}"
+        );
     }
 
     #[test]
