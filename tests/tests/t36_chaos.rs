@@ -30,14 +30,25 @@ async fn chaos_short_run_finds_no_violation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_catches_stale_reads_of_the_unsafe_switch() {
-    let mut config = ChaosConfig::new("chs-unsafe", SEED, 4);
-    config.faults = vec![Fault::Isolate];
-    config.hold = (Duration::from_secs(5), Duration::from_secs(6));
-    config.member_env.push((UNSAFE_LOCAL_READS_ENV.into(), "1".into()));
-    let Some(report) = chaos::run(&config).await else { return };
-    println!("{report}");
-    assert!(
-        report.violations.iter().any(|v| v.starts_with("not linearizable")),
-        "the checker missed the stale reads of {UNSAFE_LOCAL_READS_ENV}=1: {report}"
+    // Whether a client reads from the isolated old leader after the new one took a write
+    // is up to timing: one 4-event run missed it once in CI. Up to three runs (seeds
+    // SEED, SEED+1, SEED+2) give the switch's stale reads three chances to show; the
+    // checker must name them in one of them (a run with no stale read proves nothing).
+    let mut reports = Vec::new();
+    for attempt in 0..3 {
+        let mut config = ChaosConfig::new(&format!("chs-unsafe{attempt}"), SEED + attempt, 4);
+        config.faults = vec![Fault::Isolate];
+        config.hold = (Duration::from_secs(5), Duration::from_secs(6));
+        config.member_env.push((UNSAFE_LOCAL_READS_ENV.into(), "1".into()));
+        let Some(report) = chaos::run(&config).await else { return };
+        println!("{report}");
+        if report.violations.iter().any(|v| v.starts_with("not linearizable")) {
+            return;
+        }
+        reports.push(report.to_string());
+    }
+    panic!(
+        "the checker missed the stale reads of {UNSAFE_LOCAL_READS_ENV}=1 in 3 runs: {}",
+        reports.join("\n")
     );
 }
