@@ -1,7 +1,9 @@
-//! `cargo run --release -p slipway-tests --bin bench-raft [SECONDS_PER_POINT] [KILLS]`:
-//! what slipway's raft-replicated store costs, against etcd taking the same writes.
+//! `cargo run --release -p slipway-tests --bin bench-raft -- [SECONDS_PER_POINT] [KILLS] [--tls off|on|both]`:
+//! what slipway's raft-replicated store costs, against etcd taking the same writes,
+//! in plain text and with mutual TLS.
 //!
-//! Measures, in one run, on loopback:
+//! Measures, in one run, on loopback, once per security mode (`--tls`, default `both`:
+//! plain text first, then mutual TLS, each with new clusters and data dirs):
 //! - **committed writes/s** of a 3-member slipway scheduler cluster (release build,
 //!   default `[raft]` timings) at 1, 16 and 64 concurrent clients, with latency p50/p99,
 //!   side by side with a 3-member etcd 3.4 cluster (Debian's `etcd-server`, installed
@@ -13,17 +15,28 @@
 //!   members in turn and following their "not the leader" hints (a hint naming the dead
 //!   leader, or none, means a [`FAILOVER_RETRY_PAUSE`] and the next member); then
 //!   restart the killed member and wait until its applied index reaches the leader's.
+//!   The failover's client dials the survivors anew each time (with TLS, a handshake
+//!   per survivor), as a client whose leader died would.
+//!
+//! **Security modes.** Plain text: the schedulers run with `tls.insecure`, etcd on
+//! `http://` URLs. Mutual TLS, on every link (client to member and member to member):
+//! the schedulers with a cluster CA in `tls.ca_dir` (made as `slipway-scheduler
+//! init-ca` makes it; each member issues its own certificate from it, as in
+//! production), the bench's clients with a scheduler certificate from that CA (the
+//! internal `Raft` service takes calls only from schedulers); etcd with
+//! `--client-cert-auth` and `--peer-client-cert-auth` and certificates from a CA of the
+//! same key type (ECDSA P-256). The header of each mode prints the TLS version and
+//! cipher suite a client's handshake really agreed with a member of each system.
+//! When both modes ran, a last table gives each system's throughput with TLS over its
+//! throughput without.
 //!
 //! The slipway write is the leader's whole write path: the internal `Raft` service's
 //! `ForwardWrite` runs `client_write` on the member it reaches (a follower refuses,
 //! naming the leader): append to the sled log and flush it, replicate to a majority,
 //! apply to the state machine, answer. etcd's clients send `KV.Put` to the leader too
 //! (found with `Maintenance.Status`), so neither system pays for forwarding. Every
-//! client has its own HTTP/2 connection. Both speak plain text: the schedulers run with
-//! `tls.insecure`, as etcd here runs on `http://` URLs, so neither pays for TLS (the
-//! header says so; slipway in production speaks mutual TLS, which this bench does not
-//! measure yet). The header prints the `[raft]` timings the members load, read from
-//! their config files, not restated.
+//! client has its own HTTP/2 connection. The header prints the `[raft]` timings the
+//! members load, read from their config files, not restated.
 //!
 //! **Which write.** The command is `RegisterNode` of a new node whose record is padded
 //! (one label) to the size of a queued build record, measured from a real `QueueBuild`
@@ -45,6 +58,9 @@
 //! The clients run in this process on the same cores as both clusters, and the
 //! machine may be shared: only the ratios within one run mean much.
 
+mod etcd;
+mod pki;
+
 use std::path::{Path, PathBuf};
 use std::process::{self, Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,23 +69,19 @@ use std::time::{Duration, Instant};
 use slipway_proto::control_client::ControlClient;
 use slipway_proto::metadata::RAFT_LEADER_ADDR;
 use slipway_proto::raft_client::RaftClient;
+use slipway_proto::tls::{Transport, SERVER_NAME};
 use slipway_proto::{ClusterStatusRequest, ClusterStatusResponse, RaftPayload};
 use slipway_scheduler::config::{RaftSettings, SchedulerConfig};
-use slipway_scheduler::raft::network::{endpoint, ForwardedWrite};
+use slipway_scheduler::raft::network::{ForwardedWrite, Peers};
 use slipway_scheduler::state::{Command, NodeRecord, Response};
 use slipway_testkit::free_port;
 use slipway_tests::cluster::{binary, PROFILE_ENV};
 use tonic::transport::Channel;
 
-/// Generated client code for the subset of etcd's v3 API in `tests/proto/etcd/rpc.proto`.
-#[allow(clippy::all, missing_docs)]
-mod etcdserverpb {
-    tonic::include_proto!("etcdserverpb");
-}
-
-use etcdserverpb::kv_client::KvClient;
-use etcdserverpb::maintenance_client::MaintenanceClient;
-use etcdserverpb::{PutRequest, StatusRequest};
+use etcd::etcdserverpb::kv_client::KvClient;
+use etcd::etcdserverpb::PutRequest;
+use etcd::Etcd;
+use pki::{EtcdPki, SlipwayPki};
 
 /// Concurrent clients of each throughput point.
 const CLIENT_COUNTS: [usize; 3] = [1, 16, 64];
@@ -88,47 +100,182 @@ const FAILOVER_RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// How long a cluster may take to form, or a restarted member to catch up.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How both systems' clients and members talk in one pass of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    Plain,
+    MutualTls,
+}
+
+impl Security {
+    fn name(self) -> &'static str {
+        match self {
+            Security::Plain => "TLS off",
+            Security::MutualTls => "mutual TLS",
+        }
+    }
+}
+
+/// The command line: `[SECONDS_PER_POINT] [KILLS] [--tls off|on|both]`.
+struct Args {
+    measure: Duration,
+    kills: usize,
+    modes: Vec<Security>,
+}
+
+impl Args {
+    fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
+        let (mut positional, mut modes) = (Vec::new(), vec![Security::Plain, Security::MutualTls]);
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            if arg == "--tls" {
+                modes = match args.next().as_deref() {
+                    Some("off") => vec![Security::Plain],
+                    Some("on") => vec![Security::MutualTls],
+                    Some("both") => vec![Security::Plain, Security::MutualTls],
+                    other => return Err(format!("--tls takes off, on or both, not {other:?}")),
+                };
+            } else {
+                positional.push(arg);
+            }
+        }
+        let number = |i: usize, name: &str, default: u64| match positional.get(i) {
+            None => Ok(default),
+            Some(text) => text.parse::<u64>().map_err(|_| format!("{name} must be a whole number, not {text:?}")),
+        };
+        if positional.len() > 2 {
+            return Err(format!("unexpected argument {:?}", positional[2]));
+        }
+        Ok(Args {
+            measure: Duration::from_secs(number(0, "SECONDS_PER_POINT", 10)?.max(1)),
+            kills: number(1, "KILLS", 20)? as usize,
+            modes,
+        })
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
-    let kills: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("bench-raft: {e}\nusage: bench-raft [SECONDS_PER_POINT] [KILLS] [--tls off|on|both]");
+            process::exit(2);
+        }
+    };
     std::env::set_var(PROFILE_ENV, "release");
+    slipway_proto::tls::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
         tokio::select! {
-            () = run(Duration::from_secs(seconds), kills) => {}
+            () = run(&args) => {}
             // Dropping `run` kills both clusters and removes their data dirs.
             _ = tokio::signal::ctrl_c() => eprintln!("interrupted: stopping both clusters"),
         }
     });
 }
 
-async fn run(measure: Duration, kills: usize) {
-    let etcd_bin = ensure_etcd();
+/// Throughput rows of one mode: clients, slipway's point, etcd's point.
+type Rows = Vec<(usize, Point, Point)>;
+
+async fn run(args: &Args) {
+    let etcd_bin = etcd::ensure_etcd();
     let scheduler_bin = binary("slipway-scheduler");
-    // Dropped last: both clusters are killed before their data dirs go.
+    // Dropped last: the clusters are killed before their data dirs go.
     let root = tempfile::Builder::new().prefix("slipway-bench-raft-").tempdir().expect("tempdir");
-    eprintln!("starting 3 slipway schedulers and 3 etcd members in {}", root.path().display());
-    let mut slipway = Slipway::start(&scheduler_bin, root.path()).await;
-    let etcd = Etcd::start(&etcd_bin, root.path()).await;
+    let mut passes = Vec::new();
+    for (i, security) in args.modes.iter().copied().enumerate() {
+        let dir = root.path().join(if security == Security::Plain { "plain" } else { "tls" });
+        std::fs::create_dir_all(&dir).expect("create the pass's dir");
+        let rows = pass(&scheduler_bin, &etcd_bin, &dir, security, args, i == 0).await;
+        passes.push((security, rows));
+    }
+    if let [(Security::Plain, plain), (Security::MutualTls, tls)] = passes.as_slice() {
+        println!();
+        println!("what mutual TLS costs: writes/s with TLS over writes/s without, each system on its own");
+        println!("{:>7}  {:>18}  {:>18}", "clients", "slipway tls/plain", "etcd tls/plain");
+        for ((clients, s_plain, e_plain), (_, s_tls, e_tls)) in plain.iter().zip(tls) {
+            println!(
+                "{clients:>7}  {:>18.2}  {:>18.2}",
+                s_tls.writes_per_sec / s_plain.writes_per_sec,
+                e_tls.writes_per_sec / e_plain.writes_per_sec
+            );
+        }
+    }
+}
+
+/// Both clusters in one security mode under `dir`: the throughput points, then the
+/// failovers. Prints the run's common header first when `first`.
+async fn pass(
+    scheduler_bin: &Path,
+    etcd_bin: &Path,
+    dir: &Path,
+    security: Security,
+    args: &Args,
+    first: bool,
+) -> Rows {
+    let (slipway_pki, etcd_pki) = match security {
+        Security::Plain => (None, None),
+        Security::MutualTls => {
+            (Some(SlipwayPki::create(&dir.join("slipway-ca"))), Some(EtcdPki::create(&dir.join("etcd-pki"))))
+        }
+    };
+    eprintln!("{}: starting 3 slipway schedulers and 3 etcd members in {}", security.name(), dir.display());
+    let mut slipway = Slipway::start(scheduler_bin, dir, slipway_pki.as_ref()).await;
+    let etcd = Etcd::start(etcd_bin, dir, etcd_pki.as_ref()).await;
 
     let leader = slipway.leader().await;
     let created = slipway.write(leader, &create_app()).await.expect("create the bench app");
     assert!(matches!(created.response, Response::App(_)), "CreateApp answered {:?}", created.response);
     let record = build_record(&slipway, leader).await;
     let writes = NodeWrites::sized_like(record.len());
-    let first = slipway.write(leader, &writes.command(0)).await.expect("register a first node");
-    let Response::Node(node) = &first.response else {
-        panic!("RegisterNode answered {:?}", first.response);
+    let first_write = slipway.write(leader, &writes.command(0)).await.expect("register a first node");
+    let Response::Node(node) = &first_write.response else {
+        panic!("RegisterNode answered {:?}", first_write.response);
     };
-    let node_bytes = serde_json::to_vec(node).expect("encode the node record").len();
-    let command_bytes = serde_json::to_vec(&writes.command(0)).expect("encode the command").len();
 
+    if first {
+        let node_bytes = serde_json::to_vec(node).expect("encode the node record").len();
+        let command_bytes = serde_json::to_vec(&writes.command(0)).expect("encode the command").len();
+        print_header(&slipway, &etcd, etcd_bin, dir, args, node_bytes, command_bytes, record.len());
+    }
+    println!();
+    println!("== {} ==", security.name());
+    match (&slipway_pki, &etcd_pki) {
+        (Some(s), Some(e)) => {
+            println!("  mutual TLS on client and peer links, certificates ECDSA P-256; a client's handshake agreed:");
+            let s_agreed = pki::negotiated(&slipway.member(leader).grpc, &s.client, SERVER_NAME).await;
+            println!("    slipway (rustls server): {s_agreed}");
+            let e_agreed = pki::negotiated(&etcd.leader, &e.client, "127.0.0.1").await;
+            println!("    etcd (Go crypto/tls server): {e_agreed}");
+        }
+        _ => println!("  plain text: the schedulers with tls.insecure, etcd on http:// URLs"),
+    }
+    let rows = throughput(&slipway, &etcd, writes, &record, args.measure).await;
+    drop(etcd);
+    println!();
+    failovers(&mut slipway, writes, args.kills).await;
+    rows
+}
+
+/// What the run measures, read from what it started.
+#[allow(clippy::too_many_arguments)]
+fn print_header(
+    slipway: &Slipway,
+    etcd: &Etcd,
+    etcd_bin: &Path,
+    dir: &Path,
+    args: &Args,
+    node_bytes: usize,
+    command_bytes: usize,
+    record_bytes: usize,
+) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "bench-raft: 3-member clusters on loopback; {cores} cores shared by both clusters and the clients"
     );
-    println!("  data dirs: {} ({})", root.path().display(), filesystem_of(root.path()));
+    let modes: Vec<&str> = args.modes.iter().map(|m| m.name()).collect();
+    println!("  modes, in turn, each with new clusters: {}", modes.join(", then "));
+    println!("  data dirs: under {} ({})", dir.parent().unwrap_or(dir).display(), filesystem_of(dir));
     let raft = slipway.loaded_raft_settings();
     println!(
         "  slipway {} (release build), [raft] as loaded: heartbeat {} ms, election timeout {}-{} ms",
@@ -138,7 +285,6 @@ async fn run(measure: Duration, kills: usize) {
         raft.election_timeout_max_ms
     );
     println!("  etcd {} ({}), its defaults", etcd.version, etcd_bin.display());
-    println!("  TLS off: both in plain text, the schedulers with tls.insecure, etcd on http:// URLs");
     println!(
         "  a write: slipway ForwardWrite(RegisterNode) to the leader: a {node_bytes}-byte node record \
          ({command_bytes}-byte command),"
@@ -147,30 +293,30 @@ async fn run(measure: Duration, kills: usize) {
         "           as large as a queued build record (not QueueBuild: waiting builds load the leader's \
          dispatcher);"
     );
-    println!("           etcd Put to the leader of a {}-byte value under /slipway/builds/<n>", record.len());
+    println!("           etcd Put to the leader of a {record_bytes}-byte value under /slipway/builds/<n>");
     println!("  synced before a write is acknowledged, on the leader and on a follower:");
     println!("    slipway: the sled log, by sled's flush (sync_file_range of the written range) and then");
     println!("             fdatasync of sled's data file");
     println!("    etcd:    the WAL, by fdatasync (its bbolt backend commits with fdatasync every 100 ms");
     println!("             or 10,000 writes, in the background)");
-    println!("  {WARMUP:?} warm-up, then {measure:?} per point; the two systems take turns");
-    println!();
-
-    throughput(&slipway, &etcd, writes, &record, measure).await;
-    drop(etcd);
-    println!();
-    failovers(&mut slipway, writes, kills).await;
+    println!("  {WARMUP:?} warm-up, then {:?} per point; the two systems take turns", args.measure);
 }
 
 /// Runs the throughput points and prints their table.
-async fn throughput(slipway: &Slipway, etcd: &Etcd, writes: NodeWrites, record: &[u8], measure: Duration) {
+async fn throughput(slipway: &Slipway, etcd: &Etcd, writes: NodeWrites, record: &[u8], measure: Duration) -> Rows {
     let mut rows = Vec::new();
     for clients in CLIENT_COUNTS {
         eprintln!("point: {clients} clients, slipway");
         let leader = slipway.leader().await;
         let s = load(slipway.writers(leader, clients, writes).await, measure).await;
         eprintln!("point: {clients} clients, etcd");
-        let e = load(etcd.writers(clients, record).await, measure).await;
+        let etcd_writers = etcd
+            .clients(clients)
+            .await
+            .into_iter()
+            .map(|client| Writer::Etcd { client, value: record.to_vec() })
+            .collect();
+        let e = load(etcd_writers, measure).await;
         rows.push((clients, s, e));
     }
     println!(
@@ -187,6 +333,7 @@ async fn throughput(slipway: &Slipway, etcd: &Etcd, writes: NodeWrites, record: 
             s.writes_per_sec / e.writes_per_sec
         );
     }
+    rows
 }
 
 /// Kills the slipway leader `kills` times and prints how long each failover took.
@@ -358,6 +505,9 @@ struct SchedulerMember {
 struct Slipway {
     binary: PathBuf,
     members: Vec<SchedulerMember>,
+    /// How the bench dials the members: as their peers would, with the bench's own
+    /// certificate under mutual TLS.
+    peers: Peers,
 }
 
 impl Slipway {
@@ -368,8 +518,13 @@ impl Slipway {
         SchedulerConfig::parse(&text).expect("the bench's scheduler config parses").raft
     }
 
-    /// Writes the members' configs under `root`, starts them and waits for a leader.
-    async fn start(binary: &Path, root: &Path) -> Slipway {
+    /// Writes the members' configs under `root` (with the cluster CA of `pki`, or
+    /// `tls.insecure` without), starts them and waits for a leader.
+    async fn start(binary: &Path, root: &Path, pki: Option<&SlipwayPki>) -> Slipway {
+        let tls = match pki {
+            Some(pki) => format!("ca_dir = \"{}\"", pki.ca_dir.display()),
+            None => "insecure = true".to_string(),
+        };
         let addrs: Vec<(u64, String, String)> =
             (1..=MEMBERS).map(|id| (id, loopback(), loopback())).collect();
         let list: Vec<String> =
@@ -380,7 +535,7 @@ impl Slipway {
                 let config = root.join(format!("slipway-{id}.toml"));
                 let text = format!(
                     "node_id = {id}\nlisten = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = \"{}\"\n\n\
-                     [cluster]\nmembers = [{}]\n\n[tls]\ninsecure = true\n",
+                     [cluster]\nmembers = [{}]\n\n[tls]\n{tls}\n",
                     root.join(format!("slipway-{id}")).display(),
                     list.join(", ")
                 );
@@ -389,7 +544,8 @@ impl Slipway {
                 SchedulerMember { id, grpc, http, config, log, process: None }
             })
             .collect();
-        let mut cluster = Slipway { binary: binary.to_path_buf(), members };
+        let transport = pki.map_or(Transport::Insecure, SlipwayPki::transport);
+        let mut cluster = Slipway { binary: binary.to_path_buf(), members, peers: Peers::new(transport) };
         for id in 1..=MEMBERS {
             cluster.start_member(id).await;
         }
@@ -424,7 +580,7 @@ impl Slipway {
 
     /// The cluster as member `id` sees it.
     async fn status(&self, id: u64) -> Result<ClusterStatusResponse, tonic::Status> {
-        let channel = connect(endpoint(&self.member(id).grpc)).await?;
+        let channel = connect(self.peers.endpoint(&self.member(id).grpc)).await?;
         let mut request = tonic::Request::new(ClusterStatusRequest {});
         request.set_timeout(Duration::from_secs(2));
         Ok(ControlClient::new(channel).cluster_status(request).await?.into_inner())
@@ -454,7 +610,7 @@ impl Slipway {
 
     /// Sends `cmd` to member `id` over `ForwardWrite`.
     async fn write(&self, id: u64, cmd: &Command) -> Result<ForwardedWrite, tonic::Status> {
-        let mut client = RaftClient::new(connect(endpoint(&self.member(id).grpc)).await?);
+        let mut client = RaftClient::new(connect(self.peers.endpoint(&self.member(id).grpc)).await?);
         forward_write(&mut client, cmd, WRITE_TIMEOUT).await
     }
 
@@ -462,7 +618,7 @@ impl Slipway {
     async fn writers(&self, leader: u64, clients: usize, writes: NodeWrites) -> Vec<Writer> {
         let mut writers = Vec::new();
         for _ in 0..clients {
-            let channel = connect(endpoint(&self.member(leader).grpc)).await.expect("connect to the leader");
+            let channel = connect(self.peers.endpoint(&self.member(leader).grpc)).await.expect("connect to the leader");
             writers.push(Writer::Slipway { client: RaftClient::new(channel), writes });
         }
         writers
@@ -475,7 +631,7 @@ impl Slipway {
         let dead = self.member(leader).grpc.clone();
         let mut survivors = Vec::new();
         for m in self.members.iter().filter(|m| m.id != leader) {
-            let channel = endpoint(&m.grpc).expect("valid address").connect_lazy();
+            let channel = self.peers.endpoint(&m.grpc).expect("valid address").connect_lazy();
             survivors.push((m.grpc.clone(), RaftClient::new(channel)));
         }
 
@@ -564,115 +720,6 @@ async fn forward_write(
     let reply = client.forward_write(request).await?.into_inner();
     serde_json::from_slice(&reply.json)
         .map_err(|e| tonic::Status::internal(format!("undecodable answer: {e}")))
-}
-
-/// One etcd member of the baseline cluster.
-struct EtcdMember {
-    /// Its client URL's `host:port`.
-    client: String,
-    log: PathBuf,
-    process: Option<Running>,
-}
-
-/// Three etcd members on loopback founding one cluster, each with its own data dir;
-/// dropping it kills them.
-struct Etcd {
-    members: Vec<EtcdMember>,
-    /// Client address of the leader.
-    leader: String,
-    /// What the leader says it runs.
-    version: String,
-}
-
-impl Etcd {
-    /// Starts the members under `root` and waits until they agree on a leader.
-    async fn start(binary: &Path, root: &Path) -> Etcd {
-        let addrs: Vec<(u64, String, String)> = (1..=MEMBERS).map(|i| (i, loopback(), loopback())).collect();
-        let cluster: Vec<String> = addrs.iter().map(|(i, _, peer)| format!("e{i}=http://{peer}")).collect();
-        let token = format!("bench-raft-{}", std::process::id());
-        let mut members = Vec::new();
-        for (i, client, peer) in addrs {
-            let mut command = process::Command::new(binary);
-            command.args(["--name", &format!("e{i}")]);
-            command.arg("--data-dir").arg(root.join(format!("etcd-{i}")));
-            command.args(["--listen-client-urls", &format!("http://{client}")]);
-            command.args(["--advertise-client-urls", &format!("http://{client}")]);
-            command.args(["--listen-peer-urls", &format!("http://{peer}")]);
-            command.args(["--initial-advertise-peer-urls", &format!("http://{peer}")]);
-            command.args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"]);
-            command.args(["--initial-cluster-token", &token, "--logger", "zap", "--log-level", "warn"]);
-            let log = root.join(format!("etcd-{i}.log"));
-            let process = Some(Running::spawn(command, &log));
-            members.push(EtcdMember { client, log, process });
-        }
-        let mut etcd = Etcd { members, leader: String::new(), version: String::new() };
-        etcd.find_leader().await;
-        etcd
-    }
-
-    /// Asks every member for its status until all name the same leader.
-    async fn find_leader(&mut self) {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        loop {
-            let mut views = Vec::new();
-            for m in &self.members {
-                views.push((m.client.clone(), etcd_status(&m.client).await));
-            }
-            let leaders: Vec<u64> = views.iter().map(|(_, v)| v.as_ref().map_or(0, |v| v.leader)).collect();
-            if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
-                let answered_by_leader = |v: &etcdserverpb::StatusResponse| {
-                    v.header.as_ref().is_some_and(|h| h.member_id == leaders[0])
-                };
-                if let Some((addr, Ok(status))) =
-                    views.iter().find(|(_, v)| v.as_ref().is_ok_and(answered_by_leader))
-                {
-                    self.leader = addr.clone();
-                    self.version = status.version.clone();
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "no agreed etcd leader after {SETTLE_TIMEOUT:?}: {views:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `clients` writers of `value` to the leader, each on its own connection.
-    async fn writers(&self, clients: usize, value: &[u8]) -> Vec<Writer> {
-        let mut writers = Vec::new();
-        for _ in 0..clients {
-            let channel = connect(etcd_endpoint(&self.leader)).await.expect("connect to the etcd leader");
-            writers.push(Writer::Etcd { client: KvClient::new(channel), value: value.to_vec() });
-        }
-        writers
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            m.process = None;
-        }
-        if std::thread::panicking() {
-            for m in &self.members {
-                eprintln!("--- {} (tail) ---\n{}", m.log.display(), tail(&m.log, 30));
-            }
-        }
-    }
-}
-
-/// The channel settings for an etcd member's client address.
-fn etcd_endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true))
-}
-
-/// `Maintenance.Status` of the etcd member at `addr`.
-async fn etcd_status(addr: &str) -> Result<etcdserverpb::StatusResponse, tonic::Status> {
-    let mut request = tonic::Request::new(StatusRequest {});
-    request.set_timeout(Duration::from_secs(2));
-    let channel = connect(etcd_endpoint(addr)).await?;
-    Ok(MaintenanceClient::new(channel).status(request).await?.into_inner())
 }
 
 /// One client of a throughput point.
@@ -801,33 +848,4 @@ fn filesystem_of(path: &Path) -> String {
             || "filesystem unknown".into(),
             |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
         )
-}
-
-/// The `etcd` binary: found on PATH, or installed from Debian's `etcd-server`.
-fn ensure_etcd() -> PathBuf {
-    let find = || {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path).map(|dir| dir.join("etcd")).find(|p| p.is_file())
-    };
-    if let Some(found) = find() {
-        return found;
-    }
-    eprintln!(
-        "etcd is not on PATH: installing Debian's etcd-server with apt-get (needs root). \
-         If the package starts its own etcd service, that one keeps 2379/2380; the bench's \
-         members listen on other ports."
-    );
-    let apt = |args: &[&str]| {
-        process::Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !apt(&["install", "-y", "etcd-server"]) {
-        eprintln!("apt-get install failed; running apt-get update and trying again");
-        assert!(apt(&["update"]), "apt-get update failed");
-        assert!(apt(&["install", "-y", "etcd-server"]), "apt-get install -y etcd-server failed");
-    }
-    find().expect("etcd-server is installed but `etcd` is not on PATH")
 }
