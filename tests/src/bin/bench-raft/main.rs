@@ -141,7 +141,9 @@ impl Args {
         }
         let number = |i: usize, name: &str, default: u64| match positional.get(i) {
             None => Ok(default),
-            Some(text) => text.parse::<u64>().map_err(|_| format!("{name} must be a whole number, not {text:?}")),
+            Some(text) => {
+                text.parse::<u64>().map_err(|_| format!("{name} must be a whole number, not {text:?}"))
+            }
         };
         if positional.len() > 2 {
             return Err(format!("unexpected argument {:?}", positional[2]));
@@ -303,7 +305,13 @@ fn print_header(
 }
 
 /// Runs the throughput points and prints their table.
-async fn throughput(slipway: &Slipway, etcd: &Etcd, writes: NodeWrites, record: &[u8], measure: Duration) -> Rows {
+async fn throughput(
+    slipway: &Slipway,
+    etcd: &Etcd,
+    writes: NodeWrites,
+    record: &[u8],
+    measure: Duration,
+) -> Rows {
     let mut rows = Vec::new();
     for clients in CLIENT_COUNTS {
         eprintln!("point: {clients} clients, slipway");
@@ -618,7 +626,8 @@ impl Slipway {
     async fn writers(&self, leader: u64, clients: usize, writes: NodeWrites) -> Vec<Writer> {
         let mut writers = Vec::new();
         for _ in 0..clients {
-            let channel = connect(self.peers.endpoint(&self.member(leader).grpc)).await.expect("connect to the leader");
+            let channel =
+                connect(self.peers.endpoint(&self.member(leader).grpc)).await.expect("connect to the leader");
             writers.push(Writer::Slipway { client: RaftClient::new(channel), writes });
         }
         writers

@@ -154,6 +154,7 @@ async fn handshake(addr: &str, creds: &Credentials, server_name: &str) -> Result
         .map_err(|e| e.to_string())?;
     let (_, connection) = tls.get_ref();
     let version = connection.protocol_version().map_or("no version".into(), |v| format!("{v:?}"));
-    let suite = connection.negotiated_cipher_suite().map_or("no suite".into(), |s| format!("{:?}", s.suite()));
+    let suite =
+        connection.negotiated_cipher_suite().map_or("no suite".into(), |s| format!("{:?}", s.suite()));
     Ok(format!("{version}, {suite}"))
 }
