@@ -162,6 +162,8 @@ pub fn ensure_etcd() -> PathBuf {
         process::Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
+            // The bench's stdout is its report: apt-get's progress goes to stderr.
+            .stdout(std::io::stderr())
             .status()
             .is_ok_and(|s| s.success())
     };

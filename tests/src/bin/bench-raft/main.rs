@@ -38,7 +38,7 @@
 //! client has its own HTTP/2 connection. The header prints the `[raft]` timings the
 //! members load, read from their config files, not restated.
 //!
-//! **Which write.** The command is `RegisterNode` of a new node whose record is padded
+//! **Which write.** The command is `RegisterNode` of a node whose record is padded
 //! (one label) to the size of a queued build record, measured from a real `QueueBuild`
 //! at the start; etcd puts values of that size. Not `QueueBuild` itself: with no agent
 //! connected every queued build waits, and a waiting build costs the leader far more
@@ -47,9 +47,13 @@
 //! event for each new waiting build, which opens an events topic (`events.rs`, a
 //! broadcast channel of `LIVE_CAPACITY` slots) kept until the build ends. A bench of
 //! `QueueBuild` would measure that dispatcher, not the replicated write, and it has not
-//! been measured. `RegisterNode` creates a record of the same size in the replicated
-//! state (the state and its snapshots grow as with builds), and nothing on the leader
-//! scans nodes per entry.
+//! been measured. `RegisterNode` writes a record of the same size into the replicated
+//! state. The writes go round [`RECORDS`] node ids (etcd's round as many keys), so the
+//! state holds that many such records throughout, as a fleet's does once build
+//! retention bounds it (50 apps keeping 20 builds each): the state machine checks a
+//! registering node's name against every node (`check_node_name`), so a state growing
+//! by every write would measure that scan, not the replicated write (a run with
+//! ~30,000 node records fell to a quarter of the writes/s at 64 clients).
 //!
 //! Each member of either system has its own data dir under one temporary directory
 //! (one filesystem) and keeps its default durability; the output's header says what
@@ -89,6 +93,8 @@ const CLIENT_COUNTS: [usize; 3] = [1, 16, 64];
 const WARMUP: Duration = Duration::from_secs(2);
 /// Members of each cluster.
 const MEMBERS: u64 = 3;
+/// Records the writes go round (node ids, etcd keys): how many the state holds.
+const RECORDS: u64 = 1_000;
 /// The app of the build whose record sizes the writes.
 const APP: &str = "bench";
 /// Deadline of one write during the throughput points.
@@ -296,6 +302,9 @@ fn print_header(
          dispatcher);"
     );
     println!("           etcd Put to the leader of a {record_bytes}-byte value under /slipway/builds/<n>");
+    println!(
+        "           both round {RECORDS} records (node ids, keys): the state holds that many throughout"
+    );
     println!("  synced before a write is acknowledged, on the leader and on a follower:");
     println!("    slipway: the sled log, by sled's flush (sync_file_range of the written range) and then");
     println!("             fdatasync of sled's data file");
@@ -429,8 +438,8 @@ async fn build_record(slipway: &Slipway, leader: u64) -> Vec<u8> {
     serde_json::to_vec(build).expect("encode the build record")
 }
 
-/// The slipway write of the throughput points and the failovers: `RegisterNode` of a
-/// new node whose record, padded with one label, is as large as a build record.
+/// The slipway write of the throughput points and the failovers: `RegisterNode` of one
+/// of [`RECORDS`] nodes, whose record, padded with one label, is as large as a build record.
 #[derive(Debug, Clone, Copy)]
 struct NodeWrites {
     label_bytes: usize,
@@ -444,9 +453,9 @@ impl NodeWrites {
         NodeWrites { label_bytes: record_bytes.saturating_sub(unpadded) }
     }
 
-    /// Registration of node number `n`.
+    /// Write number `n`: registration of node `n` modulo [`RECORDS`].
     fn command(&self, n: u64) -> Command {
-        let NodeRecord { id, name, labels, registered_at_ms, .. } = self.record(n);
+        let NodeRecord { id, name, labels, registered_at_ms, .. } = self.record(n % RECORDS);
         Command::RegisterNode { id, name, labels, at_ms: registered_at_ms }
     }
 
@@ -462,7 +471,7 @@ impl NodeWrites {
     }
 }
 
-/// Numbers for writes (node ids, etcd keys), unique in the run.
+/// Numbers of writes, unique in the run (node ids and etcd keys take them modulo [`RECORDS`]).
 fn next_write() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -750,7 +759,7 @@ impl Writer {
             }
             Writer::Etcd { client, value } => {
                 let put = PutRequest {
-                    key: format!("/slipway/builds/b-{n}").into_bytes(),
+                    key: format!("/slipway/builds/b-{}", n % RECORDS).into_bytes(),
                     value: value.clone(),
                     ..Default::default()
                 };
