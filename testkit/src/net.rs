@@ -6,19 +6,67 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then
-/// released). Another process may take it before the caller binds it; fixtures that
-/// start servers retry with a new port when that happens.
+/// A TCP port on 127.0.0.1 that is free now and that no other test process will be
+/// handed for a while ([`free_port_on`]).
 pub fn free_port() -> u16 {
     free_port_on(std::net::Ipv4Addr::LOCALHOST.into())
 }
 
-/// A TCP port on `ip` (an address of this host) that was free a moment ago.
+/// Lowest port [`free_port_on`] hands out.
+const FIRST_PORT: u16 = 10_000;
+/// How long a port handed out stays reserved for its taker: longer than a test keeps a
+/// server it started, so a port is handed out again only after its first taker is done.
+const RESERVATION: Duration = Duration::from_secs(30 * 60);
+
+/// A TCP port on `ip` (an address of this host) that is free now, for a server the
+/// caller starts later (often seconds later, a Swarm service minutes later). Two
+/// things could take it in between, and neither can:
+/// - the kernel's ephemeral ports, which every outgoing connection binds: the port is
+///   drawn at random below the ephemeral range (`net.ipv4.ip_local_port_range`), from
+///   10,000 up;
+/// - another test process drawing the same port: each port handed out is reserved for
+///   30 minutes by a file in `$TMPDIR/slipway-test-ports/`, created exclusively.
 pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("cannot bind {ip}:0 to find a free port: {e}"))
-        .port()
+    let below = ephemeral_floor();
+    if below <= FIRST_PORT + 1_000 {
+        // No room below the ephemeral range: the kernel's choice.
+        return TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .unwrap_or_else(|e| panic!("cannot bind {ip}:0 to find a free port: {e}"))
+            .port();
+    }
+    let dir = std::env::temp_dir().join("slipway-test-ports");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0..10_000u32 {
+        let draw = std::hash::BuildHasher::hash_one(&random, (std::process::id(), attempt, Instant::now()));
+        let port = FIRST_PORT + (draw % u64::from(below - FIRST_PORT)) as u16;
+        if reserve(&dir.join(port.to_string())) && TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} between {FIRST_PORT} and {below} after 10,000 draws")
+}
+
+/// The first port of the kernel's ephemeral range (32,768 where it cannot be read).
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// Creates the reservation file `path`, or takes it over once it is older than
+/// [`RESERVATION`]; false when another process holds it.
+fn reserve(path: &std::path::Path) -> bool {
+    let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(path).is_ok();
+    if create() {
+        return true;
+    }
+    let stale = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > RESERVATION));
+    stale && std::fs::remove_file(path).is_ok() && create()
 }
 
 /// Polls `url` with GET (every 200 ms, each try at most 2 s) until it answers 200,

@@ -17,6 +17,16 @@ fn free_port_can_be_bound() {
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the free port binds");
 }
 
+#[test]
+fn free_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice() {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("the ephemeral range");
+    let floor: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).expect("its first port");
+    let ports: std::collections::HashSet<u16> = (0..200).map(|_| free_port()).collect();
+    assert_eq!(ports.len(), 200, "a port was handed out twice");
+    assert!(ports.iter().all(|p| (10_000..floor).contains(p)), "ports outside 10000..{floor}: {ports:?}");
+}
+
 #[tokio::test]
 async fn wait_for_http_times_out_on_a_closed_port() {
     let url = format!("http://127.0.0.1:{}/", free_port());
