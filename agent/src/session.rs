@@ -551,6 +551,11 @@ impl Agent {
             self.send(event(BuildEv::Refused(BuildRefused { reason })));
             return;
         }
+        // A build cache prune in progress would remove records this build's cache
+        // import and `COPY --from` are about to use (BuildKit failed such a build with
+        // "bytes remaining on stream"): wait for it to end. A pass starting after this
+        // sees the build running and skips (`watermark_pass`).
+        drop(self.reclaiming.lock().await);
         self.send(event(BuildEv::Started(BuildStarted {})));
 
         let (log_tx, mut log_rx) = mpsc::unbounded_channel::<String>();
@@ -646,13 +651,22 @@ impl Agent {
     }
 
     /// Measures the build cache and prunes it above its high watermark (`reclaim.rs`);
-    /// skipped while another pass runs.
+    /// skipped while another pass runs, and while a build runs here: a prune can remove
+    /// cache records a running build is about to use. The pass comes again after the
+    /// next build ends and every `reclaim.interval_secs`.
     async fn watermark_pass(&self) {
         let Ok(_one) = self.reclaiming.try_lock() else { return };
         let running: Vec<String> = {
             let builds = self.builds.lock().expect("builds lock poisoned");
             builds.running.keys().map(|(id, attempt)| format!("{id}-{attempt}")).collect()
         };
+        if !running.is_empty() {
+            tracing::debug!(
+                running = running.len(),
+                "build cache watermark pass skipped: builds are running"
+            );
+            return;
+        }
         let docker = self.docker().await;
         crate::reclaim::watermark_pass(
             docker.as_ref(),
