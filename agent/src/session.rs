@@ -656,15 +656,9 @@ impl Agent {
     /// next build ends and every `reclaim.interval_secs`.
     async fn watermark_pass(&self) {
         let Ok(_one) = self.reclaiming.try_lock() else { return };
-        let running: Vec<String> = {
-            let builds = self.builds.lock().expect("builds lock poisoned");
-            builds.running.keys().map(|(id, attempt)| format!("{id}-{attempt}")).collect()
-        };
-        if !running.is_empty() {
-            tracing::debug!(
-                running = running.len(),
-                "build cache watermark pass skipped: builds are running"
-            );
+        let running = self.builds.lock().expect("builds lock poisoned").running.len();
+        if running > 0 {
+            tracing::debug!(running, "build cache watermark pass skipped: builds are running");
             return;
         }
         let docker = self.docker().await;
@@ -672,7 +666,7 @@ impl Agent {
             docker.as_ref(),
             Path::new(&self.config.docker_socket),
             &self.config.build_root,
-            &running,
+            &[],
             &self.config.reclaim,
             &self.reclaim_stats,
         )
