@@ -7,7 +7,7 @@
 //! binaries running at the same time do not meet; dropping it kills the processes and
 //! removes the stack's services and network.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -64,16 +64,30 @@ pub fn binary(name: &str) -> PathBuf {
         } else {
             &["build", "-q", "--workspace", "--all-targets"]
         };
-        let status = Command::new(env!("CARGO"))
-            .args(args)
-            .current_dir(workspace_root())
-            .status()
-            .expect("run cargo build for the slipway binaries");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(args).current_dir(workspace_root());
+        pin_rustc(&mut cargo);
+        let status = cargo.status().expect("run cargo build for the slipway binaries");
         assert!(status.success(), "cargo build of the slipway binaries failed");
     });
     let path = target.join(if release { "release" } else { "debug" }).join(name);
     assert!(path.exists(), "{} is missing after cargo build", path.display());
     path
+}
+
+/// Started by hand rather than by cargo (a bench run as `target/release/bench-raft`), a
+/// `cargo build` reaches rustup's `rustc` proxy with no toolchain named, and the proxy
+/// then picks one by the directory it compiles in: `ff` pins Rust 1.56 in its own
+/// `rust-toolchain.toml`, and the build fails. Name the `rustc` beside the cargo that
+/// built this binary, as rustup does for a process cargo starts.
+fn pin_rustc(cargo: &mut Command) {
+    if std::env::var_os("RUSTUP_TOOLCHAIN").is_some() || std::env::var_os("RUSTC").is_some() {
+        return;
+    }
+    let rustc = Path::new(env!("CARGO")).with_file_name("rustc");
+    if rustc.exists() {
+        cargo.env("RUSTC", rustc);
+    }
 }
 
 /// What a deploy or rollback stream said, collected.

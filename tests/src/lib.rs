@@ -25,6 +25,8 @@
 //! - [`load`]: [`Load`], a steady stream of requests during a redeploy, counting failures.
 //! - [`chaos`]: the chaos run (a replicated cluster, clients, a nemesis of kills,
 //!   pauses and partitions) and [`linearizability`], the checker of its history.
+//! - [`tls_client`]: a bare rustls client as tonic's, for tests that look at the
+//!   handshake itself (the alert, the agreed version and suite).
 //! - [`exposition`]: [`exposition::check`], which reads `/metrics` text as a scraper does.
 //!
 //! Fixtures panic with a message naming the fix when the machine lacks something:
@@ -42,6 +44,7 @@ pub mod fleet;
 pub mod grants;
 pub mod linearizability;
 pub mod load;
+pub mod tls_client;
 
 pub use cluster::{DeployRun, TestCluster};
 pub use engine_tap::EngineTap;

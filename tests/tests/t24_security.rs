@@ -94,36 +94,15 @@ const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
 /// whatever their dates, and returns the alert the server answers with: Err when the
 /// server cannot be reached, or the connection ends or serves without an alert.
 async fn tls_alert_presenting(addr: &str, creds: &Credentials) -> Result<rustls::AlertDescription, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(creds.ca_pem.as_bytes()) {
-        roots.add(ca.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(creds.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let alert = |err: &std::io::Error| match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::AlertReceived(alert)) => Ok(*alert),
         _ => Err(format!("no alert, but {err:?}")),
     };
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot connect: {e}"))?;
-    let name = ServerName::try_from(SERVER_NAME).expect("a DNS name");
     // With TLS 1.3 the client's side of the handshake ends before the server has checked
     // its certificate: the alert then comes with the first read.
-    let mut tls = match connector.connect(name, tcp).await {
+    let mut tls = match slipway_tests::tls_client::connect(addr, creds, SERVER_NAME).await? {
         Ok(tls) => tls,
         Err(err) => return alert(&err),
     };
