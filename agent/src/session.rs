@@ -171,6 +171,7 @@ pub async fn run(
         config.build_root.join("logs"),
         config.build_logs.min_free_bytes,
     )));
+    let space_floor = crate::space::SpaceFloor::kept_in(config.state_dir.join(crate::space::FLOOR_FILE));
     let agent = Arc::new(Agent {
         config,
         node_id,
@@ -183,7 +184,7 @@ pub async fn run(
         router: Arc::new(Router::default()),
         reclaim_stats: Default::default(),
         reclaiming: tokio::sync::Mutex::new(()),
-        space_floor: Default::default(),
+        space_floor,
     });
     let upkeep = upkeep(agent.clone()).instrument(tracing::info_span!("upkeep"));
     supervised.spawn("upkeep", async move {

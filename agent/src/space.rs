@@ -8,11 +8,11 @@
 //! build dir is removed. The pipeline then fails the build naming the build root, its
 //! mount point and the free bytes, removes the build dir as always, and raises this
 //! node's [`SpaceFloor`]: the build needed more than the room it found, so the node
-//! takes no build until it has that room plus `min_free_bytes` again. The floor lives in
-//! memory (a restarted agent starts at `min_free_bytes`): it goes in every report
+//! takes no build until it has that room plus `min_free_bytes` again. The floor is kept
+//! in `<state_dir>/build-fs-floor` (a restarted agent keeps it): it goes in every report
 //! (`build_fs_floor_bytes`, `build_fs_floor_reason`), where placement explains why the
 //! node is avoided, and the agent refuses builds below it; it falls back to
-//! `min_free_bytes` once the filesystem has that much free.
+//! `min_free_bytes` once the filesystem has that much free, and the file goes.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -107,9 +107,16 @@ pub fn mount_point(path: &Path) -> PathBuf {
 /// takes builds again, and why. Shared by the pipeline (which raises it) and the
 /// reports and build admission (which read it). Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct SpaceFloor(Arc<Mutex<Option<Raised>>>);
+pub struct SpaceFloor(Arc<Floor>);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
+struct Floor {
+    raised: Mutex<Option<Raised>>,
+    /// Where a raised floor is kept across restarts; none in unit tests.
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Raised {
     floor: u64,
     reason: String,
@@ -121,13 +128,66 @@ impl PartialEq for SpaceFloor {
     }
 }
 
+/// The file under `state_dir` holding a raised floor.
+pub const FLOOR_FILE: &str = "build-fs-floor";
+
 impl SpaceFloor {
+    /// The floor kept in `file`: the one a previous run raised, if it left one. A file
+    /// that cannot be read is logged and ignored (the floor starts at `min_free_bytes`,
+    /// as it would with no file), never an error: the floor only steers placement.
+    pub fn kept_in(file: PathBuf) -> Self {
+        let raised = match std::fs::read(&file) {
+            Ok(bytes) => match serde_json::from_slice::<Raised>(&bytes) {
+                Ok(raised) => {
+                    tracing::info!(floor = raised.floor, file = %file.display(), "the build filesystem floor a previous run raised holds");
+                    Some(raised)
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "ignoring an unreadable build filesystem floor");
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring an unreadable build filesystem floor");
+                None
+            }
+        };
+        SpaceFloor(Arc::new(Floor { raised: Mutex::new(raised), file: Some(file) }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Raised>> {
+        self.0.raised.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `raised` to the floor's file (none: removes it), whole or not at all; a
+    /// failure is logged: the floor still holds in memory.
+    fn keep(&self, raised: Option<&Raised>) {
+        let Some(file) = &self.0.file else { return };
+        let result = match raised {
+            Some(raised) => {
+                let tmp = file.with_extension("tmp");
+                serde_json::to_vec(raised)
+                    .map_err(std::io::Error::other)
+                    .and_then(|bytes| std::fs::write(&tmp, bytes))
+                    .and_then(|()| std::fs::rename(&tmp, file))
+            }
+            None => match std::fs::remove_file(file) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!(file = %file.display(), error = %e, "could not keep the build filesystem floor on disk");
+        }
+    }
+
     /// Raises the floor to `free_after + min_free_bytes` (never lowers a raised one):
     /// `free_after` is what the filesystem has once the failed build's dir is gone,
     /// which the build needed more than. Returns the floor.
     pub fn raise(&self, exhausted: &Exhausted, free_after: u64, min_free_bytes: u64) -> u64 {
         let floor = free_after.saturating_add(min_free_bytes);
-        let mut raised = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut raised = self.lock();
         let floor = raised.as_ref().map_or(floor, |r| r.floor.max(floor));
         let reason = format!(
             "a build ran out of space on {} (mounted at {}); it had {} free when it started, so this \
@@ -138,14 +198,16 @@ impl SpaceFloor {
             human_bytes(floor)
         );
         tracing::warn!(floor, %reason, "build filesystem floor raised");
-        *raised = Some(Raised { floor, reason });
+        let now = Raised { floor, reason };
+        self.keep(Some(&now));
+        *raised = Some(now);
         floor
     }
 
     /// The raised floor and why, while the filesystem has less than it free
     /// (`available`); a floor reached is forgotten (logged once).
     pub fn current(&self, available: u64) -> Option<(u64, String)> {
-        let mut raised = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut raised = self.lock();
         match raised.as_ref() {
             Some(r) if available < r.floor => Some((r.floor, r.reason.clone())),
             Some(r) => {
@@ -154,6 +216,7 @@ impl SpaceFloor {
                     available,
                     "the build filesystem has room again; the raised floor is lifted"
                 );
+                self.keep(None);
                 *raised = None;
                 None
             }
@@ -181,6 +244,27 @@ mod tests {
         assert!(says_no_space("fatal: sha1 file '/b/.git/index.lock' write error. Out of diskspace"));
         assert!(says_no_space("write /var/lib/docker/tmp/x: ENOSPC"));
         assert!(!says_no_space("exit code: 1"));
+    }
+
+    #[test]
+    fn a_raised_floor_survives_a_restart_until_it_is_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FLOOR_FILE);
+        let floor = SpaceFloor::kept_in(file.clone());
+        assert_eq!(floor.current(0), None, "no file: no floor");
+        assert_eq!(floor.raise(&exhausted(), 300, 100), 400);
+        drop(floor);
+
+        let restarted = SpaceFloor::kept_in(file.clone());
+        let (at, reason) = restarted.current(399).expect("the floor came back from the file");
+        assert_eq!(at, 400);
+        assert!(reason.contains("mounted at /var/lib/slipway"), "{reason}");
+        assert_eq!(restarted.current(400), None, "reached: lifted");
+        assert!(!file.exists(), "a lifted floor leaves no file");
+        assert_eq!(SpaceFloor::kept_in(file.clone()).current(0), None, "and stays lifted");
+
+        std::fs::write(&file, b"{not json").unwrap();
+        assert_eq!(SpaceFloor::kept_in(file).current(0), None, "an unreadable file is ignored");
     }
 
     #[test]
