@@ -15,7 +15,8 @@
 //!    pack plus its checkout need twice that, and git's checkout runs out of space. The
 //!    build fails naming the build root, its mount point and the free bytes; the build
 //!    dir is gone; the node's report carries the floor its agent raised (the room the
-//!    build found plus `min_free_bytes`); a next deploy waits, placement saying why the
+//!    build found plus `min_free_bytes`), and again once the agent is killed and
+//!    restarted (the floor is kept in its `state_dir`); a next deploy waits, placement saying why the
 //!    node is avoided; once the tmpfs is grown (space freed), the floor lifts and that
 //!    deploy goes live, the large file cloned and left out of the image.
 
@@ -206,6 +207,27 @@ async fn t37_pipeline_faults() {
     let r1 = report(&cluster).await;
     assert!(r1.build_fs_floor_bytes > r1.build_fs_available_bytes, "{r1:?}");
     assert!(r1.build_fs_floor_bytes >= MIN_FREE_BYTES + (TMPFS_MIB << 20) * 9 / 10, "{r1:?}");
+    assert!(r1.build_fs_floor_reason.contains(&format!("ran out of space on {r}")), "{r1:?}");
+
+    // The floor is kept on the agent's disk: a restarted agent reports it again.
+    let opened = sessions_opened(&cluster);
+    cluster.kill_agent(1);
+    cluster.start_agent(1);
+    wait_until("the restarted agent holds a session", Duration::from_secs(30), || {
+        let n = sessions_opened(&cluster);
+        async move { n > opened }
+    })
+    .await;
+    let restarted_ms = u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap();
+    wait_until("a report sent by the restarted agent", Duration::from_secs(15), || async {
+        report(&cluster).await.sent_at_ms > restarted_ms
+    })
+    .await;
+    let r1 = report(&cluster).await;
+    assert!(
+        r1.build_fs_floor_bytes > r1.build_fs_available_bytes,
+        "the restarted agent holds the floor: {r1:?}"
+    );
     assert!(r1.build_fs_floor_reason.contains(&format!("ran out of space on {r}")), "{r1:?}");
 
     // A next deploy waits: placement says why the node is avoided. Growing the tmpfs
