@@ -307,12 +307,11 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
         tokio::time::timeout(OPEN_TIMEOUT, client.session(ReceiverStream::new(rx))).await.map_err(|_| {
             SessionEnd::Failed(format!("the scheduler did not open a session within {OPEN_TIMEOUT:?}"))
         })?;
-    let refused =
-        |status: tonic::Status| match status.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()) {
+    let response =
+        opened.map_err(|status| match status.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()) {
             Some(leader) if leader != addr => SessionEnd::Redirect(leader.to_string()),
             _ => SessionEnd::Failed(status.message().to_string()),
-        };
-    let response = opened.map_err(refused)?;
+        })?;
     let mut inbound = response.into_inner();
     let welcome = tokio::time::timeout(OPEN_TIMEOUT, inbound.next())
         .await
@@ -348,9 +347,7 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
                     }
                     false
                 }
-                // A scheduler that stops leading ends the session, naming the leader
-                // when it knows it.
-                Some(Err(status)) => break Err(refused(status)),
+                Some(Err(status)) => break Err(SessionEnd::Failed(status.message().to_string())),
                 None => break Ok(()),
             },
         };
