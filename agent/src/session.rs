@@ -307,11 +307,12 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
         tokio::time::timeout(OPEN_TIMEOUT, client.session(ReceiverStream::new(rx))).await.map_err(|_| {
             SessionEnd::Failed(format!("the scheduler did not open a session within {OPEN_TIMEOUT:?}"))
         })?;
-    let response =
-        opened.map_err(|status| match status.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()) {
+    let refused =
+        |status: tonic::Status| match status.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()) {
             Some(leader) if leader != addr => SessionEnd::Redirect(leader.to_string()),
             _ => SessionEnd::Failed(status.message().to_string()),
-        })?;
+        };
+    let response = opened.map_err(refused)?;
     let mut inbound = response.into_inner();
     let welcome = tokio::time::timeout(OPEN_TIMEOUT, inbound.next())
         .await
@@ -347,7 +348,9 @@ async fn session(agent: &Arc<Agent>, addr: &str) -> Result<(), SessionEnd> {
                     }
                     false
                 }
-                Some(Err(status)) => break Err(SessionEnd::Failed(status.message().to_string())),
+                // A scheduler that stops leading ends the session, naming the leader
+                // when it knows it.
+                Some(Err(status)) => break Err(refused(status)),
                 None => break Ok(()),
             },
         };

@@ -3,6 +3,8 @@
 //! can `kill -9` one, restart it from its data dir, or cut it off from the others.
 //!
 //! A removed member's certificate is denied: the leader refuses its forwarded writes.
+//! An agent whose session is with a leader that steps down (paused, then continued)
+//! or is cut off from its peers reports to the new leader within a bound.
 //!
 //! Writes here are deploys (`Deploy` with a request id, acknowledged by the
 //! `build_queued` event): each carries a unique git ref, so the builds' refs tell
@@ -19,6 +21,8 @@ use slipway_proto::raft_client::RaftClient;
 use slipway_proto::tls::{Credentials, Transport};
 use slipway_proto::{self as pb};
 use slipway_scheduler::config::SchedulerConfig;
+use slipway_scheduler::dispatch::LEASE_CHECK;
+use slipway_scheduler::raft::store::WRITE_TIMEOUT;
 use slipway_scheduler::state::Command;
 use slipway_testkit::GitRepo;
 use slipway_tests::TestCluster;
@@ -46,6 +50,64 @@ async fn write(cluster: &TestCluster, via: u64, git_ref: &str, request_id: &str)
         }
     };
     tokio::time::timeout(Duration::from_secs(15), call).await.map_err(|_| "no answer in 15 s".to_string())?
+}
+
+/// An agent's reconnect after its session ends: a connect (its 3 s timeout) and a
+/// backoff (at most 2 s), in `agent/src/session.rs`.
+const AGENT_RECONNECT: Duration = Duration::from_secs(5);
+
+/// Milliseconds since the epoch, as an agent stamps its reports (`sent_at_ms`).
+fn now_ms() -> u64 {
+    u64::try_from(std::time::UNIX_EPOCH.elapsed().expect("clock after 1970").as_millis()).expect("ms fit")
+}
+
+/// Waits until member `leader` holds the agent's session: it lists the agent's node
+/// Ready with a report the agent sent after `since_ms`. Returns how long that took;
+/// panics after `bound`, naming what the member listed.
+async fn agent_reports_to(cluster: &TestCluster, leader: u64, since_ms: u64, bound: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let listed = match cluster.member_client(leader).await {
+            Ok(mut client) => client.list_nodes(pb::ListNodesRequest {}).await.map(|r| r.into_inner().nodes),
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        let reached = listed.as_ref().is_ok_and(|nodes| {
+            nodes.iter().any(|n| {
+                n.status == pb::NodeStatus::Ready as i32
+                    && n.report.as_ref().is_some_and(|r| r.sent_at_ms > since_ms)
+            })
+        });
+        if reached {
+            return started.elapsed();
+        }
+        if started.elapsed() > bound {
+            let log = cluster.agent_log(1);
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let sessions: Vec<String> = cluster
+                .member_ids()
+                .into_iter()
+                .flat_map(|id| {
+                    let log = cluster.scheduler_log(id);
+                    log.lines()
+                        .filter(|l| {
+                            l.contains("agent session")
+                                || l.contains("leadership changed")
+                                || l.contains("leads")
+                        })
+                        .map(|l| format!("scheduler {id}: {l}"))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "the agent's reports did not reach scheduler {leader} within {bound:?}: it lists {listed:?}; \
+                 the agent's log ends:\n{}\nthe members on agent sessions and leadership:\n{}",
+                tail.join("\n"),
+                sessions.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The git refs of the builds member `id` holds, with how often each occurs.
@@ -215,7 +277,10 @@ async fn acknowledged_writes_survive_a_leader_kill_mid_stream_exactly_once() {
 /// acknowledged meanwhile is lost or applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_steps_down_when_continued_after_a_new_one_took_the_writes() {
-    let Some(cluster) = ledger_cluster("t22pause", "").await else { return };
+    let Some(mut cluster) = ledger_cluster("t22pause", "").await else { return };
+    // An agent holds a session with the leader (its builds of the ledger fail at once).
+    cluster.start_agent(1);
+    cluster.wait_for_ready_nodes(1).await;
     let cluster = Arc::new(cluster);
     let raft = SchedulerConfig::load(&cluster.member_config_path(1)).expect("the member's config").raft;
     // The followers hear nothing for one election timeout (at most the max), a split
@@ -252,6 +317,7 @@ async fn a_paused_leader_steps_down_when_continued_after_a_new_one_took_the_writ
 
     // Continued, the old leader learns of the newer term and follows the new leader.
     let resumed_at = Instant::now();
+    let resumed_ms = now_ms();
     cluster.resume_member(old);
     loop {
         let view = cluster.status_of(old).await;
@@ -265,6 +331,16 @@ async fn a_paused_leader_steps_down_when_continued_after_a_new_one_took_the_writ
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("scheduler {old} follows {new} {:?} after SIGCONT", resumed_at.elapsed());
+    // The agent held its session with the paused leader. Stepped down, that member ends
+    // the session naming the leader, and the agent reports to the leader. Bound: the
+    // agent's reconnect, a report interval, plus 5 s for a loaded machine.
+    let config = SchedulerConfig::load(&cluster.member_config_path(new)).expect("the member's config");
+    let agent_bound =
+        AGENT_RECONNECT + Duration::from_secs(u64::from(config.agents.report_interval_secs) + 5);
+    let moved = agent_reports_to(&cluster, new, resumed_ms, agent_bound).await;
+    eprintln!(
+        "the agent reports to scheduler {new} {moved:?} after {old} followed it (bound {agent_bound:?})"
+    );
     writers.wait_for_more(5).await;
     let (mut acked, slowest) = writers.stop().await;
     acked.insert("after-pause".into());
@@ -280,10 +356,14 @@ async fn a_paused_leader_steps_down_when_continued_after_a_new_one_took_the_writ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cut_off_minority_takes_no_writes_and_converges_after_healing() {
-    let Some(cluster) = ledger_cluster("t22part", "").await else { return };
+    let Some(mut cluster) = ledger_cluster("t22part", "").await else { return };
+    // An agent holds a session with the leader (its builds of the ledger fail at once).
+    cluster.start_agent(1);
+    cluster.wait_for_ready_nodes(1).await;
     write(&cluster, 1, "before", "t22p-before").await.expect("write before the partition");
 
     let old = cluster.leader().await;
+    let (cut_at, cut_ms) = (Instant::now(), now_ms());
     cluster.isolate(old);
     eprintln!("cut off the leader, scheduler {old}");
     let lone = write(&cluster, old, "lonely", "t22p-lonely").await;
@@ -305,6 +385,24 @@ async fn a_cut_off_minority_takes_no_writes_and_converges_after_healing() {
     eprintln!("majority (via {via}) accepted a write {:?} after the cut", started.elapsed());
     let status = cluster.status_of(via).await.expect("status");
     assert!(status.leader_id != old && status.leader_id != 0, "{status:?}");
+
+    // The agent held its session with the old leader, which still reaches it but not its
+    // peers, and still believes it leads (openraft does not step it down). It cannot
+    // confirm its leadership with a quorum, so it lets the agent go, and the agent
+    // reports to the new leader. Bound: one lease check, one confirmation (the store's
+    // write timeout), the agent's reconnect, a report interval, plus 5 s for a loaded
+    // machine.
+    let config = SchedulerConfig::load(&cluster.member_config_path(via)).expect("the member's config");
+    let agent_bound = LEASE_CHECK
+        + WRITE_TIMEOUT
+        + AGENT_RECONNECT
+        + Duration::from_secs(u64::from(config.agents.report_interval_secs) + 5);
+    agent_reports_to(&cluster, status.leader_id, cut_ms, agent_bound).await;
+    eprintln!(
+        "the agent reports to the new leader {} {:?} after the cut (bound {agent_bound:?})",
+        status.leader_id,
+        cut_at.elapsed()
+    );
 
     cluster.heal(old);
     let refs = converged(&cluster).await;

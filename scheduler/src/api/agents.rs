@@ -52,7 +52,10 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         let ctx = self.ctx.clone();
         ctx.store.require_leader()?;
         if !ctx.fleet.is_leading() {
-            return Err(Status::unavailable("this scheduler is taking over as leader; retry in a moment"));
+            return Err(Status::unavailable(
+                "this scheduler is taking over as leader, or cannot confirm with a quorum that it still leads; \
+                 retry in a moment",
+            ));
         }
         let caller = super::enroll::caller(&request);
         let mut inbound = request.into_inner();
@@ -147,8 +150,29 @@ impl slipway_proto::agent_service_server::AgentService for AgentSessions {
         let ended = futures::StreamExt::filter_map(futures::stream::once(end_rx), |end| {
             std::future::ready(end.ok().map(Err))
         });
-        let outbound = futures::stream::select(ReceiverStream::new(rx).map(Ok), ended);
+        // The fleet drops the session when this member stops leading (or a newer session
+        // of the node replaces it): the stream to the agent then ends with why, so the
+        // agent looks for the leader instead of reporting to a member that ignores it.
+        let ctx = self.ctx.clone();
+        let dropped = futures::stream::once(async move { Err(session_dropped(&ctx)) });
+        let outbound = futures::stream::select(ReceiverStream::new(rx).map(Ok).chain(dropped), ended);
         Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// Why the fleet dropped an agent's session: this member no longer leads (the agent is
+/// pointed at the leader), cannot confirm it still leads, or holds a newer session of
+/// the same node.
+fn session_dropped(ctx: &Context) -> Status {
+    if ctx.fleet.is_leading() {
+        Status::aborted("a newer session of this node replaced this one")
+    } else if ctx.store.is_leader() {
+        // Raft's belief, not confirmed by a quorum: no hint, the agent tries the others.
+        Status::unavailable(
+            "this scheduler cannot confirm with a quorum that it still leads: find the leader among the others",
+        )
+    } else {
+        crate::error::Error::NotLeader { leader: ctx.store.leader_addr() }.into()
     }
 }
 

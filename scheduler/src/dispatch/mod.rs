@@ -34,7 +34,7 @@ use tokio::sync::watch;
 pub use builds::{assignment, finish_build};
 pub use deploys::service_for;
 pub use grants::pull_auth;
-pub use leadership::watch_leadership;
+pub use leadership::{watch_leadership, LEASE_CHECK};
 pub use verify::verify_success;
 
 use crate::context::Context;
