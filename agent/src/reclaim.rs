@@ -96,12 +96,12 @@ pub fn over_high_watermark(cache_bytes: u64, settings: &ReclaimSettings) -> bool
 }
 
 /// Measures the build cache and, above the high watermark, runs a full pass down to the
-/// low one. `None` when the cache is below it (or cannot be measured: logged).
+/// low one. `None` when the cache is below it (or cannot be measured: logged). Called
+/// only while no build runs, so every build dir it finds is stale.
 pub async fn watermark_pass(
     docker: Option<&Docker>,
     socket: &Path,
     build_root: &Path,
-    running: &[String],
     settings: &ReclaimSettings,
     stats: &ReclaimStats,
 ) -> Option<Reclaimed> {
@@ -123,7 +123,7 @@ pub async fn watermark_pass(
         low_watermark_bytes = settings.build_cache_low_watermark_bytes,
         "the build cache is above its high watermark; pruning"
     );
-    Some(reclaim(docker, socket, build_root, running, settings.build_cache_low_watermark_bytes, stats).await)
+    Some(reclaim(docker, socket, build_root, &[], settings.build_cache_low_watermark_bytes, stats).await)
 }
 
 /// Removes stale build directories, superseded and dangling slipway images, and prunes

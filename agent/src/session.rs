@@ -670,7 +670,6 @@ impl Agent {
             docker.as_ref(),
             Path::new(&self.config.docker_socket),
             &self.config.build_root,
-            &[],
             &self.config.reclaim,
             &self.reclaim_stats,
         )
